@@ -1,0 +1,132 @@
+//! The openraft `AsyncRuntime` that runs on `tokio`, which in this workspace is `madsim-tokio`:
+//! plain tokio in normal builds, the deterministic simulator under `--cfg madsim`.
+//!
+//! openraft's own `TokioRuntime` calls the real tokio runtime directly, which does not exist in
+//! a simulation; routing every spawn, sleep and timeout through this type is what lets the
+//! production Raft code run unchanged inside madsim.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use openraft::async_runtime::TokioOneShotSender;
+use openraft::{AsyncRuntime, OptionalSend, TokioInstant};
+
+/// The runtime named by [`crate::TypeConfig`].
+#[derive(Debug, Default, PartialEq, Eq, Clone, Copy)]
+pub struct UniqRuntime;
+
+/// Raised when a [`Timeout`] fires before its inner future completes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("deadline elapsed")]
+pub struct Elapsed;
+
+/// A named timeout future: madsim's `timeout` returns an unnameable type, and openraft needs
+/// one it can name in an associated type.
+pub struct Timeout<F> {
+    inner: Pin<Box<F>>,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<R, F: Future<Output = R>> Future for Timeout<F> {
+    type Output = Result<R, Elapsed>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Poll::Ready(v) = self.inner.as_mut().poll(cx) {
+            return Poll::Ready(Ok(v));
+        }
+        match self.sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(Elapsed)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+fn until(deadline: TokioInstant) -> Duration {
+    deadline.saturating_duration_since(TokioInstant::now())
+}
+
+impl AsyncRuntime for UniqRuntime {
+    type JoinError = tokio::task::JoinError;
+    type JoinHandle<T: OptionalSend + 'static> = tokio::task::JoinHandle<T>;
+    type Sleep = tokio::time::Sleep;
+    type Instant = TokioInstant;
+    type TimeoutError = Elapsed;
+    type Timeout<R, T: Future<Output = R> + OptionalSend> = Timeout<T>;
+    type ThreadLocalRng = rand::rngs::ThreadRng;
+    type OneshotSender<T: OptionalSend> = TokioOneShotSender<T>;
+    type OneshotReceiver<T: OptionalSend> = tokio::sync::oneshot::Receiver<T>;
+    type OneshotReceiverError = tokio::sync::oneshot::error::RecvError;
+
+    fn spawn<T>(future: T) -> Self::JoinHandle<T::Output>
+    where
+        T: Future + OptionalSend + 'static,
+        T::Output: OptionalSend + 'static,
+    {
+        tokio::spawn(future)
+    }
+
+    fn sleep(duration: Duration) -> Self::Sleep {
+        tokio::time::sleep(duration)
+    }
+
+    fn sleep_until(deadline: Self::Instant) -> Self::Sleep {
+        tokio::time::sleep(until(deadline))
+    }
+
+    fn timeout<R, F: Future<Output = R> + OptionalSend>(
+        duration: Duration,
+        future: F,
+    ) -> Self::Timeout<R, F> {
+        Timeout {
+            inner: Box::pin(future),
+            sleep: Box::pin(tokio::time::sleep(duration)),
+        }
+    }
+
+    fn timeout_at<R, F: Future<Output = R> + OptionalSend>(
+        deadline: Self::Instant,
+        future: F,
+    ) -> Self::Timeout<R, F> {
+        Self::timeout(until(deadline), future)
+    }
+
+    fn is_panic(join_error: &Self::JoinError) -> bool {
+        join_error.is_panic()
+    }
+
+    fn thread_rng() -> Self::ThreadLocalRng {
+        rand::thread_rng()
+    }
+
+    fn oneshot<T>() -> (Self::OneshotSender<T>, Self::OneshotReceiver<T>)
+    where
+        T: OptionalSend,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (TokioOneShotSender(tx), rx)
+    }
+}
+
+/// Runs a blocking storage call (redb commits block on fsync).
+///
+/// Real builds move it to tokio's blocking pool so the Raft and HTTP tasks keep running;
+/// madsim forbids OS threads, so simulated builds run it inline.
+pub async fn blocking<T, F>(f: F) -> T
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    #[cfg(not(madsim))]
+    {
+        match tokio::task::spawn_blocking(f).await {
+            Ok(v) => v,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+    #[cfg(madsim)]
+    {
+        f()
+    }
+}

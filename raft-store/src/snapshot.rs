@@ -1,0 +1,317 @@
+//! Snapshots as files: written from one consistent redb read transaction, streamed record by
+//! record, never the whole store in memory.
+//!
+//! Format (version 1): the magic `UQSNAP` and a format byte, the openraft `SnapshotMeta` as
+//! length-prefixed JSON, then one record per state-machine row (`table tag`, key bytes, value
+//! bytes, each length-prefixed, in redb's own encoding of the table's types), then an end
+//! marker with the record count so a truncated file is detected.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use openraft::SnapshotMeta;
+use redb::{Key, ReadTransaction, ReadableTable, Table, TableDefinition, Value, WriteTransaction};
+use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, ReadBuf};
+
+use crate::error::StoreError;
+use crate::tables::{EVENTS, SM_META, STREAMS, STREAM_INDEX, TOPICS};
+use crate::types::{Node, NodeId};
+
+const MAGIC: &[u8; 7] = b"UQSNAP\x01";
+const END_TAG: u8 = 0xFF;
+const CURRENT: &str = "current.snap";
+
+pub type Meta = SnapshotMeta<NodeId, Node>;
+
+/// Snapshot data as openraft sees it: a file read and written synchronously in the chunks
+/// openraft asks for. `tokio::fs::File` would hand each call to a blocking thread, which
+/// madsim forbids; chunks are bounded by `snapshot_max_chunk_size`, so inline I/O is short.
+#[derive(Debug)]
+pub struct SnapshotFile {
+    file: File,
+    pending_seek: Option<io::Result<u64>>,
+}
+
+impl SnapshotFile {
+    fn new(file: File) -> Self {
+        SnapshotFile {
+            file,
+            pending_seek: None,
+        }
+    }
+
+    /// A reader positioned at the start of the file.
+    pub(crate) fn rewound(&mut self) -> io::Result<&mut File> {
+        self.file.seek(SeekFrom::Start(0))?;
+        Ok(&mut self.file)
+    }
+}
+
+impl AsyncRead for SnapshotFile {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let n = this.file.read(buf.initialize_unfilled())?;
+        buf.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for SnapshotFile {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Poll::Ready(self.get_mut().file.write(buf))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(self.get_mut().file.flush())
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(self.get_mut().file.sync_data())
+    }
+}
+
+impl AsyncSeek for SnapshotFile {
+    fn start_seek(self: Pin<&mut Self>, position: SeekFrom) -> io::Result<()> {
+        let this = self.get_mut();
+        this.pending_seek = Some(this.file.seek(position));
+        Ok(())
+    }
+    fn poll_complete(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<u64>> {
+        let this = self.get_mut();
+        Poll::Ready(match this.pending_seek.take() {
+            Some(r) => r,
+            None => this.file.stream_position(),
+        })
+    }
+}
+
+/// The folder of a node's snapshot files: `current.snap` and transient temporaries.
+#[derive(Debug)]
+pub(crate) struct SnapshotDir {
+    dir: PathBuf,
+    seq: AtomicU64,
+}
+
+impl SnapshotDir {
+    pub(crate) fn open(dir: PathBuf) -> Result<Self, StoreError> {
+        fs::create_dir_all(&dir)?;
+        // Temporaries of an interrupted build or transfer are garbage after a restart.
+        for entry in fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "tmp") {
+                fs::remove_file(&path)?;
+            }
+        }
+        Ok(SnapshotDir {
+            dir,
+            seq: AtomicU64::new(0),
+        })
+    }
+
+    fn temp_path(&self, kind: &str) -> PathBuf {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        self.dir.join(format!("{kind}-{n}.tmp"))
+    }
+
+    pub(crate) fn next_id(&self, meta_index: Option<u64>) -> String {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        format!(
+            "{}-{n}",
+            meta_index.map_or("none".to_string(), |i| i.to_string())
+        )
+    }
+
+    /// An empty file for a snapshot arriving from the leader. It is unlinked at once: the
+    /// handle is all we need, and an aborted transfer leaves nothing behind.
+    pub(crate) fn receiving(&self) -> Result<SnapshotFile, StoreError> {
+        let path = self.temp_path("recv");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        fs::remove_file(&path)?;
+        Ok(SnapshotFile::new(file))
+    }
+
+    /// The current snapshot, if any.
+    pub(crate) fn current(&self) -> Result<Option<(Meta, SnapshotFile)>, StoreError> {
+        let path = self.dir.join(CURRENT);
+        let mut file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let meta = read_header(&mut BufReader::new(&mut file))?;
+        file.seek(SeekFrom::Start(0))?;
+        Ok(Some((meta, SnapshotFile::new(file))))
+    }
+
+    /// Write a snapshot of `txn`'s view of the state machine and make it the current one.
+    pub(crate) fn build(&self, txn: &ReadTransaction, meta: &Meta) -> Result<(), StoreError> {
+        let tmp = self.temp_path("build");
+        let file = File::create(&tmp)?;
+        let mut w = BufWriter::new(file);
+        write_snapshot(txn, meta, &mut w)?;
+        let file = w.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        self.publish(&tmp)
+    }
+
+    /// Copy a received (and installed) snapshot into place as the current one.
+    pub(crate) fn keep(&self, data: &mut SnapshotFile) -> Result<(), StoreError> {
+        let tmp = self.temp_path("keep");
+        let mut out = File::create(&tmp)?;
+        io::copy(data.rewound()?, &mut out)?;
+        out.sync_all()?;
+        self.publish(&tmp)
+    }
+
+    fn publish(&self, tmp: &Path) -> Result<(), StoreError> {
+        fs::rename(tmp, self.dir.join(CURRENT))?;
+        File::open(&self.dir)?.sync_all()?;
+        Ok(())
+    }
+}
+
+fn write_len_prefixed(w: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
+    let len = u32::try_from(bytes.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "snapshot record too large"))?;
+    w.write_all(&len.to_be_bytes())?;
+    w.write_all(bytes)
+}
+
+fn read_len_prefixed(r: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<()> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len)?;
+    buf.resize(u32::from_be_bytes(len) as usize, 0);
+    r.read_exact(buf)
+}
+
+fn dump_table<K: Key + 'static, V: Value + 'static>(
+    txn: &ReadTransaction,
+    def: TableDefinition<K, V>,
+    tag: u8,
+    w: &mut impl Write,
+) -> Result<u64, StoreError> {
+    let table = txn.open_table(def)?;
+    let mut n = 0;
+    for row in table.iter()? {
+        let (k, v) = row?;
+        w.write_all(&[tag])?;
+        write_len_prefixed(w, K::as_bytes(&k.value()).as_ref())?;
+        write_len_prefixed(w, V::as_bytes(&v.value()).as_ref())?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Every state-machine table, each under a stable tag. A table added later gets a new tag;
+/// the end marker's count guards against truncation.
+pub(crate) fn write_records(txn: &ReadTransaction, w: &mut impl Write) -> Result<u64, StoreError> {
+    let mut n = 0;
+    n += dump_table(txn, SM_META, 0, w)?;
+    n += dump_table(txn, TOPICS, 1, w)?;
+    n += dump_table(txn, EVENTS, 2, w)?;
+    n += dump_table(txn, STREAMS, 3, w)?;
+    n += dump_table(txn, STREAM_INDEX, 4, w)?;
+    Ok(n)
+}
+
+fn write_snapshot(
+    txn: &ReadTransaction,
+    meta: &Meta,
+    w: &mut impl Write,
+) -> Result<(), StoreError> {
+    w.write_all(MAGIC)?;
+    write_len_prefixed(
+        w,
+        &serde_json::to_vec(meta).expect("snapshot meta serializes"),
+    )?;
+    let n = write_records(txn, w)?;
+    w.write_all(&[END_TAG])?;
+    w.write_all(&n.to_be_bytes())?;
+    w.flush()?;
+    Ok(())
+}
+
+fn read_header(r: &mut impl Read) -> Result<Meta, StoreError> {
+    let mut magic = [0u8; 7];
+    r.read_exact(&mut magic)?;
+    if &magic != MAGIC {
+        return Err(StoreError::Snapshot(
+            "not a uniqlog snapshot, or a format version this build does not read".into(),
+        ));
+    }
+    let mut buf = Vec::new();
+    read_len_prefixed(r, &mut buf)?;
+    serde_json::from_slice(&buf).map_err(|e| StoreError::Snapshot(format!("bad header: {e}")))
+}
+
+fn insert_raw<K: Key + 'static, V: Value + 'static>(
+    t: &mut Table<'_, K, V>,
+    k: &[u8],
+    v: &[u8],
+) -> Result<(), StoreError> {
+    t.insert(K::from_bytes(k), V::from_bytes(v))?;
+    Ok(())
+}
+
+/// Replace the state machine's tables with the snapshot's rows, inside `txn`. Returns the
+/// snapshot's meta. Reads the file record by record.
+pub(crate) fn load_snapshot(
+    txn: &WriteTransaction,
+    data: &mut SnapshotFile,
+) -> Result<Meta, StoreError> {
+    let mut r = BufReader::new(data.rewound()?);
+    let meta = read_header(&mut r)?;
+    txn.delete_table(SM_META)?;
+    txn.delete_table(TOPICS)?;
+    txn.delete_table(EVENTS)?;
+    txn.delete_table(STREAMS)?;
+    txn.delete_table(STREAM_INDEX)?;
+    let mut sm_meta = txn.open_table(SM_META)?;
+    let mut topics = txn.open_table(TOPICS)?;
+    let mut events = txn.open_table(EVENTS)?;
+    let mut streams = txn.open_table(STREAMS)?;
+    let mut stream_index = txn.open_table(STREAM_INDEX)?;
+    let (mut k, mut v) = (Vec::new(), Vec::new());
+    let mut n: u64 = 0;
+    loop {
+        let mut tag = [0u8; 1];
+        r.read_exact(&mut tag)?;
+        if tag[0] == END_TAG {
+            let mut count = [0u8; 8];
+            r.read_exact(&mut count)?;
+            if u64::from_be_bytes(count) != n {
+                return Err(StoreError::Snapshot(format!(
+                    "record count mismatch: end marker says {}, read {n}",
+                    u64::from_be_bytes(count)
+                )));
+            }
+            break;
+        }
+        read_len_prefixed(&mut r, &mut k)?;
+        read_len_prefixed(&mut r, &mut v)?;
+        match tag[0] {
+            0 => insert_raw(&mut sm_meta, &k, &v)?,
+            1 => insert_raw(&mut topics, &k, &v)?,
+            2 => insert_raw(&mut events, &k, &v)?,
+            3 => insert_raw(&mut streams, &k, &v)?,
+            4 => insert_raw(&mut stream_index, &k, &v)?,
+            t => return Err(StoreError::Snapshot(format!("unknown record tag {t}"))),
+        }
+        n += 1;
+    }
+    Ok(meta)
+}

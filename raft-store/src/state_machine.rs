@@ -1,0 +1,229 @@
+//! openraft's `RaftStateMachine` over redb: apply, applied state, snapshots.
+
+use std::sync::Arc;
+
+use openraft::storage::RaftStateMachine;
+use openraft::{
+    Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot, StorageError,
+    StoredMembership,
+};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable};
+use tokio::sync::watch;
+
+use crate::apply::{apply_request, DataTables, EntryContext};
+use crate::error::{sm_read, sm_write, snapshot_err, StoreError};
+use crate::log_store::get_meta;
+use crate::runtime::blocking;
+use crate::snapshot::{load_snapshot, Meta, SnapshotDir, SnapshotFile};
+use crate::tables::*;
+use crate::types::{LogResponse, Node, NodeId, TypeConfig};
+
+/// The state machine of one node. Cheap to clone: clones share the database.
+#[derive(Clone)]
+pub struct StateMachine {
+    pub(crate) db: Arc<Database>,
+    pub(crate) snapshots: Arc<SnapshotDir>,
+    /// Last applied log index, for readers that wait for new events.
+    pub(crate) applied: Arc<watch::Sender<u64>>,
+}
+
+type Membership = StoredMembership<NodeId, Node>;
+
+fn put_json<T: serde::Serialize>(
+    t: &mut redb::Table<'_, &'static str, &'static [u8]>,
+    key: &str,
+    value: &T,
+) -> Result<(), StoreError> {
+    let bytes = serde_json::to_vec(value).expect("state machine metadata serializes");
+    t.insert(key, bytes.as_slice())?;
+    Ok(())
+}
+
+pub(crate) fn applied_state(
+    db: &Database,
+) -> Result<(Option<LogId<NodeId>>, Membership), StoreError> {
+    let last: Option<LogId<NodeId>> = get_meta(db, SM_META, KEY_LAST_APPLIED)?;
+    let membership: Option<Membership> = get_meta(db, SM_META, KEY_MEMBERSHIP)?;
+    Ok((last, membership.unwrap_or_default()))
+}
+
+/// Apply a batch of committed entries in one write transaction.
+///
+/// Not fsynced: the next durable commit of the same file (a log append or a purge) carries
+/// it. After a crash the state machine may come back at an older applied index and openraft
+/// re-applies the committed entries after it, which apply handles like the first time.
+fn apply_batch(
+    db: &Database,
+    entries: Vec<Entry<TypeConfig>>,
+) -> Result<(Vec<LogResponse>, u64), StoreError> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::None)?;
+    let mut responses = Vec::with_capacity(entries.len());
+    let mut last_index = 0;
+    {
+        let mut meta = txn.open_table(SM_META)?;
+        let mut log_time: u64 = match meta.get(KEY_LOG_TIME)? {
+            Some(v) => serde_json::from_slice(v.value())
+                .map_err(|e| StoreError::corrupt("sm_meta", KEY_LOG_TIME, e))?,
+            None => 0,
+        };
+        let mut tables = DataTables::open(&txn)?;
+        let mut last_applied = None;
+        let mut membership = None;
+        for entry in &entries {
+            last_applied = Some(entry.log_id);
+            last_index = entry.log_id.index;
+            match &entry.payload {
+                EntryPayload::Blank => responses.push(LogResponse::default()),
+                EntryPayload::Membership(m) => {
+                    membership = Some(Membership::new(Some(entry.log_id), m.clone()));
+                    responses.push(LogResponse::default());
+                }
+                EntryPayload::Normal(cmd) => {
+                    log_time = log_time.max(cmd.timestamp_ms);
+                    let ctx = EntryContext {
+                        log_index: entry.log_id.index,
+                        log_time_ms: log_time,
+                    };
+                    let outcomes = cmd
+                        .requests
+                        .iter()
+                        .map(|r| apply_request(&mut tables, ctx, r))
+                        .collect::<Result<_, _>>()?;
+                    responses.push(LogResponse { outcomes });
+                }
+            }
+        }
+        put_json(&mut meta, KEY_LAST_APPLIED, &last_applied)?;
+        put_json(&mut meta, KEY_LOG_TIME, &log_time)?;
+        if let Some(m) = &membership {
+            put_json(&mut meta, KEY_MEMBERSHIP, m)?;
+        }
+    }
+    txn.commit()?;
+    Ok((responses, last_index))
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, Membership), StorageError<NodeId>> {
+        let db = self.db.clone();
+        blocking(move || applied_state(&db)).await.map_err(sm_read)
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<LogResponse>, StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<_> = entries.into_iter().collect();
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let db = self.db.clone();
+        let (responses, last_index) = blocking(move || apply_batch(&db, entries))
+            .await
+            .map_err(sm_write)?;
+        self.applied.send_replace(last_index);
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<SnapshotFile>, StorageError<NodeId>> {
+        self.snapshots
+            .receiving()
+            .map(Box::new)
+            .map_err(snapshot_err)
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &Meta,
+        mut snapshot: Box<SnapshotFile>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let db = self.db.clone();
+        let snapshots = self.snapshots.clone();
+        let meta = meta.clone();
+        let last_index = meta.last_log_id.map_or(0, |l| l.index);
+        blocking(move || -> Result<(), StoreError> {
+            let txn = db.begin_write()?;
+            load_snapshot(&txn, &mut snapshot)?;
+            {
+                // openraft's meta is authoritative for what the snapshot covers.
+                let mut m = txn.open_table(SM_META)?;
+                put_json(&mut m, KEY_LAST_APPLIED, &meta.last_log_id)?;
+                // An empty membership is what a missing row already means; writing it would
+                // make this node's rows differ from the leader's.
+                if meta.last_membership != Membership::default() {
+                    put_json(&mut m, KEY_MEMBERSHIP, &meta.last_membership)?;
+                }
+            }
+            txn.commit()?;
+            snapshots.keep(&mut snapshot)
+        })
+        .await
+        .map_err(snapshot_err)?;
+        self.applied.send_replace(last_index);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+        let snapshots = self.snapshots.clone();
+        let current = blocking(move || snapshots.current())
+            .await
+            .map_err(snapshot_err)?;
+        Ok(current.map(|(meta, file)| Snapshot {
+            meta,
+            snapshot: Box::new(file),
+        }))
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    /// One read transaction: the snapshot and its meta see the same state, and apply goes on
+    /// meanwhile.
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        let db = self.db.clone();
+        let snapshots = self.snapshots.clone();
+        blocking(move || -> Result<(), StoreError> {
+            let txn = db.begin_read()?;
+            let (last_log_id, last_membership) = {
+                let t = txn.open_table(SM_META)?;
+                let read = |key: &str| -> Result<Option<Vec<u8>>, StoreError> {
+                    Ok(t.get(key)?.map(|v| v.value().to_vec()))
+                };
+                let last: Option<LogId<NodeId>> = match read(KEY_LAST_APPLIED)? {
+                    Some(b) => serde_json::from_slice(&b)
+                        .map_err(|e| StoreError::corrupt("sm_meta", KEY_LAST_APPLIED, e))?,
+                    None => None,
+                };
+                let membership: Membership = match read(KEY_MEMBERSHIP)? {
+                    Some(b) => serde_json::from_slice(&b)
+                        .map_err(|e| StoreError::corrupt("sm_meta", KEY_MEMBERSHIP, e))?,
+                    None => Membership::default(),
+                };
+                (last, membership)
+            };
+            let meta = Meta {
+                snapshot_id: snapshots.next_id(last_log_id.map(|l| l.index)),
+                last_log_id,
+                last_membership,
+            };
+            snapshots.build(&txn, &meta)
+        })
+        .await
+        .map_err(snapshot_err)?;
+        let current = self.get_current_snapshot().await?;
+        current.ok_or_else(|| snapshot_err(StoreError::Snapshot("built snapshot vanished".into())))
+    }
+}

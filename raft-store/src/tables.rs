@@ -1,0 +1,31 @@
+//! The redb tables of a node's single data file, and the small codecs around them.
+//!
+//! One file holds the Raft log, the vote and the state machine. That is deliberate: apply
+//! commits without fsync (`Durability::None`), and every later durable commit of the same file
+//! (a log append, a vote, a purge) makes those applies durable too. So a purge, which is
+//! durable, can never outrun the state machine it relies on.
+
+use redb::TableDefinition;
+
+/// Raft log: index -> JSON-encoded `openraft::Entry`.
+pub const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+/// Raft metadata: `vote`, `committed`, `last_purged` -> JSON.
+pub const RAFT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+
+/// State machine metadata: `last_applied`, `membership`, `log_time_ms` -> JSON.
+pub const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
+/// topic -> number of events (the next offset).
+pub const TOPICS: TableDefinition<&str, u64> = TableDefinition::new("topics");
+/// (topic, offset) -> the event as served to readers (JSON text).
+pub const EVENTS: TableDefinition<(&str, u64), &str> = TableDefinition::new("events");
+/// stream -> (topic it belongs to, version = number of its events).
+pub const STREAMS: TableDefinition<&str, (&str, u64)> = TableDefinition::new("streams");
+/// (stream, version) -> topic offset of the stream's `version`-th event (1-based).
+pub const STREAM_INDEX: TableDefinition<(&str, u64), u64> = TableDefinition::new("stream_index");
+
+pub const KEY_VOTE: &str = "vote";
+pub const KEY_COMMITTED: &str = "committed";
+pub const KEY_LAST_PURGED: &str = "last_purged";
+pub const KEY_LAST_APPLIED: &str = "last_applied";
+pub const KEY_MEMBERSHIP: &str = "membership";
+pub const KEY_LOG_TIME: &str = "log_time_ms";

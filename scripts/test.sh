@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The whole test suite: what CI runs and what a newcomer runs. Installs what it needs itself.
+# Prints each stage's time so the CI budget (90 min on 2 cores) stays visible.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TERM_COLOR=never
+export CARGO_INCREMENTAL=0
+# Normal builds share one target dir; the madsim build has its own so neither rebuilds the other.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+MADSIM_TARGET_DIR="${MADSIM_TARGET_DIR:-$PWD/target-madsim}"
+
+declare -a SUMMARY=()
+stage() {
+  local name=$1; shift
+  local start=$SECONDS
+  echo "=== stage: $name"
+  "$@"
+  local took=$((SECONDS - start))
+  SUMMARY+=("$(printf '%-28s %5ds' "$name" "$took")")
+  echo "=== stage: $name done in ${took}s"
+}
+
+install_tools() {
+  command -v cargo >/dev/null || { echo "cargo is required (rustup)"; exit 1; }
+  cargo nextest --version >/dev/null 2>&1 || cargo install --locked cargo-nextest
+}
+
+build() {
+  cargo build --workspace --all-targets
+}
+
+unit_and_integration() {
+  cargo nextest run --workspace --no-fail-fast
+}
+
+simulation() {
+  CARGO_TARGET_DIR="$MADSIM_TARGET_DIR" RUSTFLAGS="--cfg madsim" \
+    cargo nextest run -p sim-tests --no-fail-fast
+}
+
+stage "install tools" install_tools
+stage "build" build
+stage "unit + integration tests" unit_and_integration
+if [ -n "$(ls sim-tests/tests/*.rs 2>/dev/null)" ]; then
+  stage "simulation (madsim)" simulation
+fi
+
+echo "=== timings"
+for line in "${SUMMARY[@]}"; do echo "$line"; done
