@@ -1,1 +1,59 @@
+//! uniqlog's HTTP layer: the axum routers of the client API and of peer RPC, the one error
+//! type and its status mapping, the transport seam, and the accept loop.
+//!
+//! This crate never opens redb: it reads through `raft_store::StateReader` and writes by
+//! proposing commands to Raft.
 
+pub mod app;
+pub mod error;
+pub mod extract;
+pub mod limits;
+pub mod peer;
+pub mod routes;
+pub mod server;
+pub mod transport;
+pub mod wire;
+
+use axum::routing::{get, post};
+use axum::Router;
+
+pub use app::{App, SharedApp};
+pub use error::ApiError;
+pub use limits::Limits;
+pub use transport::{HttpRequest, HttpResponse, HyperTransport, Transport, TransportError};
+
+use routes::{cluster, log};
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// The client API. Built without a socket so tests can call it directly.
+pub fn client_router(app: SharedApp) -> Router {
+    Router::new()
+        .route("/v1/topics", get(log::topics))
+        .route(
+            "/v1/topics/{topic}/events",
+            post(log::append).get(log::read),
+        )
+        .route("/v1/topics/{topic}/stream", get(log::sse))
+        .route("/v1/streams/{stream}/events", get(log::stream_events))
+        .route("/v1/cluster/status", get(cluster::status))
+        .route("/v1/cluster/init", post(cluster::init))
+        .route("/v1/cluster/learners", post(cluster::add_learner))
+        .route("/v1/cluster/membership", post(cluster::change_membership))
+        .route("/health", get(cluster::health))
+        .route("/ready", get(cluster::ready))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(app)
+}
+
+/// Client and peer routes on one listener (the default when `peer_addr` is not set).
+pub fn router(app: SharedApp) -> Router {
+    peer::peer_router(app.clone()).merge(client_router(app))
+}

@@ -1,1 +1,111 @@
+//! The node assembly shared by the `uniqlog` binary and the simulator: open storage, start
+//! openraft, serve the client API and peer RPC.
 
+pub mod config;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use api::peer::{peer_router, PeerNetwork};
+use api::{client_router, router, App, SharedApp, Transport};
+use openraft::Raft;
+use raft_store::{Node, NodeId, Storage, TypeConfig};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub use config::{Config, ConfigError, NodeConfig, RaftSettings};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("invalid raft settings: {0}")]
+    RaftConfig(#[from] openraft::ConfigError),
+    #[error("raft failed to start: {0}")]
+    Raft(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// A running node: its app state and the tasks serving it.
+pub struct RunningNode {
+    pub app: SharedApp,
+    servers: Vec<JoinHandle<()>>,
+}
+
+impl RunningNode {
+    pub fn raft(&self) -> &Raft<TypeConfig> {
+        &self.app.raft
+    }
+
+    /// Stop serving and shut Raft down.
+    pub async fn shutdown(self) {
+        for s in &self.servers {
+            s.abort();
+        }
+        let _ = self.app.raft.shutdown().await;
+    }
+}
+
+/// Start node `id` of `config` on already opened `storage`.
+pub async fn start(
+    config: &Config,
+    id: NodeId,
+    storage: Storage,
+    transport: Arc<dyn Transport>,
+) -> Result<RunningNode, NodeError> {
+    let me = config.node(id)?.clone();
+    let raft_config = Arc::new(config.openraft().validate()?);
+    let network = PeerNetwork {
+        transport: transport.clone(),
+    };
+    let raft = Raft::new(id, raft_config, network, storage.log, storage.state_machine)
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
+    let initial_members: BTreeMap<NodeId, Node> = config
+        .nodes
+        .iter()
+        .map(|n| (n.id, Node::new(n.peer_addr())))
+        .collect();
+    let app = Arc::new(App {
+        id,
+        raft,
+        reader: storage.reader,
+        transport,
+        limits: config.limits.clone(),
+        initial_members,
+    });
+    let header_timeout = Duration::from_millis(config.limits.header_read_timeout_ms);
+    let mut servers = Vec::new();
+    match &me.peer_addr {
+        None => servers.push(listen(&me.addr, router(app.clone()), header_timeout).await?),
+        Some(peer) => {
+            servers.push(listen(&me.addr, client_router(app.clone()), header_timeout).await?);
+            servers.push(listen(peer, peer_router(app.clone()), header_timeout).await?);
+        }
+    }
+    tracing::info!(id, addr = %me.addr, peer_addr = %me.peer_addr(), "node serving");
+    Ok(RunningNode { app, servers })
+}
+
+async fn listen(
+    addr: &str,
+    router: axum::Router,
+    header_timeout: Duration,
+) -> Result<JoinHandle<()>, NodeError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| NodeError::Bind {
+            addr: addr.to_string(),
+            source,
+        })?;
+    Ok(tokio::spawn(api::server::serve(
+        listener,
+        router,
+        header_timeout,
+    )))
+}

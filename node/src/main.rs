@@ -1,1 +1,7 @@
-fn main() {}
+//! The `uniqlog` binary.
+
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
+}

@@ -1,0 +1,270 @@
+//! The node as the HTTP layer sees it, and the leader-side operations that a follower
+//! forwards: writes, read-index for linearizable reads, and membership changes.
+//!
+//! Forwarding is one hop with what is left of the caller's deadline: the leader executes
+//! locally or answers 503, it never forwards again.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{ChangeMembers, Raft};
+use raft_store::{LogCommand, Node, NodeId, Outcome, Request, StateReader, TypeConfig};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::error::{ApiError, ErrorBody};
+use crate::limits::Limits;
+use crate::transport::{HttpRequest, Transport};
+
+pub type SharedApp = Arc<App>;
+
+pub struct App {
+    pub id: NodeId,
+    pub raft: Raft<TypeConfig>,
+    pub reader: StateReader,
+    pub transport: Arc<dyn Transport>,
+    pub limits: Limits,
+    /// The config's node list: what `cluster init` bootstraps.
+    pub initial_members: BTreeMap<NodeId, Node>,
+}
+
+/// An operation only the leader can carry out.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum LeaderOp {
+    Write { request: Request },
+    ReadIndex,
+    AddLearner { id: NodeId, addr: String },
+    ChangeMembership { voters: BTreeSet<NodeId> },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum LeaderReply {
+    Written { outcome: Outcome },
+    ReadIndex { index: u64 },
+    Membership { log_index: u64 },
+}
+
+/// Body of the internal forwarding route.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Forwarded {
+    pub op: LeaderOp,
+    pub timeout_ms: u64,
+}
+
+pub const FORWARD_PATH: &str = "/internal/v1/leader";
+
+/// The leader's wall clock, stamped on each proposed entry. Under madsim this is the
+/// simulated clock.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl App {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.limits.request_timeout_ms)
+    }
+
+    /// Run `op` on the leader, here or one hop away.
+    pub async fn execute(&self, op: LeaderOp, timeout: Duration) -> Result<LeaderReply, ApiError> {
+        let deadline = Instant::now() + timeout;
+        let (leader, addr) = self.wait_for_leader(deadline).await?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if leader == self.id {
+            return self.execute_local(op, left).await;
+        }
+        self.forward(&addr, op, left).await
+    }
+
+    /// Wait (bounded) until this node knows a leader and its address.
+    async fn wait_for_leader(&self, deadline: Instant) -> Result<(NodeId, String), ApiError> {
+        let mut metrics = self.raft.metrics();
+        loop {
+            {
+                let m = metrics.borrow_and_update();
+                if let Some(leader) = m.current_leader {
+                    if let Some(node) = m.membership_config.membership().get_node(&leader) {
+                        return Ok((leader, node.addr.clone()));
+                    }
+                }
+            }
+            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) => return Err(ApiError::unavailable("this node is shutting down")),
+                Err(_) => {
+                    return Err(ApiError::unavailable(
+                        "no leader is known: the cluster is electing, not initialized, or this node is cut off",
+                    ))
+                }
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        addr: &str,
+        op: LeaderOp,
+        left: Duration,
+    ) -> Result<LeaderReply, ApiError> {
+        let is_write = matches!(op, LeaderOp::Write { .. });
+        let body = serde_json::to_vec(&Forwarded {
+            op,
+            timeout_ms: left.as_millis() as u64,
+        })
+        .expect("forwarded ops serialize");
+        // A little slack so the leader's own timeout answers first.
+        let wait = left + Duration::from_millis(200);
+        match self
+            .transport
+            .send(addr, HttpRequest::post(FORWARD_PATH, body), wait)
+            .await
+        {
+            Ok(resp) if resp.status == 200 => serde_json::from_slice(&resp.body)
+                .map_err(|e| ApiError::internal(format!("bad answer from the leader: {e}"))),
+            Ok(resp) => match serde_json::from_slice::<ErrorBody>(&resp.body) {
+                Ok(body) => Err(ApiError::Forwarded {
+                    status: resp.status,
+                    body,
+                }),
+                Err(_) if is_write => Err(ApiError::outcome_unknown(format!(
+                    "the leader answered {} without an error body",
+                    resp.status
+                ))),
+                Err(_) => Err(ApiError::unavailable(format!(
+                    "the leader answered {}",
+                    resp.status
+                ))),
+            },
+            Err(e) if e.nothing_sent() || !is_write => Err(ApiError::unavailable(format!(
+                "forwarding to the leader failed: {e}"
+            ))),
+            Err(e) => Err(ApiError::outcome_unknown(format!(
+                "forwarded to the leader but got no answer: {e}"
+            ))),
+        }
+    }
+
+    /// Run `op` on this node, which must be the leader.
+    pub async fn execute_local(
+        &self,
+        op: LeaderOp,
+        timeout: Duration,
+    ) -> Result<LeaderReply, ApiError> {
+        match op {
+            LeaderOp::Write { request } => self.propose(request, timeout).await,
+            LeaderOp::ReadIndex => {
+                let res = tokio::time::timeout(timeout, self.raft.ensure_linearizable())
+                    .await
+                    .map_err(|_| ApiError::unavailable("could not confirm leadership in time"))?;
+                let log_id =
+                    res.map_err(|e| ApiError::unavailable(format!("not the leader: {e}")))?;
+                Ok(LeaderReply::ReadIndex {
+                    index: log_id.map_or(0, |l| l.index),
+                })
+            }
+            LeaderOp::AddLearner { id, addr } => {
+                let fut = self.raft.add_learner(id, Node::new(addr), false);
+                let res = tokio::time::timeout(timeout, fut)
+                    .await
+                    .map_err(|_| ApiError::outcome_unknown("membership change timed out"))?;
+                let resp = res.map_err(membership_error)?;
+                Ok(LeaderReply::Membership {
+                    log_index: resp.log_id.index,
+                })
+            }
+            LeaderOp::ChangeMembership { voters } => {
+                let fut = self
+                    .raft
+                    .change_membership(ChangeMembers::ReplaceAllVoters(voters), false);
+                let res = tokio::time::timeout(timeout, fut)
+                    .await
+                    .map_err(|_| ApiError::outcome_unknown("membership change timed out"))?;
+                let resp = res.map_err(membership_error)?;
+                Ok(LeaderReply::Membership {
+                    log_index: resp.log_id.index,
+                })
+            }
+        }
+    }
+
+    /// Propose one request and wait for its own outcome: committed on a quorum and applied
+    /// here.
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn propose(&self, request: Request, timeout: Duration) -> Result<LeaderReply, ApiError> {
+        let cmd = LogCommand {
+            timestamp_ms: now_ms(),
+            requests: vec![request],
+        };
+        let res = tokio::time::timeout(timeout, self.raft.client_write(cmd))
+            .await
+            .map_err(|_| ApiError::outcome_unknown("no commit within the request timeout"))?;
+        match res {
+            Ok(resp) => {
+                let outcome = resp.data.outcomes.into_iter().next().ok_or_else(|| {
+                    ApiError::internal("apply returned no outcome for the request")
+                })?;
+                Ok(LeaderReply::Written { outcome })
+            }
+            // openraft answers this before appending anything: not applied.
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(ApiError::unavailable(format!(
+                    "leadership moved (to {:?}) before the write was proposed",
+                    f.leader_id
+                )))
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(ApiError::internal(e))
+            }
+            Err(RaftError::Fatal(e)) => Err(ApiError::outcome_unknown(format!(
+                "raft stopped while the write was in flight: {e}"
+            ))),
+        }
+    }
+
+    /// Wait (bounded) until this node has applied `index`.
+    pub async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), ApiError> {
+        let mut rx = self.reader.applied_watch();
+        loop {
+            if *rx.borrow_and_update() >= index {
+                return Ok(());
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) => return Err(ApiError::unavailable("this node is shutting down")),
+                Err(_) => {
+                    return Err(ApiError::NotYetApplied {
+                        message: format!("this node has not applied log index {index} yet"),
+                    })
+                }
+            }
+        }
+    }
+
+    /// For `?consistency=linearizable`: make this node's state at least as new as any write
+    /// acknowledged before the call.
+    pub async fn linearize(&self) -> Result<(), ApiError> {
+        let timeout = self.request_timeout();
+        let deadline = Instant::now() + timeout;
+        match self.execute(LeaderOp::ReadIndex, timeout).await? {
+            LeaderReply::ReadIndex { index } => self.wait_applied(index, deadline).await,
+            other => Err(ApiError::internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+}
+
+fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, Node>>) -> ApiError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
+            ApiError::unavailable("leadership moved; retry")
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            ApiError::bad_request(format!("membership change refused: {e}"))
+        }
+        RaftError::Fatal(e) => ApiError::outcome_unknown(format!("raft stopped: {e}")),
+    }
+}

@@ -1,0 +1,187 @@
+//! The one error type of the HTTP boundary and the one place that maps it to status codes.
+//!
+//! Every error answer has the shape `{"error": code, "message": ..., "retryable": bool,
+//! ...details}`. `status()` is an exhaustive match with no catch-all arm, so a new kind of
+//! error cannot silently become a 400 or a 500.
+
+use std::collections::BTreeMap;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApiError {
+    /// Malformed or invalid input that is not about one named field.
+    #[error("{message}")]
+    BadRequest { message: String },
+    /// Field-level validation errors, all at once.
+    #[error("invalid fields")]
+    Validation { fields: BTreeMap<String, String> },
+    #[error("stream {stream} belongs to topic {topic}")]
+    StreamInOtherTopic { stream: String, topic: String },
+    #[error("{message}")]
+    NotFound { message: String },
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("stream {stream} is at version {actual}, expected {expected}")]
+    VersionConflict {
+        stream: String,
+        expected: String,
+        actual: u64,
+    },
+    #[error("request body is larger than {limit_bytes} bytes")]
+    PayloadTooLarge { limit_bytes: usize },
+    #[error("content type must be application/json")]
+    UnsupportedMediaType,
+    /// Not applied, retry is safe.
+    #[error("{message}")]
+    Unavailable { message: String },
+    /// May or may not have been applied.
+    #[error("{message}")]
+    OutcomeUnknown { message: String },
+    /// A bounded wait for an offset or index ran out.
+    #[error("{message}")]
+    NotYetApplied { message: String },
+    /// This node's own storage or Raft failed: not the client's fault.
+    #[error("{message}")]
+    Internal { message: String },
+    /// An error answered by the leader to a forwarded request, passed through as it was.
+    #[error("{}", body.message)]
+    Forwarded { status: u16, body: ErrorBody },
+}
+
+/// The wire form of every error.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ErrorBody {
+    pub error: String,
+    pub message: String,
+    pub retryable: bool,
+    #[serde(flatten)]
+    pub details: Map<String, Value>,
+}
+
+impl ApiError {
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::BadRequest {
+            message: message.into(),
+        }
+    }
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        ApiError::Unavailable {
+            message: message.into(),
+        }
+    }
+    pub fn outcome_unknown(message: impl Into<String>) -> Self {
+        ApiError::OutcomeUnknown {
+            message: message.into(),
+        }
+    }
+    pub fn internal(message: impl ToString) -> Self {
+        ApiError::Internal {
+            message: message.to_string(),
+        }
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        ApiError::NotFound {
+            message: message.into(),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest { .. }
+            | ApiError::Validation { .. }
+            | ApiError::StreamInOtherTopic { .. } => StatusCode::BAD_REQUEST,
+            ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::VersionConflict { .. } => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unavailable { .. }
+            | ApiError::OutcomeUnknown { .. }
+            | ApiError::NotYetApplied { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Forwarded { status, .. } => {
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY)
+            }
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest { .. } => "invalid_request",
+            ApiError::Validation { .. } => "validation",
+            ApiError::StreamInOtherTopic { .. } => "stream_in_other_topic",
+            ApiError::NotFound { .. } => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::VersionConflict { .. } => "version_conflict",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::Unavailable { .. } => "unavailable",
+            ApiError::OutcomeUnknown { .. } => "outcome_unknown",
+            ApiError::NotYetApplied { .. } => "not_yet_applied",
+            ApiError::Internal { .. } => "internal",
+            ApiError::Forwarded { .. } => "forwarded",
+        }
+    }
+
+    /// Whether repeating the same request is safe and may succeed.
+    fn retryable(&self) -> bool {
+        match self {
+            ApiError::Unavailable { .. } | ApiError::NotYetApplied { .. } => true,
+            ApiError::Forwarded { body, .. } => body.retryable,
+            ApiError::BadRequest { .. }
+            | ApiError::Validation { .. }
+            | ApiError::StreamInOtherTopic { .. }
+            | ApiError::NotFound { .. }
+            | ApiError::MethodNotAllowed
+            | ApiError::VersionConflict { .. }
+            | ApiError::PayloadTooLarge { .. }
+            | ApiError::UnsupportedMediaType
+            | ApiError::OutcomeUnknown { .. }
+            | ApiError::Internal { .. } => false,
+        }
+    }
+
+    pub fn body(&self) -> ErrorBody {
+        if let ApiError::Forwarded { body, .. } = self {
+            return body.clone();
+        }
+        let details = match self {
+            ApiError::Validation { fields } => json!({ "fields": fields }),
+            ApiError::StreamInOtherTopic { stream, topic } => {
+                json!({ "stream": stream, "topic": topic })
+            }
+            ApiError::VersionConflict {
+                stream,
+                expected,
+                actual,
+            } => json!({ "stream": stream, "expected": expected, "actual": actual }),
+            ApiError::PayloadTooLarge { limit_bytes } => json!({ "limit_bytes": limit_bytes }),
+            _ => json!({}),
+        };
+        let Value::Object(details) = details else {
+            unreachable!("details are objects")
+        };
+        ErrorBody {
+            error: self.code().to_string(),
+            message: self.to_string(),
+            retryable: self.retryable(),
+            details,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut resp = (status, axum::Json(self.body())).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE && self.retryable() {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}

@@ -1,0 +1,42 @@
+//! `[limits]`: every limit of the client API, named with its unit, each with a default.
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest accepted request body.
+    pub body_bytes_max: usize,
+    /// Most events in one append.
+    pub events_per_append_max: usize,
+    /// Largest single event: type, stream, data and metadata together.
+    pub event_bytes_max: usize,
+    /// Longest topic, stream or event type name.
+    pub name_bytes_max: usize,
+    /// Longest long-poll a reader may ask for.
+    pub wait_ms_max: u64,
+    /// Most events in one read page.
+    pub read_events_max: usize,
+    /// How long a write may wait for its answer (commit and apply), forwarding included.
+    pub request_timeout_ms: u64,
+    /// How long a client may take to send its request headers.
+    pub header_read_timeout_ms: u64,
+    /// Interval of keep-alive comments on server-sent-event streams.
+    pub sse_keepalive_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            body_bytes_max: 1024 * 1024,
+            events_per_append_max: 1000,
+            event_bytes_max: 256 * 1024,
+            name_bytes_max: 255,
+            wait_ms_max: 30_000,
+            read_events_max: 1000,
+            request_timeout_ms: 10_000,
+            header_read_timeout_ms: 10_000,
+            sse_keepalive_ms: 15_000,
+        }
+    }
+}

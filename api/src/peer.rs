@@ -1,0 +1,168 @@
+//! Peer RPC, both sides: the routes a node serves to its peers (Raft append-entries, vote,
+//! snapshot chunks, and the forwarding route) and the openraft network that calls them.
+//!
+//! Every call carries a deadline: openraft's `hard_ttl` for Raft RPCs, the caller's remaining
+//! request time for forwarded operations. Peer routes are kept apart from the client routes so
+//! client limits never slow heartbeats down.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use raft_store::{Node, NodeId, TypeConfig};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::app::{Forwarded, SharedApp, FORWARD_PATH};
+use crate::error::ApiError;
+use crate::extract::parse_json;
+use crate::transport::{HttpRequest, Transport};
+
+pub const APPEND_PATH: &str = "/raft/append";
+pub const VOTE_PATH: &str = "/raft/vote";
+pub const SNAPSHOT_PATH: &str = "/raft/snapshot";
+
+/// The routes peers call. No client limits apply here.
+pub fn peer_router(app: SharedApp) -> Router {
+    Router::new()
+        .route(APPEND_PATH, post(append))
+        .route(VOTE_PATH, post(vote))
+        .route(SNAPSHOT_PATH, post(snapshot))
+        .route(FORWARD_PATH, post(forwarded))
+        .with_state(app)
+}
+
+fn rpc_answer<T: Serialize>(r: T) -> Response {
+    (StatusCode::OK, Json(r)).into_response()
+}
+
+async fn append(State(app): State<SharedApp>, body: Bytes) -> Result<Response, ApiError> {
+    let req: AppendEntriesRequest<TypeConfig> = parse_json(&body)?;
+    Ok(rpc_answer(app.raft.append_entries(req).await))
+}
+
+async fn vote(State(app): State<SharedApp>, body: Bytes) -> Result<Response, ApiError> {
+    let req: VoteRequest<NodeId> = parse_json(&body)?;
+    Ok(rpc_answer(app.raft.vote(req).await))
+}
+
+async fn snapshot(State(app): State<SharedApp>, body: Bytes) -> Result<Response, ApiError> {
+    let req: InstallSnapshotRequest<TypeConfig> = parse_json(&body)?;
+    Ok(rpc_answer(app.raft.install_snapshot(req).await))
+}
+
+/// A follower hands an operation to this node, which must be the leader: one hop only.
+async fn forwarded(State(app): State<SharedApp>, body: Bytes) -> Result<Response, ApiError> {
+    let f: Forwarded = parse_json(&body)?;
+    if app.raft.current_leader().await != Some(app.id) {
+        return Err(ApiError::unavailable(
+            "the forwarded-to node is no longer the leader",
+        ));
+    }
+    let timeout = Duration::from_millis(f.timeout_ms.min(app.limits.request_timeout_ms));
+    let reply = app.execute_local(f.op, timeout).await?;
+    Ok(rpc_answer(reply))
+}
+
+/// openraft's network: one [`PeerClient`] per target.
+pub struct PeerNetwork {
+    pub transport: Arc<dyn Transport>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerClient {
+        PeerClient {
+            target,
+            addr: node.addr.clone(),
+            transport: self.transport.clone(),
+        }
+    }
+}
+
+pub struct PeerClient {
+    target: NodeId,
+    addr: String,
+    transport: Arc<dyn Transport>,
+}
+
+type RpcResult<T, E> = Result<T, RPCError<NodeId, Node, RaftError<NodeId, E>>>;
+
+impl PeerClient {
+    async fn call<Req, Resp, E>(
+        &self,
+        path: &str,
+        req: &Req,
+        option: &RPCOption,
+    ) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let body = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let resp = self
+            .transport
+            .send(&self.addr, HttpRequest::post(path, body), option.hard_ttl())
+            .await
+            .map_err(|e| {
+                if e.nothing_sent() {
+                    RPCError::Unreachable(Unreachable::new(&e))
+                } else {
+                    RPCError::Network(NetworkError::new(&e))
+                }
+            })?;
+        if resp.status != 200 {
+            let e = std::io::Error::other(format!(
+                "peer {} answered {}: {}",
+                self.target,
+                resp.status,
+                String::from_utf8_lossy(&resp.body)
+            ));
+            return Err(RPCError::Network(NetworkError::new(&e)));
+        }
+        let answer: Result<Resp, RaftError<NodeId, E>> = serde_json::from_slice(&resp.body)
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
+        self.call(APPEND_PATH, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        self.call(SNAPSHOT_PATH, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
+        self.call(VOTE_PATH, &rpc, &option).await
+    }
+}

@@ -1,0 +1,131 @@
+//! Cluster administration and health.
+
+use std::collections::BTreeSet;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use openraft::error::{InitializeError, RaftError};
+use openraft::ServerState;
+use serde_json::json;
+
+use crate::app::{LeaderOp, LeaderReply, SharedApp};
+use crate::error::ApiError;
+use crate::extract::JsonBody;
+use crate::wire::{AddLearnerBody, ClusterStatus, Member, MembershipBody};
+
+pub async fn status(State(app): State<SharedApp>) -> Result<Json<ClusterStatus>, ApiError> {
+    Ok(Json(cluster_status(&app).await?))
+}
+
+pub async fn cluster_status(app: &SharedApp) -> Result<ClusterStatus, ApiError> {
+    let m = app.raft.metrics().borrow().clone();
+    let committed = app
+        .raft
+        .with_raft_state(|s| s.committed.map_or(0, |l| l.index))
+        .await
+        .map_err(|e| ApiError::unavailable(format!("raft is not running: {e}")))?;
+    let membership = m.membership_config.membership();
+    let voters: BTreeSet<_> = membership.voter_ids().collect();
+    let members = membership
+        .nodes()
+        .map(|(id, node)| Member {
+            id: *id,
+            addr: node.addr.clone(),
+            voter: voters.contains(id),
+        })
+        .collect();
+    let role = match m.state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    };
+    Ok(ClusterStatus {
+        id: app.id,
+        role: role.to_string(),
+        term: m.current_term,
+        leader: m.current_leader,
+        commit_index: committed,
+        applied_index: m.last_applied.map_or(0, |l| l.index),
+        last_log_index: m.last_log_index.unwrap_or(0),
+        purged_index: m.purged.map(|l| l.index),
+        snapshot_index: m.snapshot.map(|l| l.index),
+        members,
+    })
+}
+
+/// Bootstrap the cluster from the config's node list. Idempotent: a node that is already part
+/// of an initialized cluster answers 200 and changes nothing.
+pub async fn init(State(app): State<SharedApp>) -> Result<Response, ApiError> {
+    match app.raft.initialize(app.initial_members.clone()).await {
+        Ok(()) => Ok(Json(json!({ "initialized": true })).into_response()),
+        Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(Json(
+            json!({ "initialized": false, "message": "the cluster is already initialized" }),
+        )
+        .into_response()),
+        Err(RaftError::APIError(InitializeError::NotInMembers(e))) => Err(ApiError::bad_request(
+            format!("this node is not in the config's node list: {e}"),
+        )),
+        Err(RaftError::Fatal(e)) => Err(ApiError::unavailable(format!("raft is not running: {e}"))),
+    }
+}
+
+fn membership_answer(reply: LeaderReply) -> Result<Response, ApiError> {
+    match reply {
+        LeaderReply::Membership { log_index } => {
+            Ok((StatusCode::OK, Json(json!({ "log_index": log_index }))).into_response())
+        }
+        other => Err(ApiError::internal(format!("unexpected reply {other:?}"))),
+    }
+}
+
+pub async fn add_learner(
+    State(app): State<SharedApp>,
+    JsonBody(body): JsonBody<AddLearnerBody>,
+) -> Result<Response, ApiError> {
+    if body.addr.trim().is_empty() {
+        return Err(ApiError::bad_request("addr must not be empty"));
+    }
+    let op = LeaderOp::AddLearner {
+        id: body.id,
+        addr: body.addr,
+    };
+    membership_answer(app.execute(op, app.request_timeout()).await?)
+}
+
+pub async fn change_membership(
+    State(app): State<SharedApp>,
+    JsonBody(body): JsonBody<MembershipBody>,
+) -> Result<Response, ApiError> {
+    if body.voters.is_empty() {
+        return Err(ApiError::bad_request("voters must not be empty"));
+    }
+    let op = LeaderOp::ChangeMembership {
+        voters: body.voters.into_iter().collect(),
+    };
+    membership_answer(app.execute(op, app.request_timeout()).await?)
+}
+
+pub async fn health() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Ready: a leader is known and this node has applied everything it knows to be committed.
+pub async fn ready(State(app): State<SharedApp>) -> Result<Json<serde_json::Value>, ApiError> {
+    let s = cluster_status(&app).await?;
+    if s.leader.is_none() {
+        return Err(ApiError::unavailable("no leader is known"));
+    }
+    if s.applied_index < s.commit_index {
+        return Err(ApiError::unavailable(format!(
+            "applied {} of {} committed entries",
+            s.applied_index, s.commit_index
+        )));
+    }
+    Ok(Json(
+        json!({ "status": "ready", "leader": s.leader, "applied_index": s.applied_index }),
+    ))
+}

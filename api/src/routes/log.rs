@@ -1,0 +1,264 @@
+//! The event log: append, read (with long-poll), server-sent events, streams, topics.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use raft_store::{Conflict, Outcome, Page, Rejection, Request};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::time::Instant;
+
+use crate::app::{LeaderOp, LeaderReply, SharedApp};
+use crate::error::ApiError;
+use crate::extract::{JsonBody, PathParams, QueryParams};
+use crate::wire::{validate_topic, AppendBody, AppendCreated};
+
+#[tracing::instrument(level = "debug", skip_all, fields(topic = %topic))]
+pub async fn append(
+    State(app): State<SharedApp>,
+    PathParams(topic): PathParams<String>,
+    JsonBody(body): JsonBody<AppendBody>,
+) -> Result<Response, ApiError> {
+    let request = body.into_request(&topic, &app.limits)?;
+    let reply = app
+        .execute(
+            LeaderOp::Write {
+                request: Request::Append(request),
+            },
+            app.request_timeout(),
+        )
+        .await?;
+    let LeaderReply::Written { outcome } = reply else {
+        return Err(ApiError::internal(format!("unexpected reply {reply:?}")));
+    };
+    match outcome {
+        Outcome::Appended {
+            first_offset,
+            last_offset,
+            log_index,
+        } => Ok((
+            StatusCode::CREATED,
+            Json(AppendCreated {
+                first_offset,
+                last_offset,
+                log_index,
+            }),
+        )
+            .into_response()),
+        Outcome::Conflict(Conflict::Version {
+            stream,
+            expected,
+            actual,
+        }) => Err(ApiError::VersionConflict {
+            stream,
+            expected: expected.to_string(),
+            actual,
+        }),
+        Outcome::Rejected(Rejection::StreamInOtherTopic { stream, topic }) => {
+            Err(ApiError::StreamInOtherTopic { stream, topic })
+        }
+        Outcome::Rejected(Rejection::InvalidEvent { index, reason }) => {
+            Err(ApiError::bad_request(format!("events[{index}]: {reason}")))
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadParams {
+    #[serde(default)]
+    from: u64,
+    limit: Option<usize>,
+    #[serde(default)]
+    wait_ms: u64,
+    consistency: Option<Consistency>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum Consistency {
+    Local,
+    Linearizable,
+}
+
+impl ReadParams {
+    fn limit(&self, app: &SharedApp) -> Result<usize, ApiError> {
+        let max = app.limits.read_events_max;
+        match self.limit {
+            None => Ok(max.min(100)),
+            Some(0) => Err(ApiError::bad_request("limit must be at least 1")),
+            Some(l) if l > max => Err(ApiError::bad_request(format!(
+                "limit must be at most {max}"
+            ))),
+            Some(l) => Ok(l),
+        }
+    }
+
+    fn wait(&self, app: &SharedApp) -> Result<Duration, ApiError> {
+        if self.wait_ms > app.limits.wait_ms_max {
+            return Err(ApiError::bad_request(format!(
+                "wait_ms must be at most {}",
+                app.limits.wait_ms_max
+            )));
+        }
+        Ok(Duration::from_millis(self.wait_ms))
+    }
+
+    async fn prepare(&self, app: &SharedApp) -> Result<(), ApiError> {
+        if self.consistency == Some(Consistency::Linearizable) {
+            app.linearize().await?;
+        }
+        Ok(())
+    }
+}
+
+/// A read page as JSON, built from the stored event texts without re-encoding them.
+fn page_response(page: Page) -> Response {
+    let mut out =
+        String::with_capacity(page.events.iter().map(|e| e.len() + 1).sum::<usize>() + 40);
+    out.push_str("{\"events\":[");
+    for (i, e) in page.events.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(e);
+    }
+    out.push_str("],\"next_offset\":");
+    out.push_str(&page.next_offset.to_string());
+    out.push('}');
+    ([(header::CONTENT_TYPE, "application/json")], out).into_response()
+}
+
+async fn read_page(
+    app: &SharedApp,
+    topic: String,
+    from: u64,
+    limit: usize,
+) -> Result<Page, ApiError> {
+    let reader = app.reader.clone();
+    raft_store::blocking(move || reader.read_topic(&topic, from, limit))
+        .await
+        .map_err(ApiError::internal)
+}
+
+#[tracing::instrument(level = "debug", skip_all, fields(topic = %topic))]
+pub async fn read(
+    State(app): State<SharedApp>,
+    PathParams(topic): PathParams<String>,
+    QueryParams(params): QueryParams<ReadParams>,
+) -> Result<Response, ApiError> {
+    validate_topic(&topic, &app.limits)?;
+    let limit = params.limit(&app)?;
+    let deadline = Instant::now() + params.wait(&app)?;
+    params.prepare(&app).await?;
+    let mut applied = app.reader.applied_watch();
+    loop {
+        applied.borrow_and_update();
+        let page = read_page(&app, topic.clone(), params.from, limit).await?;
+        if !page.events.is_empty() || Instant::now() >= deadline {
+            return Ok(page_response(page));
+        }
+        // Wake on the next apply, or answer the empty page when the wait runs out.
+        if tokio::time::timeout_at(deadline, applied.changed())
+            .await
+            .is_err()
+        {
+            return Ok(page_response(page));
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamParams {
+    from: Option<u64>,
+}
+
+/// Server-sent events: one `id: <offset>` frame per event, keep-alive comments while idle.
+/// A reconnecting client's `Last-Event-ID` wins over `from`.
+pub async fn sse(
+    State(app): State<SharedApp>,
+    PathParams(topic): PathParams<String>,
+    QueryParams(params): QueryParams<StreamParams>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    validate_topic(&topic, &app.limits)?;
+    let last_id = match headers.get("last-event-id") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| ApiError::bad_request("Last-Event-ID must be an event offset"))?,
+        ),
+    };
+    let from = last_id.map_or(params.from.unwrap_or(0), |id| id.saturating_add(1));
+    let keepalive = Duration::from_millis(app.limits.sse_keepalive_ms.max(1));
+    let limit = app.limits.read_events_max;
+    let state = (app, topic, from);
+    let stream = futures::stream::unfold(state, move |(app, topic, from)| async move {
+        let mut applied = app.reader.applied_watch();
+        applied.borrow_and_update();
+        let page = match read_page(&app, topic.clone(), from, limit).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "event stream read failed");
+                return None;
+            }
+        };
+        if page.events.is_empty() {
+            let frame = match tokio::time::timeout(keepalive, applied.changed()).await {
+                Ok(Ok(())) => Bytes::new(),
+                Ok(Err(_)) => return None,
+                Err(_) => Bytes::from_static(b": keep-alive\n\n"),
+            };
+            return Some((Ok::<_, Infallible>(frame), (app, topic, from)));
+        }
+        let mut out = String::new();
+        for (i, e) in page.events.iter().enumerate() {
+            out.push_str(&format!("id: {}\ndata: {}\n\n", from + i as u64, e));
+        }
+        Some((Ok(Bytes::from(out)), (app, topic, page.next_offset)))
+    });
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+pub async fn stream_events(
+    State(app): State<SharedApp>,
+    PathParams(stream): PathParams<String>,
+    QueryParams(params): QueryParams<ReadParams>,
+) -> Result<Response, ApiError> {
+    let limit = params.limit(&app)?;
+    params.wait(&app)?;
+    params.prepare(&app).await?;
+    let reader = app.reader.clone();
+    let from = params.from;
+    let page = raft_store::blocking(move || reader.read_stream(&stream, from, limit))
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(page_response(page))
+}
+
+pub async fn topics(State(app): State<SharedApp>) -> Result<Response, ApiError> {
+    let reader = app.reader.clone();
+    let topics = raft_store::blocking(move || reader.topics())
+        .await
+        .map_err(ApiError::internal)?;
+    let topics: Vec<_> = topics
+        .into_iter()
+        .map(|(name, length)| json!({ "name": name, "length": length }))
+        .collect();
+    Ok(Json(json!({ "topics": topics })).into_response())
+}

@@ -1,0 +1,4 @@
+//! The client routes.
+
+pub mod cluster;
+pub mod log;

@@ -1,0 +1,67 @@
+//! The accept loop: hyper's `serve_connection` around the axum Router, with a header-read
+//! timeout so a slow client cannot hold a connection. `axum::serve` installs no such timer
+//! and needs the real tokio runtime; this loop runs in production and under madsim alike.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+
+/// hyper's timer over `tokio::time` (madsim's clock in simulation).
+#[derive(Clone, Debug, Default)]
+pub struct RtTimer;
+
+struct RtSleep(Pin<Box<tokio::time::Sleep>>);
+
+impl Future for RtSleep {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.0.as_mut().poll(cx)
+    }
+}
+
+impl hyper::rt::Sleep for RtSleep {}
+
+impl hyper::rt::Timer for RtTimer {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(RtSleep(Box::pin(tokio::time::sleep(duration))))
+    }
+    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        self.sleep(deadline.saturating_duration_since(Instant::now()))
+    }
+}
+
+/// Serve `router` on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, router: Router, header_read_timeout: Duration) {
+    loop {
+        let (stream, _peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(RtTimer)
+                .header_read_timeout(header_read_timeout)
+                .keep_alive(true);
+            if let Err(e) = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+}

@@ -1,0 +1,199 @@
+//! The HTTP client seam: peer RPC, forwarding to the leader, the CLI and consumers all send
+//! requests through [`Transport`].
+//!
+//! [`HyperTransport`] is hyper's low-level client over `tokio::net::TcpStream`, which under
+//! madsim is simulated TCP: the same client runs in production and in the simulator.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+
+/// An HTTP answer, body fully read.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub body: Bytes,
+}
+
+/// What went wrong sending a request. The distinction matters for writes: a request that
+/// never reached the peer was certainly not applied.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TransportError {
+    /// Could not connect: nothing was sent.
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect { addr: String, reason: String },
+    /// The deadline ran out; the request may have been received.
+    #[error("no answer from {addr} within {timeout_ms} ms")]
+    Timeout { addr: String, timeout_ms: u64 },
+    /// The connection failed after the request started; it may have been received.
+    #[error("connection to {addr} failed: {reason}")]
+    Broken { addr: String, reason: String },
+}
+
+impl TransportError {
+    /// True when the peer certainly did not receive the request.
+    pub fn nothing_sent(&self) -> bool {
+        matches!(self, TransportError::Connect { .. })
+    }
+}
+
+/// A method, a path (with query) and an optional JSON body.
+#[derive(Debug, Clone)]
+pub struct HttpRequest {
+    pub method: http::Method,
+    pub path: String,
+    pub body: Option<Bytes>,
+    pub headers: Vec<(http::HeaderName, String)>,
+}
+
+impl HttpRequest {
+    pub fn get(path: impl Into<String>) -> Self {
+        HttpRequest {
+            method: http::Method::GET,
+            path: path.into(),
+            body: None,
+            headers: Vec::new(),
+        }
+    }
+    pub fn post(path: impl Into<String>, body: impl Into<Bytes>) -> Self {
+        HttpRequest {
+            method: http::Method::POST,
+            path: path.into(),
+            body: Some(body.into()),
+            headers: Vec::new(),
+        }
+    }
+}
+
+/// Sends one HTTP request to `addr` (`host:port`) and reads the whole answer, or gives up
+/// after `timeout`.
+pub trait Transport: Send + Sync + 'static {
+    fn send(
+        &self,
+        addr: &str,
+        req: HttpRequest,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<HttpResponse, TransportError>>;
+}
+
+type Sender = SendRequest<Full<Bytes>>;
+
+/// hyper http1 client with a small keep-alive pool per address.
+#[derive(Clone, Default)]
+pub struct HyperTransport {
+    pool: Arc<Mutex<HashMap<String, Vec<Sender>>>>,
+}
+
+/// Idle connections kept per address.
+const IDLE_PER_ADDR_MAX: usize = 64;
+
+impl HyperTransport {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn take(&self, addr: &str) -> Option<Sender> {
+        let mut pool = self.pool.lock().expect("pool lock");
+        let idle = pool.get_mut(addr)?;
+        while let Some(s) = idle.pop() {
+            if !s.is_closed() && s.is_ready() {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    fn give_back(&self, addr: &str, sender: Sender) {
+        let mut pool = self.pool.lock().expect("pool lock");
+        let idle = pool.entry(addr.to_string()).or_default();
+        if idle.len() < IDLE_PER_ADDR_MAX {
+            idle.push(sender);
+        }
+    }
+
+    async fn connect(addr: &str) -> Result<Sender, TransportError> {
+        let connect_err = |reason: String| TransportError::Connect {
+            addr: addr.to_string(),
+            reason,
+        };
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| connect_err(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| connect_err(e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(sender)
+    }
+
+    async fn send_inner(
+        self,
+        addr: String,
+        req: HttpRequest,
+    ) -> Result<HttpResponse, TransportError> {
+        let mut sender = match self.take(&addr) {
+            Some(s) => s,
+            None => Self::connect(&addr).await?,
+        };
+        let broken = |reason: String| TransportError::Broken {
+            addr: addr.clone(),
+            reason,
+        };
+        let mut builder = http::Request::builder()
+            .method(req.method)
+            .uri(req.path)
+            .header(http::header::HOST, addr.as_str());
+        if req.body.is_some() {
+            builder = builder.header(http::header::CONTENT_TYPE, "application/json");
+        }
+        for (k, v) in req.headers {
+            builder = builder.header(k, v);
+        }
+        let request = builder
+            .body(Full::new(req.body.unwrap_or_default()))
+            .map_err(|e| broken(e.to_string()))?;
+        let resp = sender
+            .send_request(request)
+            .await
+            .map_err(|e| broken(e.to_string()))?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| broken(e.to_string()))?
+            .to_bytes();
+        self.give_back(&addr, sender);
+        Ok(HttpResponse { status, body })
+    }
+}
+
+impl Transport for HyperTransport {
+    fn send(
+        &self,
+        addr: &str,
+        req: HttpRequest,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<HttpResponse, TransportError>> {
+        let this = self.clone();
+        let addr = addr.to_string();
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, this.send_inner(addr.clone(), req)).await {
+                Ok(r) => r,
+                Err(_) => Err(TransportError::Timeout {
+                    addr,
+                    timeout_ms: timeout.as_millis() as u64,
+                }),
+            }
+        })
+    }
+}

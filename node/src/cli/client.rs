@@ -1,0 +1,52 @@
+//! The CLI's HTTP client: the same transport the nodes use for peer RPC.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use api::{HttpRequest, HyperTransport, Transport};
+use serde_json::Value;
+
+pub struct Client {
+    transport: HyperTransport,
+    timeout: Duration,
+}
+
+impl Client {
+    pub fn new() -> Self {
+        Client {
+            transport: HyperTransport::new(),
+            timeout: Duration::from_secs(15),
+        }
+    }
+
+    /// Send and decode the JSON answer, whatever its status.
+    pub async fn call(&self, addr: &str, req: HttpRequest) -> Result<(u16, Value)> {
+        let resp = self.transport.send(addr, req, self.timeout).await?;
+        let body: Value = serde_json::from_slice(&resp.body).with_context(|| {
+            format!(
+                "{addr} answered {} with a body that is not JSON",
+                resp.status
+            )
+        })?;
+        Ok((resp.status, body))
+    }
+
+    /// Send and require a 2xx answer.
+    pub async fn ok(&self, addr: &str, req: HttpRequest) -> Result<Value> {
+        let (status, body) = self.call(addr, req).await?;
+        if !(200..300).contains(&status) {
+            let msg = body["message"].as_str().unwrap_or("no message");
+            return Err(anyhow!("{addr} answered {status}: {msg}"));
+        }
+        Ok(body)
+    }
+
+    pub async fn get(&self, addr: &str, path: &str) -> Result<Value> {
+        self.ok(addr, HttpRequest::get(path)).await
+    }
+
+    pub async fn post(&self, addr: &str, path: &str, body: &Value) -> Result<Value> {
+        self.ok(addr, HttpRequest::post(path, serde_json::to_vec(body)?))
+            .await
+    }
+}

@@ -1,0 +1,87 @@
+//! Command line: `uniqlog node | dev | cluster ...`. anyhow lives here, at the binary's edge.
+
+mod client;
+mod cluster;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "uniqlog",
+    version,
+    about = "A Raft-replicated event log with uniqueness constraints"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one node of a cluster.
+    Node {
+        #[arg(long, default_value = "cluster.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        id: u64,
+    },
+    /// Run a single-node cluster in one process, data in ./data/dev, bound to 127.0.0.1.
+    Dev {
+        /// The node listens on port-base + 1.
+        #[arg(long, default_value_t = 7000)]
+        port_base: u16,
+        #[arg(long, default_value = "data/dev")]
+        data_dir: PathBuf,
+    },
+    /// Operate a cluster.
+    Cluster {
+        #[command(subcommand)]
+        command: cluster::ClusterCommand,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Node { config, id } => run::node(&config, id).await,
+            Command::Dev {
+                port_base,
+                data_dir,
+            } => run::dev(port_base, &data_dir).await,
+            Command::Cluster { command } => cluster::run(command).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,78 @@
+//! Long-running commands: `node` and `dev`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use api::HyperTransport;
+use raft_store::{Node, Storage};
+use uniqlog_node::{start, Config};
+
+/// Wait for Ctrl-C or SIGTERM.
+pub async fn terminated() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+async fn open(config: &Config, id: u64) -> Result<Storage> {
+    let dir = config.node(id)?.data_dir.clone();
+    let storage = raft_store::blocking(move || Storage::open(&dir))
+        .await
+        .with_context(|| format!("opening storage of node {id}"))?;
+    Ok(storage)
+}
+
+pub async fn node(config_path: &Path, id: u64) -> Result<()> {
+    let config = Config::load(config_path)?;
+    let storage = open(&config, id).await?;
+    let node = start(&config, id, storage, Arc::new(HyperTransport::new())).await?;
+    terminated().await;
+    tracing::info!(id, "stopping");
+    node.shutdown().await;
+    Ok(())
+}
+
+pub async fn dev(port_base: u16, data_dir: &Path) -> Result<()> {
+    let port = port_base
+        .checked_add(1)
+        .context("--port-base is too large")?;
+    let data_dir = std::env::current_dir()?.join(data_dir);
+    let text = format!(
+        "[[node]]\nid = 1\naddr = \"127.0.0.1:{port}\"\ndata_dir = {:?}\n",
+        data_dir.display().to_string()
+    );
+    let config = Config::parse(&text, Path::new("<dev>"), Path::new("."))?;
+    let storage = open(&config, 1).await?;
+    let node = start(&config, 1, storage, Arc::new(HyperTransport::new())).await?;
+    if !node.raft().is_initialized().await? {
+        let members = [(1, Node::new(format!("127.0.0.1:{port}")))]
+            .into_iter()
+            .collect::<std::collections::BTreeMap<_, _>>();
+        node.raft().initialize(members).await?;
+    }
+    println!("uniqlog dev: a single-node cluster");
+    println!("  node API   http://127.0.0.1:{port}   (try: curl http://127.0.0.1:{port}/v1/cluster/status)");
+    println!("  data       {}", data_dir.display());
+    println!("  auth is off and everything listens on 127.0.0.1 only. Ctrl-C stops.");
+    terminated().await;
+    node.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,287 @@
+//! `cluster.toml`, loaded once into one validated struct. A bad file is a clear error naming
+//! the key; the rest of the code never reads raw TOML.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use api::Limits;
+use raft_store::NodeId;
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+    #[error("{path}: no [[node]] with id = {id}")]
+    UnknownNode { path: PathBuf, id: NodeId },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(rename = "node")]
+    pub nodes: Vec<NodeConfig>,
+    #[serde(default)]
+    pub raft: RaftSettings,
+    #[serde(default)]
+    pub limits: Limits,
+    /// The file this was loaded from (for messages); empty for built-in configs.
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    /// Client API, and peer RPC unless `peer_addr` is set.
+    pub addr: String,
+    /// Optional separate listener for peer RPC, so client load never delays heartbeats.
+    #[serde(default)]
+    pub peer_addr: Option<String>,
+    /// Relative paths are relative to the config file.
+    pub data_dir: PathBuf,
+}
+
+impl NodeConfig {
+    /// The address peers use to reach this node.
+    pub fn peer_addr(&self) -> &str {
+        self.peer_addr.as_deref().unwrap_or(&self.addr)
+    }
+}
+
+/// `[raft]`: timing and snapshot policy.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftSettings {
+    pub heartbeat_ms: u64,
+    pub election_timeout_ms_min: u64,
+    pub election_timeout_ms_max: u64,
+    /// Build a snapshot after this many entries since the last one. A snapshot holds the
+    /// whole event store, so this is large: followers normally catch up from the log.
+    pub snapshot_every_entries: u64,
+    /// Entries kept in the log behind a snapshot, so a briefly lagging follower catches up
+    /// without a snapshot transfer.
+    pub entries_kept_after_snapshot: u64,
+    /// Size of one snapshot chunk sent to a peer.
+    pub snapshot_chunk_bytes: u64,
+    /// Deadline of one snapshot-chunk RPC.
+    pub install_snapshot_timeout_ms: u64,
+    /// Most entries in one append-entries RPC.
+    pub append_entries_max: u64,
+}
+
+impl Default for RaftSettings {
+    fn default() -> Self {
+        RaftSettings {
+            heartbeat_ms: 100,
+            election_timeout_ms_min: 500,
+            election_timeout_ms_max: 1000,
+            snapshot_every_entries: 100_000,
+            entries_kept_after_snapshot: 10_000,
+            snapshot_chunk_bytes: 1024 * 1024,
+            install_snapshot_timeout_ms: 10_000,
+            append_entries_max: 1000,
+        }
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, path, base)
+    }
+
+    /// Parse `text`; relative data dirs resolve against `base`.
+    pub fn parse(text: &str, path: &Path, base: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        config.path = path.to_path_buf();
+        for n in &mut config.nodes {
+            if n.data_dir.is_relative() {
+                n.data_dir = base.join(&n.data_dir);
+            }
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn invalid(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.clone(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.nodes.is_empty() {
+            return Err(self.invalid("node", "at least one [[node]] is required"));
+        }
+        let mut ids = BTreeSet::new();
+        let mut addrs = BTreeSet::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if !ids.insert(n.id) {
+                return Err(self.invalid(
+                    format!("node[{i}].id"),
+                    format!("id {} is used twice", n.id),
+                ));
+            }
+            for (key, addr) in [("addr", Some(&n.addr)), ("peer_addr", n.peer_addr.as_ref())] {
+                let Some(addr) = addr else { continue };
+                if addr.parse::<SocketAddr>().is_err() {
+                    return Err(self.invalid(
+                        format!("node[{i}].{key}"),
+                        format!("{addr:?} is not an IP:port address"),
+                    ));
+                }
+                if !addrs.insert(addr.clone()) {
+                    return Err(
+                        self.invalid(format!("node[{i}].{key}"), format!("{addr} is used twice"))
+                    );
+                }
+            }
+        }
+        let r = &self.raft;
+        if r.heartbeat_ms == 0 {
+            return Err(self.invalid("raft.heartbeat_ms", "must be positive"));
+        }
+        if r.election_timeout_ms_min <= r.heartbeat_ms {
+            return Err(self.invalid(
+                "raft.election_timeout_ms_min",
+                "must be greater than heartbeat_ms",
+            ));
+        }
+        if r.election_timeout_ms_max <= r.election_timeout_ms_min {
+            return Err(self.invalid(
+                "raft.election_timeout_ms_max",
+                "must be greater than election_timeout_ms_min",
+            ));
+        }
+        if r.snapshot_every_entries == 0 {
+            return Err(self.invalid("raft.snapshot_every_entries", "must be positive"));
+        }
+        if r.snapshot_chunk_bytes == 0 || r.append_entries_max == 0 {
+            return Err(self.invalid(
+                "raft",
+                "snapshot_chunk_bytes and append_entries_max must be positive",
+            ));
+        }
+        let l = &self.limits;
+        for (key, v) in [
+            ("limits.body_bytes_max", l.body_bytes_max as u64),
+            (
+                "limits.events_per_append_max",
+                l.events_per_append_max as u64,
+            ),
+            ("limits.event_bytes_max", l.event_bytes_max as u64),
+            ("limits.name_bytes_max", l.name_bytes_max as u64),
+            ("limits.read_events_max", l.read_events_max as u64),
+            ("limits.request_timeout_ms", l.request_timeout_ms),
+            ("limits.header_read_timeout_ms", l.header_read_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(self.invalid(key, "must be positive"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn node(&self, id: NodeId) -> Result<&NodeConfig, ConfigError> {
+        self.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .ok_or_else(|| ConfigError::UnknownNode {
+                path: self.path.clone(),
+                id,
+            })
+    }
+
+    /// The openraft configuration derived from `[raft]`.
+    pub fn openraft(&self) -> openraft::Config {
+        let r = &self.raft;
+        openraft::Config {
+            cluster_name: "uniqlog".into(),
+            heartbeat_interval: r.heartbeat_ms,
+            election_timeout_min: r.election_timeout_ms_min,
+            election_timeout_max: r.election_timeout_ms_max,
+            install_snapshot_timeout: r.install_snapshot_timeout_ms,
+            max_payload_entries: r.append_entries_max,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(r.snapshot_every_entries),
+            max_in_snapshot_log_to_keep: r.entries_kept_after_snapshot,
+            snapshot_max_chunk_size: r.snapshot_chunk_bytes,
+            ..Default::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"), Path::new("/base"))
+    }
+
+    const THREE: &str = r#"
+        [[node]]
+        id = 1
+        addr = "127.0.0.1:7001"
+        data_dir = "data/node1"
+        [[node]]
+        id = 2
+        addr = "127.0.0.1:7002"
+        data_dir = "/abs/node2"
+    "#;
+
+    #[test]
+    fn relative_data_dirs_resolve_against_the_file() {
+        let c = parse(THREE).unwrap();
+        assert_eq!(c.nodes[0].data_dir, Path::new("/base/data/node1"));
+        assert_eq!(c.nodes[1].data_dir, Path::new("/abs/node2"));
+        assert_eq!(c.limits, Limits::default());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = parse(&format!("{THREE}\n[raft]\nheartbeat_ms = 900\n")).unwrap_err();
+        assert!(
+            e.to_string().contains("raft.election_timeout_ms_min"),
+            "{e}"
+        );
+        let e = parse(&format!("{THREE}\n[limits]\nbody_bytes_maxx = 1\n")).unwrap_err();
+        assert!(e.to_string().contains("body_bytes_maxx"), "{e}");
+        let e = parse(&THREE.replace("127.0.0.1:7002", "127.0.0.1:7001")).unwrap_err();
+        assert!(e.to_string().contains("node[1].addr"), "{e}");
+        let e = parse(&THREE.replace("id = 2", "id = 1")).unwrap_err();
+        assert!(e.to_string().contains("node[1].id"), "{e}");
+        let e = parse(&THREE.replace("127.0.0.1:7002", "localhost")).unwrap_err();
+        assert!(e.to_string().contains("not an IP:port"), "{e}");
+    }
+
+    #[test]
+    fn the_shipped_cluster_toml_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cluster.toml");
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.nodes.len(), 3);
+        assert_eq!(c.node(2).unwrap().addr, "127.0.0.1:7002");
+    }
+}
