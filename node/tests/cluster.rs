@@ -1,0 +1,234 @@
+//! Three (and four) real `uniqlog node` processes: failover under load, catch-up by
+//! snapshot, a learner joining and being promoted.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+/// The uids of a topic as one node serves it, in offset order.
+fn uids(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e["data"]["uid"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn assert_identical_everywhere(c: &Cluster, ids: &[u64], topic: &str) -> Vec<Value> {
+    c.wait_converged(ids);
+    let first = c.read_topic(ids[0], topic);
+    for id in &ids[1..] {
+        let other = c.read_topic(*id, topic);
+        assert!(
+            first == other,
+            "node {id} serves a different {topic} than node {}",
+            ids[0]
+        );
+    }
+    for (i, e) in first.iter().enumerate() {
+        assert_eq!(e["offset"].as_u64(), Some(i as u64), "offsets are gap-free");
+    }
+    first
+}
+
+#[test]
+fn acknowledged_appends_survive_leader_kill_and_all_nodes_agree() {
+    let mut c = Cluster::start(3, Tuning::default());
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let attempted = Arc::new(Mutex::new(0u64));
+    let stop = Arc::new(AtomicBool::new(false));
+    // One writer per node: writes reaching followers are forwarded to the leader.
+    let writers: Vec<_> = (1..=3u64)
+        .map(|id| {
+            let addr = c.addr(id);
+            let (acked, attempted, stop) = (acked.clone(), attempted.clone(), stop.clone());
+            thread::spawn(move || {
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let uid = format!("w{id}-{i}");
+                    i += 1;
+                    *attempted.lock().unwrap() += 1;
+                    match post(&addr, "/v1/topics/load/events", &event_body(&uid, None)) {
+                        Ok(r) if r.status == 201 => acked.lock().unwrap().push(uid),
+                        Ok(r) => assert!(
+                            r.status == 503,
+                            "only 503 is acceptable during failover, got {}: {}",
+                            r.status,
+                            r.text
+                        ),
+                        // The killed node refuses connections: nothing was sent.
+                        Err(_) => thread::sleep(Duration::from_millis(20)),
+                    }
+                }
+            })
+        })
+        .collect();
+
+    let enough = |n: usize| {
+        let acked = acked.clone();
+        move || (acked.lock().unwrap().len() >= n).then_some(())
+    };
+    wait_for(
+        "100 acknowledged appends",
+        Duration::from_secs(60),
+        enough(100),
+    );
+    let old_leader = c.wait_leader(&[1, 2, 3]);
+    c.kill(old_leader);
+    let survivors: Vec<u64> = (1..=3).filter(|id| *id != old_leader).collect();
+    let new_leader = c.wait_leader(&survivors);
+    assert_ne!(new_leader, old_leader);
+    let after_kill = acked.lock().unwrap().len();
+    wait_for(
+        "appends acknowledged by the new leader",
+        Duration::from_secs(60),
+        enough(after_kill + 100),
+    );
+    c.restart(old_leader);
+    wait_for(
+        "more appends after the restart",
+        Duration::from_secs(60),
+        enough(after_kill + 200),
+    );
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.join().unwrap();
+    }
+
+    let events = assert_identical_everywhere(&c, &[1, 2, 3], "load");
+    let served = uids(&events);
+    let unique: BTreeSet<&String> = served.iter().collect();
+    assert_eq!(unique.len(), served.len(), "no append is applied twice");
+    let acked = acked.lock().unwrap();
+    for uid in acked.iter() {
+        assert!(unique.contains(uid), "acknowledged append {uid} was lost");
+    }
+    eprintln!(
+        "attempted {}, acknowledged {}, served {}, old leader {old_leader}, new leader {new_leader}",
+        attempted.lock().unwrap(),
+        acked.len(),
+        served.len()
+    );
+}
+
+#[test]
+fn a_restarted_node_behind_the_purged_log_catches_up_by_snapshot() {
+    let tuning = Tuning {
+        raft: "snapshot_every_entries = 20\nentries_kept_after_snapshot = 0\n",
+        limits: "",
+    };
+    let mut c = Cluster::start(3, tuning);
+    let leader = c.wait_leader(&[1, 2, 3]);
+    let lagging = (1..=3).find(|id| *id != leader).unwrap();
+    for i in 0..10 {
+        let r = post(
+            &c.addr(leader),
+            "/v1/topics/t/events",
+            &event_body(&format!("a{i}"), None),
+        )
+        .unwrap();
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    c.wait_converged(&[1, 2, 3]);
+    let lagging_last = c.status(lagging).unwrap()["last_log_index"]
+        .as_u64()
+        .unwrap();
+    c.kill(lagging);
+    for i in 0..100 {
+        let r = post(
+            &c.addr(leader),
+            "/v1/topics/t/events",
+            &event_body(&format!("b{i}"), None),
+        )
+        .unwrap();
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    // The precondition that forces a snapshot: the leader no longer has the entries after
+    // the lagging node's last one.
+    let purged = wait_for("the leader purges its log", Duration::from_secs(30), || {
+        let p = c.status(leader)?["purged_index"].as_u64()?;
+        (p > lagging_last + 1).then_some(p)
+    });
+    c.restart(lagging);
+    let events = assert_identical_everywhere(&c, &[1, 2, 3], "t");
+    assert_eq!(events.len(), 110);
+    let st = c.status(lagging).unwrap();
+    assert!(
+        st["snapshot_index"].as_u64().is_some_and(|s| s >= purged),
+        "the lagging node installed a snapshot covering the purged log: {st}"
+    );
+}
+
+#[test]
+fn a_learner_catches_up_is_promoted_and_votes() {
+    let mut c = Cluster::start(3, Tuning::default());
+    let leader = c.wait_leader(&[1, 2, 3]);
+    for i in 0..30 {
+        let r = post(
+            &c.addr(leader),
+            "/v1/topics/m/events",
+            &event_body(&format!("m{i}"), None),
+        )
+        .unwrap();
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    let id = c.add_process(&Tuning::default());
+    let config = c.node(id).config.clone();
+    let out = c.cli(
+        &config,
+        &["cluster", "add-learner", "--id", &id.to_string()],
+    );
+    assert!(
+        out.status.success(),
+        "add-learner: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.wait_converged(&[1, 2, 3, id]);
+    assert_eq!(
+        uids(&c.read_topic(id, "m")).len(),
+        30,
+        "the learner caught up"
+    );
+    let members = |c: &Cluster| -> BTreeMap<u64, bool> {
+        c.status(leader).unwrap()["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| (m["id"].as_u64().unwrap(), m["voter"].as_bool().unwrap()))
+            .collect()
+    };
+    assert_eq!(
+        members(&c).get(&id),
+        Some(&false),
+        "a learner does not vote"
+    );
+    let out = c.cli(&config, &["cluster", "promote", "--id", &id.to_string()]);
+    assert!(
+        out.status.success(),
+        "promote: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("node 4 is a voter", Duration::from_secs(30), || {
+        (members(&c).get(&id) == Some(&true)).then_some(())
+    });
+    // Writes keep working with four voters, and reach the new node.
+    let r = post(
+        &c.addr(id),
+        "/v1/topics/m/events",
+        &event_body("after", None),
+    )
+    .unwrap();
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_identical_everywhere(&c, &[1, 2, 3, id], "m");
+    let out = c.cli(&config, &["cluster", "status", "--json"]);
+    assert!(out.status.success());
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows.len(), 4);
+    assert_eq!(rows.iter().filter(|r| r["role"] == "leader").count(), 1);
+}

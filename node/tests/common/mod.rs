@@ -1,0 +1,321 @@
+//! The one harness of the integration tests: real `uniqlog` processes on free 127.0.0.1
+//! ports, a config file written per test, kill -9, restart, and a small HTTP client.
+//! Every process started here is killed when the `Cluster` is dropped.
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_uniqlog");
+
+/// A free TCP port on 127.0.0.1 (bound, then released for the node to take).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Poll `f` until it returns `Some`, or panic after `timeout` naming `what`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: u16,
+    pub body: Value,
+    pub text: String,
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(20)))
+        .build()
+        .into()
+}
+
+fn finish(resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Resp, String> {
+    let mut resp = resp.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let text = resp
+        .body_mut()
+        .with_config()
+        .limit(64 * 1024 * 1024)
+        .read_to_string()
+        .map_err(|e| e.to_string())?;
+    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Ok(Resp { status, body, text })
+}
+
+/// GET `http://addr{path}`. Err means no HTTP answer (connection refused, timeout).
+pub fn get(addr: &str, path: &str) -> Result<Resp, String> {
+    finish(agent().get(&format!("http://{addr}{path}")).call())
+}
+
+/// POST a JSON text.
+pub fn post(addr: &str, path: &str, json: &str) -> Result<Resp, String> {
+    post_with(addr, path, "application/json", json.as_bytes())
+}
+
+pub fn post_with(addr: &str, path: &str, content_type: &str, body: &[u8]) -> Result<Resp, String> {
+    finish(
+        agent()
+            .post(&format!("http://{addr}{path}"))
+            .header("content-type", content_type)
+            .send(body),
+    )
+}
+
+pub struct NodeProc {
+    pub id: u64,
+    pub addr: String,
+    pub config: PathBuf,
+    child: Option<Child>,
+}
+
+pub struct Cluster {
+    pub dir: TempDir,
+    pub config: PathBuf,
+    pub nodes: Vec<NodeProc>,
+}
+
+/// Extra `[raft]` / `[limits]` lines for a test.
+#[derive(Default, Clone)]
+pub struct Tuning {
+    pub raft: &'static str,
+    pub limits: &'static str,
+}
+
+fn node_toml(id: u64, port: u16) -> String {
+    format!("[[node]]\nid = {id}\naddr = \"127.0.0.1:{port}\"\ndata_dir = \"node{id}\"\n\n")
+}
+
+pub fn write_config(path: &Path, nodes: &[(u64, u16)], tuning: &Tuning) {
+    let mut text: String = nodes
+        .iter()
+        .map(|(id, port)| node_toml(*id, *port))
+        .collect();
+    text.push_str("[raft]\nheartbeat_ms = 100\nelection_timeout_ms_min = 600\nelection_timeout_ms_max = 1200\n");
+    text.push_str(tuning.raft);
+    text.push_str("\n[limits]\n");
+    text.push_str(tuning.limits);
+    text.push('\n');
+    std::fs::write(path, text).unwrap();
+}
+
+impl Cluster {
+    /// Start `n` nodes, initialize, wait for a leader.
+    pub fn start(n: u64, tuning: Tuning) -> Cluster {
+        let dir = TempDir::new().unwrap();
+        let ports: Vec<(u64, u16)> = (1..=n).map(|id| (id, free_port())).collect();
+        let config = dir.path().join("cluster.toml");
+        write_config(&config, &ports, &tuning);
+        let mut cluster = Cluster {
+            nodes: ports
+                .iter()
+                .map(|(id, port)| NodeProc {
+                    id: *id,
+                    addr: format!("127.0.0.1:{port}"),
+                    config: config.clone(),
+                    child: None,
+                })
+                .collect(),
+            dir,
+            config,
+        };
+        for id in 1..=n {
+            cluster.spawn(id);
+        }
+        for id in 1..=n {
+            cluster.wait_healthy(id);
+        }
+        let r = post(&cluster.addr(1), "/v1/cluster/init", "{}").unwrap();
+        assert_eq!(r.status, 200, "init: {}", r.text);
+        cluster.wait_leader(&(1..=n).collect::<Vec<_>>());
+        cluster
+    }
+
+    pub fn node(&self, id: u64) -> &NodeProc {
+        self.nodes.iter().find(|n| n.id == id).expect("known node")
+    }
+
+    pub fn addr(&self, id: u64) -> String {
+        self.node(id).addr.clone()
+    }
+
+    /// A node that is not part of the initial config: its own config lists every node so
+    /// far plus itself. Returns its id.
+    pub fn add_process(&mut self, tuning: &Tuning) -> u64 {
+        let id = self.nodes.iter().map(|n| n.id).max().unwrap() + 1;
+        let port = free_port();
+        let mut all: Vec<(u64, u16)> = self
+            .nodes
+            .iter()
+            .map(|n| (n.id, n.addr.rsplit(':').next().unwrap().parse().unwrap()))
+            .collect();
+        all.push((id, port));
+        let config = self.dir.path().join(format!("cluster-{id}.toml"));
+        write_config(&config, &all, tuning);
+        self.nodes.push(NodeProc {
+            id,
+            addr: format!("127.0.0.1:{port}"),
+            config,
+            child: None,
+        });
+        self.spawn(id);
+        self.wait_healthy(id);
+        id
+    }
+
+    pub fn spawn(&mut self, id: u64) {
+        let log = self.dir.path().join(format!("node{id}.log"));
+        let log = File::options().create(true).append(true).open(log).unwrap();
+        let node = self.nodes.iter_mut().find(|n| n.id == id).unwrap();
+        assert!(node.child.is_none(), "node {id} already running");
+        let child = Command::new(BIN)
+            .args(["node", "--config"])
+            .arg(&node.config)
+            .args(["--id", &id.to_string()])
+            .env("RUST_LOG", "info,openraft=info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn uniqlog node");
+        node.child = Some(child);
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self, id: u64) {
+        let node = self.nodes.iter_mut().find(|n| n.id == id).unwrap();
+        let mut child = node.child.take().expect("node running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    pub fn restart(&mut self, id: u64) {
+        self.spawn(id);
+        self.wait_healthy(id);
+    }
+
+    pub fn wait_healthy(&self, id: u64) {
+        let addr = self.addr(id);
+        wait_for(
+            &format!("node {id} healthy"),
+            Duration::from_secs(30),
+            || get(&addr, "/health").ok().filter(|r| r.status == 200),
+        );
+    }
+
+    pub fn status(&self, id: u64) -> Option<Value> {
+        get(&self.addr(id), "/v1/cluster/status")
+            .ok()
+            .filter(|r| r.status == 200)
+            .map(|r| r.body)
+    }
+
+    /// Wait until every node in `ids` names the same leader, which is one of them.
+    pub fn wait_leader(&self, ids: &[u64]) -> u64 {
+        wait_for("one agreed leader", Duration::from_secs(30), || {
+            let leaders: Vec<Option<u64>> = ids
+                .iter()
+                .map(|id| self.status(*id).and_then(|s| s["leader"].as_u64()))
+                .collect();
+            let first = leaders[0]?;
+            (leaders.iter().all(|l| *l == Some(first)) && ids.contains(&first)).then_some(first)
+        })
+    }
+
+    /// Wait until every node in `ids` has applied the same index as the leader's commit.
+    pub fn wait_converged(&self, ids: &[u64]) {
+        wait_for(
+            "all nodes applied the same index",
+            Duration::from_secs(60),
+            || {
+                let st: Vec<Value> = ids
+                    .iter()
+                    .map(|id| self.status(*id))
+                    .collect::<Option<_>>()?;
+                let applied: Vec<u64> = st
+                    .iter()
+                    .map(|s| s["applied_index"].as_u64().unwrap())
+                    .collect();
+                let commit = st
+                    .iter()
+                    .map(|s| s["commit_index"].as_u64().unwrap())
+                    .max()
+                    .unwrap();
+                applied.iter().all(|a| *a == commit).then_some(())
+            },
+        )
+    }
+
+    /// The whole topic as read from one node.
+    pub fn read_topic(&self, id: u64, topic: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        loop {
+            let r = get(
+                &self.addr(id),
+                &format!("/v1/topics/{topic}/events?from={}&limit=1000", out.len()),
+            )
+            .unwrap();
+            assert_eq!(r.status, 200, "read: {}", r.text);
+            let events = r.body["events"].as_array().unwrap().clone();
+            if events.is_empty() {
+                return out;
+            }
+            out.extend(events);
+        }
+    }
+
+    pub fn topics(&self, id: u64) -> Value {
+        get(&self.addr(id), "/v1/topics").unwrap().body
+    }
+
+    /// Run the CLI against this cluster's config.
+    pub fn cli(&self, config: &Path, args: &[&str]) -> std::process::Output {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).arg("--config").arg(config);
+        cmd.output().unwrap()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if std::thread::panicking() {
+            // Leave the node logs where a human can read them.
+            let dir = std::mem::replace(&mut self.dir, TempDir::new().unwrap());
+            let kept = dir.keep();
+            eprintln!("node logs kept in {}", kept.display());
+        }
+    }
+}
+
+/// An append body with one event carrying a unique id.
+pub fn event_body(uid: &str, stream: Option<&str>) -> String {
+    let stream = stream.map_or(String::new(), |s| format!(",\"stream\":\"{s}\""));
+    format!("{{\"events\":[{{\"type\":\"Test\"{stream},\"data\":{{\"uid\":\"{uid}\"}}}}]}}")
+}
