@@ -210,10 +210,12 @@ impl App {
                 })?;
                 Ok(LeaderReply::Written { outcome })
             }
-            // openraft answers this before appending anything: not applied.
+            // openraft sends this both when it refuses before appending (not leader) and when
+            // the appended entry was truncated by a new leader. A truncated entry may still
+            // live on another node and be committed later, so this is not "not applied".
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(ApiError::unavailable(format!(
-                    "leadership moved (to {:?}) before the write was proposed",
+                Err(ApiError::outcome_unknown(format!(
+                    "leadership moved (to {:?}) while the write was in flight",
                     f.leader_id
                 )))
             }

@@ -15,7 +15,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -35,6 +36,11 @@ pub const APPEND_PATH: &str = "/raft/append";
 pub const VOTE_PATH: &str = "/raft/vote";
 pub const SNAPSHOT_PATH: &str = "/raft/snapshot";
 
+/// Largest peer RPC body. Client bodies are bounded by `[limits] body_bytes_max`, so one entry
+/// always fits; a batch that does not is split (openraft retries with fewer entries when told
+/// the payload is too large).
+pub const PEER_BODY_BYTES_MAX: usize = 64 * 1024 * 1024;
+
 /// The routes peers call. No client limits apply here.
 pub fn peer_router(app: SharedApp) -> Router {
     Router::new()
@@ -42,6 +48,7 @@ pub fn peer_router(app: SharedApp) -> Router {
         .route(VOTE_PATH, post(vote))
         .route(SNAPSHOT_PATH, post(snapshot))
         .route(FORWARD_PATH, post(forwarded))
+        .layer(axum::extract::DefaultBodyLimit::max(PEER_BODY_BYTES_MAX))
         .with_state(app)
 }
 
@@ -115,6 +122,19 @@ impl PeerClient {
         E: std::error::Error + DeserializeOwned,
     {
         let body = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        self.send(path, body, option).await
+    }
+
+    async fn send<Resp, E>(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        option: &RPCOption,
+    ) -> RpcResult<Resp, E>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
         let resp = self
             .transport
             .send(&self.addr, HttpRequest::post(path, body), option.hard_ttl())
@@ -147,7 +167,15 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
-        self.call(APPEND_PATH, &rpc, &option).await
+        let body =
+            serde_json::to_vec(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        if body.len() > PEER_BODY_BYTES_MAX && rpc.entries.len() > 1 {
+            let hint = (rpc.entries.len() / 2) as u64;
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(hint),
+            ));
+        }
+        self.send(APPEND_PATH, body, &option).await
     }
 
     async fn install_snapshot(

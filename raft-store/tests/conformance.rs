@@ -17,6 +17,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
 }
 
 #[test]
-fn redb_storage_passes_openraft_suite() -> Result<(), StorageError<NodeId>> {
-    Suite::test_all(Builder)
+fn redb_storage_passes_openraft_suite() {
+    if let Err(e) = Suite::test_all(Builder) {
+        panic!("openraft storage suite failed: {e}");
+    }
 }
