@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use openraft::error::{ClientWriteError, RaftError};
+use openraft::raft::ClientWriteResponse;
 use openraft::{ChangeMembers, Raft};
 use raft_store::{LogCommand, Node, NodeId, Outcome, Request, StateReader, TypeConfig};
 use serde::{Deserialize, Serialize};
@@ -169,25 +170,11 @@ impl App {
             }
             LeaderOp::AddLearner { id, addr } => {
                 let fut = self.raft.add_learner(id, Node::new(addr), false);
-                let res = tokio::time::timeout(timeout, fut)
-                    .await
-                    .map_err(|_| ApiError::outcome_unknown("membership change timed out"))?;
-                let resp = res.map_err(membership_error)?;
-                Ok(LeaderReply::Membership {
-                    log_index: resp.log_id.index,
-                })
+                membership_change(fut, timeout).await
             }
             LeaderOp::ChangeMembership { voters } => {
-                let fut = self
-                    .raft
-                    .change_membership(ChangeMembers::ReplaceAllVoters(voters), false);
-                let res = tokio::time::timeout(timeout, fut)
-                    .await
-                    .map_err(|_| ApiError::outcome_unknown("membership change timed out"))?;
-                let resp = res.map_err(membership_error)?;
-                Ok(LeaderReply::Membership {
-                    log_index: resp.log_id.index,
-                })
+                let change = ChangeMembers::ReplaceAllVoters(voters);
+                membership_change(self.raft.change_membership(change, false), timeout).await
             }
         }
     }
@@ -259,14 +246,27 @@ impl App {
     }
 }
 
-fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, Node>>) -> ApiError {
-    match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
-            ApiError::unavailable("leadership moved; retry")
-        }
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
-            ApiError::bad_request(format!("membership change refused: {e}"))
-        }
-        RaftError::Fatal(e) => ApiError::outcome_unknown(format!("raft stopped: {e}")),
+type MembershipResult =
+    Result<ClientWriteResponse<TypeConfig>, RaftError<NodeId, ClientWriteError<NodeId, Node>>>;
+
+/// Wait (bounded) for a membership change entry to commit.
+async fn membership_change(
+    change: impl std::future::Future<Output = MembershipResult>,
+    timeout: Duration,
+) -> Result<LeaderReply, ApiError> {
+    let res = tokio::time::timeout(timeout, change)
+        .await
+        .map_err(|_| ApiError::outcome_unknown("membership change timed out"))?;
+    match res {
+        Ok(resp) => Ok(LeaderReply::Membership {
+            log_index: resp.log_id.index,
+        }),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(
+            ApiError::outcome_unknown("leadership moved during the membership change"),
+        ),
+        Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => Err(
+            ApiError::bad_request(format!("membership change refused: {e}")),
+        ),
+        Err(RaftError::Fatal(e)) => Err(ApiError::outcome_unknown(format!("raft stopped: {e}"))),
     }
 }

@@ -37,8 +37,7 @@ fn cluster_up_starts_initializes_and_stops_every_node() {
         },
     );
     assert!((1..=3).contains(&leader));
-    let r = post(&addrs[2], "/v1/topics/up/events", &event_body("x", None)).unwrap();
-    assert_eq!(r.status, 201, "{}", r.text);
+    append_ok(&addrs[2], "up", "x", None);
 
     // SAFETY: kill(2) on the child we spawned.
     unsafe {

@@ -127,13 +127,7 @@ fn a_restarted_node_behind_the_purged_log_catches_up_by_snapshot() {
     let leader = c.wait_leader(&[1, 2, 3]);
     let lagging = (1..=3).find(|id| *id != leader).unwrap();
     for i in 0..10 {
-        let r = post(
-            &c.addr(leader),
-            "/v1/topics/t/events",
-            &event_body(&format!("a{i}"), None),
-        )
-        .unwrap();
-        assert_eq!(r.status, 201, "{}", r.text);
+        append_ok(&c.addr(leader), "t", &format!("a{i}"), None);
     }
     c.wait_converged(&[1, 2, 3]);
     let lagging_last = c.status(lagging).unwrap()["last_log_index"]
@@ -141,13 +135,7 @@ fn a_restarted_node_behind_the_purged_log_catches_up_by_snapshot() {
         .unwrap();
     c.kill(lagging);
     for i in 0..100 {
-        let r = post(
-            &c.addr(leader),
-            "/v1/topics/t/events",
-            &event_body(&format!("b{i}"), None),
-        )
-        .unwrap();
-        assert_eq!(r.status, 201, "{}", r.text);
+        append_ok(&c.addr(leader), "t", &format!("b{i}"), None);
     }
     // The precondition that forces a snapshot: the leader no longer has the entries after
     // the lagging node's last one.
@@ -170,13 +158,7 @@ fn a_learner_catches_up_is_promoted_and_votes() {
     let mut c = Cluster::start(3, Tuning::default());
     let leader = c.wait_leader(&[1, 2, 3]);
     for i in 0..30 {
-        let r = post(
-            &c.addr(leader),
-            "/v1/topics/m/events",
-            &event_body(&format!("m{i}"), None),
-        )
-        .unwrap();
-        assert_eq!(r.status, 201, "{}", r.text);
+        append_ok(&c.addr(leader), "m", &format!("m{i}"), None);
     }
     let id = c.add_process(&Tuning::default());
     let config = c.node(id).config.clone();
@@ -218,13 +200,7 @@ fn a_learner_catches_up_is_promoted_and_votes() {
         (members(&c).get(&id) == Some(&true)).then_some(())
     });
     // Writes keep working with four voters, and reach the new node.
-    let r = post(
-        &c.addr(id),
-        "/v1/topics/m/events",
-        &event_body("after", None),
-    )
-    .unwrap();
-    assert_eq!(r.status, 201, "{}", r.text);
+    append_ok(&c.addr(id), "m", "after", None);
     assert_identical_everywhere(&c, &[1, 2, 3, id], "m");
     let out = c.cli(&config, &["cluster", "status", "--json"]);
     assert!(out.status.success());

@@ -218,13 +218,7 @@ fn reads_page_long_poll_and_stream() {
 
     for i in 0..5 {
         let stream = format!("s-{}", i % 2);
-        let r = post(
-            &a,
-            "/v1/topics/t/events",
-            &event_body(&format!("e{i}"), Some(&stream)),
-        )
-        .unwrap();
-        assert_eq!(r.status, 201, "{}", r.text);
+        append_ok(&a, "t", &format!("e{i}"), Some(&stream));
         assert_eq!(r.body["first_offset"], i);
     }
     let page = get(&a, "/v1/topics/t/events?from=1&limit=2").unwrap();
@@ -249,8 +243,7 @@ fn reads_page_long_poll_and_stream() {
     let addr = a.clone();
     let poll =
         std::thread::spawn(move || get(&addr, "/v1/topics/t/events?from=5&wait_ms=5000").unwrap());
-    let r = post(&a, "/v1/topics/t/events", &event_body("late", None)).unwrap();
-    assert_eq!(r.status, 201);
+    append_ok(&a, "t", "late", None);
     let polled = poll.join().unwrap();
     assert_eq!(
         polled.body["events"][0]["data"]["uid"], "late",
@@ -285,13 +278,7 @@ fn writes_and_linearizable_reads_through_followers() {
     let followers: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
     for i in 0..20 {
         let via = followers[i % 2];
-        let r = post(
-            &c.addr(via),
-            "/v1/topics/f/events",
-            &event_body(&format!("f{i}"), None),
-        )
-        .unwrap();
-        assert_eq!(r.status, 201, "forwarded write: {}", r.text);
+        append_ok(&c.addr(via), "f", &format!("f{i}"), None);
         // The other follower sees it at once when asked for a linearizable read.
         let other = followers[(i + 1) % 2];
         let page = get(

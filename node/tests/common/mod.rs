@@ -319,3 +319,15 @@ pub fn event_body(uid: &str, stream: Option<&str>) -> String {
     let stream = stream.map_or(String::new(), |s| format!(",\"stream\":\"{s}\""));
     format!("{{\"events\":[{{\"type\":\"Test\"{stream},\"data\":{{\"uid\":\"{uid}\"}}}}]}}")
 }
+
+/// Append one event with a unique id and require 201.
+pub fn append_ok(addr: &str, topic: &str, uid: &str, stream: Option<&str>) -> Resp {
+    let r = post(
+        addr,
+        &format!("/v1/topics/{topic}/events"),
+        &event_body(uid, stream),
+    )
+    .unwrap();
+    assert_eq!(r.status, 201, "append {uid} to {topic}: {}", r.text);
+    r
+}
