@@ -218,7 +218,7 @@ fn reads_page_long_poll_and_stream() {
 
     for i in 0..5 {
         let stream = format!("s-{}", i % 2);
-        append_ok(&a, "t", &format!("e{i}"), Some(&stream));
+        let r = append_ok(&a, "t", &format!("e{i}"), Some(&stream));
         assert_eq!(r.body["first_offset"], i);
     }
     let page = get(&a, "/v1/topics/t/events?from=1&limit=2").unwrap();
