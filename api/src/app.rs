@@ -11,7 +11,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::raft::ClientWriteResponse;
 use openraft::{ChangeMembers, Raft};
-use raft_store::{LogCommand, Node, NodeId, Outcome, Request, StateReader, TypeConfig};
+use raft_store::rules::Rules;
+use raft_store::{
+    Answer, AppendRequest, LogCommand, Node, NodeId, Outcome, Rejection, Request, RulesState,
+    StateReader, TypeConfig,
+};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
@@ -29,6 +33,8 @@ pub struct App {
     pub limits: Limits,
     /// The config's node list: what `cluster init` bootstraps.
     pub initial_members: BTreeMap<NodeId, Node>,
+    /// The config's rules: what `cluster init` proposes as the first rules entry.
+    pub config_rules: Rules,
 }
 
 /// An operation only the leader can carry out.
@@ -44,7 +50,7 @@ pub enum LeaderOp {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "snake_case")]
 pub enum LeaderReply {
-    Written { outcome: Outcome },
+    Written { answer: Answer },
     ReadIndex { index: u64 },
     Membership { log_index: u64 },
 }
@@ -57,6 +63,9 @@ pub struct Forwarded {
 }
 
 pub const FORWARD_PATH: &str = "/internal/v1/leader";
+
+/// How many times a request is prepared again when the rules change under it.
+const RULES_RETRIES_MAX: usize = 5;
 
 /// The leader's wall clock, stamped on each proposed entry. Under madsim this is the
 /// simulated clock.
@@ -192,10 +201,10 @@ impl App {
             .map_err(|_| ApiError::outcome_unknown("no commit within the request timeout"))?;
         match res {
             Ok(resp) => {
-                let outcome = resp.data.outcomes.into_iter().next().ok_or_else(|| {
+                let answer = resp.data.outcomes.into_iter().next().ok_or_else(|| {
                     ApiError::internal("apply returned no outcome for the request")
                 })?;
-                Ok(LeaderReply::Written { outcome })
+                Ok(LeaderReply::Written { answer })
             }
             // openraft sends this both when it refuses before appending (not leader) and when
             // the appended entry was truncated by a new leader. A truncated entry may still
@@ -213,6 +222,49 @@ impl App {
                 "raft stopped while the write was in flight: {e}"
             ))),
         }
+    }
+
+    /// The replicated rules as this node has applied them.
+    pub async fn rules(&self) -> Result<RulesState, ApiError> {
+        let reader = self.reader.clone();
+        raft_store::blocking(move || reader.rules())
+            .await
+            .map_err(ApiError::internal)
+    }
+
+    /// Propose one request and return its answer.
+    pub async fn write(&self, request: Request, timeout: Duration) -> Result<Answer, ApiError> {
+        match self.execute(LeaderOp::Write { request }, timeout).await? {
+            LeaderReply::Written { answer } => Ok(answer),
+            other => Err(ApiError::internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Prepare an append under the rules in force (uniq keys are computed here, on the
+    /// receiving node) and propose it. If the rules changed between preparing and applying,
+    /// apply refuses it unapplied; it is prepared again under the new rules.
+    pub async fn append(
+        &self,
+        prepare: impl Fn(&RulesState) -> Result<AppendRequest, ApiError>,
+    ) -> Result<Answer, ApiError> {
+        let timeout = self.request_timeout();
+        let deadline = Instant::now() + timeout;
+        for _ in 0..RULES_RETRIES_MAX {
+            let rules = self.rules().await?;
+            let request = prepare(&rules)?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            let answer = self.write(Request::Append(request), left).await?;
+            match answer.outcome {
+                Outcome::Rejected(Rejection::RulesChanged { .. }) => {
+                    // Our applied rules are behind the leader's: catch up, then prepare again.
+                    self.linearize().await?;
+                }
+                _ => return Ok(answer),
+            }
+        }
+        Err(ApiError::unavailable(
+            "the uniq rules kept changing while the request was prepared",
+        ))
     }
 
     /// Wait (bounded) until this node has applied `index`.

@@ -31,6 +31,14 @@ pub enum ApiError {
         expected: String,
         actual: u64,
     },
+    #[error("key {key:?} of uniq set {set} is taken")]
+    UniqConflict { set: String, key: String },
+    #[error("key {key:?} of uniq set {set} is not owned by this stream")]
+    UniqNotOwner { set: String, key: String },
+    #[error("events already in the topic violate uniq set {set} at key {key:?}")]
+    RulesViolated { set: String, key: String },
+    #[error("idempotency key {key:?} was already used for a different request in this topic")]
+    IdempotencyKeyReused { key: String },
     #[error("request body is larger than {limit_bytes} bytes")]
     PayloadTooLarge { limit_bytes: usize },
     #[error("content type must be application/json")]
@@ -93,10 +101,14 @@ impl ApiError {
         match self {
             ApiError::BadRequest { .. }
             | ApiError::Validation { .. }
-            | ApiError::StreamInOtherTopic { .. } => StatusCode::BAD_REQUEST,
+            | ApiError::StreamInOtherTopic { .. }
+            | ApiError::IdempotencyKeyReused { .. } => StatusCode::BAD_REQUEST,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::VersionConflict { .. } => StatusCode::CONFLICT,
+            ApiError::VersionConflict { .. }
+            | ApiError::UniqConflict { .. }
+            | ApiError::UniqNotOwner { .. }
+            | ApiError::RulesViolated { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable { .. }
@@ -117,6 +129,10 @@ impl ApiError {
             ApiError::NotFound { .. } => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::VersionConflict { .. } => "version_conflict",
+            ApiError::UniqConflict { .. } => "uniq_conflict",
+            ApiError::UniqNotOwner { .. } => "uniq_not_owner",
+            ApiError::RulesViolated { .. } => "rules_violated",
+            ApiError::IdempotencyKeyReused { .. } => "idempotency_key_reused",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::Unavailable { .. } => "unavailable",
@@ -138,6 +154,10 @@ impl ApiError {
             | ApiError::NotFound { .. }
             | ApiError::MethodNotAllowed
             | ApiError::VersionConflict { .. }
+            | ApiError::UniqConflict { .. }
+            | ApiError::UniqNotOwner { .. }
+            | ApiError::RulesViolated { .. }
+            | ApiError::IdempotencyKeyReused { .. }
             | ApiError::PayloadTooLarge { .. }
             | ApiError::UnsupportedMediaType
             | ApiError::OutcomeUnknown { .. }
@@ -159,6 +179,10 @@ impl ApiError {
                 expected,
                 actual,
             } => json!({ "stream": stream, "expected": expected, "actual": actual }),
+            ApiError::UniqConflict { set, key }
+            | ApiError::UniqNotOwner { set, key }
+            | ApiError::RulesViolated { set, key } => json!({ "set": set, "key": key }),
+            ApiError::IdempotencyKeyReused { key } => json!({ "idempotency_key": key }),
             ApiError::PayloadTooLarge { limit_bytes } => json!({ "limit_bytes": limit_bytes }),
             _ => json!({}),
         };
@@ -183,5 +207,46 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         resp
+    }
+}
+
+/// Replicated conflicts (409) as HTTP errors. The owner of a taken key is not disclosed.
+impl From<raft_store::Conflict> for ApiError {
+    fn from(c: raft_store::Conflict) -> Self {
+        use raft_store::Conflict;
+        match c {
+            Conflict::Version {
+                stream,
+                expected,
+                actual,
+            } => ApiError::VersionConflict {
+                stream,
+                expected: expected.to_string(),
+                actual,
+            },
+            Conflict::Uniq { set, key, .. } => ApiError::UniqConflict { set, key },
+            Conflict::UniqNotOwner { set, key, .. } => ApiError::UniqNotOwner { set, key },
+            Conflict::RulesViolated { set, key } => ApiError::RulesViolated { set, key },
+        }
+    }
+}
+
+/// Replicated rejections as HTTP errors. `RulesChanged` is normally retried before it gets
+/// here; if it does, the request was not applied and may be sent again.
+impl From<raft_store::Rejection> for ApiError {
+    fn from(r: raft_store::Rejection) -> Self {
+        use raft_store::Rejection;
+        match r {
+            Rejection::StreamInOtherTopic { stream, topic } => {
+                ApiError::StreamInOtherTopic { stream, topic }
+            }
+            Rejection::InvalidEvent { index, reason } => {
+                ApiError::bad_request(format!("events[{index}]: {reason}"))
+            }
+            Rejection::IdempotencyKeyReused { key } => ApiError::IdempotencyKeyReused { key },
+            Rejection::RulesChanged { current_version } => ApiError::unavailable(format!(
+                "the uniq rules changed (now version {current_version}) while the request was prepared"
+            )),
+        }
     }
 }

@@ -22,7 +22,7 @@ pub use error::ApiError;
 pub use limits::Limits;
 pub use transport::{HttpRequest, HttpResponse, HyperTransport, Transport, TransportError};
 
-use routes::{cluster, log};
+use routes::{cluster, log, uniq};
 
 async fn not_found() -> ApiError {
     ApiError::not_found("no such route")
@@ -46,6 +46,12 @@ pub fn client_router(app: SharedApp) -> Router {
         .route("/v1/cluster/init", post(cluster::init))
         .route("/v1/cluster/learners", post(cluster::add_learner))
         .route("/v1/cluster/membership", post(cluster::change_membership))
+        .route(
+            "/v1/cluster/uniq-rules",
+            post(uniq::set_rules).get(uniq::get_rules),
+        )
+        .route("/v1/uniq/{set}/{key}", get(uniq::owner))
+        .route("/v1/uniq/{set}/{key}/history", get(uniq::history))
         .route("/health", get(cluster::health))
         .route("/ready", get(cluster::ready))
         .fallback(not_found)

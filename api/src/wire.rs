@@ -4,9 +4,11 @@
 
 use std::collections::BTreeMap;
 
-use raft_store::{AppendRequest, ExpectedVersion, NewEvent, NodeId};
+use raft_store::rules::{claims_for, KeyError};
+use raft_store::{AppendRequest, ExpectedVersion, IdempotencyKey, NewEvent, NodeId, RulesState};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use serde_json::{json, Value};
 
 use crate::error::ApiError;
 use crate::limits::Limits;
@@ -18,6 +20,9 @@ pub struct AppendBody {
     pub events: Vec<EventBody>,
     #[serde(default)]
     pub expected_version: BTreeMap<String, ExpectedVersion>,
+    /// Alternative to the `Idempotency-Key` header.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -66,8 +71,8 @@ fn check_name(fields: &mut BTreeMap<String, String>, key: String, value: &str, l
 }
 
 impl AppendBody {
-    /// Validate against the limits and build the internal request. All field errors at once.
-    pub fn into_request(self, topic: &str, limits: &Limits) -> Result<AppendRequest, ApiError> {
+    /// Check names, sizes and counts against the limits; all field errors at once.
+    pub fn validate(&self, topic: &str, limits: &Limits) -> Result<(), ApiError> {
         validate_topic(topic, limits)?;
         let mut fields = BTreeMap::new();
         if self.events.is_empty() {
@@ -122,23 +127,121 @@ impl AppendBody {
                 limits,
             );
         }
+        if let Some(k) = &self.idempotency_key {
+            check_name(&mut fields, "idempotency_key".into(), k, limits);
+        }
+        if !fields.is_empty() {
+            return Err(ApiError::Validation { fields });
+        }
+        Ok(())
+    }
+
+    /// A digest of what the client asked for, so a reused idempotency key with a different
+    /// request is recognised. JSON objects are canonical (sorted keys), so formatting and
+    /// key order do not matter.
+    pub fn fingerprint(&self, topic: &str) -> String {
+        let events: Vec<Value> = self
+            .events
+            .iter()
+            .map(|e| {
+                json!({
+                    "type": e.event_type,
+                    "stream": e.stream,
+                    "data": serde_json::from_str::<Value>(e.data.get()).unwrap_or(Value::Null),
+                    "metadata": e.metadata.as_ref().map(|m| serde_json::from_str::<Value>(m.get()).unwrap_or(Value::Null)),
+                })
+            })
+            .collect();
+        fingerprint(
+            &json!({ "topic": topic, "events": events, "expected_version": self.expected_version }),
+        )
+    }
+
+    /// The internal request under `rules`: uniq keys extracted and normalized here, on the
+    /// receiving node. Missing or invalid keys are field errors.
+    pub fn prepare(
+        &self,
+        topic: &str,
+        rules: &RulesState,
+        idempotency: Option<IdempotencyKey>,
+    ) -> Result<AppendRequest, ApiError> {
+        let mut fields = BTreeMap::new();
+        let mut events = Vec::with_capacity(self.events.len());
+        for (i, e) in self.events.iter().enumerate() {
+            let mut claims = Vec::new();
+            if rules.rules.rules_for(topic, &e.event_type).next().is_some() {
+                let data: Value = serde_json::from_str(e.data.get()).unwrap_or(Value::Null);
+                match claims_for(
+                    &rules.rules,
+                    topic,
+                    &e.event_type,
+                    &data,
+                    &format!("events[{i}].data"),
+                ) {
+                    Ok(c) => claims = c,
+                    Err(KeyError { field, message }) => {
+                        fields.insert(field, message);
+                    }
+                }
+                if e.stream.is_none() {
+                    fields.insert(
+                        format!("events[{i}].stream"),
+                        "is required: this event type is under a uniq rule and the stream owns the key".into(),
+                    );
+                }
+            }
+            events.push(NewEvent {
+                event_type: e.event_type.clone(),
+                stream: e.stream.clone(),
+                data: e.data.get().to_string(),
+                metadata: e.metadata.as_ref().map(|m| m.get().to_string()),
+                claims,
+            });
+        }
         if !fields.is_empty() {
             return Err(ApiError::Validation { fields });
         }
         Ok(AppendRequest {
             topic: topic.to_string(),
-            events: self
-                .events
-                .into_iter()
-                .map(|e| NewEvent {
-                    event_type: e.event_type,
-                    stream: e.stream,
-                    data: e.data.get().to_string(),
-                    metadata: e.metadata.map(|m| m.get().to_string()),
-                })
-                .collect(),
-            expected_version: self.expected_version,
+            events,
+            expected_version: self.expected_version.clone(),
+            idempotency,
+            rules_version: rules.version,
+            reply: None,
         })
+    }
+}
+
+/// Hex SHA-256 of a JSON value's canonical text.
+pub fn fingerprint(v: &Value) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(
+        serde_json::to_string(v)
+            .expect("JSON values serialize")
+            .as_bytes(),
+    );
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The idempotency key of a request: the `Idempotency-Key` header or the body field (they
+/// must agree when both are given).
+pub fn idempotency_key(
+    header: Option<&str>,
+    field: Option<&str>,
+) -> Result<Option<String>, ApiError> {
+    match (header, field) {
+        (Some(h), Some(f)) if h != f => Err(ApiError::bad_request(
+            "the Idempotency-Key header and the idempotency_key field differ",
+        )),
+        (Some(k), _) | (None, Some(k)) => {
+            if k.is_empty() || k.len() > 255 || k.chars().any(char::is_control) {
+                return Err(ApiError::bad_request(
+                    "an idempotency key is 1 to 255 bytes without control characters",
+                ));
+            }
+            Ok(Some(k.to_string()))
+        }
+        (None, None) => Ok(None),
     }
 }
 
@@ -157,6 +260,17 @@ pub struct ClusterStatus {
     /// Last log index covered by this node's current snapshot.
     pub snapshot_index: Option<u64>,
     pub members: Vec<Member>,
+    /// Version of the replicated rules this node has applied.
+    pub rules_version: u64,
+    /// The idempotency window in force and the records held.
+    pub idempotency: IdempotencyStatus,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, Eq)]
+pub struct IdempotencyStatus {
+    pub window_ms: u64,
+    pub records_max: u64,
+    pub records: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize, Clone, PartialEq, Eq)]

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use api::Limits;
+use raft_store::rules::{IdempotencySettings, Rules, UniqSet};
 use raft_store::NodeId;
 use serde::Deserialize;
 
@@ -37,6 +38,12 @@ pub struct Config {
     pub raft: RaftSettings,
     #[serde(default)]
     pub limits: Limits,
+    /// Uniq sets, proposed as the first rules entry by `cluster init`.
+    #[serde(default)]
+    pub uniq: Vec<UniqSet>,
+    /// The idempotency window, replicated with the rules.
+    #[serde(default)]
+    pub idempotency: IdempotencySettings,
     /// The file this was loaded from (for messages); empty for built-in configs.
     #[serde(skip)]
     pub path: PathBuf,
@@ -185,6 +192,9 @@ impl Config {
                 "snapshot_chunk_bytes and append_entries_max must be positive",
             ));
         }
+        self.rules()
+            .validate()
+            .map_err(|m| self.invalid("uniq", m))?;
         let l = &self.limits;
         for (key, v) in [
             ("limits.body_bytes_max", l.body_bytes_max as u64),
@@ -203,6 +213,14 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The rules this config asks for.
+    pub fn rules(&self) -> Rules {
+        Rules {
+            uniq: self.uniq.clone(),
+            idempotency: self.idempotency,
+        }
     }
 
     pub fn node(&self, id: NodeId) -> Result<&NodeConfig, ConfigError> {
@@ -283,5 +301,25 @@ mod tests {
         let c = Config::load(&path).unwrap();
         assert_eq!(c.nodes.len(), 3);
         assert_eq!(c.node(2).unwrap().addr, "127.0.0.1:7002");
+        assert_eq!(c.uniq[0].name, "user_email");
+        assert_eq!(c.uniq[0].rules.len(), 3);
+    }
+
+    #[test]
+    fn a_bad_uniq_rule_is_named() {
+        let bad = format!(
+            "{THREE}\n[[uniq]]\nname = \"e\"\ntopic = \"users\"\n[[uniq.rule]]\nevent = \"X\"\nop = \"update\"\nkey = \"/a\"\n"
+        );
+        let e = parse(&bad).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("uniq[0] (\"e\").rule[0]: op = \"update\" needs old_key"),
+            "{e}"
+        );
+        let e = parse(&format!(
+            "{THREE}\n[[uniq]]\nname = \"e\"\ntopic = \"users\"\nnormalize = \"upper\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("upper"), "{e}");
     }
 }

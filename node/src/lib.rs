@@ -24,6 +24,18 @@ pub enum NodeError {
     RaftConfig(#[from] openraft::ConfigError),
     #[error("raft failed to start: {0}")]
     Raft(String),
+    #[error("storage: {0}")]
+    Storage(#[from] raft_store::StoreError),
+    #[error(
+        "the uniq rules in {config} differ from the replicated rules (version {version}); \
+         update the config to the replicated rules (GET /v1/cluster/uniq-rules) or change them \
+         through POST /v1/cluster/uniq-rules:\n{diff}"
+    )]
+    RulesDiffer {
+        config: String,
+        version: u64,
+        diff: String,
+    },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -59,6 +71,7 @@ pub async fn start(
     transport: Arc<dyn Transport>,
 ) -> Result<RunningNode, NodeError> {
     let me = config.node(id)?.clone();
+    check_rules(config, &storage.reader)?;
     let raft_config = Arc::new(config.openraft().validate()?);
     let network = PeerNetwork {
         transport: transport.clone(),
@@ -78,6 +91,7 @@ pub async fn start(
         transport,
         limits: config.limits.clone(),
         initial_members,
+        config_rules: config.rules(),
     });
     let header_timeout = Duration::from_millis(config.limits.header_read_timeout_ms);
     let mut servers = Vec::new();
@@ -108,4 +122,26 @@ async fn listen(
         router,
         header_timeout,
     )))
+}
+
+/// A node whose config rules differ from the replicated ones it has applied refuses to start:
+/// the operator must see the difference instead of running with rules nobody enforces.
+fn check_rules(config: &Config, reader: &raft_store::StateReader) -> Result<(), NodeError> {
+    let replicated = reader.rules()?;
+    if replicated.version == 0 {
+        return Ok(());
+    }
+    let diff = config.rules().diff(&replicated.rules);
+    if diff.is_empty() {
+        return Ok(());
+    }
+    Err(NodeError::RulesDiffer {
+        config: config.path.display().to_string(),
+        version: replicated.version,
+        diff: diff
+            .iter()
+            .map(|l| format!("  {l}"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    })
 }

@@ -1,36 +1,79 @@
-//! The business decision of the state machine: one request in, one [`Outcome`] out.
+//! The business decision of the state machine: one request in, one [`Answer`] out.
 //!
-//! Pure and deterministic: the inputs are the replicated tables, the entry's log index and the
-//! log time; no clock, randomness, environment or local config is read here. A request is
-//! decided as a whole before anything is written, so a conflict or rejection leaves nothing
-//! behind.
+//! Pure and deterministic: the inputs are the replicated tables (data, rules, uniq sets,
+//! idempotency records), the entry's log index and the log time; no clock, randomness,
+//! environment or local config is read here. A request is decided as a whole before anything
+//! is written, so a conflict or rejection leaves nothing behind (except, for a 409 under an
+//! idempotency key, the stored answer itself).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use redb::{ReadableTable, Table, WriteTransaction};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::error::StoreError;
-use crate::tables::{EVENTS, STREAMS, STREAM_INDEX, TOPICS};
-use crate::types::{AppendRequest, Conflict, NewEvent, Outcome, Rejection, Request};
+use crate::idempotency::{IdempotencyTables, Record};
+use crate::rules::Rules;
+use crate::tables::*;
+use crate::types::{
+    Answer, AppendRequest, Conflict, NewEvent, Outcome, Rejection, Request, SetRules,
+};
+use crate::uniq::{clear_set, Pending, UniqTables};
 
-/// The state machine's data tables, opened once per apply batch.
+/// The rules in force and their version, as stored in `sm_meta`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct RulesState {
+    pub version: u64,
+    pub rules: Rules,
+}
+
+/// The state machine's tables, opened once per apply batch.
 pub(crate) struct DataTables<'txn> {
+    meta: Table<'txn, &'static str, &'static [u8]>,
     topics: Table<'txn, &'static str, u64>,
     events: Table<'txn, (&'static str, u64), &'static str>,
     streams: Table<'txn, &'static str, (&'static str, u64)>,
     stream_index: Table<'txn, (&'static str, u64), u64>,
+    uniq: UniqTables<'txn>,
+    idem: IdempotencyTables<'txn>,
+    rules: RulesState,
 }
 
 impl<'txn> DataTables<'txn> {
     pub(crate) fn open(txn: &'txn WriteTransaction) -> Result<Self, StoreError> {
+        let meta = txn.open_table(SM_META)?;
+        let rules = match meta.get(KEY_RULES)? {
+            Some(v) => serde_json::from_slice(v.value())
+                .map_err(|e| StoreError::corrupt("sm_meta", KEY_RULES, e))?,
+            None => RulesState::default(),
+        };
         Ok(DataTables {
+            meta,
             topics: txn.open_table(TOPICS)?,
             events: txn.open_table(EVENTS)?,
             streams: txn.open_table(STREAMS)?,
             stream_index: txn.open_table(STREAM_INDEX)?,
+            uniq: UniqTables {
+                owners: txn.open_table(UNIQ_OWNERS)?,
+                history: txn.open_table(UNIQ_HISTORY)?,
+            },
+            idem: IdempotencyTables {
+                records: txn.open_table(IDEMPOTENCY)?,
+                by_age: txn.open_table(IDEMPOTENCY_BY_AGE)?,
+            },
+            rules,
         })
+    }
+
+    pub(crate) fn meta(&mut self) -> &mut Table<'txn, &'static str, &'static [u8]> {
+        &mut self.meta
+    }
+
+    /// Per-entry housekeeping, before its requests: expire idempotency records.
+    pub(crate) fn begin_entry(&mut self, ctx: EntryContext) -> Result<(), StoreError> {
+        let settings = self.rules.rules.idempotency;
+        self.idem.evict(ctx.log_time_ms, &settings)
     }
 }
 
@@ -45,9 +88,10 @@ pub(crate) fn apply_request(
     t: &mut DataTables<'_>,
     ctx: EntryContext,
     req: &Request,
-) -> Result<Outcome, StoreError> {
+) -> Result<Answer, StoreError> {
     match req {
         Request::Append(a) => apply_append(t, ctx, a),
+        Request::SetRules(s) => apply_set_rules(t, s).map(Answer::new),
     }
 }
 
@@ -76,7 +120,8 @@ fn json_object<'a>(text: &'a str, what: &str) -> Result<&'a RawValue, String> {
     Ok(raw)
 }
 
-fn check_events(events: &[NewEvent]) -> Result<(), Rejection> {
+/// Shape checks that need no state: JSON objects, claims that fit the rules.
+fn check_events(topic: &str, events: &[NewEvent], rules: &Rules) -> Result<(), Rejection> {
     if events.is_empty() {
         return Err(Rejection::InvalidEvent {
             index: 0,
@@ -89,6 +134,21 @@ fn check_events(events: &[NewEvent]) -> Result<(), Rejection> {
         if let Some(m) = &e.metadata {
             json_object(m, "metadata").map_err(invalid)?;
         }
+        let expected: Vec<(&str, _)> = rules
+            .rules_for(topic, &e.event_type)
+            .map(|(s, r)| (s.name.as_str(), r.op))
+            .collect();
+        let got: Vec<(&str, _)> = e.claims.iter().map(|c| (c.set.as_str(), c.op)).collect();
+        if expected != got {
+            return Err(invalid(format!(
+                "uniq claims {got:?} do not match the rules in force {expected:?}"
+            )));
+        }
+        if !e.claims.is_empty() && e.stream.is_none() {
+            return Err(invalid(
+                "an event under a uniq rule needs a stream (the key's owner)".into(),
+            ));
+        }
     }
     Ok(())
 }
@@ -97,9 +157,61 @@ fn apply_append(
     t: &mut DataTables<'_>,
     ctx: EntryContext,
     req: &AppendRequest,
-) -> Result<Outcome, StoreError> {
-    if let Err(r) = check_events(&req.events) {
-        return Ok(Outcome::Rejected(r));
+) -> Result<Answer, StoreError> {
+    // 1. Idempotency: a retry gets the stored answer and appends nothing.
+    if let Some(idem) = &req.idempotency {
+        if let Some(rec) = t.idem.get(&req.topic, &idem.key)? {
+            if rec.fingerprint != idem.fingerprint {
+                return Ok(Answer::new(Outcome::Rejected(
+                    Rejection::IdempotencyKeyReused {
+                        key: idem.key.clone(),
+                    },
+                )));
+            }
+            return Ok(Answer {
+                replayed: true,
+                ..rec.answer
+            });
+        }
+    }
+    let answer = decide_append(t, ctx, req)?;
+    // Created and conflict answers are stored under the key; rejections (400s) are not:
+    // they changed nothing and say nothing about the state.
+    if let (Some(idem), Outcome::Appended { .. } | Outcome::Conflict(_)) =
+        (&req.idempotency, &answer.outcome)
+    {
+        let record = Record {
+            fingerprint: idem.fingerprint.clone(),
+            answer: answer.clone(),
+            log_time_ms: ctx.log_time_ms,
+            log_index: ctx.log_index,
+        };
+        t.idem.put(&req.topic, &idem.key, &record)?;
+    }
+    Ok(answer)
+}
+
+fn decide_append(
+    t: &mut DataTables<'_>,
+    ctx: EntryContext,
+    req: &AppendRequest,
+) -> Result<Answer, StoreError> {
+    let answer = |outcome| Answer {
+        outcome,
+        reply: req.reply.clone(),
+        replayed: false,
+    };
+    let rejected = |r| Ok(answer(Outcome::Rejected(r)));
+
+    // Claims prepared under other rules than those in force are prepared again.
+    let covered = t.rules.rules.uniq.iter().any(|s| s.topic == req.topic);
+    if covered && req.rules_version != t.rules.version {
+        return rejected(Rejection::RulesChanged {
+            current_version: t.rules.version,
+        });
+    }
+    if let Err(r) = check_events(&req.topic, &req.events, &t.rules.rules) {
+        return rejected(r);
     }
 
     // Current version of every stream the request names; a stream of another topic is a 400.
@@ -118,10 +230,10 @@ fn apply_append(
             Some(g) => {
                 let (topic, version) = g.value();
                 if topic != req.topic {
-                    return Ok(Outcome::Rejected(Rejection::StreamInOtherTopic {
+                    return rejected(Rejection::StreamInOtherTopic {
                         stream: stream.to_string(),
                         topic: topic.to_string(),
-                    }));
+                    });
                 }
                 version
             }
@@ -129,20 +241,35 @@ fn apply_append(
         versions.insert(stream, version);
     }
 
+    // 2. expected_version, for every stream it names.
     for (stream, expected) in &req.expected_version {
         let actual = versions[stream.as_str()];
         if !expected.matches(actual) {
-            return Ok(Outcome::Conflict(Conflict::Version {
+            return Ok(answer(Outcome::Conflict(Conflict::Version {
                 stream: stream.clone(),
                 expected: *expected,
                 actual,
-            }));
+            })));
+        }
+    }
+
+    // 3. Uniq claims, against the sets and the earlier events of this request.
+    let first = t.topics.get(req.topic.as_str())?.map_or(0, |g| g.value());
+    let mut pending = Pending::default();
+    for (i, e) in req.events.iter().enumerate() {
+        let Some(stream) = e.stream.as_deref() else {
+            continue;
+        };
+        for claim in &e.claims {
+            if let Err(c) = pending.check(&t.uniq, claim, stream, first + i as u64)? {
+                return Ok(answer(Outcome::Conflict(c)));
+            }
         }
     }
 
     // Every check passed: write.
-    let first = t.topics.get(req.topic.as_str())?.map_or(0, |g| g.value());
-    let mut touched: std::collections::BTreeSet<&str> = Default::default();
+    pending.write(&mut t.uniq)?;
+    let mut touched: BTreeSet<&str> = BTreeSet::new();
     for (i, e) in req.events.iter().enumerate() {
         let offset = first + i as u64;
         let event = StoredEvent {
@@ -176,9 +303,90 @@ fn apply_append(
     }
     let next = first + req.events.len() as u64;
     t.topics.insert(req.topic.as_str(), next)?;
-    Ok(Outcome::Appended {
+    Ok(answer(Outcome::Appended {
         first_offset: first,
         last_offset: next.saturating_sub(1),
         log_index: ctx.log_index,
+    }))
+}
+
+/// Replace the rules. Sets that are new or changed are rebuilt from the backfill (the claims
+/// of the topic's existing events, computed by the proposing node); dropped sets are cleared.
+fn apply_set_rules(t: &mut DataTables<'_>, s: &SetRules) -> Result<Outcome, StoreError> {
+    let current = t.rules.version;
+    if s.base_version != current {
+        return Ok(Outcome::Rejected(Rejection::RulesChanged {
+            current_version: current,
+        }));
+    }
+    if let Err(reason) = s.rules.validate() {
+        return Ok(Outcome::Rejected(Rejection::InvalidEvent {
+            index: 0,
+            reason,
+        }));
+    }
+    let old = t.rules.rules.clone();
+    let rebuilt: Vec<&crate::rules::UniqSet> = s
+        .rules
+        .uniq
+        .iter()
+        .filter(|set| old.set(&set.name) != Some(*set))
+        .collect();
+
+    // Replay every rebuilt set's backfill on a clean view; decide before writing.
+    let mut pending = Pending::default();
+    for set in &rebuilt {
+        let len = t.topics.get(set.topic.as_str())?.map_or(0, |g| g.value());
+        let backfill = s.backfill.iter().find(|b| b.set == set.name);
+        let (topic_len, claims) = backfill.map_or((0, &[][..]), |b| (b.topic_len, &b.claims[..]));
+        if topic_len != len {
+            // Events arrived after the proposer computed the claims: compute them again.
+            return Ok(Outcome::Rejected(Rejection::RulesChanged {
+                current_version: current,
+            }));
+        }
+        pending.rebuild(&set.name);
+        for c in claims {
+            if c.claim.set != set.name {
+                return Ok(Outcome::Rejected(Rejection::InvalidEvent {
+                    index: 0,
+                    reason: format!(
+                        "backfill of {} carries a claim of {}",
+                        set.name, c.claim.set
+                    ),
+                }));
+            }
+            match pending.check(&t.uniq, &c.claim, &c.stream, c.offset)? {
+                Ok(()) => {}
+                Err(conflict) => {
+                    let key = match conflict {
+                        Conflict::Uniq { key, .. } | Conflict::UniqNotOwner { key, .. } => key,
+                        _ => c.claim.key.clone(),
+                    };
+                    return Ok(Outcome::Conflict(Conflict::RulesViolated {
+                        set: set.name.clone(),
+                        key,
+                    }));
+                }
+            }
+        }
+    }
+
+    // All rebuilt sets are consistent: write.
+    for set in &old.uniq {
+        if s.rules.set(&set.name) != Some(set) {
+            clear_set(&mut t.uniq, &set.name)?;
+        }
+    }
+    pending.write(&mut t.uniq)?;
+    let state = RulesState {
+        version: current + 1,
+        rules: s.rules.clone(),
+    };
+    let json = serde_json::to_vec(&state).expect("rules serialize");
+    t.meta.insert(KEY_RULES, json.as_slice())?;
+    t.rules = state;
+    Ok(Outcome::RulesSet {
+        version: current + 1,
     })
 }

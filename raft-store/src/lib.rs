@@ -6,13 +6,16 @@
 
 mod apply;
 mod error;
+mod idempotency;
 mod log_store;
 mod read;
+pub mod rules;
 pub mod runtime;
 mod snapshot;
 mod state_machine;
 mod tables;
 mod types;
+mod uniq;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,7 +23,9 @@ use std::sync::Arc;
 use redb::{Database, Durability, StorageBackend};
 use tokio::sync::watch;
 
+pub use apply::RulesState;
 pub use error::StoreError;
+pub use idempotency::Record as IdempotencyRecord;
 pub use log_store::LogStore;
 pub use read::{Page, StateReader};
 pub use runtime::{blocking, UniqRuntime};
@@ -85,6 +90,10 @@ fn create_tables(db: &Database) -> Result<(), StoreError> {
     txn.open_table(tables::EVENTS)?;
     txn.open_table(tables::STREAMS)?;
     txn.open_table(tables::STREAM_INDEX)?;
+    txn.open_table(tables::UNIQ_OWNERS)?;
+    txn.open_table(tables::UNIQ_HISTORY)?;
+    txn.open_table(tables::IDEMPOTENCY)?;
+    txn.open_table(tables::IDEMPOTENCY_BY_AGE)?;
     txn.commit()?;
     Ok(())
 }

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
 use tokio::sync::watch;
 
+use crate::apply::RulesState;
 use crate::error::StoreError;
 use crate::snapshot::write_records;
-use crate::tables::{EVENTS, STREAMS, STREAM_INDEX, TOPICS};
+use crate::tables::*;
 
 /// A page of events, each the JSON text stored at apply.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +108,55 @@ impl StateReader {
         let txn = self.txn()?;
         let topics = txn.open_table(TOPICS)?;
         Ok(topics.get(topic)?.map_or(0, |g| g.value()))
+    }
+
+    /// The replicated rules in force (version 0 and no sets before the first rules entry).
+    pub fn rules(&self) -> Result<RulesState, StoreError> {
+        let txn = self.txn()?;
+        let meta = txn.open_table(SM_META)?;
+        match meta.get(KEY_RULES)? {
+            None => Ok(RulesState::default()),
+            Some(v) => serde_json::from_slice(v.value())
+                .map_err(|e| StoreError::corrupt("sm_meta", KEY_RULES, e)),
+        }
+    }
+
+    /// The owner of a normalized key and the offset of the event that claimed it.
+    pub fn uniq_owner(&self, set: &str, key: &str) -> Result<Option<(String, u64)>, StoreError> {
+        let txn = self.txn()?;
+        let owners = txn.open_table(UNIQ_OWNERS)?;
+        Ok(owners.get((set, key))?.map(|g| {
+            let (owner, since) = g.value();
+            (owner.to_string(), since)
+        }))
+    }
+
+    /// Owners of a key over time: (owner, claimed offset, released offset if released).
+    pub fn uniq_history(
+        &self,
+        set: &str,
+        key: &str,
+    ) -> Result<Vec<(String, u64, Option<u64>)>, StoreError> {
+        let txn = self.txn()?;
+        let history = txn.open_table(UNIQ_HISTORY)?;
+        let mut out = Vec::new();
+        for row in history.range((set, key, 0)..=(set, key, u64::MAX))? {
+            let (k, v) = row?;
+            let (owner, released) = v.value();
+            out.push((
+                owner.to_string(),
+                k.value().2,
+                (released != STILL_OWNED).then_some(released),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Number of idempotency records held.
+    pub fn idempotency_records(&self) -> Result<u64, StoreError> {
+        use redb::ReadableTableMetadata;
+        let txn = self.txn()?;
+        Ok(txn.open_table(IDEMPOTENCY)?.len()?)
     }
 
     /// Every state-machine row in a canonical byte form (the snapshot record encoding). Two

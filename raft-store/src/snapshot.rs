@@ -18,7 +18,7 @@ use redb::{Key, ReadTransaction, ReadableTable, Table, TableDefinition, Value, W
 use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, ReadBuf};
 
 use crate::error::StoreError;
-use crate::tables::{EVENTS, SM_META, STREAMS, STREAM_INDEX, TOPICS};
+use crate::tables::*;
 use crate::types::{Node, NodeId};
 
 const MAGIC: &[u8; 7] = b"UQSNAP\x01";
@@ -225,6 +225,10 @@ pub(crate) fn write_records(txn: &ReadTransaction, w: &mut impl Write) -> Result
     n += dump_table(txn, EVENTS, 2, w)?;
     n += dump_table(txn, STREAMS, 3, w)?;
     n += dump_table(txn, STREAM_INDEX, 4, w)?;
+    n += dump_table(txn, UNIQ_OWNERS, 5, w)?;
+    n += dump_table(txn, UNIQ_HISTORY, 6, w)?;
+    n += dump_table(txn, IDEMPOTENCY, 7, w)?;
+    n += dump_table(txn, IDEMPOTENCY_BY_AGE, 8, w)?;
     Ok(n)
 }
 
@@ -280,11 +284,19 @@ pub(crate) fn load_snapshot(
     txn.delete_table(EVENTS)?;
     txn.delete_table(STREAMS)?;
     txn.delete_table(STREAM_INDEX)?;
+    txn.delete_table(UNIQ_OWNERS)?;
+    txn.delete_table(UNIQ_HISTORY)?;
+    txn.delete_table(IDEMPOTENCY)?;
+    txn.delete_table(IDEMPOTENCY_BY_AGE)?;
     let mut sm_meta = txn.open_table(SM_META)?;
     let mut topics = txn.open_table(TOPICS)?;
     let mut events = txn.open_table(EVENTS)?;
     let mut streams = txn.open_table(STREAMS)?;
     let mut stream_index = txn.open_table(STREAM_INDEX)?;
+    let mut uniq_owners = txn.open_table(UNIQ_OWNERS)?;
+    let mut uniq_history = txn.open_table(UNIQ_HISTORY)?;
+    let mut idempotency = txn.open_table(IDEMPOTENCY)?;
+    let mut idempotency_by_age = txn.open_table(IDEMPOTENCY_BY_AGE)?;
     let (mut k, mut v) = (Vec::new(), Vec::new());
     let mut n: u64 = 0;
     loop {
@@ -309,6 +321,10 @@ pub(crate) fn load_snapshot(
             2 => insert_raw(&mut events, &k, &v)?,
             3 => insert_raw(&mut streams, &k, &v)?,
             4 => insert_raw(&mut stream_index, &k, &v)?,
+            5 => insert_raw(&mut uniq_owners, &k, &v)?,
+            6 => insert_raw(&mut uniq_history, &k, &v)?,
+            7 => insert_raw(&mut idempotency, &k, &v)?,
+            8 => insert_raw(&mut idempotency_by_age, &k, &v)?,
             t => return Err(StoreError::Snapshot(format!("unknown record tag {t}"))),
         }
         n += 1;

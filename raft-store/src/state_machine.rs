@@ -61,13 +61,12 @@ fn apply_batch(
     let mut responses = Vec::with_capacity(entries.len());
     let mut last_index = 0;
     {
-        let mut meta = txn.open_table(SM_META)?;
-        let mut log_time: u64 = match meta.get(KEY_LOG_TIME)? {
+        let mut tables = DataTables::open(&txn)?;
+        let mut log_time: u64 = match tables.meta().get(KEY_LOG_TIME)? {
             Some(v) => serde_json::from_slice(v.value())
                 .map_err(|e| StoreError::corrupt("sm_meta", KEY_LOG_TIME, e))?,
             None => 0,
         };
-        let mut tables = DataTables::open(&txn)?;
         let mut last_applied = None;
         let mut membership = None;
         for entry in &entries {
@@ -85,6 +84,7 @@ fn apply_batch(
                         log_index: entry.log_id.index,
                         log_time_ms: log_time,
                     };
+                    tables.begin_entry(ctx)?;
                     let outcomes = cmd
                         .requests
                         .iter()
@@ -94,10 +94,11 @@ fn apply_batch(
                 }
             }
         }
-        put_json(&mut meta, KEY_LAST_APPLIED, &last_applied)?;
-        put_json(&mut meta, KEY_LOG_TIME, &log_time)?;
+        let meta = tables.meta();
+        put_json(meta, KEY_LAST_APPLIED, &last_applied)?;
+        put_json(meta, KEY_LOG_TIME, &log_time)?;
         if let Some(m) = &membership {
-            put_json(&mut meta, KEY_MEMBERSHIP, m)?;
+            put_json(meta, KEY_MEMBERSHIP, m)?;
         }
     }
     txn.commit()?;

@@ -23,9 +23,25 @@ pub const STREAMS: TableDefinition<&str, (&str, u64)> = TableDefinition::new("st
 /// (stream, version) -> topic offset of the stream's `version`-th event (1-based).
 pub const STREAM_INDEX: TableDefinition<(&str, u64), u64> = TableDefinition::new("stream_index");
 
+/// (set, key) -> (owner stream, offset of the event that claimed it).
+pub const UNIQ_OWNERS: TableDefinition<(&str, &str), (&str, u64)> =
+    TableDefinition::new("uniq_owners");
+/// (set, key, claimed offset) -> (owner, released offset, or [`STILL_OWNED`]).
+pub const UNIQ_HISTORY: TableDefinition<(&str, &str, u64), (&str, u64)> =
+    TableDefinition::new("uniq_history");
+/// (topic, idempotency key) -> the stored answer (JSON [`crate::idempotency::Record`]).
+pub const IDEMPOTENCY: TableDefinition<(&str, &str), &str> = TableDefinition::new("idempotency");
+/// (log time, log index, topic, key): the idempotency records in eviction order.
+pub const IDEMPOTENCY_BY_AGE: TableDefinition<(u64, u64, &str, &str), ()> =
+    TableDefinition::new("idempotency_by_age");
+
+/// `released_offset` of a history row whose owner still holds the key.
+pub const STILL_OWNED: u64 = u64::MAX;
+
 pub const KEY_VOTE: &str = "vote";
 pub const KEY_COMMITTED: &str = "committed";
 pub const KEY_LAST_PURGED: &str = "last_purged";
 pub const KEY_LAST_APPLIED: &str = "last_applied";
 pub const KEY_MEMBERSHIP: &str = "membership";
 pub const KEY_LOG_TIME: &str = "log_time_ms";
+pub const KEY_RULES: &str = "rules";

@@ -48,6 +48,8 @@ pub struct LogCommand {
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     Append(AppendRequest),
+    /// Replace the replicated rules (uniq sets and idempotency settings).
+    SetRules(SetRules),
 }
 
 /// Append events to one topic, all or nothing.
@@ -58,6 +60,65 @@ pub struct AppendRequest {
     /// Every stream named here is checked, whether or not the request has an event for it.
     #[serde(default)]
     pub expected_version: BTreeMap<String, ExpectedVersion>,
+    /// Retries with the same key (per topic) get the stored answer and append nothing.
+    #[serde(default)]
+    pub idempotency: Option<IdempotencyKey>,
+    /// The rules version the events' uniq claims were computed under. Apply refuses claims
+    /// computed under other rules ([`Rejection::RulesChanged`]); the receiving node recomputes
+    /// and proposes again.
+    #[serde(default)]
+    pub rules_version: u64,
+    /// Opaque text chosen by the receiving node (ids it generated), stored with the answer
+    /// and handed back on a replay so a retry sees the first attempt's ids.
+    #[serde(default)]
+    pub reply: Option<String>,
+}
+
+/// An idempotency key and a fingerprint of the client's request, so that the same key with a
+/// different request is recognised.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    pub key: String,
+    pub fingerprint: String,
+}
+
+/// A uniq claim of one event under one rule, with keys already normalized by the receiving
+/// node: apply never runs Unicode tables.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct UniqClaim {
+    pub set: String,
+    pub op: crate::rules::UniqOp,
+    pub key: String,
+    /// For `update`: the key released.
+    #[serde(default)]
+    pub old_key: Option<String>,
+}
+
+/// Replace the rules. `base_version` must be the version in force when apply sees it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct SetRules {
+    pub base_version: u64,
+    pub rules: crate::rules::Rules,
+    /// For every set that is new or changed: the claims of the topic's existing events,
+    /// computed by the proposing node, replayed by apply to build the set.
+    #[serde(default)]
+    pub backfill: Vec<Backfill>,
+}
+
+/// The existing events' claims for one set.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Backfill {
+    pub set: String,
+    /// The topic length the claims were computed at; apply refuses a stale backfill.
+    pub topic_len: u64,
+    pub claims: Vec<BackfillClaim>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct BackfillClaim {
+    pub offset: u64,
+    pub stream: String,
+    pub claim: UniqClaim,
 }
 
 /// An event as proposed, before it has an offset.
@@ -71,6 +132,9 @@ pub struct NewEvent {
     pub data: String,
     /// Optional `metadata`, a JSON object as text.
     pub metadata: Option<String>,
+    /// One claim per uniq rule that applies to this event, in rule order.
+    #[serde(default)]
+    pub claims: Vec<UniqClaim>,
 }
 
 /// Optimistic concurrency on a stream, as in EventStoreDB.
@@ -143,11 +207,34 @@ impl<'de> Deserialize<'de> for ExpectedVersion {
     }
 }
 
-/// What apply returns for one log entry: one outcome per request, in order. Blank and
+/// What apply returns for one log entry: one answer per request, in order. Blank and
 /// membership entries have none.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
 pub struct LogResponse {
-    pub outcomes: Vec<Outcome>,
+    pub outcomes: Vec<Answer>,
+}
+
+/// The answer to one request.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub outcome: Outcome,
+    /// The request's `reply` text, as stored with the first attempt.
+    #[serde(default)]
+    pub reply: Option<String>,
+    /// True when this is the stored answer of an earlier attempt with the same idempotency
+    /// key: nothing was appended this time.
+    #[serde(default)]
+    pub replayed: bool,
+}
+
+impl Answer {
+    pub fn new(outcome: Outcome) -> Self {
+        Answer {
+            outcome,
+            reply: None,
+            replayed: false,
+        }
+    }
 }
 
 /// The decision on one request. A conflict or rejection is an ordinary replicated outcome,
@@ -159,6 +246,10 @@ pub enum Outcome {
         first_offset: u64,
         last_offset: u64,
         log_index: u64,
+    },
+    /// New rules are in force.
+    RulesSet {
+        version: u64,
     },
     Conflict(Conflict),
     Rejected(Rejection),
@@ -173,16 +264,34 @@ pub enum Conflict {
         expected: ExpectedVersion,
         actual: u64,
     },
+    /// The key is owned by another stream.
+    Uniq {
+        set: String,
+        key: String,
+        owner: String,
+    },
+    /// The stream tried to release or move a key it does not own.
+    UniqNotOwner {
+        set: String,
+        key: String,
+        owner: Option<String>,
+    },
+    /// New rules would be violated by events already in the topic.
+    RulesViolated { set: String, key: String },
 }
 
-/// A 400 that only the state machine can decide (it depends on replicated state).
+/// A 400 (or a retry) that only the state machine can decide: it depends on replicated state.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[serde(tag = "rejection", rename_all = "snake_case")]
 pub enum Rejection {
     /// The stream already belongs to another topic.
     StreamInOtherTopic { stream: String, topic: String },
-    /// An event's data or metadata is not a JSON object. The receiving node validates this,
-    /// so it only happens if a faulty node proposed it; apply still decides it the same way
-    /// everywhere instead of failing.
+    /// An event's data or metadata is not a JSON object, or its claims do not fit the rules.
+    /// The receiving node validates this, so it only happens if a faulty node proposed it;
+    /// apply still decides it the same way everywhere instead of failing.
     InvalidEvent { index: usize, reason: String },
+    /// The same idempotency key was used for a different request in this topic.
+    IdempotencyKeyReused { key: String },
+    /// The request was prepared under rules that are no longer in force: prepare it again.
+    RulesChanged { current_version: u64 },
 }

@@ -45,7 +45,12 @@ impl Fixture {
         let e = self.entry(timestamp_ms, requests);
         let mut out = self.storage.state_machine.apply([e]).await.unwrap();
         assert_eq!(out.len(), 1, "one response per entry");
-        out.pop().unwrap().outcomes
+        out.pop()
+            .unwrap()
+            .outcomes
+            .into_iter()
+            .map(|a| a.outcome)
+            .collect()
     }
 
     async fn apply_one(&mut self, req: Request) -> Outcome {
@@ -69,6 +74,7 @@ fn ev(event_type: &str, stream: Option<&str>) -> NewEvent {
         stream: stream.map(Into::into),
         data: r#"{"n":1}"#.into(),
         metadata: None,
+        claims: vec![],
     }
 }
 
@@ -80,6 +86,9 @@ fn append(topic: &str, events: Vec<NewEvent>, expected: &[(&str, ExpectedVersion
             .iter()
             .map(|(s, v)| (s.to_string(), *v))
             .collect::<BTreeMap<_, _>>(),
+        idempotency: None,
+        rules_version: 0,
+        reply: None,
     })
 }
 
@@ -425,12 +434,12 @@ async fn same_entries_on_two_fresh_stores_give_equal_dumps() {
     let conflicts = ra
         .iter()
         .flat_map(|r| &r.outcomes)
-        .filter(|o| matches!(o, Outcome::Conflict(_)))
+        .filter(|o| matches!(o.outcome, Outcome::Conflict(_)))
         .count();
     let appended = ra
         .iter()
         .flat_map(|r| &r.outcomes)
-        .filter(|o| matches!(o, Outcome::Appended { .. }))
+        .filter(|o| matches!(o.outcome, Outcome::Appended { .. }))
         .count();
     assert!(
         conflicts > 0 && appended > 0,

@@ -13,7 +13,8 @@ use serde_json::json;
 use crate::app::{LeaderOp, LeaderReply, SharedApp};
 use crate::error::ApiError;
 use crate::extract::JsonBody;
-use crate::wire::{AddLearnerBody, ClusterStatus, Member, MembershipBody};
+use crate::routes::uniq;
+use crate::wire::{AddLearnerBody, ClusterStatus, IdempotencyStatus, Member, MembershipBody};
 
 pub async fn status(State(app): State<SharedApp>) -> Result<Json<ClusterStatus>, ApiError> {
     Ok(Json(cluster_status(&app).await?))
@@ -26,6 +27,11 @@ pub async fn cluster_status(app: &SharedApp) -> Result<ClusterStatus, ApiError> 
         .with_raft_state(|s| s.committed.map_or(0, |l| l.index))
         .await
         .map_err(|e| ApiError::unavailable(format!("raft is not running: {e}")))?;
+    let rules = app.rules().await?;
+    let reader = app.reader.clone();
+    let idempotency_records = raft_store::blocking(move || reader.idempotency_records())
+        .await
+        .map_err(ApiError::internal)?;
     let membership = m.membership_config.membership();
     let voters: BTreeSet<_> = membership.voter_ids().collect();
     let members = membership
@@ -54,23 +60,49 @@ pub async fn cluster_status(app: &SharedApp) -> Result<ClusterStatus, ApiError> 
         purged_index: m.purged.map(|l| l.index),
         snapshot_index: m.snapshot.map(|l| l.index),
         members,
+        rules_version: rules.version,
+        idempotency: IdempotencyStatus {
+            window_ms: rules.rules.idempotency.window_ms,
+            records_max: rules.rules.idempotency.records_max,
+            records: idempotency_records,
+        },
     })
 }
 
-/// Bootstrap the cluster from the config's node list. Idempotent: a node that is already part
-/// of an initialized cluster answers 200 and changes nothing.
+/// Bootstrap the cluster from the config's node list and propose the config's rules as the
+/// first rules entry. Idempotent: on an initialized cluster whose rules are in place it
+/// answers 200 and changes nothing.
 pub async fn init(State(app): State<SharedApp>) -> Result<Response, ApiError> {
-    match app.raft.initialize(app.initial_members.clone()).await {
-        Ok(()) => Ok(Json(json!({ "initialized": true })).into_response()),
-        Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(Json(
-            json!({ "initialized": false, "message": "the cluster is already initialized" }),
-        )
-        .into_response()),
-        Err(RaftError::APIError(InitializeError::NotInMembers(e))) => Err(ApiError::bad_request(
-            format!("this node is not in the config's node list: {e}"),
-        )),
-        Err(RaftError::Fatal(e)) => Err(ApiError::unavailable(format!("raft is not running: {e}"))),
-    }
+    Ok(Json(init_cluster(&app).await?).into_response())
+}
+
+/// What `POST /v1/cluster/init` (and `uniqlog dev`) does.
+pub async fn init_cluster(app: &SharedApp) -> Result<serde_json::Value, ApiError> {
+    let initialized = match app.raft.initialize(app.initial_members.clone()).await {
+        Ok(()) => true,
+        Err(RaftError::APIError(InitializeError::NotAllowed(_))) => false,
+        Err(RaftError::APIError(InitializeError::NotInMembers(e))) => {
+            return Err(ApiError::bad_request(format!(
+                "this node is not in the config's node list: {e}"
+            )))
+        }
+        Err(RaftError::Fatal(e)) => {
+            return Err(ApiError::unavailable(format!("raft is not running: {e}")))
+        }
+    };
+    app.linearize().await?;
+    let rules = app.rules().await?;
+    let rules_version = if rules.version == 0 {
+        uniq::propose_rules(app, app.config_rules.clone()).await?
+    } else {
+        rules.version
+    };
+    let message = if initialized {
+        "cluster initialized"
+    } else {
+        "the cluster was already initialized"
+    };
+    Ok(json!({ "initialized": initialized, "rules_version": rules_version, "message": message }))
 }
 
 fn membership_answer(reply: LeaderReply) -> Result<Response, ApiError> {

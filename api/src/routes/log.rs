@@ -8,63 +8,72 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use raft_store::{Conflict, Outcome, Page, Rejection, Request};
+use raft_store::{Answer, IdempotencyKey, Outcome, Page};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::time::Instant;
 
-use crate::app::{LeaderOp, LeaderReply, SharedApp};
+use crate::app::SharedApp;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, PathParams, QueryParams};
-use crate::wire::{validate_topic, AppendBody, AppendCreated};
+use crate::wire::{idempotency_key, validate_topic, AppendBody, AppendCreated};
 
 #[tracing::instrument(level = "debug", skip_all, fields(topic = %topic))]
 pub async fn append(
     State(app): State<SharedApp>,
     PathParams(topic): PathParams<String>,
+    headers: HeaderMap,
     JsonBody(body): JsonBody<AppendBody>,
 ) -> Result<Response, ApiError> {
-    let request = body.into_request(&topic, &app.limits)?;
-    let reply = app
-        .execute(
-            LeaderOp::Write {
-                request: Request::Append(request),
-            },
-            app.request_timeout(),
-        )
-        .await?;
-    let LeaderReply::Written { outcome } = reply else {
-        return Err(ApiError::internal(format!("unexpected reply {reply:?}")));
+    body.validate(&topic, &app.limits)?;
+    let header = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => Some(v.to_str().map_err(|_| {
+            ApiError::bad_request("the Idempotency-Key header must be visible ASCII")
+        })?),
     };
-    match outcome {
+    let idempotency =
+        idempotency_key(header, body.idempotency_key.as_deref())?.map(|key| IdempotencyKey {
+            key,
+            fingerprint: body.fingerprint(&topic),
+        });
+    let answer = app
+        .append(|rules| body.prepare(&topic, rules, idempotency.clone()))
+        .await?;
+    answer_response(answer)
+}
+
+/// An append's answer as HTTP: 201 with the offsets, or the error its outcome stands for.
+/// A replay of a stored answer says so in `Idempotent-Replayed`.
+pub fn answer_response(answer: Answer) -> Result<Response, ApiError> {
+    match answer.outcome {
         Outcome::Appended {
             first_offset,
             last_offset,
             log_index,
-        } => Ok((
-            StatusCode::CREATED,
-            Json(AppendCreated {
-                first_offset,
-                last_offset,
-                log_index,
-            }),
-        )
-            .into_response()),
-        Outcome::Conflict(Conflict::Version {
-            stream,
-            expected,
-            actual,
-        }) => Err(ApiError::VersionConflict {
-            stream,
-            expected: expected.to_string(),
-            actual,
-        }),
-        Outcome::Rejected(Rejection::StreamInOtherTopic { stream, topic }) => {
-            Err(ApiError::StreamInOtherTopic { stream, topic })
+        } => {
+            let mut resp = (
+                StatusCode::CREATED,
+                Json(AppendCreated {
+                    first_offset,
+                    last_offset,
+                    log_index,
+                }),
+            )
+                .into_response();
+            if answer.replayed {
+                resp.headers_mut().insert(
+                    "idempotent-replayed",
+                    header::HeaderValue::from_static("true"),
+                );
+            }
+            Ok(resp)
         }
-        Outcome::Rejected(Rejection::InvalidEvent { index, reason }) => {
-            Err(ApiError::bad_request(format!("events[{index}]: {reason}")))
-        }
+        Outcome::Conflict(c) => Err(c.into()),
+        Outcome::Rejected(r) => Err(r.into()),
+        Outcome::RulesSet { .. } => Err(ApiError::internal(
+            "an append was answered as a rules change",
+        )),
     }
 }
 

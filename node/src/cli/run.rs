@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use api::HyperTransport;
-use raft_store::{Node, Storage};
+use raft_store::Storage;
 use uniqlog_node::{start, Config};
 
 /// Wait for Ctrl-C or SIGTERM.
@@ -50,24 +50,21 @@ pub async fn node(config_path: &Path, id: u64) -> Result<()> {
     Ok(())
 }
 
+/// The shipped `cluster.toml`: `uniqlog dev` takes its rules and limits, so the dev node
+/// enforces the same uniq rules as the three-node cluster.
+const SHIPPED_CONFIG: &str = include_str!("../../../cluster.toml");
+
 pub async fn dev(port_base: u16, data_dir: &Path) -> Result<()> {
     let port = port_base
         .checked_add(1)
         .context("--port-base is too large")?;
     let data_dir = std::env::current_dir()?.join(data_dir);
-    let text = format!(
-        "[[node]]\nid = 1\naddr = \"127.0.0.1:{port}\"\ndata_dir = {:?}\n",
-        data_dir.display().to_string()
-    );
-    let config = Config::parse(&text, Path::new("<dev>"), Path::new("."))?;
+    let config = dev_config(port, &data_dir)?;
     let storage = open(&config, 1).await?;
     let node = start(&config, 1, storage, Arc::new(HyperTransport::new())).await?;
-    if !node.raft().is_initialized().await? {
-        let members = [(1, Node::new(format!("127.0.0.1:{port}")))]
-            .into_iter()
-            .collect::<std::collections::BTreeMap<_, _>>();
-        node.raft().initialize(members).await?;
-    }
+    api::routes::cluster::init_cluster(&node.app)
+        .await
+        .map_err(|e| anyhow::anyhow!("initializing the dev cluster: {e}"))?;
     println!("uniqlog dev: a single-node cluster");
     println!("  node API   http://127.0.0.1:{port}   (try: curl http://127.0.0.1:{port}/v1/cluster/status)");
     println!("  data       {}", data_dir.display());
@@ -75,4 +72,21 @@ pub async fn dev(port_base: u16, data_dir: &Path) -> Result<()> {
     terminated().await;
     node.shutdown().await;
     Ok(())
+}
+
+/// One node on 127.0.0.1:`port` with the shipped config's rules and limits.
+fn dev_config(port: u16, data_dir: &Path) -> Result<Config> {
+    let mut config = Config::parse(
+        SHIPPED_CONFIG,
+        Path::new("cluster.toml (built in)"),
+        Path::new("."),
+    )?;
+    config.nodes = vec![uniqlog_node::NodeConfig {
+        id: 1,
+        addr: format!("127.0.0.1:{port}"),
+        peer_addr: None,
+        data_dir: data_dir.to_path_buf(),
+    }];
+    config.validate()?;
+    Ok(config)
 }

@@ -1,0 +1,166 @@
+//! Uniq look-ups and the rules endpoint.
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use raft_store::rules::{claims_for, normalize_key, Rules, UniqSet};
+use raft_store::{Backfill, BackfillClaim, Outcome, Rejection, Request, RulesState, SetRules};
+use serde_json::{json, Value};
+
+use crate::app::SharedApp;
+use crate::error::ApiError;
+use crate::extract::{JsonBody, PathParams};
+
+async fn set_and_key(app: &SharedApp, set: &str, key: &str) -> Result<String, ApiError> {
+    let rules = app.rules().await?;
+    let def = rules
+        .rules
+        .set(set)
+        .ok_or_else(|| ApiError::not_found(format!("no uniq set named {set:?}")))?;
+    normalize_key(def.normalize, key).map_err(|m| ApiError::bad_request(format!("key {m}")))
+}
+
+/// `GET /v1/uniq/{set}/{key}`: the key is normalized like writes.
+pub async fn owner(
+    State(app): State<SharedApp>,
+    PathParams((set, key)): PathParams<(String, String)>,
+) -> Result<Response, ApiError> {
+    let key = set_and_key(&app, &set, &key).await?;
+    let reader = app.reader.clone();
+    let (s, k) = (set.clone(), key.clone());
+    let owner = raft_store::blocking(move || reader.uniq_owner(&s, &k))
+        .await
+        .map_err(ApiError::internal)?;
+    match owner {
+        Some((owner, since)) => Ok(Json(
+            json!({ "set": set, "key": key, "owner": owner, "since_offset": since }),
+        )
+        .into_response()),
+        None => Err(ApiError::not_found(format!(
+            "key {key:?} of uniq set {set} is free"
+        ))),
+    }
+}
+
+/// `GET /v1/uniq/{set}/{key}/history`: owners over time, oldest first.
+pub async fn history(
+    State(app): State<SharedApp>,
+    PathParams((set, key)): PathParams<(String, String)>,
+) -> Result<Response, ApiError> {
+    let key = set_and_key(&app, &set, &key).await?;
+    let reader = app.reader.clone();
+    let (s, k) = (set.clone(), key.clone());
+    let rows = raft_store::blocking(move || reader.uniq_history(&s, &k))
+        .await
+        .map_err(ApiError::internal)?;
+    let history: Vec<Value> = rows
+        .into_iter()
+        .map(|(owner, claimed, released)| json!({ "owner": owner, "claimed_offset": claimed, "released_offset": released }))
+        .collect();
+    Ok(Json(json!({ "set": set, "key": key, "history": history })).into_response())
+}
+
+/// The claims of `set` for every event already in its topic, read from this node's state.
+async fn backfill(app: &SharedApp, set: &UniqSet) -> Result<Backfill, ApiError> {
+    let only = Rules {
+        uniq: vec![set.clone()],
+        ..Rules::default()
+    };
+    let mut claims = Vec::new();
+    let mut from = 0;
+    loop {
+        let reader = app.reader.clone();
+        let topic = set.topic.clone();
+        let page = raft_store::blocking(move || reader.read_topic(&topic, from, 1000))
+            .await
+            .map_err(ApiError::internal)?;
+        if page.events.is_empty() {
+            break;
+        }
+        for text in &page.events {
+            let e: Value = serde_json::from_str(text).map_err(ApiError::internal)?;
+            let offset = e["offset"].as_u64().unwrap_or(from);
+            let event_type = e["type"].as_str().unwrap_or_default();
+            let violated = |why: String| ApiError::RulesViolated {
+                set: set.name.clone(),
+                key: format!("(event at offset {offset}: {why})"),
+            };
+            let found = claims_for(&only, &set.topic, event_type, &e["data"], "data")
+                .map_err(|err| violated(err.to_string()))?;
+            if found.is_empty() {
+                continue;
+            }
+            let stream = e["stream"]
+                .as_str()
+                .ok_or_else(|| violated("it has no stream to own the key".into()))?;
+            claims.extend(found.into_iter().map(|claim| BackfillClaim {
+                offset,
+                stream: stream.to_string(),
+                claim,
+            }));
+        }
+        from = page.next_offset;
+    }
+    Ok(Backfill {
+        set: set.name.clone(),
+        topic_len: from,
+        claims,
+    })
+}
+
+/// Propose `rules` as the next version. Sets that are new or changed are built from the
+/// events already in their topics, in the same apply, or refused (409) if those violate them.
+pub async fn propose_rules(app: &SharedApp, rules: Rules) -> Result<u64, ApiError> {
+    rules
+        .validate()
+        .map_err(|m| ApiError::bad_request(format!("invalid rules: {m}")))?;
+    for _ in 0..5 {
+        // Our state must be at least as new as the leader's for the backfill to be current.
+        app.linearize().await?;
+        let RulesState {
+            version,
+            rules: current,
+        } = app.rules().await?;
+        let mut backfills = Vec::new();
+        for set in &rules.uniq {
+            if current.set(&set.name) != Some(set) {
+                backfills.push(backfill(app, set).await?);
+            }
+        }
+        let request = Request::SetRules(SetRules {
+            base_version: version,
+            rules: rules.clone(),
+            backfill: backfills,
+        });
+        let answer = app.write(request, app.request_timeout()).await?;
+        match answer.outcome {
+            Outcome::RulesSet { version } => return Ok(version),
+            Outcome::Rejected(Rejection::RulesChanged { .. }) => continue,
+            Outcome::Conflict(c) => return Err(c.into()),
+            Outcome::Rejected(r) => return Err(r.into()),
+            Outcome::Appended { .. } => {
+                return Err(ApiError::internal(
+                    "a rules change was answered as an append",
+                ))
+            }
+        }
+    }
+    Err(ApiError::unavailable(
+        "the topic kept changing while the rules were prepared; retry",
+    ))
+}
+
+/// `POST /v1/cluster/uniq-rules` with `{"uniq": [...], "idempotency": {...}}`.
+pub async fn set_rules(
+    State(app): State<SharedApp>,
+    JsonBody(rules): JsonBody<Rules>,
+) -> Result<Response, ApiError> {
+    let version = propose_rules(&app, rules).await?;
+    Ok(Json(json!({ "version": version })).into_response())
+}
+
+/// `GET /v1/cluster/uniq-rules`: the rules in force on this node.
+pub async fn get_rules(State(app): State<SharedApp>) -> Result<Response, ApiError> {
+    let state = app.rules().await?;
+    Ok(Json(json!({ "version": state.version, "uniq": state.rules.uniq, "idempotency": state.rules.idempotency })).into_response())
+}
