@@ -122,6 +122,7 @@ fn a_restarted_node_behind_the_purged_log_catches_up_by_snapshot() {
     let tuning = Tuning {
         raft: "snapshot_every_entries = 20\nentries_kept_after_snapshot = 0\n",
         limits: "",
+        ..Tuning::default()
     };
     let mut c = Cluster::start(3, tuning);
     let leader = c.wait_leader(&[1, 2, 3]);

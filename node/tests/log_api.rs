@@ -13,7 +13,7 @@ fn limits() -> Tuning {
     Tuning {
         raft: "",
         limits: "body_bytes_max = 4096\nevents_per_append_max = 5\nevent_bytes_max = 1024\nwait_ms_max = 5000\n",
-    }
+        ..Tuning::default()    }
 }
 
 #[test]

@@ -102,7 +102,30 @@ pub struct Cluster {
 pub struct Tuning {
     pub raft: &'static str,
     pub limits: &'static str,
+    /// Appended as is: `[[uniq]]` sets, `[idempotency]`.
+    pub extra: &'static str,
 }
+
+/// The reference application's uniq rules (as in the shipped cluster.toml).
+pub const USER_EMAIL_RULES: &str = r#"
+[[uniq]]
+name = "user_email"
+topic = "users"
+normalize = "email"
+[[uniq.rule]]
+event = "AccountCreated"
+op = "create"
+key = "/email"
+[[uniq.rule]]
+event = "EmailChanged"
+op = "update"
+old_key = "/old_email"
+key = "/new_email"
+[[uniq.rule]]
+event = "AccountDeleted"
+op = "delete"
+key = "/email"
+"#;
 
 fn node_toml(id: u64, port: u16) -> String {
     format!("[[node]]\nid = {id}\naddr = \"127.0.0.1:{port}\"\ndata_dir = \"node{id}\"\n\n")
@@ -117,6 +140,8 @@ pub fn write_config(path: &Path, nodes: &[(u64, u16)], tuning: &Tuning) {
     text.push_str(tuning.raft);
     text.push_str("\n[limits]\n");
     text.push_str(tuning.limits);
+    text.push('\n');
+    text.push_str(tuning.extra);
     text.push('\n');
     std::fs::write(path, text).unwrap();
 }
