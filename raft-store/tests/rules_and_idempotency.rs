@@ -4,6 +4,7 @@
 #![cfg(not(madsim))]
 
 use openraft::storage::RaftStateMachine;
+use openraft::RaftSnapshotBuilder;
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
 use raft_store::rules::{IdempotencySettings, Rules, UniqOp};
 use raft_store::{
@@ -295,4 +296,36 @@ async fn idempotency_and_rule_changes_decide_the_same_on_every_store() {
         a.reader.idempotency_records().unwrap() <= 3,
         "records_max holds"
     );
+
+    // Sets, history, rules and idempotency records travel in snapshots.
+    let snap = sm_a.build_snapshot().await.unwrap();
+    let dc = tempfile::TempDir::new().unwrap();
+    let c = Storage::open(dc.path()).unwrap();
+    let mut sm_c = c.state_machine.clone();
+    let mut rx = sm_c.begin_receiving_snapshot().await.unwrap();
+    let mut src = snap.snapshot;
+    tokio::io::copy(&mut src, &mut rx).await.unwrap();
+    sm_c.install_snapshot(&snap.meta, rx).await.unwrap();
+    assert!(
+        a.reader.canonical_dump().unwrap() == c.reader.canonical_dump().unwrap(),
+        "the installed snapshot differs"
+    );
+    assert_eq!(
+        c.reader.uniq_history("email", "a@x").unwrap(),
+        a.reader.uniq_history("email", "a@x").unwrap()
+    );
+    // The restored store decides the next request like the original: the retry of kb is
+    // answered from the restored idempotency record.
+    let next = entries().len() as u64 + 1;
+    let retry = || Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), next),
+        payload: EntryPayload::Normal(LogCommand {
+            timestamp_ms: 1870,
+            requests: vec![append(created("s2", "b@x", None), Some("kb"), "f6", 2)],
+        }),
+    };
+    let ra = sm_a.apply([retry()]).await.unwrap();
+    let rc = sm_c.apply([retry()]).await.unwrap();
+    assert_eq!(ra, rc);
+    assert!(ra[0].outcomes[0].replayed);
 }
