@@ -35,6 +35,8 @@ pub struct App {
     pub initial_members: BTreeMap<NodeId, Node>,
     /// The config's rules: what `cluster init` proposes as the first rules entry.
     pub config_rules: Rules,
+    /// `[users]`: password hashing cost, activation tokens.
+    pub users: crate::users::config::UsersConfig,
 }
 
 /// An operation only the leader can carry out.
@@ -103,7 +105,9 @@ impl App {
                     }
                 }
             }
-            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+            // madsim's tokio has no `timeout_at`: wait for what is left until the deadline.
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, metrics.changed()).await {
                 Ok(Ok(())) => continue,
                 Ok(Err(_)) => return Err(ApiError::unavailable("this node is shutting down")),
                 Err(_) => {
@@ -274,7 +278,8 @@ impl App {
             if *rx.borrow_and_update() >= index {
                 return Ok(());
             }
-            match tokio::time::timeout_at(deadline, rx.changed()).await {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, rx.changed()).await {
                 Ok(Ok(())) => continue,
                 Ok(Err(_)) => return Err(ApiError::unavailable("this node is shutting down")),
                 Err(_) => {

@@ -37,6 +37,10 @@ pub enum ApiError {
     UniqNotOwner { set: String, key: String },
     #[error("events already in the topic violate uniq set {set} at key {key:?}")]
     RulesViolated { set: String, key: String },
+    #[error("this email address is already taken")]
+    EmailTaken,
+    #[error("the account is already active")]
+    AlreadyActive,
     #[error("idempotency key {key:?} was already used for a different request in this topic")]
     IdempotencyKeyReused { key: String },
     #[error("request body is larger than {limit_bytes} bytes")]
@@ -108,7 +112,9 @@ impl ApiError {
             ApiError::VersionConflict { .. }
             | ApiError::UniqConflict { .. }
             | ApiError::UniqNotOwner { .. }
-            | ApiError::RulesViolated { .. } => StatusCode::CONFLICT,
+            | ApiError::RulesViolated { .. }
+            | ApiError::EmailTaken
+            | ApiError::AlreadyActive => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable { .. }
@@ -132,6 +138,8 @@ impl ApiError {
             ApiError::UniqConflict { .. } => "uniq_conflict",
             ApiError::UniqNotOwner { .. } => "uniq_not_owner",
             ApiError::RulesViolated { .. } => "rules_violated",
+            ApiError::EmailTaken => "email_taken",
+            ApiError::AlreadyActive => "already_active",
             ApiError::IdempotencyKeyReused { .. } => "idempotency_key_reused",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
@@ -157,6 +165,8 @@ impl ApiError {
             | ApiError::UniqConflict { .. }
             | ApiError::UniqNotOwner { .. }
             | ApiError::RulesViolated { .. }
+            | ApiError::EmailTaken
+            | ApiError::AlreadyActive
             | ApiError::IdempotencyKeyReused { .. }
             | ApiError::PayloadTooLarge { .. }
             | ApiError::UnsupportedMediaType

@@ -12,6 +12,7 @@ pub mod peer;
 pub mod routes;
 pub mod server;
 pub mod transport;
+pub mod users;
 pub mod wire;
 
 use axum::routing::{get, post};
@@ -52,6 +53,16 @@ pub fn client_router(app: SharedApp) -> Router {
         )
         .route("/v1/uniq/{set}/{key}", get(uniq::owner))
         .route("/v1/uniq/{set}/{key}/history", get(uniq::history))
+        .route("/v1/users", post(users::signup))
+        .route("/v1/users/activate", get(users::activate))
+        .route(
+            "/v1/users/{id}",
+            axum::routing::patch(users::change_email).delete(users::delete),
+        )
+        .route(
+            "/v1/users/{id}/activation-email",
+            post(users::resend_activation),
+        )
         .route("/health", get(cluster::health))
         .route("/ready", get(cluster::ready))
         .fallback(not_found)

@@ -196,6 +196,7 @@ impl AppendBody {
                 data: e.data.get().to_string(),
                 metadata: e.metadata.as_ref().map(|m| m.get().to_string()),
                 claims,
+                secret: None,
             });
         }
         if !fields.is_empty() {

@@ -44,6 +44,9 @@ pub struct Config {
     /// The idempotency window, replicated with the rules.
     #[serde(default)]
     pub idempotency: IdempotencySettings,
+    /// The sign-up flow.
+    #[serde(default)]
+    pub users: api::users::config::UsersConfig,
     /// The file this was loaded from (for messages); empty for built-in configs.
     #[serde(skip)]
     pub path: PathBuf,
@@ -195,6 +198,9 @@ impl Config {
         self.rules()
             .validate()
             .map_err(|m| self.invalid("uniq", m))?;
+        self.users
+            .validate()
+            .map_err(|m| self.invalid("users", m))?;
         let l = &self.limits;
         for (key, v) in [
             ("limits.body_bytes_max", l.body_bytes_max as u64),

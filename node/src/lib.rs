@@ -92,6 +92,7 @@ pub async fn start(
         limits: config.limits.clone(),
         initial_members,
         config_rules: config.rules(),
+        users: config.users.clone(),
     });
     let header_timeout = Duration::from_millis(config.limits.header_read_timeout_ms);
     let mut servers = Vec::new();

@@ -69,7 +69,8 @@ fn run_signups(c: &mut Cluster, kill_leader_after: Option<usize>) -> Tally {
                     let key = format!("signup-{i}");
                     let mut node = i % 3;
                     let status = loop {
-                        let r = post_with_key(&addrs[node], "/v1/topics/users/events", &body, &key);
+                        let r =
+                            try_post_keyed(&addrs[node], "/v1/topics/users/events", &body, &key);
                         match r {
                             Ok(r) if r.status == 201 || r.status == 409 => {
                                 if r.status == 409 {
@@ -112,30 +113,6 @@ fn run_signups(c: &mut Cluster, kill_leader_after: Option<usize>) -> Tally {
         client.join().unwrap();
     }
     Arc::try_unwrap(tally).ok().unwrap().into_inner().unwrap()
-}
-
-fn post_with_key(addr: &str, path: &str, body: &str, key: &str) -> Result<Resp, String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(20)))
-        .build()
-        .into();
-    let mut resp = agent
-        .post(&format!("http://{addr}{path}"))
-        .header("content-type", "application/json")
-        .header("idempotency-key", key)
-        .send(body)
-        .map_err(|e| e.to_string())?;
-    let status = resp.status().as_u16();
-    let text = resp
-        .body_mut()
-        .read_to_string()
-        .map_err(|e| e.to_string())?;
-    Ok(Resp {
-        status,
-        body: serde_json::from_str(&text).unwrap_or(Value::Null),
-        text,
-    })
 }
 
 fn check_exactly_once(c: &Cluster, tally: &Tally) {

@@ -33,6 +33,7 @@ pub(crate) struct DataTables<'txn> {
     meta: Table<'txn, &'static str, &'static [u8]>,
     topics: Table<'txn, &'static str, u64>,
     events: Table<'txn, (&'static str, u64), &'static str>,
+    secrets: Table<'txn, (&'static str, u64), &'static str>,
     streams: Table<'txn, &'static str, (&'static str, u64)>,
     stream_index: Table<'txn, (&'static str, u64), u64>,
     uniq: UniqTables<'txn>,
@@ -52,6 +53,7 @@ impl<'txn> DataTables<'txn> {
             meta,
             topics: txn.open_table(TOPICS)?,
             events: txn.open_table(EVENTS)?,
+            secrets: txn.open_table(EVENT_SECRETS)?,
             streams: txn.open_table(STREAMS)?,
             stream_index: txn.open_table(STREAM_INDEX)?,
             uniq: UniqTables {
@@ -133,6 +135,9 @@ fn check_events(topic: &str, events: &[NewEvent], rules: &Rules) -> Result<(), R
         json_object(&e.data, "data").map_err(invalid)?;
         if let Some(m) = &e.metadata {
             json_object(m, "metadata").map_err(invalid)?;
+        }
+        if let Some(m) = &e.secret {
+            json_object(m, "secret").map_err(invalid)?;
         }
         let expected: Vec<(&str, _)> = rules
             .rules_for(topic, &e.event_type)
@@ -288,6 +293,10 @@ fn decide_append(
         let json = serde_json::to_string(&event).expect("events serialize");
         t.events
             .insert((req.topic.as_str(), offset), json.as_str())?;
+        if let Some(secret) = &e.secret {
+            t.secrets
+                .insert((req.topic.as_str(), offset), secret.as_str())?;
+        }
         if let Some(stream) = e.stream.as_deref() {
             let v = versions.get_mut(stream).expect("collected above");
             *v += 1;

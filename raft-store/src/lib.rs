@@ -88,6 +88,7 @@ fn create_tables(db: &Database) -> Result<(), StoreError> {
     txn.open_table(tables::SM_META)?;
     txn.open_table(tables::TOPICS)?;
     txn.open_table(tables::EVENTS)?;
+    txn.open_table(tables::EVENT_SECRETS)?;
     txn.open_table(tables::STREAMS)?;
     txn.open_table(tables::STREAM_INDEX)?;
     txn.open_table(tables::UNIQ_OWNERS)?;

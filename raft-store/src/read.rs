@@ -152,6 +152,13 @@ impl StateReader {
         Ok(out)
     }
 
+    /// The secret fields stored with an event (for the node's own use, never served).
+    pub fn event_secret(&self, topic: &str, offset: u64) -> Result<Option<String>, StoreError> {
+        let txn = self.txn()?;
+        let t = txn.open_table(EVENT_SECRETS)?;
+        Ok(t.get((topic, offset))?.map(|g| g.value().to_string()))
+    }
+
     /// Number of idempotency records held.
     pub fn idempotency_records(&self) -> Result<u64, StoreError> {
         use redb::ReadableTableMetadata;

@@ -229,6 +229,7 @@ pub(crate) fn write_records(txn: &ReadTransaction, w: &mut impl Write) -> Result
     n += dump_table(txn, UNIQ_HISTORY, 6, w)?;
     n += dump_table(txn, IDEMPOTENCY, 7, w)?;
     n += dump_table(txn, IDEMPOTENCY_BY_AGE, 8, w)?;
+    n += dump_table(txn, EVENT_SECRETS, 9, w)?;
     Ok(n)
 }
 
@@ -288,6 +289,7 @@ pub(crate) fn load_snapshot(
     txn.delete_table(UNIQ_HISTORY)?;
     txn.delete_table(IDEMPOTENCY)?;
     txn.delete_table(IDEMPOTENCY_BY_AGE)?;
+    txn.delete_table(EVENT_SECRETS)?;
     let mut sm_meta = txn.open_table(SM_META)?;
     let mut topics = txn.open_table(TOPICS)?;
     let mut events = txn.open_table(EVENTS)?;
@@ -297,6 +299,7 @@ pub(crate) fn load_snapshot(
     let mut uniq_history = txn.open_table(UNIQ_HISTORY)?;
     let mut idempotency = txn.open_table(IDEMPOTENCY)?;
     let mut idempotency_by_age = txn.open_table(IDEMPOTENCY_BY_AGE)?;
+    let mut event_secrets = txn.open_table(EVENT_SECRETS)?;
     let (mut k, mut v) = (Vec::new(), Vec::new());
     let mut n: u64 = 0;
     loop {
@@ -325,6 +328,7 @@ pub(crate) fn load_snapshot(
             6 => insert_raw(&mut uniq_history, &k, &v)?,
             7 => insert_raw(&mut idempotency, &k, &v)?,
             8 => insert_raw(&mut idempotency_by_age, &k, &v)?,
+            9 => insert_raw(&mut event_secrets, &k, &v)?,
             t => return Err(StoreError::Snapshot(format!("unknown record tag {t}"))),
         }
         n += 1;

@@ -18,6 +18,8 @@ pub const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta"
 pub const TOPICS: TableDefinition<&str, u64> = TableDefinition::new("topics");
 /// (topic, offset) -> the event as served to readers (JSON text).
 pub const EVENTS: TableDefinition<(&str, u64), &str> = TableDefinition::new("events");
+/// (topic, offset) -> the event's secret fields (JSON text). Never served to readers.
+pub const EVENT_SECRETS: TableDefinition<(&str, u64), &str> = TableDefinition::new("event_secrets");
 /// stream -> (topic it belongs to, version = number of its events).
 pub const STREAMS: TableDefinition<&str, (&str, u64)> = TableDefinition::new("streams");
 /// (stream, version) -> topic offset of the stream's `version`-th event (1-based).

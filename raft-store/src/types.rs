@@ -135,6 +135,10 @@ pub struct NewEvent {
     /// One claim per uniq rule that applies to this event, in rule order.
     #[serde(default)]
     pub claims: Vec<UniqClaim>,
+    /// Secret fields (a password hash), a JSON object as text: kept with the event but never
+    /// part of what readers are served.
+    #[serde(default)]
+    pub secret: Option<String>,
 }
 
 /// Optimistic concurrency on a stream, as in EventStoreDB.

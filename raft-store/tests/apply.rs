@@ -75,6 +75,7 @@ fn ev(event_type: &str, stream: Option<&str>) -> NewEvent {
         data: r#"{"n":1}"#.into(),
         metadata: None,
         claims: vec![],
+        secret: None,
     }
 }
 

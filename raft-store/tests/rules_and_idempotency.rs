@@ -70,6 +70,7 @@ fn created(stream: &str, email: &str, name: Option<&str>) -> NewEvent {
         data: format!(r#"{{"email":"{email}","name":"{}"}}"#, name.unwrap_or("")),
         metadata: None,
         claims,
+        secret: None,
     }
 }
 

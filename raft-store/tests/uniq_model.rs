@@ -84,6 +84,7 @@ fn to_event(e: &Ev) -> NewEvent {
             key: KEYS[e.key].into(),
             old_key,
         }],
+        secret: None,
     }
 }
 

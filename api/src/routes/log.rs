@@ -173,10 +173,8 @@ pub async fn read(
             return Ok(page_response(page));
         }
         // Wake on the next apply, or answer the empty page when the wait runs out.
-        if tokio::time::timeout_at(deadline, applied.changed())
-            .await
-            .is_err()
-        {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if tokio::time::timeout(left, applied.changed()).await.is_err() {
             return Ok(page_response(page));
         }
     }

@@ -107,25 +107,7 @@ pub struct Tuning {
 }
 
 /// The reference application's uniq rules (as in the shipped cluster.toml).
-pub const USER_EMAIL_RULES: &str = r#"
-[[uniq]]
-name = "user_email"
-topic = "users"
-normalize = "email"
-[[uniq.rule]]
-event = "AccountCreated"
-op = "create"
-key = "/email"
-[[uniq.rule]]
-event = "EmailChanged"
-op = "update"
-old_key = "/old_email"
-key = "/new_email"
-[[uniq.rule]]
-event = "AccountDeleted"
-op = "delete"
-key = "/email"
-"#;
+pub const USER_EMAIL_RULES: &str = include_str!("user_email_rules.toml");
 
 fn node_toml(id: u64, port: u16) -> String {
     format!("[[node]]\nid = {id}\naddr = \"127.0.0.1:{port}\"\ndata_dir = \"node{id}\"\n\n")
@@ -355,4 +337,30 @@ pub fn append_ok(addr: &str, topic: &str, uid: &str, stream: Option<&str>) -> Re
     .unwrap();
     assert_eq!(r.status, 201, "append {uid} to {topic}: {}", r.text);
     r
+}
+
+/// Any method, optional JSON body.
+pub fn request(addr: &str, method: &str, path: &str, json: Option<&str>) -> Resp {
+    let req = ureq::http::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .header("content-type", "application/json")
+        .body(json.unwrap_or("").to_string())
+        .unwrap();
+    finish(agent().run(req)).unwrap()
+}
+
+/// POST a JSON text with an `Idempotency-Key`. Err means no HTTP answer.
+pub fn try_post_keyed(addr: &str, path: &str, json: &str, key: &str) -> Result<Resp, String> {
+    finish(
+        agent()
+            .post(&format!("http://{addr}{path}"))
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .send(json),
+    )
+}
+
+pub fn post_keyed(addr: &str, path: &str, json: &str, key: &str) -> Resp {
+    try_post_keyed(addr, path, json, key).unwrap()
 }

@@ -1,0 +1,301 @@
+//! The sign-up flow's command side, served by every node: sign up, change email, delete,
+//! activate, ask for the activation email again. Each command folds the user's stream on the
+//! leader, then appends one event with that stream version under the uniq rules.
+
+pub mod config;
+pub mod password;
+pub mod state;
+pub mod token;
+pub mod validate;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use raft_store::rules::claims_for;
+use raft_store::{
+    Answer, AppendRequest, Conflict, ExpectedVersion, IdempotencyKey, NewEvent, Outcome, RulesState,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use self::state::{fold, stream_of, Status, UserState, EMAIL_SET, TOPIC};
+use self::validate::{validate_email_change, validate_signup, EmailBody, SignupBody};
+use crate::app::{now_ms, SharedApp};
+use crate::error::ApiError;
+use crate::extract::{JsonBody, PathParams, QueryParams};
+use crate::wire::{fingerprint, idempotency_key};
+
+/// Appends retried on a version conflict (a concurrent command on the same user).
+const VERSION_RETRIES_MAX: usize = 5;
+
+/// One event for a user's stream.
+struct UserEvent {
+    event_type: &'static str,
+    data: Value,
+    secret: Option<Value>,
+}
+
+fn prepare(
+    id: Uuid,
+    ev: &UserEvent,
+    expected: ExpectedVersion,
+    rules: &RulesState,
+    idempotency: Option<IdempotencyKey>,
+    reply: Option<String>,
+) -> Result<AppendRequest, ApiError> {
+    let stream = stream_of(id);
+    let claims = claims_for(&rules.rules, TOPIC, ev.event_type, &ev.data, "")
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok(AppendRequest {
+        topic: TOPIC.into(),
+        events: vec![NewEvent {
+            event_type: ev.event_type.into(),
+            stream: Some(stream.clone()),
+            data: ev.data.to_string(),
+            metadata: None,
+            claims,
+            secret: ev.secret.as_ref().map(Value::to_string),
+        }],
+        expected_version: [(stream, expected)].into_iter().collect(),
+        idempotency,
+        rules_version: rules.version,
+        reply,
+    })
+}
+
+/// The append's offset, or the HTTP error of its outcome; a taken email is `email_taken`.
+fn appended(answer: &Answer) -> Result<u64, ApiError> {
+    match &answer.outcome {
+        Outcome::Appended { first_offset, .. } => Ok(*first_offset),
+        Outcome::Conflict(Conflict::Uniq { set, .. }) if set == EMAIL_SET => {
+            Err(ApiError::EmailTaken)
+        }
+        Outcome::Conflict(c) => Err(c.clone().into()),
+        Outcome::Rejected(r) => Err(r.clone().into()),
+        Outcome::RulesSet { .. } => Err(ApiError::internal(
+            "a user command was answered as a rules change",
+        )),
+    }
+}
+
+/// The user's current state, read on (or through) the leader.
+async fn current(app: &SharedApp, id: Uuid) -> Result<Option<UserState>, ApiError> {
+    app.linearize().await?;
+    let reader = app.reader.clone();
+    let stream = stream_of(id);
+    let page = raft_store::blocking(move || reader.read_stream(&stream, 0, usize::MAX))
+        .await
+        .map_err(ApiError::internal)?;
+    let events: Vec<Value> = page
+        .events
+        .iter()
+        .map(|e| serde_json::from_str(e))
+        .collect::<Result<_, _>>()
+        .map_err(ApiError::internal)?;
+    Ok(fold(id, &events))
+}
+
+fn not_found(id: Uuid) -> ApiError {
+    ApiError::not_found(format!("no user {id}"))
+}
+
+/// Fold, decide the event, append it at that version; again on a version conflict.
+async fn command(
+    app: &SharedApp,
+    id: Uuid,
+    decide: impl Fn(&UserState) -> Result<Option<UserEvent>, ApiError>,
+) -> Result<(UserState, u64), ApiError> {
+    for _ in 0..VERSION_RETRIES_MAX {
+        let state = current(app, id)
+            .await?
+            .filter(|s| s.status != Status::Deleted);
+        let state = state.ok_or_else(|| not_found(id))?;
+        let Some(ev) = decide(&state)? else {
+            // Nothing to append (an activation that already happened).
+            return Ok((state.clone(), state.activated_offset.unwrap_or(0)));
+        };
+        let expected = ExpectedVersion::Exact(state.version);
+        let answer = app
+            .append(|rules| prepare(id, &ev, expected, rules, None, None))
+            .await?;
+        match &answer.outcome {
+            Outcome::Conflict(Conflict::Version { .. }) => continue,
+            _ => return Ok((state, appended(&answer)?)),
+        }
+    }
+    Err(ApiError::unavailable(
+        "the user kept changing concurrently; retry",
+    ))
+}
+
+fn path_id(raw: &str) -> Result<Uuid, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::not_found(format!("no user {raw:?}")))
+}
+
+fn idempotency_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let header = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => Some(v.to_str().map_err(|_| {
+            ApiError::bad_request("the Idempotency-Key header must be visible ASCII")
+        })?),
+    };
+    idempotency_key(header, None)
+}
+
+/// `POST /v1/users`.
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn signup(
+    State(app): State<SharedApp>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<SignupBody>,
+) -> Result<Response, ApiError> {
+    let signup = validate_signup(&body, &app.users)?;
+    // The password is not part of the fingerprint: a digest of it would sit in the log.
+    let idempotency = idempotency_header(&headers)?.map(|key| IdempotencyKey {
+        key,
+        fingerprint: fingerprint(
+            &json!({ "signup": { "username": signup.username, "email": signup.email } }),
+        ),
+    });
+    let config = app.users.clone();
+    let password = signup.password.clone();
+    let hash = raft_store::blocking(move || password::hash_password(&config, &password))
+        .await
+        .map_err(ApiError::internal)?;
+    let id = Uuid::from_bytes(rand::random());
+    let ev = UserEvent {
+        event_type: "AccountCreated",
+        data: json!({ "id": id, "username": signup.username, "email": signup.email }),
+        secret: Some(json!({ "password_hash": hash })),
+    };
+    let answer = app
+        .append(|rules| {
+            prepare(
+                id,
+                &ev,
+                ExpectedVersion::NoStream,
+                rules,
+                idempotency.clone(),
+                Some(id.to_string()),
+            )
+        })
+        .await?;
+    let offset = appended(&answer)?;
+    // A retry under the same key gets the first attempt's id back.
+    let id = answer
+        .reply
+        .as_deref()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(id);
+    let body = json!({ "id": id, "username": signup.username, "email": signup.email, "status": "pending", "offset": offset });
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, format!("/v1/users/{id}"))],
+        Json(body),
+    )
+        .into_response())
+}
+
+/// `PATCH /v1/users/{id}` with `{email}`.
+pub async fn change_email(
+    State(app): State<SharedApp>,
+    PathParams(id): PathParams<String>,
+    JsonBody(body): JsonBody<EmailBody>,
+) -> Result<Response, ApiError> {
+    let id = path_id(&id)?;
+    let email = validate_email_change(&body)?;
+    let (_, offset) = command(&app, id, |s| {
+        Ok(Some(UserEvent {
+            event_type: "EmailChanged",
+            data: json!({ "id": id, "old_email": s.email, "new_email": email }),
+            secret: None,
+        }))
+    })
+    .await?;
+    Ok(Json(json!({ "id": id, "email": email, "offset": offset })).into_response())
+}
+
+/// `DELETE /v1/users/{id}`: releases the email.
+pub async fn delete(
+    State(app): State<SharedApp>,
+    PathParams(id): PathParams<String>,
+) -> Result<Response, ApiError> {
+    let id = path_id(&id)?;
+    let (_, offset) = command(&app, id, |s| {
+        Ok(Some(UserEvent {
+            event_type: "AccountDeleted",
+            data: json!({ "id": id, "email": s.email }),
+            secret: None,
+        }))
+    })
+    .await?;
+    Ok(Json(json!({ "id": id, "offset": offset })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActivateParams {
+    token: String,
+}
+
+fn activation_secret(app: &SharedApp) -> Result<&str, ApiError> {
+    let secret = app.users.activation_secret.as_str();
+    if secret.is_empty() {
+        return Err(ApiError::unavailable(
+            "activation is not configured ([users] activation_secret)",
+        ));
+    }
+    Ok(secret)
+}
+
+/// `GET /v1/users/activate?token=...`: activates once; again is a harmless 200.
+pub async fn activate(
+    State(app): State<SharedApp>,
+    QueryParams(params): QueryParams<ActivateParams>,
+) -> Result<Response, ApiError> {
+    let secret = activation_secret(&app)?;
+    let id = token::check_token(secret, &params.token, now_ms() / 1000)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let result = command(&app, id, |s| {
+        Ok((s.status == Status::Pending).then(|| UserEvent {
+            event_type: "AccountActivated",
+            data: json!({ "id": id }),
+            secret: None,
+        }))
+    })
+    .await;
+    let (_, offset) = result.map_err(|e| match e {
+        ApiError::NotFound { .. } => {
+            ApiError::bad_request("the activation token names no active account")
+        }
+        e => e,
+    })?;
+    Ok(Json(json!({ "id": id, "offset": offset })).into_response())
+}
+
+/// `POST /v1/users/{id}/activation-email`: the mail consumer sends the email again (202).
+pub async fn resend_activation(
+    State(app): State<SharedApp>,
+    PathParams(id): PathParams<String>,
+) -> Result<Response, ApiError> {
+    let id = path_id(&id)?;
+    let (_, offset) = command(&app, id, |s| {
+        if s.status == Status::Active {
+            return Err(ApiError::AlreadyActive);
+        }
+        Ok(Some(UserEvent {
+            event_type: "ActivationRequested",
+            data: json!({ "id": id, "username": s.username, "email": s.email }),
+            secret: None,
+        }))
+    })
+    .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "id": id, "offset": offset })),
+    )
+        .into_response())
+}

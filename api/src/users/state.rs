@@ -1,0 +1,64 @@
+//! The current state of one user, folded from the events of its stream. The command side
+//! reads this on the leader (after a linearizable barrier), never from the query read model.
+
+use serde_json::Value;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Pending,
+    Active,
+    Deleted,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserState {
+    pub id: Uuid,
+    pub username: String,
+    pub email: String,
+    pub status: Status,
+    /// Number of events in the stream: the expected version of the next append.
+    pub version: u64,
+    /// Offset of the AccountActivated event, once active.
+    pub activated_offset: Option<u64>,
+}
+
+pub const TOPIC: &str = "users";
+pub const EMAIL_SET: &str = "user_email";
+
+pub fn stream_of(id: Uuid) -> String {
+    format!("user-{id}")
+}
+
+/// Fold a stream's events (as served: `{type, data, offset, ...}`) into the user's state.
+/// `None` when the stream has no `AccountCreated`.
+pub fn fold(id: Uuid, events: &[Value]) -> Option<UserState> {
+    let mut state: Option<UserState> = None;
+    for (i, e) in events.iter().enumerate() {
+        let data = &e["data"];
+        let text = |k: &str| data[k].as_str().unwrap_or_default().to_string();
+        match (e["type"].as_str().unwrap_or_default(), state.as_mut()) {
+            ("AccountCreated", _) => {
+                state = Some(UserState {
+                    id,
+                    username: text("username"),
+                    email: text("email"),
+                    status: Status::Pending,
+                    version: 0,
+                    activated_offset: None,
+                })
+            }
+            ("EmailChanged", Some(s)) => s.email = text("new_email"),
+            ("AccountActivated", Some(s)) => {
+                s.status = Status::Active;
+                s.activated_offset = e["offset"].as_u64();
+            }
+            ("AccountDeleted", Some(s)) => s.status = Status::Deleted,
+            _ => {}
+        }
+        if let Some(s) = state.as_mut() {
+            s.version = i as u64 + 1;
+        }
+    }
+    state
+}
