@@ -23,7 +23,7 @@ pub use error::ApiError;
 pub use limits::Limits;
 pub use transport::{HttpRequest, HttpResponse, HyperTransport, Transport, TransportError};
 
-use routes::{cluster, log, uniq};
+use routes::{cluster, consumers, log, uniq};
 
 async fn not_found() -> ApiError {
     ApiError::not_found("no such route")
@@ -62,6 +62,11 @@ pub fn client_router(app: SharedApp) -> Router {
         .route(
             "/v1/users/{id}/activation-email",
             post(users::resend_activation),
+        )
+        .route("/v1/consumers", get(consumers::list))
+        .route(
+            "/v1/consumers/{name}/checkpoint",
+            get(consumers::checkpoint),
         )
         .route("/health", get(cluster::health))
         .route("/ready", get(cluster::ready))

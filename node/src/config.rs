@@ -47,6 +47,9 @@ pub struct Config {
     /// The sign-up flow.
     #[serde(default)]
     pub users: api::users::config::UsersConfig,
+    /// The users read model (`uniqlog query`).
+    #[serde(default)]
+    pub query: consumers::query::QueryConfig,
     /// The file this was loaded from (for messages); empty for built-in configs.
     #[serde(skip)]
     pub path: PathBuf,
@@ -129,6 +132,9 @@ impl Config {
             if n.data_dir.is_relative() {
                 n.data_dir = base.join(&n.data_dir);
             }
+        }
+        if config.query.data_dir.is_relative() {
+            config.query.data_dir = base.join(&config.query.data_dir);
         }
         config.validate()?;
         Ok(config)

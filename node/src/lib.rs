@@ -21,7 +21,7 @@ pub enum NodeError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("invalid raft settings: {0}")]
-    RaftConfig(#[from] openraft::ConfigError),
+    RaftConfig(#[from] Box<openraft::ConfigError>),
     #[error("raft failed to start: {0}")]
     Raft(String),
     #[error("storage: {0}")]
@@ -72,7 +72,7 @@ pub async fn start(
 ) -> Result<RunningNode, NodeError> {
     let me = config.node(id)?.clone();
     check_rules(config, &storage.reader)?;
-    let raft_config = Arc::new(config.openraft().validate()?);
+    let raft_config = Arc::new(config.openraft().validate().map_err(Box::new)?);
     let network = PeerNetwork {
         transport: transport.clone(),
     };

@@ -103,6 +103,21 @@ impl StateReader {
         Ok(out)
     }
 
+    /// Streams whose names start with `prefix`, with their versions, by name.
+    pub fn streams_with_prefix(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        let txn = self.txn()?;
+        let streams = txn.open_table(STREAMS)?;
+        let mut out = Vec::new();
+        for row in streams.range(prefix..)? {
+            let (k, v) = row?;
+            if !k.value().starts_with(prefix) {
+                break;
+            }
+            out.push((k.value().to_string(), v.value().1));
+        }
+        Ok(out)
+    }
+
     /// The length of one topic (0 if unknown).
     pub fn topic_len(&self, topic: &str) -> Result<u64, StoreError> {
         let txn = self.txn()?;

@@ -54,7 +54,13 @@ impl AsyncRuntime for UniqRuntime {
     type Instant = TokioInstant;
     type TimeoutError = Elapsed;
     type Timeout<R, T: Future<Output = R> + OptionalSend> = Timeout<T>;
+    #[cfg(not(madsim))]
     type ThreadLocalRng = rand::rngs::ThreadRng;
+    /// rand's `ThreadRng` is seeded by the getrandom crate with a raw `getrandom` syscall,
+    /// which madsim cannot intercept: election timeouts would differ from run to run with the
+    /// same seed. madsim's global generator is derived from the simulation's seed.
+    #[cfg(madsim)]
+    type ThreadLocalRng = madsim::rand::GlobalRng;
     type OneshotSender<T: OptionalSend> = TokioOneShotSender<T>;
     type OneshotReceiver<T: OptionalSend> = tokio::sync::oneshot::Receiver<T>;
     type OneshotReceiverError = tokio::sync::oneshot::error::RecvError;
@@ -97,7 +103,14 @@ impl AsyncRuntime for UniqRuntime {
     }
 
     fn thread_rng() -> Self::ThreadLocalRng {
-        rand::thread_rng()
+        #[cfg(not(madsim))]
+        {
+            rand::thread_rng()
+        }
+        #[cfg(madsim)]
+        {
+            madsim::rand::thread_rng()
+        }
     }
 
     fn oneshot<T>() -> (Self::OneshotSender<T>, Self::OneshotReceiver<T>)

@@ -1,5 +1,6 @@
 //! The client routes.
 
 pub mod cluster;
+pub mod consumers;
 pub mod log;
 pub mod uniq;

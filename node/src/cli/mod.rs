@@ -37,6 +37,14 @@ enum Command {
         #[arg(long, default_value = "data/dev")]
         data_dir: PathBuf,
     },
+    /// Keep the users read model and serve the query API.
+    Query {
+        #[arg(long, default_value = "cluster.toml")]
+        config: PathBuf,
+        /// Drop the read model and replay `users` from offset 0.
+        #[arg(long)]
+        rebuild: bool,
+    },
     /// Operate a cluster.
     Cluster {
         #[command(subcommand)]
@@ -64,6 +72,7 @@ pub fn main() -> ExitCode {
                 port_base,
                 data_dir,
             } => run::dev(port_base, &data_dir).await,
+            Command::Query { config, rebuild } => run::query(&config, rebuild).await,
             Command::Cluster { command } => cluster::run(command).await,
         }
     });

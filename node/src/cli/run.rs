@@ -90,3 +90,47 @@ fn dev_config(port: u16, data_dir: &Path) -> Result<Config> {
     config.validate()?;
     Ok(config)
 }
+
+/// `uniqlog query`: tail `users` from the config's nodes into the read model and serve it.
+pub async fn query(config_path: &Path, rebuild: bool) -> Result<()> {
+    use consumers::query::{follow, router, QueryState, QueryStore, DATA_FILE};
+    let config = Config::load(config_path)?;
+    let qc = config.query.clone();
+    let file = qc.data_dir.join(DATA_FILE);
+    if rebuild && file.exists() {
+        std::fs::remove_file(&file).with_context(|| format!("removing {}", file.display()))?;
+        println!("dropped the read model; replaying users from offset 0");
+    }
+    let store = QueryStore::open(&file).with_context(|| format!("opening {}", file.display()))?;
+    let start = store.next_offset()?;
+    let (applied_tx, applied) = tokio::sync::watch::channel(start);
+    let (head_tx, head) = tokio::sync::watch::channel(start);
+    let state = Arc::new(QueryState {
+        store,
+        applied,
+        head,
+        config: qc.clone(),
+    });
+    let listener = tokio::net::TcpListener::bind(&qc.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", qc.listen))?;
+    let header_timeout = std::time::Duration::from_millis(config.limits.header_read_timeout_ms);
+    tokio::spawn(api::server::serve(
+        listener,
+        router(state.clone()),
+        header_timeout,
+    ));
+    let nodes = config.nodes.iter().map(|n| n.addr.clone()).collect();
+    let stale_after = std::time::Duration::from_millis(config.raft.election_timeout_ms_max);
+    println!(
+        "uniqlog query: serving on http://{} from offset {start}",
+        qc.listen
+    );
+    let transport: Arc<dyn api::Transport> = Arc::new(HyperTransport::new());
+    tokio::select! {
+        _ = follow(state, applied_tx, head_tx, nodes, transport, stale_after) => {
+            anyhow::bail!("the read model stopped following the log (see the log above)")
+        }
+        _ = terminated() => Ok(()),
+    }
+}

@@ -95,6 +95,15 @@ pub struct Cluster {
     pub dir: TempDir,
     pub config: PathBuf,
     pub nodes: Vec<NodeProc>,
+    pub queries: Vec<QueryProc>,
+}
+
+/// A `uniqlog query` process with its own config (the cluster's plus a `[query]` section).
+pub struct QueryProc {
+    pub name: String,
+    pub addr: String,
+    pub config: PathBuf,
+    child: Option<Child>,
 }
 
 /// Extra `[raft]` / `[limits]` lines for a test.
@@ -147,6 +156,7 @@ impl Cluster {
                 .collect(),
             dir,
             config,
+            queries: Vec::new(),
         };
         for id in 1..=n {
             cluster.spawn(id);
@@ -304,8 +314,62 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Start a query process `name` with its own data dir, and wait until it serves.
+    pub fn start_query(&mut self, name: &str) -> String {
+        let port = free_port();
+        let config = self.dir.path().join(format!("query-{name}.toml"));
+        let mut text = std::fs::read_to_string(&self.config).unwrap();
+        text.push_str(&format!(
+            "\n[query]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"query-{name}\"\ncheckpoint_every_events = 5\ncheckpoint_every_ms = 200\n"
+        ));
+        std::fs::write(&config, text).unwrap();
+        self.queries.push(QueryProc {
+            name: name.into(),
+            addr: format!("127.0.0.1:{port}"),
+            config,
+            child: None,
+        });
+        self.restart_query(name, false);
+        format!("127.0.0.1:{port}")
+    }
+
+    pub fn restart_query(&mut self, name: &str, rebuild: bool) {
+        let log = self.dir.path().join(format!("query-{name}.log"));
+        let log = File::options().create(true).append(true).open(log).unwrap();
+        let q = self.queries.iter_mut().find(|q| q.name == name).unwrap();
+        assert!(q.child.is_none(), "query {name} already running");
+        let mut cmd = Command::new(BIN);
+        cmd.args(["query", "--config"]).arg(&q.config);
+        if rebuild {
+            cmd.arg("--rebuild");
+        }
+        q.child = Some(cmd.stdout(Stdio::null()).stderr(log).spawn().unwrap());
+        let addr = q.addr.clone();
+        wait_for(
+            &format!("query {name} serving"),
+            Duration::from_secs(30),
+            || get(&addr, "/health").ok().filter(|r| r.status == 200),
+        );
+    }
+
+    /// kill -9 a query process.
+    pub fn kill_query(&mut self, name: &str) {
+        let q = self.queries.iter_mut().find(|q| q.name == name).unwrap();
+        let mut child = q.child.take().expect("query running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
+        for q in &mut self.queries {
+            if let Some(mut c) = q.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
         for n in &mut self.nodes {
             if let Some(mut c) = n.child.take() {
                 let _ = c.kill();

@@ -1,0 +1,68 @@
+//! Consumer positions as reported to `__checkpoints`: one stream `checkpoint-<name>` per
+//! consumer; its last event is the latest checkpoint.
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use crate::app::SharedApp;
+use crate::error::ApiError;
+use crate::extract::PathParams;
+
+const PREFIX: &str = "checkpoint-";
+
+async fn latest(app: &SharedApp, stream: String, version: u64) -> Result<Option<Value>, ApiError> {
+    let reader = app.reader.clone();
+    let page =
+        raft_store::blocking(move || reader.read_stream(&stream, version.saturating_sub(1), 1))
+            .await
+            .map_err(ApiError::internal)?;
+    let Some(text) = page.events.first() else {
+        return Ok(None);
+    };
+    let e: Value = serde_json::from_str(text).map_err(ApiError::internal)?;
+    Ok(Some(json!({
+        "consumer": e["data"]["consumer"],
+        "offset": e["data"]["offset"],
+        "reported_at": e["timestamp"],
+    })))
+}
+
+/// `GET /v1/consumers`.
+pub async fn list(State(app): State<SharedApp>) -> Result<Response, ApiError> {
+    let reader = app.reader.clone();
+    let streams = raft_store::blocking(move || reader.streams_with_prefix(PREFIX))
+        .await
+        .map_err(ApiError::internal)?;
+    let mut out = Vec::new();
+    for (stream, version) in streams {
+        if let Some(c) = latest(&app, stream, version).await? {
+            out.push(c);
+        }
+    }
+    Ok(Json(json!({ "consumers": out })).into_response())
+}
+
+/// `GET /v1/consumers/{name}/checkpoint`.
+pub async fn checkpoint(
+    State(app): State<SharedApp>,
+    PathParams(name): PathParams<String>,
+) -> Result<Response, ApiError> {
+    let stream = format!("{PREFIX}{name}");
+    let reader = app.reader.clone();
+    let s = stream.clone();
+    let version = raft_store::blocking(move || reader.streams_with_prefix(&s))
+        .await
+        .map_err(ApiError::internal)?
+        .into_iter()
+        .find(|(n, _)| *n == stream)
+        .map(|(_, v)| v);
+    let found = match version {
+        Some(v) => latest(&app, stream, v).await?,
+        None => None,
+    };
+    found
+        .map(|c| Json(c).into_response())
+        .ok_or_else(|| ApiError::not_found(format!("no checkpoint reported by consumer {name:?}")))
+}

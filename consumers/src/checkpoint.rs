@@ -1,0 +1,78 @@
+//! Reporting a consumer's position to `__checkpoints`: one stream per consumer
+//! (`checkpoint-<name>`), an event `{consumer, offset}` whenever it advanced and the interval
+//! passed. `offset` is the next offset the consumer will read.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use api::{HttpRequest, Transport};
+use serde_json::json;
+use tokio::time::Instant;
+
+pub const TOPIC: &str = "__checkpoints";
+
+pub struct CheckpointReporter {
+    consumer: String,
+    nodes: Vec<String>,
+    transport: Arc<dyn Transport>,
+    every_events: u64,
+    every: Duration,
+    reported: Option<u64>,
+    last_report: Option<Instant>,
+}
+
+impl CheckpointReporter {
+    pub fn new(
+        consumer: &str,
+        nodes: Vec<String>,
+        transport: Arc<dyn Transport>,
+        every_events: u64,
+        every: Duration,
+    ) -> Self {
+        CheckpointReporter {
+            consumer: consumer.to_string(),
+            nodes,
+            transport,
+            every_events,
+            every,
+            reported: None,
+            last_report: None,
+        }
+    }
+
+    /// Report `offset` if it advanced by `every_events` or `every` passed since the last
+    /// report. Best effort: a failure is logged and tried again at the next call.
+    pub async fn maybe_report(&mut self, offset: u64) {
+        if self.reported == Some(offset) {
+            return;
+        }
+        let due_by_count = self
+            .reported
+            .is_none_or(|r| offset >= r + self.every_events);
+        let due_by_time = self.last_report.is_none_or(|t| t.elapsed() >= self.every);
+        if !(due_by_count || due_by_time) {
+            return;
+        }
+        let body = json!({"events": [{
+            "type": "ConsumerCheckpoint",
+            "stream": format!("checkpoint-{}", self.consumer),
+            "data": {"consumer": self.consumer, "offset": offset},
+        }]})
+        .to_string();
+        for addr in &self.nodes {
+            let req = HttpRequest::post(format!("/v1/topics/{TOPIC}/events"), body.clone());
+            match self.transport.send(addr, req, Duration::from_secs(5)).await {
+                Ok(r) if r.status == 201 => {
+                    self.reported = Some(offset);
+                    self.last_report = Some(Instant::now());
+                    return;
+                }
+                Ok(r) => {
+                    tracing::debug!(addr = %addr, status = r.status, "checkpoint report refused")
+                }
+                Err(e) => tracing::debug!(addr = %addr, error = %e, "checkpoint report failed"),
+            }
+        }
+        self.last_report = Some(Instant::now());
+    }
+}

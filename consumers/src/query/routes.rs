@@ -1,0 +1,134 @@
+//! The query API, answered from the read model. Every route takes `min_offset`: wait (bounded)
+//! until that offset of `users` is applied, for read-your-writes after a command.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use api::app::now_ms;
+use api::extract::{PathParams, QueryParams};
+use api::ApiError;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::QueryState;
+
+type Shared = Arc<QueryState>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    min_offset: Option<u64>,
+    as_of: Option<u64>,
+    email: Option<String>,
+    username: Option<String>,
+}
+
+fn internal(e: impl ToString) -> ApiError {
+    ApiError::internal(e)
+}
+
+async fn wait_for(state: &Shared, min_offset: Option<u64>) -> Result<(), ApiError> {
+    let Some(min) = min_offset else { return Ok(()) };
+    let mut rx = state.applied.clone();
+    let wait = Duration::from_millis(state.config.min_offset_wait_ms_max);
+    let reached = tokio::time::timeout(wait, async {
+        loop {
+            if *rx.borrow_and_update() > min {
+                return true;
+            }
+            if rx.changed().await.is_err() {
+                return false;
+            }
+        }
+    })
+    .await;
+    match reached {
+        Ok(true) => Ok(()),
+        _ => Err(ApiError::NotYetApplied {
+            message: format!("offset {min} of users is not applied yet"),
+        }),
+    }
+}
+
+async fn user(
+    State(state): State<Shared>,
+    PathParams(id): PathParams<String>,
+    QueryParams(p): QueryParams<Params>,
+) -> Result<Response, ApiError> {
+    wait_for(&state, p.min_offset).await?;
+    let doc = match p.as_of {
+        Some(offset) => state.store.doc_as_of(&id, offset).map_err(internal)?,
+        None => state.store.doc(&id).map_err(internal)?,
+    };
+    doc.map(|d| Json(d).into_response())
+        .ok_or_else(|| ApiError::not_found(format!("no user {id}")))
+}
+
+async fn users(
+    State(state): State<Shared>,
+    QueryParams(p): QueryParams<Params>,
+) -> Result<Response, ApiError> {
+    wait_for(&state, p.min_offset).await?;
+    let found = match (&p.email, &p.username) {
+        (Some(e), None) => state.store.by_email(e).map_err(internal)?,
+        (None, Some(u)) => state.store.by_username(u).map_err(internal)?,
+        _ => {
+            return Err(ApiError::bad_request(
+                "give exactly one of email or username",
+            ))
+        }
+    };
+    Ok(Json(json!({ "users": found })).into_response())
+}
+
+async fn history(
+    State(state): State<Shared>,
+    PathParams(id): PathParams<String>,
+    QueryParams(p): QueryParams<Params>,
+) -> Result<Response, ApiError> {
+    wait_for(&state, p.min_offset).await?;
+    let events = state.store.history(&id).map_err(internal)?;
+    if events.is_empty() {
+        return Err(ApiError::not_found(format!("no user {id}")));
+    }
+    Ok(Json(json!({ "events": events })).into_response())
+}
+
+async fn stats(
+    State(state): State<Shared>,
+    QueryParams(p): QueryParams<Params>,
+) -> Result<Response, ApiError> {
+    wait_for(&state, p.min_offset).await?;
+    Ok(Json(state.store.stats().map_err(internal)?).into_response())
+}
+
+async fn health(State(state): State<Shared>) -> Result<Response, ApiError> {
+    let checkpoint = *state.applied.borrow();
+    let head = (*state.head.borrow()).max(checkpoint);
+    let lag_events = head - checkpoint;
+    let lag_seconds = if lag_events == 0 {
+        0
+    } else {
+        now_ms().saturating_sub(state.store.last_event_ms().map_err(internal)?) / 1000
+    };
+    Ok(Json(json!({ "checkpoint": checkpoint, "head": head, "lag_events": lag_events, "lag_seconds": lag_seconds })).into_response())
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+pub fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/v1/users", get(users))
+        .route("/v1/users/{id}", get(user))
+        .route("/v1/users/{id}/history", get(history))
+        .route("/v1/stats/signups", get(stats))
+        .route("/health", get(health))
+        .fallback(not_found)
+        .with_state(state)
+}

@@ -1,0 +1,273 @@
+//! The users read model in its own redb file. Each page of events and the checkpoint after it
+//! commit in one durable write transaction, so every event takes effect exactly once across
+//! crashes.
+
+use std::path::Path;
+
+use raft_store::rules::{normalize_key, Normalize};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction,
+};
+use serde_json::{json, Value};
+
+/// Counters and position: `next_offset`, `last_event_ms`, and the sign-up stats.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// user id -> current document.
+const DOCS: TableDefinition<&str, &str> = TableDefinition::new("docs");
+/// (user id, offset) -> the document right after the event at that offset (for `as_of`).
+const VERSIONS: TableDefinition<(&str, u64), &str> = TableDefinition::new("versions");
+/// (user id, offset) -> the event as read from the log (for history).
+const EVENTS: TableDefinition<(&str, u64), &str> = TableDefinition::new("events");
+/// (normalized email, user id) of accounts that are not deleted.
+const BY_EMAIL: TableDefinition<(&str, &str), ()> = TableDefinition::new("by_email");
+/// (username, user id) of accounts that are not deleted; usernames are not unique.
+const BY_USERNAME: TableDefinition<(&str, &str), ()> = TableDefinition::new("by_username");
+/// normalized email -> accounts with it that were deleted (for `recreated`).
+const DELETED_EMAILS: TableDefinition<&str, u64> = TableDefinition::new("deleted_emails");
+
+pub const STATS: [&str; 4] = ["created", "deleted", "recreated", "activated"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("query store: {0}")]
+    Redb(#[from] redb::Error),
+    #[error("query store: corrupt document of {0}")]
+    Corrupt(String),
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(impl From<$t> for StoreError { fn from(e: $t) -> Self { StoreError::Redb(e.into()) } })*};
+}
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+pub struct QueryStore {
+    db: Database,
+}
+
+fn norm_email(e: &str) -> String {
+    normalize_key(Normalize::Email, e).unwrap_or_else(|_| e.trim().to_lowercase())
+}
+
+fn bump(meta: &mut Table<'_, &str, u64>, key: &str, by: u64) -> Result<(), StoreError> {
+    let v = meta.get(key)?.map_or(0, |g| g.value());
+    meta.insert(key, v + by)?;
+    Ok(())
+}
+
+impl QueryStore {
+    pub fn open(path: &Path) -> Result<QueryStore, StoreError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Redb(redb::StorageError::Io(e).into()))?;
+        }
+        let db = Database::create(path)?;
+        let txn = db.begin_write()?;
+        txn.open_table(META)?;
+        txn.open_table(DOCS)?;
+        txn.open_table(VERSIONS)?;
+        txn.open_table(EVENTS)?;
+        txn.open_table(BY_EMAIL)?;
+        txn.open_table(BY_USERNAME)?;
+        txn.open_table(DELETED_EMAILS)?;
+        txn.commit()?;
+        Ok(QueryStore { db })
+    }
+
+    fn meta(&self, key: &str) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(META)?.get(key)?.map_or(0, |g| g.value()))
+    }
+
+    /// The next offset of `users` to apply.
+    pub fn next_offset(&self) -> Result<u64, StoreError> {
+        self.meta("next_offset")
+    }
+
+    pub fn last_event_ms(&self) -> Result<u64, StoreError> {
+        self.meta("last_event_ms")
+    }
+
+    pub fn stats(&self) -> Result<Value, StoreError> {
+        let mut out = serde_json::Map::new();
+        for k in STATS {
+            out.insert(k.into(), self.meta(k)?.into());
+        }
+        Ok(Value::Object(out))
+    }
+
+    /// Apply a page of events (offsets from `next_offset()` on) and advance the checkpoint,
+    /// in one durable transaction.
+    pub fn apply(&self, events: &[Value], next_offset: u64) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        {
+            let mut meta = txn.open_table(META)?;
+            let from = meta.get("next_offset")?.map_or(0, |g| g.value());
+            for e in events {
+                let offset = e["offset"].as_u64().unwrap_or(0);
+                if offset < from {
+                    continue; // already applied before a crash
+                }
+                apply_event(&txn, &mut meta, e)?;
+                meta.insert("last_event_ms", e["timestamp"].as_u64().unwrap_or(0))?;
+            }
+            meta.insert("next_offset", next_offset.max(from))?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    pub fn doc(&self, id: &str) -> Result<Option<Value>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let docs = txn.open_table(DOCS)?;
+        docs.get(id)?
+            .map(|g| serde_json::from_str(g.value()).map_err(|_| StoreError::Corrupt(id.into())))
+            .transpose()
+    }
+
+    /// The document as it was right after the event at `offset` (or the last one before it).
+    pub fn doc_as_of(&self, id: &str, offset: u64) -> Result<Option<Value>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let versions = txn.open_table(VERSIONS)?;
+        let last = versions
+            .range((id, 0)..=(id, offset))?
+            .next_back()
+            .transpose()?;
+        last.map(|(_, v)| {
+            serde_json::from_str(v.value()).map_err(|_| StoreError::Corrupt(id.into()))
+        })
+        .transpose()
+    }
+
+    pub fn history(&self, id: &str) -> Result<Vec<Value>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let events = txn.open_table(EVENTS)?;
+        let mut out = Vec::new();
+        for row in events.range((id, 0)..=(id, u64::MAX))? {
+            let (_, v) = row?;
+            out.push(serde_json::from_str(v.value()).map_err(|_| StoreError::Corrupt(id.into()))?);
+        }
+        Ok(out)
+    }
+
+    fn ids_in(
+        &self,
+        table: TableDefinition<(&str, &str), ()>,
+        key: &str,
+    ) -> Result<Vec<Value>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let index = txn.open_table(table)?;
+        let docs = txn.open_table(DOCS)?;
+        let mut out = Vec::new();
+        for row in index.range((key, "")..)? {
+            let (k, _) = row?;
+            let (k0, id) = k.value();
+            if k0 != key {
+                break;
+            }
+            if let Some(d) = docs.get(id)? {
+                out.push(
+                    serde_json::from_str(d.value()).map_err(|_| StoreError::Corrupt(id.into()))?,
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn by_email(&self, email: &str) -> Result<Vec<Value>, StoreError> {
+        self.ids_in(BY_EMAIL, &norm_email(email))
+    }
+
+    pub fn by_username(&self, username: &str) -> Result<Vec<Value>, StoreError> {
+        self.ids_in(BY_USERNAME, username)
+    }
+
+    /// Every document, by id (for comparing read models).
+    pub fn all_docs(&self) -> Result<Vec<Value>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let docs = txn.open_table(DOCS)?;
+        let mut out = Vec::new();
+        for row in docs.iter()? {
+            let (k, v) = row?;
+            out.push(
+                serde_json::from_str(v.value())
+                    .map_err(|_| StoreError::Corrupt(k.value().into()))?,
+            );
+        }
+        Ok(out)
+    }
+}
+
+fn apply_event(
+    txn: &WriteTransaction,
+    meta: &mut Table<'_, &str, u64>,
+    e: &Value,
+) -> Result<(), StoreError> {
+    let data = &e["data"];
+    let Some(id) = data["id"].as_str() else {
+        return Ok(());
+    };
+    let offset = e["offset"].as_u64().unwrap_or(0);
+    let ts = e["timestamp"].as_u64().unwrap_or(0);
+    let mut docs = txn.open_table(DOCS)?;
+    let mut by_email = txn.open_table(BY_EMAIL)?;
+    let mut by_username = txn.open_table(BY_USERNAME)?;
+    let mut deleted_emails = txn.open_table(DELETED_EMAILS)?;
+    let mut doc: Value = match docs.get(id)? {
+        Some(g) => serde_json::from_str(g.value()).map_err(|_| StoreError::Corrupt(id.into()))?,
+        None => Value::Null,
+    };
+    let text = |k: &str| data[k].as_str().unwrap_or_default().to_string();
+    match e["type"].as_str().unwrap_or_default() {
+        "AccountCreated" => {
+            let email = text("email");
+            let username = text("username");
+            doc = json!({"id": id, "username": username, "email": email, "status": "pending",
+                         "created_at": ts, "updated_at": ts, "version": 0});
+            by_email.insert((norm_email(&email).as_str(), id), ())?;
+            by_username.insert((username.as_str(), id), ())?;
+            bump(meta, "created", 1)?;
+            if deleted_emails.get(norm_email(&email).as_str())?.is_some() {
+                bump(meta, "recreated", 1)?;
+            }
+        }
+        _ if doc.is_null() => return Ok(()), // an event for an account we never saw created
+        "EmailChanged" => {
+            let old = doc["email"].as_str().unwrap_or_default().to_string();
+            by_email.remove((norm_email(&old).as_str(), id))?;
+            let new = text("new_email");
+            by_email.insert((norm_email(&new).as_str(), id), ())?;
+            doc["email"] = new.into();
+        }
+        "AccountActivated" => {
+            doc["status"] = "active".into();
+            bump(meta, "activated", 1)?;
+        }
+        "AccountDeleted" => {
+            let email = norm_email(doc["email"].as_str().unwrap_or_default());
+            by_email.remove((email.as_str(), id))?;
+            by_username.remove((doc["username"].as_str().unwrap_or_default(), id))?;
+            let n = deleted_emails.get(email.as_str())?.map_or(0, |g| g.value());
+            deleted_emails.insert(email.as_str(), n + 1)?;
+            doc["status"] = "deleted".into();
+            bump(meta, "deleted", 1)?;
+        }
+        _ => {}
+    }
+    doc["version"] = (doc["version"].as_u64().unwrap_or(0) + 1).into();
+    doc["updated_at"] = ts.into();
+    let text_doc = doc.to_string();
+    docs.insert(id, text_doc.as_str())?;
+    txn.open_table(VERSIONS)?
+        .insert((id, offset), text_doc.as_str())?;
+    txn.open_table(EVENTS)?
+        .insert((id, offset), e.to_string().as_str())?;
+    Ok(())
+}

@@ -1,0 +1,158 @@
+//! Tailing a topic over HTTP from any node of the cluster, through the transport seam (so a
+//! consumer runs inside the simulator as well).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use api::{HttpRequest, Transport};
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::time::Instant;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TailError {
+    #[error("no node answered: {0}")]
+    NoNode(String),
+    #[error("bad answer from {addr}: {reason}")]
+    BadAnswer { addr: String, reason: String },
+}
+
+#[derive(Debug, Deserialize)]
+struct Page {
+    events: Vec<Value>,
+    next_offset: u64,
+}
+
+/// Reads pages of one topic from a position, long-polling when caught up. Sticks to one node
+/// while it answers and has a leader; moves on when it fails or has reported no leader for
+/// longer than `stale_after` (a partitioned follower is alive but stale).
+pub struct Tailer {
+    nodes: Vec<String>,
+    current: usize,
+    transport: Arc<dyn Transport>,
+    topic: String,
+    /// The next offset to read.
+    pub next_offset: u64,
+    page_events_max: usize,
+    wait: Duration,
+    stale_after: Duration,
+    leaderless_since: Option<Instant>,
+}
+
+impl Tailer {
+    pub fn new(
+        nodes: Vec<String>,
+        transport: Arc<dyn Transport>,
+        topic: &str,
+        from: u64,
+        stale_after: Duration,
+    ) -> Self {
+        assert!(!nodes.is_empty(), "a consumer needs at least one node");
+        Tailer {
+            nodes,
+            current: 0,
+            transport,
+            topic: topic.to_string(),
+            next_offset: from,
+            page_events_max: 500,
+            wait: Duration::from_secs(2),
+            stale_after,
+            leaderless_since: None,
+        }
+    }
+
+    pub fn node(&self) -> &str {
+        &self.nodes[self.current]
+    }
+
+    fn switch(&mut self, why: &str) {
+        let from = self.node().to_string();
+        self.current = (self.current + 1) % self.nodes.len();
+        self.leaderless_since = None;
+        tracing::info!(from = %from, to = %self.node(), why, "consumer moves to another node");
+    }
+
+    /// The next events (possibly none after a long-poll ran out). Transport failures move to
+    /// the next node and are retried here, with a short pause after a full round.
+    pub async fn next_batch(&mut self) -> Result<Vec<Value>, TailError> {
+        let mut failures = 0;
+        loop {
+            let path = format!(
+                "/v1/topics/{}/events?from={}&limit={}&wait_ms={}",
+                self.topic,
+                self.next_offset,
+                self.page_events_max,
+                self.wait.as_millis()
+            );
+            let addr = self.node().to_string();
+            let timeout = self.wait + Duration::from_secs(5);
+            match self
+                .transport
+                .send(&addr, HttpRequest::get(path), timeout)
+                .await
+            {
+                Ok(resp) if resp.status == 200 => {
+                    let page: Page =
+                        serde_json::from_slice(&resp.body).map_err(|e| TailError::BadAnswer {
+                            addr: addr.clone(),
+                            reason: e.to_string(),
+                        })?;
+                    if page.events.is_empty() {
+                        self.check_leader().await;
+                    } else {
+                        self.leaderless_since = None;
+                    }
+                    self.next_offset = page.next_offset.max(self.next_offset);
+                    return Ok(page.events);
+                }
+                Ok(resp) => tracing::warn!(addr = %addr, status = resp.status, "read failed"),
+                Err(e) => tracing::warn!(addr = %addr, error = %e, "read failed"),
+            }
+            self.switch("read failed");
+            failures += 1;
+            if failures % self.nodes.len() == 0 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+
+    /// While idle, make sure the node still knows a leader; leave it if it has not for longer
+    /// than `stale_after`.
+    async fn check_leader(&mut self) {
+        let addr = self.node().to_string();
+        let ready = matches!(
+            self.transport.send(&addr, HttpRequest::get("/ready"), Duration::from_secs(2)).await,
+            Ok(r) if r.status == 200
+        );
+        if ready {
+            self.leaderless_since = None;
+            return;
+        }
+        let since = *self.leaderless_since.get_or_insert_with(Instant::now);
+        if since.elapsed() > self.stale_after {
+            self.switch("no leader for longer than an election timeout");
+        }
+    }
+
+    /// The topic's length as one of the nodes reports it.
+    pub async fn head(&self) -> Option<u64> {
+        let resp = self
+            .transport
+            .send(
+                self.node(),
+                HttpRequest::get("/v1/topics"),
+                Duration::from_secs(2),
+            )
+            .await
+            .ok()?;
+        let v: Value = serde_json::from_slice(&resp.body).ok()?;
+        let topics = v["topics"].as_array()?;
+        Some(
+            topics
+                .iter()
+                .find(|t| t["name"] == self.topic.as_str())
+                .and_then(|t| t["length"].as_u64())
+                .unwrap_or(0),
+        )
+    }
+}
