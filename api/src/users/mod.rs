@@ -165,7 +165,7 @@ pub async fn signup(
     let hash = raft_store::blocking(move || password::hash_password(&config, &password))
         .await
         .map_err(ApiError::internal)?;
-    let id = Uuid::from_bytes(rand::random());
+    let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
     let ev = UserEvent {
         event_type: "AccountCreated",
         data: json!({ "id": id, "username": signup.username, "email": signup.email }),
