@@ -61,7 +61,12 @@ fn sign_up_change_delete_and_sign_up_again_through_any_node() {
     let r = signup(&a2, "ada", "Ada@Example.com");
     assert_eq!(r.status, 201, "{}", r.text);
     let ada = r.body["id"].as_str().unwrap().to_string();
+    assert_eq!(ada.as_bytes()[14], b'4', "a version-4 UUID: {ada}");
     assert_eq!(r.body["status"], "pending");
+    assert_eq!(
+        r.location.as_deref(),
+        Some(format!("/v1/users/{ada}").as_str())
+    );
     assert_eq!(
         r.body["email"], "Ada@Example.com",
         "mail goes to the address as given"

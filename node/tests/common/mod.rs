@@ -42,6 +42,7 @@ pub struct Resp {
     pub status: u16,
     pub body: Value,
     pub text: String,
+    pub location: Option<String>,
 }
 
 fn agent() -> ureq::Agent {
@@ -55,6 +56,11 @@ fn agent() -> ureq::Agent {
 fn finish(resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Resp, String> {
     let mut resp = resp.map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
+    let location = resp
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let text = resp
         .body_mut()
         .with_config()
@@ -62,7 +68,12 @@ fn finish(resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result
         .read_to_string()
         .map_err(|e| e.to_string())?;
     let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Ok(Resp { status, body, text })
+    Ok(Resp {
+        status,
+        body,
+        text,
+        location,
+    })
 }
 
 /// GET `http://addr{path}`. Err means no HTTP answer (connection refused, timeout).
