@@ -13,10 +13,21 @@ use crate::error::ApiError;
 /// strictly into `T` (400 with serde's message: unknown fields, duplicate keys, bad types).
 pub struct JsonBody<T>(pub T);
 
-impl<T: DeserializeOwned> FromRequest<SharedApp> for JsonBody<T> {
+/// Router states that bound request bodies.
+pub trait BodyLimit {
+    fn body_bytes_max(&self) -> usize;
+}
+
+impl BodyLimit for SharedApp {
+    fn body_bytes_max(&self) -> usize {
+        self.limits.body_bytes_max
+    }
+}
+
+impl<T: DeserializeOwned, S: BodyLimit + Send + Sync> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, app: &SharedApp) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let is_json = req
             .headers()
             .get(CONTENT_TYPE)
@@ -26,7 +37,7 @@ impl<T: DeserializeOwned> FromRequest<SharedApp> for JsonBody<T> {
         if !is_json {
             return Err(ApiError::UnsupportedMediaType);
         }
-        let limit = app.limits.body_bytes_max;
+        let limit = state.body_bytes_max();
         let bytes = axum::body::to_bytes(req.into_body(), limit)
             .await
             .map_err(|_| ApiError::PayloadTooLarge { limit_bytes: limit })?;

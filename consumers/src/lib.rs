@@ -5,6 +5,9 @@
 //! Consumers see only committed, applied events: they read through the nodes' HTTP API, never
 //! a node's storage.
 
+pub mod backoff;
+pub mod breaker;
 pub mod checkpoint;
+pub mod mail_sink;
 pub mod query;
 pub mod tail;

@@ -45,6 +45,23 @@ enum Command {
         #[arg(long)]
         rebuild: bool,
     },
+    /// A local stand-in for an email provider (webhook protocol), with injectable faults.
+    MailSink {
+        #[arg(long, default_value = "127.0.0.1:7201")]
+        listen: String,
+        /// Share of requests answered 500, 0 to 1.
+        #[arg(long, default_value_t = 0.0)]
+        fail_rate: f64,
+        /// Delay every answer by this long.
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
+        /// Answer 503 to everything for this long after start.
+        #[arg(long, default_value_t = 0)]
+        down_for_ms: u64,
+        /// Answer 422 invalid_recipient for this address (repeatable).
+        #[arg(long)]
+        reject: Vec<String>,
+    },
     /// Operate a cluster.
     Cluster {
         #[command(subcommand)]
@@ -73,6 +90,21 @@ pub fn main() -> ExitCode {
                 data_dir,
             } => run::dev(port_base, &data_dir).await,
             Command::Query { config, rebuild } => run::query(&config, rebuild).await,
+            Command::MailSink {
+                listen,
+                fail_rate,
+                delay_ms,
+                down_for_ms,
+                reject,
+            } => {
+                let faults = consumers::mail_sink::Faults {
+                    fail_rate,
+                    delay_ms,
+                    down_for_ms,
+                    reject,
+                };
+                run::mail_sink(&listen, faults).await
+            }
             Command::Cluster { command } => cluster::run(command).await,
         }
     });

@@ -134,3 +134,21 @@ pub async fn query(config_path: &Path, rebuild: bool) -> Result<()> {
         _ = terminated() => Ok(()),
     }
 }
+
+/// `uniqlog mail-sink`: serve the stand-in provider until stopped.
+pub async fn mail_sink(listen: &str, faults: consumers::mail_sink::Faults) -> Result<()> {
+    if !(0.0..=1.0).contains(&faults.fail_rate) {
+        anyhow::bail!("--fail-rate is between 0 and 1");
+    }
+    let sink = consumers::mail_sink::MailSink::new(faults);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    println!(
+        "uniqlog mail-sink: webhook at http://{listen}/send, messages at http://{listen}/messages"
+    );
+    tokio::select! {
+        _ = api::server::serve(listener, sink.router(), std::time::Duration::from_secs(10)) => Ok(()),
+        _ = terminated() => Ok(()),
+    }
+}
