@@ -57,7 +57,10 @@ pub async fn serve(listener: TcpListener, router: Router, header_read_timeout: D
                 .header_read_timeout(header_read_timeout)
                 .keep_alive(true);
             if let Err(e) = builder
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection(
+                    TokioIo::new(crate::transport::flush_after_write(stream)),
+                    service,
+                )
                 .await
             {
                 tracing::debug!(error = %e, "connection ended with an error");

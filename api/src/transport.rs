@@ -126,6 +126,7 @@ impl HyperTransport {
             .await
             .map_err(|e| connect_err(e.to_string()))?;
         let _ = stream.set_nodelay(true);
+        let stream = flush_after_write(stream);
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| connect_err(e.to_string()))?;
@@ -195,5 +196,83 @@ impl Transport for HyperTransport {
                 }),
             }
         })
+    }
+}
+
+/// The stream hyper gets: the TCP stream itself, or under madsim a wrapper that drops empty
+/// flushes.
+///
+/// madsim's simulated `TcpStream` sends a message on every `poll_flush`, even when nothing was
+/// written; hyper flushes each time its connection task runs, and that task runs on every
+/// message that arrives. Two idle keep-alive ends thus exchange an empty message per simulated
+/// millisecond in each direction for as long as the connection lives, and since each message
+/// costs the receiving side at least 1 ms, a request sent on an old connection queues behind
+/// the backlog (latency grows with the connection's age until heartbeats time out). A real
+/// `TcpStream`'s flush is a no-op, so production keeps the stream as it is.
+#[cfg(not(madsim))]
+pub(crate) fn flush_after_write(stream: tokio::net::TcpStream) -> tokio::net::TcpStream {
+    stream
+}
+
+#[cfg(madsim)]
+pub(crate) fn flush_after_write(stream: tokio::net::TcpStream) -> sim_io::FlushAfterWrite {
+    sim_io::FlushAfterWrite {
+        inner: stream,
+        written: false,
+    }
+}
+
+#[cfg(madsim)]
+pub(crate) mod sim_io {
+    use std::io;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+    use tokio::net::TcpStream;
+
+    /// Forwards `poll_flush` only when something was written since the last flush.
+    pub struct FlushAfterWrite {
+        pub(super) inner: TcpStream,
+        pub(super) written: bool,
+    }
+
+    impl AsyncRead for FlushAfterWrite {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for FlushAfterWrite {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+            if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+                self.written = true;
+            }
+            r
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            if !self.written {
+                return Poll::Ready(Ok(()));
+            }
+            let r = Pin::new(&mut self.inner).poll_flush(cx);
+            if matches!(r, Poll::Ready(Ok(()))) {
+                self.written = false;
+            }
+            r
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
     }
 }

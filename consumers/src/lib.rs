@@ -8,6 +8,7 @@
 pub mod backoff;
 pub mod breaker;
 pub mod checkpoint;
+pub mod mail;
 pub mod mail_sink;
 pub mod query;
 pub mod tail;

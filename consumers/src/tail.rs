@@ -61,6 +61,12 @@ impl Tailer {
         }
     }
 
+    /// How long one read waits for new events when caught up.
+    pub fn with_wait(mut self, wait: Duration) -> Self {
+        self.wait = wait;
+        self
+    }
+
     pub fn node(&self) -> &str {
         &self.nodes[self.current]
     }

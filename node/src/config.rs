@@ -50,6 +50,12 @@ pub struct Config {
     /// The users read model (`uniqlog query`).
     #[serde(default)]
     pub query: consumers::query::QueryConfig,
+    /// The activation email sender (`uniqlog mail`).
+    #[serde(default)]
+    pub mail: consumers::mail::MailConfig,
+    /// `uniqlog mail-sink`.
+    #[serde(default)]
+    pub mail_sink: MailSinkConfig,
     /// The file this was loaded from (for messages); empty for built-in configs.
     #[serde(skip)]
     pub path: PathBuf,
@@ -72,6 +78,21 @@ impl NodeConfig {
     /// The address peers use to reach this node.
     pub fn peer_addr(&self) -> &str {
         self.peer_addr.as_deref().unwrap_or(&self.addr)
+    }
+}
+
+/// `[mail_sink]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MailSinkConfig {
+    pub listen: String,
+}
+
+impl Default for MailSinkConfig {
+    fn default() -> Self {
+        MailSinkConfig {
+            listen: "127.0.0.1:7201".into(),
+        }
     }
 }
 

@@ -8,7 +8,13 @@ use serde_json::{json, Value};
 
 use crate::app::SharedApp;
 use crate::error::ApiError;
-use crate::extract::PathParams;
+use crate::extract::{PathParams, QueryParams};
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointParams {
+    consistency: Option<String>,
+}
 
 const PREFIX: &str = "checkpoint-";
 
@@ -45,10 +51,22 @@ pub async fn list(State(app): State<SharedApp>) -> Result<Response, ApiError> {
 }
 
 /// `GET /v1/consumers/{name}/checkpoint`.
+/// With `?consistency=linearizable` a consumer that resumes reads the latest checkpoint even
+/// through a lagging follower.
 pub async fn checkpoint(
     State(app): State<SharedApp>,
     PathParams(name): PathParams<String>,
+    QueryParams(params): QueryParams<CheckpointParams>,
 ) -> Result<Response, ApiError> {
+    match params.consistency.as_deref() {
+        None | Some("local") => {}
+        Some("linearizable") => app.linearize().await?,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "unknown consistency {other:?}"
+            )))
+        }
+    }
     let stream = format!("{PREFIX}{name}");
     let reader = app.reader.clone();
     let s = stream.clone();

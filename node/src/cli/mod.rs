@@ -2,6 +2,7 @@
 
 mod client;
 mod cluster;
+mod log;
 mod run;
 
 use std::path::PathBuf;
@@ -45,6 +46,11 @@ enum Command {
         #[arg(long)]
         rebuild: bool,
     },
+    /// Send activation emails for new accounts through the configured provider.
+    Mail {
+        #[arg(long, default_value = "cluster.toml")]
+        config: PathBuf,
+    },
     /// A local stand-in for an email provider (webhook protocol), with injectable faults.
     MailSink {
         #[arg(long, default_value = "127.0.0.1:7201")]
@@ -61,6 +67,11 @@ enum Command {
         /// Answer 422 invalid_recipient for this address (repeatable).
         #[arg(long)]
         reject: Vec<String>,
+    },
+    /// Work with the event log.
+    Log {
+        #[command(subcommand)]
+        command: log::LogCommand,
     },
     /// Operate a cluster.
     Cluster {
@@ -90,6 +101,7 @@ pub fn main() -> ExitCode {
                 data_dir,
             } => run::dev(port_base, &data_dir).await,
             Command::Query { config, rebuild } => run::query(&config, rebuild).await,
+            Command::Mail { config } => run::mail(&config).await,
             Command::MailSink {
                 listen,
                 fail_rate,
@@ -105,6 +117,7 @@ pub fn main() -> ExitCode {
                 };
                 run::mail_sink(&listen, faults).await
             }
+            Command::Log { command } => log::run(command).await,
             Command::Cluster { command } => cluster::run(command).await,
         }
     });

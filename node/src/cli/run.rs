@@ -152,3 +152,48 @@ pub async fn mail_sink(listen: &str, faults: consumers::mail_sink::Faults) -> Re
         _ = terminated() => Ok(()),
     }
 }
+
+/// `uniqlog mail`: the activation email sender, with `/health` on `[mail] listen`.
+pub async fn mail(config_path: &Path) -> Result<()> {
+    use consumers::mail::{MailConsumer, MailStats};
+    let config = Config::load(config_path)?;
+    if config.users.activation_secret.is_empty() {
+        anyhow::bail!(
+            "[users] activation_secret is empty: the mail consumer cannot make activation links"
+        );
+    }
+    let stats = Arc::new(std::sync::Mutex::new(MailStats::default()));
+    let health_stats = stats.clone();
+    let router = axum::Router::new().route(
+        "/health",
+        axum::routing::get(move || {
+            let s = health_stats.lock().expect("stats").clone();
+            async move { axum::Json(s) }
+        }),
+    );
+    let listen = config.mail.listen.clone();
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    tokio::spawn(api::server::serve(
+        listener,
+        router,
+        std::time::Duration::from_secs(10),
+    ));
+    let consumer = MailConsumer {
+        config: config.mail.clone(),
+        users: config.users.clone(),
+        nodes: config.nodes.iter().map(|n| n.addr.clone()).collect(),
+        transport: Arc::new(HyperTransport::new()),
+        stale_after: std::time::Duration::from_millis(config.raft.election_timeout_ms_max),
+        stats,
+    };
+    println!(
+        "uniqlog mail: sending through {} (health on http://{listen}/health)",
+        config.mail.webhook_url
+    );
+    tokio::select! {
+        _ = consumer.run() => anyhow::bail!("the mail consumer stopped"),
+        _ = terminated() => Ok(()),
+    }
+}

@@ -107,6 +107,8 @@ pub struct Cluster {
     pub config: PathBuf,
     pub nodes: Vec<NodeProc>,
     pub queries: Vec<QueryProc>,
+    /// Other processes (mail, mail-sink) by name.
+    pub aux: Vec<(String, Child)>,
 }
 
 /// A `uniqlog query` process with its own config (the cluster's plus a `[query]` section).
@@ -168,6 +170,7 @@ impl Cluster {
             dir,
             config,
             queries: Vec::new(),
+            aux: Vec::new(),
         };
         for id in 1..=n {
             cluster.spawn(id);
@@ -373,8 +376,49 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Start `uniqlog <args>` as process `name`, output to `<name>.log`.
+    pub fn spawn_aux(&mut self, name: &str, args: &[&str]) {
+        let log = self.dir.path().join(format!("{name}.log"));
+        let log = File::options().create(true).append(true).open(log).unwrap();
+        let child = Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.aux.push((name.to_string(), child));
+    }
+
+    /// kill -9 process `name`.
+    pub fn kill_aux(&mut self, name: &str) {
+        let i = self
+            .aux
+            .iter()
+            .position(|(n, _)| n == name)
+            .expect("known process");
+        let (_, mut child) = self.aux.remove(i);
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// A copy of the cluster config with `extra` appended.
+    pub fn config_with(&self, name: &str, extra: &str) -> PathBuf {
+        let path = self.dir.path().join(format!("{name}.toml"));
+        let mut text = std::fs::read_to_string(&self.config).unwrap();
+        text.push_str(extra);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
+        for (_, c) in &mut self.aux {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         for q in &mut self.queries {
             if let Some(mut c) = q.child.take() {
                 let _ = c.kill();

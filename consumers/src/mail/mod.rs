@@ -1,0 +1,299 @@
+//! `uniqlog mail`: one activation email per `AccountCreated` and `ActivationRequested`,
+//! through the configured provider. Resumes from its checkpoint after a crash (resends
+//! possible, skips never); pauses on an event behind a circuit breaker while the provider
+//! fails transiently; parks an event the provider refuses for good and moves on.
+
+pub mod config;
+mod provider;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use api::users::config::UsersConfig;
+use api::{HttpRequest, Transport};
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+pub use self::config::MailConfig;
+pub use self::provider::{Delivery, Outgoing, Webhook};
+use crate::backoff::Backoff;
+use crate::breaker::Breaker;
+use crate::checkpoint::CheckpointReporter;
+use crate::tail::Tailer;
+
+pub const NAME: &str = "mail";
+pub const RETRY_TOPIC: &str = "__retry.mail";
+pub const PARKED_TOPIC: &str = "__parked";
+
+/// What `/health` shows.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MailStats {
+    pub checkpoint: u64,
+    pub head: u64,
+    pub lag_events: u64,
+    pub lag_seconds: u64,
+    pub breaker: &'static str,
+    pub sent: u64,
+    pub retries: u64,
+    pub timeouts: u64,
+    pub parked: u64,
+}
+
+pub type SharedStats = Arc<Mutex<MailStats>>;
+
+/// Everything the consumer needs, so it runs the same in production and in the simulator.
+pub struct MailConsumer {
+    pub config: MailConfig,
+    pub users: UsersConfig,
+    pub nodes: Vec<String>,
+    pub transport: Arc<dyn Transport>,
+    pub stale_after: Duration,
+    pub stats: SharedStats,
+}
+
+fn now_s() -> u64 {
+    api::app::now_ms() / 1000
+}
+
+impl MailConsumer {
+    /// Where `users` and `__retry.mail` were left, from `__checkpoints` (0 when never written).
+    async fn resume_offset(&self, name: &str) -> u64 {
+        loop {
+            for addr in &self.nodes {
+                let path = format!("/v1/consumers/{name}/checkpoint?consistency=linearizable");
+                match self
+                    .transport
+                    .send(addr, HttpRequest::get(path), Duration::from_secs(5))
+                    .await
+                {
+                    Ok(r) if r.status == 200 => {
+                        let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+                        return v["offset"].as_u64().unwrap_or(0);
+                    }
+                    Ok(r) if r.status == 404 => return 0,
+                    _ => {}
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// The email of an event, or `None` for events that send nothing.
+    pub fn message_for(&self, topic: &str, event: &Value) -> Option<Outgoing> {
+        let kind = event["type"].as_str()?;
+        if kind != "AccountCreated" && kind != "ActivationRequested" {
+            return None;
+        }
+        let data = &event["data"];
+        let id = data["id"].as_str()?.parse().ok()?;
+        let to = data["email"].as_str()?.to_string();
+        let username = data["username"].as_str().unwrap_or("there");
+        let token = api::users::token::make_token(
+            &self.users.activation_secret,
+            id,
+            now_s() + self.users.activation_ttl_s,
+        );
+        let link = format!(
+            "{}/v1/users/activate?token={token}",
+            self.users.public_base_url.trim_end_matches('/')
+        );
+        Some(Outgoing {
+            to,
+            subject: "Activate your account".into(),
+            text: format!("Hello {username},\n\nplease activate your account: {link}\n"),
+            idempotency_key: format!("{topic}:{}", event["offset"].as_u64()?),
+        })
+    }
+
+    /// Append `event` to `topic` on any node, retrying until it is acknowledged: parking must
+    /// not be skipped.
+    async fn append_until_done(&self, topic: &str, body: Value) {
+        let body = body.to_string();
+        loop {
+            for addr in &self.nodes {
+                let req = HttpRequest::post(format!("/v1/topics/{topic}/events"), body.clone());
+                if let Ok(r) = self
+                    .transport
+                    .send(addr, req, Duration::from_secs(10))
+                    .await
+                {
+                    if r.status == 201 {
+                        return;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Deliver one message: retry transient failures behind the breaker until it is sent or
+    /// refused for good (then park it).
+    async fn deliver(
+        &self,
+        provider: &Webhook,
+        breaker: &mut Breaker,
+        backoff: &Backoff,
+        msg: &Outgoing,
+        source: &Value,
+    ) {
+        let mut attempt = 0;
+        loop {
+            let now = Instant::now();
+            if !breaker.allow(now) {
+                self.stats.lock().expect("stats").breaker = breaker.name();
+                tokio::time::sleep_until(breaker.ready_at(now)).await;
+                continue;
+            }
+            let result = provider.send(msg).await;
+            let mut s = self.stats.lock().expect("stats");
+            match result {
+                Delivery::Sent => {
+                    breaker.on_success();
+                    s.sent += 1;
+                    s.breaker = breaker.name();
+                    return;
+                }
+                Delivery::Permanent(reason) => {
+                    breaker.on_success();
+                    s.parked += 1;
+                    s.breaker = breaker.name();
+                    drop(s);
+                    tracing::warn!(key = %msg.idempotency_key, reason = %reason, "parking an email the provider refused");
+                    let parked = json!({"events": [{"type": "Parked", "data": {
+                        "consumer": NAME, "reason": reason, "idempotency_key": msg.idempotency_key, "event": source,
+                    }}]});
+                    self.append_until_done(PARKED_TOPIC, parked).await;
+                    return;
+                }
+                Delivery::Transient { reason, timed_out } => {
+                    breaker.on_failure(Instant::now());
+                    s.retries += 1;
+                    if timed_out {
+                        s.timeouts += 1;
+                    }
+                    s.breaker = breaker.name();
+                    drop(s);
+                    tracing::debug!(key = %msg.idempotency_key, reason = %reason, attempt, "provider failed; retrying");
+                    tokio::time::sleep(backoff.delay(attempt)).await;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// Run for ever.
+    pub async fn run(self) {
+        let (addr, path) = match self.config.webhook_target() {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "bad mail config");
+                return;
+            }
+        };
+        let provider = Webhook {
+            transport: self.transport.clone(),
+            addr,
+            path,
+            authorization: self.config.webhook_authorization.clone(),
+            timeout: Duration::from_millis(self.config.timeout_ms),
+        };
+        let mut breaker = Breaker::new(
+            self.config.breaker_failures,
+            Duration::from_millis(self.config.breaker_cool_down_ms),
+        );
+        let backoff = Backoff {
+            base: Duration::from_millis(self.config.retry_base_ms),
+            max: Duration::from_millis(self.config.retry_max_ms),
+        };
+        let retry_name = format!("{NAME}.retry");
+        let mut main = Tailer::new(
+            self.nodes.clone(),
+            self.transport.clone(),
+            "users",
+            self.resume_offset(NAME).await,
+            self.stale_after,
+        )
+        .with_wait(Duration::from_millis(500));
+        let mut retry = Tailer::new(
+            self.nodes.clone(),
+            self.transport.clone(),
+            RETRY_TOPIC,
+            self.resume_offset(&retry_name).await,
+            self.stale_after,
+        )
+        .with_wait(Duration::from_millis(100));
+        let every = Duration::from_millis(self.config.checkpoint_every_ms);
+        let mut main_cp = CheckpointReporter::new(
+            NAME,
+            self.nodes.clone(),
+            self.transport.clone(),
+            self.config.checkpoint_every_events,
+            every,
+        );
+        let mut retry_cp = CheckpointReporter::new(
+            &retry_name,
+            self.nodes.clone(),
+            self.transport.clone(),
+            self.config.checkpoint_every_events,
+            every,
+        );
+        {
+            let mut s = self.stats.lock().expect("stats");
+            s.checkpoint = main.next_offset;
+            s.breaker = breaker.name();
+        }
+        loop {
+            let events = main.next_batch().await.unwrap_or_default();
+            let mut offset = main.next_offset - events.len() as u64;
+            for e in &events {
+                if let Some(msg) = self.message_for("users", e) {
+                    self.deliver(&provider, &mut breaker, &backoff, &msg, e)
+                        .await;
+                }
+                offset = e["offset"].as_u64().map_or(offset + 1, |o| o + 1);
+                // The checkpoint is the next offset to read: only past fully handled events.
+                main_cp.maybe_report(offset).await;
+                self.note_position(offset, e["timestamp"].as_u64());
+            }
+            main_cp.maybe_report(main.next_offset).await;
+            if events.is_empty() {
+                if let Some(h) = main.head().await {
+                    self.note_head(h, main.next_offset);
+                }
+            }
+            // Replayed parked events keep their original idempotency key.
+            let retried = retry.next_batch().await.unwrap_or_default();
+            for r in &retried {
+                let original = &r["data"]["event"];
+                let topic = r["data"]["topic"].as_str().unwrap_or("users");
+                if let Some(msg) = self.message_for(topic, original) {
+                    self.deliver(&provider, &mut breaker, &backoff, &msg, original)
+                        .await;
+                }
+                retry_cp
+                    .maybe_report(r["offset"].as_u64().unwrap_or(0) + 1)
+                    .await;
+            }
+            retry_cp.maybe_report(retry.next_offset).await;
+        }
+    }
+
+    fn note_position(&self, checkpoint: u64, event_ms: Option<u64>) {
+        let mut s = self.stats.lock().expect("stats");
+        s.checkpoint = checkpoint;
+        s.head = s.head.max(checkpoint);
+        s.lag_events = s.head - checkpoint;
+        s.lag_seconds = event_ms.map_or(0, |t| api::app::now_ms().saturating_sub(t) / 1000);
+    }
+
+    fn note_head(&self, head: u64, checkpoint: u64) {
+        let mut s = self.stats.lock().expect("stats");
+        s.head = head.max(checkpoint);
+        s.checkpoint = checkpoint;
+        s.lag_events = s.head - checkpoint;
+        if s.lag_events == 0 {
+            s.lag_seconds = 0;
+        }
+    }
+}

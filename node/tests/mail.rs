@@ -1,0 +1,268 @@
+//! End to end: three nodes, the mail consumer and the mail sink. Sign-ups while the provider
+//! is down, then flaky, then slower than the timeout, with the mail consumer killed twice:
+//! exactly one message per AccountCreated, bounded resends, nothing parked, breaker closed.
+//! And: a rejected address is parked, replayed, and then delivered once.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+const CHECKPOINT_EVERY: u64 = 10;
+
+fn tuning() -> Tuning {
+    Tuning {
+        extra: concat!(
+            include_str!("common/user_email_rules.toml"),
+            "\n[users]\nactivation_secret = \"test-activation-secret\"\npassword_memory_kib = 64\npassword_iterations = 1\n"
+        ),
+        ..Tuning::default()
+    }
+}
+
+fn mail_config(c: &Cluster, sink: &str, health: &str) -> std::path::PathBuf {
+    c.config_with(
+        "mail",
+        &format!(
+            "\n[mail]\nlisten = \"{health}\"\nwebhook_url = \"http://{sink}/send\"\ntimeout_ms = 300\n\
+             checkpoint_every_events = {CHECKPOINT_EVERY}\ncheckpoint_every_ms = 200\nretry_base_ms = 20\n\
+             retry_max_ms = 200\nbreaker_failures = 3\nbreaker_cool_down_ms = 300\n"
+        ),
+    )
+}
+
+fn messages(sink: &str) -> Value {
+    get(sink, "/messages").unwrap().body
+}
+
+fn control(sink: &str, faults: Value) {
+    let r = post(sink, "/control", &faults.to_string()).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text);
+}
+
+fn sent(sink: &str) -> usize {
+    messages(sink)["messages"].as_array().unwrap().len()
+}
+
+#[test]
+fn every_sign_up_gets_exactly_one_email_through_outages_flakiness_slowness_and_crashes() {
+    let mut c = Cluster::start(3, tuning());
+    let (sink_port, health_port) = (free_port(), free_port());
+    let sink = format!("127.0.0.1:{sink_port}");
+    let health = format!("127.0.0.1:{health_port}");
+    c.spawn_aux(
+        "sink",
+        &["mail-sink", "--listen", &sink, "--down-for-ms", "2000"],
+    );
+    wait_for("the sink", Duration::from_secs(20), || {
+        get(&sink, "/health").ok()
+    });
+    let config = mail_config(&c, &sink, &health);
+    let config_arg = config.to_str().unwrap().to_string();
+    c.spawn_aux("mail", &["mail", "--config", &config_arg]);
+
+    const SIGNUPS: usize = 500;
+    let done = Arc::new(AtomicUsize::new(0));
+    let addrs: Vec<String> = (1..=3).map(|i| c.addr(i)).collect();
+    let writers: Vec<_> = (0..10)
+        .map(|w| {
+            let (done, addrs) = (done.clone(), addrs.clone());
+            thread::spawn(move || {
+                for i in (w..SIGNUPS).step_by(10) {
+                    let body = json!({"username": format!("u{i}"), "email": format!("u{i}@example.com"), "password": "12345678"});
+                    loop {
+                        match post_keyed_try(&addrs[i % 3], &body.to_string(), &format!("s{i}")) {
+                            Some(201) => break,
+                            Some(s) => assert_eq!(s, 503),
+                            None => {}
+                        }
+                        thread::sleep(Duration::from_millis(20));
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+
+    // Down for 2 s (from the start), then a crash, then 30 % failures, a second crash, then
+    // answers slower than the 300 ms timeout, then healthy.
+    wait_for("100 sign-ups", Duration::from_secs(60), || {
+        (done.load(Ordering::Relaxed) >= 100).then_some(())
+    });
+    wait_for(
+        "some emails after the outage",
+        Duration::from_secs(60),
+        || (sent(&sink) >= 20).then_some(()),
+    );
+    c.kill_aux("mail");
+    c.spawn_aux("mail", &["mail", "--config", &config_arg]);
+    control(&sink, json!({"fail_rate": 0.3}));
+    wait_for("more emails while flaky", Duration::from_secs(60), || {
+        (sent(&sink) >= 150).then_some(())
+    });
+    c.kill_aux("mail");
+    c.spawn_aux("mail", &["mail", "--config", &config_arg]);
+    wait_for(
+        "more emails after the second crash",
+        Duration::from_secs(60),
+        || (sent(&sink) >= 200).then_some(()),
+    );
+    // Slower than the timeout: the sink records each attempt's message, the consumer times
+    // out and stays on that event, retrying (each retry a counted duplicate) until it is fast
+    // again.
+    control(&sink, json!({"delay_ms": 400}));
+    wait_for("timeouts while slow", Duration::from_secs(60), || {
+        let h = get(&health, "/health").ok()?.body;
+        (h["timeouts"].as_u64()? >= 3).then_some(())
+    });
+    control(&sink, json!({}));
+    for w in writers {
+        w.join().unwrap();
+    }
+
+    let all = wait_for("one email per sign-up", Duration::from_secs(120), || {
+        let m = messages(&sink);
+        (m["messages"].as_array().unwrap().len() >= SIGNUPS).then_some(m)
+    });
+    let h = wait_for(
+        "the mail consumer caught up",
+        Duration::from_secs(60),
+        || {
+            let h = get(&health, "/health").ok()?.body;
+            (h["lag_events"] == 0 && h["checkpoint"].as_u64()? >= SIGNUPS as u64).then_some(h)
+        },
+    );
+    let msgs = all["messages"].as_array().unwrap();
+    assert_eq!(
+        msgs.len(),
+        SIGNUPS,
+        "exactly one message per AccountCreated"
+    );
+    let events = c.read_topic(1, "users");
+    for e in &events {
+        let key = format!("users:{}", e["offset"]);
+        let m = msgs
+            .iter()
+            .find(|m| m["idempotency_key"] == key.as_str())
+            .unwrap_or_else(|| panic!("no email for {key}"));
+        assert_eq!(m["to"], e["data"]["email"]);
+        assert!(m["text"]
+            .as_str()
+            .unwrap()
+            .contains("/v1/users/activate?token="));
+    }
+    let duplicates = all["duplicates"].as_u64().unwrap();
+    let timeouts = h["timeouts"].as_u64().unwrap();
+    assert!(
+        duplicates <= 2 * (CHECKPOINT_EVERY + 1) + timeouts,
+        "resends: {duplicates} duplicates, {timeouts} timeouts counted, 2 crashes"
+    );
+    assert!(timeouts > 0, "the slow phase timed some calls out: {h}");
+    assert_eq!(h["parked"], 0);
+    assert_eq!(h["breaker"], "closed");
+    eprintln!(
+        "duplicates {duplicates}, timeouts {timeouts}, retries {}",
+        h["retries"]
+    );
+}
+
+fn post_keyed_try(addr: &str, body: &str, key: &str) -> Option<u16> {
+    try_post_keyed(addr, "/v1/users", body, key)
+        .ok()
+        .map(|r| r.status)
+}
+
+#[test]
+fn a_rejected_address_is_parked_replayed_and_then_delivered_once() {
+    let mut c = Cluster::start(1, tuning());
+    let (sink, health) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    c.spawn_aux(
+        "sink",
+        &[
+            "mail-sink",
+            "--listen",
+            &sink,
+            "--reject",
+            "bad@example.com",
+        ],
+    );
+    wait_for("the sink", Duration::from_secs(20), || {
+        get(&sink, "/health").ok()
+    });
+    let config = mail_config(&c, &sink, &health);
+    c.spawn_aux("mail", &["mail", "--config", config.to_str().unwrap()]);
+    let a = c.addr(1);
+    for (u, e) in [
+        ("good", "good@example.com"),
+        ("bad", "bad@example.com"),
+        ("late", "late@example.com"),
+    ] {
+        let r = post(
+            &a,
+            "/v1/users",
+            &json!({"username": u, "email": e, "password": "12345678"}).to_string(),
+        )
+        .unwrap();
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    wait_for("two emails and one parked", Duration::from_secs(30), || {
+        let h = get(&health, "/health").ok()?.body;
+        (sent(&sink) == 2 && h["parked"] == 1).then_some(())
+    });
+    let parked = c.read_topic(1, "__parked");
+    assert_eq!(parked.len(), 1);
+    assert!(parked[0]["data"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("invalid_recipient"));
+    let users_before = c.read_topic(1, "users").len();
+
+    control(&sink, json!({}));
+    let out = std::process::Command::new(BIN)
+        .args(["log", "replay-parked", "--consumer", "mail", "--config"])
+        .arg(&c.config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = wait_for("the replayed email", Duration::from_secs(30), || {
+        let m = messages(&sink);
+        (m["messages"].as_array().unwrap().len() == 3).then_some(m)
+    });
+    let bad = m["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["to"] == "bad@example.com")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        bad["idempotency_key"], "users:1",
+        "the original idempotency key"
+    );
+    assert_eq!(
+        c.read_topic(1, "users").len(),
+        users_before,
+        "the original topic gained no event"
+    );
+    // Replaying again re-queues nothing new: the email is not sent twice.
+    let out = std::process::Command::new(BIN)
+        .args(["log", "replay-parked", "--consumer", "mail", "--config"])
+        .arg(&c.config)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(c.read_topic(1, "__retry.mail").len(), 1);
+    assert_eq!(messages(&sink)["duplicates"], 0);
+}
