@@ -55,46 +55,81 @@ pub async fn node(config_path: &Path, id: u64) -> Result<()> {
 const SHIPPED_CONFIG: &str = include_str!("../../../cluster.toml");
 
 pub async fn dev(port_base: u16, data_dir: &Path) -> Result<()> {
-    let port = port_base
-        .checked_add(1)
-        .context("--port-base is too large")?;
     let data_dir = std::env::current_dir()?.join(data_dir);
-    let config = dev_config(port, &data_dir)?;
+    let config = dev_config(port_base, &data_dir)?;
     let storage = open(&config, 1).await?;
     let node = start(&config, 1, storage, Arc::new(HyperTransport::new())).await?;
     api::routes::cluster::init_cluster(&node.app)
         .await
         .map_err(|e| anyhow::anyhow!("initializing the dev cluster: {e}"))?;
-    println!("uniqlog dev: a single-node cluster");
-    println!("  node API   http://127.0.0.1:{port}   (try: curl http://127.0.0.1:{port}/v1/cluster/status)");
-    println!("  data       {}", data_dir.display());
+    let sink = consumers::mail_sink::MailSink::default();
+    let sink_listener = tokio::net::TcpListener::bind(&config.mail_sink.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.mail_sink.listen))?;
+    let node_addr = &config.nodes[0].addr;
+    println!("uniqlog dev: a single-node cluster with its read model, mail sender and mail sink");
+    println!("  node API     http://{node_addr}");
+    println!("  query API    http://{}", config.query.listen);
+    println!("  mail health  http://{}/health", config.mail.listen);
+    println!("  mail sink    http://{}/messages", config.mail_sink.listen);
+    println!("  data         {}", data_dir.display());
     println!("  auth is off and everything listens on 127.0.0.1 only. Ctrl-C stops.");
-    terminated().await;
+    println!("Sign someone up, then open the activation link from the mail sink:");
+    println!(
+        "  curl -s -XPOST http://{node_addr}/v1/users -H 'content-type: application/json' \\\n    -d '{{\"username\":\"ada\",\"email\":\"ada@example.com\",\"password\":\"correct horse\"}}'"
+    );
+    let result = tokio::select! {
+        r = serve_query(&config, false) => r,
+        r = serve_mail(&config) => r,
+        _ = api::server::serve(sink_listener, sink.router(), std::time::Duration::from_secs(10)) => Ok(()),
+        _ = terminated() => Ok(()),
+    };
     node.shutdown().await;
-    Ok(())
+    result
 }
 
-/// One node on 127.0.0.1:`port` with the shipped config's rules and limits.
-fn dev_config(port: u16, data_dir: &Path) -> Result<Config> {
+/// The shipped config's rules and limits, with one node and every role on 127.0.0.1 at
+/// `port_base` + 1 (node), + 101 (query), + 102 (mail), + 201 (mail sink).
+fn dev_config(port_base: u16, data_dir: &Path) -> Result<Config> {
+    let port = |offset: u16| -> Result<u16> {
+        port_base
+            .checked_add(offset)
+            .context("--port-base is too large")
+    };
     let mut config = Config::parse(
         SHIPPED_CONFIG,
         Path::new("cluster.toml (built in)"),
         Path::new("."),
     )?;
+    let node_addr = format!("127.0.0.1:{}", port(1)?);
     config.nodes = vec![uniqlog_node::NodeConfig {
         id: 1,
-        addr: format!("127.0.0.1:{port}"),
+        addr: node_addr.clone(),
         peer_addr: None,
-        data_dir: data_dir.to_path_buf(),
+        data_dir: data_dir.join("node"),
     }];
+    config.query.listen = format!("127.0.0.1:{}", port(101)?);
+    config.query.data_dir = data_dir.join("query");
+    config.mail.listen = format!("127.0.0.1:{}", port(102)?);
+    config.mail_sink.listen = format!("127.0.0.1:{}", port(201)?);
+    config.mail.webhook_url = format!("http://{}/send", config.mail_sink.listen);
+    config.users.public_base_url = format!("http://{node_addr}");
     config.validate()?;
     Ok(config)
 }
 
 /// `uniqlog query`: tail `users` from the config's nodes into the read model and serve it.
 pub async fn query(config_path: &Path, rebuild: bool) -> Result<()> {
-    use consumers::query::{follow, router, QueryState, QueryStore, DATA_FILE};
     let config = Config::load(config_path)?;
+    tokio::select! {
+        r = serve_query(&config, rebuild) => r,
+        _ = terminated() => Ok(()),
+    }
+}
+
+/// The query role: returns only on failure.
+pub async fn serve_query(config: &Config, rebuild: bool) -> Result<()> {
+    use consumers::query::{follow, router, QueryState, QueryStore, DATA_FILE};
     let qc = config.query.clone();
     let file = qc.data_dir.join(DATA_FILE);
     if rebuild && file.exists() {
@@ -127,12 +162,8 @@ pub async fn query(config_path: &Path, rebuild: bool) -> Result<()> {
         qc.listen
     );
     let transport: Arc<dyn api::Transport> = Arc::new(HyperTransport::new());
-    tokio::select! {
-        _ = follow(state, applied_tx, head_tx, nodes, transport, stale_after) => {
-            anyhow::bail!("the read model stopped following the log (see the log above)")
-        }
-        _ = terminated() => Ok(()),
-    }
+    follow(state, applied_tx, head_tx, nodes, transport, stale_after).await;
+    anyhow::bail!("the read model stopped following the log (see the log above)")
 }
 
 /// `uniqlog mail-sink`: serve the stand-in provider until stopped.
@@ -155,8 +186,16 @@ pub async fn mail_sink(listen: &str, faults: consumers::mail_sink::Faults) -> Re
 
 /// `uniqlog mail`: the activation email sender, with `/health` on `[mail] listen`.
 pub async fn mail(config_path: &Path) -> Result<()> {
-    use consumers::mail::{MailConsumer, MailStats};
     let config = Config::load(config_path)?;
+    tokio::select! {
+        r = serve_mail(&config) => r,
+        _ = terminated() => Ok(()),
+    }
+}
+
+/// The mail role: returns only on failure.
+pub async fn serve_mail(config: &Config) -> Result<()> {
+    use consumers::mail::{MailConsumer, MailStats};
     if config.users.activation_secret.is_empty() {
         anyhow::bail!(
             "[users] activation_secret is empty: the mail consumer cannot make activation links"
@@ -192,8 +231,6 @@ pub async fn mail(config_path: &Path) -> Result<()> {
         "uniqlog mail: sending through {} (health on http://{listen}/health)",
         config.mail.webhook_url
     );
-    tokio::select! {
-        _ = consumer.run() => anyhow::bail!("the mail consumer stopped"),
-        _ = terminated() => Ok(()),
-    }
+    consumer.run().await;
+    anyhow::bail!("the mail consumer stopped")
 }
