@@ -257,6 +257,11 @@ impl App {
             let rules = self.rules().await?;
             let request = prepare(&rules)?;
             let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ApiError::unavailable(
+                    "no time left to propose the request; retry",
+                ));
+            }
             let answer = self.write(Request::Append(request), left).await?;
             match answer.outcome {
                 Outcome::Rejected(Rejection::RulesChanged { .. }) => {

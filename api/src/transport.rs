@@ -13,6 +13,7 @@ use futures::future::BoxFuture;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
+use tokio::time::Instant;
 
 /// An HTTP answer, body fully read.
 #[derive(Debug, Clone)]
@@ -87,11 +88,16 @@ type Sender = SendRequest<Full<Bytes>>;
 /// hyper http1 client with a small keep-alive pool per address.
 #[derive(Clone, Default)]
 pub struct HyperTransport {
-    pool: Arc<Mutex<HashMap<String, Vec<Sender>>>>,
+    pool: Arc<Mutex<HashMap<String, Vec<(Sender, Instant)>>>>,
 }
 
 /// Idle connections kept per address.
 const IDLE_PER_ADDR_MAX: usize = 64;
+
+/// A pooled connection idle longer than this is dropped, not reused: the server may be closing
+/// it (its header-read timer runs on idle keep-alive connections), and a request written into
+/// a connection the server closes unread would be reported as an unknown outcome.
+const IDLE_REUSE_MAX: Duration = Duration::from_secs(2);
 
 impl HyperTransport {
     pub fn new() -> Self {
@@ -101,8 +107,8 @@ impl HyperTransport {
     fn take(&self, addr: &str) -> Option<Sender> {
         let mut pool = self.pool.lock().expect("pool lock");
         let idle = pool.get_mut(addr)?;
-        while let Some(s) = idle.pop() {
-            if !s.is_closed() && s.is_ready() {
+        while let Some((s, since)) = idle.pop() {
+            if !s.is_closed() && s.is_ready() && since.elapsed() < IDLE_REUSE_MAX {
                 return Some(s);
             }
         }
@@ -113,7 +119,7 @@ impl HyperTransport {
         let mut pool = self.pool.lock().expect("pool lock");
         let idle = pool.entry(addr.to_string()).or_default();
         if idle.len() < IDLE_PER_ADDR_MAX {
-            idle.push(sender);
+            idle.push((sender, Instant::now()));
         }
     }
 

@@ -96,6 +96,12 @@ impl AppendBody {
             }
             if !e.data.get().starts_with('{') {
                 fields.insert(format!("events[{i}].data"), "must be a JSON object".into());
+            } else if serde_json::from_str::<Value>(e.data.get()).is_err() {
+                // Numbers beyond f64 and the like: rules and fingerprints read data as values.
+                fields.insert(
+                    format!("events[{i}].data"),
+                    "has a value JSON tools cannot represent".into(),
+                );
             }
             if let Some(m) = &e.metadata {
                 if !m.get().starts_with('{') {

@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 
 use crate::error::StoreError;
 use crate::idempotency::{IdempotencyTables, Record};
-use crate::rules::Rules;
+use crate::rules::{Rules, UniqOp};
 use crate::tables::*;
 use crate::types::{
     Answer, AppendRequest, Conflict, NewEvent, Outcome, Rejection, Request, SetRules,
@@ -149,6 +149,14 @@ fn check_events(topic: &str, events: &[NewEvent], rules: &Rules) -> Result<(), R
                 "uniq claims {got:?} do not match the rules in force {expected:?}"
             )));
         }
+        if e.claims
+            .iter()
+            .any(|c| c.old_key.is_some() != (c.op == UniqOp::Update))
+        {
+            return Err(invalid(
+                "an old_key belongs to update claims, and to them only".into(),
+            ));
+        }
         if !e.claims.is_empty() && e.stream.is_none() {
             return Err(invalid(
                 "an event under a uniq rule needs a stream (the key's owner)".into(),
@@ -209,7 +217,9 @@ fn decide_append(
     let rejected = |r| Ok(answer(Outcome::Rejected(r)));
 
     // Claims prepared under other rules than those in force are prepared again.
-    let covered = t.rules.rules.uniq.iter().any(|s| s.topic == req.topic);
+    // Claims prepared under rules that have since dropped the topic's sets count as well.
+    let covered = t.rules.rules.uniq.iter().any(|s| s.topic == req.topic)
+        || req.events.iter().any(|e| !e.claims.is_empty());
     if covered && req.rules_version != t.rules.version {
         return rejected(Rejection::RulesChanged {
             current_version: t.rules.version,

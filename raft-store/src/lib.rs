@@ -66,9 +66,11 @@ impl Storage {
         let db = Arc::new(db);
         let (last_applied, _) = state_machine::applied_state(&db)?;
         let (tx, rx) = watch::channel(last_applied.map_or(0, |l| l.index));
+        let snapshots = snapshot::SnapshotDir::open(snapshot_dir)?;
+        snapshots.forget_if_older_than(last_applied.map(|l| l.index))?;
         let state_machine = StateMachine {
             db: db.clone(),
-            snapshots: Arc::new(snapshot::SnapshotDir::open(snapshot_dir)?),
+            snapshots: Arc::new(snapshots),
             applied: Arc::new(tx),
         };
         Ok(Storage {

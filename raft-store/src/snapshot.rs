@@ -11,6 +11,7 @@ use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::task::{Context, Poll};
 
 use openraft::SnapshotMeta;
@@ -100,6 +101,9 @@ impl AsyncSeek for SnapshotFile {
 pub(crate) struct SnapshotDir {
     dir: PathBuf,
     seq: AtomicU64,
+    /// The last log index the current snapshot covers. Publishing is monotonic: a slow build
+    /// must not replace a newer installed snapshot.
+    current_index: Mutex<Option<u64>>,
 }
 
 impl SnapshotDir {
@@ -112,10 +116,33 @@ impl SnapshotDir {
                 fs::remove_file(&path)?;
             }
         }
-        Ok(SnapshotDir {
+        let dir = SnapshotDir {
             dir,
             seq: AtomicU64::new(0),
-        })
+            current_index: Mutex::new(None),
+        };
+        let index = dir
+            .current()?
+            .and_then(|(m, _)| m.last_log_id.map(|l| l.index));
+        *dir.current_index.lock().expect("snapshot lock") = index;
+        Ok(dir)
+    }
+
+    /// Drop the current snapshot if it covers less than `applied_index`: after a crash between
+    /// installing a snapshot's state and keeping its file, the file is older than the state
+    /// machine, and openraft would purge the log beyond it. It builds a new one when needed.
+    pub(crate) fn forget_if_older_than(
+        &self,
+        applied_index: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let mut current = self.current_index.lock().expect("snapshot lock");
+        if let (Some(snap), Some(applied)) = (*current, applied_index) {
+            if snap < applied {
+                fs::remove_file(self.dir.join(CURRENT))?;
+                *current = None;
+            }
+        }
+        Ok(())
     }
 
     fn temp_path(&self, kind: &str) -> PathBuf {
@@ -165,21 +192,29 @@ impl SnapshotDir {
         write_snapshot(txn, meta, &mut w)?;
         let file = w.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
-        self.publish(&tmp)
+        self.publish(&tmp, meta)
     }
 
     /// Copy a received (and installed) snapshot into place as the current one.
-    pub(crate) fn keep(&self, data: &mut SnapshotFile) -> Result<(), StoreError> {
+    pub(crate) fn keep(&self, data: &mut SnapshotFile, meta: &Meta) -> Result<(), StoreError> {
         let tmp = self.temp_path("keep");
         let mut out = File::create(&tmp)?;
         io::copy(data.rewound()?, &mut out)?;
         out.sync_all()?;
-        self.publish(&tmp)
+        self.publish(&tmp, meta)
     }
 
-    fn publish(&self, tmp: &Path) -> Result<(), StoreError> {
+    /// Make `tmp` the current snapshot, unless the current one is at least as new.
+    fn publish(&self, tmp: &Path, meta: &Meta) -> Result<(), StoreError> {
+        let index = meta.last_log_id.map(|l| l.index);
+        let mut current = self.current_index.lock().expect("snapshot lock");
+        if current.is_some() && *current >= index {
+            fs::remove_file(tmp)?;
+            return Ok(());
+        }
         fs::rename(tmp, self.dir.join(CURRENT))?;
         File::open(&self.dir)?.sync_all()?;
+        *current = index;
         Ok(())
     }
 }

@@ -167,8 +167,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     put_json(&mut m, KEY_MEMBERSHIP, &meta.last_membership)?;
                 }
             }
+            // State first, file second: a crash in between leaves a file older than the
+            // state, which is dropped at the next open.
             txn.commit()?;
-            snapshots.keep(&mut snapshot)
+            snapshots.keep(&mut snapshot, &meta)
         })
         .await
         .map_err(snapshot_err)?;
@@ -198,6 +200,12 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let snapshots = self.snapshots.clone();
         blocking(move || -> Result<(), StoreError> {
             let txn = db.begin_read()?;
+            // The read sees applies that are not fsynced yet. Make them durable before the
+            // snapshot file exists, so a snapshot is never ahead of the state machine on disk
+            // (openraft requires snapshot <= committed at start-up, and purges by snapshot).
+            let mut sync = db.begin_write()?;
+            sync.set_durability(Durability::Immediate)?;
+            sync.commit()?;
             let (last_log_id, last_membership) = {
                 let t = txn.open_table(SM_META)?;
                 let read = |key: &str| -> Result<Option<Vec<u8>>, StoreError> {

@@ -330,3 +330,40 @@ async fn idempotency_and_rule_changes_decide_the_same_on_every_store() {
     assert_eq!(ra, rc);
     assert!(ra[0].outcomes[0].replayed);
 }
+
+#[tokio::test]
+async fn claims_prepared_before_a_set_was_dropped_are_prepared_again() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let store = Storage::open(dir.path()).unwrap();
+    let mut sm = store.state_machine.clone();
+    let entry = |i: u64, req: Request| Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
+        payload: EntryPayload::Normal(LogCommand {
+            timestamp_ms: i,
+            requests: vec![req],
+        }),
+    };
+    let set = |base, sets: &str| {
+        Request::SetRules(SetRules {
+            base_version: base,
+            rules: rules(sets, 1000, 10),
+            backfill: vec![],
+        })
+    };
+    sm.apply([entry(1, set(0, EMAIL))]).await.unwrap();
+    sm.apply([entry(2, set(1, ""))]).await.unwrap();
+    // Prepared under version 1 (with a claim), applied under version 2 (no set on the topic).
+    let out = sm
+        .apply([entry(3, append(created("s1", "a@x", None), None, "f", 1))])
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            out[0].outcomes[0].outcome,
+            Outcome::Rejected(Rejection::RulesChanged { current_version: 2 })
+        ),
+        "{:?}",
+        out[0].outcomes[0]
+    );
+    assert_eq!(store.reader.topic_len("t").unwrap(), 0);
+}

@@ -174,10 +174,29 @@ pub async fn read(
         }
         // Wake on the next apply, or answer the empty page when the wait runs out.
         let left = deadline.saturating_duration_since(Instant::now());
-        if tokio::time::timeout(left, applied.changed()).await.is_err() {
-            return Ok(page_response(page));
+        match tokio::time::timeout(left, applied.changed()).await {
+            Ok(Ok(())) => {}
+            Err(_) => return Ok(page_response(page)),
+            // The state machine is gone (shutting down): no wake-up will ever come.
+            Ok(Err(_)) => return Err(ApiError::unavailable("this node is shutting down")),
         }
     }
+}
+
+/// Server-sent-event frames of consecutive events from `from`. A stored event keeps the
+/// client's formatting and may span lines: each line gets its own `data:` field.
+fn sse_frames(from: u64, events: &[String]) -> String {
+    let mut out = String::new();
+    for (i, e) in events.iter().enumerate() {
+        out.push_str(&format!("id: {}\n", from + i as u64));
+        for line in e.lines() {
+            out.push_str("data: ");
+            out.push_str(line);
+            out.push('\n');
+        }
+        out.push('\n');
+    }
+    out
 }
 
 #[derive(Debug, Deserialize)]
@@ -207,30 +226,42 @@ pub async fn sse(
     let from = last_id.map_or(params.from.unwrap_or(0), |id| id.saturating_add(1));
     let keepalive = Duration::from_millis(app.limits.sse_keepalive_ms.max(1));
     let limit = app.limits.read_events_max;
-    let state = (app, topic, from);
-    let stream = futures::stream::unfold(state, move |(app, topic, from)| async move {
+    let state = (app, topic, from, Instant::now());
+    let stream = futures::stream::unfold(state, move |(app, topic, from, last_frame)| async move {
         let mut applied = app.reader.applied_watch();
-        applied.borrow_and_update();
-        let page = match read_page(&app, topic.clone(), from, limit).await {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(error = %e, "event stream read failed");
-                return None;
-            }
-        };
-        if page.events.is_empty() {
-            let frame = match tokio::time::timeout(keepalive, applied.changed()).await {
-                Ok(Ok(())) => Bytes::new(),
-                Ok(Err(_)) => return None,
-                Err(_) => Bytes::from_static(b": keep-alive\n\n"),
+        loop {
+            applied.borrow_and_update();
+            let page = match read_page(&app, topic.clone(), from, limit).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "event stream read failed");
+                    return None;
+                }
             };
-            return Some((Ok::<_, Infallible>(frame), (app, topic, from)));
+            if !page.events.is_empty() {
+                let frame = Bytes::from(sse_frames(from, &page.events));
+                return Some((
+                    Ok::<_, Infallible>(frame),
+                    (app, topic, page.next_offset, Instant::now()),
+                ));
+            }
+            // Applies to other topics wake us too; the keep-alive is due by the last frame
+            // written, whatever the wake-ups.
+            let due = last_frame + keepalive;
+            match tokio::time::timeout(
+                due.saturating_duration_since(Instant::now()),
+                applied.changed(),
+            )
+            .await
+            {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) => return None,
+                Err(_) => {
+                    let frame = Bytes::from_static(b": keep-alive\n\n");
+                    return Some((Ok(frame), (app, topic, from, Instant::now())));
+                }
+            }
         }
-        let mut out = String::new();
-        for (i, e) in page.events.iter().enumerate() {
-            out.push_str(&format!("id: {}\ndata: {}\n\n", from + i as u64, e));
-        }
-        Some((Ok(Bytes::from(out)), (app, topic, page.next_offset)))
     });
     Ok((
         [
@@ -268,4 +299,18 @@ pub async fn topics(State(app): State<SharedApp>) -> Result<Response, ApiError> 
         .map(|(name, length)| json!({ "name": name, "length": length }))
         .collect();
     Ok(Json(json!({ "topics": topics })).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sse_frames;
+
+    #[test]
+    fn multi_line_events_become_one_data_field_per_line() {
+        let frames = sse_frames(5, &["{\n  \"a\": 1\n}".to_string(), "{}".to_string()]);
+        assert_eq!(
+            frames,
+            "id: 5\ndata: {\ndata:   \"a\": 1\ndata: }\n\nid: 6\ndata: {}\n\n"
+        );
+    }
 }

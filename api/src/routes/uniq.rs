@@ -132,6 +132,17 @@ pub async fn propose_rules(app: &SharedApp, rules: Rules) -> Result<u64, ApiErro
             rules: rules.clone(),
             backfill: backfills,
         });
+        // One entry carries the whole backfill; it must fit a peer RPC, or replication of
+        // everything after it would stall.
+        let size = serde_json::to_vec(&request)
+            .map_err(ApiError::internal)?
+            .len();
+        if size > crate::peer::PEER_BODY_BYTES_MAX / 2 {
+            return Err(ApiError::bad_request(format!(
+                "the backfill of these rules is {size} bytes, more than one log entry may carry; \
+                 add the set before the topic grows this large"
+            )));
+        }
         let answer = app.write(request, app.request_timeout()).await?;
         match answer.outcome {
             Outcome::RulesSet { version } => return Ok(version),
