@@ -1,0 +1,598 @@
+//! `SimCluster`: uniqlog nodes as madsim nodes, built from the production code paths.
+//!
+//! Each node is `uniqlog_node::start` on `raft_store::Storage::open_with_backend` over a
+//! [`SimDisk`], with `api::HyperTransport` for peer RPC, serving the real routers on simulated
+//! TCP at `10.0.0.{id}:7001`. A separate client node (`10.0.0.100`) sends the HTTP requests.
+//! Snapshot files are real files in a per-run temporary directory.
+//!
+//! Every helper that waits, waits for a condition, with a bounded number of tries and
+//! simulated sleeps between them, and panics with what it saw when the bound runs out.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use api::wire::ClusterStatus;
+use api::{HttpRequest, HttpResponse, HyperTransport, Transport, TransportError};
+use madsim::net::NetSim;
+use madsim::runtime::{Handle, NodeHandle};
+use raft_store::Storage;
+use serde_json::Value;
+use uniqlog_node::Config;
+
+use crate::disk::SimDisk;
+use crate::history::{Created, FinalState, NodeId, Outcome};
+
+pub const PORT: u16 = 7001;
+pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
+
+/// Raft timing and snapshot policy tuned for simulation: snapshots and purges every few dozen
+/// entries, several chunks per snapshot transfer.
+pub const SIM_RAFT: &str = r#"
+[raft]
+heartbeat_ms = 100
+election_timeout_ms_min = 500
+election_timeout_ms_max = 1000
+snapshot_every_entries = 50
+entries_kept_after_snapshot = 10
+snapshot_chunk_bytes = 4096
+install_snapshot_timeout_ms = 2000
+append_entries_max = 64
+"#;
+
+/// Client limits for simulation: writes give up after 5 s.
+pub const SIM_LIMITS: &str = r#"
+[limits]
+request_timeout_ms = 5000
+"#;
+
+/// How long the client waits for an append's answer: the server's request timeout, the
+/// forwarding slack and some network latency.
+pub const APPEND_TIMEOUT: Duration = Duration::from_secs(8);
+const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause between two tries of a waiting loop.
+const POLL: Duration = Duration::from_millis(200);
+
+pub fn node_ip(id: NodeId) -> Ipv4Addr {
+    assert!((1..100).contains(&id), "node ids are 1..99");
+    Ipv4Addr::new(10, 0, 0, id as u8)
+}
+
+pub fn node_addr(id: NodeId) -> String {
+    format!("{}:{PORT}", node_ip(id))
+}
+
+/// The cluster.toml text of an `n`-node simulated cluster.
+pub fn config_text(n: usize, extra: &str) -> String {
+    let mut text = String::new();
+    for id in 1..=n as u64 {
+        text.push_str(&format!(
+            "[[node]]\nid = {id}\naddr = \"{}\"\ndata_dir = \"sim/node{id}\"\n\n",
+            node_addr(id)
+        ));
+    }
+    text.push_str(extra);
+    text
+}
+
+/// Simulated milliseconds since the runtime started.
+pub fn now_ms() -> u64 {
+    madsim::time::TimeHandle::current().elapsed().as_millis() as u64
+}
+
+pub async fn sleep(d: Duration) {
+    madsim::time::sleep(d).await;
+}
+
+/// How the cluster is built.
+#[derive(Debug, Clone)]
+pub struct SimSettings {
+    pub nodes: usize,
+    /// TOML appended after the `[[node]]` list: `[raft]`, `[limits]`, ….
+    pub extra_config: String,
+}
+
+impl Default for SimSettings {
+    fn default() -> Self {
+        SimSettings {
+            nodes: 3,
+            extra_config: format!("{SIM_RAFT}\n{SIM_LIMITS}"),
+        }
+    }
+}
+
+struct SimNode {
+    handle: NodeHandle,
+    disk: SimDisk,
+    up: bool,
+}
+
+/// A running simulated cluster. Create it inside a madsim runtime.
+pub struct SimCluster {
+    pub seed: u64,
+    pub config: Arc<Config>,
+    runtime: Handle,
+    nodes: BTreeMap<NodeId, SimNode>,
+    client_node: NodeHandle,
+    client: Client,
+    run_dir: PathBuf,
+    clogged: Vec<NodeId>,
+}
+
+static RUNS: AtomicU64 = AtomicU64::new(0);
+
+impl SimCluster {
+    /// Start `n` nodes with the default simulation settings.
+    pub fn start(n: usize) -> SimCluster {
+        Self::with_settings(SimSettings {
+            nodes: n,
+            ..SimSettings::default()
+        })
+    }
+
+    pub fn with_settings(settings: SimSettings) -> SimCluster {
+        let runtime = Handle::current();
+        let seed = runtime.seed();
+        let text = config_text(settings.nodes, &settings.extra_config);
+        let config = Config::parse(&text, Path::new("<sim>"), Path::new("/"))
+            .unwrap_or_else(|e| panic!("the simulation's config is invalid: {e}\n{text}"));
+        let config = Arc::new(config);
+        let run_dir = std::env::temp_dir().join(format!(
+            "uniqlog-sim-{}-{seed}-{}",
+            std::process::id(),
+            RUNS.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&run_dir);
+        remove_stale_run_dirs();
+        std::fs::create_dir_all(&run_dir).expect("create the run directory");
+
+        let mut nodes = BTreeMap::new();
+        for n in &config.nodes {
+            let id = n.id;
+            let disk = SimDisk::new(format!("node{id}"));
+            let snapshot_dir = run_dir.join(format!("node{id}")).join("snapshots");
+            let handle = runtime
+                .create_node()
+                .name(format!("node{id}"))
+                .ip(IpAddr::V4(node_ip(id)))
+                .init({
+                    let config = config.clone();
+                    let disk = disk.clone();
+                    move || run_node(config.clone(), id, disk.clone(), snapshot_dir.clone())
+                })
+                .build();
+            nodes.insert(
+                id,
+                SimNode {
+                    handle,
+                    disk,
+                    up: true,
+                },
+            );
+        }
+        let client_node = runtime
+            .create_node()
+            .name("client")
+            .ip(IpAddr::V4(CLIENT_IP))
+            .build();
+        let client = Client {
+            transport: HyperTransport::new(),
+        };
+        SimCluster {
+            seed,
+            config,
+            runtime,
+            nodes,
+            client_node,
+            client,
+            run_dir,
+            clogged: Vec::new(),
+        }
+    }
+
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.nodes.keys().copied().collect()
+    }
+
+    pub fn is_up(&self, id: NodeId) -> bool {
+        self.node(id).up
+    }
+
+    pub fn disk(&self, id: NodeId) -> &SimDisk {
+        &self.node(id).disk
+    }
+
+    fn node(&self, id: NodeId) -> &SimNode {
+        self.nodes
+            .get(&id)
+            .unwrap_or_else(|| panic!("no node {id}"))
+    }
+
+    /// A client for tasks spawned with [`SimCluster::spawn_client`].
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// Run `f` as a task on the client node (network calls need a node with an address).
+    pub fn spawn_client<F>(&self, f: F) -> madsim::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.client_node.spawn(f)
+    }
+
+    async fn on_client<T: Send + 'static>(&self, f: impl Future<Output = T> + Send + 'static) -> T {
+        self.client_node
+            .spawn(f)
+            .await
+            .expect("a client task was cancelled")
+    }
+
+    /// Power cut on node `id`: every task of it stops, unsynced writes are lost.
+    pub fn kill(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).expect("no such node");
+        assert!(node.up, "node {id} is already down");
+        // Crash the disk first: the dying node's redb may still try to write as its tasks are
+        // dropped, and those writes must not land.
+        node.disk.crash();
+        self.runtime.kill(node.handle.id());
+        node.up = false;
+        tracing::info!(id, "killed node");
+    }
+
+    /// Start a killed node again on its disk (and its snapshot directory).
+    pub fn restart(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).expect("no such node");
+        assert!(
+            !node.up,
+            "restart node {id} after kill: madsim's restart alone keeps the old sockets"
+        );
+        self.runtime.restart(node.handle.id());
+        node.up = true;
+        tracing::info!(id, "restarted node");
+    }
+
+    /// Cut node `id` off the network, both ways (its clients too).
+    pub fn clog(&mut self, id: NodeId) {
+        NetSim::current().clog_node(self.node(id).handle.id());
+        self.clogged.push(id);
+        tracing::info!(id, "clogged node");
+    }
+
+    pub fn unclog(&mut self, id: NodeId) {
+        NetSim::current().unclog_node(self.node(id).handle.id());
+        self.clogged.retain(|&c| c != id);
+        tracing::info!(id, "unclogged node");
+    }
+
+    /// Drop the traffic from `from` to `to` only (asymmetric partition).
+    pub fn clog_link(&self, from: NodeId, to: NodeId) {
+        NetSim::current().clog_link(self.node(from).handle.id(), self.node(to).handle.id());
+    }
+
+    pub fn unclog_link(&self, from: NodeId, to: NodeId) {
+        NetSim::current().unclog_link(self.node(from).handle.id(), self.node(to).handle.id());
+    }
+
+    /// `POST /v1/cluster/init` to node 1, until it answers 200.
+    pub async fn cluster_init(&self) -> Value {
+        let mut last = String::new();
+        for _ in 0..20 {
+            let client = self.client();
+            let r = self
+                .on_client(async move {
+                    client
+                        .send(
+                            1,
+                            HttpRequest::post("/v1/cluster/init", "{}"),
+                            APPEND_TIMEOUT,
+                        )
+                        .await
+                })
+                .await;
+            match r {
+                Ok(resp) if resp.status == 200 => {
+                    return serde_json::from_slice(&resp.body).unwrap_or(Value::Null)
+                }
+                Ok(resp) => {
+                    last = format!("{} {}", resp.status, String::from_utf8_lossy(&resp.body))
+                }
+                Err(e) => last = e.to_string(),
+            }
+            sleep(Duration::from_millis(500)).await;
+        }
+        panic!("cluster init never answered 200; last answer: {last}");
+    }
+
+    /// Every node's status (or why it could not be had).
+    pub async fn statuses(&self) -> BTreeMap<NodeId, Result<ClusterStatus, String>> {
+        let client = self.client();
+        let ids = self.ids();
+        self.on_client(async move {
+            let all = ids.iter().map(|&id| {
+                let client = client.clone();
+                async move { (id, client.status(id).await) }
+            });
+            futures::future::join_all(all).await.into_iter().collect()
+        })
+        .await
+    }
+
+    pub async fn status(&self, id: NodeId) -> Result<ClusterStatus, String> {
+        let client = self.client();
+        self.on_client(async move { client.status(id).await }).await
+    }
+
+    /// Wait until a majority of the whole cluster agrees on one leader that says it leads.
+    pub async fn wait_for_leader(&self) -> NodeId {
+        let majority = self.nodes.len() / 2 + 1;
+        let mut seen = BTreeMap::new();
+        for _ in 0..150 {
+            seen = self.statuses().await;
+            let mut leaders: Vec<&ClusterStatus> = seen
+                .values()
+                .flatten()
+                .filter(|s| s.role == "leader")
+                .collect();
+            leaders.sort_by_key(|s| std::cmp::Reverse(s.term));
+            if let Some(l) = leaders.first() {
+                let agree = seen
+                    .values()
+                    .flatten()
+                    .filter(|s| s.leader == Some(l.id) && s.term == l.term)
+                    .count();
+                if agree >= majority {
+                    return l.id;
+                }
+            }
+            sleep(POLL).await;
+        }
+        panic!(
+            "no leader agreed on by a majority after 30 s: {}",
+            brief(&seen)
+        );
+    }
+
+    /// Send one append to `node` and classify the answer.
+    pub async fn append(&self, node: NodeId, topic: &str, body: &Value) -> Outcome {
+        let client = self.client();
+        let (topic, body) = (topic.to_string(), body.clone());
+        self.on_client(async move { client.append(node, &topic, &body).await })
+            .await
+    }
+
+    /// All events of `topic` on `node`, paging with `from`.
+    pub async fn read_topic(&self, node: NodeId, topic: &str) -> Result<Vec<Value>, String> {
+        let client = self.client();
+        let topic = topic.to_string();
+        self.on_client(async move { client.read_topic(node, &topic).await })
+            .await
+    }
+
+    /// Wait until every node is up, agrees on the leader, has applied everything the leader
+    /// has in its log, and holds identical `topics`; return that state. If the nodes agree on
+    /// the index but not on the content, that is returned too (the checker names the
+    /// divergence).
+    pub async fn wait_converged(&self, topics: &[&str]) -> FinalState {
+        let topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
+        let mut seen = BTreeMap::new();
+        let mut last_state = None;
+        for _ in 0..150 {
+            seen = self.statuses().await;
+            if let Some(applied) = settled(&seen) {
+                let mut state = FinalState {
+                    applied_index: applied,
+                    topics: BTreeMap::new(),
+                };
+                let mut complete = true;
+                for id in self.ids() {
+                    let mut per_topic = BTreeMap::new();
+                    for t in &topics {
+                        match self.read_topic(id, t).await {
+                            Ok(events) => {
+                                per_topic.insert(t.clone(), events);
+                            }
+                            Err(_) => complete = false,
+                        }
+                    }
+                    state.topics.insert(id, per_topic);
+                }
+                // The index must not have moved while the topics were read.
+                if complete && settled(&self.statuses().await) == Some(applied) {
+                    let first = state.topics.values().next();
+                    if state.topics.values().all(|t| Some(t) == first) {
+                        return state;
+                    }
+                    last_state = Some(state);
+                }
+            }
+            sleep(POLL).await;
+        }
+        if let Some(state) = last_state {
+            tracing::error!("nodes settled on one applied index but hold different topics");
+            return state;
+        }
+        panic!("the cluster did not converge within 30 s: {}", brief(&seen));
+    }
+
+    /// Heal every partition made with [`SimCluster::clog`].
+    pub fn heal(&mut self) {
+        for id in std::mem::take(&mut self.clogged) {
+            NetSim::current().unclog_node(self.node(id).handle.id());
+        }
+    }
+
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+}
+
+impl Drop for SimCluster {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.run_dir);
+    }
+}
+
+/// Run directories of test processes that died (a failed run leaves its directory behind).
+fn remove_stale_run_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("uniqlog-sim-")) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        let proc_dir = Path::new("/proc");
+        if proc_dir.is_dir() && !proc_dir.join(pid.to_string()).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// The applied index all nodes agree on, if they are settled: all answer, one leader known to
+/// all, nothing in the leader's log left to commit or apply anywhere.
+fn settled(seen: &BTreeMap<NodeId, Result<ClusterStatus, String>>) -> Option<u64> {
+    let all: Vec<&ClusterStatus> = seen
+        .values()
+        .map(|r| r.as_ref().ok())
+        .collect::<Option<_>>()?;
+    let leader = all.first()?.leader?;
+    let leader_status = all.iter().find(|s| s.id == leader)?;
+    let target = leader_status.last_log_index;
+    all.iter()
+        .all(|s| {
+            s.leader == Some(leader)
+                && s.applied_index == target
+                && s.commit_index == target
+                && s.last_log_index == target
+        })
+        .then_some(target)
+}
+
+/// One line per node for failure messages.
+pub fn brief(seen: &BTreeMap<NodeId, Result<ClusterStatus, String>>) -> String {
+    seen.iter()
+        .map(|(id, s)| match s {
+            Ok(s) => format!(
+                "\n  node {id}: {} term {} leader {:?} commit {} applied {} last_log {} purged {:?} snapshot {:?}",
+                s.role, s.term, s.leader, s.commit_index, s.applied_index, s.last_log_index,
+                s.purged_index, s.snapshot_index
+            ),
+            Err(e) => format!("\n  node {id}: {e}"),
+        })
+        .collect()
+}
+
+/// The body of a simulated node: open its disk, start the production node, serve forever.
+async fn run_node(config: Arc<Config>, id: NodeId, disk: SimDisk, snapshot_dir: PathBuf) {
+    let storage = Storage::open_with_backend(disk.open(), snapshot_dir)
+        .unwrap_or_else(|e| panic!("node {id}: opening its storage failed: {e}"));
+    let transport: Arc<dyn Transport> = Arc::new(HyperTransport::new());
+    let node = uniqlog_node::start(&config, id, storage, transport)
+        .await
+        .unwrap_or_else(|e| panic!("node {id}: start failed: {e}"));
+    tracing::info!(id, "node started");
+    let _keep = node;
+    std::future::pending::<()>().await;
+}
+
+/// The HTTP client of the simulation. Use it from tasks on the client node.
+#[derive(Clone)]
+pub struct Client {
+    transport: HyperTransport,
+}
+
+impl Client {
+    pub async fn send(
+        &self,
+        node: NodeId,
+        req: HttpRequest,
+        timeout: Duration,
+    ) -> Result<HttpResponse, TransportError> {
+        self.transport.send(&node_addr(node), req, timeout).await
+    }
+
+    /// `POST /v1/topics/{topic}/events`, classified.
+    pub async fn append(&self, node: NodeId, topic: &str, body: &Value) -> Outcome {
+        let req = HttpRequest::post(
+            format!("/v1/topics/{topic}/events"),
+            serde_json::to_vec(body).expect("JSON bodies serialize"),
+        );
+        match self.send(node, req, APPEND_TIMEOUT).await {
+            Ok(resp) => classify(resp),
+            Err(e) if e.nothing_sent() => Outcome::Failed(0, e.to_string()),
+            Err(e) => Outcome::Unknown(e.to_string()),
+        }
+    }
+
+    /// Every event of `topic` on `node`.
+    pub async fn read_topic(&self, node: NodeId, topic: &str) -> Result<Vec<Value>, String> {
+        let mut out = Vec::new();
+        loop {
+            let path = format!("/v1/topics/{topic}/events?from={}&limit=1000", out.len());
+            let resp = self
+                .send(node, HttpRequest::get(path), READ_TIMEOUT)
+                .await
+                .map_err(|e| e.to_string())?;
+            if resp.status != 200 {
+                return Err(format!(
+                    "read {topic} on node {node}: {} {}",
+                    resp.status,
+                    String::from_utf8_lossy(&resp.body)
+                ));
+            }
+            let page: Value = serde_json::from_slice(&resp.body)
+                .map_err(|e| format!("read {topic} on node {node}: bad JSON: {e}"))?;
+            let events = page
+                .get("events")
+                .and_then(Value::as_array)
+                .ok_or_else(|| format!("read {topic} on node {node}: no events array"))?;
+            if events.is_empty() {
+                return Ok(out);
+            }
+            out.extend(events.iter().cloned());
+        }
+    }
+
+    /// `GET /v1/cluster/status`.
+    pub async fn status(&self, node: NodeId) -> Result<ClusterStatus, String> {
+        let resp = self
+            .send(node, HttpRequest::get("/v1/cluster/status"), STATUS_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?;
+        if resp.status != 200 {
+            return Err(format!(
+                "{} {}",
+                resp.status,
+                String::from_utf8_lossy(&resp.body)
+            ));
+        }
+        serde_json::from_slice(&resp.body).map_err(|e| format!("bad status JSON: {e}"))
+    }
+}
+
+/// An HTTP answer to an append as an [`Outcome`].
+pub fn classify(resp: HttpResponse) -> Outcome {
+    let body: Value = serde_json::from_slice(&resp.body).unwrap_or(Value::Null);
+    match resp.status {
+        201 => match Created::from_json(&body) {
+            Some(c) => Outcome::Ok(c),
+            None => Outcome::Unknown(format!("201 with an unexpected body: {body}")),
+        },
+        409 => Outcome::Conflict(body),
+        503 if body.get("error").and_then(Value::as_str) == Some("outcome_unknown") => {
+            Outcome::Unknown(format!("503 {body}"))
+        }
+        status => Outcome::Failed(status, body.to_string()),
+    }
+}
