@@ -15,16 +15,6 @@ use serde_json::{json, Value};
 
 const CHECKPOINT_EVERY: u64 = 10;
 
-fn tuning() -> Tuning {
-    Tuning {
-        extra: concat!(
-            include_str!("common/user_email_rules.toml"),
-            "\n[users]\nactivation_secret = \"test-activation-secret\"\npassword_memory_kib = 64\npassword_iterations = 1\n"
-        ),
-        ..Tuning::default()
-    }
-}
-
 fn mail_config(c: &Cluster, sink: &str, health: &str) -> std::path::PathBuf {
     c.config_with(
         "mail",
@@ -51,7 +41,7 @@ fn sent(sink: &str) -> usize {
 
 #[test]
 fn every_sign_up_gets_exactly_one_email_through_outages_flakiness_slowness_and_crashes() {
-    let mut c = Cluster::start(3, tuning());
+    let mut c = Cluster::start(3, users_tuning());
     let (sink_port, health_port) = (free_port(), free_port());
     let sink = format!("127.0.0.1:{sink_port}");
     let health = format!("127.0.0.1:{health_port}");
@@ -179,7 +169,7 @@ fn post_keyed_try(addr: &str, body: &str, key: &str) -> Option<u16> {
 
 #[test]
 fn a_rejected_address_is_parked_replayed_and_then_delivered_once() {
-    let mut c = Cluster::start(1, tuning());
+    let mut c = Cluster::start(1, users_tuning());
     let (sink, health) = (
         format!("127.0.0.1:{}", free_port()),
         format!("127.0.0.1:{}", free_port()),

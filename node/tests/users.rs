@@ -8,27 +8,6 @@ use std::thread;
 use common::*;
 use serde_json::{json, Value};
 
-const SECRET: &str = "test-activation-secret";
-
-fn users() -> Tuning {
-    Tuning {
-        extra: concat!(
-            include_str!("common/user_email_rules.toml"),
-            "\n[users]\nactivation_secret = \"test-activation-secret\"\npassword_memory_kib = 64\npassword_iterations = 1\n"
-        ),
-        ..Tuning::default()
-    }
-}
-
-fn signup(addr: &str, username: &str, email: &str) -> Resp {
-    post(
-        addr,
-        "/v1/users",
-        &json!({"username": username, "email": email, "password": "correct horse"}).to_string(),
-    )
-    .unwrap()
-}
-
 fn patch(addr: &str, id: &str, email: &str) -> Resp {
     request(
         addr,
@@ -42,20 +21,9 @@ fn delete(addr: &str, id: &str) -> Resp {
     request(addr, "DELETE", &format!("/v1/users/{id}"), None)
 }
 
-fn token(id: &str, expires_s: u64) -> String {
-    api::users::token::make_token(SECRET, id.parse().unwrap(), expires_s)
-}
-
-fn now_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 #[test]
 fn sign_up_change_delete_and_sign_up_again_through_any_node() {
-    let c = Cluster::start(3, users());
+    let c = Cluster::start(3, users_tuning());
     let (a1, a2, a3) = (c.addr(1), c.addr(2), c.addr(3));
 
     let r = signup(&a2, "ada", "Ada@Example.com");
@@ -142,7 +110,7 @@ fn sign_up_change_delete_and_sign_up_again_through_any_node() {
 
 #[test]
 fn retries_with_an_idempotency_key_get_the_first_id() {
-    let c = Cluster::start(3, users());
+    let c = Cluster::start(3, users_tuning());
     let body =
         json!({"username": "cy", "email": "cy@example.com", "password": "12345678"}).to_string();
     let first = post_keyed(&c.addr(1), "/v1/users", &body, "signup-cy");
@@ -167,7 +135,7 @@ fn retries_with_an_idempotency_key_get_the_first_id() {
 
 #[test]
 fn activation_happens_once_and_tokens_are_checked() {
-    let c = Cluster::start(1, users());
+    let c = Cluster::start(1, users_tuning());
     let a = c.addr(1);
     let id = signup(&a, "dee", "dee@example.com").body["id"]
         .as_str()
@@ -176,7 +144,7 @@ fn activation_happens_once_and_tokens_are_checked() {
     let r = post(&a, &format!("/v1/users/{id}/activation-email"), "{}").unwrap();
     assert_eq!(r.status, 202, "{}", r.text);
 
-    let good = token(&id, now_s() + 600);
+    let good = activation_token(&id, now_s() + 600);
     let first = get(&a, &format!("/v1/users/activate?token={good}")).unwrap();
     assert_eq!(first.status, 200, "{}", first.text);
     let second = get(&a, &format!("/v1/users/activate?token={good}")).unwrap();
@@ -192,7 +160,10 @@ fn activation_happens_once_and_tokens_are_checked() {
     assert_eq!(
         get(
             &a,
-            &format!("/v1/users/activate?token={}", token(&id, now_s() - 1))
+            &format!(
+                "/v1/users/activate?token={}",
+                activation_token(&id, now_s() - 1)
+            )
         )
         .unwrap()
         .status,
@@ -226,7 +197,7 @@ fn activation_happens_once_and_tokens_are_checked() {
 
 #[test]
 fn concurrent_email_changes_of_one_account_take_one_version_each() {
-    let c = Cluster::start(3, users());
+    let c = Cluster::start(3, users_tuning());
     let id = signup(&c.addr(1), "eve", "eve0@example.com").body["id"]
         .as_str()
         .unwrap()

@@ -4,42 +4,50 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use raft_store::rules::{claims_for, normalize_key, Rules, UniqSet};
-use raft_store::{Backfill, BackfillClaim, Outcome, Rejection, Request, RulesState, SetRules};
+use raft_store::{
+    Backfill, BackfillClaim, Outcome, Rejection, Request, RulesState, SetRules, StateReader,
+    StoreError,
+};
 use serde_json::{json, Value};
 
 use crate::app::SharedApp;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, PathParams};
 
-async fn set_and_key(app: &SharedApp, set: &str, key: &str) -> Result<String, ApiError> {
+/// Normalize `key` as its set says (like writes), then read with it from the state.
+async fn read_key<T: Send + 'static>(
+    app: &SharedApp,
+    set: &str,
+    key: &str,
+    read: impl FnOnce(&StateReader, &str, &str) -> Result<T, StoreError> + Send + 'static,
+) -> Result<(String, T), ApiError> {
     let rules = app.rules().await?;
     let def = rules
         .rules
         .set(set)
         .ok_or_else(|| ApiError::not_found(format!("no uniq set named {set:?}")))?;
-    normalize_key(def.normalize, key).map_err(|m| ApiError::bad_request(format!("key {m}")))
+    let key =
+        normalize_key(def.normalize, key).map_err(|m| ApiError::bad_request(format!("key {m}")))?;
+    let reader = app.reader.clone();
+    let (s, k) = (set.to_string(), key.clone());
+    let value = raft_store::blocking(move || read(&reader, &s, &k))
+        .await
+        .map_err(ApiError::internal)?;
+    Ok((key, value))
 }
 
-/// `GET /v1/uniq/{set}/{key}`: the key is normalized like writes.
+/// `GET /v1/uniq/{set}/{key}`.
 pub async fn owner(
     State(app): State<SharedApp>,
     PathParams((set, key)): PathParams<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let key = set_and_key(&app, &set, &key).await?;
-    let reader = app.reader.clone();
-    let (s, k) = (set.clone(), key.clone());
-    let owner = raft_store::blocking(move || reader.uniq_owner(&s, &k))
-        .await
-        .map_err(ApiError::internal)?;
-    match owner {
-        Some((owner, since)) => Ok(Json(
-            json!({ "set": set, "key": key, "owner": owner, "since_offset": since }),
-        )
-        .into_response()),
-        None => Err(ApiError::not_found(format!(
-            "key {key:?} of uniq set {set} is free"
-        ))),
-    }
+    let (key, owner) = read_key(&app, &set, &key, |r, s, k| r.uniq_owner(s, k)).await?;
+    let (owner, since) = owner
+        .ok_or_else(|| ApiError::not_found(format!("key {key:?} of uniq set {set} is free")))?;
+    Ok(
+        Json(json!({ "set": set, "key": key, "owner": owner, "since_offset": since }))
+            .into_response(),
+    )
 }
 
 /// `GET /v1/uniq/{set}/{key}/history`: owners over time, oldest first.
@@ -47,12 +55,7 @@ pub async fn history(
     State(app): State<SharedApp>,
     PathParams((set, key)): PathParams<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let key = set_and_key(&app, &set, &key).await?;
-    let reader = app.reader.clone();
-    let (s, k) = (set.clone(), key.clone());
-    let rows = raft_store::blocking(move || reader.uniq_history(&s, &k))
-        .await
-        .map_err(ApiError::internal)?;
+    let (key, rows) = read_key(&app, &set, &key, |r, s, k| r.uniq_history(s, k)).await?;
     let history: Vec<Value> = rows
         .into_iter()
         .map(|(owner, claimed, released)| json!({ "owner": owner, "claimed_offset": claimed, "released_offset": released }))

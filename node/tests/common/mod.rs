@@ -483,3 +483,36 @@ pub fn try_post_keyed(addr: &str, path: &str, json: &str, key: &str) -> Result<R
 pub fn post_keyed(addr: &str, path: &str, json: &str, key: &str) -> Resp {
     try_post_keyed(addr, path, json, key).unwrap()
 }
+
+/// The activation secret of the test configs.
+pub const SECRET: &str = "test-activation-secret";
+
+/// The shipped user_email rules and a cheap `[users]` section.
+pub fn users_tuning() -> Tuning {
+    Tuning {
+        extra: concat!(
+            include_str!("user_email_rules.toml"),
+            "\n[users]\nactivation_secret = \"test-activation-secret\"\npassword_memory_kib = 64\npassword_iterations = 1\n"
+        ),
+        ..Tuning::default()
+    }
+}
+
+/// `POST /v1/users` (any answer).
+pub fn signup(addr: &str, username: &str, email: &str) -> Resp {
+    let body =
+        serde_json::json!({"username": username, "email": email, "password": "correct horse"});
+    post(addr, "/v1/users", &body.to_string()).unwrap()
+}
+
+/// An activation token for user `id` that expires at `expires_s`.
+pub fn activation_token(id: &str, expires_s: u64) -> String {
+    api::users::token::make_token(SECRET, id.parse().unwrap(), expires_s)
+}
+
+pub fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
