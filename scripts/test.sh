@@ -24,6 +24,8 @@ stage() {
 install_tools() {
   command -v cargo >/dev/null || { echo "cargo is required (rustup)"; exit 1; }
   cargo nextest --version >/dev/null 2>&1 || cargo install --locked cargo-nextest
+  # The SMTP test talks to Python's aiosmtpd.
+  python3 -c 'import aiosmtpd' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check aiosmtpd
 }
 
 build() {

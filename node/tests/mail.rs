@@ -256,3 +256,83 @@ fn a_rejected_address_is_parked_replayed_and_then_delivered_once() {
     assert_eq!(c.read_topic(1, "__retry.mail").len(), 1);
     assert_eq!(messages(&sink)["duplicates"], 0);
 }
+
+/// A process killed when dropped.
+struct Guard(std::process::Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn smtp_delivers_to_the_recipient_a_link_that_activates() {
+    let mut c = Cluster::start(1, users_tuning());
+    let port = free_port();
+    let maildir = c.dir.path().join("maildir");
+    // Python's aiosmtpd (installed by scripts/test.sh) as the SMTP server, storing a Maildir.
+    let _smtpd = Guard(
+        std::process::Command::new("python3")
+            .args([
+                "-m",
+                "aiosmtpd",
+                "-n",
+                "-l",
+                &format!("127.0.0.1:{port}"),
+                "-c",
+                "aiosmtpd.handlers.Mailbox",
+            ])
+            .arg(&maildir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 -m aiosmtpd (pip install aiosmtpd)"),
+    );
+    wait_for("the SMTP server", Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    let health = format!("127.0.0.1:{}", free_port());
+    let config = c.config_with(
+        "mail-smtp",
+        &format!(
+            "\n[mail]\nlisten = \"{health}\"\nprovider = \"smtp\"\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {port}\n\
+             smtp_tls = \"none\"\nfrom = \"uniqlog <no-reply@example.com>\"\ntimeout_ms = 2000\n"
+        ),
+    );
+    c.spawn_aux("mail", &["mail", "--config", config.to_str().unwrap()]);
+    let r = signup(&c.addr(1), "ada", "Ada@Example.com");
+    assert_eq!(r.status, 201, "{}", r.text);
+    let id = r.body["id"].as_str().unwrap().to_string();
+
+    let raw = wait_for("the email in the maildir", Duration::from_secs(30), || {
+        let entry = std::fs::read_dir(maildir.join("new")).ok()?.next()?.ok()?;
+        std::fs::read_to_string(entry.path()).ok()
+    });
+    assert!(
+        raw.lines()
+            .any(|l| l.eq_ignore_ascii_case("To: Ada@Example.com")),
+        "{raw}"
+    );
+    assert!(raw.contains("Message-ID: <users.0@uniqlog>"), "{raw}");
+    // The link may be folded by the transfer encoding: join soft line breaks first.
+    let body = raw
+        .replace("=\r\n", "")
+        .replace("=\n", "")
+        .replace("=3D", "=");
+    // The link's host is [users] public_base_url; its path and token are what activates.
+    let start = body
+        .find("/v1/users/activate?token=")
+        .expect("an activation link");
+    let link: String = body[start..]
+        .chars()
+        .take_while(|ch| !ch.is_whitespace())
+        .collect();
+    let act = get(&c.addr(1), &link).unwrap();
+    assert_eq!(act.status, 200, "{link}: {}", act.text);
+    let events = get(&c.addr(1), &format!("/v1/streams/user-{id}/events"))
+        .unwrap()
+        .body;
+    assert_eq!(events["events"][1]["type"], "AccountActivated");
+}

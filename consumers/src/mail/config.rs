@@ -7,7 +7,7 @@ use serde::Deserialize;
 pub struct MailConfig {
     /// Health endpoint of the mail consumer.
     pub listen: String,
-    /// `webhook` (SMTP arrives in a later version).
+    /// `webhook` or `smtp`.
     pub provider: String,
     /// Where the webhook provider is: `http://host:port/path`.
     pub webhook_url: String,
@@ -26,6 +26,22 @@ pub struct MailConfig {
     pub breaker_cool_down_ms: u64,
     /// Sender address in the emails.
     pub from: String,
+    /// SMTP server, and how to secure the connection: `none` (local servers only),
+    /// `starttls` or `tls`.
+    pub smtp_host: String,
+    pub smtp_port: u16,
+    pub smtp_tls: SmtpTls,
+    pub smtp_username: Option<String>,
+    pub smtp_password: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SmtpTls {
+    None,
+    #[default]
+    Starttls,
+    Tls,
 }
 
 impl Default for MailConfig {
@@ -43,6 +59,11 @@ impl Default for MailConfig {
             breaker_failures: 5,
             breaker_cool_down_ms: 5000,
             from: "uniqlog <no-reply@localhost>".into(),
+            smtp_host: "localhost".into(),
+            smtp_port: 587,
+            smtp_tls: SmtpTls::Starttls,
+            smtp_username: None,
+            smtp_password: None,
         }
     }
 }

@@ -5,6 +5,8 @@
 
 pub mod config;
 mod provider;
+#[cfg(not(madsim))]
+mod smtp;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,6 +27,23 @@ use crate::tail::Tailer;
 pub const NAME: &str = "mail";
 pub const RETRY_TOPIC: &str = "__retry.mail";
 pub const PARKED_TOPIC: &str = "__parked";
+
+/// The configured provider.
+enum Provider {
+    Webhook(Webhook),
+    #[cfg(not(madsim))]
+    Smtp(smtp::Smtp),
+}
+
+impl Provider {
+    async fn send(&self, m: &Outgoing) -> Delivery {
+        match self {
+            Provider::Webhook(w) => w.send(m).await,
+            #[cfg(not(madsim))]
+            Provider::Smtp(s) => s.send(m).await,
+        }
+    }
+}
 
 /// What `/health` shows.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -131,7 +150,7 @@ impl MailConsumer {
     /// refused for good (then park it).
     async fn deliver(
         &self,
-        provider: &Webhook,
+        provider: &Provider,
         breaker: &mut Breaker,
         backoff: &Backoff,
         msg: &Outgoing,
@@ -182,21 +201,32 @@ impl MailConsumer {
         }
     }
 
-    /// Run for ever.
-    pub async fn run(self) {
-        let (addr, path) = match self.config.webhook_target() {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::error!(error = %e, "bad mail config");
-                return;
-            }
-        };
-        let provider = Webhook {
+    /// The provider the config names.
+    fn provider(&self) -> Result<Provider, String> {
+        if self.config.provider == "smtp" {
+            #[cfg(not(madsim))]
+            return smtp::Smtp::new(&self.config).map(Provider::Smtp);
+            #[cfg(madsim)]
+            return Err("the SMTP provider does not run in the simulator".into());
+        }
+        let (addr, path) = self.config.webhook_target()?;
+        Ok(Provider::Webhook(Webhook {
             transport: self.transport.clone(),
             addr,
             path,
             authorization: self.config.webhook_authorization.clone(),
             timeout: Duration::from_millis(self.config.timeout_ms),
+        }))
+    }
+
+    /// Run for ever.
+    pub async fn run(self) {
+        let provider = match self.provider() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "bad mail config");
+                return;
+            }
         };
         let mut breaker = Breaker::new(
             self.config.breaker_failures,
