@@ -85,10 +85,13 @@ pub trait Transport: Send + Sync + 'static {
 
 type Sender = SendRequest<Full<Bytes>>;
 
+/// Idle connections per address, with the time each was returned.
+type Pool = HashMap<String, Vec<(Sender, Instant)>>;
+
 /// hyper http1 client with a small keep-alive pool per address.
 #[derive(Clone, Default)]
 pub struct HyperTransport {
-    pool: Arc<Mutex<HashMap<String, Vec<(Sender, Instant)>>>>,
+    pool: Arc<Mutex<Pool>>,
 }
 
 /// Idle connections kept per address.

@@ -14,7 +14,7 @@ use serde_json::json;
 fn free_port_base() -> u16 {
     for _ in 0..100 {
         let base = free_port().saturating_sub(1);
-        if base < 1024 || base > 65000 - 201 {
+        if !(1024..=65000 - 201).contains(&base) {
             continue;
         }
         if [1, 101, 102, 201]

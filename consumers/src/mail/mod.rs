@@ -165,19 +165,14 @@ impl MailConsumer {
                 continue;
             }
             let result = provider.send(msg).await;
-            let mut s = self.stats.lock().expect("stats");
+            match &result {
+                Delivery::Sent | Delivery::Permanent(_) => breaker.on_success(),
+                Delivery::Transient { .. } => breaker.on_failure(Instant::now()),
+            }
+            self.count(&result, breaker);
             match result {
-                Delivery::Sent => {
-                    breaker.on_success();
-                    s.sent += 1;
-                    s.breaker = breaker.name();
-                    return;
-                }
+                Delivery::Sent => return,
                 Delivery::Permanent(reason) => {
-                    breaker.on_success();
-                    s.parked += 1;
-                    s.breaker = breaker.name();
-                    drop(s);
                     tracing::warn!(key = %msg.idempotency_key, reason = %reason, "parking an email the provider refused");
                     let parked = json!({"events": [{"type": "Parked", "data": {
                         "consumer": NAME, "reason": reason, "idempotency_key": msg.idempotency_key, "event": source,
@@ -185,20 +180,28 @@ impl MailConsumer {
                     self.append_until_done(PARKED_TOPIC, parked).await;
                     return;
                 }
-                Delivery::Transient { reason, timed_out } => {
-                    breaker.on_failure(Instant::now());
-                    s.retries += 1;
-                    if timed_out {
-                        s.timeouts += 1;
-                    }
-                    s.breaker = breaker.name();
-                    drop(s);
+                Delivery::Transient { reason, .. } => {
                     tracing::debug!(key = %msg.idempotency_key, reason = %reason, attempt, "provider failed; retrying");
                     tokio::time::sleep(backoff.delay(attempt)).await;
                     attempt += 1;
                 }
             }
         }
+    }
+
+    fn count(&self, result: &Delivery, breaker: &Breaker) {
+        let mut s = self.stats.lock().expect("stats");
+        match result {
+            Delivery::Sent => s.sent += 1,
+            Delivery::Permanent(_) => s.parked += 1,
+            Delivery::Transient { timed_out, .. } => {
+                s.retries += 1;
+                if *timed_out {
+                    s.timeouts += 1;
+                }
+            }
+        }
+        s.breaker = breaker.name();
     }
 
     /// The provider the config names.
