@@ -41,6 +41,11 @@ pub const SNAPSHOT_PATH: &str = "/raft/snapshot";
 /// the payload is too large).
 pub const PEER_BODY_BYTES_MAX: usize = 64 * 1024 * 1024;
 
+/// Append-entries batches above this are split: openraft 0.9 gives each call only the
+/// heartbeat interval and retries the same batch on a timeout, so a batch too large to send
+/// and fsync in that time would never get through.
+pub const APPEND_BATCH_BYTES_MAX: usize = 2 * 1024 * 1024;
+
 /// The routes peers call. No client limits apply here.
 pub fn peer_router(app: SharedApp) -> Router {
     Router::new()
@@ -169,7 +174,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
         let body =
             serde_json::to_vec(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        if body.len() > PEER_BODY_BYTES_MAX && rpc.entries.len() > 1 {
+        if body.len() > APPEND_BATCH_BYTES_MAX && rpc.entries.len() > 1 {
             let hint = (rpc.entries.len() / 2) as u64;
             return Err(RPCError::PayloadTooLarge(
                 PayloadTooLarge::new_entries_hint(hint),

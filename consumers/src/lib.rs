@@ -10,5 +10,6 @@ pub mod breaker;
 pub mod checkpoint;
 pub mod mail;
 pub mod mail_sink;
+pub mod metrics;
 pub mod query;
 pub mod tail;

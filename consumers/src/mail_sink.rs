@@ -134,7 +134,7 @@ async fn send(
         {
             Verdict::Reject
         } else if s.faults.fail_rate > 0.0
-            && rand::thread_rng().gen_bool(s.faults.fail_rate.clamp(0.0, 1.0))
+            && raft_store::runtime::rng().gen_bool(s.faults.fail_rate.clamp(0.0, 1.0))
         {
             Verdict::Fail
         } else {

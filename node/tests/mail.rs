@@ -207,6 +207,12 @@ fn a_rejected_address_is_parked_replayed_and_then_delivered_once() {
         let h = get(&health, "/health").ok()?.body;
         (sent(&sink) == 2 && h["parked"] == 1).then_some(())
     });
+    let metrics = get(&health, "/metrics").unwrap().text;
+    assert!(metrics.contains("uniqlog_mail_parked 1"), "{metrics}");
+    assert!(
+        metrics.contains("uniqlog_mail_breaker_state 0"),
+        "{metrics}"
+    );
     let parked = c.read_topic(1, "__parked");
     assert_eq!(parked.len(), 1);
     assert!(parked[0]["data"]["reason"]

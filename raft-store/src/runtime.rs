@@ -143,3 +143,9 @@ where
         f()
     }
 }
+
+/// The random source for everything outside apply (ids, salts, jitter): rand's thread
+/// generator in real builds, madsim's seeded generator in simulation, so a seed replays.
+pub fn rng() -> <UniqRuntime as AsyncRuntime>::ThreadLocalRng {
+    UniqRuntime::thread_rng()
+}

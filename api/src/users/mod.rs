@@ -165,7 +165,9 @@ pub async fn signup(
     let hash = raft_store::blocking(move || password::hash_password(&config, &password))
         .await
         .map_err(ApiError::internal)?;
-    let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+    let mut bytes = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut raft_store::runtime::rng(), &mut bytes);
+    let id = uuid::Builder::from_random_bytes(bytes).into_uuid();
     let ev = UserEvent {
         event_type: "AccountCreated",
         data: json!({ "id": id, "username": signup.username, "email": signup.email }),

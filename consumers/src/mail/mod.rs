@@ -61,6 +61,58 @@ pub struct MailStats {
 
 pub type SharedStats = Arc<Mutex<MailStats>>;
 
+impl MailStats {
+    /// Prometheus text of these stats.
+    pub fn metrics(&self) -> String {
+        let breaker = match self.breaker {
+            "open" => 2,
+            "half_open" => 1,
+            _ => 0,
+        };
+        crate::metrics::render(
+            "uniqlog_mail",
+            &[
+                (
+                    "checkpoint",
+                    "Next offset of users to handle.",
+                    self.checkpoint as i64,
+                ),
+                (
+                    "lag_events",
+                    "Events of users not yet handled.",
+                    self.lag_events as i64,
+                ),
+                (
+                    "lag_seconds",
+                    "Age of the event being handled.",
+                    self.lag_seconds as i64,
+                ),
+                (
+                    "breaker_state",
+                    "Circuit breaker: 0 closed, 1 half-open, 2 open.",
+                    breaker,
+                ),
+                ("sent", "Emails the provider accepted.", self.sent as i64),
+                (
+                    "retries",
+                    "Failed provider calls that were retried.",
+                    self.retries as i64,
+                ),
+                (
+                    "timeouts",
+                    "Provider calls that timed out (possible resends).",
+                    self.timeouts as i64,
+                ),
+                (
+                    "parked",
+                    "Events parked after a permanent refusal.",
+                    self.parked as i64,
+                ),
+            ],
+        )
+    }
+}
+
 /// Everything the consumer needs, so it runs the same in production and in the simulator.
 pub struct MailConsumer {
     pub config: MailConfig,

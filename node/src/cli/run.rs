@@ -202,14 +202,22 @@ pub async fn serve_mail(config: &Config) -> Result<()> {
         );
     }
     let stats = Arc::new(std::sync::Mutex::new(MailStats::default()));
-    let health_stats = stats.clone();
-    let router = axum::Router::new().route(
-        "/health",
-        axum::routing::get(move || {
-            let s = health_stats.lock().expect("stats").clone();
-            async move { axum::Json(s) }
-        }),
-    );
+    let (health_stats, metrics_stats) = (stats.clone(), stats.clone());
+    let router = axum::Router::new()
+        .route(
+            "/health",
+            axum::routing::get(move || {
+                let s = health_stats.lock().expect("stats").clone();
+                async move { axum::Json(s) }
+            }),
+        )
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let text = metrics_stats.lock().expect("stats").metrics();
+                async move { text }
+            }),
+        );
     let listen = config.mail.listen.clone();
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
