@@ -106,7 +106,8 @@ async fn stats(
     Ok(Json(state.store.stats().map_err(internal)?).into_response())
 }
 
-async fn health(State(state): State<Shared>) -> Result<Response, ApiError> {
+/// (checkpoint, head, lag in events, lag in seconds).
+fn position(state: &Shared) -> Result<(u64, u64, u64, u64), ApiError> {
     let checkpoint = *state.applied.borrow();
     let head = (*state.head.borrow()).max(checkpoint);
     let lag_events = head - checkpoint;
@@ -115,7 +116,38 @@ async fn health(State(state): State<Shared>) -> Result<Response, ApiError> {
     } else {
         now_ms().saturating_sub(state.store.last_event_ms().map_err(internal)?) / 1000
     };
+    Ok((checkpoint, head, lag_events, lag_seconds))
+}
+
+async fn health(State(state): State<Shared>) -> Result<Response, ApiError> {
+    let (checkpoint, head, lag_events, lag_seconds) = position(&state)?;
     Ok(Json(json!({ "checkpoint": checkpoint, "head": head, "lag_events": lag_events, "lag_seconds": lag_seconds })).into_response())
+}
+
+async fn metrics(State(state): State<Shared>) -> Result<Response, ApiError> {
+    let (checkpoint, head, lag_events, lag_seconds) = position(&state)?;
+    let text = crate::metrics::render(
+        "uniqlog_query",
+        &[
+            (
+                "checkpoint",
+                "Next offset of users to apply.",
+                checkpoint as i64,
+            ),
+            ("head", "Length of users as last seen.", head as i64),
+            (
+                "lag_events",
+                "Events of users not yet applied.",
+                lag_events as i64,
+            ),
+            (
+                "lag_seconds",
+                "Age of the last applied event while behind.",
+                lag_seconds as i64,
+            ),
+        ],
+    );
+    Ok(text.into_response())
 }
 
 async fn not_found() -> ApiError {
@@ -129,6 +161,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/users/{id}/history", get(history))
         .route("/v1/stats/signups", get(stats))
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .with_state(state)
 }
