@@ -87,16 +87,12 @@ fn create_tables(db: &Database) -> Result<(), StoreError> {
     txn.set_durability(Durability::Immediate)?;
     txn.open_table(tables::LOG)?;
     txn.open_table(tables::RAFT_META)?;
-    txn.open_table(tables::SM_META)?;
-    txn.open_table(tables::TOPICS)?;
-    txn.open_table(tables::EVENTS)?;
-    txn.open_table(tables::EVENT_SECRETS)?;
-    txn.open_table(tables::STREAMS)?;
-    txn.open_table(tables::STREAM_INDEX)?;
-    txn.open_table(tables::UNIQ_OWNERS)?;
-    txn.open_table(tables::UNIQ_HISTORY)?;
-    txn.open_table(tables::IDEMPOTENCY)?;
-    txn.open_table(tables::IDEMPOTENCY_BY_AGE)?;
+    macro_rules! create {
+        ($($tag:literal $table:ident $name:ident),*) => {
+            $( txn.open_table(tables::$table)?; )*
+        };
+    }
+    tables::state_machine_tables!(create);
     txn.commit()?;
     Ok(())
 }

@@ -19,11 +19,14 @@ use redb::{Key, ReadTransaction, ReadableTable, Table, TableDefinition, Value, W
 use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, ReadBuf};
 
 use crate::error::StoreError;
+use crate::tables::state_machine_tables;
 use crate::tables::*;
 use crate::types::{Node, NodeId};
 
 const MAGIC: &[u8; 7] = b"UQSNAP\x01";
 const END_TAG: u8 = 0xFF;
+/// No key or value of a state-machine row is this large.
+const RECORD_BYTES_MAX: usize = 64 * 1024 * 1024;
 const CURRENT: &str = "current.snap";
 
 pub type Meta = SnapshotMeta<NodeId, Node>;
@@ -229,7 +232,15 @@ fn write_len_prefixed(w: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
 fn read_len_prefixed(r: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<()> {
     let mut len = [0u8; 4];
     r.read_exact(&mut len)?;
-    buf.resize(u32::from_be_bytes(len) as usize, 0);
+    let len = u32::from_be_bytes(len) as usize;
+    // A damaged length must not become a huge allocation.
+    if len > RECORD_BYTES_MAX {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("snapshot record of {len} bytes"),
+        ));
+    }
+    buf.resize(len, 0);
     r.read_exact(buf)
 }
 
@@ -255,16 +266,12 @@ fn dump_table<K: Key + 'static, V: Value + 'static>(
 /// the end marker's count guards against truncation.
 pub(crate) fn write_records(txn: &ReadTransaction, w: &mut impl Write) -> Result<u64, StoreError> {
     let mut n = 0;
-    n += dump_table(txn, SM_META, 0, w)?;
-    n += dump_table(txn, TOPICS, 1, w)?;
-    n += dump_table(txn, EVENTS, 2, w)?;
-    n += dump_table(txn, STREAMS, 3, w)?;
-    n += dump_table(txn, STREAM_INDEX, 4, w)?;
-    n += dump_table(txn, UNIQ_OWNERS, 5, w)?;
-    n += dump_table(txn, UNIQ_HISTORY, 6, w)?;
-    n += dump_table(txn, IDEMPOTENCY, 7, w)?;
-    n += dump_table(txn, IDEMPOTENCY_BY_AGE, 8, w)?;
-    n += dump_table(txn, EVENT_SECRETS, 9, w)?;
+    macro_rules! dump {
+        ($($tag:literal $table:ident $name:ident),*) => {
+            $( n += dump_table(txn, $table, $tag, w)?; )*
+        };
+    }
+    state_machine_tables!(dump);
     Ok(n)
 }
 
@@ -315,26 +322,25 @@ pub(crate) fn load_snapshot(
 ) -> Result<Meta, StoreError> {
     let mut r = BufReader::new(data.rewound()?);
     let meta = read_header(&mut r)?;
-    txn.delete_table(SM_META)?;
-    txn.delete_table(TOPICS)?;
-    txn.delete_table(EVENTS)?;
-    txn.delete_table(STREAMS)?;
-    txn.delete_table(STREAM_INDEX)?;
-    txn.delete_table(UNIQ_OWNERS)?;
-    txn.delete_table(UNIQ_HISTORY)?;
-    txn.delete_table(IDEMPOTENCY)?;
-    txn.delete_table(IDEMPOTENCY_BY_AGE)?;
-    txn.delete_table(EVENT_SECRETS)?;
-    let mut sm_meta = txn.open_table(SM_META)?;
-    let mut topics = txn.open_table(TOPICS)?;
-    let mut events = txn.open_table(EVENTS)?;
-    let mut streams = txn.open_table(STREAMS)?;
-    let mut stream_index = txn.open_table(STREAM_INDEX)?;
-    let mut uniq_owners = txn.open_table(UNIQ_OWNERS)?;
-    let mut uniq_history = txn.open_table(UNIQ_HISTORY)?;
-    let mut idempotency = txn.open_table(IDEMPOTENCY)?;
-    let mut idempotency_by_age = txn.open_table(IDEMPOTENCY_BY_AGE)?;
-    let mut event_secrets = txn.open_table(EVENT_SECRETS)?;
+    macro_rules! load {
+        ($($tag:literal $table:ident $name:ident),*) => {{
+            $( txn.delete_table($table)?; )*
+            $( let mut $name = txn.open_table($table)?; )*
+            read_records(&mut r, |tag, k, v| match tag {
+                $( $tag => insert_raw(&mut $name, k, v), )*
+                t => Err(StoreError::Snapshot(format!("unknown record tag {t}"))),
+            })?;
+        }};
+    }
+    state_machine_tables!(load);
+    Ok(meta)
+}
+
+/// Read records until the end marker, checking the count, handing each to `insert`.
+fn read_records(
+    r: &mut impl Read,
+    mut insert: impl FnMut(u8, &[u8], &[u8]) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
     let (mut k, mut v) = (Vec::new(), Vec::new());
     let mut n: u64 = 0;
     loop {
@@ -351,22 +357,10 @@ pub(crate) fn load_snapshot(
             }
             break;
         }
-        read_len_prefixed(&mut r, &mut k)?;
-        read_len_prefixed(&mut r, &mut v)?;
-        match tag[0] {
-            0 => insert_raw(&mut sm_meta, &k, &v)?,
-            1 => insert_raw(&mut topics, &k, &v)?,
-            2 => insert_raw(&mut events, &k, &v)?,
-            3 => insert_raw(&mut streams, &k, &v)?,
-            4 => insert_raw(&mut stream_index, &k, &v)?,
-            5 => insert_raw(&mut uniq_owners, &k, &v)?,
-            6 => insert_raw(&mut uniq_history, &k, &v)?,
-            7 => insert_raw(&mut idempotency, &k, &v)?,
-            8 => insert_raw(&mut idempotency_by_age, &k, &v)?,
-            9 => insert_raw(&mut event_secrets, &k, &v)?,
-            t => return Err(StoreError::Snapshot(format!("unknown record tag {t}"))),
-        }
+        read_len_prefixed(r, &mut k)?;
+        read_len_prefixed(r, &mut v)?;
+        insert(tag[0], &k, &v)?;
         n += 1;
     }
-    Ok(meta)
+    Ok(())
 }

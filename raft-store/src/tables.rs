@@ -47,3 +47,24 @@ pub const KEY_LAST_APPLIED: &str = "last_applied";
 pub const KEY_MEMBERSHIP: &str = "membership";
 pub const KEY_LOG_TIME: &str = "log_time_ms";
 pub const KEY_RULES: &str = "rules";
+
+/// Every state-machine table, with its stable snapshot tag and a local name. Calls
+/// `$m!(tag TABLE name, ...)`. Adding a table here puts it in creation at open, snapshots,
+/// snapshot installs and canonical dumps; a tag is never reused.
+macro_rules! state_machine_tables {
+    ($m:ident) => {
+        $m!(
+            0 SM_META sm_meta,
+            1 TOPICS topics,
+            2 EVENTS events,
+            3 STREAMS streams,
+            4 STREAM_INDEX stream_index,
+            5 UNIQ_OWNERS uniq_owners,
+            6 UNIQ_HISTORY uniq_history,
+            7 IDEMPOTENCY idempotency,
+            8 IDEMPOTENCY_BY_AGE idempotency_by_age,
+            9 EVENT_SECRETS event_secrets
+        )
+    };
+}
+pub(crate) use state_machine_tables;
