@@ -111,6 +111,11 @@ impl Tailer {
                     self.next_offset = page.next_offset.max(self.next_offset);
                     return Ok(page.events);
                 }
+                // A node with a smaller `read_events_max` refuses the page size: ask for less.
+                Ok(resp) if resp.status == 400 && self.page_events_max > 1 => {
+                    self.page_events_max /= 2;
+                    continue;
+                }
                 Ok(resp) => tracing::warn!(addr = %addr, status = resp.status, "read failed"),
                 Err(e) => tracing::warn!(addr = %addr, error = %e, "read failed"),
             }

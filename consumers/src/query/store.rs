@@ -33,6 +33,8 @@ pub enum StoreError {
     Redb(#[from] redb::Error),
     #[error("query store: corrupt document of {0}")]
     Corrupt(String),
+    #[error("query store: expected offset {expected} of users, got {got}")]
+    Gap { expected: u64, got: u64 },
 }
 
 macro_rules! from_redb {
@@ -110,11 +112,17 @@ impl QueryStore {
         {
             let mut meta = txn.open_table(META)?;
             let from = meta.get("next_offset")?.map_or(0, |g| g.value());
+            let mut expected = from;
             for e in events {
                 let offset = e["offset"].as_u64().unwrap_or(0);
                 if offset < from {
                     continue; // already applied before a crash
                 }
+                if offset != expected {
+                    // Never skip: a gap means the page is not what the log holds.
+                    return Err(StoreError::Gap { expected, got: offset });
+                }
+                expected += 1;
                 apply_event(&txn, &mut meta, e)?;
                 meta.insert("last_event_ms", e["timestamp"].as_u64().unwrap_or(0))?;
             }
