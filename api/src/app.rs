@@ -37,6 +37,8 @@ pub struct App {
     pub config_rules: Rules,
     /// `[users]`: password hashing cost, activation tokens.
     pub users: crate::users::config::UsersConfig,
+    /// Required on every peer RPC when set (`[auth] cluster_secret`).
+    pub cluster_secret: Option<String>,
 }
 
 /// An operation only the leader can carry out.

@@ -23,6 +23,9 @@ pub enum ApiError {
     StreamInOtherTopic { stream: String, topic: String },
     #[error("{message}")]
     NotFound { message: String },
+    /// No or wrong credentials (a token, or a peer's cluster secret).
+    #[error("{message}")]
+    Unauthorized { message: String },
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("stream {stream} is at version {actual}, expected {expected}")]
@@ -108,6 +111,7 @@ impl ApiError {
             | ApiError::StreamInOtherTopic { .. }
             | ApiError::IdempotencyKeyReused { .. } => StatusCode::BAD_REQUEST,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::VersionConflict { .. }
             | ApiError::UniqConflict { .. }
@@ -133,6 +137,7 @@ impl ApiError {
             ApiError::Validation { .. } => "validation",
             ApiError::StreamInOtherTopic { .. } => "stream_in_other_topic",
             ApiError::NotFound { .. } => "not_found",
+            ApiError::Unauthorized { .. } => "unauthorized",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::VersionConflict { .. } => "version_conflict",
             ApiError::UniqConflict { .. } => "uniq_conflict",
@@ -160,6 +165,7 @@ impl ApiError {
             | ApiError::Validation { .. }
             | ApiError::StreamInOtherTopic { .. }
             | ApiError::NotFound { .. }
+            | ApiError::Unauthorized { .. }
             | ApiError::MethodNotAllowed
             | ApiError::VersionConflict { .. }
             | ApiError::UniqConflict { .. }

@@ -5,6 +5,7 @@
 //! proposing commands to Raft.
 
 pub mod app;
+pub mod cluster_secret;
 pub mod error;
 pub mod extract;
 pub mod limits;

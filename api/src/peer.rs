@@ -54,6 +54,10 @@ pub fn peer_router(app: SharedApp) -> Router {
         .route(SNAPSHOT_PATH, post(snapshot))
         .route(FORWARD_PATH, post(forwarded))
         .layer(axum::extract::DefaultBodyLimit::max(PEER_BODY_BYTES_MAX))
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            crate::cluster_secret::require,
+        ))
         .with_state(app)
 }
 
@@ -92,6 +96,7 @@ async fn forwarded(State(app): State<SharedApp>, body: Bytes) -> Result<Response
 /// openraft's network: one [`PeerClient`] per target.
 pub struct PeerNetwork {
     pub transport: Arc<dyn Transport>,
+    pub cluster_secret: Option<String>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
@@ -102,6 +107,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             target,
             addr: node.addr.clone(),
             transport: self.transport.clone(),
+            cluster_secret: self.cluster_secret.clone(),
         }
     }
 }
@@ -110,6 +116,7 @@ pub struct PeerClient {
     target: NodeId,
     addr: String,
     transport: Arc<dyn Transport>,
+    cluster_secret: Option<String>,
 }
 
 type RpcResult<T, E> = Result<T, RPCError<NodeId, Node, RaftError<NodeId, E>>>;
@@ -142,7 +149,7 @@ impl PeerClient {
     {
         let resp = self
             .transport
-            .send(&self.addr, HttpRequest::post(path, body), option.hard_ttl())
+            .send(&self.addr, self.request(path, body), option.hard_ttl())
             .await
             .map_err(|e| {
                 if e.nothing_sent() {
@@ -151,6 +158,12 @@ impl PeerClient {
                     RPCError::Network(NetworkError::new(&e))
                 }
             })?;
+        if resp.status == 401 {
+            tracing::error!(
+                peer = self.target,
+                "peer refused our cluster secret: check [auth] cluster_secret on both"
+            );
+        }
         if resp.status != 200 {
             let e = std::io::Error::other(format!(
                 "peer {} answered {}: {}",
@@ -163,6 +176,14 @@ impl PeerClient {
         let answer: Result<Resp, RaftError<NodeId, E>> = serde_json::from_slice(&resp.body)
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl PeerClient {
+    fn request(&self, path: &str, body: Vec<u8>) -> HttpRequest {
+        let mut req = HttpRequest::post(path, body);
+        crate::cluster_secret::sign(&mut req, self.cluster_secret.as_deref());
+        req
     }
 }
 

@@ -56,6 +56,9 @@ pub struct Config {
     /// `uniqlog mail-sink`.
     #[serde(default)]
     pub mail_sink: MailSinkConfig,
+    /// Access control.
+    #[serde(default)]
+    pub auth: AuthConfig,
     /// The file this was loaded from (for messages); empty for built-in configs.
     #[serde(skip)]
     pub path: PathBuf,
@@ -80,6 +83,20 @@ impl NodeConfig {
         self.peer_addr.as_deref().unwrap_or(&self.addr)
     }
 }
+
+/// `[auth]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Shared by every node; required on peer RPC when set. Prefer `cluster_secret_file` or
+    /// the `UNIQLOG_CLUSTER_SECRET` environment variable to keeping it in this file.
+    pub cluster_secret: Option<String>,
+    /// A file holding the cluster secret (trailing whitespace ignored). Relative to this file.
+    pub cluster_secret_file: Option<PathBuf>,
+}
+
+/// The environment variable that overrides `[auth] cluster_secret`.
+pub const CLUSTER_SECRET_ENV: &str = "UNIQLOG_CLUSTER_SECRET";
 
 /// `[mail_sink]`.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -157,6 +174,7 @@ impl Config {
         if config.query.data_dir.is_relative() {
             config.query.data_dir = base.join(&config.query.data_dir);
         }
+        config.resolve_secrets(base)?;
         config.validate()?;
         Ok(config)
     }
@@ -244,6 +262,26 @@ impl Config {
             if v == 0 {
                 return Err(self.invalid(key, "must be positive"));
             }
+        }
+        Ok(())
+    }
+
+    /// Read the cluster secret from the environment or its file into `auth.cluster_secret`.
+    fn resolve_secrets(&mut self, base: &Path) -> Result<(), ConfigError> {
+        if let Ok(secret) = std::env::var(CLUSTER_SECRET_ENV) {
+            self.auth.cluster_secret = Some(secret);
+        } else if let Some(file) = &self.auth.cluster_secret_file {
+            let path = base.join(file);
+            let secret = std::fs::read_to_string(&path).map_err(|e| {
+                self.invalid(
+                    "auth.cluster_secret_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            self.auth.cluster_secret = Some(secret.trim_end().to_string());
+        }
+        if self.auth.cluster_secret.as_deref() == Some("") {
+            return Err(self.invalid("auth.cluster_secret", "must not be empty"));
         }
         Ok(())
     }

@@ -75,6 +75,7 @@ pub async fn start(
     let raft_config = Arc::new(config.openraft().validate().map_err(Box::new)?);
     let network = PeerNetwork {
         transport: transport.clone(),
+        cluster_secret: config.auth.cluster_secret.clone(),
     };
     let raft = Raft::new(id, raft_config, network, storage.log, storage.state_machine)
         .await
@@ -93,6 +94,7 @@ pub async fn start(
         initial_members,
         config_rules: config.rules(),
         users: config.users.clone(),
+        cluster_secret: config.auth.cluster_secret.clone(),
     });
     let header_timeout = Duration::from_millis(config.limits.header_read_timeout_ms);
     let mut servers = Vec::new();

@@ -209,3 +209,49 @@ fn a_learner_catches_up_is_promoted_and_votes() {
     assert_eq!(rows.len(), 4);
     assert_eq!(rows.iter().filter(|r| r["role"] == "leader").count(), 1);
 }
+
+#[test]
+fn a_node_with_the_wrong_cluster_secret_is_refused_and_the_cluster_keeps_working() {
+    let right = Tuning {
+        extra: "[auth]\ncluster_secret = \"the right secret\"\n",
+        ..Tuning::default()
+    };
+    let mut c = Cluster::start(3, right);
+    let leader = c.wait_leader(&[1, 2, 3]);
+    let wrong = Tuning {
+        extra: "[auth]\ncluster_secret = \"a wrong secret\"\n",
+        ..Tuning::default()
+    };
+    let id = c.add_process(&wrong);
+    let body = serde_json::json!({"id": id, "addr": c.addr(id)}).to_string();
+    let r = post(&c.addr(leader), "/v1/cluster/learners", &body).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text);
+    for i in 0..20 {
+        append_ok(&c.addr(leader), "s", &format!("s{i}"), None);
+    }
+    c.wait_converged(&[1, 2, 3]);
+    // The intruder refuses the leader's appends (and would refuse anything else), and says why.
+    let log = c.dir.path().join(format!("node{id}.log"));
+    wait_for(
+        "the refusal in the node's log",
+        Duration::from_secs(30),
+        || {
+            std::fs::read_to_string(&log)
+                .ok()?
+                .contains("without the right cluster secret")
+                .then_some(())
+        },
+    );
+    let st = c.status(id).unwrap();
+    assert_eq!(st["applied_index"], 0, "nothing replicated to it: {st}");
+    // A peer request without the secret is refused outright.
+    let r = post(&c.addr(leader), "/raft/vote", "{}").unwrap();
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (401, Some("unauthorized")),
+        "{}",
+        r.text
+    );
+    append_ok(&c.addr(1), "s", "after", None);
+    assert_eq!(c.read_topic(leader, "s").len(), 21);
+}
