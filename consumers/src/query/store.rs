@@ -120,7 +120,10 @@ impl QueryStore {
                 }
                 if offset != expected {
                     // Never skip: a gap means the page is not what the log holds.
-                    return Err(StoreError::Gap { expected, got: offset });
+                    return Err(StoreError::Gap {
+                        expected,
+                        got: offset,
+                    });
                 }
                 expected += 1;
                 apply_event(&txn, &mut meta, e)?;
