@@ -39,6 +39,8 @@ pub struct App {
     pub users: crate::users::config::UsersConfig,
     /// Required on every peer RPC when set (`[auth] cluster_secret`).
     pub cluster_secret: Option<String>,
+    /// Client tokens and roles (`[auth]`); off when no token is listed.
+    pub auth: crate::auth::Auth,
 }
 
 /// An operation only the leader can carry out.

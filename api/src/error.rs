@@ -26,6 +26,9 @@ pub enum ApiError {
     /// No or wrong credentials (a token, or a peer's cluster secret).
     #[error("{message}")]
     Unauthorized { message: String },
+    /// A valid token whose role is too low.
+    #[error("{message}")]
+    Forbidden { message: String },
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("stream {stream} is at version {actual}, expected {expected}")]
@@ -112,6 +115,7 @@ impl ApiError {
             | ApiError::IdempotencyKeyReused { .. } => StatusCode::BAD_REQUEST,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::VersionConflict { .. }
             | ApiError::UniqConflict { .. }
@@ -138,6 +142,7 @@ impl ApiError {
             ApiError::StreamInOtherTopic { .. } => "stream_in_other_topic",
             ApiError::NotFound { .. } => "not_found",
             ApiError::Unauthorized { .. } => "unauthorized",
+            ApiError::Forbidden { .. } => "forbidden",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::VersionConflict { .. } => "version_conflict",
             ApiError::UniqConflict { .. } => "uniq_conflict",
@@ -166,6 +171,7 @@ impl ApiError {
             | ApiError::StreamInOtherTopic { .. }
             | ApiError::NotFound { .. }
             | ApiError::Unauthorized { .. }
+            | ApiError::Forbidden { .. }
             | ApiError::MethodNotAllowed
             | ApiError::VersionConflict { .. }
             | ApiError::UniqConflict { .. }

@@ -5,6 +5,7 @@
 //! proposing commands to Raft.
 
 pub mod app;
+pub mod auth;
 pub mod cluster_secret;
 pub mod error;
 pub mod extract;
@@ -16,13 +17,16 @@ pub mod transport;
 pub mod users;
 pub mod wire;
 
-use axum::routing::{get, post};
+use axum::routing::{delete, get, patch, post, MethodRouter};
 use axum::Router;
 
 pub use app::{App, SharedApp};
+pub use auth::{Access, Role};
 pub use error::ApiError;
 pub use limits::Limits;
-pub use transport::{HttpRequest, HttpResponse, HyperTransport, Transport, TransportError};
+pub use transport::{
+    client_transport, HttpRequest, HttpResponse, HyperTransport, Transport, TransportError,
+};
 
 use routes::{cluster, consumers, log, uniq};
 
@@ -34,43 +38,99 @@ async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
+/// Every client route: method, path, who may call it. The router is built from this table
+/// and the auth middleware reads it, so a route cannot exist without a decision on access.
+pub const ROUTES: &[(&str, &str, Access)] = &[
+    ("GET", "/v1/topics", Access::Role(Role::Read)),
+    ("POST", "/v1/topics/{topic}/events", Access::Append),
+    ("GET", "/v1/topics/{topic}/events", Access::Role(Role::Read)),
+    ("GET", "/v1/topics/{topic}/stream", Access::Role(Role::Read)),
+    (
+        "GET",
+        "/v1/streams/{stream}/events",
+        Access::Role(Role::Read),
+    ),
+    ("GET", "/v1/cluster/status", Access::Role(Role::Read)),
+    ("POST", "/v1/cluster/init", Access::Role(Role::Admin)),
+    ("POST", "/v1/cluster/learners", Access::Role(Role::Admin)),
+    ("POST", "/v1/cluster/membership", Access::Role(Role::Admin)),
+    ("POST", "/v1/cluster/uniq-rules", Access::Role(Role::Admin)),
+    ("GET", "/v1/cluster/uniq-rules", Access::Role(Role::Read)),
+    ("GET", "/v1/uniq/{set}/{key}", Access::Role(Role::Read)),
+    (
+        "GET",
+        "/v1/uniq/{set}/{key}/history",
+        Access::Role(Role::Read),
+    ),
+    ("POST", "/v1/users", Access::Signup),
+    ("GET", "/v1/users/activate", Access::Signup),
+    ("PATCH", "/v1/users/{id}", Access::Role(Role::Write)),
+    ("DELETE", "/v1/users/{id}", Access::Role(Role::Write)),
+    ("POST", "/v1/users/{id}/activation-email", Access::Signup),
+    ("GET", "/v1/consumers", Access::Role(Role::Read)),
+    (
+        "GET",
+        "/v1/consumers/{name}/checkpoint",
+        Access::Role(Role::Read),
+    ),
+    ("GET", "/health", Access::Public),
+    ("GET", "/ready", Access::Public),
+];
+
+/// The access a (method, matched path) asks for.
+pub fn access_of(method: &http::Method, path: &str) -> Option<Access> {
+    ROUTES
+        .iter()
+        .find(|(m, p, _)| *p == path && method.as_str() == *m)
+        .map(|(_, _, a)| *a)
+}
+
+fn handler(method: &str, path: &str) -> MethodRouter<SharedApp> {
+    match (method, path) {
+        ("GET", "/v1/topics") => get(log::topics),
+        ("POST", "/v1/topics/{topic}/events") => post(log::append),
+        ("GET", "/v1/topics/{topic}/events") => get(log::read),
+        ("GET", "/v1/topics/{topic}/stream") => get(log::sse),
+        ("GET", "/v1/streams/{stream}/events") => get(log::stream_events),
+        ("GET", "/v1/cluster/status") => get(cluster::status),
+        ("POST", "/v1/cluster/init") => post(cluster::init),
+        ("POST", "/v1/cluster/learners") => post(cluster::add_learner),
+        ("POST", "/v1/cluster/membership") => post(cluster::change_membership),
+        ("POST", "/v1/cluster/uniq-rules") => post(uniq::set_rules),
+        ("GET", "/v1/cluster/uniq-rules") => get(uniq::get_rules),
+        ("GET", "/v1/uniq/{set}/{key}") => get(uniq::owner),
+        ("GET", "/v1/uniq/{set}/{key}/history") => get(uniq::history),
+        ("POST", "/v1/users") => post(users::signup),
+        ("GET", "/v1/users/activate") => get(users::activate),
+        ("PATCH", "/v1/users/{id}") => patch(users::change_email),
+        ("DELETE", "/v1/users/{id}") => delete(users::delete),
+        ("POST", "/v1/users/{id}/activation-email") => post(users::resend_activation),
+        ("GET", "/v1/consumers") => get(consumers::list),
+        ("GET", "/v1/consumers/{name}/checkpoint") => get(consumers::checkpoint),
+        ("GET", "/health") => get(cluster::health),
+        ("GET", "/ready") => get(cluster::ready),
+        (m, p) => unreachable!("route {m} {p} is in ROUTES but has no handler"),
+    }
+}
+
 /// The client API. Built without a socket so tests can call it directly.
 pub fn client_router(app: SharedApp) -> Router {
-    Router::new()
-        .route("/v1/topics", get(log::topics))
-        .route(
-            "/v1/topics/{topic}/events",
-            post(log::append).get(log::read),
-        )
-        .route("/v1/topics/{topic}/stream", get(log::sse))
-        .route("/v1/streams/{stream}/events", get(log::stream_events))
-        .route("/v1/cluster/status", get(cluster::status))
-        .route("/v1/cluster/init", post(cluster::init))
-        .route("/v1/cluster/learners", post(cluster::add_learner))
-        .route("/v1/cluster/membership", post(cluster::change_membership))
-        .route(
-            "/v1/cluster/uniq-rules",
-            post(uniq::set_rules).get(uniq::get_rules),
-        )
-        .route("/v1/uniq/{set}/{key}", get(uniq::owner))
-        .route("/v1/uniq/{set}/{key}/history", get(uniq::history))
-        .route("/v1/users", post(users::signup))
-        .route("/v1/users/activate", get(users::activate))
-        .route(
-            "/v1/users/{id}",
-            axum::routing::patch(users::change_email).delete(users::delete),
-        )
-        .route(
-            "/v1/users/{id}/activation-email",
-            post(users::resend_activation),
-        )
-        .route("/v1/consumers", get(consumers::list))
-        .route(
-            "/v1/consumers/{name}/checkpoint",
-            get(consumers::checkpoint),
-        )
-        .route("/health", get(cluster::health))
-        .route("/ready", get(cluster::ready))
+    let mut by_path: Vec<(&str, MethodRouter<SharedApp>)> = Vec::new();
+    for (method, path, _) in ROUTES {
+        let h = handler(method, path);
+        match by_path.iter_mut().find(|(p, _)| p == path) {
+            Some((_, existing)) => *existing = std::mem::take(existing).merge(h),
+            None => by_path.push((path, h)),
+        }
+    }
+    let router = by_path
+        .into_iter()
+        .fold(Router::new(), |r, (path, h)| r.route(path, h));
+    router
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            auth::require,
+        ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(app)

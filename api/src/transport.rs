@@ -285,3 +285,36 @@ pub(crate) mod sim_io {
         }
     }
 }
+
+/// A transport that adds `Authorization: Bearer <token>` to every request: how consumers and
+/// the CLI present their token.
+pub struct BearerTransport<T> {
+    pub inner: T,
+    pub token: String,
+}
+
+impl<T: Transport> Transport for BearerTransport<T> {
+    fn send(
+        &self,
+        addr: &str,
+        mut req: HttpRequest,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<HttpResponse, TransportError>> {
+        req.headers.push((
+            http::header::AUTHORIZATION,
+            format!("Bearer {}", self.token),
+        ));
+        self.inner.send(addr, req, timeout)
+    }
+}
+
+/// The client transport: bearer-authenticated when a token is given.
+pub fn client_transport(token: Option<String>) -> Arc<dyn Transport> {
+    match token {
+        Some(token) => Arc::new(BearerTransport {
+            inner: HyperTransport::new(),
+            token,
+        }),
+        None => Arc::new(HyperTransport::new()),
+    }
+}

@@ -93,7 +93,18 @@ pub struct AuthConfig {
     pub cluster_secret: Option<String>,
     /// A file holding the cluster secret (trailing whitespace ignored). Relative to this file.
     pub cluster_secret_file: Option<PathBuf>,
+    /// Client tokens, stored as SHA-256 digests, each with a role. Auth is on exactly when
+    /// this list is not empty.
+    #[serde(rename = "token")]
+    pub tokens: Vec<api::auth::TokenConfig>,
+    /// Open sign-up, activation and the activation email to anonymous callers.
+    pub anonymous_signup: bool,
+    /// The token consumers and the CLI present (or `UNIQLOG_TOKEN`, or `--token`).
+    pub client_token: Option<String>,
 }
+
+/// The environment variable with the token consumers and the CLI present.
+pub const CLIENT_TOKEN_ENV: &str = "UNIQLOG_TOKEN";
 
 /// The environment variable that overrides `[auth] cluster_secret`.
 pub const CLUSTER_SECRET_ENV: &str = "UNIQLOG_CLUSTER_SECRET";
@@ -280,10 +291,30 @@ impl Config {
             })?;
             self.auth.cluster_secret = Some(secret.trim_end().to_string());
         }
+        if let Ok(token) = std::env::var(CLIENT_TOKEN_ENV) {
+            self.auth.client_token = Some(token);
+        }
+        for (i, t) in self.auth.tokens.iter().enumerate() {
+            let ok = t.sha256.len() == 64 && t.sha256.chars().all(|c| c.is_ascii_hexdigit());
+            if !ok {
+                return Err(self.invalid(
+                    format!("auth.token[{i}].sha256"),
+                    "must be 64 hex digits (sha256sum of the token)",
+                ));
+            }
+        }
         if self.auth.cluster_secret.as_deref() == Some("") {
             return Err(self.invalid("auth.cluster_secret", "must not be empty"));
         }
         Ok(())
+    }
+
+    /// The node's client-route auth.
+    pub fn client_auth(&self) -> api::auth::Auth {
+        api::auth::Auth {
+            tokens: self.auth.tokens.clone(),
+            anonymous_signup: self.auth.anonymous_signup,
+        }
     }
 
     /// The rules this config asks for.

@@ -95,6 +95,7 @@ pub async fn start(
         config_rules: config.rules(),
         users: config.users.clone(),
         cluster_secret: config.auth.cluster_secret.clone(),
+        auth: config.client_auth(),
     });
     let header_timeout = Duration::from_millis(config.limits.header_read_timeout_ms);
     let mut servers = Vec::new();

@@ -3,18 +3,21 @@
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
-use api::{HttpRequest, HyperTransport, Transport};
+use std::sync::Arc;
+
+use api::{HttpRequest, Transport};
 use serde_json::Value;
 
 pub struct Client {
-    transport: HyperTransport,
+    transport: Arc<dyn Transport>,
     timeout: Duration,
 }
 
 impl Client {
-    pub fn new() -> Self {
+    /// A client presenting `token` (from `[auth] client_token` or `UNIQLOG_TOKEN`) if any.
+    pub fn new(token: Option<String>) -> Self {
         Client {
-            transport: HyperTransport::new(),
+            transport: api::client_transport(token),
             timeout: Duration::from_secs(15),
         }
     }

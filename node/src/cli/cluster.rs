@@ -99,7 +99,7 @@ where
     Fut: std::future::Future<Output = Result<Value>>,
 {
     static CLIENT: std::sync::OnceLock<Client> = std::sync::OnceLock::new();
-    let client = CLIENT.get_or_init(Client::new);
+    let client = CLIENT.get_or_init(|| Client::new(config.auth.client_token.clone()));
     let mut last = None;
     for n in &config.nodes {
         match f(client, n.addr.clone()).await {
@@ -113,7 +113,7 @@ where
 async fn init(config: &Config) -> Result<()> {
     // Exactly one node initializes: the first of the config.
     let first = &config.nodes[0];
-    let client = Client::new();
+    let client = Client::new(config.auth.client_token.clone());
     let body = client
         .post(&first.addr, "/v1/cluster/init", &json!({}))
         .await
@@ -131,7 +131,7 @@ async fn init(config: &Config) -> Result<()> {
 }
 
 async fn status(config: &Config, as_json: bool) -> Result<()> {
-    let client = Client::new();
+    let client = Client::new(config.auth.client_token.clone());
     let mut rows = Vec::new();
     for n in &config.nodes {
         let row = match client.get(&n.addr, "/v1/cluster/status").await {
@@ -246,7 +246,7 @@ async fn up(config_path: &Path) -> Result<()> {
             .with_context(|| format!("starting node {}", n.id))?;
         children.push((n.id, child));
     }
-    let client = Client::new();
+    let client = Client::new(config.auth.client_token.clone());
     let result = async {
         for (n, (_, child)) in config.nodes.iter().zip(children.iter_mut()) {
             wait_healthy(&client, &n.addr, || matches!(child.try_wait(), Ok(None))).await?;

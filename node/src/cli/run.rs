@@ -161,7 +161,7 @@ pub async fn serve_query(config: &Config, rebuild: bool) -> Result<()> {
         "uniqlog query: serving on http://{} from offset {start}",
         qc.listen
     );
-    let transport: Arc<dyn api::Transport> = Arc::new(HyperTransport::new());
+    let transport = api::client_transport(config.auth.client_token.clone());
     follow(state, applied_tx, head_tx, nodes, transport, stale_after).await;
     anyhow::bail!("the read model stopped following the log (see the log above)")
 }
@@ -231,7 +231,7 @@ pub async fn serve_mail(config: &Config) -> Result<()> {
         config: config.mail.clone(),
         users: config.users.clone(),
         nodes: config.nodes.iter().map(|n| n.addr.clone()).collect(),
-        transport: Arc::new(HyperTransport::new()),
+        transport: api::client_transport(config.auth.client_token.clone()),
         stale_after: std::time::Duration::from_millis(config.raft.election_timeout_ms_max),
         stats,
     };

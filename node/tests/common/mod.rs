@@ -109,6 +109,8 @@ pub struct Cluster {
     pub queries: Vec<QueryProc>,
     /// Other processes (mail, mail-sink) by name.
     pub aux: Vec<(String, Child)>,
+    /// The token the harness presents (clusters with auth on).
+    pub token: Option<String>,
 }
 
 /// A `uniqlog query` process with its own config (the cluster's plus a `[query]` section).
@@ -153,6 +155,11 @@ pub fn write_config(path: &Path, nodes: &[(u64, u16)], tuning: &Tuning) {
 impl Cluster {
     /// Start `n` nodes, initialize, wait for a leader.
     pub fn start(n: u64, tuning: Tuning) -> Cluster {
+        Self::start_as(n, tuning, None)
+    }
+
+    /// Like `start`, initializing with an admin `token` (for clusters with auth on).
+    pub fn start_as(n: u64, tuning: Tuning, token: Option<&str>) -> Cluster {
         let dir = TempDir::new().unwrap();
         let ports: Vec<(u64, u16)> = (1..=n).map(|id| (id, free_port())).collect();
         let config = dir.path().join("cluster.toml");
@@ -171,6 +178,7 @@ impl Cluster {
             config,
             queries: Vec::new(),
             aux: Vec::new(),
+            token: token.map(str::to_string),
         };
         for id in 1..=n {
             cluster.spawn(id);
@@ -178,7 +186,13 @@ impl Cluster {
         for id in 1..=n {
             cluster.wait_healthy(id);
         }
-        let r = post(&cluster.addr(1), "/v1/cluster/init", "{}").unwrap();
+        let r = request_as(
+            &cluster.addr(1),
+            "POST",
+            "/v1/cluster/init",
+            Some("{}"),
+            token,
+        );
         assert_eq!(r.status, 200, "init: {}", r.text);
         cluster.wait_leader(&(1..=n).collect::<Vec<_>>());
         cluster
@@ -256,10 +270,20 @@ impl Cluster {
     }
 
     pub fn status(&self, id: u64) -> Option<Value> {
-        get(&self.addr(id), "/v1/cluster/status")
-            .ok()
-            .filter(|r| r.status == 200)
-            .map(|r| r.body)
+        let addr = self.addr(id);
+        let req = self.authed(ureq::http::Request::get(format!(
+            "http://{addr}/v1/cluster/status"
+        )));
+        let r = finish(agent().run(req)).ok()?;
+        (r.status == 200).then_some(r.body)
+    }
+
+    fn authed(&self, b: ureq::http::request::Builder) -> ureq::http::Request<String> {
+        let b = match &self.token {
+            Some(t) => b.header("authorization", format!("Bearer {t}")),
+            None => b,
+        };
+        b.body(String::new()).unwrap()
     }
 
     /// Wait until every node in `ids` names the same leader, which is one of them.
@@ -460,13 +484,25 @@ pub fn append_ok(addr: &str, topic: &str, uid: &str, stream: Option<&str>) -> Re
 
 /// Any method, optional JSON body.
 pub fn request(addr: &str, method: &str, path: &str, json: Option<&str>) -> Resp {
-    let req = ureq::http::Request::builder()
+    request_as(addr, method, path, json, None)
+}
+
+/// Any method, optional JSON body, optional bearer token.
+pub fn request_as(
+    addr: &str,
+    method: &str,
+    path: &str,
+    json: Option<&str>,
+    token: Option<&str>,
+) -> Resp {
+    let mut req = ureq::http::Request::builder()
         .method(method)
         .uri(format!("http://{addr}{path}"))
-        .header("content-type", "application/json")
-        .body(json.unwrap_or("").to_string())
-        .unwrap();
-    finish(agent().run(req)).unwrap()
+        .header("content-type", "application/json");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    finish(agent().run(req.body(json.unwrap_or("").to_string()).unwrap())).unwrap()
 }
 
 /// POST a JSON text with an `Idempotency-Key`. Err means no HTTP answer.
