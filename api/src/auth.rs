@@ -31,14 +31,20 @@ pub enum Access {
     Append,
 }
 
-/// One token, as configured.
+/// One token, as configured: its digest, or where to read the token itself (an environment
+/// variable or a file), which the node hashes at start and keeps only as a digest.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct TokenConfig {
     pub name: String,
     pub role: Role,
     /// Hex SHA-256 of the token (`printf %s "$TOKEN" | sha256sum`).
+    #[serde(default)]
     pub sha256: String,
+    #[serde(default)]
+    pub token_env: Option<String>,
+    #[serde(default)]
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 /// The node's view of `[auth]` for client routes.

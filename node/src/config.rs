@@ -294,17 +294,60 @@ impl Config {
         if let Ok(token) = std::env::var(CLIENT_TOKEN_ENV) {
             self.auth.client_token = Some(token);
         }
-        for (i, t) in self.auth.tokens.iter().enumerate() {
-            let ok = t.sha256.len() == 64 && t.sha256.chars().all(|c| c.is_ascii_hexdigit());
-            if !ok {
-                return Err(self.invalid(
-                    format!("auth.token[{i}].sha256"),
-                    "must be 64 hex digits (sha256sum of the token)",
-                ));
-            }
+        let mut tokens = std::mem::take(&mut self.auth.tokens);
+        for (i, t) in tokens.iter_mut().enumerate() {
+            self.resolve_token(i, t, base)?;
         }
+        self.auth.tokens = tokens;
         if self.auth.cluster_secret.as_deref() == Some("") {
             return Err(self.invalid("auth.cluster_secret", "must not be empty"));
+        }
+        Ok(())
+    }
+
+    /// Turn a token read from the environment or a file into its digest; check the digest.
+    fn resolve_token(
+        &self,
+        i: usize,
+        t: &mut api::auth::TokenConfig,
+        base: &Path,
+    ) -> Result<(), ConfigError> {
+        let key = format!("auth.token[{i}]");
+        let plain = match (&t.token_env, &t.token_file) {
+            (Some(var), None) => Some(std::env::var(var).map_err(|_| {
+                self.invalid(
+                    format!("{key}.token_env"),
+                    format!("the environment variable {var} is not set"),
+                )
+            })?),
+            (None, Some(file)) => {
+                let path = base.join(file);
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    self.invalid(
+                        format!("{key}.token_file"),
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                Some(text.trim_end().to_string())
+            }
+            (None, None) => None,
+            (Some(_), Some(_)) => {
+                return Err(self.invalid(key, "give token_env or token_file, not both"))
+            }
+        };
+        match plain {
+            Some(_) if !t.sha256.is_empty() => {
+                return Err(self.invalid(key, "give sha256 or where to read the token, not both"))
+            }
+            Some(p) if p.is_empty() => return Err(self.invalid(key, "the token is empty")),
+            Some(p) => t.sha256 = api::auth::token_digest(&p),
+            None => {}
+        }
+        if t.sha256.len() != 64 || !t.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(self.invalid(
+                format!("{key}.sha256"),
+                "must be 64 hex digits (sha256sum of the token)",
+            ));
         }
         Ok(())
     }
@@ -405,6 +448,26 @@ mod tests {
         assert_eq!(c.node(2).unwrap().addr, "127.0.0.1:7002");
         assert_eq!(c.uniq[0].name, "user_email");
         assert_eq!(c.uniq[0].rules.len(), 3);
+    }
+
+    #[test]
+    fn tokens_come_as_digests_or_from_a_file_and_bad_ones_are_named() {
+        let dir = tempfile::TempDir::new().unwrap();
+        std::fs::write(dir.path().join("t.txt"), "s3cret\n").unwrap();
+        let text = format!(
+            "{THREE}\n[[auth.token]]\nname = \"a\"\nrole = \"admin\"\ntoken_file = \"t.txt\"\n\
+             [[auth.token]]\nname = \"b\"\nrole = \"read\"\nsha256 = \"{}\"\n",
+            api::auth::token_digest("other")
+        );
+        let c = Config::parse(&text, Path::new("test.toml"), dir.path()).unwrap();
+        assert_eq!(c.auth.tokens[0].sha256, api::auth::token_digest("s3cret"));
+        let e = parse(&format!(
+            "{THREE}\n[[auth.token]]\nname = \"x\"\nrole = \"read\"\nsha256 = \"abc\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("auth.token[0].sha256"), "{e}");
+        let e = parse(&format!("{THREE}\n[[auth.token]]\nname = \"x\"\nrole = \"read\"\ntoken_env = \"UNIQLOG_TEST_UNSET_VAR\"\n")).unwrap_err();
+        assert!(e.to_string().contains("UNIQLOG_TEST_UNSET_VAR"), "{e}");
     }
 
     #[test]
