@@ -52,6 +52,9 @@ pub struct TokenConfig {
 pub struct Auth {
     pub tokens: Vec<TokenConfig>,
     pub anonymous_signup: bool,
+    /// Signs stream tokens: the cluster secret when set (tokens work on every node), else a
+    /// random key of this process (tokens work on this node).
+    pub stream_key: Vec<u8>,
 }
 
 pub fn token_digest(token: &str) -> String {
@@ -128,8 +131,101 @@ pub async fn require(State(app): State<SharedApp>, req: Request, next: Next) -> 
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
+    // EventSource cannot send headers: the event stream also takes a short-lived read token
+    // in its query (see `stream_token`).
+    if bearer.is_none() && path.as_deref() == Some(STREAM_ROUTE) && app.auth.enabled() {
+        let token = req
+            .uri()
+            .query()
+            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("access_token=")));
+        return match token.map(|t| app.auth.check_stream_token(t, crate::app::now_ms())) {
+            Some(Ok(())) => next.run(req).await,
+            Some(Err(e)) => e.into_response(),
+            None => ApiError::Unauthorized {
+                message:
+                    "a bearer token or an access_token from POST /v1/auth/stream-token is required"
+                        .into(),
+            }
+            .into_response(),
+        };
+    }
     match app.auth.check(access, system, bearer) {
         Ok(()) => next.run(req).await,
         Err(e) => e.into_response(),
+    }
+}
+
+/// The route that accepts `?access_token=`.
+pub const STREAM_ROUTE: &str = "/v1/topics/{topic}/stream";
+
+/// How long a stream token is good for: long enough to open a stream, short enough that a
+/// logged URL is soon useless.
+pub const STREAM_TOKEN_TTL_MS: u64 = 60_000;
+
+type HmacSha256 = hmac::Hmac<Sha256>;
+
+impl Auth {
+    fn stream_mac(&self, expires_ms: u64) -> String {
+        use hmac::Mac;
+        let mut mac = HmacSha256::new_from_slice(&self.stream_key).expect("any key length");
+        mac.update(format!("stream-read.{expires_ms}").as_bytes());
+        mac.finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// A read-only token for the event stream, valid for a minute.
+    pub fn make_stream_token(&self, now_ms: u64) -> (String, u64) {
+        let expires = now_ms + STREAM_TOKEN_TTL_MS;
+        (format!("{expires}.{}", self.stream_mac(expires)), expires)
+    }
+
+    pub fn check_stream_token(&self, token: &str, now_ms: u64) -> Result<(), ApiError> {
+        let bad = || ApiError::Unauthorized {
+            message: "the access_token is invalid or expired".into(),
+        };
+        let (expires, mac) = token.split_once('.').ok_or_else(bad)?;
+        let expires: u64 = expires.parse().map_err(|_| bad())?;
+        if now_ms >= expires || !crate::cluster_secret::same_secret(mac, &self.stream_mac(expires))
+        {
+            return Err(bad());
+        }
+        Ok(())
+    }
+}
+
+/// `POST /v1/auth/stream-token` (read role): `{"access_token", "expires_at"}` for
+/// `GET /v1/topics/{topic}/stream?access_token=...`.
+pub async fn stream_token(State(app): State<SharedApp>) -> Response {
+    let (token, expires) = app.auth.make_stream_token(crate::app::now_ms());
+    axum::Json(serde_json::json!({ "access_token": token, "expires_at": expires })).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_tokens_expire_and_are_bound_to_their_key() {
+        let a = Auth {
+            stream_key: b"k1".to_vec(),
+            ..Auth::default()
+        };
+        let b = Auth {
+            stream_key: b"k2".to_vec(),
+            ..Auth::default()
+        };
+        let (t, expires) = a.make_stream_token(1_000);
+        assert!(a.check_stream_token(&t, 1_001).is_ok());
+        assert!(a.check_stream_token(&t, expires).is_err(), "expired");
+        assert!(b.check_stream_token(&t, 1_001).is_err(), "another key");
+        let forged = t.replacen(&expires.to_string(), &(expires + 1_000_000).to_string(), 1);
+        assert!(
+            a.check_stream_token(&forged, 1_001).is_err(),
+            "expiry is signed"
+        );
+        assert!(a.check_stream_token("junk", 1).is_err());
     }
 }

@@ -73,6 +73,7 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
         "/v1/consumers/{name}/checkpoint",
         Access::Role(Role::Read),
     ),
+    ("POST", "/v1/auth/stream-token", Access::Role(Role::Read)),
     ("GET", "/health", Access::Public),
     ("GET", "/ready", Access::Public),
 ];
@@ -107,6 +108,7 @@ fn handler(method: &str, path: &str) -> MethodRouter<SharedApp> {
         ("POST", "/v1/users/{id}/activation-email") => post(users::resend_activation),
         ("GET", "/v1/consumers") => get(consumers::list),
         ("GET", "/v1/consumers/{name}/checkpoint") => get(consumers::checkpoint),
+        ("POST", "/v1/auth/stream-token") => post(auth::stream_token),
         ("GET", "/health") => get(cluster::health),
         ("GET", "/ready") => get(cluster::ready),
         (m, p) => unreachable!("route {m} {p} is in ROUTES but has no handler"),

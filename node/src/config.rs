@@ -354,9 +354,18 @@ impl Config {
 
     /// The node's client-route auth.
     pub fn client_auth(&self) -> api::auth::Auth {
+        let stream_key = match &self.auth.cluster_secret {
+            Some(secret) => format!("stream-token:{secret}").into_bytes(),
+            None => {
+                let mut key = vec![0u8; 32];
+                rand::RngCore::fill_bytes(&mut raft_store::runtime::rng(), &mut key);
+                key
+            }
+        };
         api::auth::Auth {
             tokens: self.auth.tokens.clone(),
             anonymous_signup: self.auth.anonymous_signup,
+            stream_key,
         }
     }
 

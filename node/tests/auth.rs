@@ -99,6 +99,33 @@ fn every_route_checks_tokens_and_roles() {
         }
     }
     assert!(cases >= ROUTES.len() * 5);
+    // The event stream also takes a short-lived access_token in its query (EventSource).
+    let t = request_as(
+        &a,
+        "POST",
+        "/v1/auth/stream-token",
+        Some("{}"),
+        Some("reader-token"),
+    );
+    assert_eq!(t.status, 200, "{}", t.text);
+    let token = t.body["access_token"].as_str().unwrap();
+    assert_eq!(
+        status_of_stream(
+            &a,
+            &format!("/v1/topics/t/stream?access_token={token}"),
+            None
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        status_of_stream(&a, "/v1/topics/t/stream?access_token=1.bad", None).status,
+        401
+    );
+    assert_eq!(
+        status_of_stream(&a, "/v1/topics/t/stream", None).status,
+        401
+    );
     // Unknown routes stay 404 whatever the token.
     assert_eq!(request_as(&a, "GET", "/v1/nope", None, None).status, 404);
 }

@@ -203,6 +203,9 @@ fn sse_frames(from: u64, events: &[String]) -> String {
 #[serde(deny_unknown_fields)]
 pub struct StreamParams {
     from: Option<u64>,
+    /// Checked by the auth middleware (EventSource cannot send headers).
+    #[serde(rename = "access_token")]
+    _access_token: Option<String>,
 }
 
 /// Server-sent events: one `id: <offset>` frame per event, keep-alive comments while idle.
