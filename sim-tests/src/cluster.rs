@@ -25,7 +25,8 @@ use serde_json::Value;
 use uniqlog_node::Config;
 
 use crate::disk::SimDisk;
-use crate::history::{Created, FinalState, NodeId, Outcome};
+use crate::history::{Created, FinalState, NodeId, Outcome, Owner};
+use crate::net_faults::{FaultyTransport, NetFaults};
 
 pub const PORT: u16 = 7001;
 pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
@@ -110,6 +111,10 @@ struct SimNode {
     handle: NodeHandle,
     disk: SimDisk,
     up: bool,
+    paused: bool,
+    /// Bumped on every kill: a status read is only trusted if the epoch did not change
+    /// while it was in flight.
+    epoch: Arc<AtomicU64>,
 }
 
 /// A running simulated cluster. Create it inside a madsim runtime.
@@ -122,6 +127,8 @@ pub struct SimCluster {
     client: Client,
     run_dir: PathBuf,
     clogged: Vec<NodeId>,
+    clogged_links: Vec<(NodeId, NodeId)>,
+    net: NetFaults,
 }
 
 static RUNS: AtomicU64 = AtomicU64::new(0);
@@ -151,6 +158,7 @@ impl SimCluster {
         remove_stale_run_dirs();
         std::fs::create_dir_all(&run_dir).expect("create the run directory");
 
+        let net = NetFaults::new();
         let mut nodes = BTreeMap::new();
         for n in &config.nodes {
             let id = n.id;
@@ -163,7 +171,16 @@ impl SimCluster {
                 .init({
                     let config = config.clone();
                     let disk = disk.clone();
-                    move || run_node(config.clone(), id, disk.clone(), snapshot_dir.clone())
+                    let net = net.clone();
+                    move || {
+                        run_node(
+                            config.clone(),
+                            id,
+                            disk.clone(),
+                            snapshot_dir.clone(),
+                            net.clone(),
+                        )
+                    }
                 })
                 .build();
             nodes.insert(
@@ -172,6 +189,8 @@ impl SimCluster {
                     handle,
                     disk,
                     up: true,
+                    paused: false,
+                    epoch: Arc::new(AtomicU64::new(0)),
                 },
             );
         }
@@ -192,7 +211,44 @@ impl SimCluster {
             client,
             run_dir,
             clogged: Vec::new(),
+            clogged_links: Vec::new(),
+            net,
         }
+    }
+
+    /// The message faults of every node's peer RPC and forwarding (off until set).
+    pub fn net_faults(&self) -> &NetFaults {
+        &self.net
+    }
+
+    /// The restart epoch of node `id` (bumped by every kill), shared with status pollers.
+    pub fn epoch(&self, id: NodeId) -> Arc<AtomicU64> {
+        self.node(id).epoch.clone()
+    }
+
+    pub fn is_paused(&self, id: NodeId) -> bool {
+        self.node(id).paused
+    }
+
+    /// Stop running node `id`'s tasks (timers, handlers, Raft) without killing it: a process
+    /// stopped by the OS or a long GC pause. Messages to it queue up.
+    pub fn pause(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).expect("no such node");
+        assert!(
+            node.up && !node.paused,
+            "pause node {id}: it is down or paused"
+        );
+        self.runtime.pause(node.handle.id());
+        node.paused = true;
+        tracing::info!(id, "paused node");
+    }
+
+    pub fn resume(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).expect("no such node");
+        assert!(node.paused, "resume node {id}: it is not paused");
+        self.runtime.resume(node.handle.id());
+        node.paused = false;
+        tracing::info!(id, "resumed node");
     }
 
     pub fn ids(&self) -> Vec<NodeId> {
@@ -238,6 +294,11 @@ impl SimCluster {
     pub fn kill(&mut self, id: NodeId) {
         let node = self.nodes.get_mut(&id).expect("no such node");
         assert!(node.up, "node {id} is already down");
+        if node.paused {
+            self.runtime.resume(node.handle.id());
+            node.paused = false;
+        }
+        node.epoch.fetch_add(1, Ordering::SeqCst);
         // Crash the disk first: the dying node's redb may still try to write as its tasks are
         // dropped, and those writes must not land.
         node.disk.crash();
@@ -271,13 +332,32 @@ impl SimCluster {
         tracing::info!(id, "unclogged node");
     }
 
-    /// Drop the traffic from `from` to `to` only (asymmetric partition).
-    pub fn clog_link(&self, from: NodeId, to: NodeId) {
+    /// Hold back the traffic from `from` to `to` only (asymmetric partition).
+    pub fn clog_link(&mut self, from: NodeId, to: NodeId) {
         NetSim::current().clog_link(self.node(from).handle.id(), self.node(to).handle.id());
+        self.clogged_links.push((from, to));
     }
 
-    pub fn unclog_link(&self, from: NodeId, to: NodeId) {
+    pub fn unclog_link(&mut self, from: NodeId, to: NodeId) {
         NetSim::current().unclog_link(self.node(from).handle.id(), self.node(to).handle.id());
+        self.clogged_links.retain(|&l| l != (from, to));
+    }
+
+    /// Cut every link between `side` and the other nodes, both ways. The clients still reach
+    /// every node.
+    pub fn partition(&mut self, side: &[NodeId]) {
+        let others: Vec<NodeId> = self
+            .ids()
+            .into_iter()
+            .filter(|id| !side.contains(id))
+            .collect();
+        for &a in side {
+            for &b in &others {
+                self.clog_link(a, b);
+                self.clog_link(b, a);
+            }
+        }
+        tracing::info!(?side, ?others, "partitioned");
     }
 
     /// `POST /v1/cluster/init` to node 1, until it answers 200.
@@ -331,32 +411,35 @@ impl SimCluster {
 
     /// Wait until a majority of the whole cluster agrees on one leader that says it leads.
     pub async fn wait_for_leader(&self) -> NodeId {
+        self.try_wait_for_leader(Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The leader a majority agrees on now, if any (one round of status calls).
+    pub async fn leader_now(&self) -> Option<NodeId> {
+        agreed_leader(&self.statuses().await, self.nodes.len() / 2 + 1)
+    }
+
+    /// Like [`SimCluster::wait_for_leader`], but gives up after `within` of simulated time
+    /// with what it saw.
+    pub async fn try_wait_for_leader(&self, within: Duration) -> Result<NodeId, String> {
         let majority = self.nodes.len() / 2 + 1;
-        let mut seen = BTreeMap::new();
-        for _ in 0..150 {
-            seen = self.statuses().await;
-            let mut leaders: Vec<&ClusterStatus> = seen
-                .values()
-                .flatten()
-                .filter(|s| s.role == "leader")
-                .collect();
-            leaders.sort_by_key(|s| std::cmp::Reverse(s.term));
-            if let Some(l) = leaders.first() {
-                let agree = seen
-                    .values()
-                    .flatten()
-                    .filter(|s| s.leader == Some(l.id) && s.term == l.term)
-                    .count();
-                if agree >= majority {
-                    return l.id;
-                }
+        let start = now_ms();
+        loop {
+            let seen = self.statuses().await;
+            if let Some(l) = agreed_leader(&seen, majority) {
+                return Ok(l);
+            }
+            if now_ms() - start >= within.as_millis() as u64 {
+                return Err(format!(
+                    "no leader agreed on by a majority after {} s: {}",
+                    within.as_secs(),
+                    brief(&seen)
+                ));
             }
             sleep(POLL).await;
         }
-        panic!(
-            "no leader agreed on by a majority after 30 s: {}",
-            brief(&seen)
-        );
     }
 
     /// Send one append to `node` and classify the answer.
@@ -380,15 +463,27 @@ impl SimCluster {
     /// the index but not on the content, that is returned too (the checker names the
     /// divergence).
     pub async fn wait_converged(&self, topics: &[&str]) -> FinalState {
+        self.try_wait_converged(topics, Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`SimCluster::wait_converged`], but gives up after `within` of simulated time.
+    pub async fn try_wait_converged(
+        &self,
+        topics: &[&str],
+        within: Duration,
+    ) -> Result<FinalState, String> {
         let topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
-        let mut seen = BTreeMap::new();
+        let mut seen;
         let mut last_state = None;
-        for _ in 0..150 {
+        let start = now_ms();
+        loop {
             seen = self.statuses().await;
             if let Some(applied) = settled(&seen) {
                 let mut state = FinalState {
                     applied_index: applied,
-                    topics: BTreeMap::new(),
+                    ..FinalState::default()
                 };
                 let mut complete = true;
                 for id in self.ids() {
@@ -407,24 +502,57 @@ impl SimCluster {
                 if complete && settled(&self.statuses().await) == Some(applied) {
                     let first = state.topics.values().next();
                     if state.topics.values().all(|t| Some(t) == first) {
-                        return state;
+                        return Ok(state);
                     }
                     last_state = Some(state);
                 }
+            }
+            if now_ms() - start >= within.as_millis() as u64 {
+                break;
             }
             sleep(POLL).await;
         }
         if let Some(state) = last_state {
             tracing::error!("nodes settled on one applied index but hold different topics");
-            return state;
+            return Ok(state);
         }
-        panic!("the cluster did not converge within 30 s: {}", brief(&seen));
+        Err(format!(
+            "the cluster did not converge within {} s: {}",
+            within.as_secs(),
+            brief(&seen)
+        ))
     }
 
-    /// Heal every partition made with [`SimCluster::clog`].
+    /// Every node's owner of each of `keys` in uniq set `set`.
+    pub async fn read_uniq(
+        &self,
+        set: &str,
+        keys: &[String],
+    ) -> Result<BTreeMap<NodeId, BTreeMap<String, Option<Owner>>>, String> {
+        let client = self.client();
+        let (ids, set, keys) = (self.ids(), set.to_string(), keys.to_vec());
+        self.on_client(async move {
+            let mut out = BTreeMap::new();
+            for id in ids {
+                let mut per_key = BTreeMap::new();
+                for key in &keys {
+                    per_key.insert(key.clone(), client.uniq_owner(id, &set, key).await?);
+                }
+                out.insert(id, per_key);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Heal every partition made with [`SimCluster::clog`], [`SimCluster::clog_link`] or
+    /// [`SimCluster::partition`].
     pub fn heal(&mut self) {
         for id in std::mem::take(&mut self.clogged) {
             NetSim::current().unclog_node(self.node(id).handle.id());
+        }
+        for (a, b) in std::mem::take(&mut self.clogged_links) {
+            NetSim::current().unclog_link(self.node(a).handle.id(), self.node(b).handle.id());
         }
     }
 
@@ -457,6 +585,27 @@ fn remove_stale_run_dirs() {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
+}
+
+/// The leader that says it leads with the highest term, if at least `majority` statuses name
+/// it in that term.
+fn agreed_leader(
+    seen: &BTreeMap<NodeId, Result<ClusterStatus, String>>,
+    majority: usize,
+) -> Option<NodeId> {
+    let mut leaders: Vec<&ClusterStatus> = seen
+        .values()
+        .flatten()
+        .filter(|s| s.role == "leader")
+        .collect();
+    leaders.sort_by_key(|s| std::cmp::Reverse(s.term));
+    let l = leaders.first()?;
+    let agree = seen
+        .values()
+        .flatten()
+        .filter(|s| s.leader == Some(l.id) && s.term == l.term)
+        .count();
+    (agree >= majority).then_some(l.id)
 }
 
 /// The applied index all nodes agree on, if they are settled: all answer, one leader known to
@@ -494,10 +643,16 @@ pub fn brief(seen: &BTreeMap<NodeId, Result<ClusterStatus, String>>) -> String {
 }
 
 /// The body of a simulated node: open its disk, start the production node, serve forever.
-async fn run_node(config: Arc<Config>, id: NodeId, disk: SimDisk, snapshot_dir: PathBuf) {
+async fn run_node(
+    config: Arc<Config>,
+    id: NodeId,
+    disk: SimDisk,
+    snapshot_dir: PathBuf,
+    net: NetFaults,
+) {
     let storage = Storage::open_with_backend(disk.open(), snapshot_dir)
         .unwrap_or_else(|e| panic!("node {id}: opening its storage failed: {e}"));
-    let transport: Arc<dyn Transport> = Arc::new(HyperTransport::new());
+    let transport: Arc<dyn Transport> = Arc::new(FaultyTransport::new(net));
     let node = uniqlog_node::start(&config, id, storage, transport)
         .await
         .unwrap_or_else(|e| panic!("node {id}: start failed: {e}"));
@@ -561,6 +716,40 @@ impl Client {
                 return Ok(out);
             }
             out.extend(events.iter().cloned());
+        }
+    }
+
+    /// `GET /v1/uniq/{set}/{key}` on `node`: the owner, or `None` when the key is free.
+    pub async fn uniq_owner(
+        &self,
+        node: NodeId,
+        set: &str,
+        key: &str,
+    ) -> Result<Option<Owner>, String> {
+        let resp = self
+            .send(
+                node,
+                HttpRequest::get(format!("/v1/uniq/{set}/{key}")),
+                READ_TIMEOUT,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let body: Value = serde_json::from_slice(&resp.body).unwrap_or(Value::Null);
+        match resp.status {
+            404 => Ok(None),
+            200 => match (
+                body.get("owner").and_then(Value::as_str),
+                body.get("since_offset").and_then(Value::as_u64),
+            ) {
+                (Some(owner), Some(since)) => Ok(Some(Owner {
+                    owner: owner.to_string(),
+                    since_offset: since,
+                })),
+                _ => Err(format!(
+                    "uniq {set}/{key} on node {node}: unexpected body {body}"
+                )),
+            },
+            status => Err(format!("uniq {set}/{key} on node {node}: {status} {body}")),
         }
     }
 

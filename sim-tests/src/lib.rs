@@ -1,18 +1,32 @@
 //! Deterministic simulation of a uniqlog cluster under madsim.
 //!
-//! Build and run with `RUSTFLAGS="--cfg madsim"` (see `tests/basic.rs`); in a normal build
-//! only the simulated disk and the history checker compile (and their unit tests run).
+//! Build and run with `RUSTFLAGS="--cfg madsim"` (see `tests/basic.rs`, `tests/sim.rs` and the
+//! `simulate` binary); in a normal build only the simulated disk, the history types and the
+//! checkers compile (and their unit tests run).
 //!
 //! - [`disk`]: `SimDisk`, an in-memory redb backend that loses unsynced writes on a crash;
-//! - [`history`]: what the clients saw, and the checker that judges the final state by it;
+//! - [`history`]: what the clients saw and what the nodes hold at the end;
+//! - [`check`]: the checkers, one module per invariant, pure functions of the history;
 //! - `cluster` (madsim only): `SimCluster`, production nodes as madsim nodes;
-//! - `workload` (madsim only): concurrent HTTP clients with unique event ids.
+//! - `net_faults` (madsim only): the transport wrapper that loses, delays and duplicates
+//!   peer RPC and forwarded requests;
+//! - `nemesis` (madsim only): crash, pause and partition episodes drawn from the seed;
+//! - `workload` (madsim only): concurrent HTTP clients (appends, users commands) and status
+//!   pollers;
+//! - `run` (madsim only): one whole run: safety phase, liveness phase, checkers, trace hash.
 
+pub mod check;
 pub mod disk;
 pub mod history;
 
 #[cfg(madsim)]
 pub mod cluster;
+#[cfg(madsim)]
+pub mod nemesis;
+#[cfg(madsim)]
+pub mod net_faults;
+#[cfg(madsim)]
+pub mod run;
 #[cfg(madsim)]
 pub mod workload;
 

@@ -1,23 +1,76 @@
-//! The client load of the scenarios: concurrent client tasks on the client node, each
-//! appending events with unique ids through the HTTP API, to every node in turn.
+//! The client load of the scenarios: concurrent client tasks on the client node, sending
+//! their requests through the HTTP API to every node in turn, and status pollers.
 //!
-//! Each client owns one stream in topic [`STREAM_TOPIC`] and appends to it with
-//! `expected_version` (its best knowledge of the stream's version; a 409 tells it the actual
-//! one). Its other appends go to [`PLAIN_TOPIC`], one or two events at a time.
+//! - Append clients: each owns one stream in topic [`STREAM_TOPIC`] and appends to it with
+//!   `expected_version` (its best knowledge of the stream's version; a 409 tells it the actual
+//!   one). Its other appends go to [`PLAIN_TOPIC`], one or two events at a time, each event
+//!   with a unique `data.id`. A share of the appends carries an idempotency key; those are
+//!   retried with the same key (and the same events) after an unknown outcome or a 503.
+//! - Users clients: sign up with addresses from a small pool (so they collide, in different
+//!   letter cases), change the address of accounts they created, delete them. Sign-ups may
+//!   carry an idempotency key and are then retried like keyed appends.
+//! - Status pollers: one per node, asking `GET /v1/cluster/status` one call at a time.
+//!
+//! Every request and its answer is recorded (`crate::history`); nothing is assumed about a
+//! request without a definite answer.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use api::HttpRequest;
 use madsim::rand::Rng;
 use serde_json::{json, Value};
 
-use crate::cluster::{now_ms, sleep, Client, SimCluster};
-use crate::history::{Attempt, NodeId, Outcome};
+use crate::cluster::{now_ms, sleep, Client, SimCluster, APPEND_TIMEOUT};
+use crate::history::{
+    Attempt, History, NodeId, Outcome, StatusSample, UserAttempt, UserOp, UserOutcome,
+};
 
 pub const PLAIN_TOPIC: &str = "log";
 pub const STREAM_TOPIC: &str = "orders";
+pub const USERS_TOPIC: &str = crate::check::USERS_TOPIC;
+/// The topics of the append clients.
 pub const TOPICS: [&str; 2] = [PLAIN_TOPIC, STREAM_TOPIC];
+/// Every topic the workload writes.
+pub const ALL_TOPICS: [&str; 3] = [PLAIN_TOPIC, STREAM_TOPIC, USERS_TOPIC];
+
+/// The addresses users sign up with (ASCII, so the checker's normalization is trim and
+/// lower-case); clients send them in varied letter case.
+pub const EMAILS: [&str; 6] = [
+    "ann@example.com",
+    "bob@example.com",
+    "cat@example.org",
+    "dan@example.org",
+    "eve@example.net",
+    "fay@example.net",
+];
+
+/// The `[[uniq]]` rules and `[users]` settings the users clients need in the cluster config.
+pub const USERS_CONFIG: &str = r#"
+[users]
+activation_secret = "x"
+password_memory_kib = 64
+password_iterations = 1
+
+[[uniq]]
+name = "user_email"
+topic = "users"
+normalize = "email"
+[[uniq.rule]]
+event = "AccountCreated"
+op = "create"
+key = "/email"
+[[uniq.rule]]
+event = "EmailChanged"
+op = "update"
+old_key = "/old_email"
+key = "/new_email"
+[[uniq.rule]]
+event = "AccountDeleted"
+op = "delete"
+key = "/email"
+"#;
 
 #[derive(Debug, Clone)]
 pub struct LoadSpec {
@@ -29,6 +82,14 @@ pub struct LoadSpec {
     /// Extra random pause after an append that did not succeed, as a client would back off
     /// before its next request while the cluster elects or a node is down.
     pub backoff_ms: std::ops::Range<u64>,
+    /// The share of appends (and sign-ups) that carry an idempotency key.
+    pub keyed_share: f64,
+    /// How often a keyed request is sent again after an unknown outcome or a 503.
+    pub retries_max: u32,
+    /// Users clients (they need [`USERS_CONFIG`] in the cluster config).
+    pub users_clients: usize,
+    /// Status pollers' pause between two calls to one node; `None`: no pollers.
+    pub status_poll: Option<Duration>,
 }
 
 impl Default for LoadSpec {
@@ -38,6 +99,10 @@ impl Default for LoadSpec {
             appends_per_client: 200,
             think_ms: 5..40,
             backoff_ms: 100..300,
+            keyed_share: 0.0,
+            retries_max: 0,
+            users_clients: 0,
+            status_poll: None,
         }
     }
 }
@@ -45,28 +110,50 @@ impl Default for LoadSpec {
 /// Running client tasks.
 pub struct Load {
     stop: Arc<AtomicBool>,
-    history: Arc<Mutex<Vec<Attempt>>>,
+    history: Arc<Mutex<History>>,
     tasks: Vec<madsim::task::JoinHandle<()>>,
 }
 
 impl Load {
-    /// Start `spec.clients` client tasks against the nodes `targets`.
+    /// Start the clients and pollers of `spec` against the nodes `targets`.
     pub fn start(cluster: &SimCluster, spec: &LoadSpec, targets: Vec<NodeId>) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
-        let history = Arc::new(Mutex::new(Vec::new()));
-        let tasks = (0..spec.clients)
-            .map(|k| {
-                let ctx = ClientCtx {
-                    k,
-                    client: cluster.client(),
-                    targets: targets.clone(),
-                    stop: stop.clone(),
-                    history: history.clone(),
-                    spec: spec.clone(),
-                };
-                cluster.spawn_client(ctx.run())
-            })
-            .collect();
+        let history = Arc::new(Mutex::new(History::default()));
+        let mut tasks = Vec::new();
+        for k in 0..spec.clients {
+            let ctx = ClientCtx {
+                k,
+                client: cluster.client(),
+                targets: targets.clone(),
+                stop: stop.clone(),
+                history: history.clone(),
+                spec: spec.clone(),
+            };
+            tasks.push(cluster.spawn_client(ctx.run()));
+        }
+        for k in 0..spec.users_clients {
+            let ctx = ClientCtx {
+                k: spec.clients + k,
+                client: cluster.client(),
+                targets: targets.clone(),
+                stop: stop.clone(),
+                history: history.clone(),
+                spec: spec.clone(),
+            };
+            tasks.push(cluster.spawn_client(ctx.run_users()));
+        }
+        if let Some(every) = spec.status_poll {
+            for id in cluster.ids() {
+                tasks.push(cluster.spawn_client(poll_status(
+                    cluster.client(),
+                    id,
+                    cluster.epoch(id),
+                    every,
+                    stop.clone(),
+                    history.clone(),
+                )));
+            }
+        }
         Load {
             stop,
             history,
@@ -74,9 +161,10 @@ impl Load {
         }
     }
 
-    /// Appends answered so far.
+    /// Writes answered so far (appends and users commands).
     pub fn answered(&self) -> usize {
-        self.history.lock().unwrap().len()
+        let h = self.history.lock().unwrap();
+        h.appends.len() + h.users.len()
     }
 
     /// Appends acknowledged (201) so far.
@@ -84,6 +172,7 @@ impl Load {
         self.history
             .lock()
             .unwrap()
+            .appends
             .iter()
             .filter(|a| matches!(a.outcome, Outcome::Ok(_)))
             .count()
@@ -105,9 +194,14 @@ impl Load {
         }
     }
 
-    /// Ask every client to stop, wait for their last answers, return the history in the order
-    /// the answers arrived.
+    /// Ask every client to stop, wait for their last answers, return the append history in
+    /// the order the answers arrived.
     pub async fn stop(self) -> Vec<Attempt> {
+        self.stop_all().await.appends
+    }
+
+    /// Ask every client and poller to stop, wait for them, return everything recorded.
+    pub async fn stop_all(self) -> History {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.tasks {
             t.await.expect("a client task failed");
@@ -122,11 +216,36 @@ struct ClientCtx {
     client: Client,
     targets: Vec<NodeId>,
     stop: Arc<AtomicBool>,
-    history: Arc<Mutex<Vec<Attempt>>>,
-    spec: LoadSpec,
+    history: Arc<Mutex<History>>,
+    spec: ClientSpec,
+}
+
+type ClientSpec = LoadSpec;
+
+/// Worth sending again under the same key: no definite answer, or a 503 (not applied).
+fn retryable(o: &Outcome) -> bool {
+    matches!(o, Outcome::Unknown(_) | Outcome::Failed(0 | 503, _))
+}
+
+fn user_retryable(o: &UserOutcome) -> bool {
+    matches!(o, UserOutcome::Unknown(_) | UserOutcome::Failed(0 | 503, _))
 }
 
 impl ClientCtx {
+    async fn pause(&self, succeeded: bool) {
+        let mut rng = madsim::rand::thread_rng();
+        let mut pause = rng.gen_range(self.spec.think_ms.clone());
+        if !succeeded {
+            pause += rng.gen_range(self.spec.backoff_ms.clone());
+        }
+        drop(rng);
+        sleep(Duration::from_millis(pause)).await;
+    }
+
+    fn keyed(&self) -> bool {
+        self.spec.keyed_share > 0.0 && madsim::rand::thread_rng().gen_bool(self.spec.keyed_share)
+    }
+
     async fn run(self) {
         let k = self.k;
         let stream = format!("order-c{k}");
@@ -136,9 +255,8 @@ impl ClientCtx {
             if self.stop.load(Ordering::Relaxed) {
                 break;
             }
-            let node = self.targets[(k + n) % self.targets.len()];
             let id = format!("c{k}-{n}");
-            let (topic, events, body, expected) = if n % 3 == 0 {
+            let (topic, events, mut body, expected) = if n % 3 == 0 {
                 let expected = if version == 0 {
                     json!("no_stream")
                 } else {
@@ -166,9 +284,39 @@ impl ClientCtx {
                     .collect();
                 (PLAIN_TOPIC, events, json!({ "events": list }), None)
             };
-            let sent_ms = now_ms();
-            let outcome = self.client.append(node, topic, &body).await;
-            let answered_ms = now_ms();
+            let key = self.keyed().then(|| format!("key-{id}"));
+            if let Some(key) = &key {
+                body["idempotency_key"] = json!(key);
+            }
+            let mut retry = 0;
+            let outcome = loop {
+                let node = self.targets[(k + n + retry as usize) % self.targets.len()];
+                let sent_ms = now_ms();
+                let outcome = self.client.append(node, topic, &body).await;
+                let answered_ms = now_ms();
+                self.history.lock().unwrap().appends.push(Attempt {
+                    id: id.clone(),
+                    client: k,
+                    node,
+                    topic: topic.to_string(),
+                    events,
+                    stream: expected.clone(),
+                    key: key.clone(),
+                    retry,
+                    outcome: outcome.clone(),
+                    sent_ms,
+                    answered_ms,
+                });
+                if key.is_none()
+                    || !retryable(&outcome)
+                    || retry >= self.spec.retries_max
+                    || self.stop.load(Ordering::Relaxed)
+                {
+                    break outcome;
+                }
+                retry += 1;
+                self.pause(false).await;
+            };
             if expected.is_some() {
                 match &outcome {
                     Outcome::Ok(_) => version += 1,
@@ -180,32 +328,210 @@ impl ClientCtx {
                     Outcome::Failed(..) | Outcome::Unknown(_) => {}
                 }
             }
-            if let Outcome::Failed(status, body) = &outcome {
-                // A 4xx other than 409 means the workload sent something the API refuses:
-                // a bug of the test, not a fault of the cluster.
-                assert!(
-                    !(400..500).contains(status),
-                    "append {id} to node {node} was refused with {status}: {body}"
-                );
+            self.pause(matches!(outcome, Outcome::Ok(_) | Outcome::Conflict(_)))
+                .await;
+        }
+    }
+
+    /// A pool address in a random letter case, sometimes with blanks around it.
+    fn email(&self) -> String {
+        let mut rng = madsim::rand::thread_rng();
+        let base = EMAILS[rng.gen_range(0..EMAILS.len())];
+        let (local, domain) = base.split_once('@').expect("pool addresses have an @");
+        let local = if rng.gen_bool(0.3) {
+            local.to_ascii_uppercase()
+        } else {
+            local.to_string()
+        };
+        let domain = if rng.gen_bool(0.3) {
+            let mut d = domain.to_string();
+            d[..1].make_ascii_uppercase();
+            d
+        } else {
+            domain.to_string()
+        };
+        let pad = if rng.gen_bool(0.1) { " " } else { "" };
+        format!("{pad}{local}@{domain}{pad}")
+    }
+
+    async fn run_users(self) {
+        let k = self.k;
+        // Accounts this client created and believes alive: (id, email).
+        let mut mine: Vec<(String, String)> = Vec::new();
+        for n in 0..self.spec.appends_per_client {
+            if self.stop.load(Ordering::Relaxed) {
+                break;
             }
-            let succeeded = matches!(outcome, Outcome::Ok(_) | Outcome::Conflict(_));
-            self.history.lock().unwrap().push(Attempt {
-                id,
-                client: k,
-                node,
-                topic: topic.to_string(),
-                events,
-                stream: expected,
+            let action = madsim::rand::thread_rng().gen_range(0..10);
+            let op = if mine.is_empty() || action < 5 {
+                let key = self.keyed().then(|| format!("signup-u{k}-{n}"));
+                UserOp::SignUp {
+                    username: format!("u{k}-{n}"),
+                    email: self.email(),
+                    key,
+                }
+            } else {
+                let i = madsim::rand::thread_rng().gen_range(0..mine.len());
+                let user = mine[i].0.clone();
+                if action < 8 {
+                    UserOp::ChangeEmail {
+                        user,
+                        email: self.email(),
+                    }
+                } else {
+                    UserOp::Delete { user }
+                }
+            };
+            let mut retry = 0;
+            let outcome = loop {
+                let node =
+                    self.targets[madsim::rand::thread_rng().gen_range(0..self.targets.len())];
+                let sent_ms = now_ms();
+                let outcome = self.client.user_command(node, &op).await;
+                let answered_ms = now_ms();
+                self.history.lock().unwrap().users.push(UserAttempt {
+                    client: k,
+                    node,
+                    op: op.clone(),
+                    retry,
+                    outcome: outcome.clone(),
+                    sent_ms,
+                    answered_ms,
+                });
+                let keyed = matches!(&op, UserOp::SignUp { key: Some(_), .. });
+                if !keyed
+                    || !user_retryable(&outcome)
+                    || retry >= self.spec.retries_max
+                    || self.stop.load(Ordering::Relaxed)
+                {
+                    break outcome;
+                }
+                retry += 1;
+                self.pause(false).await;
+            };
+            match (&op, &outcome) {
+                (UserOp::SignUp { email, .. }, UserOutcome::Done { user, .. }) => {
+                    mine.push((user.clone(), email.clone()))
+                }
+                (UserOp::ChangeEmail { user, email }, UserOutcome::Done { .. }) => {
+                    for m in mine.iter_mut().filter(|m| &m.0 == user) {
+                        m.1 = email.clone();
+                    }
+                }
+                (UserOp::Delete { user }, UserOutcome::Done { .. } | UserOutcome::NotFound)
+                | (UserOp::ChangeEmail { user, .. }, UserOutcome::NotFound) => {
+                    mine.retain(|m| &m.0 != user)
+                }
+                _ => {}
+            }
+            self.pause(matches!(
                 outcome,
-                sent_ms,
-                answered_ms,
+                UserOutcome::Done { .. } | UserOutcome::Conflict { .. } | UserOutcome::NotFound
+            ))
+            .await;
+        }
+    }
+}
+
+/// Ask `node` for its status, one call at a time, until stopped; keep the answers whose node
+/// was not killed while the call was in flight.
+async fn poll_status(
+    client: Client,
+    node: NodeId,
+    epoch: Arc<AtomicU64>,
+    every: Duration,
+    stop: Arc<AtomicBool>,
+    history: Arc<Mutex<History>>,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        let before = epoch.load(Ordering::SeqCst);
+        let r = client.status(node).await;
+        let after = epoch.load(Ordering::SeqCst);
+        if let (Ok(s), true) = (r, before == after) {
+            history.lock().unwrap().status.push(StatusSample {
+                node,
+                epoch: after,
+                at_ms: now_ms(),
+                role: s.role,
+                term: s.term,
+                leader: s.leader,
+                commit_index: s.commit_index,
+                applied_index: s.applied_index,
+                last_log_index: s.last_log_index,
             });
-            let mut rng = madsim::rand::thread_rng();
-            let mut pause = rng.gen_range(self.spec.think_ms.clone());
-            if !succeeded {
-                pause += rng.gen_range(self.spec.backoff_ms.clone());
+        }
+        sleep(every).await;
+    }
+}
+
+impl Client {
+    /// Send one users command and classify the answer.
+    pub async fn user_command(&self, node: NodeId, op: &UserOp) -> UserOutcome {
+        let req = match op {
+            UserOp::SignUp {
+                username,
+                email,
+                key,
+            } => {
+                let body =
+                    json!({"username": username, "email": email, "password": "correct horse"});
+                let mut req = HttpRequest::post("/v1/users", body.to_string());
+                if let Some(key) = key {
+                    req.headers.push((
+                        http::HeaderName::from_static("idempotency-key"),
+                        key.clone(),
+                    ));
+                }
+                req
             }
-            sleep(Duration::from_millis(pause)).await;
+            UserOp::ChangeEmail { user, email } => {
+                let mut req = HttpRequest::post(
+                    format!("/v1/users/{user}"),
+                    json!({"email": email}).to_string(),
+                );
+                req.method = http::Method::PATCH;
+                req
+            }
+            UserOp::Delete { user } => {
+                let mut req = HttpRequest::get(format!("/v1/users/{user}"));
+                req.method = http::Method::DELETE;
+                req
+            }
+        };
+        match self.send(node, req, APPEND_TIMEOUT).await {
+            Ok(resp) => {
+                let body: Value = serde_json::from_slice(&resp.body).unwrap_or(Value::Null);
+                match resp.status {
+                    200 | 201 => match (
+                        body.get("id").and_then(Value::as_str),
+                        body.get("offset").and_then(Value::as_u64),
+                    ) {
+                        (Some(id), Some(offset)) => UserOutcome::Done {
+                            user: id.to_string(),
+                            offset,
+                        },
+                        _ => UserOutcome::Unknown(format!(
+                            "{} with an unexpected body: {body}",
+                            resp.status
+                        )),
+                    },
+                    404 => UserOutcome::NotFound,
+                    409 => UserOutcome::Conflict {
+                        code: body
+                            .get("error")
+                            .and_then(Value::as_str)
+                            .unwrap_or("")
+                            .to_string(),
+                        body,
+                    },
+                    503 if body.get("error").and_then(Value::as_str) == Some("outcome_unknown") => {
+                        UserOutcome::Unknown(format!("503 {body}"))
+                    }
+                    status => UserOutcome::Failed(status, body.to_string()),
+                }
+            }
+            Err(e) if e.nothing_sent() => UserOutcome::Failed(0, e.to_string()),
+            Err(e) => UserOutcome::Unknown(e.to_string()),
         }
     }
 }

@@ -1,0 +1,330 @@
+//! The fault schedule of a run, chosen by the seed: crashes, pauses and partitions one after
+//! another, with message faults (`net_faults`) in the background.
+//!
+//! Episodes run one at a time on the supervisor task (not on a simulated node): each one makes
+//! its fault, lets the load run under it for a while, and undoes it, so a node is never left
+//! down, paused or cut off when the next episode starts. Between episodes the cluster gets a
+//! short, random breather (sometimes none).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use madsim::rand::seq::SliceRandom;
+use madsim::rand::Rng;
+
+use crate::cluster::{now_ms, sleep, SimCluster};
+use crate::history::NodeId;
+use crate::net_faults::{MsgKind, Rates};
+
+/// The kinds of episode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FaultKind {
+    /// Power cut on one node (the leader half of the time), restart on its crashed disk.
+    Crash,
+    /// Power cut on every node at once.
+    PowerCut,
+    /// One node (often the leader) stops running for longer than an election timeout.
+    Pause,
+    /// A random minority is cut off from the rest.
+    Minority,
+    /// The leader alone on one side.
+    IsolatedLeader,
+    /// No side has a majority: nothing may commit.
+    NoQuorum,
+    /// One direction of the links between the leader and the others (or one follower) is cut.
+    Asymmetric,
+    /// A node is cut off and reconnected over and over.
+    Flapping,
+}
+
+impl FaultKind {
+    pub const ALL: [FaultKind; 8] = [
+        FaultKind::Crash,
+        FaultKind::PowerCut,
+        FaultKind::Pause,
+        FaultKind::Minority,
+        FaultKind::IsolatedLeader,
+        FaultKind::NoQuorum,
+        FaultKind::Asymmetric,
+        FaultKind::Flapping,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::Crash => "crash",
+            FaultKind::PowerCut => "power_cut",
+            FaultKind::Pause => "pause",
+            FaultKind::Minority => "minority",
+            FaultKind::IsolatedLeader => "isolated_leader",
+            FaultKind::NoQuorum => "no_quorum",
+            FaultKind::Asymmetric => "asymmetric",
+            FaultKind::Flapping => "flapping",
+        }
+    }
+
+    /// Relative odds of each kind.
+    fn weight(self) -> u32 {
+        match self {
+            FaultKind::Crash => 4,
+            FaultKind::PowerCut => 1,
+            FaultKind::Pause => 3,
+            FaultKind::Minority => 3,
+            FaultKind::IsolatedLeader => 3,
+            FaultKind::NoQuorum => 1,
+            FaultKind::Asymmetric => 3,
+            FaultKind::Flapping => 2,
+        }
+    }
+}
+
+/// How the safety phase's faults are drawn.
+#[derive(Debug, Clone)]
+pub struct NemesisSpec {
+    /// Episodes start until this much simulated time has passed.
+    pub duration: Duration,
+    /// The kinds that may be drawn.
+    pub kinds: Vec<FaultKind>,
+    /// Whether message faults run in the background (their odds are drawn from the seed).
+    pub message_faults: bool,
+    /// The largest election timeout of the cluster's config: pauses last longer than this.
+    pub election_timeout_max: Duration,
+}
+
+impl Default for NemesisSpec {
+    fn default() -> Self {
+        NemesisSpec {
+            duration: Duration::from_secs(30),
+            kinds: FaultKind::ALL.to_vec(),
+            message_faults: true,
+            election_timeout_max: Duration::from_millis(1000),
+        }
+    }
+}
+
+/// What the nemesis did: counts by kind and a line per episode.
+#[derive(Debug, Clone, Default)]
+pub struct FaultLog {
+    pub counts: BTreeMap<&'static str, u64>,
+    pub lines: Vec<String>,
+    /// Message fault odds in force during the safety phase, per kind of message.
+    pub rates: BTreeMap<&'static str, String>,
+}
+
+impl FaultLog {
+    fn note(&mut self, kind: FaultKind, what: String) {
+        *self.counts.entry(kind.name()).or_default() += 1;
+        let line = format!("{:>7} ms {}: {what}", now_ms(), kind.name());
+        tracing::info!("nemesis {line}");
+        self.lines.push(line);
+    }
+}
+
+impl fmt::Display for FaultLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let counts: Vec<String> = self
+            .counts
+            .iter()
+            .map(|(k, n)| format!("{k}={n}"))
+            .collect();
+        write!(f, "{}", counts.join(" "))
+    }
+}
+
+fn ms(range: std::ops::Range<u64>) -> Duration {
+    Duration::from_millis(madsim::rand::thread_rng().gen_range(range))
+}
+
+fn pick(ids: &[NodeId]) -> NodeId {
+    *ids.choose(&mut madsim::rand::thread_rng())
+        .expect("a cluster has nodes")
+}
+
+/// The leader if one is agreed on now, else a random node; or a random node anyway with
+/// odds 1/2.
+async fn leader_or_any(cluster: &SimCluster) -> NodeId {
+    let ids = cluster.ids();
+    if madsim::rand::thread_rng().gen_bool(0.5) {
+        if let Some(l) = cluster.leader_now().await {
+            return l;
+        }
+    }
+    pick(&ids)
+}
+
+/// Run episodes until `spec.duration` has passed; return what was done. Leaves every node up,
+/// running and connected, and message faults off.
+pub async fn run(cluster: &mut SimCluster, spec: &NemesisSpec) -> FaultLog {
+    let mut log = FaultLog::default();
+    if spec.message_faults {
+        for kind in [MsgKind::Raft, MsgKind::Forward] {
+            let rates = Rates::random(&mut madsim::rand::thread_rng());
+            cluster.net_faults().set(kind, rates);
+            log.rates.insert(kind.name(), rates.to_string());
+        }
+    }
+    let start = now_ms();
+    let total: u32 = spec.kinds.iter().map(|k| k.weight()).sum();
+    while now_ms() - start < spec.duration.as_millis() as u64 && total > 0 {
+        sleep(ms(0..3000)).await;
+        let mut draw = madsim::rand::thread_rng().gen_range(0..total);
+        let kind = *spec
+            .kinds
+            .iter()
+            .find(|k| {
+                if draw < k.weight() {
+                    true
+                } else {
+                    draw -= k.weight();
+                    false
+                }
+            })
+            .expect("the draw falls on a kind");
+        episode(cluster, spec, kind, &mut log).await;
+    }
+    cluster.net_faults().clear();
+    log
+}
+
+async fn episode(
+    cluster: &mut SimCluster,
+    spec: &NemesisSpec,
+    kind: FaultKind,
+    log: &mut FaultLog,
+) {
+    let ids = cluster.ids();
+    let n = ids.len();
+    match kind {
+        FaultKind::Crash => {
+            let victim = leader_or_any(cluster).await;
+            let down = ms(200..6000);
+            log.note(
+                kind,
+                format!("node {victim} down for {} ms", down.as_millis()),
+            );
+            cluster.kill(victim);
+            sleep(down).await;
+            cluster.restart(victim);
+        }
+        FaultKind::PowerCut => {
+            let down = ms(100..2000);
+            log.note(kind, format!("every node down for {} ms", down.as_millis()));
+            for &id in &ids {
+                cluster.kill(id);
+            }
+            sleep(down).await;
+            for &id in &ids {
+                cluster.restart(id);
+            }
+        }
+        FaultKind::Pause => {
+            let victim = leader_or_any(cluster).await;
+            let paused = spec.election_timeout_max + ms(100..4000);
+            log.note(
+                kind,
+                format!("node {victim} paused for {} ms", paused.as_millis()),
+            );
+            cluster.pause(victim);
+            sleep(paused).await;
+            cluster.resume(victim);
+        }
+        FaultKind::Minority => {
+            let size = madsim::rand::thread_rng().gen_range(1..=(n - 1) / 2);
+            let mut side = ids.clone();
+            side.shuffle(&mut madsim::rand::thread_rng());
+            side.truncate(size);
+            side.sort();
+            let hold = ms(500..6000);
+            log.note(
+                kind,
+                format!("{side:?} cut off for {} ms", hold.as_millis()),
+            );
+            cluster.partition(&side);
+            sleep(hold).await;
+            cluster.heal();
+        }
+        FaultKind::IsolatedLeader => {
+            let Some(leader) = cluster.leader_now().await else {
+                log.note(kind, "no leader to isolate".into());
+                return;
+            };
+            let hold = ms(500..6000);
+            log.note(
+                kind,
+                format!("leader {leader} cut off for {} ms", hold.as_millis()),
+            );
+            cluster.partition(&[leader]);
+            sleep(hold).await;
+            cluster.heal();
+        }
+        FaultKind::NoQuorum => {
+            // Sides of at most (n - 1) / 2 nodes: 3 nodes all alone, 5 nodes 2 + 2 + 1.
+            let mut order = ids.clone();
+            order.shuffle(&mut madsim::rand::thread_rng());
+            let sides: Vec<Vec<NodeId>> = order.chunks((n - 1) / 2).map(|c| c.to_vec()).collect();
+            let hold = ms(500..4000);
+            log.note(kind, format!("sides {sides:?} for {} ms", hold.as_millis()));
+            for side in &sides {
+                cluster.partition(side);
+            }
+            sleep(hold).await;
+            cluster.heal();
+        }
+        FaultKind::Asymmetric => {
+            let leader = cluster.leader_now().await.unwrap_or_else(|| pick(&ids));
+            let others: Vec<NodeId> = ids.iter().copied().filter(|&i| i != leader).collect();
+            let hold = ms(500..6000);
+            let how = madsim::rand::thread_rng().gen_range(0..3);
+            match how {
+                0 => {
+                    // The leader hears everyone but nobody hears it.
+                    log.note(
+                        kind,
+                        format!("leader {leader} -> all cut for {} ms", hold.as_millis()),
+                    );
+                    for &o in &others {
+                        cluster.clog_link(leader, o);
+                    }
+                }
+                1 => {
+                    let f = pick(&others);
+                    log.note(
+                        kind,
+                        format!("leader {leader} -> {f} cut for {} ms", hold.as_millis()),
+                    );
+                    cluster.clog_link(leader, f);
+                }
+                _ => {
+                    let f = pick(&others);
+                    log.note(
+                        kind,
+                        format!("{f} -> leader {leader} cut for {} ms", hold.as_millis()),
+                    );
+                    cluster.clog_link(f, leader);
+                }
+            }
+            sleep(hold).await;
+            cluster.heal();
+        }
+        FaultKind::Flapping => {
+            let victim = leader_or_any(cluster).await;
+            let total = ms(1000..8000);
+            log.note(
+                kind,
+                format!("node {victim} flapping for {} ms", total.as_millis()),
+            );
+            let until = now_ms() + total.as_millis() as u64;
+            let mut cut = false;
+            while now_ms() < until {
+                if cut {
+                    cluster.heal();
+                } else {
+                    cluster.partition(&[victim]);
+                }
+                cut = !cut;
+                sleep(ms(50..800)).await;
+            }
+            cluster.heal();
+        }
+    }
+}

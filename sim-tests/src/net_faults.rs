@@ -1,0 +1,368 @@
+//! Message faults that madsim's TCP cannot make: a [`Transport`] wrapper around
+//! `api::HyperTransport` that loses requests or answers, delays and duplicates them, with the
+//! odds drawn from madsim's seeded generator.
+//!
+//! Every node of a [`crate::cluster::SimCluster`] sends its peer RPC (`/raft/*`) and its
+//! forwarded operations (`/internal/v1/leader`) through a [`FaultyTransport`]; all of them
+//! share one [`NetFaults`], which the scenario switches on for the safety phase and off for the
+//! liveness phase. While it is off the wrapper draws nothing from the generator, so a run
+//! without message faults sees the same randomness as with the bare transport.
+//!
+//! The faults, per request:
+//! - **lost request**: nothing reaches the peer; the caller waits its whole deadline and gets a
+//!   timeout (what a lost packet looks like);
+//! - **lost answer**: the peer handles the request, the caller gets a broken connection or a
+//!   timeout: an unknown outcome;
+//! - **delay**: the request leaves late (concurrent requests overtake each other: reordering);
+//! - **duplicate**: the same request is sent a second time a little later and its answer is
+//!   thrown away. Only requests the system must tolerate twice are duplicated: Raft RPCs, read
+//!   index, and forwarded writes that carry an idempotency key. A plain append sent twice is
+//!   two appends by definition (TCP does not duplicate an HTTP request; only a retrying
+//!   client does, and it must use a key).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use api::{HttpRequest, HttpResponse, HyperTransport, Transport, TransportError};
+use futures::future::BoxFuture;
+use madsim::rand::Rng;
+use serde_json::Value;
+
+/// What a request is, for the odds and the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum MsgKind {
+    /// `/raft/append`, `/raft/vote`, `/raft/snapshot`.
+    Raft,
+    /// `/internal/v1/leader`: a follower hands an operation to the leader.
+    Forward,
+    /// Anything else (the simulation's own clients do not go through the wrapper).
+    Other,
+}
+
+impl MsgKind {
+    pub fn of(path: &str) -> MsgKind {
+        if path.starts_with("/raft/") {
+            MsgKind::Raft
+        } else if path.starts_with(api::app::FORWARD_PATH) {
+            MsgKind::Forward
+        } else {
+            MsgKind::Other
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            MsgKind::Raft => "raft",
+            MsgKind::Forward => "forward",
+            MsgKind::Other => "other",
+        }
+    }
+}
+
+/// The kind of message fault, for the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum MsgFault {
+    LostRequest,
+    LostAnswer,
+    Delayed,
+    Duplicated,
+}
+
+impl MsgFault {
+    pub fn name(self) -> &'static str {
+        match self {
+            MsgFault::LostRequest => "lost_request",
+            MsgFault::LostAnswer => "lost_answer",
+            MsgFault::Delayed => "delayed",
+            MsgFault::Duplicated => "duplicated",
+        }
+    }
+}
+
+/// The odds of each fault per request (each in 0.0..=1.0), and how long a delay lasts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rates {
+    pub lose_request: f64,
+    pub lose_answer: f64,
+    pub delay: f64,
+    pub delay_ms: (u64, u64),
+    pub duplicate: f64,
+}
+
+impl Rates {
+    pub const NONE: Rates = Rates {
+        lose_request: 0.0,
+        lose_answer: 0.0,
+        delay: 0.0,
+        delay_ms: (0, 0),
+        duplicate: 0.0,
+    };
+
+    /// Odds drawn from the seed: some runs barely lossy, some very.
+    pub fn random(rng: &mut impl Rng) -> Rates {
+        let level = [0.005, 0.02, 0.05, 0.1][rng.gen_range(0..4)];
+        Rates {
+            lose_request: level,
+            lose_answer: level,
+            delay: rng.gen_range(0.0..0.2),
+            delay_ms: (1, rng.gen_range(20..400)),
+            duplicate: rng.gen_range(0.0..0.1),
+        }
+    }
+
+    fn any(&self) -> bool {
+        self.lose_request > 0.0
+            || self.lose_answer > 0.0
+            || self.delay > 0.0
+            || self.duplicate > 0.0
+    }
+}
+
+impl fmt::Display for Rates {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "lose_request={:.3} lose_answer={:.3} delay={:.2}({}..{}ms) duplicate={:.3}",
+            self.lose_request,
+            self.lose_answer,
+            self.delay,
+            self.delay_ms.0,
+            self.delay_ms.1,
+            self.duplicate
+        )
+    }
+}
+
+#[derive(Default)]
+struct State {
+    rates: BTreeMap<MsgKind, Rates>,
+    counts: BTreeMap<(MsgKind, MsgFault), u64>,
+}
+
+/// The message faults in force for the whole cluster, and what was done. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct NetFaults {
+    state: Arc<Mutex<State>>,
+}
+
+/// What to do with one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Plan {
+    Pass,
+    LoseRequest,
+    /// Lose the answer; `true`: report a broken connection at once, `false`: a timeout.
+    LoseAnswer(bool),
+}
+
+impl NetFaults {
+    pub fn new() -> NetFaults {
+        NetFaults::default()
+    }
+
+    /// Set the odds for one kind of message (`Rates::NONE` switches it off).
+    pub fn set(&self, kind: MsgKind, rates: Rates) {
+        let mut s = self.state.lock().unwrap();
+        if rates.any() {
+            s.rates.insert(kind, rates);
+        } else {
+            s.rates.remove(&kind);
+        }
+    }
+
+    /// Switch every message fault off.
+    pub fn clear(&self) {
+        self.state.lock().unwrap().rates.clear();
+    }
+
+    pub fn rates(&self, kind: MsgKind) -> Rates {
+        self.state
+            .lock()
+            .unwrap()
+            .rates
+            .get(&kind)
+            .copied()
+            .unwrap_or(Rates::NONE)
+    }
+
+    /// Faults done so far, by message kind and fault.
+    pub fn counts(&self) -> BTreeMap<(MsgKind, MsgFault), u64> {
+        self.state.lock().unwrap().counts.clone()
+    }
+
+    fn count(&self, kind: MsgKind, fault: MsgFault) {
+        *self
+            .state
+            .lock()
+            .unwrap()
+            .counts
+            .entry((kind, fault))
+            .or_default() += 1;
+    }
+
+    /// Decide the fate of one request: (plan, delay, duplicate after). Draws from the seeded
+    /// generator only when faults are on for this kind.
+    fn decide(&self, kind: MsgKind, duplicable: bool) -> (Plan, Duration, Option<Duration>) {
+        let Some(rates) = self.state.lock().unwrap().rates.get(&kind).copied() else {
+            return (Plan::Pass, Duration::ZERO, None);
+        };
+        let mut rng = madsim::rand::thread_rng();
+        let plan = if rng.gen_bool(rates.lose_request) {
+            Plan::LoseRequest
+        } else if rng.gen_bool(rates.lose_answer) {
+            Plan::LoseAnswer(rng.gen_bool(0.5))
+        } else {
+            Plan::Pass
+        };
+        let delay = if rng.gen_bool(rates.delay) {
+            let (lo, hi) = rates.delay_ms;
+            Duration::from_millis(rng.gen_range(lo..=hi.max(lo)))
+        } else {
+            Duration::ZERO
+        };
+        let duplicate = (duplicable && rng.gen_bool(rates.duplicate))
+            .then(|| Duration::from_millis(rng.gen_range(0..100)));
+        match plan {
+            Plan::LoseRequest => self.count(kind, MsgFault::LostRequest),
+            Plan::LoseAnswer(_) => self.count(kind, MsgFault::LostAnswer),
+            Plan::Pass => {}
+        }
+        if !delay.is_zero() {
+            self.count(kind, MsgFault::Delayed);
+        }
+        if duplicate.is_some() {
+            self.count(kind, MsgFault::Duplicated);
+        }
+        (plan, delay, duplicate)
+    }
+}
+
+/// May this request be delivered twice without changing what the system promises?
+fn duplicable(kind: MsgKind, req: &HttpRequest) -> bool {
+    match kind {
+        MsgKind::Raft => true,
+        MsgKind::Forward => {
+            let Some(body) = &req.body else { return false };
+            let Ok(v) = serde_json::from_slice::<Value>(body) else {
+                return false;
+            };
+            let op = &v["op"];
+            match op["op"].as_str() {
+                Some("read_index") => true,
+                Some("write") => op["request"]["idempotency"].is_object(),
+                _ => false,
+            }
+        }
+        MsgKind::Other => false,
+    }
+}
+
+/// `HyperTransport` with the faults of a shared [`NetFaults`].
+#[derive(Clone)]
+pub struct FaultyTransport {
+    inner: HyperTransport,
+    faults: NetFaults,
+}
+
+impl FaultyTransport {
+    pub fn new(faults: NetFaults) -> FaultyTransport {
+        FaultyTransport {
+            inner: HyperTransport::new(),
+            faults,
+        }
+    }
+}
+
+impl Transport for FaultyTransport {
+    fn send(
+        &self,
+        addr: &str,
+        req: HttpRequest,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<HttpResponse, TransportError>> {
+        let kind = MsgKind::of(&req.path);
+        let dup = duplicable(kind, &req);
+        let (plan, delay, duplicate) = self.faults.decide(kind, dup);
+        if plan == Plan::Pass && delay.is_zero() && duplicate.is_none() {
+            return self.inner.send(addr, req, timeout);
+        }
+        let inner = self.inner.clone();
+        let addr = addr.to_string();
+        Box::pin(async move {
+            let timed_out = |addr: &str| TransportError::Timeout {
+                addr: addr.to_string(),
+                timeout_ms: timeout.as_millis() as u64,
+            };
+            if let Some(after) = duplicate {
+                let (inner, addr, req) = (inner.clone(), addr.clone(), req.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(after).await;
+                    let _ = inner.send(&addr, req, timeout).await;
+                });
+            }
+            if delay >= timeout {
+                tokio::time::sleep(timeout).await;
+                return Err(timed_out(&addr));
+            }
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            let left = timeout - delay;
+            match plan {
+                Plan::Pass => inner.send(&addr, req, left).await,
+                Plan::LoseRequest => {
+                    tokio::time::sleep(left).await;
+                    Err(timed_out(&addr))
+                }
+                Plan::LoseAnswer(broken) => {
+                    let start = tokio::time::Instant::now();
+                    let r = inner.send(&addr, req, left).await;
+                    if r.is_err() {
+                        return r;
+                    }
+                    if broken {
+                        Err(TransportError::Broken {
+                            addr,
+                            reason: "simulated: the answer was lost".into(),
+                        })
+                    } else {
+                        let spent = start.elapsed();
+                        tokio::time::sleep(left.saturating_sub(spent)).await;
+                        Err(timed_out(&addr))
+                    }
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_by_path() {
+        assert_eq!(MsgKind::of("/raft/append"), MsgKind::Raft);
+        assert_eq!(MsgKind::of("/internal/v1/leader"), MsgKind::Forward);
+        assert_eq!(MsgKind::of("/v1/topics/x/events"), MsgKind::Other);
+    }
+
+    #[test]
+    fn only_keyed_writes_and_read_index_are_duplicated() {
+        let fwd = |body: Value| HttpRequest::post("/internal/v1/leader", body.to_string());
+        let keyed = serde_json::json!({"op": {"op": "write", "request": {"op": "append",
+            "topic": "t", "events": [], "idempotency": {"key": "k", "fingerprint": "f"}}},
+            "timeout_ms": 5});
+        let plain = serde_json::json!({"op": {"op": "write", "request": {"op": "append",
+            "topic": "t", "events": [], "idempotency": null}}, "timeout_ms": 5});
+        let read = serde_json::json!({"op": {"op": "read_index"}, "timeout_ms": 5});
+        assert!(duplicable(MsgKind::Forward, &fwd(keyed)));
+        assert!(!duplicable(MsgKind::Forward, &fwd(plain)));
+        assert!(duplicable(MsgKind::Forward, &fwd(read)));
+        assert!(duplicable(
+            MsgKind::Raft,
+            &HttpRequest::post("/raft/vote", "{}")
+        ));
+    }
+}
