@@ -24,7 +24,8 @@ pub enum FaultKind {
     Crash,
     /// Power cut on every node at once.
     PowerCut,
-    /// One node (often the leader) stops running for longer than an election timeout.
+    /// One node (often the leader) stops running for longer than the leader lease plus an
+    /// election timeout: long enough for the others to elect a new leader.
     Pause,
     /// A random minority is cut off from the rest.
     Minority,
@@ -87,7 +88,8 @@ pub struct NemesisSpec {
     pub kinds: Vec<FaultKind>,
     /// Whether message faults run in the background (their odds are drawn from the seed).
     pub message_faults: bool,
-    /// The largest election timeout of the cluster's config: pauses last longer than this.
+    /// The largest election timeout of the cluster's config: pauses last longer than twice
+    /// this (openraft's leader lease, which equals it by default, plus an election timeout).
     pub election_timeout_max: Duration,
 }
 
@@ -219,7 +221,10 @@ async fn episode(
         }
         FaultKind::Pause => {
             let victim = leader_or_any(cluster).await;
-            let paused = spec.election_timeout_max + ms(100..4000);
+            // A follower that knows a leader waits the leader lease (openraft 0.9: the largest election
+            // timeout) plus an election timeout before it stands, so a pause has to outlast both
+            // for the others to elect a new leader in the meantime.
+            let paused = spec.election_timeout_max * 2 + ms(100..3000);
             log.note(
                 kind,
                 format!("node {victim} paused for {} ms", paused.as_millis()),

@@ -14,14 +14,16 @@
 //! - **lost answer**: the peer handles the request, the caller gets a broken connection or a
 //!   timeout: an unknown outcome;
 //! - **delay**: the request leaves late (concurrent requests overtake each other: reordering);
-//! - **duplicate**: the same request is sent a second time a little later and its answer is
-//!   thrown away. Only requests the system must tolerate twice are duplicated: Raft RPCs, read
+//! - **duplicate**: the same request is sent a second time 1 to 100 ms after the first and its
+//!   answer is thrown away (not if the first was refused: what was never sent cannot arrive
+//!   twice). Only requests the system must tolerate twice are duplicated: Raft RPCs, read
 //!   index, and forwarded writes that carry an idempotency key. A plain append sent twice is
 //!   two appends by definition (TCP does not duplicate an HTTP request; only a retrying
 //!   client does, and it must use a key).
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -222,7 +224,7 @@ impl NetFaults {
             Duration::ZERO
         };
         let duplicate = (duplicable && rng.gen_bool(rates.duplicate))
-            .then(|| Duration::from_millis(rng.gen_range(0..100)));
+            .then(|| Duration::from_millis(rng.gen_range(1..100)));
         match plan {
             Plan::LoseRequest => self.count(kind, MsgFault::LostRequest),
             Plan::LoseAnswer(_) => self.count(kind, MsgFault::LostAnswer),
@@ -294,30 +296,44 @@ impl Transport for FaultyTransport {
                 addr: addr.to_string(),
                 timeout_ms: timeout.as_millis() as u64,
             };
-            if let Some(after) = duplicate {
-                let (inner, addr, req) = (inner.clone(), addr.clone(), req.clone());
-                tokio::spawn(async move {
-                    tokio::time::sleep(after).await;
-                    let _ = inner.send(&addr, req, timeout).await;
-                });
-            }
             if delay >= timeout {
+                // Delivered too late to matter: the caller has given up. No duplicate either.
                 tokio::time::sleep(timeout).await;
                 return Err(timed_out(&addr));
             }
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
+            // Set when the request certainly reached nobody (connection refused): a request
+            // that was never sent cannot arrive twice.
+            let refused = Arc::new(AtomicBool::new(false));
+            if let Some(after) = duplicate {
+                let (inner, addr, req) = (inner.clone(), addr.clone(), req.clone());
+                let refused = refused.clone();
+                tokio::spawn(async move {
+                    // At least 1 ms: by then a refused connection has been reported.
+                    tokio::time::sleep(after).await;
+                    if !refused.load(Ordering::SeqCst) {
+                        let _ = inner.send(&addr, req, timeout).await;
+                    }
+                });
+            }
             let left = timeout - delay;
+            let note = |r: Result<HttpResponse, TransportError>| {
+                if matches!(&r, Err(e) if e.nothing_sent()) {
+                    refused.store(true, Ordering::SeqCst);
+                }
+                r
+            };
             match plan {
-                Plan::Pass => inner.send(&addr, req, left).await,
+                Plan::Pass => note(inner.send(&addr, req, left).await),
                 Plan::LoseRequest => {
                     tokio::time::sleep(left).await;
                     Err(timed_out(&addr))
                 }
                 Plan::LoseAnswer(broken) => {
                     let start = tokio::time::Instant::now();
-                    let r = inner.send(&addr, req, left).await;
+                    let r = note(inner.send(&addr, req, left).await);
                     if r.is_err() {
                         return r;
                     }
