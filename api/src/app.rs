@@ -137,11 +137,10 @@ impl App {
         .expect("forwarded ops serialize");
         // A little slack so the leader's own timeout answers first.
         let wait = left + Duration::from_millis(200);
-        match self
-            .transport
-            .send(addr, HttpRequest::post(FORWARD_PATH, body), wait)
-            .await
-        {
+        // The leader serves this on its peer router, which requires the cluster secret.
+        let mut req = HttpRequest::post(FORWARD_PATH, body);
+        crate::cluster_secret::sign(&mut req, self.cluster_secret.as_deref());
+        match self.transport.send(addr, req, wait).await {
             Ok(resp) if resp.status == 200 => serde_json::from_slice(&resp.body)
                 .map_err(|e| ApiError::internal(format!("bad answer from the leader: {e}"))),
             Ok(resp) => match serde_json::from_slice::<ErrorBody>(&resp.body) {

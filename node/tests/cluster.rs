@@ -254,4 +254,15 @@ fn a_node_with_the_wrong_cluster_secret_is_refused_and_the_cluster_keeps_working
     );
     append_ok(&c.addr(1), "s", "after", None);
     assert_eq!(c.read_topic(leader, "s").len(), 21);
+    // Followers reach the leader with the secret: forwarded writes and read-index requests.
+    for f in [1, 2, 3].into_iter().filter(|&n| n != leader) {
+        append_ok(&c.addr(f), "fwd", &format!("via{f}"), None);
+        let r = get(
+            &c.addr(f),
+            "/v1/topics/fwd/events?from=0&consistency=linearizable",
+        )
+        .unwrap();
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert!(r.text.contains(&format!("via{f}")), "{}", r.text);
+    }
 }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use api::wire::ClusterStatus;
-use api::{HttpRequest, HttpResponse, HyperTransport, Transport, TransportError};
+use api::{HttpRequest, HttpResponse, Transport, TransportError};
 use madsim::net::NetSim;
 use madsim::runtime::{Handle, NodeHandle};
 use raft_store::Storage;
@@ -50,6 +50,20 @@ pub const SIM_LIMITS: &str = r#"
 [limits]
 request_timeout_ms = 5000
 "#;
+
+/// The cluster secret every simulated node presents on peer RPC.
+pub const SIM_CLUSTER_SECRET: &str = "sim-cluster-secret";
+/// The admin token the simulation's clients present: the simulation runs with auth on, as a
+/// cluster on a network must.
+pub const SIM_CLIENT_TOKEN: &str = "sim-admin-token";
+
+/// `[auth]` of the simulated cluster: the cluster secret and one admin token (as its digest).
+pub fn sim_auth() -> String {
+    format!(
+        "[auth]\ncluster_secret = \"{SIM_CLUSTER_SECRET}\"\n\n[[auth.token]]\nname = \"sim\"\nrole = \"admin\"\nsha256 = \"{}\"\n",
+        api::auth::token_digest(SIM_CLIENT_TOKEN)
+    )
+}
 
 /// How long the client waits for an append's answer: the server's request timeout, the
 /// forwarding slack and some network latency.
@@ -102,7 +116,7 @@ impl Default for SimSettings {
     fn default() -> Self {
         SimSettings {
             nodes: 3,
-            extra_config: format!("{SIM_RAFT}\n{SIM_LIMITS}"),
+            extra_config: format!("{SIM_RAFT}\n{SIM_LIMITS}\n{}", sim_auth()),
         }
     }
 }
@@ -200,7 +214,7 @@ impl SimCluster {
             .ip(IpAddr::V4(CLIENT_IP))
             .build();
         let client = Client {
-            transport: HyperTransport::new(),
+            transport: api::client_transport(Some(SIM_CLIENT_TOKEN.to_string())),
         };
         SimCluster {
             seed,
@@ -664,7 +678,8 @@ async fn run_node(
 /// The HTTP client of the simulation. Use it from tasks on the client node.
 #[derive(Clone)]
 pub struct Client {
-    transport: HyperTransport,
+    /// Presents [`SIM_CLIENT_TOKEN`].
+    transport: Arc<dyn Transport>,
 }
 
 impl Client {

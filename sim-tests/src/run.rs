@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::check::uniq::{normalize, EMAIL_SET};
-use crate::cluster::{now_ms, sleep, SimCluster, SimSettings, SIM_LIMITS, SIM_RAFT};
+use crate::cluster::{now_ms, sim_auth, sleep, SimCluster, SimSettings, SIM_LIMITS, SIM_RAFT};
 use crate::history::{check_all, Attempt, FinalState, History, Kind, Outcome, Report};
 use crate::nemesis::{self, FaultLog, NemesisSpec};
 use crate::workload::{Load, LoadSpec, ALL_TOPICS, EMAILS, PLAIN_TOPIC, USERS_CONFIG};
@@ -100,7 +100,7 @@ impl RunResult {
 
 /// The config of a simulated cluster with the users flow.
 pub fn sim_config() -> String {
-    format!("{SIM_RAFT}\n{SIM_LIMITS}\n{USERS_CONFIG}")
+    format!("{SIM_RAFT}\n{SIM_LIMITS}\n{USERS_CONFIG}\n{}", sim_auth())
 }
 
 /// Run one simulation in the current madsim runtime.

@@ -10,6 +10,8 @@
 
 use std::time::Duration;
 
+use api::Transport;
+
 use madsim::rand::Rng;
 use sim_tests::cluster::{brief, now_ms, SimCluster};
 use sim_tests::history::{check, Attempt, FinalState, Outcome, Report};
@@ -283,4 +285,50 @@ fn same_seed_same_outcome() {
         first.lines().count(),
         first.len()
     );
+}
+
+/// The simulation runs with auth on: its own clients get in, a client without a token gets a
+/// 401 and writes nothing.
+#[test]
+fn auth_is_on_in_the_simulation() {
+    sim_tests::run_seeded(3, || async {
+        let cluster = SimCluster::start(3);
+        cluster.cluster_init().await;
+        let leader = cluster.wait_for_leader().await;
+        let body = serde_json::json!({"events": [{"type": "t", "data": {"id": "anon"}}]});
+        let anonymous = cluster
+            .spawn_client({
+                let body = body.clone();
+                async move {
+                    let req = api::HttpRequest::post(
+                        "/v1/topics/auth/events",
+                        serde_json::to_vec(&body).unwrap(),
+                    );
+                    api::HyperTransport::new()
+                        .send(&sim_tests::cluster::node_addr(leader), req, secs(5))
+                        .await
+                }
+            })
+            .await
+            .unwrap()
+            .expect("the node answers");
+        assert_eq!(anonymous.status, 401, "{:?}", anonymous.body);
+        let client = cluster.client();
+        let outcome = cluster
+            .spawn_client(async move { client.append(leader, "auth", &body).await })
+            .await
+            .unwrap();
+        assert!(matches!(outcome, Outcome::Ok(_)), "{outcome:?}");
+        let client = cluster.client();
+        let events = cluster
+            .spawn_client(async move { client.read_topic(leader, "auth").await })
+            .await
+            .unwrap()
+            .expect("read");
+        assert_eq!(
+            events.len(),
+            1,
+            "only the authenticated append landed: {events:?}"
+        );
+    });
 }
