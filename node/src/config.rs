@@ -101,6 +101,10 @@ pub struct AuthConfig {
     pub anonymous_signup: bool,
     /// The token consumers and the CLI present (or `UNIQLOG_TOKEN`, or `--token`).
     pub client_token: Option<String>,
+    /// Run a node on a non-loopback address without client tokens or a cluster secret. Off by
+    /// default: such a node refuses to start, because anyone who reaches it could read,
+    /// write, or join the cluster.
+    pub insecure: bool,
 }
 
 /// The environment variable with the token consumers and the CLI present.
@@ -352,6 +356,43 @@ impl Config {
         Ok(())
     }
 
+    /// Refuse to expose node `id` on a non-loopback address without client tokens and a
+    /// cluster secret, unless `[auth] insecure = true` says that is meant.
+    pub fn check_exposure(&self, id: NodeId) -> Result<(), ConfigError> {
+        let node = self.node(id)?;
+        if self.auth.insecure {
+            return Ok(());
+        }
+        let exposed: Vec<&str> = [Some(node.addr.as_str()), node.peer_addr.as_deref()]
+            .into_iter()
+            .flatten()
+            .filter(|a| !is_loopback(a))
+            .collect();
+        if exposed.is_empty() {
+            return Ok(());
+        }
+        let missing: Vec<&str> = [
+            (self.auth.tokens.is_empty(), "no [[auth.token]]"),
+            (self.auth.cluster_secret.is_none(), "no cluster secret"),
+        ]
+        .into_iter()
+        .filter_map(|(missing, what)| missing.then_some(what))
+        .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(self.invalid(
+            "auth",
+            format!(
+                "node {id} listens on {}, which is not loopback, with {}: anyone who reaches it \
+                 could read, write or join the cluster. Set tokens and a cluster secret, or \
+                 `insecure = true` under [auth] to run it open on purpose",
+                exposed.join(" and "),
+                missing.join(" and ")
+            ),
+        ))
+    }
+
     /// The node's client-route auth.
     pub fn client_auth(&self) -> api::auth::Auth {
         let stream_key = match &self.auth.cluster_secret {
@@ -405,6 +446,12 @@ impl Config {
     }
 }
 
+/// Whether a listen address (validated as `IP:port`) binds only to the loopback interface.
+fn is_loopback(addr: &str) -> bool {
+    addr.parse::<SocketAddr>()
+        .is_ok_and(|a| a.ip().is_loopback())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -423,6 +470,52 @@ mod tests {
         addr = "127.0.0.1:7002"
         data_dir = "/abs/node2"
     "#;
+
+    #[test]
+    fn an_exposed_node_needs_tokens_and_a_secret_or_insecure() {
+        let exposed = |id: u64, addr: &str, peer: &str, auth: &str| {
+            let peer = if peer.is_empty() {
+                String::new()
+            } else {
+                format!("peer_addr = \"{peer}\"\n")
+            };
+            let text =
+                format!("[[node]]\nid = {id}\naddr = \"{addr}\"\n{peer}data_dir = \"d\"\n{auth}");
+            parse(&text).unwrap().check_exposure(id)
+        };
+        let token = format!(
+            "[[auth.token]]\nname = \"t\"\nrole = \"read\"\nsha256 = \"{}\"\n",
+            "0".repeat(64)
+        );
+        let secret = "cluster_secret = \"s\"\n";
+        // Loopback is fine without auth.
+        for addr in ["127.0.0.1:7001", "[::1]:7001", "127.8.0.1:1"] {
+            exposed(1, addr, "", "").unwrap_or_else(|e| panic!("{addr}: {e}"));
+        }
+        // Anything else needs both, or insecure.
+        let e = exposed(1, "0.0.0.0:7001", "", "").unwrap_err().to_string();
+        assert!(e.contains("0.0.0.0:7001"), "{e}");
+        assert!(e.contains("no [[auth.token]] and no cluster secret"), "{e}");
+        assert!(e.contains("insecure = true"), "{e}");
+        let e = exposed(1, "10.1.2.3:7001", "", &format!("[auth]\n{secret}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("with no [[auth.token]]:"), "{e}");
+        let e = exposed(1, "[2001:db8::1]:7001", "", &format!("[auth]\n{token}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("with no cluster secret:"), "{e}");
+        // A loopback client API does not hide an exposed peer listener.
+        let e = exposed(1, "127.0.0.1:7001", "10.1.2.3:7101", "")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("10.1.2.3:7101") && !e.contains("127.0.0.1"),
+            "{e}"
+        );
+        exposed(1, "10.1.2.3:7001", "", &format!("[auth]\n{secret}{token}")).unwrap();
+        exposed(1, "0.0.0.0:7001", "", "[auth]\ninsecure = true\n").unwrap();
+    }
 
     #[test]
     fn relative_data_dirs_resolve_against_the_file() {

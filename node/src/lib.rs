@@ -71,6 +71,7 @@ pub async fn start(
     transport: Arc<dyn Transport>,
 ) -> Result<RunningNode, NodeError> {
     let me = config.node(id)?.clone();
+    config.check_exposure(id)?;
     check_rules(config, &storage.reader)?;
     let raft_config = Arc::new(config.openraft().validate().map_err(Box::new)?);
     let network = PeerNetwork {

@@ -55,3 +55,55 @@ fn cluster_up_starts_initializes_and_stops_every_node() {
         );
     }
 }
+
+/// A node on a non-loopback address without tokens and a cluster secret refuses to start and
+/// says how to fix it; `insecure = true` lets it start.
+#[test]
+fn an_exposed_node_without_auth_refuses_to_start_unless_insecure() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let port = free_port();
+    let config = dir.path().join("cluster.toml");
+    let text = format!("[[node]]\nid = 1\naddr = \"0.0.0.0:{port}\"\ndata_dir = \"n1\"\n");
+    std::fs::write(&config, &text).unwrap();
+    let out = Command::new(BIN)
+        .args(["node", "--id", "1", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "it started: {stderr}");
+    assert!(
+        stderr.contains("not loopback") && stderr.contains("insecure = true"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("n1").join("uniqlog.redb").exists(),
+        "it refused before touching storage"
+    );
+
+    std::fs::write(&config, format!("{text}\n[auth]\ninsecure = true\n")).unwrap();
+    /// Kills the node however the test ends.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _node = Killed(
+        Command::new(BIN)
+            .args(["node", "--id", "1", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let addr = format!("127.0.0.1:{port}");
+    let health = wait_for(
+        "the insecure node to serve",
+        Duration::from_secs(30),
+        || get(&addr, "/health").ok(),
+    );
+    assert_eq!(health.status, 200);
+}

@@ -42,6 +42,8 @@ async fn open(config: &Config, id: u64) -> Result<Storage> {
 
 pub async fn node(config_path: &Path, id: u64) -> Result<()> {
     let config = Config::load(config_path)?;
+    // Before storage is created: a refused node leaves nothing behind.
+    config.check_exposure(id)?;
     let storage = open(&config, id).await?;
     let node = start(&config, id, storage, Arc::new(HyperTransport::new())).await?;
     terminated().await;
