@@ -5,13 +5,13 @@
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::app::SharedApp;
 use crate::error::ApiError;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     Read,
@@ -126,11 +126,7 @@ pub async fn require(State(app): State<SharedApp>, req: Request, next: Next) -> 
         .and_then(|p| crate::access_of(req.method(), p))
         .unwrap_or(Access::Role(Role::Admin));
     let system = req.uri().path().starts_with("/v1/topics/__");
-    let bearer = req
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+    let bearer = bearer(req.headers());
     // EventSource cannot send headers: the event stream also takes a short-lived read token
     // in its query (see `stream_token`).
     if bearer.is_none() && path.as_deref() == Some(STREAM_ROUTE) && app.auth.enabled() {
@@ -153,6 +149,26 @@ pub async fn require(State(app): State<SharedApp>, req: Request, next: Next) -> 
         Ok(()) => next.run(req).await,
         Err(e) => e.into_response(),
     }
+}
+
+/// The token of an `Authorization: Bearer` header.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
+/// `GET /v1/auth/whoami` (read role): the role of the presented token, so a consumer can
+/// refuse to start with a token too weak for what it must write, instead of failing later.
+/// With auth off everyone is `admin`.
+pub async fn whoami(State(app): State<SharedApp>, headers: axum::http::HeaderMap) -> Response {
+    let role = match bearer(&headers).and_then(|t| app.auth.role_of(t)) {
+        Some(role) if app.auth.enabled() => role,
+        _ => Role::Admin,
+    };
+    axum::Json(serde_json::json!({ "auth_enabled": app.auth.enabled(), "role": role }))
+        .into_response()
 }
 
 /// The route that accepts `?access_token=`.

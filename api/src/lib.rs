@@ -74,6 +74,7 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
         Access::Role(Role::Read),
     ),
     ("POST", "/v1/auth/stream-token", Access::Role(Role::Read)),
+    ("GET", "/v1/auth/whoami", Access::Role(Role::Read)),
     ("GET", "/health", Access::Public),
     ("GET", "/ready", Access::Public),
 ];
@@ -109,6 +110,7 @@ fn handler(method: &str, path: &str) -> MethodRouter<SharedApp> {
         ("GET", "/v1/consumers") => get(consumers::list),
         ("GET", "/v1/consumers/{name}/checkpoint") => get(consumers::checkpoint),
         ("POST", "/v1/auth/stream-token") => post(auth::stream_token),
+        ("GET", "/v1/auth/whoami") => get(auth::whoami),
         ("GET", "/health") => get(cluster::health),
         ("GET", "/ready") => get(cluster::ready),
         (m, p) => unreachable!("route {m} {p} is in ROUTES but has no handler"),

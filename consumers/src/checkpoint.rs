@@ -19,6 +19,8 @@ pub struct CheckpointReporter {
     every: Duration,
     reported: Option<u64>,
     last_report: Option<Instant>,
+    /// Off when the token may not write to `__checkpoints`.
+    enabled: bool,
 }
 
 impl CheckpointReporter {
@@ -37,13 +39,21 @@ impl CheckpointReporter {
             every,
             reported: None,
             last_report: None,
+            enabled: true,
         }
+    }
+
+    /// A reporter that reports nothing: for a consumer whose position is only informative and
+    /// whose token may not write to `__checkpoints`.
+    pub fn off(mut self) -> Self {
+        self.enabled = false;
+        self
     }
 
     /// Report `offset` if it advanced by `every_events` or `every` passed since the last
     /// report. Best effort: a failure is logged and tried again at the next call.
     pub async fn maybe_report(&mut self, offset: u64) {
-        if self.reported == Some(offset) {
+        if !self.enabled || self.reported == Some(offset) {
             return;
         }
         let due_by_count = self

@@ -5,6 +5,7 @@
 //! Consumers see only committed, applied events: they read through the nodes' HTTP API, never
 //! a node's storage.
 
+pub mod access;
 pub mod backoff;
 pub mod breaker;
 pub mod checkpoint;

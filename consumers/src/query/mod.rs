@@ -56,6 +56,8 @@ pub struct QueryState {
     /// The topic's length as last seen, for `/health`.
     pub head: watch::Receiver<u64>,
     pub config: QueryConfig,
+    /// The cluster's client tokens: the query routes need the `read` role when auth is on.
+    pub auth: api::auth::Auth,
 }
 
 /// Tail `users` into the store for ever, reporting the position.
@@ -76,6 +78,20 @@ pub async fn follow(
         }
     };
     let config = &store_state.config;
+    // The read model keeps its own checkpoint; the report to `__checkpoints` is only for
+    // visibility, so a read token is enough to run.
+    let may_report = match crate::access::token_role(&nodes, &transport).await {
+        Ok(role) => role >= api::Role::Admin,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the log");
+            return;
+        }
+    };
+    if !may_report {
+        tracing::warn!(
+            "the token has no admin role: the position is not reported to __checkpoints              (the read model works as usual)"
+        );
+    }
     let mut tail = Tailer::new(nodes.clone(), transport.clone(), TOPIC, from, stale_after);
     let mut reporter = CheckpointReporter::new(
         NAME,
@@ -84,6 +100,9 @@ pub async fn follow(
         config.checkpoint_every_events,
         Duration::from_millis(config.checkpoint_every_ms),
     );
+    if !may_report {
+        reporter = reporter.off();
+    }
     loop {
         let events = match tail.next_batch().await {
             Ok(e) => e,

@@ -154,12 +154,35 @@ async fn not_found() -> ApiError {
     ApiError::not_found("no such route")
 }
 
+/// The read model holds what the log holds (emails, usernames): with the cluster's auth on,
+/// its queries need the `read` role, like reads of the log.
+async fn require_read(
+    State(state): State<Shared>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let bearer = api::auth::bearer(req.headers());
+    match state
+        .auth
+        .check(api::Access::Role(api::Role::Read), false, bearer)
+    {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
 pub fn router(state: Shared) -> Router {
-    Router::new()
+    let queries = Router::new()
         .route("/v1/users", get(users))
         .route("/v1/users/{id}", get(user))
         .route("/v1/users/{id}/history", get(history))
         .route("/v1/stats/signups", get(stats))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_read,
+        ));
+    Router::new()
+        .merge(queries)
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(not_found)

@@ -147,6 +147,7 @@ pub async fn serve_query(config: &Config, rebuild: bool) -> Result<()> {
         applied,
         head,
         config: qc.clone(),
+        auth: config.client_auth(),
     });
     let listener = tokio::net::TcpListener::bind(&qc.listen)
         .await
@@ -237,6 +238,15 @@ pub async fn serve_mail(config: &Config) -> Result<()> {
         stale_after: std::time::Duration::from_millis(config.raft.election_timeout_ms_max),
         stats,
     };
+    // Its checkpoint (its resume point) and its parking topic are `__` topics.
+    let role = consumers::access::token_role(&consumer.nodes, &consumer.transport).await?;
+    if role < api::Role::Admin {
+        anyhow::bail!(
+            "the mail consumer writes its checkpoint to __checkpoints and parks messages in \
+             __retry.mail, which need an admin token; [auth] client_token has the {} role",
+            format!("{role:?}").to_lowercase()
+        );
+    }
     println!(
         "uniqlog mail: sending through {} (health on http://{listen}/health)",
         config.mail.webhook_url

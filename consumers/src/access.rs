@@ -1,0 +1,54 @@
+//! What a consumer's token may do, asked of the cluster once at start: a consumer that must
+//! write to a `__` topic refuses to start with a weaker token, instead of working until its
+//! first checkpoint and then failing in a loop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use api::{HttpRequest, Role, Transport};
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    #[error(
+        "the cluster refused the token ({status}): set [auth] client_token, UNIQLOG_TOKEN or \
+         --token to a configured token"
+    )]
+    Refused { status: u16 },
+}
+
+#[derive(Deserialize)]
+struct WhoAmI {
+    role: Role,
+}
+
+/// The role of the transport's token (`admin` when auth is off), from the first node that
+/// answers. Waits for the cluster while no node answers.
+pub async fn token_role(
+    nodes: &[String],
+    transport: &Arc<dyn Transport>,
+) -> Result<Role, AccessError> {
+    let mut tries = 0u32;
+    loop {
+        for addr in nodes {
+            let req = HttpRequest::get("/v1/auth/whoami");
+            match transport.send(addr, req, Duration::from_secs(5)).await {
+                Ok(r) if r.status == 200 => {
+                    if let Ok(w) = serde_json::from_slice::<WhoAmI>(&r.body) {
+                        return Ok(w.role);
+                    }
+                }
+                Ok(r) if r.status == 401 || r.status == 403 => {
+                    return Err(AccessError::Refused { status: r.status })
+                }
+                Ok(r) => tracing::debug!(addr = %addr, status = r.status, "whoami refused"),
+                Err(e) => tracing::debug!(addr = %addr, error = %e, "whoami failed"),
+            }
+        }
+        tries += 1;
+        if tries % 20 == 0 {
+            tracing::warn!(?nodes, "no node answers yet; still trying");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
