@@ -13,6 +13,7 @@ pub mod limits;
 pub mod peer;
 pub mod routes;
 pub mod server;
+pub mod tls;
 pub mod transport;
 pub mod users;
 pub mod wire;
@@ -24,8 +25,10 @@ pub use app::{App, SharedApp};
 pub use auth::{Access, Role};
 pub use error::ApiError;
 pub use limits::Limits;
+pub use tls::{ClientTls, ServerTls, TlsError, TlsFile};
 pub use transport::{
-    client_transport, HttpRequest, HttpResponse, HyperTransport, Transport, TransportError,
+    client_transport, client_transport_with, HttpRequest, HttpResponse, HyperTransport, Transport,
+    TransportError,
 };
 
 use routes::{cluster, consumers, log, uniq};

@@ -1,6 +1,7 @@
 //! The accept loop: hyper's `serve_connection` around the axum Router, with a header-read
 //! timeout so a slow client cannot hold a connection. `axum::serve` installs no such timer
 //! and needs the real tokio runtime; this loop runs in production and under madsim alike.
+//! With a [`ServerTls`] every connection is TLS (real builds only, see `tls.rs`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -10,7 +11,10 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+
+use crate::tls::ServerTls;
 
 /// hyper's timer over `tokio::time` (madsim's clock in simulation).
 #[derive(Clone, Debug, Default)]
@@ -38,8 +42,20 @@ impl hyper::rt::Timer for RtTimer {
 
 /// Serve `router` on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, router: Router, header_read_timeout: Duration) {
+    serve_with(listener, router, header_read_timeout, None).await
+}
+
+/// Serve `router` on `listener`, over TLS only when `tls` is given. The TLS handshake gets
+/// `header_read_timeout` too; a connection whose handshake fails or stalls is closed and
+/// logged at debug level, and never affects the others.
+pub async fn serve_with(
+    listener: TcpListener,
+    router: Router,
+    header_read_timeout: Duration,
+    tls: Option<ServerTls>,
+) {
     loop {
-        let (stream, _peer) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -50,21 +66,42 @@ pub async fn serve(listener: TcpListener, router: Router, header_read_timeout: D
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(RtTimer)
-                .header_read_timeout(header_read_timeout)
-                .keep_alive(true);
-            if let Err(e) = builder
-                .serve_connection(
-                    TokioIo::new(crate::transport::flush_after_write(stream)),
-                    service,
-                )
-                .await
-            {
-                tracing::debug!(error = %e, "connection ended with an error");
+            match tls {
+                None => {
+                    serve_connection(
+                        crate::transport::flush_after_write(stream),
+                        service,
+                        header_read_timeout,
+                    )
+                    .await
+                }
+                Some(tls) => match tls.accept(stream, header_read_timeout).await {
+                    Ok(stream) => serve_connection(stream, service, header_read_timeout).await,
+                    Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                },
             }
         });
+    }
+}
+
+async fn serve_connection<S>(
+    stream: S,
+    service: TowerToHyperService<Router>,
+    header_read_timeout: Duration,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(RtTimer)
+        .header_read_timeout(header_read_timeout)
+        .keep_alive(true);
+    if let Err(e) = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .await
+    {
+        tracing::debug!(error = %e, "connection ended with an error");
     }
 }

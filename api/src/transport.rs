@@ -2,7 +2,8 @@
 //! requests through [`Transport`].
 //!
 //! [`HyperTransport`] is hyper's low-level client over `tokio::net::TcpStream`, which under
-//! madsim is simulated TCP: the same client runs in production and in the simulator.
+//! madsim is simulated TCP: the same client runs in production and in the simulator. Given a
+//! [`ClientTls`] it speaks TLS to every address (real builds only, see `tls.rs`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,7 +14,10 @@ use futures::future::BoxFuture;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
+
+use crate::tls::ClientTls;
 
 /// An HTTP answer, body fully read.
 #[derive(Debug, Clone)]
@@ -88,10 +92,12 @@ type Sender = SendRequest<Full<Bytes>>;
 /// Idle connections per address, with the time each was returned.
 type Pool = HashMap<String, Vec<(Sender, Instant)>>;
 
-/// hyper http1 client with a small keep-alive pool per address.
+/// hyper http1 client with a small keep-alive pool per address, over TLS when it has a
+/// [`ClientTls`] (then every connection is TLS, pooled like plain ones).
 #[derive(Clone, Default)]
 pub struct HyperTransport {
     pool: Arc<Mutex<Pool>>,
+    tls: Option<ClientTls>,
 }
 
 /// Idle connections kept per address.
@@ -105,6 +111,14 @@ const IDLE_REUSE_MAX: Duration = Duration::from_secs(2);
 impl HyperTransport {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Over TLS when `tls` is given, plain HTTP otherwise.
+    pub fn with_tls(tls: Option<ClientTls>) -> Self {
+        HyperTransport {
+            pool: Arc::default(),
+            tls,
+        }
     }
 
     fn take(&self, addr: &str) -> Option<Sender> {
@@ -126,7 +140,9 @@ impl HyperTransport {
         }
     }
 
-    async fn connect(addr: &str) -> Result<Sender, TransportError> {
+    /// A new connection; with TLS, after a completed handshake. Any failure here is
+    /// `Connect`: no request was written.
+    async fn connect(&self, addr: &str) -> Result<Sender, TransportError> {
         let connect_err = |reason: String| TransportError::Connect {
             addr: addr.to_string(),
             reason,
@@ -135,10 +151,20 @@ impl HyperTransport {
             .await
             .map_err(|e| connect_err(e.to_string()))?;
         let _ = stream.set_nodelay(true);
-        let stream = flush_after_write(stream);
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| connect_err(e.to_string()))?;
+        match &self.tls {
+            None => Self::handshake(flush_after_write(stream)).await,
+            Some(tls) => {
+                Self::handshake(tls.connect(addr, stream).await.map_err(connect_err)?).await
+            }
+        }
+        .map_err(|e| connect_err(e.to_string()))
+    }
+
+    async fn handshake<S>(stream: S) -> Result<Sender, hyper::Error>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -152,7 +178,7 @@ impl HyperTransport {
     ) -> Result<HttpResponse, TransportError> {
         let mut sender = match self.take(&addr) {
             Some(s) => s,
-            None => Self::connect(&addr).await?,
+            None => self.connect(&addr).await?,
         };
         let broken = |reason: String| TransportError::Broken {
             addr: addr.clone(),
@@ -310,11 +336,15 @@ impl<T: Transport> Transport for BearerTransport<T> {
 
 /// The client transport: bearer-authenticated when a token is given.
 pub fn client_transport(token: Option<String>) -> Arc<dyn Transport> {
+    client_transport_with(token, None)
+}
+
+/// The client transport of consumers and the CLI: bearer-authenticated when a token is given,
+/// over TLS (trusting only the configured CA) when `tls` is given.
+pub fn client_transport_with(token: Option<String>, tls: Option<ClientTls>) -> Arc<dyn Transport> {
+    let inner = HyperTransport::with_tls(tls);
     match token {
-        Some(token) => Arc::new(BearerTransport {
-            inner: HyperTransport::new(),
-            token,
-        }),
-        None => Arc::new(HyperTransport::new()),
+        Some(token) => Arc::new(BearerTransport { inner, token }),
+        None => Arc::new(inner),
     }
 }

@@ -105,6 +105,14 @@ pub struct AuthConfig {
     /// default: such a node refuses to start, because anyone who reaches it could read,
     /// write, or join the cluster.
     pub insecure: bool,
+    /// This node's PEM certificate chain (leaf first; relative to this file). When set, the
+    /// node serves the client API and peer RPC over TLS only. Needs `tls_key` and `tls_ca`.
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// A PEM CA bundle: when set, nodes (to their peers), consumers and the CLI connect over
+    /// TLS and trust only these CAs. Or the `UNIQLOG_TLS_CA` environment variable.
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// The environment variable with the token consumers and the CLI present.
@@ -112,6 +120,9 @@ pub const CLIENT_TOKEN_ENV: &str = "UNIQLOG_TOKEN";
 
 /// The environment variable that overrides `[auth] cluster_secret`.
 pub const CLUSTER_SECRET_ENV: &str = "UNIQLOG_CLUSTER_SECRET";
+
+/// The environment variable that overrides `[auth] tls_ca`.
+pub const TLS_CA_ENV: &str = "UNIQLOG_TLS_CA";
 
 /// `[mail_sink]`.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -190,6 +201,7 @@ impl Config {
             config.query.data_dir = base.join(&config.query.data_dir);
         }
         config.resolve_secrets(base)?;
+        config.resolve_tls_paths(base);
         config.validate()?;
         Ok(config)
     }
@@ -278,7 +290,83 @@ impl Config {
                 return Err(self.invalid(key, "must be positive"));
             }
         }
-        Ok(())
+        self.validate_tls()
+    }
+
+    /// `tls_cert` and `tls_key` come together, and with a CA to verify peers against.
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let a = &self.auth;
+        match (&a.tls_cert, &a.tls_key) {
+            (Some(_), None) => Err(self.invalid(
+                "auth.tls_key",
+                "tls_cert is set without tls_key (the PEM private key of the certificate)",
+            )),
+            (None, Some(_)) => Err(self.invalid(
+                "auth.tls_cert",
+                "tls_key is set without tls_cert (the PEM certificate of the key)",
+            )),
+            (Some(_), Some(_)) if a.tls_ca.is_none() => Err(self.invalid(
+                "auth.tls_ca",
+                "tls_cert is set without tls_ca: nodes verify their peers against this PEM CA \
+                 bundle (and consumers and the CLI verify the nodes)",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// `UNIQLOG_TLS_CA` overrides `tls_ca`; relative TLS paths resolve against `base`.
+    fn resolve_tls_paths(&mut self, base: &Path) {
+        if let Some(ca) = std::env::var_os(TLS_CA_ENV) {
+            self.auth.tls_ca = Some(PathBuf::from(ca));
+        }
+        let a = &mut self.auth;
+        for path in [&mut a.tls_cert, &mut a.tls_key, &mut a.tls_ca]
+            .into_iter()
+            .flatten()
+        {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        }
+    }
+
+    /// The node's TLS server side: `None` without `tls_cert`. Reads the PEM files, so a
+    /// missing or bad file is an error naming its key at start. A node given a CA but no
+    /// certificate refuses: its peers and clients would speak TLS to a plain listener.
+    pub fn server_tls(&self) -> Result<Option<api::ServerTls>, ConfigError> {
+        let a = &self.auth;
+        match (&a.tls_cert, &a.tls_key) {
+            (Some(cert), Some(key)) => api::ServerTls::from_pem_files(cert, key)
+                .map(Some)
+                .map_err(|e| self.tls_invalid(e)),
+            _ if a.tls_ca.is_some() => Err(self.invalid(
+                "auth.tls_cert",
+                format!(
+                    "tls_ca (or {TLS_CA_ENV}) is set but this node has no tls_cert and \
+                     tls_key: its peers and clients would speak TLS to a plain listener"
+                ),
+            )),
+            _ => Ok(None),
+        }
+    }
+
+    /// The TLS client side of nodes (to peers), consumers and the CLI: `None` without `tls_ca`.
+    pub fn client_tls(&self) -> Result<Option<api::ClientTls>, ConfigError> {
+        match &self.auth.tls_ca {
+            Some(ca) => api::ClientTls::from_ca_file(ca)
+                .map(Some)
+                .map_err(|e| self.tls_invalid(e)),
+            None => Ok(None),
+        }
+    }
+
+    fn tls_invalid(&self, e: api::TlsError) -> ConfigError {
+        let key = match e.file {
+            api::TlsFile::Cert => "auth.tls_cert",
+            api::TlsFile::Key => "auth.tls_key",
+            api::TlsFile::Ca => "auth.tls_ca",
+        };
+        self.invalid(key, e.message)
     }
 
     /// Read the cluster secret from the environment or its file into `auth.cluster_secret`.
@@ -570,6 +658,41 @@ mod tests {
         assert!(e.to_string().contains("auth.token[0].sha256"), "{e}");
         let e = parse(&format!("{THREE}\n[[auth.token]]\nname = \"x\"\nrole = \"read\"\ntoken_env = \"UNIQLOG_TEST_UNSET_VAR\"\n")).unwrap_err();
         assert!(e.to_string().contains("UNIQLOG_TEST_UNSET_VAR"), "{e}");
+    }
+
+    #[test]
+    fn tls_files_come_in_pairs_with_a_ca_and_bad_ones_are_named_at_start() {
+        let tls = |lines: &str| parse(&format!("{THREE}\n[auth]\n{lines}"));
+        let e = tls("tls_cert = \"n.pem\"\ntls_ca = \"ca.pem\"").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("auth.tls_key: tls_cert is set without"),
+            "{e}"
+        );
+        let e = tls("tls_key = \"n.key\"").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("auth.tls_cert: tls_key is set without"),
+            "{e}"
+        );
+        let e = tls("tls_cert = \"n.pem\"\ntls_key = \"n.key\"").unwrap_err();
+        assert!(e.to_string().contains("auth.tls_ca"), "{e}");
+        let c = tls("tls_cert = \"n.pem\"\ntls_key = \"/k/n.key\"\ntls_ca = \"ca.pem\"").unwrap();
+        assert_eq!(c.auth.tls_cert.as_deref(), Some(Path::new("/base/n.pem")));
+        assert_eq!(c.auth.tls_key.as_deref(), Some(Path::new("/k/n.key")));
+        // The files are read at start: a missing one is named by its key.
+        let e = c.client_tls().err().unwrap().to_string();
+        assert!(e.contains("auth.tls_ca: cannot read /base/ca.pem"), "{e}");
+        let e = c.server_tls().err().unwrap().to_string();
+        assert!(e.contains("auth.tls_cert: cannot read /base/n.pem"), "{e}");
+        // A CA without a certificate is enough for a client, not for a node.
+        let c = tls("tls_ca = \"ca.pem\"").unwrap();
+        let e = c.server_tls().err().unwrap().to_string();
+        assert!(
+            e.contains("auth.tls_cert") && e.contains("plain listener"),
+            "{e}"
+        );
+        assert!(parse(THREE).unwrap().server_tls().unwrap().is_none());
     }
 
     #[test]

@@ -72,6 +72,7 @@ pub async fn start(
 ) -> Result<RunningNode, NodeError> {
     let me = config.node(id)?.clone();
     config.check_exposure(id)?;
+    let tls = config.server_tls()?;
     check_rules(config, &storage.reader)?;
     let raft_config = Arc::new(config.openraft().validate().map_err(Box::new)?);
     let network = PeerNetwork {
@@ -101,20 +102,22 @@ pub async fn start(
     let header_timeout = Duration::from_millis(config.limits.header_read_timeout_ms);
     let mut servers = Vec::new();
     match &me.peer_addr {
-        None => servers.push(listen(&me.addr, router(app.clone()), header_timeout).await?),
+        None => servers.push(listen(&me.addr, router(app.clone()), header_timeout, &tls).await?),
         Some(peer) => {
-            servers.push(listen(&me.addr, client_router(app.clone()), header_timeout).await?);
-            servers.push(listen(peer, peer_router(app.clone()), header_timeout).await?);
+            servers.push(listen(&me.addr, client_router(app.clone()), header_timeout, &tls).await?);
+            servers.push(listen(peer, peer_router(app.clone()), header_timeout, &tls).await?);
         }
     }
-    tracing::info!(id, addr = %me.addr, peer_addr = %me.peer_addr(), "node serving");
+    tracing::info!(id, addr = %me.addr, peer_addr = %me.peer_addr(), tls = tls.is_some(), "node serving");
     Ok(RunningNode { app, servers })
 }
 
+/// Serve `router` on `addr`, over TLS only when `tls` is given.
 async fn listen(
     addr: &str,
     router: axum::Router,
     header_timeout: Duration,
+    tls: &Option<api::ServerTls>,
 ) -> Result<JoinHandle<()>, NodeError> {
     let listener = TcpListener::bind(addr)
         .await
@@ -122,10 +125,11 @@ async fn listen(
             addr: addr.to_string(),
             source,
         })?;
-    Ok(tokio::spawn(api::server::serve(
+    Ok(tokio::spawn(api::server::serve_with(
         listener,
         router,
         header_timeout,
+        tls.clone(),
     )))
 }
 

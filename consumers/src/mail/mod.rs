@@ -118,7 +118,10 @@ pub struct MailConsumer {
     pub config: MailConfig,
     pub users: UsersConfig,
     pub nodes: Vec<String>,
+    /// To the nodes (with the consumer's token, over TLS when the cluster speaks it).
     pub transport: Arc<dyn Transport>,
+    /// To the webhook provider: its own connection, never carrying the cluster's token.
+    pub provider_transport: Arc<dyn Transport>,
     pub stale_after: Duration,
     pub stats: SharedStats,
 }
@@ -266,7 +269,7 @@ impl MailConsumer {
         }
         let (addr, path) = self.config.webhook_target()?;
         Ok(Provider::Webhook(Webhook {
-            transport: self.transport.clone(),
+            transport: self.provider_transport.clone(),
             addr,
             path,
             authorization: self.config.webhook_authorization.clone(),

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use api::{HttpRequest, Transport};
 use serde_json::Value;
+use uniqlog_node::Config;
 
 pub struct Client {
     transport: Arc<dyn Transport>,
@@ -14,12 +15,16 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client presenting `token` (from `[auth] client_token` or `UNIQLOG_TOKEN`) if any.
-    pub fn new(token: Option<String>) -> Self {
-        Client {
-            transport: api::client_transport(token),
+    /// A client presenting the config's token (`[auth] client_token` or `UNIQLOG_TOKEN`) if
+    /// any, over TLS trusting only the config's CA (`[auth] tls_ca` or `UNIQLOG_TLS_CA`) if any.
+    pub fn for_config(config: &Config) -> Result<Self> {
+        Ok(Client {
+            transport: api::client_transport_with(
+                config.auth.client_token.clone(),
+                config.client_tls()?,
+            ),
             timeout: Duration::from_secs(15),
-        }
+        })
     }
 
     /// Send and decode the JSON answer, whatever its status.

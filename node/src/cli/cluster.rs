@@ -99,7 +99,8 @@ where
     Fut: std::future::Future<Output = Result<Value>>,
 {
     static CLIENT: std::sync::OnceLock<Client> = std::sync::OnceLock::new();
-    let client = CLIENT.get_or_init(|| Client::new(config.auth.client_token.clone()));
+    let client = Client::for_config(config)?;
+    let client = CLIENT.get_or_init(|| client);
     let mut last = None;
     for n in &config.nodes {
         match f(client, n.addr.clone()).await {
@@ -113,7 +114,7 @@ where
 async fn init(config: &Config) -> Result<()> {
     // Exactly one node initializes: the first of the config.
     let first = &config.nodes[0];
-    let client = Client::new(config.auth.client_token.clone());
+    let client = Client::for_config(config)?;
     let body = client
         .post(&first.addr, "/v1/cluster/init", &json!({}))
         .await
@@ -131,7 +132,7 @@ async fn init(config: &Config) -> Result<()> {
 }
 
 async fn status(config: &Config, as_json: bool) -> Result<()> {
-    let client = Client::new(config.auth.client_token.clone());
+    let client = Client::for_config(config)?;
     let mut rows = Vec::new();
     for n in &config.nodes {
         let row = match client.get(&n.addr, "/v1/cluster/status").await {
@@ -142,7 +143,7 @@ async fn status(config: &Config, as_json: bool) -> Result<()> {
     }
     if as_json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(());
+        return all_down(&rows);
     }
     println!(
         "{:<4} {:<22} {:<10} {:>6} {:>7} {:>10} {:>10} {:>8}",
@@ -170,6 +171,22 @@ async fn status(config: &Config, as_json: bool) -> Result<()> {
             num("commit_index"),
             num("applied_index"),
             lag
+        );
+    }
+    for r in rows.iter().filter(|r| r["error"].is_string()) {
+        eprintln!("node {}: {}", r["id"], r["error"].as_str().unwrap_or(""));
+    }
+    all_down(&rows)
+}
+
+/// An error when no node answered (a wrong address, CA or token everywhere).
+fn all_down(rows: &[Value]) -> Result<()> {
+    if rows.iter().all(|r| r["error"].is_string()) {
+        bail!(
+            "no node gave its status: {}",
+            rows.first()
+                .and_then(|r| r["error"].as_str())
+                .unwrap_or("no nodes")
         );
     }
     Ok(())
@@ -233,6 +250,8 @@ async fn wait_healthy(
 async fn up(config_path: &Path) -> Result<()> {
     let config = Config::load(config_path)?;
     let exe = std::env::current_exe()?;
+    // Before any node starts: a bad CA file stops here.
+    let client = Client::for_config(&config)?;
     let mut children = Vec::new();
     for n in &config.nodes {
         let child = tokio::process::Command::new(&exe)
@@ -246,7 +265,6 @@ async fn up(config_path: &Path) -> Result<()> {
             .with_context(|| format!("starting node {}", n.id))?;
         children.push((n.id, child));
     }
-    let client = Client::new(config.auth.client_token.clone());
     let result = async {
         for (n, (_, child)) in config.nodes.iter().zip(children.iter_mut()) {
             wait_healthy(&client, &n.addr, || matches!(child.try_wait(), Ok(None))).await?;

@@ -30,7 +30,7 @@ pub async fn run(command: LogCommand) -> Result<()> {
 }
 
 async fn replay_parked(config: &Config, consumer: &str) -> Result<()> {
-    let client = Client::new(config.auth.client_token.clone());
+    let client = Client::for_config(config)?;
     let addr = &config
         .nodes
         .first()

@@ -44,8 +44,11 @@ pub async fn node(config_path: &Path, id: u64) -> Result<()> {
     let config = Config::load(config_path)?;
     // Before storage is created: a refused node leaves nothing behind.
     config.check_exposure(id)?;
+    config.server_tls()?;
+    // Peer RPC and forwarding: over TLS, trusting only `tls_ca`, when the cluster speaks TLS.
+    let transport = Arc::new(HyperTransport::with_tls(config.client_tls()?));
     let storage = open(&config, id).await?;
-    let node = start(&config, id, storage, Arc::new(HyperTransport::new())).await?;
+    let node = start(&config, id, storage, transport).await?;
     terminated().await;
     tracing::info!(id, "stopping");
     node.shutdown().await;
@@ -116,6 +119,8 @@ fn dev_config(port_base: u16, data_dir: &Path) -> Result<Config> {
     config.mail_sink.listen = format!("127.0.0.1:{}", port(201)?);
     config.mail.webhook_url = format!("http://{}/send", config.mail_sink.listen);
     config.users.public_base_url = format!("http://{node_addr}");
+    // Plain HTTP on loopback, whatever UNIQLOG_TLS_CA says.
+    config.auth.tls_ca = None;
     config.validate()?;
     Ok(config)
 }
@@ -132,6 +137,7 @@ pub async fn query(config_path: &Path, rebuild: bool) -> Result<()> {
 /// The query role: returns only on failure.
 pub async fn serve_query(config: &Config, rebuild: bool) -> Result<()> {
     use consumers::query::{follow, router, QueryState, QueryStore, DATA_FILE};
+    let tls = config.client_tls()?;
     let qc = config.query.clone();
     let file = qc.data_dir.join(DATA_FILE);
     if rebuild && file.exists() {
@@ -164,7 +170,7 @@ pub async fn serve_query(config: &Config, rebuild: bool) -> Result<()> {
         "uniqlog query: serving on http://{} from offset {start}",
         qc.listen
     );
-    let transport = api::client_transport(config.auth.client_token.clone());
+    let transport = api::client_transport_with(config.auth.client_token.clone(), tls);
     follow(state, applied_tx, head_tx, nodes, transport, stale_after).await;
     anyhow::bail!("the read model stopped following the log (see the log above)")
 }
@@ -204,6 +210,7 @@ pub async fn serve_mail(config: &Config) -> Result<()> {
             "[users] activation_secret is empty: the mail consumer cannot make activation links"
         );
     }
+    let tls = config.client_tls()?;
     let stats = Arc::new(std::sync::Mutex::new(MailStats::default()));
     let (health_stats, metrics_stats) = (stats.clone(), stats.clone());
     let router = axum::Router::new()
@@ -234,7 +241,9 @@ pub async fn serve_mail(config: &Config) -> Result<()> {
         config: config.mail.clone(),
         users: config.users.clone(),
         nodes: config.nodes.iter().map(|n| n.addr.clone()).collect(),
-        transport: api::client_transport(config.auth.client_token.clone()),
+        transport: api::client_transport_with(config.auth.client_token.clone(), tls),
+        // The provider gets neither the cluster's token nor its TLS settings.
+        provider_transport: Arc::new(HyperTransport::new()),
         stale_after: std::time::Duration::from_millis(config.raft.election_timeout_ms_max),
         stats,
     };

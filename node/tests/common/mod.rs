@@ -46,12 +46,137 @@ pub struct Resp {
 }
 
 fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(20)))
-        .build()
-        .into()
+    agent_with(None)
 }
+
+/// A new agent for each request (no connection kept between requests), HTTPS with `tls`.
+fn agent_with(tls: Option<ureq::tls::TlsConfig>) -> ureq::Agent {
+    let config = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(20)));
+    match tls {
+        Some(tls) => config.tls_config(tls),
+        None => config,
+    }
+    .build()
+    .into()
+}
+
+/// How the harness reaches the nodes: plain HTTP, or HTTPS trusting only one CA.
+#[derive(Clone)]
+pub struct Http {
+    scheme: &'static str,
+    tls: Option<ureq::tls::TlsConfig>,
+}
+
+impl Http {
+    pub fn plain() -> Http {
+        Http {
+            scheme: "http",
+            tls: None,
+        }
+    }
+
+    /// HTTPS (rustls on ring) trusting only the CA certificate `ca_pem`.
+    pub fn tls(ca_pem: &str) -> Http {
+        use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
+        let ca = Certificate::from_pem(ca_pem.as_bytes()).unwrap();
+        let tls = TlsConfig::builder()
+            .provider(TlsProvider::Rustls)
+            .root_certs(RootCerts::new_with_certs(&[ca]))
+            .unversioned_rustls_crypto_provider(std::sync::Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .build();
+        Http {
+            scheme: "https",
+            tls: Some(tls),
+        }
+    }
+
+    fn agent(&self) -> ureq::Agent {
+        agent_with(self.tls.clone())
+    }
+
+    pub fn url(&self, addr: &str, path: &str) -> String {
+        format!("{}://{addr}{path}", self.scheme)
+    }
+
+    /// GET. Err means no HTTP answer (connection refused, timeout, a failed handshake).
+    pub fn get(&self, addr: &str, path: &str) -> Result<Resp, String> {
+        finish(self.agent().get(&self.url(addr, path)).call())
+    }
+
+    /// Any method, optional JSON body, optional bearer token. Err means no HTTP answer.
+    pub fn send(
+        &self,
+        addr: &str,
+        method: &str,
+        path: &str,
+        json: Option<&str>,
+        token: Option<&str>,
+    ) -> Result<Resp, String> {
+        let mut req = ureq::http::Request::builder()
+            .method(method)
+            .uri(self.url(addr, path))
+            .header("content-type", "application/json");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        finish(
+            self.agent()
+                .run(req.body(json.unwrap_or("").to_string()).unwrap()),
+        )
+    }
+
+    /// POST a JSON text and require an answer.
+    pub fn post(&self, addr: &str, path: &str, json: &str) -> Resp {
+        self.send(addr, "POST", path, Some(json), None).unwrap()
+    }
+}
+
+/// TLS material made by a test with rcgen: a CA, and a certificate signed by it for the
+/// address every node of the harness has (IP SAN 127.0.0.1).
+pub struct TestTls {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl TestTls {
+    pub fn new(ca_name: &str) -> TestTls {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(DnType::CommonName, ca_name);
+        let ca_key = KeyPair::generate().unwrap();
+        let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+        let issuer = Issuer::new(ca, ca_key);
+        let mut node = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+        node.distinguished_name
+            .push(DnType::CommonName, "uniqlog test node");
+        let node_key = KeyPair::generate().unwrap();
+        let cert_pem = node.signed_by(&node_key, &issuer).unwrap().pem();
+        TestTls {
+            ca_pem,
+            cert_pem,
+            key_pem: node_key.serialize_pem(),
+        }
+    }
+
+    /// Write `tls/{ca,node}.pem` and `tls/node.key` under `dir`, as [`TLS_AUTH`] names them.
+    pub fn write(&self, dir: &Path) {
+        let tls = dir.join("tls");
+        std::fs::create_dir_all(&tls).unwrap();
+        std::fs::write(tls.join("ca.pem"), &self.ca_pem).unwrap();
+        std::fs::write(tls.join("node.pem"), &self.cert_pem).unwrap();
+        std::fs::write(tls.join("node.key"), &self.key_pem).unwrap();
+    }
+}
+
+/// The `[auth]` section of a TLS cluster, relative to its config file.
+pub const TLS_AUTH: &str =
+    "\n[auth]\ntls_cert = \"tls/node.pem\"\ntls_key = \"tls/node.key\"\ntls_ca = \"tls/ca.pem\"\n";
 
 fn finish(resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Resp, String> {
     let mut resp = resp.map_err(|e| e.to_string())?;
@@ -111,6 +236,8 @@ pub struct Cluster {
     pub aux: Vec<(String, Child)>,
     /// The token the harness presents (clusters with auth on).
     pub token: Option<String>,
+    /// How the harness reaches the nodes (HTTPS for TLS clusters).
+    pub http: Http,
 }
 
 /// A `uniqlog query` process with its own config (the cluster's plus a `[query]` section).
@@ -160,10 +287,30 @@ impl Cluster {
 
     /// Like `start`, initializing with an admin `token` (for clusters with auth on).
     pub fn start_as(n: u64, tuning: Tuning, token: Option<&str>) -> Cluster {
+        Self::start_with(n, tuning, token, None)
+    }
+
+    /// Like `start`, every node serving TLS with the certificate of `tls` and the harness
+    /// trusting its CA. `tuning` must not have an `[auth]` section (this adds one).
+    pub fn start_tls(n: u64, tuning: Tuning, tls: &TestTls) -> Cluster {
+        Self::start_with(n, tuning, None, Some(tls))
+    }
+
+    fn start_with(n: u64, tuning: Tuning, token: Option<&str>, tls: Option<&TestTls>) -> Cluster {
         let dir = TempDir::new().unwrap();
         let ports: Vec<(u64, u16)> = (1..=n).map(|id| (id, free_port())).collect();
         let config = dir.path().join("cluster.toml");
         write_config(&config, &ports, &tuning);
+        let http = match tls {
+            Some(tls) => {
+                tls.write(dir.path());
+                let mut text = std::fs::read_to_string(&config).unwrap();
+                text.push_str(TLS_AUTH);
+                std::fs::write(&config, text).unwrap();
+                Http::tls(&tls.ca_pem)
+            }
+            None => Http::plain(),
+        };
         let mut cluster = Cluster {
             nodes: ports
                 .iter()
@@ -179,6 +326,7 @@ impl Cluster {
             queries: Vec::new(),
             aux: Vec::new(),
             token: token.map(str::to_string),
+            http,
         };
         for id in 1..=n {
             cluster.spawn(id);
@@ -186,13 +334,16 @@ impl Cluster {
         for id in 1..=n {
             cluster.wait_healthy(id);
         }
-        let r = request_as(
-            &cluster.addr(1),
-            "POST",
-            "/v1/cluster/init",
-            Some("{}"),
-            token,
-        );
+        let r = cluster
+            .http
+            .send(
+                &cluster.addr(1),
+                "POST",
+                "/v1/cluster/init",
+                Some("{}"),
+                token,
+            )
+            .unwrap();
         assert_eq!(r.status, 200, "init: {}", r.text);
         cluster.wait_leader(&(1..=n).collect::<Vec<_>>());
         cluster
@@ -265,25 +416,27 @@ impl Cluster {
         wait_for(
             &format!("node {id} healthy"),
             Duration::from_secs(30),
-            || get(&addr, "/health").ok().filter(|r| r.status == 200),
+            || {
+                self.http
+                    .get(&addr, "/health")
+                    .ok()
+                    .filter(|r| r.status == 200)
+            },
         );
     }
 
     pub fn status(&self, id: u64) -> Option<Value> {
-        let addr = self.addr(id);
-        let req = self.authed(ureq::http::Request::get(format!(
-            "http://{addr}/v1/cluster/status"
-        )));
-        let r = finish(agent().run(req)).ok()?;
+        let r = self
+            .http
+            .send(
+                &self.addr(id),
+                "GET",
+                "/v1/cluster/status",
+                None,
+                self.token.as_deref(),
+            )
+            .ok()?;
         (r.status == 200).then_some(r.body)
-    }
-
-    fn authed(&self, b: ureq::http::request::Builder) -> ureq::http::Request<String> {
-        let b = match &self.token {
-            Some(t) => b.header("authorization", format!("Bearer {t}")),
-            None => b,
-        };
-        b.body(String::new()).unwrap()
     }
 
     /// Wait until every node in `ids` names the same leader, which is one of them.
@@ -326,11 +479,13 @@ impl Cluster {
     pub fn read_topic(&self, id: u64, topic: &str) -> Vec<Value> {
         let mut out = Vec::new();
         loop {
-            let r = get(
-                &self.addr(id),
-                &format!("/v1/topics/{topic}/events?from={}&limit=1000", out.len()),
-            )
-            .unwrap();
+            let r = self
+                .http
+                .get(
+                    &self.addr(id),
+                    &format!("/v1/topics/{topic}/events?from={}&limit=1000", out.len()),
+                )
+                .unwrap();
             assert_eq!(r.status, 200, "read: {}", r.text);
             let events = r.body["events"].as_array().unwrap().clone();
             if events.is_empty() {
@@ -341,7 +496,7 @@ impl Cluster {
     }
 
     pub fn topics(&self, id: u64) -> Value {
-        get(&self.addr(id), "/v1/topics").unwrap().body
+        self.http.get(&self.addr(id), "/v1/topics").unwrap().body
     }
 
     /// Run the CLI against this cluster's config.
