@@ -46,7 +46,8 @@ pub async fn token_role(
             }
         }
         tries += 1;
-        if tries % 20 == 0 {
+        if tries == 20 {
+            tries = 0;
             tracing::warn!(?nodes, "no node answers yet; still trying");
         }
         tokio::time::sleep(Duration::from_millis(500)).await;

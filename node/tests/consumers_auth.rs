@@ -1,7 +1,8 @@
 //! End to end with auth on: three nodes with client tokens and a cluster secret, the query
 //! consumer on a read token, the mail consumer on an admin token. Sign-ups through followers
 //! reach the read model and the mail sink; the read model's routes need a token too; a mail
-//! consumer with a read token and a query consumer with a wrong token refuse to run.
+//! consumer with a read token and a query consumer with a wrong token refuse to run; the
+//! CLI's `--token` overrides the config's token.
 
 mod common;
 
@@ -89,17 +90,15 @@ fn consumers_tail_and_serve_with_auth_on_and_refuse_tokens_too_weak() {
         stderr.contains("need an admin token") && stderr.contains("the read role"),
         "{stderr}"
     );
-    // With an admin token it runs.
-    let admin = c.config_with("mail-admin", &mail_extra);
-    let text = std::fs::read_to_string(&admin)
-        .unwrap()
-        .replace(READER, ADMIN);
-    std::fs::write(&admin, text).unwrap();
+    // With an admin token (the --token flag overrides the config's) it runs.
     c.spawn_aux("sink", &["mail-sink", "--listen", &sink]);
     wait_for("the sink", Duration::from_secs(20), || {
         get(&sink, "/health").ok()
     });
-    c.spawn_aux("mail", &["mail", "--config", admin.to_str().unwrap()]);
+    c.spawn_aux(
+        "mail",
+        &["mail", "--config", weak.to_str().unwrap(), "--token", ADMIN],
+    );
 
     // Sign-ups need the write role (anonymous sign-up is off); through followers, so the
     // forwarding to the leader carries the cluster secret.
@@ -191,4 +190,19 @@ fn consumers_tail_and_serve_with_auth_on_and_refuse_tokens_too_weak() {
     );
     assert!(!ok, "{stderr}");
     assert!(stderr.contains("refused the token (401)"), "{stderr}");
+
+    // The CLI: the config's read token may read the status; --token replaces it.
+    let config = c.config.to_str().unwrap().to_string();
+    let status = |extra: &[&str]| {
+        let mut args = vec!["cluster", "status", "--config", config.as_str()];
+        args.extend_from_slice(extra);
+        run_to_end(&c, "status", &args)
+    };
+    let (ok, stderr) = status(&[]);
+    assert!(ok, "{stderr}");
+    let (ok, stderr) = status(&["--token", "not-a-token"]);
+    assert!(
+        !ok && stderr.contains("401"),
+        "a wrong --token was not used: {stderr}"
+    );
 }

@@ -19,6 +19,14 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// The token consumers and the CLI present. Overrides `[auth] client_token` and
+    /// UNIQLOG_TOKEN; prefer the variable, a flag is visible to other users in `ps`.
+    #[arg(long, global = true, value_name = "TOKEN")]
+    token: Option<String>,
+    /// The CA bundle (PEM) nodes are verified against. Overrides `[auth] tls_ca` and
+    /// UNIQLOG_TLS_CA.
+    #[arg(long, global = true, value_name = "PEM")]
+    ca: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -83,6 +91,16 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
+    // The flags win over the config through the variables the config loader already reads
+    // last; set here, before any thread exists.
+    if let Some(token) = &cli.token {
+        std::env::set_var(uniqlog_node::config::CLIENT_TOKEN_ENV, token);
+    }
+    if let Some(ca) = &cli.ca {
+        // Relative to where the command runs, not to the config file.
+        let ca = std::path::absolute(ca).unwrap_or_else(|_| ca.clone());
+        std::env::set_var(uniqlog_node::config::TLS_CA_ENV, ca);
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
