@@ -259,6 +259,18 @@ impl App {
         for _ in 0..RULES_RETRIES_MAX {
             let rules = self.rules().await?;
             let request = prepare(&rules)?;
+            // Planted bug (simulation builds only, `raft_store::planted`): uniqueness decided
+            // here, from this node's own state, instead of in apply.
+            #[cfg(madsim)]
+            if raft_store::planted::is(raft_store::planted::Bug::UniqInHandler) {
+                if let Some(conflict) = self.planted_uniq_check(&request).await? {
+                    return Ok(Answer {
+                        outcome: Outcome::Conflict(conflict),
+                        reply: request.reply.clone(),
+                        replayed: false,
+                    });
+                }
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(ApiError::unavailable(
@@ -277,6 +289,18 @@ impl App {
         Err(ApiError::unavailable(
             "the uniq rules kept changing while the request was prepared",
         ))
+    }
+
+    /// [`raft_store::planted::Bug::UniqInHandler`]: a taken key in this node's applied state.
+    #[cfg(madsim)]
+    async fn planted_uniq_check(
+        &self,
+        request: &AppendRequest,
+    ) -> Result<Option<raft_store::Conflict>, ApiError> {
+        let (reader, request) = (self.reader.clone(), request.clone());
+        raft_store::blocking(move || raft_store::planted::uniq_conflict_here(&reader, &request))
+            .await
+            .map_err(ApiError::internal)
     }
 
     /// Wait (bounded) until this node has applied `index`.

@@ -173,7 +173,12 @@ fn apply_append(
 ) -> Result<Answer, StoreError> {
     // 1. Idempotency: a retry gets the stored answer and appends nothing.
     if let Some(idem) = &req.idempotency {
-        if let Some(rec) = t.idem.get(&req.topic, &idem.key)? {
+        let stored = t.idem.get(&req.topic, &idem.key)?;
+        // Planted bug (simulation builds only, `crate::planted`): the lookup is skipped.
+        #[cfg(madsim)]
+        let stored =
+            stored.filter(|_| !crate::planted::is(crate::planted::Bug::NoIdempotencyCheck));
+        if let Some(rec) = stored {
             if rec.fingerprint != idem.fingerprint {
                 return Ok(Answer::new(Outcome::Rejected(
                     Rejection::IdempotencyKeyReused {

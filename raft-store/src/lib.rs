@@ -8,6 +8,9 @@ mod apply;
 mod error;
 mod idempotency;
 mod log_store;
+/// Bugs the simulation can plant on purpose (simulation builds only).
+#[cfg(madsim)]
+pub mod planted;
 mod read;
 pub mod rules;
 pub mod runtime;

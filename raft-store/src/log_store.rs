@@ -64,6 +64,16 @@ fn put_meta<T: Serialize>(
     Ok(())
 }
 
+/// Log appends are fsynced before openraft is told they are flushed.
+fn append_durability() -> Durability {
+    // Planted bug (simulation builds only, `crate::planted`): acknowledge before durable.
+    #[cfg(madsim)]
+    if crate::planted::is(crate::planted::Bug::AckBeforeDurable) {
+        return Durability::None;
+    }
+    Durability::Immediate
+}
+
 fn read_entries(
     db: &Database,
     start: Bound<u64>,
@@ -184,7 +194,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .collect();
         let db = self.db.clone();
         let res = blocking(move || -> Result<(), StoreError> {
-            let txn = db.begin_write()?;
+            let mut txn = db.begin_write()?;
+            txn.set_durability(append_durability())?;
             {
                 let mut t = txn.open_table(LOG)?;
                 for (index, bytes) in &encoded {

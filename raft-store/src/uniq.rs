@@ -99,6 +99,12 @@ impl Pending {
         match claim.op {
             UniqOp::Create => match self.owner(t, set, &claim.key)? {
                 Some(o) if o == stream => {}
+                // Planted bug (simulation builds only, `crate::planted`): the HTTP side
+                // decided, so apply lets the claim take the key.
+                #[cfg(madsim)]
+                Some(_) if crate::planted::is(crate::planted::Bug::UniqInHandler) => {
+                    self.claim(set, &claim.key, stream, offset)
+                }
                 Some(o) => {
                     return Ok(Err(Conflict::Uniq {
                         set: set.into(),
@@ -116,6 +122,15 @@ impl Pending {
                 }
                 if old != claim.key {
                     match self.owner(t, set, &claim.key)? {
+                        // Planted bug (simulation builds only, `crate::planted`): the HTTP
+                        // side decided, so apply lets the claim take the key.
+                        #[cfg(madsim)]
+                        Some(o)
+                            if o != stream
+                                && crate::planted::is(crate::planted::Bug::UniqInHandler) =>
+                        {
+                            self.claim(set, &claim.key, stream, offset)
+                        }
                         Some(o) if o != stream => {
                             return Ok(Err(Conflict::Uniq {
                                 set: set.into(),

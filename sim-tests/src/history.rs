@@ -313,6 +313,21 @@ impl Kind {
             Kind::Liveness => "liveness",
         }
     }
+
+    /// The checker that reports this kind: a module of `crate::check`, or `liveness` for the
+    /// liveness phase of `run.rs`.
+    pub fn checker(self) -> &'static str {
+        match self {
+            Kind::Lost => "lost",
+            Kind::Phantom => "phantom",
+            Kind::Divergent => "agreement",
+            Kind::Duplicate => "idempotency",
+            Kind::Uniq => "uniq",
+            Kind::Raft => "raft_state",
+            Kind::Answer => "answers",
+            Kind::Liveness => "liveness",
+        }
+    }
 }
 
 /// One broken promise, with what shows it.

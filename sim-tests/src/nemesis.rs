@@ -64,6 +64,10 @@ impl FaultKind {
         }
     }
 
+    pub fn from_name(name: &str) -> Option<FaultKind> {
+        FaultKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
     /// Relative odds of each kind.
     fn weight(self) -> u32 {
         match self {

@@ -74,6 +74,15 @@ impl RunResult {
         self.violations.is_empty()
     }
 
+    /// The checkers that found violations (`Kind::checker`), in report order.
+    pub fn caught_by(&self) -> Vec<&'static str> {
+        Kind::ALL
+            .into_iter()
+            .filter(|&k| self.report.count(k) > 0)
+            .map(Kind::checker)
+            .collect()
+    }
+
     /// The run's figures in report order: what the clients did, then the counts that must
     /// be 0.
     pub fn figures(&self) -> Vec<(&'static str, u64)> {
@@ -168,6 +177,7 @@ pub async fn simulate(spec: RunSpec) -> RunResult {
                 ..FinalState::default()
             },
         );
+        report.violations = verdict.report.violations;
         violations.extend(verdict.violations);
     }
     for l in &liveness {

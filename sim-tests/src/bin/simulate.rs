@@ -8,8 +8,12 @@
 //! ```
 //!
 //! Options: `--seeds A..B` (B excluded) or `--seeds N`; `--nodes 3|5`; `--safety-s S` (length
-//! of the safety phase, default 30); `--jobs J` (runs at once, default: the number of cores);
-//! `--verbose` (every run's fault episodes); `--fail-fast`.
+//! of the safety phase, default 30); `--faults K,K,..` (only these episode kinds: crash,
+//! power_cut, pause, minority, isolated_leader, no_quorum, asymmetric, flapping); `--jobs J`
+//! (runs at once, default: the number of cores); `--verbose` (every run's fault episodes);
+//! `--fail-fast`; `--plant <bug>` (plant a known bug, `raft_store::planted`:
+//! ack-before-durable, uniq-in-handler, no-idempotency-check; each failing run then names the
+//! checkers that caught it, and the totals say whether the bug was caught at all).
 //!
 //! Every seed runs in its own child process (this binary with `--child`): tokio's `select!`
 //! and `watch` draw from a thread-local generator seeded with a process-wide counter, so a
@@ -38,7 +42,9 @@ mod runner {
     use std::sync::mpsc;
     use std::time::{Duration, Instant};
 
+    use raft_store::planted::{self, Bug};
     use serde_json::{json, Value};
+    use sim_tests::nemesis::FaultKind;
     use sim_tests::run::{simulate, RunResult, RunSpec};
 
     /// The line a child prints last, with its figures as JSON.
@@ -49,6 +55,8 @@ mod runner {
         seeds: std::ops::Range<u64>,
         nodes: usize,
         safety_s: Option<u64>,
+        faults: Option<Vec<FaultKind>>,
+        plant: Option<Bug>,
         jobs: usize,
         verbose: bool,
         fail_fast: bool,
@@ -58,7 +66,10 @@ mod runner {
     fn usage(msg: &str) -> ! {
         eprintln!(
             "{msg}\nusage: simulate [--seeds A..B | --seeds N] [--nodes 3|5] [--safety-s S] \
-             [--jobs J] [--verbose] [--fail-fast]"
+             [--faults K,K,..] [--jobs J] [--verbose] [--fail-fast] [--plant BUG]\n  \
+             fault kinds: {}\n  bugs: {}",
+            FaultKind::ALL.map(FaultKind::name).join(" "),
+            Bug::ALL.map(Bug::name).join(" ")
         );
         std::process::exit(2);
     }
@@ -68,6 +79,8 @@ mod runner {
             seeds: 1..11,
             nodes: 3,
             safety_s: None,
+            faults: None,
+            plant: None,
             jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
             verbose: false,
             fail_fast: false,
@@ -109,6 +122,23 @@ mod runner {
                             .unwrap_or_else(|_| usage("bad --safety-s")),
                     )
                 }
+                "--faults" => {
+                    let v = value("--faults");
+                    let kinds: Vec<FaultKind> = v
+                        .split(',')
+                        .map(|k| {
+                            FaultKind::from_name(k.trim())
+                                .unwrap_or_else(|| usage(&format!("unknown fault kind {k:?}")))
+                        })
+                        .collect();
+                    args.faults = Some(kinds);
+                }
+                "--plant" => {
+                    let v = value("--plant");
+                    args.plant = Some(
+                        Bug::from_name(&v).unwrap_or_else(|| usage(&format!("unknown bug {v:?}"))),
+                    );
+                }
                 "--jobs" | "-j" => {
                     args.jobs = value("--jobs")
                         .parse()
@@ -134,6 +164,13 @@ mod runner {
         if let Some(s) = args.safety_s {
             out.extend(["--safety-s".to_string(), s.to_string()]);
         }
+        if let Some(kinds) = &args.faults {
+            let names: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
+            out.extend(["--faults".to_string(), names.join(",")]);
+        }
+        if let Some(bug) = args.plant {
+            out.extend(["--plant".to_string(), bug.name().to_string()]);
+        }
         out
     }
 
@@ -155,6 +192,9 @@ mod runner {
         if let Some(s) = args.safety_s {
             spec.nemesis.duration = Duration::from_secs(s);
         }
+        if let Some(kinds) = &args.faults {
+            spec.nemesis.kinds = kinds.clone();
+        }
         spec
     }
 
@@ -162,6 +202,8 @@ mod runner {
     fn child(args: &Args) {
         let seed = args.seeds.start;
         let spec = spec(args);
+        // Every node of this process's cluster runs with it (one process per seed).
+        planted::plant(args.plant);
         let wall = Instant::now();
         let r = std::thread::spawn(move || {
             let mut rt =
@@ -189,6 +231,7 @@ mod runner {
             "faults": r.faults.counts,
             "messages": r.messages,
             "figures": r.figures(),
+            "caught_by": r.caught_by(),
         });
         println!("{RESULT_TAG}{result}");
         let _ = std::io::stdout().flush();
@@ -230,6 +273,9 @@ mod runner {
                 println!("    {l}");
             }
             println!("    {}", r.report);
+        }
+        if !r.ok() {
+            println!("    CAUGHT BY {}", r.caught_by().join(", "));
         }
         for v in r.violations.iter().take(30) {
             println!("    VIOLATION {v}");
@@ -298,6 +344,9 @@ mod runner {
     struct Totals {
         runs: u64,
         failed: Vec<u64>,
+        /// Per failed seed, the checkers that caught it (`panic`: the run panicked; `no
+        /// result`: the child ended without its result line).
+        caught_by: BTreeMap<u64, Vec<String>>,
         sim_ms: u64,
         faults: BTreeMap<String, u64>,
         figures: Vec<(String, u64)>,
@@ -308,10 +357,25 @@ mod runner {
             self.runs += 1;
             let Some(r) = &o.result else {
                 self.failed.push(o.seed);
+                let why = if o.text.contains("FAIL (panic)") {
+                    "panic"
+                } else {
+                    "no result"
+                };
+                self.caught_by.insert(o.seed, vec![why.to_string()]);
                 return;
             };
             if r["ok"] != Value::Bool(true) {
                 self.failed.push(o.seed);
+                let checkers = r["caught_by"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|c| c.as_str().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                self.caught_by.insert(o.seed, checkers);
             }
             self.sim_ms += r["sim_ms"].as_u64().unwrap_or(0);
             for key in ["faults", "messages"] {
@@ -356,6 +420,17 @@ mod runner {
             args.nodes,
             args.jobs
         );
+        if let Some(kinds) = &args.faults {
+            let names: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
+            println!("fault episodes: {} only", names.join(", "));
+        }
+        if let Some(bug) = args.plant {
+            println!(
+                "PLANTED BUG: {} (raft_store::planted): every failing run below is the bug \
+                 being caught",
+                bug.name()
+            );
+        }
         let (tx, rx) = mpsc::channel::<Outcome>();
         let mut next = 0;
         let mut running = 0;
@@ -412,10 +487,23 @@ mod runner {
             faults.join(" "),
             figures_line(&totals.figures)
         );
+        totals.failed.sort();
+        if let Some(bug) = args.plant {
+            match totals.failed.first() {
+                Some(first) => println!(
+                    "planted {}: CAUGHT in {} of {} runs, first at seed {first} by {}",
+                    bug.name(),
+                    totals.failed.len(),
+                    totals.runs,
+                    totals.caught_by[first].join(", ")
+                ),
+                None => println!("planted {}: NOT CAUGHT in {} runs", bug.name(), totals.runs),
+            }
+        }
         if !totals.failed.is_empty() {
-            totals.failed.sort();
             println!("failed seeds: {:?}", totals.failed);
             for s in &totals.failed {
+                println!("  seed {s} caught by: {}", totals.caught_by[s].join(", "));
                 println!("  replay: {}", replay(&args, *s));
             }
             std::process::exit(1);

@@ -1,0 +1,119 @@
+//! Planted bugs, for the simulation only (this module exists under `--cfg madsim` alone, so a
+//! production build cannot plant one).
+//!
+//! Each bug breaks one guarantee on purpose, so `sim-tests` can show that its checkers notice
+//! (`sim-tests/tests/planted.rs`, `simulate --plant <bug>`). The switch is process-wide: the
+//! seed runner starts one process per seed and sets it before the simulation starts, so every
+//! node of the simulated cluster runs with the same bug and apply stays deterministic.
+//!
+//! The hooks are one `if planted::is(Bug::X)` branch each, at the real code sites:
+//! - [`Bug::AckBeforeDurable`]: `log_store.rs` commits log appends without fsync and tells
+//!   openraft they are flushed;
+//! - [`Bug::UniqInHandler`]: `api::App::append` refuses a taken key from the receiving node's
+//!   own (possibly stale) state, [`uniq_conflict_here`], and apply (`uniq.rs`) lets a claim
+//!   take a key another stream owns;
+//! - [`Bug::NoIdempotencyCheck`]: apply (`apply.rs`) does not look the idempotency key up, so a
+//!   retry is appended again.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use crate::error::StoreError;
+use crate::read::StateReader;
+use crate::rules::UniqOp;
+use crate::types::{AppendRequest, Conflict};
+
+/// The bugs that can be planted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Bug {
+    /// Log appends are committed with `Durability::None` and reported flushed at once: an
+    /// acknowledged entry can vanish on a power cut.
+    AckBeforeDurable,
+    /// Uniqueness is decided by the HTTP side against the receiving node's local state, and
+    /// apply no longer refuses a claim on a key another stream owns.
+    UniqInHandler,
+    /// Apply skips the idempotency lookup: a retried keyed request is appended twice.
+    NoIdempotencyCheck,
+}
+
+impl Bug {
+    pub const ALL: [Bug; 3] = [
+        Bug::AckBeforeDurable,
+        Bug::UniqInHandler,
+        Bug::NoIdempotencyCheck,
+    ];
+
+    /// The name on the command line (`simulate --plant <name>`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Bug::AckBeforeDurable => "ack-before-durable",
+            Bug::UniqInHandler => "uniq-in-handler",
+            Bug::NoIdempotencyCheck => "no-idempotency-check",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Bug> {
+        Bug::ALL.into_iter().find(|b| b.name() == name)
+    }
+
+    fn code(self) -> u8 {
+        match self {
+            Bug::AckBeforeDurable => 1,
+            Bug::UniqInHandler => 2,
+            Bug::NoIdempotencyCheck => 3,
+        }
+    }
+}
+
+/// 0: none; otherwise [`Bug::code`].
+static PLANTED: AtomicU8 = AtomicU8::new(0);
+
+/// Plant `bug` (or none) for the whole process. Set it before the simulation starts.
+pub fn plant(bug: Option<Bug>) {
+    PLANTED.store(bug.map_or(0, Bug::code), Ordering::SeqCst);
+}
+
+/// The bug planted in this process, if any.
+pub fn planted() -> Option<Bug> {
+    let code = PLANTED.load(Ordering::SeqCst);
+    Bug::ALL.into_iter().find(|b| b.code() == code)
+}
+
+/// Whether `bug` is planted.
+pub fn is(bug: Bug) -> bool {
+    planted() == Some(bug)
+}
+
+/// [`Bug::UniqInHandler`], the handler's half: the first create or update claim of `req` whose
+/// key another stream owns in this node's applied state, as the conflict apply would report.
+/// The state read is whatever this node has applied: on a lagging follower, or between two
+/// concurrent requests, it is stale, which is the bug.
+pub fn uniq_conflict_here(
+    reader: &StateReader,
+    req: &AppendRequest,
+) -> Result<Option<Conflict>, StoreError> {
+    for e in &req.events {
+        let Some(stream) = e.stream.as_deref() else {
+            continue;
+        };
+        for claim in &e.claims {
+            let new_key = match claim.op {
+                UniqOp::Create => true,
+                UniqOp::Update => claim.old_key.as_deref() != Some(claim.key.as_str()),
+                UniqOp::Delete => false,
+            };
+            if !new_key {
+                continue;
+            }
+            if let Some((owner, _)) = reader.uniq_owner(&claim.set, &claim.key)? {
+                if owner != stream {
+                    return Ok(Some(Conflict::Uniq {
+                        set: claim.set.clone(),
+                        key: claim.key.clone(),
+                        owner,
+                    }));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
