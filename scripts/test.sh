@@ -36,16 +36,30 @@ unit_and_integration() {
   cargo nextest run --workspace --no-fail-fast
 }
 
-simulation() {
-  CARGO_TARGET_DIR="$MADSIM_TARGET_DIR" RUSTFLAGS="--cfg madsim" \
-    cargo nextest run -p sim-tests --no-fail-fast
+# The madsim build: optimised, with debug assertions on (scripts/madsim-env.sh).
+simulation_build() {
+  ( export MADSIM_TARGET_DIR; source scripts/madsim-env.sh
+    cargo build --release -p sim-tests --all-targets )
+}
+
+simulation_tests() {
+  ( export MADSIM_TARGET_DIR; source scripts/madsim-env.sh
+    cargo nextest run --release -p sim-tests --no-fail-fast )
+}
+
+# SIM_SEEDS whole runs of 3 nodes and SIM_SEEDS_5 of 5 nodes, one process each.
+simulation_seeds() {
+  MADSIM_TARGET_DIR="$MADSIM_TARGET_DIR" ./scripts/simulate.sh --seeds "1..$((${SIM_SEEDS:-400} + 1))" --jobs 2
+  MADSIM_TARGET_DIR="$MADSIM_TARGET_DIR" ./scripts/simulate.sh --seeds "1..$((${SIM_SEEDS_5:-100} + 1))" --nodes 5 --jobs 2
 }
 
 stage "install tools" install_tools
 stage "build" build
 stage "unit + integration tests" unit_and_integration
 if [ -n "$(ls sim-tests/tests/*.rs 2>/dev/null)" ]; then
-  stage "simulation (madsim)" simulation
+  stage "simulation build (madsim)" simulation_build
+  stage "simulation tests" simulation_tests
+  stage "simulation seeds" simulation_seeds
 fi
 
 echo "=== timings"
