@@ -176,8 +176,8 @@ mod runner {
 
     fn replay(args: &Args, seed: u64) -> String {
         format!(
-            "CARGO_TARGET_DIR=target-madsim RUSTFLAGS=\"--cfg madsim\" cargo run -p sim-tests \
-             --bin simulate -- --seeds {seed} --verbose {}",
+            // The build CI runs the seeds with (optimised, debug assertions on).
+            "scripts/simulate.sh --seeds {seed} --verbose {}",
             common_flags(args).join(" ")
         )
         .trim_end()
