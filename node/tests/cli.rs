@@ -82,14 +82,6 @@ fn an_exposed_node_without_auth_refuses_to_start_unless_insecure() {
     );
 
     std::fs::write(&config, format!("{text}\n[auth]\ninsecure = true\n")).unwrap();
-    /// Kills the node however the test ends.
-    struct Killed(std::process::Child);
-    impl Drop for Killed {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let _node = Killed(
         Command::new(BIN)
             .args(["node", "--id", "1", "--config"])

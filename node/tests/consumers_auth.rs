@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -34,15 +34,6 @@ fn tuning() -> Tuning {
     Tuning {
         extra: Box::leak(extra.into_boxed_str()),
         ..Tuning::default()
-    }
-}
-
-/// Kills the process however the test ends.
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 

@@ -264,22 +264,13 @@ fn a_rejected_address_is_parked_replayed_and_then_delivered_once() {
 }
 
 /// A process killed when dropped.
-struct Guard(std::process::Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn smtp_delivers_to_the_recipient_a_link_that_activates() {
     let mut c = Cluster::start(1, users_tuning());
     let port = free_port();
     let maildir = c.dir.path().join("maildir");
     // Python's aiosmtpd (installed by scripts/test.sh) as the SMTP server, storing a Maildir.
-    let _smtpd = Guard(
+    let _smtpd = Killed(
         std::process::Command::new("python3")
             .args([
                 "-m",

@@ -707,3 +707,13 @@ pub fn now_s() -> u64 {
         .unwrap()
         .as_secs()
 }
+
+/// A child process killed (and reaped) however the test ends.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
