@@ -54,6 +54,23 @@ impl RunningNode {
         &self.app.raft
     }
 
+    /// Resolves when Raft has stopped on a fatal error, with that error. The storage layer
+    /// turns any failed write or fsync into one: after a failed fsync nothing since the last
+    /// good one can be trusted to be on disk (the kernel may have dropped the dirty pages), so
+    /// the node must not go on acknowledging anything; only a restart, which recovers from
+    /// what is durable, is safe.
+    pub async fn failed(&self) -> String {
+        let mut metrics = self.app.raft.metrics();
+        loop {
+            if let Err(fatal) = &metrics.borrow_and_update().running_state {
+                return fatal.to_string();
+            }
+            if metrics.changed().await.is_err() {
+                return "raft stopped".to_string();
+            }
+        }
+    }
+
     /// Stop serving and shut Raft down.
     pub async fn shutdown(self) {
         for s in &self.servers {

@@ -306,6 +306,42 @@ impl SimCluster {
 
     /// Power cut on node `id`: every task of it stops, unsynced writes are lost.
     pub fn kill(&mut self, id: NodeId) {
+        self.kill_with(id, SimDisk::crash);
+    }
+
+    /// The disk figures of every node, summed.
+    pub fn disk_stats(&self) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        for node in self.nodes.values() {
+            let s = node.disk.stats();
+            for (k, v) in [
+                ("crashes", s.crashes),
+                ("lost_pages", s.lost_pages),
+                ("torn_writes", s.torn_writes),
+                ("torn_sectors_kept", s.torn_sectors_kept),
+                ("sync_errors", s.sync_errors),
+                ("fenced_calls", s.fenced_calls),
+            ] {
+                *out.entry(k.to_string()).or_default() += v;
+            }
+        }
+        out
+    }
+
+    /// `GET /health` of node `id` answered 200 (a node that stopped on a fatal error answers
+    /// 503, then nothing once it stopped serving).
+    pub async fn healthy(&self, id: NodeId) -> bool {
+        let client = self.client();
+        self.on_client(async move {
+            matches!(
+                client.send(id, HttpRequest::get("/health"), STATUS_TIMEOUT).await,
+                Ok(r) if r.status == 200
+            )
+        })
+        .await
+    }
+
+    fn kill_with(&mut self, id: NodeId, crash: impl FnOnce(&SimDisk)) {
         let node = self.nodes.get_mut(&id).expect("no such node");
         assert!(node.up, "node {id} is already down");
         if node.paused {
@@ -315,7 +351,7 @@ impl SimCluster {
         node.epoch.fetch_add(1, Ordering::SeqCst);
         // Crash the disk first: the dying node's redb may still try to write as its tasks are
         // dropped, and those writes must not land.
-        node.disk.crash();
+        crash(&node.disk);
         self.runtime.kill(node.handle.id());
         node.up = false;
         tracing::info!(id, "killed node");
@@ -671,7 +707,11 @@ async fn run_node(
         .await
         .unwrap_or_else(|e| panic!("node {id}: start failed: {e}"));
     tracing::info!(id, "node started");
-    let _keep = node;
+    // As the binary does: on a fatal storage error the node stops serving (here it stays a
+    // silent process until the nemesis power-cuts and restarts it).
+    let error = node.failed().await;
+    tracing::warn!(id, %error, "node stopped on a fatal error");
+    node.shutdown().await;
     std::future::pending::<()>().await;
 }
 

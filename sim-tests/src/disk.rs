@@ -11,7 +11,14 @@
 //! fails with an I/O error and changes nothing. That fences the killed node's redb `Database`,
 //! which madsim drops some time after the kill and whose `Drop` still tries to write.
 //!
-//! The model is the simple one: no torn writes, a crash keeps exactly what was synced.
+//! Two ways for the disk to lie, as real ones do:
+//! - [`SimDisk::crash_torn`]: a power cut during the last write since the last sync. That write
+//!   lands in part: each of its 512-byte sectors reached the platter or not (a sector itself is
+//!   written whole, the usual assumption of storage engines and of redb's checksummed commit
+//!   slots); every other unsynced write is lost.
+//! - [`SimDisk::fail_syncs`]: the next `sync_data` calls fail with an I/O error and make
+//!   nothing durable (Linux may mark the pages clean anyway and drop them: after a failed
+//!   fsync the only safe belief is that nothing since the last good one is on disk).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -22,6 +29,8 @@ use redb::StorageBackend;
 
 /// Granularity of the dirty-page tracking (only the syncing cost depends on it).
 const PAGE: usize = 4096;
+/// The unit a torn write is torn in: a sector is written whole or not at all.
+pub const SECTOR: usize = 512;
 
 /// Counters, for reports and for tests of the disk itself.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +43,12 @@ pub struct DiskStats {
     pub fenced_calls: u64,
     /// Bytes written but not yet synced that the crashes threw away (page granularity).
     pub lost_pages: u64,
+    /// Crashes that tore the last write.
+    pub torn_writes: u64,
+    /// Sectors of torn writes that landed anyway.
+    pub torn_sectors_kept: u64,
+    /// `sync_data` calls that failed on purpose.
+    pub sync_errors: u64,
 }
 
 #[derive(Default)]
@@ -43,10 +58,56 @@ struct State {
     durable: Vec<u8>,
     /// Pages of `volatile` that may differ from `durable`.
     dirty: BTreeSet<usize>,
+    /// The last write since the last sync (offset, bytes), for a torn crash.
+    last_write: Option<(usize, Vec<u8>)>,
+    /// How many coming `sync_data` calls fail.
+    failing_syncs: u64,
+    /// A power cut waiting for the next `sync_data` (see [`SimDisk::tear_at_next_sync`]).
+    tear_armed: Option<Box<dyn FnMut(usize) -> bool + Send>>,
     stats: DiskStats,
 }
 
 impl State {
+    fn crash(&mut self) {
+        self.epoch += 1;
+        self.stats.crashes += 1;
+        self.stats.lost_pages += self.dirty.len() as u64;
+        self.volatile = self.durable.clone();
+        self.dirty.clear();
+        self.last_write = None;
+        self.failing_syncs = 0;
+        self.tear_armed = None;
+    }
+
+    fn crash_torn(&mut self, landed: &mut dyn FnMut(usize) -> bool) -> usize {
+        let torn = self.last_write.take();
+        self.crash();
+        let Some((offset, data)) = torn else {
+            return 0;
+        };
+        self.stats.torn_writes += 1;
+        let mut kept = 0;
+        // Sectors are aligned to the file, not to the write: a write that starts mid-sector
+        // lands its first part with the rest of that sector.
+        let end = offset + data.len();
+        let mut start = offset;
+        let mut i = 0;
+        while start < end {
+            let stop = ((start / SECTOR + 1) * SECTOR).min(end);
+            // Past the durable length the file's growth itself was not synced.
+            if stop <= self.durable.len() && landed(i) {
+                let (from, to) = (start - offset, stop - offset);
+                self.durable[start..stop].copy_from_slice(&data[from..to]);
+                kept += 1;
+            }
+            start = stop;
+            i += 1;
+        }
+        self.stats.torn_sectors_kept += kept as u64;
+        self.volatile = self.durable.clone();
+        kept
+    }
+
     fn mark(&mut self, start: usize, end: usize) {
         if start >= end {
             return;
@@ -103,12 +164,34 @@ impl SimDisk {
 
     /// Power cut: unsynced writes are lost and every open handle is fenced.
     pub fn crash(&self) {
-        let mut s = self.lock();
-        s.epoch += 1;
-        s.stats.crashes += 1;
-        s.stats.lost_pages += s.dirty.len() as u64;
-        s.volatile = s.durable.clone();
-        s.dirty.clear();
+        self.lock().crash();
+    }
+
+    /// Power cut in the middle of the last write since the last sync: of that write, the
+    /// sectors for which `landed(sector_index)` says yes reach the durable image (sector 0 is
+    /// the write's first); every other unsynced write is lost, as in [`SimDisk::crash`].
+    /// Returns how many sectors landed (0 when nothing was written since the last sync).
+    pub fn crash_torn(&self, landed: &mut dyn FnMut(usize) -> bool) -> usize {
+        self.lock().crash_torn(landed)
+    }
+
+    /// Arm a power cut for the moment the next `sync_data` is called: every write of the
+    /// transaction being made durable was issued, none is synced, and the last one is torn
+    /// ([`SimDisk::crash_torn`] with `landed`). The `sync_data` fails, as every later call
+    /// through the fenced handle does. redb keeps its writes in a cache until it syncs, so this
+    /// is the instant at which a power cut finds unsynced writes on the device at all.
+    pub fn tear_at_next_sync(&self, landed: Box<dyn FnMut(usize) -> bool + Send>) {
+        self.lock().tear_armed = Some(landed);
+    }
+
+    /// Whether a tear armed with [`SimDisk::tear_at_next_sync`] is still waiting for a sync.
+    pub fn tear_pending(&self) -> bool {
+        self.lock().tear_armed.is_some()
+    }
+
+    /// Make the next `n` `sync_data` calls fail (until a crash).
+    pub fn fail_syncs(&self, n: u64) {
+        self.lock().failing_syncs = n;
     }
 
     pub fn stats(&self) -> DiskStats {
@@ -198,6 +281,21 @@ impl StorageBackend for DiskHandle {
     fn sync_data(&self) -> Result<(), io::Error> {
         let mut s = self.live()?;
         let s = &mut *s;
+        if let Some(mut landed) = s.tear_armed.take() {
+            let kept = s.crash_torn(&mut *landed);
+            return Err(io::Error::other(format!(
+                "disk {}: power cut during sync_data ({kept} sectors of the last write landed)",
+                self.disk.name
+            )));
+        }
+        if s.failing_syncs > 0 {
+            s.failing_syncs -= 1;
+            s.stats.sync_errors += 1;
+            return Err(io::Error::other(format!(
+                "disk {}: sync_data failed (injected I/O error)",
+                self.disk.name
+            )));
+        }
         let len = s.volatile.len();
         s.durable.resize(len, 0);
         for &p in &s.dirty {
@@ -208,6 +306,7 @@ impl StorageBackend for DiskHandle {
             }
         }
         s.dirty.clear();
+        s.last_write = None;
         s.stats.syncs += 1;
         Ok(())
     }
@@ -223,6 +322,7 @@ impl StorageBackend for DiskHandle {
             .ok_or_else(|| out_of_range("write", offset, data.len(), file_len))?;
         s.volatile[start..end].copy_from_slice(data);
         s.mark(start, end);
+        s.last_write = Some((start, data.to_vec()));
         s.stats.writes += 1;
         Ok(())
     }
@@ -296,6 +396,139 @@ mod tests {
         let mut buf = [0u8; 5];
         assert!(h.read(0, &mut buf).is_err());
         assert!(h.read(u64::MAX, &mut buf[..1]).is_err());
+    }
+
+    #[test]
+    fn a_torn_crash_keeps_the_chosen_sectors_of_the_last_write_only() {
+        let disk = SimDisk::new("t");
+        let h = disk.open();
+        h.set_len(4 * SECTOR as u64).unwrap();
+        h.sync_data().unwrap();
+        h.write(0, &[1; SECTOR]).unwrap(); // lost: not the last write
+        h.write(SECTOR as u64 + 10, &[2; 2 * SECTOR]).unwrap(); // sectors 1, 2, 3 of the file
+        let kept = disk.crash_torn(&mut |i| i != 1);
+        assert_eq!(kept, 2);
+        let h = disk.open();
+        let mut file = vec![0u8; 4 * SECTOR];
+        h.read(0, &mut file).unwrap();
+        assert!(file[..SECTOR + 10].iter().all(|&b| b == 0));
+        assert!(file[SECTOR + 10..2 * SECTOR].iter().all(|&b| b == 2));
+        assert!(
+            file[2 * SECTOR..3 * SECTOR].iter().all(|&b| b == 0),
+            "sector 1 of the write did not land"
+        );
+        assert!(file[3 * SECTOR..3 * SECTOR + 10].iter().all(|&b| b == 2));
+        assert!(file[3 * SECTOR + 10..].iter().all(|&b| b == 0));
+        assert_eq!(disk.stats().torn_writes, 1);
+        // Nothing written since the last sync: nothing to tear.
+        assert_eq!(disk.crash_torn(&mut |_| true), 0);
+    }
+
+    #[test]
+    fn a_failed_sync_makes_nothing_durable() {
+        let disk = SimDisk::new("t");
+        let h = disk.open();
+        h.set_len(8).unwrap();
+        h.write(0, b"a").unwrap();
+        disk.fail_syncs(1);
+        assert!(h.sync_data().is_err());
+        disk.crash();
+        assert_eq!(
+            disk.open().len().unwrap(),
+            0,
+            "the failed sync kept nothing"
+        );
+        let h = disk.open();
+        h.set_len(8).unwrap();
+        h.sync_data().unwrap();
+        assert_eq!(disk.stats().sync_errors, 1);
+    }
+
+    /// A commit torn by a power cut (its last write half on disk, the rest lost) or whose
+    /// fsync failed is absent after recovery, or whole: never in part, never taking the
+    /// earlier durable commit with it.
+    #[test]
+    fn redb_recovers_a_torn_or_unsynced_commit_whole_or_not_at_all() {
+        use redb::{
+            Database, Durability, ReadableDatabase, ReadableTableMetadata, TableDefinition,
+        };
+        const T: TableDefinition<u64, &[u8]> = TableDefinition::new("t");
+        let value = [7u8; 300];
+        for case in 0..48u64 {
+            let disk = SimDisk::new("t");
+            {
+                let db = Database::builder()
+                    .create_with_backend(disk.open())
+                    .unwrap();
+                let txn = db.begin_write().unwrap();
+                {
+                    let mut t = txn.open_table(T).unwrap();
+                    for k in 0..40 {
+                        t.insert(k, &value[..]).unwrap();
+                    }
+                }
+                txn.commit().unwrap();
+                let mut txn = db.begin_write().unwrap();
+                let durable = case % 2 == 0;
+                if durable && case % 4 == 0 {
+                    // The power cut strikes as the commit syncs (the nemesis' torn_write).
+                    let mut y = case;
+                    disk.tear_at_next_sync(Box::new(move |_| {
+                        y = y.wrapping_mul(6364136223846793005).wrapping_add(1);
+                        y >> 63 == 1
+                    }));
+                } else if durable {
+                    disk.fail_syncs(1 + case % 3);
+                } else {
+                    txn.set_durability(Durability::None).unwrap();
+                }
+                {
+                    let mut t = txn.open_table(T).unwrap();
+                    for k in 40..80 {
+                        t.insert(k, &value[..]).unwrap();
+                    }
+                }
+                let committed = txn.commit();
+                assert_eq!(committed.is_ok(), !durable, "case {case}: {committed:?}");
+                if durable && case % 4 == 0 {
+                    assert!(!disk.tear_pending());
+                    assert!(
+                        disk.stats().torn_writes == 1,
+                        "case {case}: the commit synced"
+                    );
+                    // Already crashed by the tear; the crash below finds nothing unsynced.
+                }
+                // Which sectors of the last write land: a pattern per case.
+                let mut x = case.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+                disk.crash_torn(&mut |i| match case % 6 {
+                    0 | 1 => true,
+                    2 | 3 => i % 2 == 0,
+                    _ => {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x % 3 != 0
+                    }
+                });
+            }
+            let db = Database::builder()
+                .create_with_backend(disk.open())
+                .unwrap_or_else(|e| panic!("case {case}: reopening failed: {e}"));
+            let txn = db.begin_read().unwrap();
+            let t = txn.open_table(T).unwrap();
+            let n = t.len().unwrap();
+            assert!(
+                n == 40 || n == 80,
+                "case {case}: {n} rows: a torn commit shows in part"
+            );
+            for k in 0..n {
+                assert_eq!(
+                    t.get(k).unwrap().unwrap().value(),
+                    &value[..],
+                    "case {case} key {k}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -243,12 +243,26 @@ pub struct StatusSample {
     pub last_log_index: u64,
 }
 
+/// One page of a topic a node served to a reader (`GET /v1/topics/{topic}/events`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadSample {
+    pub node: NodeId,
+    pub topic: String,
+    pub from: u64,
+    /// Asked with `consistency=linearizable` (else the node's applied state).
+    pub linearizable: bool,
+    pub events: Vec<Value>,
+    pub sent_ms: u64,
+    pub answered_ms: u64,
+}
+
 /// Everything the clients recorded, each list in the order the answers arrived.
 #[derive(Debug, Clone, Default)]
 pub struct History {
     pub appends: Vec<Attempt>,
     pub users: Vec<UserAttempt>,
     pub status: Vec<StatusSample>,
+    pub reads: Vec<ReadSample>,
 }
 
 /// The owner of a uniq key as a node serves it (`GET /v1/uniq/{set}/{key}`).
@@ -287,10 +301,12 @@ pub enum Kind {
     Answer,
     /// No leader, no convergence or no progress after the faults stopped.
     Liveness,
+    /// A node served an event that is not the committed one at its offset.
+    Served,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Lost,
         Kind::Phantom,
         Kind::Divergent,
@@ -298,6 +314,7 @@ impl Kind {
         Kind::Uniq,
         Kind::Raft,
         Kind::Answer,
+        Kind::Served,
         Kind::Liveness,
     ];
 
@@ -311,6 +328,7 @@ impl Kind {
             Kind::Raft => "raft_violation",
             Kind::Answer => "bad_answer",
             Kind::Liveness => "liveness",
+            Kind::Served => "uncommitted_read",
         }
     }
 
@@ -326,6 +344,7 @@ impl Kind {
             Kind::Raft => "raft_state",
             Kind::Answer => "answers",
             Kind::Liveness => "liveness",
+            Kind::Served => "served",
         }
     }
 }
@@ -361,6 +380,10 @@ pub struct Report {
     pub user_not_found: usize,
     pub user_failed: usize,
     pub user_unknown: usize,
+    /// Pages readers were served (and `check::served` compared with the committed topics).
+    pub reads: usize,
+    /// Events in those pages.
+    pub events_read: usize,
     /// Violations by kind (all must be 0).
     pub violations: BTreeMap<Kind, usize>,
     /// Failed (definite non-success) appends whose events are present anyway.

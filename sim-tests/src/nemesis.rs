@@ -37,10 +37,16 @@ pub enum FaultKind {
     Asymmetric,
     /// A node is cut off and reconnected over and over.
     Flapping,
+    /// Power cut on one node (the leader half of the time) in the middle of a write: part of
+    /// its last write since the last sync landed, the rest of the unsynced writes is lost.
+    TornWrite,
+    /// One node's next fsyncs fail: it must stop without acknowledging what it could not make
+    /// durable; then it is power-cut and restarted on what its disk holds.
+    FsyncError,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 8] = [
+    pub const ALL: [FaultKind; 10] = [
         FaultKind::Crash,
         FaultKind::PowerCut,
         FaultKind::Pause,
@@ -49,6 +55,8 @@ impl FaultKind {
         FaultKind::NoQuorum,
         FaultKind::Asymmetric,
         FaultKind::Flapping,
+        FaultKind::TornWrite,
+        FaultKind::FsyncError,
     ];
 
     pub fn name(self) -> &'static str {
@@ -61,6 +69,8 @@ impl FaultKind {
             FaultKind::NoQuorum => "no_quorum",
             FaultKind::Asymmetric => "asymmetric",
             FaultKind::Flapping => "flapping",
+            FaultKind::TornWrite => "torn_write",
+            FaultKind::FsyncError => "fsync_error",
         }
     }
 
@@ -79,6 +89,8 @@ impl FaultKind {
             FaultKind::NoQuorum => 1,
             FaultKind::Asymmetric => 3,
             FaultKind::Flapping => 2,
+            FaultKind::TornWrite => 2,
+            FaultKind::FsyncError => 2,
         }
     }
 }
@@ -207,6 +219,70 @@ async fn episode(
             log.note(
                 kind,
                 format!("node {victim} down for {} ms", down.as_millis()),
+            );
+            cluster.kill(victim);
+            sleep(down).await;
+            cluster.restart(victim);
+        }
+        FaultKind::TornWrite => {
+            let victim = leader_or_any(cluster).await;
+            // The power cut strikes when the victim next makes a commit durable: its writes
+            // are issued, none synced, the last one torn (each sector landed with odds 1/2).
+            let mut bits: u64 = madsim::rand::thread_rng().gen();
+            cluster.disk(victim).tear_at_next_sync(Box::new(move |_| {
+                bits = bits
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                bits >> 63 == 1
+            }));
+            let start = now_ms();
+            while cluster.disk(victim).tear_pending() && now_ms() - start < 10_000 {
+                sleep(ms(20..100)).await;
+            }
+            let torn = !cluster.disk(victim).tear_pending();
+            let down = ms(200..4000);
+            log.note(
+                kind,
+                format!(
+                    "node {victim} power-cut {} after {} ms, down for {} ms",
+                    if torn {
+                        "mid-commit, its last write torn"
+                    } else {
+                        "(it never synced)"
+                    },
+                    now_ms() - start,
+                    down.as_millis()
+                ),
+            );
+            cluster.kill(victim);
+            sleep(down).await;
+            cluster.restart(victim);
+        }
+        FaultKind::FsyncError => {
+            let victim = leader_or_any(cluster).await;
+            let fails = madsim::rand::thread_rng().gen_range(1..4);
+            cluster.disk(victim).fail_syncs(fails);
+            // The node stops at its next fsync; the load makes one soon, on a leader or a
+            // follower alike. A node that did not sync within the bound is cut anyway.
+            let start = now_ms();
+            let mut stopped = false;
+            while now_ms() - start < 10_000 {
+                sleep(ms(100..300)).await;
+                if cluster.disk(victim).stats().sync_errors > 0 && !cluster.healthy(victim).await {
+                    stopped = true;
+                    break;
+                }
+            }
+            let down = ms(100..3000);
+            log.note(
+                kind,
+                format!(
+                    "node {victim}: next {fails} fsyncs fail; {} after {} ms; power cut, down \
+                     for {} ms",
+                    if stopped { "stopped" } else { "still serving" },
+                    now_ms() - start,
+                    down.as_millis()
+                ),
             );
             cluster.kill(victim);
             sleep(down).await;

@@ -44,6 +44,7 @@ impl Default for RunSpec {
                 keyed_share: 0.5,
                 retries_max: 3,
                 status_poll: Some(Duration::from_millis(300)),
+                readers: 2,
                 ..LoadSpec::default()
             },
             liveness_within: Duration::from_secs(30),
@@ -60,6 +61,8 @@ pub struct RunResult {
     pub faults: FaultLog,
     /// Message faults done, by "kind.fault".
     pub messages: BTreeMap<String, u64>,
+    /// The simulated disks' figures, summed over the nodes (`SimCluster::disk_stats`).
+    pub disk: BTreeMap<String, u64>,
     pub report: Report,
     pub violations: Vec<String>,
     /// Simulated time from the end of the faults to a converged cluster.
@@ -99,6 +102,8 @@ impl RunResult {
             ("email_taken_or_409", r.user_conflicts as u64),
             ("user_failed", r.user_failed as u64),
             ("user_unknown", r.user_unknown as u64),
+            ("reads", r.reads as u64),
+            ("events_read", r.events_read as u64),
         ];
         for k in Kind::ALL {
             out.push((k.name(), r.count(k) as u64));
@@ -191,7 +196,9 @@ pub async fn simulate(spec: RunSpec) -> RunResult {
         .map(|((k, f), n)| (format!("{}.{}", k.name(), f.name()), n))
         .collect();
     let trace_hash = trace_hash(&history, state.as_ref(), &faults);
+    let disk = cluster.disk_stats();
     RunResult {
+        disk,
         seed,
         sim_ms: now_ms() - started,
         faults,
@@ -357,6 +364,21 @@ fn trace_lines(
     }
     for s in &history.status {
         out(&format!("{s:?}"));
+    }
+    for r in &history.reads {
+        line.clear();
+        let _ = write!(
+            line,
+            "R n{} {} {} {} {}..{} {}",
+            r.node,
+            r.topic,
+            r.from,
+            r.linearizable,
+            r.sent_ms,
+            r.answered_ms,
+            r.events.len()
+        );
+        out(&line);
     }
     for l in &faults.lines {
         out(l);

@@ -10,6 +10,7 @@
 //!   letter cases), change the address of accounts they created, delete them. Sign-ups may
 //!   carry an idempotency key and are then retried like keyed appends.
 //! - Status pollers: one per node, asking `GET /v1/cluster/status` one call at a time.
+//! - Readers: pages of random topics from random nodes, recorded as served.
 //!
 //! Every request and its answer is recorded (`crate::history`); nothing is assumed about a
 //! request without a definite answer.
@@ -24,7 +25,7 @@ use serde_json::{json, Value};
 
 use crate::cluster::{now_ms, sleep, Client, SimCluster, APPEND_TIMEOUT};
 use crate::history::{
-    Attempt, History, NodeId, Outcome, StatusSample, UserAttempt, UserOp, UserOutcome,
+    Attempt, History, NodeId, Outcome, ReadSample, StatusSample, UserAttempt, UserOp, UserOutcome,
 };
 
 pub const PLAIN_TOPIC: &str = "log";
@@ -90,6 +91,9 @@ pub struct LoadSpec {
     pub users_clients: usize,
     /// Status pollers' pause between two calls to one node; `None`: no pollers.
     pub status_poll: Option<Duration>,
+    /// Readers: each reads pages of random topics from random nodes, with or without
+    /// `consistency=linearizable`, and records what it was served (`check::served`).
+    pub readers: usize,
 }
 
 impl Default for LoadSpec {
@@ -103,6 +107,7 @@ impl Default for LoadSpec {
             retries_max: 0,
             users_clients: 0,
             status_poll: None,
+            readers: 0,
         }
     }
 }
@@ -141,6 +146,14 @@ impl Load {
                 spec: spec.clone(),
             };
             tasks.push(cluster.spawn_client(ctx.run_users()));
+        }
+        for _ in 0..spec.readers {
+            tasks.push(cluster.spawn_client(read_pages(
+                cluster.client(),
+                targets.clone(),
+                stop.clone(),
+                history.clone(),
+            )));
         }
         if let Some(every) = spec.status_poll {
             for id in cluster.ids() {
@@ -430,6 +443,63 @@ impl ClientCtx {
             ))
             .await;
         }
+    }
+}
+
+/// Read pages of random topics from random nodes until stopped, mostly near the end of what
+/// was seen so far (where an entry that is not committed yet would show).
+async fn read_pages(
+    client: Client,
+    targets: Vec<NodeId>,
+    stop: Arc<AtomicBool>,
+    history: Arc<Mutex<History>>,
+) {
+    let mut seen = [0u64; ALL_TOPICS.len()];
+    while !stop.load(Ordering::Relaxed) {
+        let (t, node, from, linearizable, pause) = {
+            let mut rng = madsim::rand::thread_rng();
+            let t = rng.gen_range(0..ALL_TOPICS.len());
+            let from = if rng.gen_bool(0.8) {
+                seen[t].saturating_sub(rng.gen_range(0..5))
+            } else {
+                rng.gen_range(0..=seen[t])
+            };
+            (
+                t,
+                targets[rng.gen_range(0..targets.len())],
+                from,
+                rng.gen_bool(0.3),
+                rng.gen_range(50..300),
+            )
+        };
+        let topic = ALL_TOPICS[t];
+        let mut path = format!("/v1/topics/{topic}/events?from={from}&limit=20");
+        if linearizable {
+            path.push_str("&consistency=linearizable");
+        }
+        let sent_ms = now_ms();
+        if let Ok(resp) = client
+            .send(node, HttpRequest::get(path), Duration::from_secs(3))
+            .await
+        {
+            let page: Option<Vec<Value>> = (resp.status == 200)
+                .then(|| serde_json::from_slice::<Value>(&resp.body).ok())
+                .flatten()
+                .and_then(|v| v.get("events").and_then(Value::as_array).cloned());
+            if let Some(events) = page {
+                seen[t] = seen[t].max(from + events.len() as u64);
+                history.lock().unwrap().reads.push(ReadSample {
+                    node,
+                    topic: topic.to_string(),
+                    from,
+                    linearizable,
+                    events,
+                    sent_ms,
+                    answered_ms: now_ms(),
+                });
+            }
+        }
+        sleep(Duration::from_millis(pause)).await;
     }
 }
 

@@ -332,3 +332,75 @@ fn auth_is_on_in_the_simulation() {
         );
     });
 }
+
+/// An fsync that fails on the leader: the leader stops (its `/health` answers 503, then it
+/// stops serving), acknowledges nothing from then on, the others elect a new leader, and after
+/// a power cut and a restart on what its disk holds it catches up. Every 201 of the run is in
+/// the converged log.
+#[test]
+fn a_failed_fsync_stops_the_node_and_it_acknowledges_nothing_more() {
+    sim_tests::run_seeded(7, || async {
+        let seed = madsim::runtime::Handle::current().seed();
+        let started = now_ms();
+        let mut cluster = SimCluster::start(3);
+        cluster.cluster_init().await;
+        let load = Load::start(&cluster, &LoadSpec::default(), cluster.ids());
+        load.wait_answered(30, Duration::from_secs(20)).await;
+
+        let victim = cluster.wait_for_leader().await;
+        let syncs_before = cluster.disk(victim).stats().syncs;
+        cluster.disk(victim).fail_syncs(1);
+        let failed_at = now_ms();
+        let mut stopped = false;
+        for _ in 0..100 {
+            if cluster.disk(victim).stats().sync_errors == 1 && !cluster.healthy(victim).await {
+                stopped = true;
+                break;
+            }
+            madsim::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            stopped,
+            "seed {seed}: node {victim} kept serving after its fsync failed: {}",
+            brief(&cluster.statuses().await)
+        );
+        let syncs_at_stop = cluster.disk(victim).stats().syncs;
+        // Nothing the stopped node answers from now on is an acknowledgement, and it never
+        // syncs again: it wrote nothing durable since the failure.
+        let probe = serde_json::json!({"events": [{"type": "T", "data": {"id": "after-failure"}}]});
+        for _ in 0..5 {
+            let outcome = cluster.append(victim, TOPICS[0], &probe).await;
+            assert!(
+                !matches!(outcome, Outcome::Ok(_)),
+                "seed {seed}: node {victim} acknowledged an append after its fsync failed"
+            );
+        }
+        assert_eq!(cluster.disk(victim).stats().syncs, syncs_at_stop);
+        assert!(syncs_at_stop >= syncs_before);
+
+        // The others go on.
+        let new_leader = cluster.wait_for_leader().await;
+        assert_ne!(
+            new_leader, victim,
+            "seed {seed}: the stopped node still leads"
+        );
+        let acked = load.acknowledged();
+        load.keep_going(secs(2), 30, secs(30)).await;
+        assert!(
+            load.acknowledged() > acked,
+            "seed {seed}: no progress without node {victim}"
+        );
+
+        // A supervisor restarts it on what its disk holds.
+        cluster.kill(victim);
+        cluster.restart(victim);
+        load.keep_going(secs(2), 30, secs(30)).await;
+        let history = load.stop().await;
+        let state = cluster.wait_converged(&TOPICS).await;
+        judge("fsync_error", seed, &history, &state, started);
+        println!(
+            "node {victim} stopped {} ms after its fsync was set to fail",
+            now_ms() - failed_at
+        );
+    });
+}

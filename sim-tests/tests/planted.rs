@@ -3,10 +3,10 @@
 //! breaks, within a stated number of seeds. Only built with `RUSTFLAGS="--cfg madsim"`.
 //!
 //! Each test runs the `simulate` binary (one child process per seed, as the runner always does)
-//! over seeds `1..=N` with `--fail-fast --jobs 1`, so it stops at the first seed that catches
-//! the bug; asserts that a run failed, that the first failing run was reported by the expected
-//! checker (not by a panic or a liveness timeout); then runs the seeds it went through again
-//! without the plant and asserts they pass, so the failure is the bug's and not the seed's.
+//! over seeds `1..=N` with `--jobs 1`; asserts that a run failed and that at least one of them
+//! was reported by the expected checker (a panic or a liveness timeout alone does not count);
+//! then runs the same seeds again without the plant and asserts they pass, so the failure is
+//! the bug's and not the seed's.
 #![cfg(madsim)]
 
 use std::process::{Command, Output};
@@ -33,6 +33,19 @@ const ACK_BEFORE_DURABLE: Case = Case {
     bug: "ack-before-durable",
     seeds: 3,
     flags: &["--faults", "power_cut"],
+    checkers: &["lost", "phantom", "agreement"],
+};
+
+/// The same bug under the disk's torn writes (`--faults torn_write`): one node at a time loses
+/// power as it syncs a commit, with that commit's last write torn. An entry acknowledged
+/// without fsync on that node and on the one other node of its quorum (lost at their next
+/// torn crash) is gone. Caught by `lost` at seed 2 today; seeds 1, 3 and 4 trip openraft's
+/// debug assertion "follower log reversion is not allowed" first (a panic), which is itself
+/// the bug showing, but not a checker.
+const ACK_BEFORE_DURABLE_TORN: Case = Case {
+    bug: "ack-before-durable",
+    seeds: 3,
+    flags: &["--faults", "torn_write"],
     checkers: &["lost", "phantom", "agreement"],
 };
 
@@ -85,7 +98,6 @@ fn assert_caught(case: &Case) {
         case.bug,
         "--seeds",
         &format!("1..{}", case.seeds + 1),
-        "--fail-fast",
         "--jobs",
         "1",
     ]
@@ -104,24 +116,27 @@ fn assert_caught(case: &Case) {
         stdout,
         String::from_utf8_lossy(&out.stderr)
     );
-    // "planted <bug>: CAUGHT in k of m runs, first at seed S by a, b"
-    let prefix = format!("planted {}: CAUGHT in ", case.bug);
-    let line = stdout
+    // "  seed S caught by: a, b" for every failing seed; the first seed that one of the
+    // expected checkers caught counts (a panic, e.g. one of openraft's debug assertions
+    // tripping first, does not).
+    let (seed, by) = stdout
         .lines()
-        .find(|l| l.starts_with(&prefix))
-        .unwrap_or_else(|| panic!("no verdict line for {}:\n{stdout}", case.bug));
-    let (seed, by) = line
-        .split_once("first at seed ")
-        .and_then(|(_, rest)| rest.split_once(" by "))
-        .unwrap_or_else(|| panic!("unexpected verdict line {line:?}"));
-    let seed: u64 = seed.parse().expect("a seed number");
-    let by: Vec<&str> = by.split(", ").collect();
-    assert!(
-        by.iter().any(|c| case.checkers.contains(c)),
-        "planted {} was caught at seed {seed}, but by {by:?}, not by any of {:?}:\n{stdout}",
-        case.bug,
-        case.checkers
-    );
+        .filter_map(|l| {
+            let rest = l.trim_start().strip_prefix("seed ")?;
+            let (n, by) = rest.split_once(" caught by: ")?;
+            Some((
+                n.parse::<u64>().ok()?,
+                by.split(", ").collect::<Vec<&str>>(),
+            ))
+        })
+        .find(|(_, by)| by.iter().any(|c| case.checkers.contains(c)))
+        .unwrap_or_else(|| {
+            panic!(
+                "planted {} failed runs within seeds 1..={}, but none was caught by any of \
+                 {:?}:\n{stdout}",
+                case.bug, case.seeds, case.checkers
+            )
+        });
     println!(
         "planted {}: caught at seed {seed} by {by:?} ({:.1}s wall)",
         case.bug,
@@ -132,6 +147,11 @@ fn assert_caught(case: &Case) {
     let seeds = seeds_run(&stdout);
     assert!(seeds.contains(&seed), "seed {seed} missing from {seeds:?}");
     let (first, last) = (seeds[0], seeds[seeds.len() - 1]);
+    assert_eq!(
+        (first, last),
+        (1, case.seeds),
+        "the runner skipped seeds:\n{stdout}"
+    );
     let mut args: Vec<String> = ["--seeds", &format!("{first}..{}", last + 1), "--jobs", "1"]
         .map(str::to_string)
         .to_vec();
@@ -150,6 +170,11 @@ fn assert_caught(case: &Case) {
 #[test]
 fn ack_before_durable_is_caught() {
     assert_caught(&ACK_BEFORE_DURABLE);
+}
+
+#[test]
+fn ack_before_durable_is_caught_under_torn_writes() {
+    assert_caught(&ACK_BEFORE_DURABLE_TORN);
 }
 
 #[test]

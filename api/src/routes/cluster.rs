@@ -141,8 +141,17 @@ pub async fn change_membership(
     membership_answer(app.execute(op, app.request_timeout()).await?)
 }
 
-pub async fn health() -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok" }))
+/// Alive, or failed: a node whose Raft stopped on a fatal error (a storage write or fsync
+/// that failed) answers 503 until it is restarted, so a supervisor or load balancer sees it.
+pub async fn health(State(app): State<SharedApp>) -> Response {
+    match app.raft.metrics().borrow().running_state.clone() {
+        Ok(()) => Json(json!({ "status": "ok" })).into_response(),
+        Err(fatal) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "failed", "error": fatal.to_string() })),
+        )
+            .into_response(),
+    }
 }
 
 /// Ready: a leader is known and this node has applied everything it knows to be committed.

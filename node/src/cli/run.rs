@@ -49,7 +49,17 @@ pub async fn node(config_path: &Path, id: u64) -> Result<()> {
     let transport = Arc::new(HyperTransport::with_tls(config.client_tls()?));
     let storage = open(&config, id).await?;
     let node = start(&config, id, storage, transport).await?;
-    terminated().await;
+    tokio::select! {
+        _ = terminated() => {}
+        error = node.failed() => {
+            tracing::error!(id, %error, "raft stopped on a fatal error; exiting");
+            node.shutdown().await;
+            anyhow::bail!(
+                "node {id} stopped: {error}. Nothing it had not made durable was acknowledged; \
+                 restart it to recover from its disk"
+            );
+        }
+    }
     tracing::info!(id, "stopping");
     node.shutdown().await;
     Ok(())

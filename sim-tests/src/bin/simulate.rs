@@ -9,7 +9,8 @@
 //!
 //! Options: `--seeds A..B` (B excluded) or `--seeds N`; `--nodes 3|5`; `--safety-s S` (length
 //! of the safety phase, default 30); `--faults K,K,..` (only these episode kinds: crash,
-//! power_cut, pause, minority, isolated_leader, no_quorum, asymmetric, flapping); `--jobs J`
+//! power_cut, pause, minority, isolated_leader, no_quorum, asymmetric, flapping, torn_write,
+//! fsync_error); `--jobs J`
 //! (runs at once, default: the number of cores); `--verbose` (every run's fault episodes);
 //! `--fail-fast`; `--plant <bug>` (plant a known bug, `raft_store::planted`:
 //! ack-before-durable, uniq-in-handler, no-idempotency-check; each failing run then names the
@@ -230,6 +231,7 @@ mod runner {
             "trace_hash": format!("{:016x}", r.trace_hash),
             "faults": r.faults.counts,
             "messages": r.messages,
+            "disk": r.disk,
             "figures": r.figures(),
             "caught_by": r.caught_by(),
         });
@@ -269,6 +271,7 @@ mod runner {
             if !r.messages.is_empty() {
                 println!("    messages: {:?}", r.messages);
             }
+            println!("    disks: {:?}", r.disk);
             for l in &r.faults.lines {
                 println!("    {l}");
             }
@@ -378,13 +381,13 @@ mod runner {
                 self.caught_by.insert(o.seed, checkers);
             }
             self.sim_ms += r["sim_ms"].as_u64().unwrap_or(0);
-            for key in ["faults", "messages"] {
+            for key in ["faults", "messages", "disk"] {
                 if let Some(m) = r[key].as_object() {
                     for (k, n) in m {
-                        let name = if key == "messages" {
-                            format!("msg.{k}")
-                        } else {
-                            k.clone()
+                        let name = match key {
+                            "messages" => format!("msg.{k}"),
+                            "disk" => format!("disk.{k}"),
+                            _ => k.clone(),
                         };
                         *self.faults.entry(name).or_default() += n.as_u64().unwrap_or(0);
                     }

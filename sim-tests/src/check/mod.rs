@@ -11,6 +11,7 @@
 //! | [`answers`] | a 409 wrote nothing; appends are atomic; no 5xx but 503; no 404 for a live user |
 //! | [`uniq`] | at most one owner per key; owners served = owners the topic implies; every `email_taken` explained |
 //! | [`raft_state`] | term, commit and applied never go back (applied and commit may after a crash); one leader per term |
+//! | [`served`] | every event a node served is the committed event at that offset |
 
 pub mod agreement;
 pub mod answers;
@@ -18,6 +19,7 @@ pub mod idempotency;
 pub mod lost;
 pub mod phantom;
 pub mod raft_state;
+pub mod served;
 pub mod uniq;
 
 use std::collections::BTreeMap;
@@ -119,6 +121,8 @@ pub fn check_all(history: &History, state: &FinalState) -> Verdict {
     let mut report = Report {
         attempted: history.appends.len(),
         user_ops: history.users.len(),
+        reads: history.reads.len(),
+        events_read: history.reads.iter().map(|r| r.events.len()).sum(),
         applied_index: state.applied_index,
         ..Report::default()
     };
@@ -164,6 +168,7 @@ pub fn check_all(history: &History, state: &FinalState) -> Verdict {
             report.failed_present = failed_present;
             report.unknown_present = unknown_present;
             uniq::check(history, state, &idx, &mut found);
+            served::check(history, &idx, &mut found);
         }
     }
     for v in &found.violations {
