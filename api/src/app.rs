@@ -326,6 +326,11 @@ impl App {
     /// For `?consistency=linearizable`: make this node's state at least as new as any write
     /// acknowledged before the call.
     pub async fn linearize(&self) -> Result<(), ApiError> {
+        // Planted bug (simulation builds only, `raft_store::planted`): no read index.
+        #[cfg(madsim)]
+        if raft_store::planted::is(raft_store::planted::Bug::StaleLinearizableRead) {
+            return Ok(());
+        }
         let timeout = self.request_timeout();
         let deadline = Instant::now() + timeout;
         match self.execute(LeaderOp::ReadIndex, timeout).await? {

@@ -13,7 +13,9 @@
 //!   own (possibly stale) state, [`uniq_conflict_here`], and apply (`uniq.rs`) lets a claim
 //!   take a key another stream owns;
 //! - [`Bug::NoIdempotencyCheck`]: apply (`apply.rs`) does not look the idempotency key up, so a
-//!   retry is appended again.
+//!   retry is appended again;
+//! - [`Bug::StaleLinearizableRead`]: `api::App::linearize` returns at once, so a read asked
+//!   with `consistency=linearizable` is served from whatever the node has applied.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -33,13 +35,17 @@ pub enum Bug {
     UniqInHandler,
     /// Apply skips the idempotency lookup: a retried keyed request is appended twice.
     NoIdempotencyCheck,
+    /// Linearizable reads skip the read index: a lagging or cut-off node serves a page that
+    /// misses writes acknowledged before the read was sent.
+    StaleLinearizableRead,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 3] = [
+    pub const ALL: [Bug; 4] = [
         Bug::AckBeforeDurable,
         Bug::UniqInHandler,
         Bug::NoIdempotencyCheck,
+        Bug::StaleLinearizableRead,
     ];
 
     /// The name on the command line (`simulate --plant <name>`).
@@ -48,6 +54,7 @@ impl Bug {
             Bug::AckBeforeDurable => "ack-before-durable",
             Bug::UniqInHandler => "uniq-in-handler",
             Bug::NoIdempotencyCheck => "no-idempotency-check",
+            Bug::StaleLinearizableRead => "stale-linearizable-read",
         }
     }
 
@@ -60,6 +67,7 @@ impl Bug {
             Bug::AckBeforeDurable => 1,
             Bug::UniqInHandler => 2,
             Bug::NoIdempotencyCheck => 3,
+            Bug::StaleLinearizableRead => 4,
         }
     }
 }

@@ -301,7 +301,8 @@ pub enum Kind {
     Answer,
     /// No leader, no convergence or no progress after the faults stopped.
     Liveness,
-    /// A node served an event that is not the committed one at its offset.
+    /// A node served an event that is not the committed one at its offset, or a
+    /// linearizable page that misses a write acknowledged before it was asked for.
     Served,
 }
 
@@ -328,7 +329,7 @@ impl Kind {
             Kind::Raft => "raft_violation",
             Kind::Answer => "bad_answer",
             Kind::Liveness => "liveness",
-            Kind::Served => "uncommitted_read",
+            Kind::Served => "bad_read",
         }
     }
 

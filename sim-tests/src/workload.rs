@@ -473,7 +473,8 @@ async fn read_pages(
             )
         };
         let topic = ALL_TOPICS[t];
-        let mut path = format!("/v1/topics/{topic}/events?from={from}&limit=20");
+        let limit = crate::check::served::PAGE_LIMIT;
+        let mut path = format!("/v1/topics/{topic}/events?from={from}&limit={limit}");
         if linearizable {
             path.push_str("&consistency=linearizable");
         }

@@ -49,6 +49,16 @@ const ACK_BEFORE_DURABLE_TORN: Case = Case {
     checkers: &["lost", "phantom", "agreement"],
 };
 
+/// Linearizable reads served without a read index: a follower (or a deposed leader) cut off
+/// from the leader serves its own, older state. Caught by `served` (a linearizable page that
+/// ends before a write acknowledged before the read was sent).
+const STALE_LINEARIZABLE_READ: Case = Case {
+    bug: "stale-linearizable-read",
+    seeds: 3,
+    flags: &[],
+    checkers: &["served"],
+};
+
 /// Uniqueness decided from the receiving node's own state, apply taking any claim: two
 /// concurrent sign-ups (or email changes) get the same address. Caught by `uniq`.
 const UNIQ_IN_HANDLER: Case = Case {
@@ -175,6 +185,11 @@ fn ack_before_durable_is_caught() {
 #[test]
 fn ack_before_durable_is_caught_under_torn_writes() {
     assert_caught(&ACK_BEFORE_DURABLE_TORN);
+}
+
+#[test]
+fn stale_linearizable_read_is_caught() {
+    assert_caught(&STALE_LINEARIZABLE_READ);
 }
 
 #[test]

@@ -11,7 +11,7 @@
 //! | [`answers`] | a 409 wrote nothing; appends are atomic; no 5xx but 503; no 404 for a live user |
 //! | [`uniq`] | at most one owner per key; owners served = owners the topic implies; every `email_taken` explained |
 //! | [`raft_state`] | term, commit and applied never go back (applied and commit may after a crash); one leader per term |
-//! | [`served`] | every event a node served is the committed event at that offset |
+//! | [`served`] | every event a node served is the committed event at that offset; a linearizable page misses no earlier acknowledged write |
 
 pub mod agreement;
 pub mod answers;
