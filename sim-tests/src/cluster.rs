@@ -84,8 +84,14 @@ pub fn node_addr(id: NodeId) -> String {
 
 /// The cluster.toml text of an `n`-node simulated cluster.
 pub fn config_text(n: usize, extra: &str) -> String {
+    let ids: Vec<NodeId> = (1..=n as u64).collect();
+    config_text_of(&ids, extra)
+}
+
+/// The cluster.toml text listing the nodes `ids`.
+pub fn config_text_of(ids: &[NodeId], extra: &str) -> String {
     let mut text = String::new();
-    for id in 1..=n as u64 {
+    for &id in ids {
         text.push_str(&format!(
             "[[node]]\nid = {id}\naddr = \"{}\"\ndata_dir = \"sim/node{id}\"\n\n",
             node_addr(id)
@@ -136,7 +142,17 @@ pub struct SimCluster {
     pub seed: u64,
     pub config: Arc<Config>,
     runtime: Handle,
+    /// Every node ever started, retired ones included.
     nodes: BTreeMap<NodeId, SimNode>,
+    /// The nodes of the Raft membership (voters and learners) as the harness last learned
+    /// it: what [`SimCluster::ids`] returns, and what faults, convergence and checks cover.
+    members: std::collections::BTreeSet<NodeId>,
+    /// Removed from the membership, stopped, their disks thrown away; ids never reused.
+    retired: std::collections::BTreeSet<NodeId>,
+    /// The `[raft]`, `[limits]`, ... text every node's config ends with.
+    extra_config: String,
+    /// Where the clients of `Load::start_following` send: the members.
+    targets: crate::workload::Targets,
     client_node: NodeHandle,
     client: Client,
     run_dir: PathBuf,
@@ -175,38 +191,8 @@ impl SimCluster {
         let net = NetFaults::new();
         let mut nodes = BTreeMap::new();
         for n in &config.nodes {
-            let id = n.id;
-            let disk = SimDisk::new(format!("node{id}"));
-            let snapshot_dir = run_dir.join(format!("node{id}")).join("snapshots");
-            let handle = runtime
-                .create_node()
-                .name(format!("node{id}"))
-                .ip(IpAddr::V4(node_ip(id)))
-                .init({
-                    let config = config.clone();
-                    let disk = disk.clone();
-                    let net = net.clone();
-                    move || {
-                        run_node(
-                            config.clone(),
-                            id,
-                            disk.clone(),
-                            snapshot_dir.clone(),
-                            net.clone(),
-                        )
-                    }
-                })
-                .build();
-            nodes.insert(
-                id,
-                SimNode {
-                    handle,
-                    disk,
-                    up: true,
-                    paused: false,
-                    epoch: Arc::new(AtomicU64::new(0)),
-                },
-            );
+            let node = spawn_node(&runtime, config.clone(), n.id, &run_dir, &net);
+            nodes.insert(n.id, node);
         }
         let client_node = runtime
             .create_node()
@@ -218,6 +204,10 @@ impl SimCluster {
         };
         SimCluster {
             seed,
+            members: nodes.keys().copied().collect(),
+            targets: crate::workload::Targets::new(nodes.keys().copied().collect()),
+            retired: Default::default(),
+            extra_config: settings.extra_config.clone(),
             config,
             runtime,
             nodes,
@@ -265,8 +255,94 @@ impl SimCluster {
         tracing::info!(id, "resumed node");
     }
 
+    /// The current members (voters and learners), as last learned.
     pub fn ids(&self) -> Vec<NodeId> {
-        self.nodes.keys().copied().collect()
+        self.members.iter().copied().collect()
+    }
+
+    /// The nodes clients send to, kept equal to the members.
+    pub fn targets(&self) -> crate::workload::Targets {
+        self.targets.clone()
+    }
+
+    /// Nodes removed from the cluster for good.
+    pub fn retired(&self) -> Vec<NodeId> {
+        self.retired.iter().copied().collect()
+    }
+
+    /// Start a new node under a fresh id (never used before), on an empty disk, with a config
+    /// that lists the cluster's first nodes and itself, as an operator would write it. It is
+    /// not a member until added (`POST /v1/cluster/learners`) and [`SimCluster::set_members`]
+    /// says so.
+    pub fn add_node(&mut self) -> NodeId {
+        let id = self.nodes.keys().max().copied().unwrap_or(0) + 1;
+        let mut ids: Vec<NodeId> = self.config.nodes.iter().map(|n| n.id).collect();
+        ids.push(id);
+        let text = config_text_of(&ids, &self.extra_config);
+        let config = Config::parse(&text, Path::new("<sim>"), Path::new("/"))
+            .unwrap_or_else(|e| panic!("the config of new node {id} is invalid: {e}\n{text}"));
+        let node = spawn_node(
+            &self.runtime,
+            Arc::new(config),
+            id,
+            &self.run_dir,
+            &self.net,
+        );
+        self.nodes.insert(id, node);
+        tracing::info!(id, "started a new node");
+        id
+    }
+
+    /// Take the membership as the cluster reports it (see [`SimCluster::membership`]).
+    pub fn set_members(&mut self, members: impl IntoIterator<Item = NodeId>) {
+        self.members = members.into_iter().collect();
+        self.targets.set(self.ids());
+        tracing::info!(members = ?self.members, "members");
+    }
+
+    /// Stop node `id` for good: it left the membership (or never joined); its disk is gone
+    /// with it, and its id is never used again.
+    pub fn retire(&mut self, id: NodeId) {
+        if self.node(id).up {
+            self.kill(id);
+        }
+        self.members.remove(&id);
+        self.retired.insert(id);
+        self.targets.set(self.ids());
+        tracing::info!(id, "retired node");
+    }
+
+    /// The membership (voters, learners) the agreed leader reports, if a leader is agreed on.
+    pub async fn membership(&self) -> Option<(Vec<NodeId>, Vec<NodeId>)> {
+        let leader = self.leader_now().await?;
+        let status = self.status(leader).await.ok()?;
+        let (voters, learners) = status.members.iter().partition::<Vec<_>, _>(|m| m.voter);
+        Some((
+            voters.iter().map(|m| m.id).collect(),
+            learners.iter().map(|m| m.id).collect(),
+        ))
+    }
+
+    /// `POST` a JSON body to `path` on node `node`; the status and body, or why not.
+    pub async fn post(
+        &self,
+        node: NodeId,
+        path: &str,
+        body: Value,
+    ) -> Result<(u16, Value), String> {
+        let client = self.client();
+        let path = path.to_string();
+        self.on_client(async move {
+            let req = HttpRequest::post(path, body.to_string());
+            match client.send(node, req, APPEND_TIMEOUT).await {
+                Ok(r) => Ok((
+                    r.status,
+                    serde_json::from_slice(&r.body).unwrap_or(Value::Null),
+                )),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .await
     }
 
     pub fn is_up(&self, id: NodeId) -> bool {
@@ -468,13 +544,13 @@ impl SimCluster {
 
     /// The leader a majority agrees on now, if any (one round of status calls).
     pub async fn leader_now(&self) -> Option<NodeId> {
-        agreed_leader(&self.statuses().await, self.nodes.len() / 2 + 1)
+        agreed_leader(&self.statuses().await, self.members.len() / 2 + 1)
     }
 
     /// Like [`SimCluster::wait_for_leader`], but gives up after `within` of simulated time
     /// with what it saw.
     pub async fn try_wait_for_leader(&self, within: Duration) -> Result<NodeId, String> {
-        let majority = self.nodes.len() / 2 + 1;
+        let majority = self.members.len() / 2 + 1;
         let start = now_ms();
         loop {
             let seen = self.statuses().await;
@@ -690,6 +766,44 @@ pub fn brief(seen: &BTreeMap<NodeId, Result<ClusterStatus, String>>) -> String {
             Err(e) => format!("\n  node {id}: {e}"),
         })
         .collect()
+}
+
+/// Create simulated node `id` (its disk, its snapshot directory under `run_dir`) running
+/// [`run_node`]; a restart reopens the same disk.
+fn spawn_node(
+    runtime: &Handle,
+    config: Arc<Config>,
+    id: NodeId,
+    run_dir: &Path,
+    net: &NetFaults,
+) -> SimNode {
+    let disk = SimDisk::new(format!("node{id}"));
+    let snapshot_dir = run_dir.join(format!("node{id}")).join("snapshots");
+    let handle = runtime
+        .create_node()
+        .name(format!("node{id}"))
+        .ip(IpAddr::V4(node_ip(id)))
+        .init({
+            let disk = disk.clone();
+            let net = net.clone();
+            move || {
+                run_node(
+                    config.clone(),
+                    id,
+                    disk.clone(),
+                    snapshot_dir.clone(),
+                    net.clone(),
+                )
+            }
+        })
+        .build();
+    SimNode {
+        handle,
+        disk,
+        up: true,
+        paused: false,
+        epoch: Arc::new(AtomicU64::new(0)),
+    }
 }
 
 /// The body of a simulated node: open its disk, start the production node, serve forever.

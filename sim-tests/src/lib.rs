@@ -10,7 +10,9 @@
 //! - `cluster` (madsim only): `SimCluster`, production nodes as madsim nodes;
 //! - `net_faults` (madsim only): the transport wrapper that loses, delays and duplicates
 //!   peer RPC and forwarded requests;
-//! - `nemesis` (madsim only): crash, pause and partition episodes drawn from the seed;
+//! - `nemesis` (madsim only): crash, pause, partition, disk and membership episodes drawn
+//!   from the seed;
+//! - `membership` (madsim only): add a learner, let it catch up, promote it, remove a voter;
 //! - `workload` (madsim only): concurrent HTTP clients (appends, users commands) and status
 //!   pollers;
 //! - `run` (madsim only): one whole run: safety phase, liveness phase, checkers, trace hash.
@@ -21,6 +23,8 @@ pub mod history;
 
 #[cfg(madsim)]
 pub mod cluster;
+#[cfg(madsim)]
+pub mod membership;
 #[cfg(madsim)]
 pub mod nemesis;
 #[cfg(madsim)]

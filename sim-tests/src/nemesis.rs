@@ -43,10 +43,13 @@ pub enum FaultKind {
     /// One node's next fsyncs fail: it must stop without acknowledging what it could not make
     /// durable; then it is power-cut and restarted on what its disk holds.
     FsyncError,
+    /// A new node joins as a learner, catches up, is promoted; a voter (the leader half the
+    /// time) is removed and retired (`crate::membership`).
+    Membership,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 10] = [
+    pub const ALL: [FaultKind; 11] = [
         FaultKind::Crash,
         FaultKind::PowerCut,
         FaultKind::Pause,
@@ -57,6 +60,7 @@ impl FaultKind {
         FaultKind::Flapping,
         FaultKind::TornWrite,
         FaultKind::FsyncError,
+        FaultKind::Membership,
     ];
 
     pub fn name(self) -> &'static str {
@@ -71,6 +75,7 @@ impl FaultKind {
             FaultKind::Flapping => "flapping",
             FaultKind::TornWrite => "torn_write",
             FaultKind::FsyncError => "fsync_error",
+            FaultKind::Membership => "membership",
         }
     }
 
@@ -91,6 +96,7 @@ impl FaultKind {
             FaultKind::Flapping => 2,
             FaultKind::TornWrite => 2,
             FaultKind::FsyncError => 2,
+            FaultKind::Membership => 2,
         }
     }
 }
@@ -287,6 +293,13 @@ async fn episode(
             cluster.kill(victim);
             sleep(down).await;
             cluster.restart(victim);
+        }
+        FaultKind::Membership => {
+            let churn = crate::membership::churn(cluster).await;
+            log.note(kind, churn.lines.join("; "));
+            for (what, n) in churn.counts {
+                *log.counts.entry(what).or_default() += n;
+            }
         }
         FaultKind::PowerCut => {
             let down = ms(100..2000);

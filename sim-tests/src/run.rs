@@ -132,7 +132,7 @@ pub async fn simulate(spec: RunSpec) -> RunResult {
     }
 
     // Safety phase: load under faults.
-    let load = Load::start(&cluster, &spec.load, cluster.ids());
+    let load = Load::start_following(&cluster, &spec.load);
     let faults = nemesis::run(&mut cluster, &spec.nemesis).await;
 
     // Liveness phase: every fault is gone.

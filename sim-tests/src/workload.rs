@@ -112,6 +112,30 @@ impl Default for LoadSpec {
     }
 }
 
+/// The nodes clients send to: a list shared with the cluster, which updates it as the
+/// membership changes.
+#[derive(Clone, Debug)]
+pub struct Targets(Arc<Mutex<Vec<NodeId>>>);
+
+impl Targets {
+    pub fn new(ids: Vec<NodeId>) -> Targets {
+        assert!(!ids.is_empty(), "clients need a node to send to");
+        Targets(Arc::new(Mutex::new(ids)))
+    }
+
+    pub fn set(&self, ids: Vec<NodeId>) {
+        if !ids.is_empty() {
+            *self.0.lock().unwrap() = ids;
+        }
+    }
+
+    /// The `n`-th node, round robin.
+    pub fn pick(&self, n: usize) -> NodeId {
+        let ids = self.0.lock().unwrap();
+        ids[n % ids.len()]
+    }
+}
+
 /// Running client tasks.
 pub struct Load {
     stop: Arc<AtomicBool>,
@@ -122,6 +146,16 @@ pub struct Load {
 impl Load {
     /// Start the clients and pollers of `spec` against the nodes `targets`.
     pub fn start(cluster: &SimCluster, spec: &LoadSpec, targets: Vec<NodeId>) -> Load {
+        Self::start_on(cluster, spec, Targets::new(targets))
+    }
+
+    /// Start the clients against the cluster's members as they change
+    /// ([`SimCluster::targets`]): a client's next request goes to a current member.
+    pub fn start_following(cluster: &SimCluster, spec: &LoadSpec) -> Load {
+        Self::start_on(cluster, spec, cluster.targets())
+    }
+
+    fn start_on(cluster: &SimCluster, spec: &LoadSpec, targets: Targets) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let history = Arc::new(Mutex::new(History::default()));
         let mut tasks = Vec::new();
@@ -227,7 +261,7 @@ impl Load {
 struct ClientCtx {
     k: usize,
     client: Client,
-    targets: Vec<NodeId>,
+    targets: Targets,
     stop: Arc<AtomicBool>,
     history: Arc<Mutex<History>>,
     spec: ClientSpec,
@@ -303,7 +337,7 @@ impl ClientCtx {
             }
             let mut retry = 0;
             let outcome = loop {
-                let node = self.targets[(k + n + retry as usize) % self.targets.len()];
+                let node = self.targets.pick(k + n + retry as usize);
                 let sent_ms = now_ms();
                 let outcome = self.client.append(node, topic, &body).await;
                 let answered_ms = now_ms();
@@ -397,8 +431,8 @@ impl ClientCtx {
             };
             let mut retry = 0;
             let outcome = loop {
-                let node =
-                    self.targets[madsim::rand::thread_rng().gen_range(0..self.targets.len())];
+                let draw = madsim::rand::thread_rng().gen_range(0..usize::MAX);
+                let node = self.targets.pick(draw);
                 let sent_ms = now_ms();
                 let outcome = self.client.user_command(node, &op).await;
                 let answered_ms = now_ms();
@@ -450,7 +484,7 @@ impl ClientCtx {
 /// was seen so far (where an entry that is not committed yet would show).
 async fn read_pages(
     client: Client,
-    targets: Vec<NodeId>,
+    targets: Targets,
     stop: Arc<AtomicBool>,
     history: Arc<Mutex<History>>,
 ) {
@@ -466,7 +500,7 @@ async fn read_pages(
             };
             (
                 t,
-                targets[rng.gen_range(0..targets.len())],
+                targets.pick(rng.gen_range(0..usize::MAX)),
                 from,
                 rng.gen_bool(0.3),
                 rng.gen_range(50..300),

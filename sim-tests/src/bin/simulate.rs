@@ -10,7 +10,7 @@
 //! Options: `--seeds A..B` (B excluded) or `--seeds N`; `--nodes 3|5`; `--safety-s S` (length
 //! of the safety phase, default 30); `--faults K,K,..` (only these episode kinds: crash,
 //! power_cut, pause, minority, isolated_leader, no_quorum, asymmetric, flapping, torn_write,
-//! fsync_error); `--jobs J`
+//! fsync_error, membership); `--jobs J`
 //! (runs at once, default: the number of cores); `--verbose` (every run's fault episodes);
 //! `--fail-fast`; `--plant <bug>` (plant a known bug, `raft_store::planted`:
 //! ack-before-durable, uniq-in-handler, no-idempotency-check; each failing run then names the

@@ -1,0 +1,233 @@
+//! Membership churn, the way an operator does it (`uniqlog cluster add-learner | promote |
+//! remove`): start a node under a fresh id, add it as a learner, wait until it has caught up
+//! (through a snapshot when the leader purged its log, as it usually has), promote it, then
+//! remove a voter (the leader half the time) and retire that node for good. The voter count
+//! goes n → n + 1 → n.
+//!
+//! Every step is bounded in simulated time and may fail under the faults that run beside it
+//! (message loss, a leader crash in the middle). After each step the harness takes the
+//! membership from the leader's answer, never from what it asked for: a change whose answer
+//! was lost may still have happened. A step that cannot finish leaves the membership as the
+//! cluster has it: a learner that was never promoted stays a learner, a node that never got
+//! in is retired.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use madsim::rand::seq::SliceRandom;
+use madsim::rand::Rng;
+use serde_json::json;
+
+use crate::cluster::{node_addr, now_ms, sleep, SimCluster};
+use crate::history::NodeId;
+
+/// What one churn episode did, for the fault log and the run's figures.
+#[derive(Debug, Default)]
+pub struct Churn {
+    pub lines: Vec<String>,
+    pub counts: BTreeMap<&'static str, u64>,
+}
+
+impl Churn {
+    fn note(&mut self, what: impl Into<String>) {
+        let what = what.into();
+        tracing::info!("membership: {what}");
+        self.lines.push(what);
+    }
+
+    fn count(&mut self, what: &'static str) {
+        *self.counts.entry(what).or_default() += 1;
+    }
+}
+
+/// How long each step may take.
+const STEP: Duration = Duration::from_secs(15);
+
+/// POST `body` to `path` on the members in turn until one answers 200, within [`STEP`].
+async fn post_until_ok(
+    cluster: &SimCluster,
+    path: &str,
+    body: serde_json::Value,
+) -> Result<(), String> {
+    let start = now_ms();
+    let mut last = String::new();
+    let mut k = 0usize;
+    while now_ms() - start < STEP.as_millis() as u64 {
+        let ids = cluster.ids();
+        let node = ids[k % ids.len()];
+        k += 1;
+        match cluster.post(node, path, body.clone()).await {
+            Ok((200, _)) => return Ok(()),
+            Ok((status, body)) => last = format!("{status} {body}"),
+            Err(e) => last = e,
+        }
+        sleep(Duration::from_millis(300)).await;
+    }
+    Err(last)
+}
+
+/// Take the membership the leader reports (waiting for a leader within [`STEP`]); the
+/// members become the harness' `ids()`. Returns (voters, learners).
+async fn sync(cluster: &mut SimCluster) -> Option<(Vec<NodeId>, Vec<NodeId>)> {
+    let start = now_ms();
+    while now_ms() - start < STEP.as_millis() as u64 {
+        if let Some((voters, learners)) = cluster.membership().await {
+            cluster.set_members(voters.iter().chain(&learners).copied());
+            return Some((voters, learners));
+        }
+        sleep(Duration::from_millis(300)).await;
+    }
+    None
+}
+
+/// Wait until `id` has applied what the leader had committed when the wait began.
+async fn caught_up(cluster: &SimCluster, id: NodeId) -> Option<(u64, Option<u64>)> {
+    let start = now_ms();
+    let mut target = None;
+    while now_ms() - start < STEP.as_millis() as u64 {
+        if target.is_none() {
+            if let Some(l) = cluster.leader_now().await {
+                target = cluster.status(l).await.ok().map(|s| s.commit_index);
+            }
+        }
+        if let (Some(t), Ok(s)) = (target, cluster.status(id).await) {
+            if s.applied_index >= t {
+                return Some((s.applied_index, s.snapshot_index));
+            }
+        }
+        sleep(Duration::from_millis(200)).await;
+    }
+    None
+}
+
+/// One churn episode; leaves every member up and connected.
+pub async fn churn(cluster: &mut SimCluster) -> Churn {
+    let mut out = Churn::default();
+    let Some((voters, _)) = sync(cluster).await else {
+        out.note("no leader: no membership change");
+        return out;
+    };
+    let want_voters = voters.len();
+
+    // 1. A new node joins as a learner.
+    let new = cluster.add_node();
+    let added = post_until_ok(
+        cluster,
+        "/v1/cluster/learners",
+        json!({"id": new, "addr": node_addr(new)}),
+    )
+    .await;
+    out.count("learner_added");
+    let members = sync(cluster).await;
+    let joined = members
+        .as_ref()
+        .is_some_and(|(v, l)| v.contains(&new) || l.contains(&new));
+    if !joined {
+        out.note(format!("node {new} could not join ({added:?}); retired"));
+        cluster.retire(new);
+        return out;
+    }
+    out.note(format!("node {new} added as a learner"));
+
+    // Sometimes the leader crashes in the middle of the change.
+    if madsim::rand::thread_rng().gen_bool(0.25) {
+        if let Some(leader) = cluster.leader_now().await {
+            let down = Duration::from_millis(madsim::rand::thread_rng().gen_range(300..3000));
+            out.note(format!(
+                "leader {leader} crashes mid-change for {} ms",
+                down.as_millis()
+            ));
+            out.count("leader_crash");
+            cluster.kill(leader);
+            sleep(down).await;
+            cluster.restart(leader);
+        }
+    }
+
+    // 2. It catches up, through a snapshot when the leader's log was purged.
+    match caught_up(cluster, new).await {
+        Some((applied, snapshot)) => {
+            if snapshot.is_some() {
+                out.count("caught_up_by_snapshot");
+            } else {
+                out.count("caught_up_by_log");
+            }
+            out.note(format!(
+                "node {new} caught up at index {applied} (snapshot {snapshot:?})"
+            ));
+        }
+        None => {
+            out.note(format!(
+                "node {new} did not catch up in time; stays a learner"
+            ));
+            return out;
+        }
+    }
+
+    // 3. Promote it.
+    let Some((voters, _)) = sync(cluster).await else {
+        out.note("no leader: the learner stays a learner");
+        return out;
+    };
+    let mut promoted: Vec<NodeId> = voters.clone();
+    if !promoted.contains(&new) {
+        promoted.push(new);
+    }
+    let r = post_until_ok(
+        cluster,
+        "/v1/cluster/membership",
+        json!({"voters": promoted}),
+    )
+    .await;
+    let Some((voters, _)) = sync(cluster).await else {
+        out.note(format!("promotion of {new}: {r:?}; no leader after it"));
+        return out;
+    };
+    if !voters.contains(&new) {
+        out.note(format!("node {new} not promoted ({r:?}); stays a learner"));
+        return out;
+    }
+    out.count("promoted");
+    out.note(format!("node {new} promoted: voters {voters:?}"));
+    if voters.len() <= want_voters {
+        return out;
+    }
+
+    // 4. Remove a voter other than the new one, the leader half the time.
+    let leader = cluster.leader_now().await;
+    let others: Vec<NodeId> = voters.iter().copied().filter(|&v| v != new).collect();
+    let victim = match leader {
+        Some(l) if l != new && madsim::rand::thread_rng().gen_bool(0.5) => l,
+        _ => *others
+            .choose(&mut madsim::rand::thread_rng())
+            .expect("a cluster with more voters than one"),
+    };
+    let remaining: Vec<NodeId> = voters.iter().copied().filter(|&v| v != victim).collect();
+    let r = post_until_ok(
+        cluster,
+        "/v1/cluster/membership",
+        json!({"voters": remaining}),
+    )
+    .await;
+    // The removed node may still answer as a leader for a while: ask the others.
+    sleep(Duration::from_millis(500)).await;
+    let Some((voters, learners)) = sync(cluster).await else {
+        out.note(format!("removal of {victim}: {r:?}; no leader after it"));
+        return out;
+    };
+    if voters.contains(&victim) || learners.contains(&victim) {
+        out.note(format!("node {victim} not removed ({r:?}); stays"));
+        return out;
+    }
+    out.count("removed");
+    out.note(format!(
+        "node {victim}{} removed and retired: voters {voters:?}",
+        if Some(victim) == leader {
+            " (the leader)"
+        } else {
+            ""
+        }
+    ));
+    cluster.retire(victim);
+    out
+}
