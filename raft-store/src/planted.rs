@@ -14,6 +14,11 @@
 //!   take a key another stream owns;
 //! - [`Bug::NoIdempotencyCheck`]: apply (`apply.rs`) does not look the idempotency key up, so a
 //!   retry is appended again.
+//! - [`Bug::MailCheckpointBeforeSend`]: the mail consumer (`consumers/src/mail/mod.rs`) reports
+//!   its checkpoint past an event before delivering it, so a crash in between skips the email;
+//! - [`Bug::ProjectionOutsideTxn`]: the query store (`consumers/src/query/store.rs`) commits a
+//!   page's documents and its checkpoint in two transactions, the checkpoint's not durable, so a
+//!   crash between them applies the page twice.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -33,13 +38,19 @@ pub enum Bug {
     UniqInHandler,
     /// Apply skips the idempotency lookup: a retried keyed request is appended twice.
     NoIdempotencyCheck,
+    /// The mail consumer reports its checkpoint past an event before it delivers the email.
+    MailCheckpointBeforeSend,
+    /// The query read model applies a page outside the transaction of its checkpoint.
+    ProjectionOutsideTxn,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 3] = [
+    pub const ALL: [Bug; 5] = [
         Bug::AckBeforeDurable,
         Bug::UniqInHandler,
         Bug::NoIdempotencyCheck,
+        Bug::MailCheckpointBeforeSend,
+        Bug::ProjectionOutsideTxn,
     ];
 
     /// The name on the command line (`simulate --plant <name>`).
@@ -48,6 +59,8 @@ impl Bug {
             Bug::AckBeforeDurable => "ack-before-durable",
             Bug::UniqInHandler => "uniq-in-handler",
             Bug::NoIdempotencyCheck => "no-idempotency-check",
+            Bug::MailCheckpointBeforeSend => "mail-checkpoint-before-send",
+            Bug::ProjectionOutsideTxn => "projection-outside-txn",
         }
     }
 
@@ -60,6 +73,8 @@ impl Bug {
             Bug::AckBeforeDurable => 1,
             Bug::UniqInHandler => 2,
             Bug::NoIdempotencyCheck => 3,
+            Bug::MailCheckpointBeforeSend => 20,
+            Bug::ProjectionOutsideTxn => 21,
         }
     }
 }

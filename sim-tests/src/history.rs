@@ -266,6 +266,8 @@ pub struct FinalState {
     pub topics: BTreeMap<NodeId, BTreeMap<String, Vec<Value>>>,
     /// Per node, per uniq key asked (`user_email`, normalized), its owner or `None` (404).
     pub uniq: BTreeMap<NodeId, BTreeMap<String, Option<Owner>>>,
+    /// What the consumers (query, mail) and the provider hold, when the run had them.
+    pub consumers: Option<crate::check::consumers::ConsumerState>,
 }
 
 /// The kinds of violation, one per checker (`crate::check::*`).
@@ -287,10 +289,14 @@ pub enum Kind {
     Answer,
     /// No leader, no convergence or no progress after the faults stopped.
     Liveness,
+    /// The query read model differs from a replay of `users`.
+    Projection,
+    /// The provider holds a message too few or too many, or too many resends.
+    Mail,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Lost,
         Kind::Phantom,
         Kind::Divergent,
@@ -299,6 +305,8 @@ impl Kind {
         Kind::Raft,
         Kind::Answer,
         Kind::Liveness,
+        Kind::Projection,
+        Kind::Mail,
     ];
 
     pub fn name(self) -> &'static str {
@@ -311,6 +319,8 @@ impl Kind {
             Kind::Raft => "raft_violation",
             Kind::Answer => "bad_answer",
             Kind::Liveness => "liveness",
+            Kind::Projection => "projection",
+            Kind::Mail => "mail",
         }
     }
 
@@ -326,6 +336,8 @@ impl Kind {
             Kind::Raft => "raft_state",
             Kind::Answer => "answers",
             Kind::Liveness => "liveness",
+            Kind::Projection => "projection",
+            Kind::Mail => "mail",
         }
     }
 }

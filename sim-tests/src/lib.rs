@@ -13,6 +13,8 @@
 //! - `nemesis` (madsim only): crash, pause and partition episodes drawn from the seed;
 //! - `workload` (madsim only): concurrent HTTP clients (appends, users commands) and status
 //!   pollers;
+//! - `consumers` (madsim only): the query and mail consumers and the provider as madsim
+//!   nodes, and their nemesis (consumer kills, a flaky, hanging or down provider);
 //! - `run` (madsim only): one whole run: safety phase, liveness phase, checkers, trace hash.
 
 pub mod check;
@@ -21,6 +23,8 @@ pub mod history;
 
 #[cfg(madsim)]
 pub mod cluster;
+#[cfg(madsim)]
+pub mod consumers;
 #[cfg(madsim)]
 pub mod nemesis;
 #[cfg(madsim)]
