@@ -11,7 +11,8 @@
 //!   kills and restarts a consumer at random times (short and long down times, anywhere in its
 //!   work, between a provider call and the checkpoint report too), another gives the provider
 //!   episodes of failures, hangs past the consumer's timeout and long outages (longer than the
-//!   breaker's cool-down). Every fault is undone when the safety phase ends.
+//!   breaker's cool-down), and now and then refuses one address for good (its emails are
+//!   parked). Every fault is undone when the safety phase ends.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
@@ -23,6 +24,7 @@ use api::HttpRequest;
 use consumers::mail::{MailConsumer, MailStats, SharedStats};
 use consumers::mail_sink::{Faults, MailSink};
 use consumers::query::{follow, router, QueryState, QueryStore};
+use madsim::rand::seq::SliceRandom;
 use madsim::rand::Rng;
 use madsim::runtime::{Handle, NodeHandle};
 use serde_json::Value;
@@ -32,6 +34,7 @@ use crate::check::consumers::ConsumerState;
 use crate::cluster::{now_ms, sleep, SimCluster, SIM_CLIENT_TOKEN};
 use crate::disk::SimDisk;
 use crate::nemesis::FaultLog;
+use crate::workload::EMAILS;
 
 pub const QUERY_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 110);
 pub const MAIL_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 111);
@@ -335,8 +338,18 @@ impl SimConsumers {
                 let (kind, faults, hold) = match madsim::rand::thread_rng().gen_range(0..3) {
                     0 => {
                         let rate = madsim::rand::thread_rng().gen_range(0.2..0.9);
+                        // Now and then one address is refused for good: its emails are parked.
+                        let reject = if madsim::rand::thread_rng().gen_bool(0.3) {
+                            vec![EMAILS
+                                .choose(&mut madsim::rand::thread_rng())
+                                .expect("emails")
+                                .to_string()]
+                        } else {
+                            Vec::new()
+                        };
                         let faults = Faults {
                             fail_rate: rate,
+                            reject,
                             ..Faults::default()
                         };
                         (PROVIDER_FLAKY, faults, ms(1000..5000))
