@@ -420,6 +420,7 @@ impl SimConsumers {
         if let Some(m) = self.lag_monitor.take() {
             m.abort();
         }
+        let query_applied = self.query_pos.applied.load(Ordering::SeqCst);
         // Stop the query consumer and read its store from its disk (what survived the cut).
         self.kill_query();
         self.query_kills -= 1;
@@ -432,6 +433,7 @@ impl SimConsumers {
         let stats = self.mail_stats.lock().expect("stats").clone();
         ConsumerState {
             docs,
+            query_applied,
             query_next,
             mail_checkpoint,
             breaker: stats.breaker.to_string(),

@@ -422,8 +422,9 @@ fn trace_lines(
         }
         if let Some(c) = &state.consumers {
             out(&format!(
-                "consumers query_next={} mail_checkpoint={:?} breaker={} duplicates={} \
+                "consumers query_applied={} query_next={} mail_checkpoint={:?} breaker={} duplicates={} \
                  timeouts={} mail_kills={} parked={:?}",
+                c.query_applied,
                 c.query_next,
                 c.mail_checkpoint,
                 c.breaker,

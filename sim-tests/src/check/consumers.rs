@@ -3,7 +3,8 @@
 //!
 //! - projection: the read model equals a fresh replay of the topic ([`replay`], written here
 //!   from DESIGN's document shape, independently of `consumers::query::store`), and every
-//!   document's `version` equals the number of events of its stream;
+//!   document's `version` equals the number of events of its stream; its checkpoint survives
+//!   the final stop (a kill) at the position it had reached;
 //! - mail: the provider holds exactly one message per `AccountCreated` and
 //!   `ActivationRequested` of the topic (key `users:<offset>`, to the event's address), a
 //!   parked one at most once, nothing else; and the resends stay within [`resend_bound`];
@@ -23,7 +24,12 @@ use crate::history::Kind;
 pub struct ConsumerState {
     /// The read model's documents (read from the query store's disk once it is stopped).
     pub docs: Vec<Value>,
-    /// The query store's checkpoint: the next offset of `users` it would apply.
+    /// The query consumer's position when the run ended: the next offset of `users` it
+    /// would apply, as it reported it while running.
+    pub query_applied: u64,
+    /// The query store's checkpoint read from its disk after the consumer was stopped
+    /// (a kill: what survived). Never behind `query_applied`: a page is applied and its
+    /// checkpoint written in one durable transaction before the position is reported.
     pub query_next: u64,
     /// The mail consumer's checkpoint in `__checkpoints` (`None`: never written or unreadable).
     pub mail_checkpoint: Option<u64>,
@@ -142,6 +148,16 @@ pub fn check_projection(users: &[Value], c: &ConsumerState, found: &mut Found) {
             );
         }
     }
+    if c.query_next < c.query_applied {
+        found.push(
+            Kind::Projection,
+            format!(
+                "the read model's checkpoint went back from {} to {} across a kill: pages applied \
+                 without their checkpoint",
+                c.query_applied, c.query_next
+            ),
+        );
+    }
     if c.query_next > users.len() as u64 {
         found.push(
             Kind::Projection,
@@ -212,12 +228,12 @@ pub fn check_mail(users: &[Value], c: &ConsumerState, found: &mut Found) {
 /// After the liveness phase: lag 0 for both consumers and the breaker closed.
 pub fn check_liveness(users: &[Value], c: &ConsumerState, found: &mut Found) {
     let head = users.len() as u64;
-    if c.query_next != head {
+    if c.query_applied != head {
         found.push(
             Kind::Liveness,
             format!(
                 "the query consumer applied up to offset {} of {head} after the liveness phase",
-                c.query_next
+                c.query_applied
             ),
         );
     }
@@ -274,6 +290,7 @@ mod tests {
         let users = users();
         ConsumerState {
             docs: replay(&users).into_values().collect(),
+            query_applied: 5,
             query_next: 5,
             mail_checkpoint: Some(5),
             breaker: "closed".into(),
@@ -326,6 +343,16 @@ mod tests {
     }
 
     #[test]
+    fn a_checkpoint_lost_across_a_kill_is_a_projection_violation() {
+        let mut c = good();
+        c.query_next = 3;
+        let found = run(&c);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].0, Kind::Projection);
+        assert!(found[0].1.contains("went back from 5 to 3"), "{found:?}");
+    }
+
+    #[test]
     fn a_missing_or_extra_document_is_a_projection_violation() {
         let mut c = good();
         c.docs.retain(|d| d["id"] != "a");
@@ -373,6 +400,7 @@ mod tests {
     #[test]
     fn lag_or_an_open_breaker_after_the_liveness_phase_is_a_liveness_violation() {
         let mut c = good();
+        c.query_applied = 4;
         c.query_next = 4;
         c.mail_checkpoint = None;
         c.breaker = "open".into();
