@@ -57,7 +57,7 @@ const NO_IDEMPOTENCY_CHECK: Case = Case {
 /// The mail consumer reports its checkpoint past an event before it delivers the email: a
 /// kill while the delivery waits (the provider failing, hanging or down) resumes past it, and
 /// the email is never sent. Caught by `mail` (a skipped `AccountCreated`); at seed 1 today, in
-/// 5 of seeds 1..=10, so within 5 seeds by a wide margin.
+/// 14 of seeds 1..=20, so within 5 seeds by a wide margin.
 const MAIL_CHECKPOINT_BEFORE_SEND: Case = Case {
     bug: "mail-checkpoint-before-send",
     seeds: 5,
@@ -67,8 +67,8 @@ const MAIL_CHECKPOINT_BEFORE_SEND: Case = Case {
 
 /// The query store commits a page's documents durably and its checkpoint in a second,
 /// non-durable transaction: a kill of the query consumer loses the checkpoint and the page is
-/// applied again on restart. Caught by `projection` (versions past the stream's length), with
-/// the consumers' liveness check (the final checkpoint behind the topic).
+/// applied again on restart. Caught by `projection` (versions past the stream's length, or the
+/// checkpoint going back across the final stop); at seed 1 today, in 10 of seeds 1..=10.
 const PROJECTION_OUTSIDE_TXN: Case = Case {
     bug: "projection-outside-txn",
     seeds: 3,
