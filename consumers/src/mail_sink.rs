@@ -91,6 +91,18 @@ impl MailSink {
         s.faults = faults;
     }
 
+    /// The messages recorded, in arrival order, and the duplicates counted: what
+    /// `GET /messages` answers, for a caller that holds the sink itself (the simulator).
+    pub fn recorded(&self) -> (Vec<Message>, u64) {
+        let s = self.inner.lock().expect("sink lock");
+        let messages = s
+            .order
+            .iter()
+            .filter_map(|k| s.messages.get(k).cloned())
+            .collect();
+        (messages, s.duplicates)
+    }
+
     pub fn router(&self) -> Router {
         Router::new()
             .route("/send", post(send))

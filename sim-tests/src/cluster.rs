@@ -29,6 +29,9 @@ use crate::history::{Created, FinalState, NodeId, Outcome, Owner};
 use crate::net_faults::{FaultyTransport, NetFaults};
 
 pub const PORT: u16 = 7001;
+/// Ids a run may give to nodes it adds (membership churn) after its first `n`; a consumer's
+/// list of node addresses covers them all (see [`all_node_addrs`]).
+pub const SPARE_IDS: u64 = 16;
 pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
 
 /// Raft timing and snapshot policy tuned for simulation: snapshots and purges every few dozen
@@ -80,6 +83,13 @@ pub fn node_ip(id: NodeId) -> Ipv4Addr {
 
 pub fn node_addr(id: NodeId) -> String {
     format!("{}:{PORT}", node_ip(id))
+}
+
+/// The addresses of every node a run of `n` first nodes may ever have, spares included: the
+/// consumers' bootstrap list. An address with no node (yet, or any more) refuses connections
+/// at once, so a consumer moves on to the next.
+pub fn all_node_addrs(n: usize) -> Vec<String> {
+    (1..=n as u64 + SPARE_IDS).map(node_addr).collect()
 }
 
 /// The cluster.toml text of an `n`-node simulated cluster.
@@ -273,9 +283,12 @@ impl SimCluster {
     /// Start a new node under a fresh id (never used before), on an empty disk, with a config
     /// that lists the cluster's first nodes and itself, as an operator would write it. It is
     /// not a member until added (`POST /v1/cluster/learners`) and [`SimCluster::set_members`]
-    /// says so.
-    pub fn add_node(&mut self) -> NodeId {
+    /// says so. `None` once the [`SPARE_IDS`] are used up.
+    pub fn add_node(&mut self) -> Option<NodeId> {
         let id = self.nodes.keys().max().copied().unwrap_or(0) + 1;
+        if id > self.config.nodes.len() as u64 + SPARE_IDS {
+            return None;
+        }
         let mut ids: Vec<NodeId> = self.config.nodes.iter().map(|n| n.id).collect();
         ids.push(id);
         let text = config_text_of(&ids, &self.extra_config);
@@ -290,7 +303,7 @@ impl SimCluster {
         );
         self.nodes.insert(id, node);
         tracing::info!(id, "started a new node");
-        id
+        Some(id)
     }
 
     /// Take the membership as the cluster reports it (see [`SimCluster::membership`]).

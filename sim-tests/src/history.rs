@@ -280,6 +280,8 @@ pub struct FinalState {
     pub topics: BTreeMap<NodeId, BTreeMap<String, Vec<Value>>>,
     /// Per node, per uniq key asked (`user_email`, normalized), its owner or `None` (404).
     pub uniq: BTreeMap<NodeId, BTreeMap<String, Option<Owner>>>,
+    /// What the consumers (query, mail) and the provider hold, when the run had them.
+    pub consumers: Option<crate::check::consumers::ConsumerState>,
 }
 
 /// The kinds of violation, one per checker (`crate::check::*`).
@@ -304,10 +306,14 @@ pub enum Kind {
     /// A node served an event that is not the committed one at its offset, or a
     /// linearizable page that misses a write acknowledged before it was asked for.
     Served,
+    /// The query read model differs from a replay of `users`.
+    Projection,
+    /// The provider holds a message too few or too many, or too many resends.
+    Mail,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Lost,
         Kind::Phantom,
         Kind::Divergent,
@@ -317,6 +323,8 @@ impl Kind {
         Kind::Answer,
         Kind::Served,
         Kind::Liveness,
+        Kind::Projection,
+        Kind::Mail,
     ];
 
     pub fn name(self) -> &'static str {
@@ -330,6 +338,8 @@ impl Kind {
             Kind::Answer => "bad_answer",
             Kind::Liveness => "liveness",
             Kind::Served => "bad_read",
+            Kind::Projection => "projection",
+            Kind::Mail => "mail",
         }
     }
 
@@ -346,6 +356,8 @@ impl Kind {
             Kind::Answer => "answers",
             Kind::Liveness => "liveness",
             Kind::Served => "served",
+            Kind::Projection => "projection",
+            Kind::Mail => "mail",
         }
     }
 }

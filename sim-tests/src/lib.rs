@@ -15,6 +15,8 @@
 //! - `membership` (madsim only): add a learner, let it catch up, promote it, remove a voter;
 //! - `workload` (madsim only): concurrent HTTP clients (appends, users commands) and status
 //!   pollers;
+//! - `consumers` (madsim only): the query and mail consumers and the provider as madsim
+//!   nodes, and their nemesis (consumer kills, a flaky, hanging or down provider);
 //! - `run` (madsim only): one whole run: safety phase, liveness phase, checkers, trace hash.
 
 pub mod check;
@@ -23,6 +25,8 @@ pub mod history;
 
 #[cfg(madsim)]
 pub mod cluster;
+#[cfg(madsim)]
+pub mod consumers;
 #[cfg(madsim)]
 pub mod membership;
 #[cfg(madsim)]

@@ -110,7 +110,10 @@ pub async fn churn(cluster: &mut SimCluster) -> Churn {
     let want_voters = voters.len();
 
     // 1. A new node joins as a learner.
-    let new = cluster.add_node();
+    let Some(new) = cluster.add_node() else {
+        out.note("no spare node id left: no membership change");
+        return out;
+    };
     let added = post_until_ok(
         cluster,
         "/v1/cluster/learners",

@@ -15,9 +15,10 @@ use serde_json::json;
 
 use crate::check::uniq::{normalize, EMAIL_SET};
 use crate::cluster::{now_ms, sim_auth, sleep, SimCluster, SimSettings, SIM_LIMITS, SIM_RAFT};
+use crate::consumers::{ConsumerFigures, SimConsumers, SIM_CONSUMERS};
 use crate::history::{check_all, Attempt, FinalState, History, Kind, Outcome, Report};
 use crate::nemesis::{self, FaultLog, NemesisSpec};
-use crate::workload::{Load, LoadSpec, ALL_TOPICS, EMAILS, PLAIN_TOPIC, USERS_CONFIG};
+use crate::workload::{Load, LoadSpec, ALL_TOPICS, EMAILS, PLAIN_TOPIC, USERS_CONFIG, USERS_TOPIC};
 
 /// What a run does.
 #[derive(Debug, Clone)]
@@ -30,6 +31,9 @@ pub struct RunSpec {
     pub liveness_within: Duration,
     /// Fault-free load after the leader is back, before the load stops.
     pub calm: Duration,
+    /// Run the consumers (query, mail) and the provider, with their own nemesis
+    /// (`crate::consumers`).
+    pub consumers: bool,
 }
 
 impl Default for RunSpec {
@@ -49,6 +53,7 @@ impl Default for RunSpec {
             },
             liveness_within: Duration::from_secs(30),
             calm: Duration::from_secs(2),
+            consumers: true,
         }
     }
 }
@@ -70,6 +75,8 @@ pub struct RunResult {
     /// A hash of everything observable: the clients' requests and answers in order, the
     /// status samples, the fault episodes, the final topics and owners.
     pub trace_hash: u64,
+    /// The consumers' figures, when the run had consumers.
+    pub consumers: Option<ConsumerFigures>,
 }
 
 impl RunResult {
@@ -105,6 +112,17 @@ impl RunResult {
             ("reads", r.reads as u64),
             ("events_read", r.events_read as u64),
         ];
+        if let Some(c) = &self.consumers {
+            out.extend([
+                ("mail_sent", c.sent),
+                ("mail_resent", c.resent),
+                ("mail_parked", c.parked),
+                ("mail_timeouts", c.timeouts),
+                ("max_lag", c.max_lag),
+                ("consumer_kills", c.kills),
+                ("provider_episodes", c.provider_episodes),
+            ]);
+        }
         for k in Kind::ALL {
             out.push((k.name(), r.count(k) as u64));
         }
@@ -114,7 +132,10 @@ impl RunResult {
 
 /// The config of a simulated cluster with the users flow.
 pub fn sim_config() -> String {
-    format!("{SIM_RAFT}\n{SIM_LIMITS}\n{USERS_CONFIG}\n{}", sim_auth())
+    format!(
+        "{SIM_RAFT}\n{SIM_LIMITS}\n{USERS_CONFIG}\n{SIM_CONSUMERS}\n{}",
+        sim_auth()
+    )
 }
 
 /// Run one simulation in the current madsim runtime.
@@ -132,8 +153,21 @@ pub async fn simulate(spec: RunSpec) -> RunResult {
     }
 
     // Safety phase: load under faults.
+    let mut consumers = spec.consumers.then(|| SimConsumers::start(&cluster));
     let load = Load::start_following(&cluster, &spec.load);
-    let faults = nemesis::run(&mut cluster, &spec.nemesis).await;
+    let faults = match &mut consumers {
+        None => nemesis::run(&mut cluster, &spec.nemesis).await,
+        Some(c) => {
+            let mut consumer_faults = FaultLog::default();
+            let (mut faults, ()) = futures::join!(
+                nemesis::run(&mut cluster, &spec.nemesis),
+                c.nemesis(spec.nemesis.duration, &mut consumer_faults)
+            );
+            faults.counts.extend(consumer_faults.counts);
+            faults.lines.extend(consumer_faults.lines);
+            faults
+        }
+    };
 
     // Liveness phase: every fault is gone.
     let calm_start = now_ms();
@@ -162,7 +196,19 @@ pub async fn simulate(spec: RunSpec) -> RunResult {
             Ok(uniq) => state.uniq = uniq,
             Err(e) => liveness.push(format!("reading the uniq owners failed: {e}")),
         }
+        if let Some(c) = &mut consumers {
+            let head = state
+                .topics
+                .values()
+                .next()
+                .and_then(|t| t.get(USERS_TOPIC))
+                .map_or(0, |u| u.len() as u64);
+            state.consumers = Some(c.finish(&cluster, head, spec.liveness_within).await);
+        }
     }
+    let consumer_figures = consumers
+        .as_ref()
+        .map(|c| c.figures(state.as_ref().and_then(|s| s.consumers.as_ref())));
 
     let mut report = Report::default();
     let mut violations = Vec::new();
@@ -207,6 +253,7 @@ pub async fn simulate(spec: RunSpec) -> RunResult {
         violations,
         liveness_ms,
         trace_hash,
+        consumers: consumer_figures,
     }
 }
 
@@ -394,6 +441,26 @@ fn trace_lines(
         }
         for (node, keys) in &state.uniq {
             out(&format!("uniq {node} {keys:?}"));
+        }
+        if let Some(c) = &state.consumers {
+            out(&format!(
+                "consumers query_applied={} query_next={} mail_checkpoint={:?} breaker={} duplicates={} \
+                 timeouts={} mail_kills={} parked={:?}",
+                c.query_applied,
+                c.query_next,
+                c.mail_checkpoint,
+                c.breaker,
+                c.duplicates,
+                c.timeouts,
+                c.mail_kills,
+                c.parked
+            ));
+            for d in &c.docs {
+                out(&format!("doc {d}"));
+            }
+            for (key, to) in &c.messages {
+                out(&format!("mail {key} {to}"));
+            }
         }
     }
 }

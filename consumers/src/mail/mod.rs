@@ -335,6 +335,12 @@ impl MailConsumer {
             let events = main.next_batch().await.unwrap_or_default();
             let mut offset = main.next_offset - events.len() as u64;
             for e in &events {
+                #[cfg(madsim)]
+                if raft_store::planted::is(raft_store::planted::Bug::MailCheckpointBeforeSend) {
+                    main_cp
+                        .maybe_report(e["offset"].as_u64().map_or(offset + 1, |o| o + 1))
+                        .await;
+                }
                 if let Some(msg) = self.message_for("users", e) {
                     self.deliver(&provider, &mut breaker, &backoff, &msg, e)
                         .await;

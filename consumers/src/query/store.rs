@@ -69,7 +69,16 @@ impl QueryStore {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::Redb(redb::StorageError::Io(e).into()))?;
         }
-        let db = Database::create(path)?;
+        Self::with_database(Database::create(path)?)
+    }
+
+    /// Open the read model on any redb backend: the simulator passes its disk, which loses
+    /// unsynced writes on a crash like a real one.
+    pub fn open_with_backend(backend: impl redb::StorageBackend) -> Result<QueryStore, StoreError> {
+        Self::with_database(Database::builder().create_with_backend(backend)?)
+    }
+
+    fn with_database(db: Database) -> Result<QueryStore, StoreError> {
         let txn = db.begin_write()?;
         txn.open_table(META)?;
         txn.open_table(DOCS)?;
@@ -107,6 +116,10 @@ impl QueryStore {
     /// Apply a page of events (offsets from `next_offset()` on) and advance the checkpoint,
     /// in one durable transaction.
     pub fn apply(&self, events: &[Value], next_offset: u64) -> Result<(), StoreError> {
+        #[cfg(madsim)]
+        if raft_store::planted::is(raft_store::planted::Bug::ProjectionOutsideTxn) {
+            return self.apply_outside_txn(events, next_offset);
+        }
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         {
@@ -131,6 +144,31 @@ impl QueryStore {
             }
             meta.insert("next_offset", next_offset.max(from))?;
         }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// [`raft_store::planted::Bug::ProjectionOutsideTxn`]: the page's documents commit durably
+    /// in one transaction, the checkpoint in another that is not durable, so a crash after the
+    /// first keeps the documents and loses the checkpoint, and the page is applied again.
+    #[cfg(madsim)]
+    fn apply_outside_txn(&self, events: &[Value], next_offset: u64) -> Result<(), StoreError> {
+        let from = self.next_offset()?;
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        {
+            let mut meta = txn.open_table(META)?;
+            for e in events {
+                if e["offset"].as_u64().unwrap_or(0) >= from {
+                    apply_event(&txn, &mut meta, e)?;
+                }
+            }
+        }
+        txn.commit()?;
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::None)?;
+        txn.open_table(META)?
+            .insert("next_offset", next_offset.max(from))?;
         txn.commit()?;
         Ok(())
     }
@@ -281,4 +319,29 @@ fn apply_event(
     txn.open_table(EVENTS)?
         .insert((id, offset), e.to_string().as_str())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn created(offset: u64, id: &str) -> Value {
+        json!({"topic": "users", "offset": offset, "timestamp": 7, "type": "AccountCreated",
+               "stream": format!("user-{id}"),
+               "data": {"id": id, "username": "ann", "email": "Ann@Example.com"}})
+    }
+
+    #[test]
+    fn a_store_on_any_backend_applies_each_event_once() {
+        let store =
+            QueryStore::open_with_backend(redb::backends::InMemoryBackend::new()).expect("open");
+        assert_eq!(store.next_offset().unwrap(), 0);
+        store.apply(&[created(0, "a")], 1).unwrap();
+        // The same page again (a tail that re-read it): nothing applied twice.
+        store.apply(&[created(0, "a"), created(1, "b")], 2).unwrap();
+        assert_eq!(store.next_offset().unwrap(), 2);
+        assert_eq!(store.doc("a").unwrap().unwrap()["version"], 1);
+        assert_eq!(store.by_email("ann@example.com").unwrap().len(), 2);
+        assert_eq!(store.stats().unwrap()["created"], 2);
+    }
 }

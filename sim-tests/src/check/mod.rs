@@ -12,9 +12,11 @@
 //! | [`uniq`] | at most one owner per key; owners served = owners the topic implies; every `email_taken` explained |
 //! | [`raft_state`] | term, commit and applied never go back (applied and commit may after a crash); one leader per term |
 //! | [`served`] | every event a node served is the committed event at that offset; a linearizable page misses no earlier acknowledged write |
+//! | [`consumers`] | the read model equals a replay of `users`; one email per emailing event, resends bounded; consumers caught up (kinds `projection`, `mail`, `liveness`) |
 
 pub mod agreement;
 pub mod answers;
+pub mod consumers;
 pub mod idempotency;
 pub mod lost;
 pub mod phantom;
@@ -169,6 +171,9 @@ pub fn check_all(history: &History, state: &FinalState) -> Verdict {
             report.unknown_present = unknown_present;
             uniq::check(history, state, &idx, &mut found);
             served::check(history, &idx, &mut found);
+            if let Some(c) = &state.consumers {
+                consumers::check(idx.users, c, &mut found);
+            }
         }
     }
     for v in &found.violations {
@@ -233,6 +238,7 @@ pub(crate) mod testing {
             applied_index: 3,
             topics: [(1, topics.clone()), (2, topics)].into(),
             uniq: BTreeMap::new(),
+            consumers: None,
         }
     }
 }
