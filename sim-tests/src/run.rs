@@ -190,12 +190,14 @@ pub async fn simulate(spec: RunSpec) -> RunResult {
         }
     };
     let liveness_ms = now_ms() - calm_start;
+    let mut membership: Vec<String> = Vec::new();
     if let Some(state) = &mut state {
         let keys: Vec<String> = EMAILS.iter().map(|e| normalize(e)).collect();
         match cluster.read_uniq(EMAIL_SET, &keys).await {
             Ok(uniq) => state.uniq = uniq,
             Err(e) => liveness.push(format!("reading the uniq owners failed: {e}")),
         }
+        membership_agreed(&cluster, &mut membership).await;
         if let Some(c) = &mut consumers {
             let head = state
                 .topics
@@ -231,6 +233,10 @@ pub async fn simulate(spec: RunSpec) -> RunResult {
         report.violations = verdict.report.violations;
         violations.extend(verdict.violations);
     }
+    for m in &membership {
+        *report.violations.entry(Kind::Divergent).or_default() += 1;
+        violations.push(format!("DIVERGENT: {m}"));
+    }
     for l in &liveness {
         *report.violations.entry(Kind::Liveness).or_default() += 1;
         violations.push(format!("LIVENESS: {l}"));
@@ -254,6 +260,28 @@ pub async fn simulate(spec: RunSpec) -> RunResult {
         liveness_ms,
         trace_hash,
         consumers: consumer_figures,
+    }
+}
+
+/// After convergence every member reports the same membership, and it is the harness' view:
+/// each change the churn saw acknowledged is in it, and no retired node is.
+async fn membership_agreed(cluster: &SimCluster, out: &mut Vec<String>) {
+    let want: Vec<u64> = cluster.ids();
+    for (id, status) in cluster.statuses().await {
+        match status {
+            Ok(s) => {
+                let mut have: Vec<u64> = s.members.iter().map(|m| m.id).collect();
+                have.sort_unstable();
+                if have != want {
+                    out.push(format!(
+                        "node {id} reports members {have:?}, the cluster's are {want:?} \
+                         (retired: {:?})",
+                        cluster.retired()
+                    ));
+                }
+            }
+            Err(e) => out.push(format!("node {id}: no status after convergence: {e}")),
+        }
     }
 }
 

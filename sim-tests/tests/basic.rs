@@ -404,3 +404,115 @@ fn a_failed_fsync_stops_the_node_and_it_acknowledges_nothing_more() {
         );
     });
 }
+
+/// Membership churn without other faults, step by step as an operator does it: a fourth node
+/// joins as a learner after the leader purged its log, so it must catch up through a snapshot;
+/// it is promoted; then the leader itself is removed and stopped for good. Every 201 of the
+/// load that runs throughout is on the three remaining voters, which agree.
+#[test]
+fn a_learner_catches_up_by_snapshot_is_promoted_and_the_leader_is_removed() {
+    sim_tests::run_seeded(8, || async {
+        let seed = madsim::runtime::Handle::current().seed();
+        let started = now_ms();
+        let mut cluster = SimCluster::start(3);
+        cluster.cluster_init().await;
+        let load = Load::start_following(&cluster, &LoadSpec::default());
+        load.wait_answered(200, Duration::from_secs(60)).await;
+        let leader = cluster.wait_for_leader().await;
+        let purged = cluster
+            .status(leader)
+            .await
+            .expect("leader status")
+            .purged_index;
+        assert!(
+            purged.is_some(),
+            "seed {seed}: the leader has not purged its log yet"
+        );
+
+        let new = cluster.add_node().expect("a spare id");
+        let (status, body) = cluster
+            .post(
+                leader,
+                "/v1/cluster/learners",
+                serde_json::json!({"id": new, "addr": sim_tests::cluster::node_addr(new)}),
+            )
+            .await
+            .expect("add-learner answered");
+        assert_eq!(status, 200, "seed {seed}: add-learner: {body}");
+        let (voters, learners) = cluster.membership().await.expect("a leader");
+        assert_eq!((voters.len(), learners.clone()), (3, vec![new]));
+        cluster.set_members(voters.iter().chain(&learners).copied());
+
+        // It catches up, and a snapshot brought it what the log no longer has.
+        let target = cluster
+            .status(leader)
+            .await
+            .expect("leader status")
+            .commit_index;
+        let mut caught_up = None;
+        for _ in 0..100 {
+            if let Ok(s) = cluster.status(new).await {
+                if s.applied_index >= target {
+                    caught_up = Some(s);
+                    break;
+                }
+            }
+            madsim::time::sleep(Duration::from_millis(200)).await;
+        }
+        let s = caught_up.unwrap_or_else(|| panic!("seed {seed}: node {new} never caught up"));
+        assert!(
+            s.snapshot_index.is_some(),
+            "seed {seed}: node {new} caught up without a snapshot though the log was purged"
+        );
+
+        // Promote it, then remove the leader.
+        let (status, body) = cluster
+            .post(
+                leader,
+                "/v1/cluster/membership",
+                serde_json::json!({"voters": [1, 2, 3, new]}),
+            )
+            .await
+            .expect("promote answered");
+        assert_eq!(status, 200, "seed {seed}: promote: {body}");
+        let remaining: Vec<u64> = [1, 2, 3, new]
+            .into_iter()
+            .filter(|&v| v != leader)
+            .collect();
+        let (status, body) = cluster
+            .post(
+                leader,
+                "/v1/cluster/membership",
+                serde_json::json!({ "voters": remaining }),
+            )
+            .await
+            .expect("remove answered");
+        assert_eq!(status, 200, "seed {seed}: remove the leader: {body}");
+        cluster.retire(leader);
+        cluster.set_members(remaining.iter().copied());
+        let new_leader = cluster.wait_for_leader().await;
+        assert!(
+            remaining.contains(&new_leader),
+            "seed {seed}: leader {new_leader}"
+        );
+        let (voters, learners) = cluster.membership().await.expect("a leader");
+        assert_eq!(voters, remaining, "seed {seed}");
+        assert!(learners.is_empty(), "seed {seed}: learners {learners:?}");
+
+        let acked = load.acknowledged();
+        load.keep_going(secs(2), 30, secs(30)).await;
+        assert!(
+            load.acknowledged() > acked,
+            "seed {seed}: no progress after the removal"
+        );
+        let history = load.stop().await;
+        let state = cluster.wait_converged(&TOPICS).await;
+        assert_eq!(
+            state.topics.len(),
+            3,
+            "seed {seed}: converged on {:?}",
+            state.topics.keys()
+        );
+        judge("membership", seed, &history, &state, started);
+    });
+}
