@@ -74,6 +74,21 @@ fn append_durability() -> Durability {
     Durability::Immediate
 }
 
+/// One durable commit of encoded entries. An error (a failed fsync among them) means nothing
+/// may be taken as durable: the caller reports it to openraft, which stops Raft on this node.
+fn write_entries(db: &Database, encoded: &[(u64, Vec<u8>)]) -> Result<(), StoreError> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(append_durability())?;
+    {
+        let mut t = txn.open_table(LOG)?;
+        for (index, bytes) in encoded {
+            t.insert(*index, bytes.as_slice())?;
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}
+
 fn read_entries(
     db: &Database,
     start: Bound<u64>,
@@ -193,19 +208,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             })
             .collect();
         let db = self.db.clone();
-        let res = blocking(move || -> Result<(), StoreError> {
-            let mut txn = db.begin_write()?;
-            txn.set_durability(append_durability())?;
-            {
-                let mut t = txn.open_table(LOG)?;
-                for (index, bytes) in &encoded {
-                    t.insert(*index, bytes.as_slice())?;
-                }
-            }
-            txn.commit()?;
-            Ok(())
-        })
-        .await;
+        let res = blocking(move || write_entries(&db, &encoded)).await;
         match res {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));
@@ -249,5 +252,96 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         })
         .await
         .map_err(logs_write)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use redb::StorageBackend;
+
+    use super::*;
+
+    /// An in-memory file whose `sync_data` fails on demand; a failed sync makes nothing
+    /// durable (the pages are dropped, as Linux may after a failed fsync).
+    #[derive(Debug, Default, Clone)]
+    struct FlakyDisk {
+        volatile: Arc<Mutex<Vec<u8>>>,
+        durable: Arc<Mutex<Vec<u8>>>,
+        fail: Arc<AtomicBool>,
+    }
+
+    impl StorageBackend for FlakyDisk {
+        fn len(&self) -> Result<u64, io::Error> {
+            Ok(self.volatile.lock().unwrap().len() as u64)
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), io::Error> {
+            let v = self.volatile.lock().unwrap();
+            let start = offset as usize;
+            out.copy_from_slice(&v[start..start + out.len()]);
+            Ok(())
+        }
+        fn set_len(&self, len: u64) -> Result<(), io::Error> {
+            self.volatile.lock().unwrap().resize(len as usize, 0);
+            Ok(())
+        }
+        fn sync_data(&self) -> Result<(), io::Error> {
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(io::Error::other("injected fsync failure"));
+            }
+            *self.durable.lock().unwrap() = self.volatile.lock().unwrap().clone();
+            Ok(())
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
+            let mut v = self.volatile.lock().unwrap();
+            let start = offset as usize;
+            v[start..start + data.len()].copy_from_slice(data);
+            Ok(())
+        }
+    }
+
+    fn entry(index: u64) -> (u64, Vec<u8>) {
+        let e: Entry<TypeConfig> = Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: openraft::EntryPayload::Blank,
+        };
+        (index, serde_json::to_vec(&e).unwrap())
+    }
+
+    /// A failed fsync fails the append (so openraft hears an error, never "flushed"), every
+    /// later commit fails too, and the file reopened on what is durable holds the entries
+    /// before it and not the failed one.
+    #[test]
+    fn a_failed_fsync_fails_the_append_and_nothing_of_it_is_durable() {
+        let disk = FlakyDisk::default();
+        let dir = tempfile::tempdir().unwrap();
+        let storage =
+            crate::Storage::open_with_backend(disk.clone(), dir.path().join("s")).unwrap();
+        let db = storage.log.db.clone();
+        write_entries(&db, &[entry(1), entry(2)]).unwrap();
+        disk.fail.store(true, Ordering::SeqCst);
+        let err = write_entries(&db, &[entry(3)]).unwrap_err();
+        assert!(err.to_string().contains("fsync"), "{err}");
+        disk.fail.store(false, Ordering::SeqCst);
+        // redb latches the failure: every later commit fails, even with the disk healthy
+        // again. (Reads still succeed from its cache: the node stops serving once Raft stopped.)
+        assert!(write_entries(&db, &[entry(4)]).is_err());
+        drop(storage);
+        drop(db);
+
+        let reopened = FlakyDisk {
+            volatile: Arc::new(Mutex::new(disk.durable.lock().unwrap().clone())),
+            ..FlakyDisk::default()
+        };
+        let storage = crate::Storage::open_with_backend(reopened, dir.path().join("s")).unwrap();
+        let got: Vec<u64> = read_entries(&storage.log.db, Bound::Unbounded, Bound::Unbounded)
+            .unwrap()
+            .iter()
+            .map(|e| e.log_id.index)
+            .collect();
+        assert_eq!(got, vec![1, 2]);
     }
 }
