@@ -323,6 +323,18 @@ impl App {
         }
     }
 
+    /// Why Raft stopped on this node, if it did: a fatal error, such as a failed storage
+    /// write or fsync. Such a node must not serve; only a restart recovers it.
+    pub fn fatal(&self) -> Option<String> {
+        self.raft
+            .metrics()
+            .borrow()
+            .running_state
+            .as_ref()
+            .err()
+            .map(ToString::to_string)
+    }
+
     /// For `?consistency=linearizable`: make this node's state at least as new as any write
     /// acknowledged before the call.
     pub async fn linearize(&self) -> Result<(), ApiError> {

@@ -65,8 +65,8 @@ impl RunningNode {
     /// seeded (a second run in one process then differs).
     pub async fn failed(&self) -> String {
         loop {
-            if let Err(fatal) = &self.app.raft.metrics().borrow().running_state {
-                return fatal.to_string();
+            if let Some(error) = self.app.fatal() {
+                return error;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

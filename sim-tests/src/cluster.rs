@@ -275,6 +275,11 @@ impl SimCluster {
         self.targets.clone()
     }
 
+    /// Every node ever started, members or not, retired ones included.
+    pub fn started(&self) -> Vec<NodeId> {
+        self.nodes.keys().copied().collect()
+    }
+
     /// Nodes removed from the cluster for good.
     pub fn retired(&self) -> Vec<NodeId> {
         self.retired.iter().copied().collect()
@@ -395,7 +400,19 @@ impl SimCluster {
 
     /// Power cut on node `id`: every task of it stops, unsynced writes are lost.
     pub fn kill(&mut self, id: NodeId) {
-        self.kill_with(id, SimDisk::crash);
+        let node = self.nodes.get_mut(&id).expect("no such node");
+        assert!(node.up, "node {id} is already down");
+        if node.paused {
+            self.runtime.resume(node.handle.id());
+            node.paused = false;
+        }
+        node.epoch.fetch_add(1, Ordering::SeqCst);
+        // Crash the disk first: the dying node's redb may still try to write as its tasks are
+        // dropped, and those writes must not land.
+        node.disk.crash();
+        self.runtime.kill(node.handle.id());
+        node.up = false;
+        tracing::info!(id, "killed node");
     }
 
     /// The disk figures of every node, summed.
@@ -428,22 +445,6 @@ impl SimCluster {
             )
         })
         .await
-    }
-
-    fn kill_with(&mut self, id: NodeId, crash: impl FnOnce(&SimDisk)) {
-        let node = self.nodes.get_mut(&id).expect("no such node");
-        assert!(node.up, "node {id} is already down");
-        if node.paused {
-            self.runtime.resume(node.handle.id());
-            node.paused = false;
-        }
-        node.epoch.fetch_add(1, Ordering::SeqCst);
-        // Crash the disk first: the dying node's redb may still try to write as its tasks are
-        // dropped, and those writes must not land.
-        crash(&node.disk);
-        self.runtime.kill(node.handle.id());
-        node.up = false;
-        tracing::info!(id, "killed node");
     }
 
     /// Start a killed node again on its disk (and its snapshot directory).

@@ -234,3 +234,20 @@ pub async fn churn(cluster: &mut SimCluster) -> Churn {
     cluster.retire(victim);
     out
 }
+
+/// Before the final checks: take the membership from the leader once more (a change whose
+/// answer was lost may have committed since the churn last looked) and retire every node
+/// started for the churn that is not in it.
+pub async fn settle(cluster: &mut SimCluster) {
+    if sync(cluster).await.is_none() {
+        return; // no leader: the liveness phase reports it
+    }
+    let members = cluster.ids();
+    let retired = cluster.retired();
+    for id in cluster.started() {
+        if !members.contains(&id) && !retired.contains(&id) {
+            tracing::info!(id, "not a member at the end: retired");
+            cluster.retire(id);
+        }
+    }
+}

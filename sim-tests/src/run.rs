@@ -174,6 +174,7 @@ pub async fn simulate(spec: RunSpec) -> RunResult {
     if let Err(e) = cluster.try_wait_for_leader(spec.liveness_within).await {
         liveness.push(format!("no leader after the faults: {e}"));
     }
+    crate::membership::settle(&mut cluster).await;
     let probe = probe(&cluster, spec.liveness_within, &mut liveness).await;
     sleep(spec.calm).await;
     let mut history = load.stop_all().await;
@@ -263,8 +264,9 @@ pub async fn simulate(spec: RunSpec) -> RunResult {
     }
 }
 
-/// After convergence every member reports the same membership, and it is the harness' view:
-/// each change the churn saw acknowledged is in it, and no retired node is.
+/// After convergence every member reports the same membership as the leader did when the
+/// faults were over (`membership::settle`): each change the churn saw acknowledged is in
+/// it, and no retired node is.
 async fn membership_agreed(cluster: &SimCluster, out: &mut Vec<String>) {
     let want: Vec<u64> = cluster.ids();
     for (id, status) in cluster.statuses().await {

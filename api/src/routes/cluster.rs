@@ -144,11 +144,11 @@ pub async fn change_membership(
 /// Alive, or failed: a node whose Raft stopped on a fatal error (a storage write or fsync
 /// that failed) answers 503 until it is restarted, so a supervisor or load balancer sees it.
 pub async fn health(State(app): State<SharedApp>) -> Response {
-    match app.raft.metrics().borrow().running_state.clone() {
-        Ok(()) => Json(json!({ "status": "ok" })).into_response(),
-        Err(fatal) => (
+    match app.fatal() {
+        None => Json(json!({ "status": "ok" })).into_response(),
+        Some(error) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "failed", "error": fatal.to_string() })),
+            Json(json!({ "status": "failed", "error": error })),
         )
             .into_response(),
     }

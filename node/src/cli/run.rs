@@ -49,20 +49,19 @@ pub async fn node(config_path: &Path, id: u64) -> Result<()> {
     let transport = Arc::new(HyperTransport::with_tls(config.client_tls()?));
     let storage = open(&config, id).await?;
     let node = start(&config, id, storage, transport).await?;
-    tokio::select! {
-        _ = terminated() => {}
-        error = node.failed() => {
-            tracing::error!(id, %error, "raft stopped on a fatal error; exiting");
-            node.shutdown().await;
-            anyhow::bail!(
-                "node {id} stopped: {error}. Nothing it had not made durable was acknowledged; \
-                 restart it to recover from its disk"
-            );
-        }
-    }
-    tracing::info!(id, "stopping");
+    let failure = tokio::select! {
+        _ = terminated() => None,
+        error = node.failed() => Some(error),
+    };
+    tracing::info!(id, ?failure, "stopping");
     node.shutdown().await;
-    Ok(())
+    match failure {
+        None => Ok(()),
+        Some(error) => anyhow::bail!(
+            "node {id} stopped: {error}. Nothing it had not made durable was acknowledged; \
+             restart it to recover from its disk"
+        ),
+    }
 }
 
 /// The shipped `cluster.toml`: `uniqlog dev` takes its rules and limits, so the dev node
