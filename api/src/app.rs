@@ -13,8 +13,8 @@ use openraft::raft::ClientWriteResponse;
 use openraft::{ChangeMembers, Raft};
 use raft_store::rules::Rules;
 use raft_store::{
-    Answer, AppendRequest, LogCommand, Node, NodeId, Outcome, Rejection, Request, RulesState,
-    StateReader, TypeConfig,
+    Answer, AppendRequest, Node, NodeId, Outcome, Rejection, Request, RulesState, StateReader,
+    TypeConfig,
 };
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -41,6 +41,8 @@ pub struct App {
     pub cluster_secret: Option<String>,
     /// Client tokens and roles (`[auth]`); off when no token is listed.
     pub auth: crate::auth::Auth,
+    /// Group commit of client requests into Raft entries.
+    pub proposer: crate::propose::Proposer,
 }
 
 /// An operation only the leader can carry out.
@@ -196,43 +198,23 @@ impl App {
     }
 
     /// Propose one request and wait for its own outcome: committed on a quorum and applied
-    /// here.
+    /// here. Concurrent requests share entries ([`crate::propose`]).
     #[tracing::instrument(level = "debug", skip_all)]
     async fn propose(&self, request: Request, timeout: Duration) -> Result<LeaderReply, ApiError> {
-        let cmd = LogCommand {
-            timestamp_ms: now_ms(),
-            requests: vec![request],
-        };
-        let res = tokio::time::timeout(timeout, self.raft.client_write(cmd))
-            .await
-            .map_err(|_| ApiError::outcome_unknown("no commit within the request timeout"))?;
-        match res {
-            Ok(resp) => {
-                let answer = resp.data.outcomes.into_iter().next().ok_or_else(|| {
-                    ApiError::internal("apply returned no outcome for the request")
-                })?;
-                Ok(LeaderReply::Written { answer })
-            }
-            // openraft sends this both when it refuses before appending (not leader) and when
-            // the appended entry was truncated by a new leader. A truncated entry may still
-            // live on another node and be committed later, so this is not "not applied".
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(ApiError::outcome_unknown(format!(
-                    "leadership moved (to {:?}) while the write was in flight",
-                    f.leader_id
-                )))
-            }
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                Err(ApiError::internal(e))
-            }
-            Err(RaftError::Fatal(e)) => Err(ApiError::outcome_unknown(format!(
-                "raft stopped while the write was in flight: {e}"
-            ))),
-        }
+        let answer = self.proposer.propose(request, timeout).await?;
+        Ok(LeaderReply::Written { answer })
     }
 
     /// The replicated rules as this node has applied them.
     pub async fn rules(&self) -> Result<RulesState, ApiError> {
+        Ok(RulesState::clone(&*self.rules_shared().await?))
+    }
+
+    /// The rules as [`App::rules`], shared: from memory unless they changed since last read.
+    pub async fn rules_shared(&self) -> Result<Arc<RulesState>, ApiError> {
+        if let Some(rules) = self.reader.cached_rules() {
+            return Ok(rules);
+        }
         let reader = self.reader.clone();
         raft_store::blocking(move || reader.rules())
             .await
@@ -257,7 +239,7 @@ impl App {
         let timeout = self.request_timeout();
         let deadline = Instant::now() + timeout;
         for _ in 0..RULES_RETRIES_MAX {
-            let rules = self.rules().await?;
+            let rules = self.rules_shared().await?;
             let request = prepare(&rules)?;
             // Planted bug (simulation builds only, `raft_store::planted`): uniqueness decided
             // here, from this node's own state, instead of in apply.

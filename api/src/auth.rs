@@ -1,10 +1,13 @@
 //! Client authentication and roles. Auth is on exactly when `[auth]` lists tokens. A token is
-//! presented as `Authorization: Bearer <token>` and stored only as its SHA-256. Roles nest:
+//! presented as `Authorization: Bearer <token>` (or as the password of HTTP Basic) and stored only as its SHA-256. Roles nest:
 //! `admin` includes `write`, which includes `read`.
+
+use std::borrow::Cow;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use base64::Engine;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -57,11 +60,16 @@ pub struct Auth {
     pub stream_key: Vec<u8>,
 }
 
+/// Lowercase hex SHA-256 of a token. On every authenticated request, so no per-byte
+/// formatting.
 pub fn token_digest(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(64);
+    for b in Sha256::digest(token.as_bytes()) {
+        out.push(HEX[(b >> 4) as usize] as char);
+        out.push(HEX[(b & 0xf) as usize] as char);
+    }
+    out
 }
 
 impl Auth {
@@ -127,6 +135,7 @@ pub async fn require(State(app): State<SharedApp>, req: Request, next: Next) -> 
         .unwrap_or(Access::Role(Role::Admin));
     let system = req.uri().path().starts_with("/v1/topics/__");
     let bearer = bearer(req.headers());
+    let bearer = bearer.as_deref();
     // EventSource cannot send headers: the event stream also takes a short-lived read token
     // in its query (see `stream_token`).
     if bearer.is_none() && path.as_deref() == Some(STREAM_ROUTE) && app.auth.enabled() {
@@ -151,19 +160,31 @@ pub async fn require(State(app): State<SharedApp>, req: Request, next: Next) -> 
     }
 }
 
-/// The token of an `Authorization: Bearer` header.
-pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
-    headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+/// The token a request presents: `Authorization: Bearer <token>`, or HTTP Basic with the token
+/// as the password (any user name), so that `curl -u :TOKEN` and clients that only take
+/// credentials in the URL (`http://any:TOKEN@host/...`) work too.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<Cow<'_, str>> {
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    if let Some(token) = value.strip_prefix("Bearer ") {
+        return Some(Cow::Borrowed(token));
+    }
+    let encoded = value.strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (_user, password) = text.split_once(':')?;
+    Some(Cow::Owned(password.to_string()))
 }
 
 /// `GET /v1/auth/whoami` (read role): the role of the presented token, so a consumer can
 /// refuse to start with a token too weak for what it must write, instead of failing later.
 /// With auth off everyone is `admin`.
 pub async fn whoami(State(app): State<SharedApp>, headers: axum::http::HeaderMap) -> Response {
-    let role = match bearer(&headers).and_then(|t| app.auth.role_of(t)) {
+    let role = match bearer(&headers).and_then(|t| app.auth.role_of(&t)) {
         Some(role) if app.auth.enabled() => role,
         _ => Role::Admin,
     };
@@ -222,6 +243,22 @@ pub async fn stream_token(State(app): State<SharedApp>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_is_taken_from_bearer_or_from_basic_as_the_password() {
+        let with = |v: &str| {
+            let mut h = axum::http::HeaderMap::new();
+            h.insert(axum::http::header::AUTHORIZATION, v.parse().unwrap());
+            bearer(&h).map(|t| t.into_owned())
+        };
+        assert_eq!(with("Bearer s3cret").as_deref(), Some("s3cret"));
+        let basic = base64::engine::general_purpose::STANDARD.encode("bench:s3cret:x");
+        assert_eq!(with(&format!("Basic {basic}")).as_deref(), Some("s3cret:x"));
+        let no_colon = base64::engine::general_purpose::STANDARD.encode("s3cret");
+        assert_eq!(with(&format!("Basic {no_colon}")), None);
+        assert_eq!(with("Basic !!notbase64"), None);
+        assert_eq!(with("Digest abc"), None);
+    }
 
     #[test]
     fn stream_tokens_expire_and_are_bound_to_their_key() {

@@ -11,6 +11,7 @@ pub mod error;
 pub mod extract;
 pub mod limits;
 pub mod peer;
+pub mod propose;
 pub mod routes;
 pub mod server;
 pub mod tls;
@@ -25,6 +26,7 @@ pub use app::{App, SharedApp};
 pub use auth::{Access, Role};
 pub use error::ApiError;
 pub use limits::Limits;
+pub use propose::Proposer;
 pub use tls::{ClientTls, ServerTls, TlsError, TlsFile};
 pub use transport::{
     client_transport, client_transport_with, HttpRequest, HttpResponse, HyperTransport, Transport,

@@ -107,7 +107,7 @@ pub async fn start(
         .collect();
     let app = Arc::new(App {
         id,
-        raft,
+        raft: raft.clone(),
         reader: storage.reader,
         transport,
         limits: config.limits.clone(),
@@ -116,6 +116,7 @@ pub async fn start(
         users: config.users.clone(),
         cluster_secret: config.auth.cluster_secret.clone(),
         auth: config.client_auth(),
+        proposer: api::Proposer::start(raft.clone()),
     });
     let header_timeout = Duration::from_millis(config.limits.header_read_timeout_ms);
     let mut servers = Vec::new();

@@ -19,6 +19,9 @@ pub enum StoreError {
     },
     #[error("snapshot: {0}")]
     Snapshot(String),
+    /// The log writer task is gone: the node is shutting down.
+    #[error("the raft log writer stopped")]
+    Stopped,
 }
 
 macro_rules! from_redb {

@@ -8,6 +8,7 @@ mod apply;
 mod error;
 mod idempotency;
 mod log_store;
+mod log_writer;
 /// Bugs the simulation can plant on purpose (simulation builds only).
 #[cfg(madsim)]
 pub mod planted;
@@ -71,14 +72,16 @@ impl Storage {
         let (tx, rx) = watch::channel(last_applied.map_or(0, |l| l.index));
         let snapshots = snapshot::SnapshotDir::open(snapshot_dir)?;
         snapshots.forget_if_older_than(last_applied.map(|l| l.index))?;
+        let rules = Arc::new(read::RulesCache::default());
         let state_machine = StateMachine {
             db: db.clone(),
             snapshots: Arc::new(snapshots),
             applied: Arc::new(tx),
+            rules: rules.clone(),
         };
         Ok(Storage {
             log: LogStore::new(db.clone()),
-            reader: StateReader::new(db, rx),
+            reader: StateReader::new(db, rx, rules),
             state_machine,
         })
     }

@@ -2,7 +2,8 @@
 //!
 //! Every append, truncate, purge and vote is a `Durability::Immediate` commit, and openraft is
 //! told an append is flushed only after that commit returned: nothing is acknowledged to a
-//! leader (and so to a client) before it is on disk.
+//! leader (and so to a client) before it is on disk. Appends are group-committed by
+//! [`crate::log_writer`]; reads see appended entries at once, flushed or not.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -15,19 +16,24 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::{logs_read, logs_write, vote_read, vote_write, StoreError};
+use crate::log_writer::{LogCache, LogWriter};
 use crate::runtime::blocking;
 use crate::tables::*;
 use crate::types::{NodeId, TypeConfig};
 
-/// The Raft log of one node. Cheap to clone: clones share the database.
+/// The Raft log of one node. Cheap to clone: clones share the database and the writer.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    writer: Arc<LogWriter>,
 }
 
 impl LogStore {
     pub(crate) fn new(db: Arc<Database>) -> Self {
-        LogStore { db }
+        LogStore {
+            writer: Arc::new(LogWriter::new(db.clone())),
+            db,
+        }
     }
 }
 
@@ -76,37 +82,61 @@ fn append_durability() -> Durability {
 
 /// One durable commit of encoded entries. An error (a failed fsync among them) means nothing
 /// may be taken as durable: the caller reports it to openraft, which stops Raft on this node.
-fn write_entries(db: &Database, encoded: &[(u64, Vec<u8>)]) -> Result<(), StoreError> {
+pub(crate) fn write_entries(
+    db: &Database,
+    entries: &[Entry<TypeConfig>],
+) -> Result<(), StoreError> {
     let mut txn = db.begin_write()?;
     txn.set_durability(append_durability())?;
     {
         let mut t = txn.open_table(LOG)?;
-        for (index, bytes) in encoded {
-            t.insert(*index, bytes.as_slice())?;
+        let mut buf = Vec::new();
+        for e in entries {
+            buf.clear();
+            serde_json::to_writer(&mut buf, e).expect("log entries serialize");
+            t.insert(e.log_id.index, buf.as_slice())?;
         }
     }
     txn.commit()?;
     Ok(())
 }
 
+fn decode_entry(index: u64, bytes: &[u8]) -> Result<Entry<TypeConfig>, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::corrupt("raft_log", index, e))
+}
+
+/// The entries in the range: from the cached tail when it covers the range, else the part
+/// before the tail from redb and the rest from the tail. The tail is taken first: an entry
+/// evicted from it meanwhile is durable, where the read that follows finds it.
 fn read_entries(
     db: &Database,
+    cache: &LogCache,
     start: Bound<u64>,
     end: Bound<u64>,
 ) -> Result<Vec<Entry<TypeConfig>>, StoreError> {
+    let (tail, complete) = cache.range(start, end);
+    if complete {
+        return Ok(tail);
+    }
+    let mut out = Vec::new();
     let txn = db.begin_read()?;
     let table = match txn.open_table(LOG) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Ok(t) => Some(t),
+        Err(redb::TableError::TableDoesNotExist(_)) => None,
         Err(e) => return Err(e.into()),
     };
-    let mut out = Vec::new();
-    for row in table.range::<u64>((start, end))? {
-        let (k, v) = row?;
-        let entry: Entry<TypeConfig> = serde_json::from_slice(v.value())
-            .map_err(|e| StoreError::corrupt("raft_log", k.value(), e))?;
-        out.push(entry);
+    // redb's part ends where the tail begins.
+    let redb_end = match tail.first() {
+        Some(first) => Bound::Excluded(first.log_id.index),
+        None => end,
+    };
+    if let Some(table) = table {
+        for row in table.range::<u64>((start, redb_end))? {
+            let (k, v) = row?;
+            out.push(decode_entry(k.value(), v.value())?);
+        }
     }
+    out.extend(tail);
     Ok(out)
 }
 
@@ -115,9 +145,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
-        let db = self.db.clone();
+        let (db, writer) = (self.db.clone(), self.writer.clone());
         let (start, end) = (range.start_bound().cloned(), range.end_bound().cloned());
-        blocking(move || read_entries(&db, start, end))
+        blocking(move || read_entries(&db, &writer.cache, start, end))
             .await
             .map_err(logs_read)
     }
@@ -127,21 +157,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
-        let db = self.db.clone();
+        let (db, writer) = (self.db.clone(), self.writer.clone());
         blocking(move || {
             let last_purged: Option<LogId<NodeId>> = get_meta(&db, RAFT_META, KEY_LAST_PURGED)?;
-            let txn = db.begin_read()?;
-            let last = match txn.open_table(LOG) {
-                Ok(t) => match t.last()? {
-                    Some((k, v)) => Some(
-                        serde_json::from_slice::<Entry<TypeConfig>>(v.value())
-                            .map_err(|e| StoreError::corrupt("raft_log", k.value(), e))?
-                            .log_id,
-                    ),
-                    None => None,
-                },
-                Err(redb::TableError::TableDoesNotExist(_)) => None,
-                Err(e) => return Err(e.into()),
+            let last = match writer.cache.last() {
+                Some(log_id) => Some(log_id),
+                None => {
+                    let txn = db.begin_read()?;
+                    match txn.open_table(LOG) {
+                        Ok(t) => match t.last()? {
+                            Some((k, v)) => Some(decode_entry(k.value(), v.value())?.log_id),
+                            None => None,
+                        },
+                        Err(redb::TableError::TableDoesNotExist(_)) => None,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
             };
             Ok(LogState {
                 last_purged_log_id: last_purged,
@@ -157,9 +188,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
-        let db = self.db.clone();
         let vote = *vote;
-        blocking(move || put_meta(&db, KEY_VOTE, &vote, Durability::Immediate))
+        self.writer
+            .barrier(move |db| put_meta(db, KEY_VOTE, &vote, Durability::Immediate))
             .await
             .map_err(vote_write)
     }
@@ -200,58 +231,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let encoded: Vec<(u64, Vec<u8>)> = entries
-            .into_iter()
-            .map(|e| {
-                let bytes = serde_json::to_vec(&e).expect("log entries serialize");
-                (e.log_id.index, bytes)
-            })
-            .collect();
-        let db = self.db.clone();
-        let res = blocking(move || write_entries(&db, &encoded)).await;
-        match res {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                let io = std::io::Error::other(e.to_string());
-                callback.log_io_completed(Err(io));
-                Err(logs_write(e))
-            }
-        }
+        self.writer.append(entries.into_iter().collect(), callback);
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        let db = self.db.clone();
-        blocking(move || -> Result<(), StoreError> {
-            let txn = db.begin_write()?;
-            txn.open_table(LOG)?
-                .retain_in(log_id.index.., |_, _| false)?;
-            txn.commit()?;
-            Ok(())
-        })
-        .await
-        .map_err(logs_write)
+        self.writer.truncate(log_id.index).await.map_err(logs_write)
     }
 
     /// Durable, and in the same file as the state machine: this commit also makes every
     /// earlier (non-fsynced) apply durable, so the log is never purged past what the state
     /// machine kept.
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        let db = self.db.clone();
-        blocking(move || -> Result<(), StoreError> {
-            let bytes = serde_json::to_vec(&log_id).expect("log id serializes");
-            let txn = db.begin_write()?;
-            txn.open_table(RAFT_META)?
-                .insert(KEY_LAST_PURGED, bytes.as_slice())?;
-            txn.open_table(LOG)?
-                .retain_in(..=log_id.index, |_, _| false)?;
-            txn.commit()?;
-            Ok(())
-        })
-        .await
-        .map_err(logs_write)
+        self.writer.purge(log_id).await.map_err(logs_write)
     }
 }
 
@@ -303,12 +295,11 @@ mod tests {
         }
     }
 
-    fn entry(index: u64) -> (u64, Vec<u8>) {
-        let e: Entry<TypeConfig> = Entry {
+    fn entry(index: u64) -> Entry<TypeConfig> {
+        Entry {
             log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
             payload: openraft::EntryPayload::Blank,
-        };
-        (index, serde_json::to_vec(&e).unwrap())
+        }
     }
 
     /// A failed fsync fails the append (so openraft hears an error, never "flushed"), every
@@ -337,11 +328,16 @@ mod tests {
             ..FlakyDisk::default()
         };
         let storage = crate::Storage::open_with_backend(reopened, dir.path().join("s")).unwrap();
-        let got: Vec<u64> = read_entries(&storage.log.db, Bound::Unbounded, Bound::Unbounded)
-            .unwrap()
-            .iter()
-            .map(|e| e.log_id.index)
-            .collect();
+        let got: Vec<u64> = read_entries(
+            &storage.log.db,
+            &LogCache::default(),
+            Bound::Unbounded,
+            Bound::Unbounded,
+        )
+        .unwrap()
+        .iter()
+        .map(|e| e.log_id.index)
+        .collect();
         assert_eq!(got, vec![1, 2]);
     }
 }

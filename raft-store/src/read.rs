@@ -20,16 +20,38 @@ pub struct Page {
     pub next_offset: u64,
 }
 
+/// The rules in force, kept decoded: every append needs them, and they change only when a
+/// rules entry is applied or a snapshot installed. The state machine bumps the generation
+/// after such a commit; a reader keeps what it read only if no bump happened meanwhile, so a
+/// stale copy never outlives the change.
+#[derive(Default)]
+pub(crate) struct RulesCache {
+    inner: std::sync::Mutex<(u64, Option<Arc<RulesState>>)>,
+}
+
+impl RulesCache {
+    pub(crate) fn invalidate(&self) {
+        let mut inner = self.inner.lock().expect("rules cache lock");
+        inner.0 += 1;
+        inner.1 = None;
+    }
+}
+
 /// Read-only handle on the state machine. Cheap to clone.
 #[derive(Clone)]
 pub struct StateReader {
     db: Arc<Database>,
     applied: watch::Receiver<u64>,
+    rules: Arc<RulesCache>,
 }
 
 impl StateReader {
-    pub(crate) fn new(db: Arc<Database>, applied: watch::Receiver<u64>) -> Self {
-        StateReader { db, applied }
+    pub(crate) fn new(
+        db: Arc<Database>,
+        applied: watch::Receiver<u64>,
+        rules: Arc<RulesCache>,
+    ) -> Self {
+        StateReader { db, applied, rules }
     }
 
     /// A receiver that changes whenever entries are applied (value: last applied index).
@@ -126,14 +148,32 @@ impl StateReader {
     }
 
     /// The replicated rules in force (version 0 and no sets before the first rules entry).
-    pub fn rules(&self) -> Result<RulesState, StoreError> {
+    /// The rules, if they are in memory: no I/O, so callable from async code.
+    pub fn cached_rules(&self) -> Option<Arc<RulesState>> {
+        self.rules.inner.lock().expect("rules cache lock").1.clone()
+    }
+
+    pub fn rules(&self) -> Result<Arc<RulesState>, StoreError> {
+        let generation = {
+            let inner = self.rules.inner.lock().expect("rules cache lock");
+            if let Some(rules) = &inner.1 {
+                return Ok(rules.clone());
+            }
+            inner.0
+        };
         let txn = self.txn()?;
         let meta = txn.open_table(SM_META)?;
-        match meta.get(KEY_RULES)? {
-            None => Ok(RulesState::default()),
+        let rules: RulesState = match meta.get(KEY_RULES)? {
+            None => RulesState::default(),
             Some(v) => serde_json::from_slice(v.value())
-                .map_err(|e| StoreError::corrupt("sm_meta", KEY_RULES, e)),
+                .map_err(|e| StoreError::corrupt("sm_meta", KEY_RULES, e))?,
+        };
+        let rules = Arc::new(rules);
+        let mut inner = self.rules.inner.lock().expect("rules cache lock");
+        if inner.0 == generation {
+            inner.1 = Some(rules.clone());
         }
+        Ok(rules)
     }
 
     /// The owner of a normalized key and the offset of the event that claimed it.

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use crate::apply::{apply_request, DataTables, EntryContext};
 use crate::error::{sm_read, sm_write, snapshot_err, StoreError};
 use crate::log_store::get_meta;
+use crate::read::RulesCache;
 use crate::runtime::blocking;
 use crate::snapshot::{load_snapshot, Meta, SnapshotDir, SnapshotFile};
 use crate::tables::*;
@@ -25,6 +26,8 @@ pub struct StateMachine {
     pub(crate) snapshots: Arc<SnapshotDir>,
     /// Last applied log index, for readers that wait for new events.
     pub(crate) applied: Arc<watch::Sender<u64>>,
+    /// Dropped whenever the rules may have changed.
+    pub(crate) rules: Arc<RulesCache>,
 }
 
 type Membership = StoredMembership<NodeId, Node>;
@@ -124,10 +127,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
+        let sets_rules = entries.iter().any(|e| match &e.payload {
+            EntryPayload::Normal(cmd) => cmd
+                .requests
+                .iter()
+                .any(|r| matches!(r, crate::types::Request::SetRules(_))),
+            _ => false,
+        });
         let db = self.db.clone();
         let (responses, last_index) = blocking(move || apply_batch(&db, entries))
             .await
             .map_err(sm_write)?;
+        if sets_rules {
+            self.rules.invalidate();
+        }
         self.applied.send_replace(last_index);
         Ok(responses)
     }
@@ -174,6 +187,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         })
         .await
         .map_err(snapshot_err)?;
+        self.rules.invalidate();
         self.applied.send_replace(last_index);
         Ok(())
     }

@@ -43,6 +43,51 @@ pub struct LogCommand {
     pub requests: Vec<Request>,
 }
 
+impl LogCommand {
+    /// Roughly the bytes this command holds: bounds batches and the log cache.
+    pub fn approx_bytes(&self) -> usize {
+        self.requests
+            .iter()
+            .map(Request::approx_bytes)
+            .sum::<usize>()
+            + 32
+    }
+}
+
+impl Request {
+    /// Roughly the bytes this request holds.
+    pub fn approx_bytes(&self) -> usize {
+        match self {
+            Request::Append(a) => {
+                a.events
+                    .iter()
+                    .map(|e| {
+                        e.data.len()
+                            + e.metadata.as_ref().map_or(0, String::len)
+                            + e.secret.as_ref().map_or(0, String::len)
+                            + e.stream.as_ref().map_or(0, String::len)
+                            + e.event_type.len()
+                            + e.claims
+                                .iter()
+                                .map(|c| c.key.len() + c.set.len() + 16)
+                                .sum::<usize>()
+                            + 64
+                    })
+                    .sum::<usize>()
+                    + a.topic.len()
+                    + 64
+            }
+            Request::SetRules(s) => {
+                s.backfill
+                    .iter()
+                    .map(|b| b.claims.len() * 96)
+                    .sum::<usize>()
+                    + 1024
+            }
+        }
+    }
+}
+
 /// A single client request inside a [`LogCommand`].
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[serde(tag = "op", rename_all = "snake_case")]

@@ -164,7 +164,7 @@ async fn require_read(
     let bearer = api::auth::bearer(req.headers());
     match state
         .auth
-        .check(api::Access::Role(api::Role::Read), false, bearer)
+        .check(api::Access::Role(api::Role::Read), false, bearer.as_deref())
     {
         Ok(()) => next.run(req).await,
         Err(e) => e.into_response(),

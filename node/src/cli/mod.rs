@@ -1,5 +1,6 @@
 //! Command line: `uniqlog node | dev | cluster ...`. anyhow lives here, at the binary's edge.
 
+mod bench;
 mod client;
 mod cluster;
 mod log;
@@ -81,6 +82,9 @@ enum Command {
         #[command(subcommand)]
         command: log::LogCommand,
     },
+    /// Load a cluster with sign-ups (closed loop, seeded email collisions) and check the
+    /// topic afterwards.
+    Bench(bench::BenchArgs),
     /// Operate a cluster.
     Cluster {
         #[command(subcommand)]
@@ -137,6 +141,7 @@ pub fn main() -> ExitCode {
             }
             Command::Log { command } => log::run(command).await,
             Command::Cluster { command } => cluster::run(command).await,
+            Command::Bench(args) => bench::run(args).await,
         }
     });
     match result {

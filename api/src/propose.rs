@@ -1,0 +1,156 @@
+//! Group commit on the leader: concurrent client requests share one Raft entry.
+//!
+//! Every request that reaches the leader while earlier proposals are in flight waits in a
+//! queue; the batcher takes what has gathered (up to a count and a byte bound) and proposes it
+//! as one [`LogCommand`]. Apply decides each request on its own and returns one answer per
+//! request, in order, so each client still gets exactly its own outcome: batching changes the
+//! cost per request (one entry, one encoding, one replication message, one apply), never the
+//! result. With a single client nothing waits: a request is proposed as soon as it arrives.
+//!
+//! At most [`IN_FLIGHT_MAX`] entries are in flight at once. That bound is what makes batches
+//! grow under load (requests gather while the pipeline is full) and keeps the pipeline from
+//! holding more than a few entries' worth of work.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::Raft;
+use raft_store::{Answer, LogCommand, Request, TypeConfig};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::error::ApiError;
+
+/// Entries proposed and not yet answered, at most.
+const IN_FLIGHT_MAX: usize = 2;
+
+/// Requests in one entry, at most.
+const REQUESTS_PER_ENTRY_MAX: usize = 256;
+
+/// A batch is closed once its requests' payload passes this (a single larger request still
+/// goes, alone): replication sends whole entries, and an entry must fit in one append RPC.
+const ENTRY_BYTES_TARGET: usize = 512 * 1024;
+
+type Reply = oneshot::Sender<Result<Answer, ApiError>>;
+
+struct Queued {
+    request: Request,
+    reply: Reply,
+}
+
+/// The queue in front of `client_write`; cheap to clone.
+#[derive(Clone)]
+pub struct Proposer {
+    queue: mpsc::UnboundedSender<Queued>,
+}
+
+impl Proposer {
+    /// Start the batcher for `raft` (on the current runtime).
+    pub fn start(raft: Raft<TypeConfig>) -> Self {
+        let (queue, rx) = mpsc::unbounded_channel();
+        tokio::spawn(batcher(raft, rx));
+        Proposer { queue }
+    }
+
+    /// Propose `request` and wait (at most `timeout`) for its own answer: committed on a
+    /// quorum and applied on this node.
+    pub async fn propose(&self, request: Request, timeout: Duration) -> Result<Answer, ApiError> {
+        let (reply, rx) = oneshot::channel();
+        self.queue
+            .send(Queued { request, reply })
+            .map_err(|_| ApiError::unavailable("this node is shutting down"))?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(answer)) => answer,
+            // The batcher dropped the request: Raft stopped before it was proposed.
+            Ok(Err(_)) => Err(ApiError::outcome_unknown(
+                "this node stopped while the write was queued",
+            )),
+            Err(_) => Err(ApiError::outcome_unknown(
+                "no commit within the request timeout",
+            )),
+        }
+    }
+}
+
+async fn batcher(raft: Raft<TypeConfig>, mut rx: mpsc::UnboundedReceiver<Queued>) {
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT_MAX));
+    let mut carried: Option<Queued> = None;
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let first = match carried.take() {
+            Some(q) => q,
+            None => match rx.recv().await {
+                Some(q) => q,
+                None => return,
+            },
+        };
+        let mut bytes = first.request.approx_bytes();
+        let mut batch = vec![first];
+        while batch.len() < REQUESTS_PER_ENTRY_MAX && bytes < ENTRY_BYTES_TARGET {
+            match rx.try_recv() {
+                Ok(q) => {
+                    let size = q.request.approx_bytes();
+                    if bytes + size > ENTRY_BYTES_TARGET {
+                        carried = Some(q);
+                        break;
+                    }
+                    bytes += size;
+                    batch.push(q);
+                }
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            propose_batch(&raft, batch).await;
+            drop(slot);
+        });
+    }
+}
+
+#[tracing::instrument(level = "debug", skip_all, fields(requests = batch.len()))]
+async fn propose_batch(raft: &Raft<TypeConfig>, batch: Vec<Queued>) {
+    let (requests, replies): (Vec<_>, Vec<_>) =
+        batch.into_iter().map(|q| (q.request, q.reply)).unzip();
+    let cmd = LogCommand {
+        timestamp_ms: crate::app::now_ms(),
+        requests,
+    };
+    match raft.client_write(cmd).await {
+        Ok(resp) => {
+            let mut outcomes = resp.data.outcomes.into_iter();
+            for reply in replies {
+                let answer = outcomes.next().ok_or_else(|| {
+                    ApiError::internal("apply returned fewer outcomes than requests")
+                });
+                let _ = reply.send(answer);
+            }
+        }
+        Err(e) => {
+            let err = write_error(e);
+            for reply in replies {
+                let _ = reply.send(Err(err.clone()));
+            }
+        }
+    }
+}
+
+fn write_error(e: RaftError<u64, ClientWriteError<u64, raft_store::Node>>) -> ApiError {
+    match e {
+        // openraft sends this both when it refuses before appending (not leader) and when the
+        // appended entry was truncated by a new leader. A truncated entry may still live on
+        // another node and be committed later, so this is not "not applied".
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            ApiError::outcome_unknown(format!(
+                "leadership moved (to {:?}) while the write was in flight",
+                f.leader_id
+            ))
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => ApiError::internal(e),
+        RaftError::Fatal(e) => {
+            ApiError::outcome_unknown(format!("raft stopped while the write was in flight: {e}"))
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! Group commit of the Raft log: one task owns every write to the log and fsyncs many appends
+//! at once.
+//!
+//! openraft's `append` is meant to return once the entries are readable and to report
+//! durability later through its callback. [`LogWriter::append`] does exactly that: the entries
+//! go into an in-memory tail ([`LogCache`]) that readers consult, and onto a queue. The writer
+//! task takes everything queued, writes it in one `Durability::Immediate` transaction, and only
+//! then reports each append flushed, in order. While one fsync runs the next batch builds up,
+//! so the number of fsyncs per second stays near what the disk does, not what clients send.
+//! Nothing is reported flushed before it is durable: a failed commit fails every append in it,
+//! and redb refuses every later commit (openraft stops Raft on the first error).
+//!
+//! Truncate, purge and vote go through the same queue as barriers: they run after every
+//! append queued before them, and their callers wait for them.
+//!
+//! Recent entries stay in memory after they are durable ([`LogCache`]), so replicating them
+//! costs no read of the file.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use openraft::storage::LogFlushed;
+use openraft::{Entry, EntryPayload, LogId};
+use redb::Database;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::StoreError;
+use crate::runtime::blocking;
+use crate::tables::{KEY_LAST_PURGED, LOG, RAFT_META};
+use crate::types::{NodeId, TypeConfig};
+
+/// Most appends written in one transaction: bounds one commit's size and time.
+const APPENDS_PER_COMMIT_MAX: usize = 1024;
+
+/// Flushed entries kept in memory at most (count and bytes): replication of recent entries,
+/// the steady state, never reads the file.
+const CACHED_ENTRIES_MAX: usize = 8192;
+const CACHED_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// The tail of the log in memory, decoded, by index: every entry appended but not yet durable,
+/// and the most recent durable ones. It always holds one contiguous run of indexes, so a read
+/// that starts inside it needs nothing from the file, and nothing is decoded again: followers
+/// apply, and the leader replicates, straight from here.
+#[derive(Default)]
+pub(crate) struct LogCache {
+    inner: Mutex<CacheInner>,
+}
+
+#[derive(Default)]
+struct CacheInner {
+    /// Each entry with its approximate size.
+    entries: BTreeMap<u64, (Entry<TypeConfig>, usize)>,
+    bytes: usize,
+    /// Entries up to here are durable and may be evicted.
+    flushed_upto: u64,
+}
+
+impl CacheInner {
+    fn remove_from(&mut self, index: u64) {
+        for (_, (_, size)) in self.entries.split_off(&index) {
+            self.bytes -= size;
+        }
+    }
+
+    fn remove_upto(&mut self, index: u64) {
+        let kept = self.entries.split_off(&(index + 1));
+        let dropped = std::mem::replace(&mut self.entries, kept);
+        self.bytes -= dropped.values().map(|(_, size)| size).sum::<usize>();
+    }
+
+    fn evict(&mut self) {
+        while self.entries.len() > CACHED_ENTRIES_MAX || self.bytes > CACHED_BYTES_MAX {
+            match self.entries.first_key_value() {
+                Some((k, _)) if *k <= self.flushed_upto => {
+                    let (_, (_, size)) = self.entries.pop_first().expect("not empty");
+                    self.bytes -= size;
+                }
+                _ => break,
+            }
+        }
+    }
+}
+
+impl LogCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheInner> {
+        self.inner.lock().expect("log cache lock")
+    }
+
+    /// The cached entries in `range`, and whether they are all of the range that exists
+    /// (the range starts at or after the first cached index).
+    pub(crate) fn range(
+        &self,
+        start: Bound<u64>,
+        end: Bound<u64>,
+    ) -> (Vec<Entry<TypeConfig>>, bool) {
+        let inner = self.lock();
+        let first = inner.entries.first_key_value().map(|(k, _)| *k);
+        let complete = match (first, start) {
+            (None, _) => false,
+            (Some(f), Bound::Included(s)) => s >= f,
+            (Some(f), Bound::Excluded(s)) => s >= f,
+            (Some(_), Bound::Unbounded) => false,
+        };
+        let out = inner
+            .entries
+            .range((start, end))
+            .map(|(_, (e, _))| e.clone())
+            .collect();
+        (out, complete)
+    }
+
+    /// The last entry, if any is cached (then it is the log's last entry).
+    pub(crate) fn last(&self) -> Option<LogId<NodeId>> {
+        let inner = self.lock();
+        inner.entries.last_key_value().map(|(_, (e, _))| e.log_id)
+    }
+
+    fn appended(&self, batch: &[Entry<TypeConfig>]) {
+        let Some(first) = batch.first().map(|e| e.log_id.index) else {
+            return;
+        };
+        let mut inner = self.lock();
+        // Keep one contiguous run: an append that does not follow the cached tail (after a
+        // snapshot, say) starts a new one.
+        match inner.entries.last_key_value().map(|(k, _)| *k) {
+            Some(last) if last + 1 == first => {}
+            Some(last) if first <= last => inner.remove_from(first),
+            _ => {
+                inner.entries.clear();
+                inner.bytes = 0;
+            }
+        }
+        for e in batch {
+            let size = approx_bytes(e);
+            inner.bytes += size;
+            inner.entries.insert(e.log_id.index, (e.clone(), size));
+        }
+    }
+
+    fn flushed(&self, upto: u64) {
+        let mut inner = self.lock();
+        inner.flushed_upto = inner.flushed_upto.max(upto);
+        inner.evict();
+    }
+
+    fn truncated(&self, from: u64) {
+        let mut inner = self.lock();
+        inner.remove_from(from);
+        inner.flushed_upto = inner.flushed_upto.min(from.saturating_sub(1));
+    }
+
+    fn purged(&self, upto: u64) {
+        self.lock().remove_upto(upto);
+    }
+}
+
+/// Roughly what an entry holds in memory, for the cache's byte bound.
+fn approx_bytes(e: &Entry<TypeConfig>) -> usize {
+    match &e.payload {
+        EntryPayload::Normal(cmd) => cmd.approx_bytes(),
+        _ => 256,
+    }
+}
+
+type BarrierFn = Box<dyn FnOnce(&Database) -> Result<(), StoreError> + Send>;
+
+enum Op {
+    Append {
+        entries: Vec<Entry<TypeConfig>>,
+        callback: LogFlushed<TypeConfig>,
+    },
+    Barrier {
+        run: BarrierFn,
+        done: oneshot::Sender<Result<(), StoreError>>,
+    },
+}
+
+/// The queue in front of the writer task, started on first use (inside the runtime that
+/// drives the node: under madsim, the node's own, so a killed node's writer dies with it).
+pub(crate) struct LogWriter {
+    db: Arc<Database>,
+    pub(crate) cache: Arc<LogCache>,
+    queue: OnceLock<mpsc::UnboundedSender<Op>>,
+}
+
+impl LogWriter {
+    pub(crate) fn new(db: Arc<Database>) -> Self {
+        LogWriter {
+            db,
+            cache: Arc::default(),
+            queue: OnceLock::new(),
+        }
+    }
+
+    fn queue(&self) -> &mpsc::UnboundedSender<Op> {
+        self.queue.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(run(self.db.clone(), self.cache.clone(), rx));
+            tx
+        })
+    }
+
+    /// Make `entries` readable now and durable soon; `callback` hears which.
+    pub(crate) fn append(&self, entries: Vec<Entry<TypeConfig>>, callback: LogFlushed<TypeConfig>) {
+        self.cache.appended(&entries);
+        if let Err(mpsc::error::SendError(op)) = self.queue().send(Op::Append { entries, callback })
+        {
+            if let Op::Append { callback, .. } = op {
+                callback.log_io_completed(Err(std::io::Error::other("the log writer stopped")));
+            }
+        }
+    }
+
+    /// Remove entries from `index` on, durably, after every append queued before.
+    pub(crate) async fn truncate(&self, index: u64) -> Result<(), StoreError> {
+        self.barrier(move |db| {
+            let txn = db.begin_write()?;
+            txn.open_table(LOG)?.retain_in(index.., |_, _| false)?;
+            txn.commit()?;
+            Ok(())
+        })
+        .await?;
+        self.cache.truncated(index);
+        Ok(())
+    }
+
+    /// Remove entries up to `log_id`, durably, after every append queued before.
+    pub(crate) async fn purge(&self, log_id: LogId<NodeId>) -> Result<(), StoreError> {
+        self.barrier(move |db| {
+            let bytes = serde_json::to_vec(&log_id).expect("log id serializes");
+            let txn = db.begin_write()?;
+            txn.open_table(RAFT_META)?
+                .insert(KEY_LAST_PURGED, bytes.as_slice())?;
+            txn.open_table(LOG)?
+                .retain_in(..=log_id.index, |_, _| false)?;
+            txn.commit()?;
+            Ok(())
+        })
+        .await?;
+        self.cache.purged(log_id.index);
+        Ok(())
+    }
+
+    /// Run `f` after every append queued so far is durable, and wait for it.
+    pub(crate) async fn barrier(
+        &self,
+        f: impl FnOnce(&Database) -> Result<(), StoreError> + Send + 'static,
+    ) -> Result<(), StoreError> {
+        let (done, rx) = oneshot::channel();
+        self.queue()
+            .send(Op::Barrier {
+                run: Box::new(f),
+                done,
+            })
+            .map_err(|_| StoreError::Stopped)?;
+        rx.await.map_err(|_| StoreError::Stopped)?
+    }
+}
+
+async fn run(db: Arc<Database>, cache: Arc<LogCache>, mut rx: mpsc::UnboundedReceiver<Op>) {
+    let mut ops = Vec::new();
+    loop {
+        if rx.recv_many(&mut ops, APPENDS_PER_COMMIT_MAX).await == 0 {
+            return;
+        }
+        let mut batch: Vec<Entry<TypeConfig>> = Vec::new();
+        let mut callbacks = Vec::new();
+        for op in ops.drain(..) {
+            match op {
+                Op::Append { entries, callback } => {
+                    batch.extend(entries);
+                    callbacks.push(callback);
+                }
+                Op::Barrier { run, done } => {
+                    commit(&db, &cache, std::mem::take(&mut batch), &mut callbacks).await;
+                    let db = db.clone();
+                    let _ = done.send(blocking(move || run(&db)).await);
+                }
+            }
+        }
+        commit(&db, &cache, batch, &mut callbacks).await;
+    }
+}
+
+/// One durable transaction for `batch`, then every callback hears the result, in order.
+async fn commit(
+    db: &Arc<Database>,
+    cache: &LogCache,
+    batch: Vec<Entry<TypeConfig>>,
+    callbacks: &mut Vec<LogFlushed<TypeConfig>>,
+) {
+    if callbacks.is_empty() {
+        return;
+    }
+    let upto = batch.last().map(|e| e.log_id.index);
+    let db = db.clone();
+    let res = blocking(move || crate::log_store::write_entries(&db, &batch)).await;
+    match res {
+        Ok(()) => {
+            if let Some(upto) = upto {
+                cache.flushed(upto);
+            }
+            for cb in callbacks.drain(..) {
+                cb.log_io_completed(Ok(()));
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "writing the raft log failed");
+            for cb in callbacks.drain(..) {
+                cb.log_io_completed(Err(std::io::Error::other(e.to_string())));
+            }
+        }
+    }
+}
