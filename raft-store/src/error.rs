@@ -19,6 +19,9 @@ pub enum StoreError {
     },
     #[error("snapshot: {0}")]
     Snapshot(String),
+    /// The data on disk is in a layout or format this version does not read.
+    #[error("{0}")]
+    Unsupported(String),
     /// The log writer task is gone: the node is shutting down.
     #[error("the raft log writer stopped")]
     Stopped,

@@ -37,8 +37,15 @@ pub use snapshot::SnapshotFile;
 pub use state_machine::StateMachine;
 pub use types::*;
 
-/// The name of a node's data file inside its data dir.
+/// The name of a node's state machine file inside its data dir.
 pub const DATA_FILE: &str = "uniqlog.redb";
+
+/// The name of a node's Raft log file (log entries, vote, purge and commit markers).
+///
+/// The log and the state machine live in separate files so that the log's fsync, which every
+/// write waits for, carries only the log's own pages; the state machine is made durable in the
+/// background ([`state_machine`]) and before the log is purged.
+pub const LOG_FILE: &str = "raft-log.redb";
 
 /// A node's opened storage: the halves openraft drives, and a reader for the API.
 pub struct Storage {
@@ -51,23 +58,32 @@ impl Storage {
     /// Open (or create) the storage in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Storage, StoreError> {
         std::fs::create_dir_all(data_dir)?;
-        let db = Database::create(data_dir.join(DATA_FILE))?;
-        Self::with_database(db, data_dir.join("snapshots"))
+        let (log_path, state_path) = (data_dir.join(LOG_FILE), data_dir.join(DATA_FILE));
+        if !log_path.exists() && state_path.exists() {
+            refuse_single_file_layout(&Database::open(&state_path)?, &state_path)?;
+        }
+        let log_db = Arc::new(Database::create(log_path)?);
+        let state_db = Arc::new(Database::create(state_path)?);
+        Self::with_databases(log_db, state_db, data_dir.join("snapshots"))
     }
 
     /// Open the storage on a custom redb backend (the simulator's disk), with snapshot files
-    /// under `snapshot_dir`.
+    /// under `snapshot_dir`. The log and the state machine share the one file.
     pub fn open_with_backend(
         backend: impl StorageBackend,
         snapshot_dir: PathBuf,
     ) -> Result<Storage, StoreError> {
-        let db = Database::builder().create_with_backend(backend)?;
-        Self::with_database(db, snapshot_dir)
+        let db = Arc::new(Database::builder().create_with_backend(backend)?);
+        Self::with_databases(db.clone(), db, snapshot_dir)
     }
 
-    fn with_database(db: Database, snapshot_dir: PathBuf) -> Result<Storage, StoreError> {
+    fn with_databases(
+        log_db: Arc<Database>,
+        db: Arc<Database>,
+        snapshot_dir: PathBuf,
+    ) -> Result<Storage, StoreError> {
+        create_log_tables(&log_db)?;
         create_tables(&db)?;
-        let db = Arc::new(db);
         let (last_applied, _) = state_machine::applied_state(&db)?;
         let (tx, rx) = watch::channel(last_applied.map_or(0, |l| l.index));
         let snapshots = snapshot::SnapshotDir::open(snapshot_dir)?;
@@ -80,19 +96,47 @@ impl Storage {
             rules: rules.clone(),
         };
         Ok(Storage {
-            log: LogStore::new(db.clone()),
+            log: LogStore::new(log_db, db.clone()),
             reader: StateReader::new(db, rx, rules),
             state_machine,
         })
     }
 }
 
-/// Every table exists from the first open on, so readers never meet a missing one.
-fn create_tables(db: &Database) -> Result<(), StoreError> {
+/// A data dir from before the log had its own file keeps the log, and the vote, inside the
+/// state file: starting on it would forget the vote. Refuse, and say so.
+fn refuse_single_file_layout(db: &Database, path: &Path) -> Result<(), StoreError> {
+    use redb::{ReadableDatabase, ReadableTableMetadata};
+    let txn = db.begin_read()?;
+    let has_log = match txn.open_table(tables::RAFT_META) {
+        Ok(t) => !t.is_empty()?,
+        Err(redb::TableError::TableDoesNotExist(_)) => false,
+        Err(e) => return Err(e.into()),
+    };
+    if has_log {
+        return Err(StoreError::Unsupported(format!(
+            "{} holds the Raft log and state of an older uniqlog (one file, before {LOG_FILE}); \
+             this version cannot use it: remove the node from the cluster, move the data dir \
+             away and add the node back so it catches up from its peers",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+fn create_log_tables(db: &Database) -> Result<(), StoreError> {
     let mut txn = db.begin_write()?;
     txn.set_durability(Durability::Immediate)?;
     txn.open_table(tables::LOG)?;
     txn.open_table(tables::RAFT_META)?;
+    txn.commit()?;
+    Ok(())
+}
+
+/// Every table exists from the first open on, so readers never meet a missing one.
+fn create_tables(db: &Database) -> Result<(), StoreError> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate)?;
     macro_rules! create {
         ($($tag:literal $table:ident $name:ident),*) => {
             $( txn.open_table(tables::$table)?; )*

@@ -29,9 +29,10 @@ pub struct LogStore {
 }
 
 impl LogStore {
-    pub(crate) fn new(db: Arc<Database>) -> Self {
+    /// The log in `db`; `state_db` is the state machine's file, made durable before any purge.
+    pub(crate) fn new(db: Arc<Database>, state_db: Arc<Database>) -> Self {
         LogStore {
-            writer: Arc::new(LogWriter::new(db.clone())),
+            writer: Arc::new(LogWriter::new(db.clone(), state_db)),
             db,
         }
     }
@@ -80,14 +81,21 @@ fn append_durability() -> Durability {
     Durability::Immediate
 }
 
-/// One durable commit of encoded entries. An error (a failed fsync among them) means nothing
-/// may be taken as durable: the caller reports it to openraft, which stops Raft on this node.
+/// One durable commit of entries, and of the commit marker when given. An error (a failed
+/// fsync among them) means nothing may be taken as durable: the caller reports it to
+/// openraft, which stops Raft on this node.
 pub(crate) fn write_entries(
     db: &Database,
     entries: &[Entry<TypeConfig>],
+    committed: Option<Option<LogId<NodeId>>>,
 ) -> Result<(), StoreError> {
     let mut txn = db.begin_write()?;
     txn.set_durability(append_durability())?;
+    if let Some(committed) = committed {
+        let bytes = serde_json::to_vec(&committed).expect("log id serializes");
+        txn.open_table(RAFT_META)?
+            .insert(KEY_COMMITTED, bytes.as_slice())?;
+    }
     {
         let mut t = txn.open_table(LOG)?;
         let mut buf = Vec::new();
@@ -145,8 +153,12 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
-        let (db, writer) = (self.db.clone(), self.writer.clone());
         let (start, end) = (range.start_bound().cloned(), range.end_bound().cloned());
+        // The common case, recent entries, needs no I/O and so no blocking thread.
+        if let (entries, true) = self.writer.cache.range(start, end) {
+            return Ok(entries);
+        }
+        let (db, writer) = (self.db.clone(), self.writer.clone());
         blocking(move || read_entries(&db, &writer.cache, start, end))
             .await
             .map_err(logs_read)
@@ -202,16 +214,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(vote_read)
     }
 
-    /// Advisory (openraft re-derives the commit index on election), so not fsynced on its own:
-    /// the next durable commit of the file carries it.
+    /// Advisory (openraft re-derives the commit index on election), so it costs no commit of
+    /// its own: the log writer writes the latest value with the next batch of entries.
     async fn save_committed(
         &mut self,
         committed: Option<LogId<NodeId>>,
     ) -> Result<(), StorageError<NodeId>> {
-        let db = self.db.clone();
-        blocking(move || put_meta(&db, KEY_COMMITTED, &committed, Durability::None))
-            .await
-            .map_err(logs_write)
+        self.writer.note_committed(committed);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
@@ -239,9 +249,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.writer.truncate(log_id.index).await.map_err(logs_write)
     }
 
-    /// Durable, and in the same file as the state machine: this commit also makes every
-    /// earlier (non-fsynced) apply durable, so the log is never purged past what the state
-    /// machine kept.
+    /// Durable, and only after the state machine's file is: the log is never purged past what
+    /// the state machine kept (its applies are not fsynced one by one).
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         self.writer.purge(log_id).await.map_err(logs_write)
     }
@@ -312,14 +321,14 @@ mod tests {
         let storage =
             crate::Storage::open_with_backend(disk.clone(), dir.path().join("s")).unwrap();
         let db = storage.log.db.clone();
-        write_entries(&db, &[entry(1), entry(2)]).unwrap();
+        write_entries(&db, &[entry(1), entry(2)], None).unwrap();
         disk.fail.store(true, Ordering::SeqCst);
-        let err = write_entries(&db, &[entry(3)]).unwrap_err();
+        let err = write_entries(&db, &[entry(3)], None).unwrap_err();
         assert!(err.to_string().contains("fsync"), "{err}");
         disk.fail.store(false, Ordering::SeqCst);
         // redb latches the failure: every later commit fails, even with the disk healthy
         // again. (Reads still succeed from its cache: the node stops serving once Raft stopped.)
-        assert!(write_entries(&db, &[entry(4)]).is_err());
+        assert!(write_entries(&db, &[entry(4)], None).is_err());
         drop(storage);
         drop(db);
 

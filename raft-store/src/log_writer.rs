@@ -180,15 +180,20 @@ enum Op {
 /// drives the node: under madsim, the node's own, so a killed node's writer dies with it).
 pub(crate) struct LogWriter {
     db: Arc<Database>,
+    state_db: Arc<Database>,
     pub(crate) cache: Arc<LogCache>,
+    /// The latest commit marker not yet written; goes out with the next batch.
+    committed: Arc<Mutex<Option<Option<LogId<NodeId>>>>>,
     queue: OnceLock<mpsc::UnboundedSender<Op>>,
 }
 
 impl LogWriter {
-    pub(crate) fn new(db: Arc<Database>) -> Self {
+    pub(crate) fn new(db: Arc<Database>, state_db: Arc<Database>) -> Self {
         LogWriter {
             db,
+            state_db,
             cache: Arc::default(),
+            committed: Arc::default(),
             queue: OnceLock::new(),
         }
     }
@@ -196,9 +201,19 @@ impl LogWriter {
     fn queue(&self) -> &mpsc::UnboundedSender<Op> {
         self.queue.get_or_init(|| {
             let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(run(self.db.clone(), self.cache.clone(), rx));
+            let writer = Writer {
+                db: self.db.clone(),
+                cache: self.cache.clone(),
+                committed: self.committed.clone(),
+            };
+            tokio::spawn(writer.run(rx));
             tx
         })
+    }
+
+    /// Remember the commit marker; it is written with the next batch of entries.
+    pub(crate) fn note_committed(&self, committed: Option<LogId<NodeId>>) {
+        *self.committed.lock().expect("committed lock") = Some(committed);
     }
 
     /// Make `entries` readable now and durable soon; `callback` hears which.
@@ -225,9 +240,13 @@ impl LogWriter {
         Ok(())
     }
 
-    /// Remove entries up to `log_id`, durably, after every append queued before.
+    /// Remove entries up to `log_id`, durably, after every append queued before, and after
+    /// the state machine's applies are durable: a restart re-applies from the log what the
+    /// state file lost, so the log must still hold it.
     pub(crate) async fn purge(&self, log_id: LogId<NodeId>) -> Result<(), StoreError> {
+        let state_db = self.state_db.clone();
         self.barrier(move |db| {
+            crate::state_machine::make_durable(&state_db)?;
             let bytes = serde_json::to_vec(&log_id).expect("log id serializes");
             let txn = db.begin_write()?;
             txn.open_table(RAFT_META)?
@@ -258,58 +277,145 @@ impl LogWriter {
     }
 }
 
-async fn run(db: Arc<Database>, cache: Arc<LogCache>, mut rx: mpsc::UnboundedReceiver<Op>) {
-    let mut ops = Vec::new();
-    loop {
-        if rx.recv_many(&mut ops, APPENDS_PER_COMMIT_MAX).await == 0 {
+/// The writer task's side.
+struct Writer {
+    db: Arc<Database>,
+    cache: Arc<LogCache>,
+    committed: Arc<Mutex<Option<Option<LogId<NodeId>>>>>,
+}
+
+impl Writer {
+    async fn run(self, mut rx: mpsc::UnboundedReceiver<Op>) {
+        let mut ops = Vec::new();
+        loop {
+            if rx.recv_many(&mut ops, APPENDS_PER_COMMIT_MAX).await == 0 {
+                return;
+            }
+            let mut batch: Vec<Entry<TypeConfig>> = Vec::new();
+            let mut callbacks = Vec::new();
+            for op in ops.drain(..) {
+                match op {
+                    Op::Append { entries, callback } => {
+                        batch.extend(entries);
+                        callbacks.push(callback);
+                    }
+                    Op::Barrier { run, done } => {
+                        self.commit(std::mem::take(&mut batch), &mut callbacks)
+                            .await;
+                        let db = self.db.clone();
+                        let _ = done.send(blocking(move || run(&db)).await);
+                    }
+                }
+            }
+            self.commit(batch, &mut callbacks).await;
+        }
+    }
+
+    /// One durable transaction for `batch` (with the latest commit marker), then every
+    /// callback hears the result, in order.
+    async fn commit(
+        &self,
+        batch: Vec<Entry<TypeConfig>>,
+        callbacks: &mut Vec<LogFlushed<TypeConfig>>,
+    ) {
+        if callbacks.is_empty() {
             return;
         }
-        let mut batch: Vec<Entry<TypeConfig>> = Vec::new();
-        let mut callbacks = Vec::new();
-        for op in ops.drain(..) {
-            match op {
-                Op::Append { entries, callback } => {
-                    batch.extend(entries);
-                    callbacks.push(callback);
+        let upto = batch.last().map(|e| e.log_id.index);
+        let committed = self.committed.lock().expect("committed lock").take();
+        let db = self.db.clone();
+        let res = blocking(move || crate::log_store::write_entries(&db, &batch, committed)).await;
+        match res {
+            Ok(()) => {
+                if let Some(upto) = upto {
+                    self.cache.flushed(upto);
                 }
-                Op::Barrier { run, done } => {
-                    commit(&db, &cache, std::mem::take(&mut batch), &mut callbacks).await;
-                    let db = db.clone();
-                    let _ = done.send(blocking(move || run(&db)).await);
+                for cb in callbacks.drain(..) {
+                    cb.log_io_completed(Ok(()));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "writing the raft log failed");
+                for cb in callbacks.drain(..) {
+                    cb.log_io_completed(Err(std::io::Error::other(e.to_string())));
                 }
             }
         }
-        commit(&db, &cache, batch, &mut callbacks).await;
     }
 }
 
-/// One durable transaction for `batch`, then every callback hears the result, in order.
-async fn commit(
-    db: &Arc<Database>,
-    cache: &LogCache,
-    batch: Vec<Entry<TypeConfig>>,
-    callbacks: &mut Vec<LogFlushed<TypeConfig>>,
-) {
-    if callbacks.is_empty() {
-        return;
+#[cfg(test)]
+mod tests {
+    use openraft::CommittedLeaderId;
+
+    use super::*;
+
+    fn entry(term: u64, index: u64) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Blank,
+        }
     }
-    let upto = batch.last().map(|e| e.log_id.index);
-    let db = db.clone();
-    let res = blocking(move || crate::log_store::write_entries(&db, &batch)).await;
-    match res {
-        Ok(()) => {
-            if let Some(upto) = upto {
-                cache.flushed(upto);
-            }
-            for cb in callbacks.drain(..) {
-                cb.log_io_completed(Ok(()));
-            }
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "writing the raft log failed");
-            for cb in callbacks.drain(..) {
-                cb.log_io_completed(Err(std::io::Error::other(e.to_string())));
-            }
-        }
+
+    fn indexes(cache: &LogCache, from: u64) -> (Vec<u64>, bool) {
+        let (entries, complete) = cache.range(Bound::Included(from), Bound::Unbounded);
+        (entries.iter().map(|e| e.log_id.index).collect(), complete)
+    }
+
+    #[test]
+    fn the_cache_is_one_contiguous_run_that_answers_only_what_it_covers() {
+        let cache = LogCache::default();
+        cache.appended(&(5..=9).map(|i| entry(1, i)).collect::<Vec<_>>());
+        assert_eq!(indexes(&cache, 7), (vec![7, 8, 9], true));
+        // Before the run: the caller must read the file for 3 and 4.
+        assert_eq!(indexes(&cache, 3), (vec![5, 6, 7, 8, 9], false));
+        // An append after a gap (a snapshot was installed) starts a new run.
+        cache.appended(&[entry(1, 20)]);
+        assert_eq!(indexes(&cache, 0), (vec![20], false));
+        assert_eq!(indexes(&cache, 20), (vec![20], true));
+        // An append that overwrites the tail replaces it from there on.
+        cache.appended(&[entry(1, 21), entry(1, 22)]);
+        cache.appended(&[entry(2, 22)]);
+        let (tail, _) = cache.range(Bound::Included(20), Bound::Unbounded);
+        let ids: Vec<_> = tail
+            .iter()
+            .map(|e| (e.log_id.index, e.log_id.leader_id.term))
+            .collect();
+        assert_eq!(ids, vec![(20, 1), (21, 1), (22, 2)]);
+        cache.truncated(21);
+        assert_eq!(indexes(&cache, 20), (vec![20], true));
+        assert_eq!(cache.last().map(|l| l.index), Some(20));
+        cache.purged(20);
+        assert_eq!(cache.last(), None);
+    }
+
+    #[test]
+    fn only_durable_entries_are_evicted() {
+        let cache = LogCache::default();
+        let n = CACHED_ENTRIES_MAX as u64 + 100;
+        cache.appended(&(1..=n).map(|i| entry(1, i)).collect::<Vec<_>>());
+        // Nothing is durable yet: everything stays, over the bound.
+        assert_eq!(indexes(&cache, 1).0.len() as u64, n);
+        cache.flushed(50);
+        let (kept, _) = indexes(&cache, 0);
+        assert_eq!(
+            kept.first(),
+            Some(&51),
+            "evicts the durable prefix, no more"
+        );
+        cache.flushed(n);
+        let (kept, _) = indexes(&cache, 0);
+        assert_eq!(kept.len(), CACHED_ENTRIES_MAX);
+        assert_eq!(kept.last(), Some(&n));
+        // A truncation below the durable point makes the rest not durable again.
+        cache.truncated(n - 10);
+        cache.appended(&(n - 10..n + 200).map(|i| entry(2, i)).collect::<Vec<_>>());
+        cache.flushed(n - 11);
+        let (kept, _) = indexes(&cache, 0);
+        assert_eq!(kept.last(), Some(&(n + 199)));
+        assert!(
+            kept.contains(&(n - 10)),
+            "an entry not durable again is kept"
+        );
     }
 }

@@ -50,17 +50,35 @@ pub(crate) fn applied_state(
     Ok((last, membership.unwrap_or_default()))
 }
 
+/// Entries applied between two durable commits of the state file, at most. Bounds what a
+/// restart re-applies, and the space redb cannot reuse until a durable commit.
+const APPLIED_BETWEEN_SYNCS_MAX: u64 = 1024;
+
+/// Make every earlier non-durable commit of the state file durable.
+pub(crate) fn make_durable(db: &Database) -> Result<(), StoreError> {
+    let mut sync = db.begin_write()?;
+    sync.set_durability(Durability::Immediate)?;
+    sync.commit()?;
+    Ok(())
+}
+
 /// Apply a batch of committed entries in one write transaction.
 ///
-/// Not fsynced: the next durable commit of the same file (a log append or a purge) carries
-/// it. After a crash the state machine may come back at an older applied index and openraft
-/// re-applies the committed entries after it, which apply handles like the first time.
+/// Fsynced only every [`APPLIED_BETWEEN_SYNCS_MAX`] entries (and before the log is purged or
+/// a snapshot is built). After a crash the state machine may come back at an older applied
+/// index and openraft re-applies the committed entries after it from the log, which apply
+/// handles like the first time.
 fn apply_batch(
     db: &Database,
     entries: Vec<Entry<TypeConfig>>,
+    durable: bool,
 ) -> Result<(Vec<LogResponse>, u64), StoreError> {
     let mut txn = db.begin_write()?;
-    txn.set_durability(Durability::None)?;
+    txn.set_durability(if durable {
+        Durability::Immediate
+    } else {
+        Durability::None
+    })?;
     let mut responses = Vec::with_capacity(entries.len());
     let mut last_index = 0;
     {
@@ -135,7 +153,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             _ => false,
         });
         let db = self.db.clone();
-        let (responses, last_index) = blocking(move || apply_batch(&db, entries))
+        let first = entries[0].log_id.index;
+        let last = entries[entries.len() - 1].log_id.index;
+        // Durable when the batch holds an index one short of a multiple of the bound: counted
+        // in log indexes, not time, so apply reads no clock.
+        let durable = first / APPLIED_BETWEEN_SYNCS_MAX != (last + 1) / APPLIED_BETWEEN_SYNCS_MAX;
+        let (responses, last_index) = blocking(move || apply_batch(&db, entries, durable))
             .await
             .map_err(sm_write)?;
         if sets_rules {
@@ -217,9 +240,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             // The read sees applies that are not fsynced yet. Make them durable before the
             // snapshot file exists, so a snapshot is never ahead of the state machine on disk
             // (openraft requires snapshot <= committed at start-up, and purges by snapshot).
-            let mut sync = db.begin_write()?;
-            sync.set_durability(Durability::Immediate)?;
-            sync.commit()?;
+            make_durable(&db)?;
             let (last_log_id, last_membership) = {
                 let t = txn.open_table(SM_META)?;
                 let read = |key: &str| -> Result<Option<Vec<u8>>, StoreError> {
