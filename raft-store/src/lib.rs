@@ -47,6 +47,12 @@ pub const DATA_FILE: &str = "uniqlog.redb";
 /// background ([`state_machine`]) and before the log is purged.
 pub const LOG_FILE: &str = "raft-log.redb";
 
+/// redb's page cache of each file. redb's default (1 GiB per file) would let a node's memory
+/// grow with its data for a long time; the log's recent entries are kept decoded by the log
+/// writer anyway, so its file needs little.
+const LOG_CACHE_BYTES: usize = 32 * 1024 * 1024;
+const STATE_CACHE_BYTES: usize = 128 * 1024 * 1024;
+
 /// A node's opened storage: the halves openraft drives, and a reader for the API.
 pub struct Storage {
     pub log: LogStore,
@@ -62,13 +68,33 @@ impl Storage {
         if !log_path.exists() && state_path.exists() {
             refuse_single_file_layout(&Database::open(&state_path)?, &state_path)?;
         }
-        let log_db = Arc::new(Database::create(log_path)?);
-        let state_db = Arc::new(Database::create(state_path)?);
+        let log_db = Arc::new(
+            Database::builder()
+                .set_cache_size(LOG_CACHE_BYTES)
+                .create(log_path)?,
+        );
+        let state_db = Arc::new(
+            Database::builder()
+                .set_cache_size(STATE_CACHE_BYTES)
+                .create(state_path)?,
+        );
         Self::with_databases(log_db, state_db, data_dir.join("snapshots"))
     }
 
-    /// Open the storage on a custom redb backend (the simulator's disk), with snapshot files
-    /// under `snapshot_dir`. The log and the state machine share the one file.
+    /// Open the storage on two custom redb backends (the simulator's disks): the log's and
+    /// the state machine's, with snapshot files under `snapshot_dir`.
+    pub fn open_with_backends(
+        log: impl StorageBackend,
+        state: impl StorageBackend,
+        snapshot_dir: PathBuf,
+    ) -> Result<Storage, StoreError> {
+        let log_db = Arc::new(Database::builder().create_with_backend(log)?);
+        let state_db = Arc::new(Database::builder().create_with_backend(state)?);
+        Self::with_databases(log_db, state_db, snapshot_dir)
+    }
+
+    /// Open the storage on one custom redb backend that holds both the log and the state
+    /// machine, with snapshot files under `snapshot_dir`.
     pub fn open_with_backend(
         backend: impl StorageBackend,
         snapshot_dir: PathBuf,

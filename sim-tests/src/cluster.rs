@@ -139,7 +139,10 @@ impl Default for SimSettings {
 
 struct SimNode {
     handle: NodeHandle,
+    /// The Raft log's file (every write syncs it).
     disk: SimDisk,
+    /// The state machine's file (synced every 1024 entries, before purges and snapshots).
+    state_disk: SimDisk,
     up: bool,
     paused: bool,
     /// Bumped on every kill: a status read is only trusted if the epoch did not change
@@ -367,8 +370,15 @@ impl SimCluster {
         self.node(id).up
     }
 
+    /// The disk of node `id`'s Raft log.
     pub fn disk(&self, id: NodeId) -> &SimDisk {
         &self.node(id).disk
+    }
+
+    /// Both disks of node `id`: its Raft log's, then its state machine's.
+    pub fn disks(&self, id: NodeId) -> [&SimDisk; 2] {
+        let node = self.node(id);
+        [&node.disk, &node.state_disk]
     }
 
     fn node(&self, id: NodeId) -> &SimNode {
@@ -410,6 +420,7 @@ impl SimCluster {
         // Crash the disk first: the dying node's redb may still try to write as its tasks are
         // dropped, and those writes must not land.
         node.disk.crash();
+        node.state_disk.crash();
         self.runtime.kill(node.handle.id());
         node.up = false;
         tracing::info!(id, "killed node");
@@ -418,8 +429,11 @@ impl SimCluster {
     /// The disk figures of every node, summed.
     pub fn disk_stats(&self) -> BTreeMap<String, u64> {
         let mut out = BTreeMap::new();
-        for node in self.nodes.values() {
-            let s = node.disk.stats();
+        for s in self
+            .nodes
+            .values()
+            .flat_map(|n| [n.disk.stats(), n.state_disk.stats()])
+        {
             for (k, v) in [
                 ("crashes", s.crashes),
                 ("lost_pages", s.lost_pages),
@@ -791,20 +805,21 @@ fn spawn_node(
     run_dir: &Path,
     net: &NetFaults,
 ) -> SimNode {
-    let disk = SimDisk::new(format!("node{id}"));
+    let disk = SimDisk::new(format!("node{id}-log"));
+    let state_disk = SimDisk::new(format!("node{id}-state"));
     let snapshot_dir = run_dir.join(format!("node{id}")).join("snapshots");
     let handle = runtime
         .create_node()
         .name(format!("node{id}"))
         .ip(IpAddr::V4(node_ip(id)))
         .init({
-            let disk = disk.clone();
+            let disks = (disk.clone(), state_disk.clone());
             let net = net.clone();
             move || {
                 run_node(
                     config.clone(),
                     id,
-                    disk.clone(),
+                    disks.clone(),
                     snapshot_dir.clone(),
                     net.clone(),
                 )
@@ -814,21 +829,23 @@ fn spawn_node(
     SimNode {
         handle,
         disk,
+        state_disk,
         up: true,
         paused: false,
         epoch: Arc::new(AtomicU64::new(0)),
     }
 }
 
-/// The body of a simulated node: open its disk, start the production node, serve forever.
+/// The body of a simulated node: open its disks (log, state), start the production node,
+/// serve forever.
 async fn run_node(
     config: Arc<Config>,
     id: NodeId,
-    disk: SimDisk,
+    (log_disk, state_disk): (SimDisk, SimDisk),
     snapshot_dir: PathBuf,
     net: NetFaults,
 ) {
-    let storage = Storage::open_with_backend(disk.open(), snapshot_dir)
+    let storage = Storage::open_with_backends(log_disk.open(), state_disk.open(), snapshot_dir)
         .unwrap_or_else(|e| panic!("node {id}: opening its storage failed: {e}"));
     let transport: Arc<dyn Transport> = Arc::new(FaultyTransport::new(net));
     let node = uniqlog_node::start(&config, id, storage, transport)

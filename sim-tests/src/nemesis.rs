@@ -232,30 +232,34 @@ async fn episode(
         }
         FaultKind::TornWrite => {
             let victim = leader_or_any(cluster).await;
-            // The power cut strikes when the victim next makes a commit durable: its writes
-            // are issued, none synced, the last one torn (each sector landed with odds 1/2).
+            // The power cut strikes when the victim next makes a commit of one of its files
+            // durable (the log's, or now and then the state's): its writes are issued, none
+            // synced, the last one torn (each sector landed with odds 1/2).
+            let which = madsim::rand::thread_rng().gen_range(0..2);
+            let disk = || cluster.disks(victim)[which];
             let mut bits: u64 = madsim::rand::thread_rng().gen();
-            cluster.disk(victim).tear_at_next_sync(Box::new(move |_| {
+            disk().tear_at_next_sync(Box::new(move |_| {
                 bits = bits
                     .wrapping_mul(6_364_136_223_846_793_005)
                     .wrapping_add(1_442_695_040_888_963_407);
                 bits >> 63 == 1
             }));
             let start = now_ms();
-            while cluster.disk(victim).tear_pending() && now_ms() - start < 10_000 {
+            while disk().tear_pending() && now_ms() - start < 10_000 {
                 sleep(ms(20..100)).await;
             }
-            let torn = !cluster.disk(victim).tear_pending();
+            let torn = !disk().tear_pending();
             let down = ms(200..4000);
             log.note(
                 kind,
                 format!(
-                    "node {victim} power-cut {} after {} ms, down for {} ms",
+                    "node {victim} power-cut {} ({}) after {} ms, down for {} ms",
                     if torn {
                         "mid-commit, its last write torn"
                     } else {
                         "(it never synced)"
                     },
+                    disk().name(),
                     now_ms() - start,
                     down.as_millis()
                 ),
@@ -267,14 +271,16 @@ async fn episode(
         FaultKind::FsyncError => {
             let victim = leader_or_any(cluster).await;
             let fails = madsim::rand::thread_rng().gen_range(1..4);
-            cluster.disk(victim).fail_syncs(fails);
+            let which = madsim::rand::thread_rng().gen_range(0..2);
+            let disk = cluster.disks(victim)[which];
+            disk.fail_syncs(fails);
             // The node stops at its next fsync; the load makes one soon, on a leader or a
             // follower alike. A node that did not sync within the bound is cut anyway.
             let start = now_ms();
             let mut stopped = false;
             while now_ms() - start < 10_000 {
                 sleep(ms(100..300)).await;
-                if cluster.disk(victim).stats().sync_errors > 0 && !cluster.healthy(victim).await {
+                if disk.stats().sync_errors > 0 && !cluster.healthy(victim).await {
                     stopped = true;
                     break;
                 }
@@ -283,8 +289,9 @@ async fn episode(
             log.note(
                 kind,
                 format!(
-                    "node {victim}: next {fails} fsyncs fail; {} after {} ms; power cut, down \
-                     for {} ms",
+                    "node {victim}: next {fails} fsyncs of {} fail; {} after {} ms; power cut, \
+                     down for {} ms",
+                    disk.name(),
                     if stopped { "stopped" } else { "still serving" },
                     now_ms() - start,
                     down.as_millis()
