@@ -6,7 +6,8 @@
 #
 # Knobs (env): REQS RUNS CONCS MAXS (passed to run.sh), ONLY (default "floor etcd nats sut"),
 #   SIGNUP_REQS=2000 (POST /v1/users hashes a password at the production cost: fewer requests),
-#   ANCHORS=path to the anchors harness, BENCH_TMP=/tmp/bench-anchors, SKIP_BUILD=1.
+#   ANCHORS=path to the anchors harness, BENCH_TMP=/tmp/bench-anchors, SKIP_BUILD=1,
+#   UNIQLOG=another uniqlog binary (an older build, to measure before and after a change).
 # Auth stays on while measuring: the nodes require a cluster secret on peer RPC and a write
 # token on client routes; the load client presents it as HTTP Basic in the URL.
 set -euo pipefail
@@ -17,7 +18,7 @@ export BENCH_OUT=${BENCH_OUT:-$ROOT/bench/results}
 SIGNUP_REQS=${SIGNUP_REQS:-2000}
 ONLY=${ONLY:-"floor etcd nats sut"}
 DIR=$BENCH_TMP/uniqlog
-UNIQLOG=$ROOT/target/release/uniqlog
+UNIQLOG=${UNIQLOG:-$ROOT/target/release/uniqlog}
 
 log() { printf '%s compare: %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 

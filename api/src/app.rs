@@ -43,6 +43,21 @@ pub struct App {
     pub auth: crate::auth::Auth,
     /// Group commit of client requests into Raft entries.
     pub proposer: crate::propose::Proposer,
+    /// Password hashes running at once, at most ([`password_hashing_slots`]).
+    pub password_hashing: tokio::sync::Semaphore,
+}
+
+/// How many password hashes a node runs at once: one per core, at most 8 (each takes
+/// `password_memory_kib`). Two in the simulation, where the host's cores must not matter.
+pub fn password_hashing_slots() -> usize {
+    #[cfg(madsim)]
+    {
+        2
+    }
+    #[cfg(not(madsim))]
+    {
+        std::thread::available_parallelism().map_or(2, |n| n.get().min(8))
+    }
 }
 
 /// An operation only the leader can carry out.

@@ -117,6 +117,7 @@ pub async fn start(
         cluster_secret: config.auth.cluster_secret.clone(),
         auth: config.client_auth(),
         proposer: api::Proposer::start(raft.clone()),
+        password_hashing: tokio::sync::Semaphore::new(api::app::password_hashing_slots()),
     });
     let header_timeout = Duration::from_millis(config.limits.header_read_timeout_ms);
     let mut servers = Vec::new();

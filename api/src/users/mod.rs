@@ -162,9 +162,18 @@ pub async fn signup(
     });
     let config = app.users.clone();
     let password = signup.password.clone();
-    let hash = raft_store::blocking(move || password::hash_password(&config, &password))
-        .await
-        .map_err(ApiError::internal)?;
+    let hash = {
+        // Each hash takes `password_memory_kib` and a core for tens of milliseconds: a few at
+        // a time, the rest wait, so a burst of sign-ups cannot take the node's memory.
+        let _slot = app
+            .password_hashing
+            .acquire()
+            .await
+            .map_err(|_| ApiError::unavailable("this node is shutting down"))?;
+        raft_store::blocking(move || password::hash_password(&config, &password))
+            .await
+            .map_err(ApiError::internal)?
+    };
     let mut bytes = [0u8; 16];
     rand::RngCore::fill_bytes(&mut raft_store::runtime::rng(), &mut bytes);
     let id = uuid::Builder::from_random_bytes(bytes).into_uuid();
