@@ -91,7 +91,6 @@ pub async fn start(
     let me = config.node(id)?.clone();
     config.check_exposure(id)?;
     let tls = config.server_tls()?;
-    check_rules(config, &storage.reader)?;
     let raft_config = Arc::new(config.openraft().validate().map_err(Box::new)?);
     let network = PeerNetwork {
         transport: transport.clone(),
@@ -100,6 +99,12 @@ pub async fn start(
     let raft = Raft::new(id, raft_config, network, storage.log, storage.state_machine)
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
+    // After `Raft::new`, which re-applied the committed entries the state file had not kept
+    // yet (it is synced only every 1024 entries): the rules compared are the latest applied.
+    if let Err(e) = check_rules(config, &storage.reader) {
+        let _ = raft.shutdown().await;
+        return Err(e);
+    }
     let initial_members: BTreeMap<NodeId, Node> = config
         .nodes
         .iter()
