@@ -197,8 +197,15 @@ impl App {
                     .map_err(|_| ApiError::unavailable("could not confirm leadership in time"))?;
                 let log_id =
                     res.map_err(|e| ApiError::unavailable(format!("not the leader: {e}")))?;
+                // openraft's read index is max(committed, this leader's first entry). A leader
+                // re-established at start-up from its committed vote knows only the commit
+                // index it had made durable, which can be behind what its previous life
+                // committed and acknowledged (simulation seed 310: a full power cut right
+                // after an ack). Every acknowledged write is in the leader's log, so its last
+                // index is a safe read index; it costs waiting for entries in flight.
+                let last_log = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
                 Ok(LeaderReply::ReadIndex {
-                    index: log_id.map_or(0, |l| l.index),
+                    index: log_id.map_or(0, |l| l.index).max(last_log),
                 })
             }
             LeaderOp::AddLearner { id, addr } => {
