@@ -240,7 +240,7 @@ impl App {
         let reader = self.reader.clone();
         raft_store::blocking(move || reader.rules())
             .await
-            .map_err(ApiError::internal)
+            .map_err(ApiError::from)
     }
 
     /// Propose one request and return its answer.
@@ -304,7 +304,7 @@ impl App {
         let (reader, request) = (self.reader.clone(), request.clone());
         raft_store::blocking(move || raft_store::planted::uniq_conflict_here(&reader, &request))
             .await
-            .map_err(ApiError::internal)
+            .map_err(ApiError::from)
     }
 
     /// Wait (bounded) until this node has applied `index`.

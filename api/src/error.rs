@@ -233,6 +233,23 @@ impl IntoResponse for ApiError {
 }
 
 /// Replicated conflicts (409) as HTTP errors. The owner of a taken key is not disclosed.
+/// A storage error on this node: 503 when the disk failed (the node stops serving once Raft
+/// notices, and must be restarted; another node can answer), 500 for damaged or unreadable
+/// records.
+impl From<raft_store::StoreError> for ApiError {
+    fn from(e: raft_store::StoreError) -> Self {
+        use raft_store::StoreError;
+        match e {
+            StoreError::Redb(_) | StoreError::Io(_) | StoreError::Stopped => ApiError::unavailable(
+                format!("this node's storage failed ({e}); it stops serving: ask another node"),
+            ),
+            StoreError::Corrupt { .. } | StoreError::Snapshot(_) | StoreError::Unsupported(_) => {
+                ApiError::internal(e)
+            }
+        }
+    }
+}
+
 impl From<raft_store::Conflict> for ApiError {
     fn from(c: raft_store::Conflict) -> Self {
         use raft_store::Conflict;

@@ -23,7 +23,7 @@ async fn latest(app: &SharedApp, stream: String, version: u64) -> Result<Option<
     let page =
         raft_store::blocking(move || reader.read_stream(&stream, version.saturating_sub(1), 1))
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(ApiError::from)?;
     let Some(text) = page.events.first() else {
         return Ok(None);
     };
@@ -40,7 +40,7 @@ pub async fn list(State(app): State<SharedApp>) -> Result<Response, ApiError> {
     let reader = app.reader.clone();
     let streams = raft_store::blocking(move || reader.streams_with_prefix(PREFIX))
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::from)?;
     let mut out = Vec::new();
     for (stream, version) in streams {
         if let Some(c) = latest(&app, stream, version).await? {
@@ -72,7 +72,7 @@ pub async fn checkpoint(
     let s = stream.clone();
     let version = raft_store::blocking(move || reader.streams_with_prefix(&s))
         .await
-        .map_err(ApiError::internal)?
+        .map_err(ApiError::from)?
         .into_iter()
         .find(|(n, _)| *n == stream)
         .map(|(_, v)| v);

@@ -152,7 +152,7 @@ async fn read_page(
     let reader = app.reader.clone();
     raft_store::blocking(move || reader.read_topic(&topic, from, limit))
         .await
-        .map_err(ApiError::internal)
+        .map_err(ApiError::from)
 }
 
 #[tracing::instrument(level = "debug", skip_all, fields(topic = %topic))]
@@ -288,7 +288,7 @@ pub async fn stream_events(
     let from = params.from;
     let page = raft_store::blocking(move || reader.read_stream(&stream, from, limit))
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::from)?;
     Ok(page_response(page))
 }
 
@@ -296,7 +296,7 @@ pub async fn topics(State(app): State<SharedApp>) -> Result<Response, ApiError> 
     let reader = app.reader.clone();
     let topics = raft_store::blocking(move || reader.topics())
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::from)?;
     let topics: Vec<_> = topics
         .into_iter()
         .map(|(name, length)| json!({ "name": name, "length": length }))

@@ -32,7 +32,7 @@ async fn read_key<T: Send + 'static>(
     let (s, k) = (set.to_string(), key.clone());
     let value = raft_store::blocking(move || read(&reader, &s, &k))
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::from)?;
     Ok((key, value))
 }
 
@@ -76,7 +76,7 @@ async fn backfill(app: &SharedApp, set: &UniqSet) -> Result<Backfill, ApiError> 
         let topic = set.topic.clone();
         let page = raft_store::blocking(move || reader.read_topic(&topic, from, 1000))
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(ApiError::from)?;
         if page.events.is_empty() {
             break;
         }

@@ -87,7 +87,7 @@ async fn current(app: &SharedApp, id: Uuid) -> Result<Option<UserState>, ApiErro
     let stream = stream_of(id);
     let page = raft_store::blocking(move || reader.read_stream(&stream, 0, usize::MAX))
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::from)?;
     let events: Vec<Value> = page
         .events
         .iter()
