@@ -45,10 +45,12 @@ pub struct Proposer {
 }
 
 impl Proposer {
-    /// Start the batcher for `raft` (on the current runtime).
-    pub fn start(raft: Raft<TypeConfig>) -> Self {
+    /// Start the batcher for `raft` (on the current runtime). An entry whose outcome has not
+    /// come back within `entry_timeout` frees its slot and answers `outcome_unknown`: a
+    /// `client_write` that never resolves must not hold the pipeline for good.
+    pub fn start(raft: Raft<TypeConfig>, entry_timeout: Duration) -> Self {
         let (queue, rx) = mpsc::unbounded_channel();
-        tokio::spawn(batcher(raft, rx));
+        tokio::spawn(batcher(raft, rx, entry_timeout));
         Proposer { queue }
     }
 
@@ -72,7 +74,11 @@ impl Proposer {
     }
 }
 
-async fn batcher(raft: Raft<TypeConfig>, mut rx: mpsc::UnboundedReceiver<Queued>) {
+async fn batcher(
+    raft: Raft<TypeConfig>,
+    mut rx: mpsc::UnboundedReceiver<Queued>,
+    entry_timeout: Duration,
+) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT_MAX));
     let mut carried: Option<Queued> = None;
     loop {
@@ -104,21 +110,31 @@ async fn batcher(raft: Raft<TypeConfig>, mut rx: mpsc::UnboundedReceiver<Queued>
         }
         let raft = raft.clone();
         tokio::spawn(async move {
-            propose_batch(&raft, batch).await;
+            propose_batch(&raft, batch, entry_timeout).await;
             drop(slot);
         });
     }
 }
 
 #[tracing::instrument(level = "debug", skip_all, fields(requests = batch.len()))]
-async fn propose_batch(raft: &Raft<TypeConfig>, batch: Vec<Queued>) {
+async fn propose_batch(raft: &Raft<TypeConfig>, batch: Vec<Queued>, entry_timeout: Duration) {
     let (requests, replies): (Vec<_>, Vec<_>) =
         batch.into_iter().map(|q| (q.request, q.reply)).unzip();
     let cmd = LogCommand {
         timestamp_ms: crate::app::now_ms(),
         requests,
     };
-    match raft.client_write(cmd).await {
+    let res = match tokio::time::timeout(entry_timeout, raft.client_write(cmd)).await {
+        Ok(res) => res,
+        Err(_) => {
+            let err = ApiError::outcome_unknown("no commit within the request timeout");
+            for reply in replies {
+                let _ = reply.send(Err(err.clone()));
+            }
+            return;
+        }
+    };
+    match res {
         Ok(resp) => {
             let mut outcomes = resp.data.outcomes.into_iter();
             for reply in replies {

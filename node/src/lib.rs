@@ -121,7 +121,10 @@ pub async fn start(
         users: config.users.clone(),
         cluster_secret: config.auth.cluster_secret.clone(),
         auth: config.client_auth(),
-        proposer: api::Proposer::start(raft.clone()),
+        proposer: api::Proposer::start(
+            raft.clone(),
+            Duration::from_millis(config.limits.request_timeout_ms),
+        ),
         password_hashing: tokio::sync::Semaphore::new(api::app::password_hashing_slots()),
     });
     let header_timeout = Duration::from_millis(config.limits.header_read_timeout_ms);
