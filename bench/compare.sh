@@ -38,7 +38,6 @@ log "uniqlog nodes up: pids $SUT_PIDS, data in $DIR"
 # ------------------------------------------------------------ the anchors, then uniqlog
 URL="http://bench:$TOKEN@127.0.0.51:7001"
 mkdir -p "$BENCH_OUT"
-before=$(ls "$BENCH_OUT" 2>/dev/null | sort | tail -1 || true)
 ONLY="$ONLY" SUT_LABEL=uniqlog SUT_PIDS="$SUT_PIDS" \
   SUT_TARGETS="http-append=$URL/v1/topics/users/events" \
   "$ANCHORS/run.sh"

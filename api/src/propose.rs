@@ -124,16 +124,10 @@ async fn propose_batch(raft: &Raft<TypeConfig>, batch: Vec<Queued>, entry_timeou
         timestamp_ms: crate::app::now_ms(),
         requests,
     };
-    let res = match tokio::time::timeout(entry_timeout, raft.client_write(cmd)).await {
-        Ok(res) => res,
-        Err(_) => {
-            let err = ApiError::outcome_unknown("no commit within the request timeout");
-            for reply in replies {
-                let _ = reply.send(Err(err.clone()));
-            }
-            return;
-        }
-    };
+    let res = tokio::time::timeout(entry_timeout, raft.client_write(cmd))
+        .await
+        .map_err(|_| ApiError::outcome_unknown("no commit within the request timeout"))
+        .and_then(|r| r.map_err(write_error));
     match res {
         Ok(resp) => {
             let mut outcomes = resp.data.outcomes.into_iter();
@@ -144,8 +138,7 @@ async fn propose_batch(raft: &Raft<TypeConfig>, batch: Vec<Queued>, entry_timeou
                 let _ = reply.send(answer);
             }
         }
-        Err(e) => {
-            let err = write_error(e);
+        Err(err) => {
             for reply in replies {
                 let _ = reply.send(Err(err.clone()));
             }
