@@ -9,8 +9,10 @@ SECS=${1:-600}
 CLIENTS=${2:-64}
 UNIQLOG=${UNIQLOG:-$ROOT/target/release/uniqlog}
 source "$ROOT/bench/lib.sh"
-trap stop_cluster EXIT
-start_cluster "${BENCH_TMP:-/tmp/bench-anchors}/uniqlog-memory" "$UNIQLOG"
+DIR=${BENCH_TMP:-/tmp/bench-anchors}/uniqlog-memory
+# Ten minutes at full load write over 10 GB; only the samples and the summary are kept.
+trap 'stop_cluster; rm -rf "$DIR"/node?' EXIT
+start_cluster "$DIR" "$UNIQLOG"
 "$UNIQLOG" bench --config "$CONFIG" --clients "$CLIENTS" --requests 100000000 \
   --max-seconds "$SECS" --warmup 0 --no-verify > "$(dirname "$CONFIG")/bench.out" 2>/dev/null &
 LOAD=$!
