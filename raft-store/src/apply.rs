@@ -72,8 +72,11 @@ impl<'txn> DataTables<'txn> {
         &mut self.meta
     }
 
-    /// Per-entry housekeeping, before its requests: expire idempotency records.
-    pub(crate) fn begin_entry(&mut self, ctx: EntryContext) -> Result<(), StoreError> {
+    /// Expire idempotency records, before a request with a key looks its key up. Per
+    /// request, not per entry: an entry holds many requests (leader batching), and whether a
+    /// retry still finds its record must not depend on how requests were grouped into entries
+    /// (`tests/apply_fuzz.rs` found that it did).
+    fn expire_idempotency(&mut self, ctx: EntryContext) -> Result<(), StoreError> {
         let settings = self.rules.rules.idempotency;
         self.idem.evict(ctx.log_time_ms, &settings)
     }
@@ -173,6 +176,7 @@ fn apply_append(
 ) -> Result<Answer, StoreError> {
     // 1. Idempotency: a retry gets the stored answer and appends nothing.
     if let Some(idem) = &req.idempotency {
+        t.expire_idempotency(ctx)?;
         let stored = t.idem.get(&req.topic, &idem.key)?;
         // Planted bug (simulation builds only, `crate::planted`): the lookup is skipped.
         #[cfg(madsim)]

@@ -105,7 +105,6 @@ fn apply_batch(
                         log_index: entry.log_id.index,
                         log_time_ms: log_time,
                     };
-                    tables.begin_entry(ctx)?;
                     let outcomes = cmd
                         .requests
                         .iter()
