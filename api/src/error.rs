@@ -56,6 +56,10 @@ pub enum ApiError {
     /// Not applied, retry is safe.
     #[error("{message}")]
     Unavailable { message: String },
+    /// Too much work queued on this node (429): refused before anything was proposed, so
+    /// retrying later is safe. Answered with `Retry-After`.
+    #[error("{message}")]
+    Overloaded { message: String },
     /// May or may not have been applied.
     #[error("{message}")]
     OutcomeUnknown { message: String },
@@ -91,6 +95,12 @@ impl ApiError {
             message: message.into(),
         }
     }
+    pub fn overloaded(message: impl Into<String>) -> Self {
+        ApiError::Overloaded {
+            message: message.into(),
+        }
+    }
+
     pub fn outcome_unknown(message: impl Into<String>) -> Self {
         ApiError::OutcomeUnknown {
             message: message.into(),
@@ -128,6 +138,7 @@ impl ApiError {
             ApiError::Unavailable { .. }
             | ApiError::OutcomeUnknown { .. }
             | ApiError::NotYetApplied { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Forwarded { status, .. } => {
                 StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY)
@@ -155,6 +166,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::Unavailable { .. } => "unavailable",
             ApiError::OutcomeUnknown { .. } => "outcome_unknown",
+            ApiError::Overloaded { .. } => "overloaded",
             ApiError::NotYetApplied { .. } => "not_yet_applied",
             ApiError::Internal { .. } => "internal",
             ApiError::Forwarded { .. } => "forwarded",
@@ -164,7 +176,9 @@ impl ApiError {
     /// Whether repeating the same request is safe and may succeed.
     fn retryable(&self) -> bool {
         match self {
-            ApiError::Unavailable { .. } | ApiError::NotYetApplied { .. } => true,
+            ApiError::Unavailable { .. }
+            | ApiError::Overloaded { .. }
+            | ApiError::NotYetApplied { .. } => true,
             ApiError::Forwarded { body, .. } => body.retryable,
             ApiError::BadRequest { .. }
             | ApiError::Validation { .. }
@@ -224,7 +238,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         let mut resp = (status, axum::Json(self.body())).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE && self.retryable() {
+        let busy =
+            status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS;
+        if busy && self.retryable() {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod cluster_secret;
 pub mod error;
 pub mod extract;
+mod json_check;
 pub mod limits;
 pub mod peer;
 pub mod propose;

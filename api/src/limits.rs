@@ -19,6 +19,11 @@ pub struct Limits {
     pub read_events_max: usize,
     /// How long a write may wait for its answer (commit and apply), forwarding included.
     pub request_timeout_ms: u64,
+    /// Most writes waiting for a Raft entry on the leader; past it, 429 with `Retry-After`.
+    pub write_queue_max: usize,
+    /// Most client connections open at once. Past it a connection is still accepted, but
+    /// serves only peer routes and answers 503 with `Retry-After` to everything else.
+    pub connections_max: usize,
     /// How long a client may take to send its request headers.
     pub header_read_timeout_ms: u64,
     /// Interval of keep-alive comments on server-sent-event streams.
@@ -35,6 +40,8 @@ impl Default for Limits {
             wait_ms_max: 30_000,
             read_events_max: 1000,
             request_timeout_ms: 10_000,
+            write_queue_max: 4096,
+            connections_max: 1024,
             header_read_timeout_ms: 10_000,
             sse_keepalive_ms: 15_000,
         }

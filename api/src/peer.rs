@@ -46,6 +46,11 @@ pub const PEER_BODY_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// and fsync in that time would never get through.
 pub const APPEND_BATCH_BYTES_MAX: usize = 2 * 1024 * 1024;
 
+/// Whether `path` is one of the routes peers call.
+pub fn is_peer_path(path: &str) -> bool {
+    [APPEND_PATH, VOTE_PATH, SNAPSHOT_PATH, FORWARD_PATH].contains(&path)
+}
+
 /// The routes peers call. No client limits apply here.
 pub fn peer_router(app: SharedApp) -> Router {
     Router::new()

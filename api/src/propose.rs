@@ -10,6 +10,11 @@
 //! At most [`IN_FLIGHT_MAX`] entries are in flight at once. That bound is what makes batches
 //! grow under load (requests gather while the pipeline is full) and keeps the pipeline from
 //! holding more than a few entries' worth of work.
+//!
+//! The queue itself is bounded (`[limits] write_queue_max`): a request that finds it full is
+//! refused at once with 429 and `Retry-After`, before anything is proposed. Under a flood the
+//! node's memory holds at most that many waiting requests, and those that are admitted still
+//! commit within the request timeout instead of all timing out together.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,15 +46,16 @@ struct Queued {
 /// The queue in front of `client_write`; cheap to clone.
 #[derive(Clone)]
 pub struct Proposer {
-    queue: mpsc::UnboundedSender<Queued>,
+    queue: mpsc::Sender<Queued>,
 }
 
 impl Proposer {
     /// Start the batcher for `raft` (on the current runtime). An entry whose outcome has not
     /// come back within `entry_timeout` frees its slot and answers `outcome_unknown`: a
-    /// `client_write` that never resolves must not hold the pipeline for good.
-    pub fn start(raft: Raft<TypeConfig>, entry_timeout: Duration) -> Self {
-        let (queue, rx) = mpsc::unbounded_channel();
+    /// `client_write` that never resolves must not hold the pipeline for good. At most
+    /// `queue_max` requests wait for a slot.
+    pub fn start(raft: Raft<TypeConfig>, entry_timeout: Duration, queue_max: usize) -> Self {
+        let (queue, rx) = mpsc::channel(queue_max.max(1));
         tokio::spawn(batcher(raft, rx, entry_timeout));
         Proposer { queue }
     }
@@ -59,8 +65,15 @@ impl Proposer {
     pub async fn propose(&self, request: Request, timeout: Duration) -> Result<Answer, ApiError> {
         let (reply, rx) = oneshot::channel();
         self.queue
-            .send(Queued { request, reply })
-            .map_err(|_| ApiError::unavailable("this node is shutting down"))?;
+            .try_send(Queued { request, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => ApiError::overloaded(
+                    "too many writes are waiting on this node; retry after a moment",
+                ),
+                mpsc::error::TrySendError::Closed(_) => {
+                    ApiError::unavailable("this node is shutting down")
+                }
+            })?;
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(answer)) => answer,
             // The batcher dropped the request: Raft stopped before it was proposed.
@@ -74,11 +87,7 @@ impl Proposer {
     }
 }
 
-async fn batcher(
-    raft: Raft<TypeConfig>,
-    mut rx: mpsc::UnboundedReceiver<Queued>,
-    entry_timeout: Duration,
-) {
+async fn batcher(raft: Raft<TypeConfig>, mut rx: mpsc::Receiver<Queued>, entry_timeout: Duration) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT_MAX));
     let mut carried: Option<Queued> = None;
     loop {

@@ -8,11 +8,20 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
+use axum::extract::Request;
+use axum::http::{header, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::Router;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::error::ApiError;
 
 use crate::tls::ServerTls;
 
@@ -42,18 +51,26 @@ impl hyper::rt::Timer for RtTimer {
 
 /// Serve `router` on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, router: Router, header_read_timeout: Duration) {
-    serve_with(listener, router, header_read_timeout, None).await
+    serve_with(listener, router, header_read_timeout, None, None).await
 }
 
 /// Serve `router` on `listener`, over TLS only when `tls` is given. The TLS handshake gets
 /// `header_read_timeout` too; a connection whose handshake fails or stalls is closed and
 /// logged at debug level, and never affects the others.
+///
+/// With `connections_max`, connections past that many still get served, but only on peer
+/// routes: every other request is answered 429 with `Retry-After` and the connection is
+/// closed. Refusing at accept would also refuse a peer that shares the client address, and
+/// client limits never apply to peers.
 pub async fn serve_with(
     listener: TcpListener,
     router: Router,
     header_read_timeout: Duration,
     tls: Option<ServerTls>,
+    connections_max: Option<usize>,
 ) {
+    let slots = connections_max.map(|n| Arc::new(Semaphore::new(n)));
+    let over_cap = router.clone().layer(axum::middleware::from_fn(peers_only));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -65,9 +82,24 @@ pub async fn serve_with(
             }
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
+        let slot = match &slots {
+            None => None,
+            Some(slots) => match slots.clone().try_acquire_owned() {
+                Ok(slot) => Some(slot),
+                Err(_) => {
+                    tracing::debug!(%peer, "connection over connections_max: peer routes only");
+                    None
+                }
+            },
+        };
+        let service = if slots.is_some() && slot.is_none() {
+            TowerToHyperService::new(over_cap.clone())
+        } else {
+            TowerToHyperService::new(router.clone())
+        };
         let tls = tls.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             match tls {
                 None => {
                     serve_connection(
@@ -84,6 +116,20 @@ pub async fn serve_with(
             }
         });
     }
+}
+
+/// The middleware of a connection over the cap.
+async fn peers_only(req: Request, next: Next) -> Response {
+    if crate::peer::is_peer_path(req.uri().path()) {
+        return next.run(req).await;
+    }
+    let mut resp = ApiError::overloaded(
+        "too many connections to this node; retry after a moment, or use another node",
+    )
+    .into_response();
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
 }
 
 async fn serve_connection<S>(

@@ -94,20 +94,20 @@ impl AppendBody {
             if let Some(s) = &e.stream {
                 check_name(&mut fields, format!("events[{i}].stream"), s, limits);
             }
-            if !e.data.get().starts_with('{') {
-                fields.insert(format!("events[{i}].data"), "must be a JSON object".into());
-            } else if serde_json::from_str::<Value>(e.data.get()).is_err() {
-                // Numbers beyond f64 and the like: rules and fingerprints read data as values.
-                fields.insert(
-                    format!("events[{i}].data"),
-                    "has a value JSON tools cannot represent".into(),
-                );
-            }
-            if let Some(m) = &e.metadata {
-                if !m.get().starts_with('{') {
+            let objects = std::iter::once(("data", Some(&e.data)))
+                .chain(std::iter::once(("metadata", e.metadata.as_ref())));
+            for (name, raw) in objects {
+                let Some(raw) = raw else { continue };
+                if !raw.get().starts_with('{') {
                     fields.insert(
-                        format!("events[{i}].metadata"),
+                        format!("events[{i}].{name}"),
                         "must be a JSON object".into(),
+                    );
+                } else if let Err(why) = crate::json_check::unambiguous(raw.get()) {
+                    // Rules, fingerprints and readers parse it again: it must mean one thing.
+                    fields.insert(
+                        format!("events[{i}].{name}"),
+                        format!("is ambiguous or unrepresentable JSON: {why}"),
                     );
                 }
             }

@@ -285,6 +285,8 @@ impl Config {
             ("limits.read_events_max", l.read_events_max as u64),
             ("limits.request_timeout_ms", l.request_timeout_ms),
             ("limits.header_read_timeout_ms", l.header_read_timeout_ms),
+            ("limits.write_queue_max", l.write_queue_max as u64),
+            ("limits.connections_max", l.connections_max as u64),
         ] {
             if v == 0 {
                 return Err(self.invalid(key, "must be positive"));

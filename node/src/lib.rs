@@ -124,16 +124,36 @@ pub async fn start(
         proposer: api::Proposer::start(
             raft.clone(),
             Duration::from_millis(config.limits.request_timeout_ms),
+            config.limits.write_queue_max,
         ),
         password_hashing: tokio::sync::Semaphore::new(api::app::password_hashing_slots()),
     });
     let header_timeout = Duration::from_millis(config.limits.header_read_timeout_ms);
     let mut servers = Vec::new();
+    let connections_max = Some(config.limits.connections_max);
     match &me.peer_addr {
-        None => servers.push(listen(&me.addr, router(app.clone()), header_timeout, &tls).await?),
+        None => servers.push(
+            listen(
+                &me.addr,
+                router(app.clone()),
+                header_timeout,
+                &tls,
+                connections_max,
+            )
+            .await?,
+        ),
         Some(peer) => {
-            servers.push(listen(&me.addr, client_router(app.clone()), header_timeout, &tls).await?);
-            servers.push(listen(peer, peer_router(app.clone()), header_timeout, &tls).await?);
+            servers.push(
+                listen(
+                    &me.addr,
+                    client_router(app.clone()),
+                    header_timeout,
+                    &tls,
+                    connections_max,
+                )
+                .await?,
+            );
+            servers.push(listen(peer, peer_router(app.clone()), header_timeout, &tls, None).await?);
         }
     }
     tracing::info!(id, addr = %me.addr, peer_addr = %me.peer_addr(), tls = tls.is_some(), "node serving");
@@ -146,6 +166,7 @@ async fn listen(
     router: axum::Router,
     header_timeout: Duration,
     tls: &Option<api::ServerTls>,
+    connections_max: Option<usize>,
 ) -> Result<JoinHandle<()>, NodeError> {
     let listener = TcpListener::bind(addr)
         .await
@@ -158,6 +179,7 @@ async fn listen(
         router,
         header_timeout,
         tls.clone(),
+        connections_max,
     )))
 }
 

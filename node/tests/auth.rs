@@ -160,5 +160,6 @@ fn status_of_stream(addr: &str, path: &str, token: Option<&str>) -> Resp {
         body: serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
         text,
         location: None,
+        retry_after: None,
     }
 }

@@ -43,6 +43,7 @@ pub struct Resp {
     pub body: Value,
     pub text: String,
     pub location: Option<String>,
+    pub retry_after: Option<String>,
 }
 
 fn agent() -> ureq::Agent {
@@ -181,11 +182,14 @@ pub const TLS_AUTH: &str =
 fn finish(resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Resp, String> {
     let mut resp = resp.map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
-    let location = resp
-        .headers()
-        .get("location")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let location = header("location");
+    let retry_after = header("retry-after");
     let text = resp
         .body_mut()
         .with_config()
@@ -198,6 +202,7 @@ fn finish(resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result
         body,
         text,
         location,
+        retry_after,
     })
 }
 
@@ -225,6 +230,13 @@ pub struct NodeProc {
     pub addr: String,
     pub config: PathBuf,
     child: Option<Child>,
+}
+
+impl NodeProc {
+    /// The process id of the running node.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("node running").id()
+    }
 }
 
 pub struct Cluster {
@@ -483,7 +495,7 @@ impl Cluster {
                 .http
                 .get(
                     &self.addr(id),
-                    &format!("/v1/topics/{topic}/events?from={}&limit=1000", out.len()),
+                    &format!("/v1/topics/{topic}/events?from={}", out.len()),
                 )
                 .unwrap();
             assert_eq!(r.status, 200, "read: {}", r.text);
