@@ -36,6 +36,11 @@ unit_and_integration() {
   cargo nextest run --workspace --no-fail-fast
 }
 
+# schemathesis (from PyPI, into a venv under the target dir) against a live node.
+schemathesis() {
+  ./scripts/schemathesis.sh "$CARGO_TARGET_DIR/debug/uniqlog"
+}
+
 # The madsim build: optimised, with debug assertions on (scripts/madsim-env.sh).
 simulation_build() {
   ( export MADSIM_TARGET_DIR; source scripts/madsim-env.sh
@@ -56,6 +61,7 @@ simulation_seeds() {
 stage "install tools" install_tools
 stage "build" build
 stage "unit + integration tests" unit_and_integration
+stage "schemathesis (node API)" schemathesis
 if [ -n "$(ls sim-tests/tests/*.rs 2>/dev/null)" ]; then
   stage "simulation build (madsim)" simulation_build
   stage "simulation tests" simulation_tests

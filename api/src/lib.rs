@@ -11,6 +11,7 @@ pub mod error;
 pub mod extract;
 mod json_check;
 pub mod limits;
+pub mod openapi;
 pub mod peer;
 pub mod propose;
 pub mod routes;
@@ -83,6 +84,7 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("GET", "/v1/auth/whoami", Access::Role(Role::Read)),
     ("GET", "/health", Access::Public),
     ("GET", "/ready", Access::Public),
+    ("GET", "/openapi.json", Access::Public),
 ];
 
 /// The access a (method, matched path) asks for.
@@ -119,6 +121,7 @@ fn handler(method: &str, path: &str) -> MethodRouter<SharedApp> {
         ("GET", "/v1/auth/whoami") => get(auth::whoami),
         ("GET", "/health") => get(cluster::health),
         ("GET", "/ready") => get(cluster::ready),
+        ("GET", "/openapi.json") => get(|| async { axum::Json(openapi::spec()) }),
         (m, p) => unreachable!("route {m} {p} is in ROUTES but has no handler"),
     }
 }

@@ -14,31 +14,53 @@ use crate::error::ApiError;
 use crate::limits::Limits;
 
 /// `POST /v1/topics/{topic}/events`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppendBody {
     pub events: Vec<EventBody>,
+    /// Per stream: a number of events, `"no_stream"` or `"any"`.
     #[serde(default)]
+    #[schema(value_type = BTreeMap<String, ExpectedVersionDoc>)]
     pub expected_version: BTreeMap<String, ExpectedVersion>,
     /// Alternative to the `Idempotency-Key` header.
     #[serde(default)]
     pub idempotency_key: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventBody {
     #[serde(rename = "type")]
     pub event_type: String,
     #[serde(default)]
     pub stream: Option<String>,
+    /// A JSON object, stored as sent.
+    #[schema(value_type = Object)]
     pub data: Box<RawValue>,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Box<RawValue>>,
 }
 
+/// How `expected_version` is written (the type itself lives in `raft-store`).
+#[derive(utoipa::ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum ExpectedVersionDoc {
+    Exact(u64),
+    Named(NamedVersion),
+}
+
+#[derive(utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum NamedVersion {
+    NoStream,
+    Any,
+}
+
 /// 201 answer of an append.
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct AppendCreated {
     pub first_offset: u64,
     pub last_offset: u64,
@@ -253,7 +275,7 @@ pub fn idempotency_key(
 }
 
 /// `GET /v1/cluster/status`.
-#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, utoipa::ToSchema)]
 pub struct ClusterStatus {
     pub id: NodeId,
     pub role: String,
@@ -273,14 +295,14 @@ pub struct ClusterStatus {
     pub idempotency: IdempotencyStatus,
 }
 
-#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, Eq)]
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, Eq, utoipa::ToSchema)]
 pub struct IdempotencyStatus {
     pub window_ms: u64,
     pub records_max: u64,
     pub records: u64,
 }
 
-#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, Eq)]
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Member {
     pub id: NodeId,
     pub addr: String,
@@ -288,7 +310,7 @@ pub struct Member {
 }
 
 /// `POST /v1/cluster/learners`.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddLearnerBody {
     pub id: NodeId,
@@ -296,7 +318,7 @@ pub struct AddLearnerBody {
 }
 
 /// `POST /v1/cluster/membership`.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MembershipBody {
     pub voters: Vec<NodeId>,
