@@ -234,7 +234,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
         let db = self.db.clone();
         let snapshots = self.snapshots.clone();
-        blocking(move || -> Result<(), StoreError> {
+        let meta = blocking(move || -> Result<Meta, StoreError> {
             let txn = db.begin_read()?;
             // The read sees applies that are not fsynced yet. Make them durable before the
             // snapshot file exists, so a snapshot is never ahead of the state machine on disk
@@ -262,10 +262,17 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 last_log_id,
                 last_membership,
             };
-            snapshots.build(&txn, &meta)
+            snapshots.build(&txn, &meta)?;
+            Ok(meta)
         })
         .await
         .map_err(snapshot_err)?;
+        // Operators size disks and the snapshot policy by these; the log is purged after it.
+        tracing::info!(
+            index = meta.last_log_id.map(|l| l.index),
+            id = %meta.snapshot_id,
+            "built a snapshot"
+        );
         let current = self.get_current_snapshot().await?;
         current.ok_or_else(|| snapshot_err(StoreError::Snapshot("built snapshot vanished".into())))
     }
