@@ -36,7 +36,7 @@ unit_and_integration() {
   cargo nextest run --workspace --no-fail-fast
 }
 
-# schemathesis (from PyPI, into a venv under the target dir) against a live node.
+# schemathesis (from PyPI, into a venv under the target dir) against a live node and query process.
 schemathesis() {
   ./scripts/schemathesis.sh "$CARGO_TARGET_DIR/debug/uniqlog"
 }
@@ -61,7 +61,7 @@ simulation_seeds() {
 stage "install tools" install_tools
 stage "build" build
 stage "unit + integration tests" unit_and_integration
-stage "schemathesis (node API)" schemathesis
+stage "schemathesis (node + query API)" schemathesis
 if [ -n "$(ls sim-tests/tests/*.rs 2>/dev/null)" ]; then
   stage "simulation build (madsim)" simulation_build
   stage "simulation tests" simulation_tests

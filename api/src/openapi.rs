@@ -157,16 +157,19 @@ struct UserEventDoc {
     offset: u64,
 }
 
+/// A consumer's latest checkpoint in `__checkpoints`.
 #[derive(Serialize, ToSchema)]
-struct ConsumerDoc {
-    name: String,
-    #[schema(value_type = Object)]
-    checkpoint: serde_json::Value,
+struct CheckpointDoc {
+    consumer: String,
+    /// The next offset the consumer will handle.
+    offset: u64,
+    /// Log time of the report, in milliseconds since the Unix epoch.
+    reported_at: u64,
 }
 
 #[derive(Serialize, ToSchema)]
 struct ConsumersDoc {
-    consumers: Vec<ConsumerDoc>,
+    consumers: Vec<CheckpointDoc>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -338,7 +341,7 @@ fn consumers() {}
 
 #[utoipa::path(get, path = "/v1/consumers/{name}/checkpoint", tag = "consumers",
     params(("name" = String, Path), ConsistencyQuery),
-    responses((status = 200, description = "the consumer's latest checkpoint", body = Object)))]
+    responses((status = 200, description = "the consumer's latest checkpoint", body = CheckpointDoc)))]
 fn checkpoint() {}
 
 #[utoipa::path(post, path = "/v1/auth/stream-token", tag = "auth",

@@ -28,9 +28,16 @@ async fn latest(app: &SharedApp, stream: String, version: u64) -> Result<Option<
         return Ok(None);
     };
     let e: Value = serde_json::from_str(text).map_err(ApiError::internal)?;
+    // `__checkpoints` is an ordinary (admin-only) topic: an event there that is not a
+    // checkpoint (no consumer name, no offset) is not reported as one.
+    let (Some(consumer), Some(offset)) =
+        (e["data"]["consumer"].as_str(), e["data"]["offset"].as_u64())
+    else {
+        return Ok(None);
+    };
     Ok(Some(json!({
-        "consumer": e["data"]["consumer"],
-        "offset": e["data"]["offset"],
+        "consumer": consumer,
+        "offset": offset,
         "reported_at": e["timestamp"],
     })))
 }

@@ -9,7 +9,7 @@ use api::extract::{PathParams, QueryParams};
 use api::ApiError;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, MethodRouter};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
@@ -171,20 +171,36 @@ async fn require_read(
     }
 }
 
+/// The handler of each path of `openapi::PATHS` (all `GET`).
+fn handler(path: &str) -> MethodRouter<Shared> {
+    match path {
+        "/v1/users" => get(users),
+        "/v1/users/{id}" => get(user),
+        "/v1/users/{id}/history" => get(history),
+        "/v1/stats/signups" => get(stats),
+        "/health" => get(health),
+        "/metrics" => get(metrics),
+        "/openapi.json" => get(|| async { Json(super::openapi::spec()) }),
+        p => unreachable!("path {p} is in PATHS but has no handler"),
+    }
+}
+
+/// Built from the paths the OpenAPI document lists, so the two cannot differ. Queries of the
+/// read model (`/v1/...`) need the read role; health, metrics and the document do not.
 pub fn router(state: Shared) -> Router {
-    let queries = Router::new()
-        .route("/v1/users", get(users))
-        .route("/v1/users/{id}", get(user))
-        .route("/v1/users/{id}/history", get(history))
-        .route("/v1/stats/signups", get(stats))
+    let (queries, public): (Vec<&str>, Vec<&str>) = super::openapi::PATHS
+        .iter()
+        .partition(|p| p.starts_with("/v1/"));
+    let queries = queries
+        .into_iter()
+        .fold(Router::new(), |r, p| r.route(p, handler(p)))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_read,
         ));
-    Router::new()
-        .merge(queries)
-        .route("/health", get(health))
-        .route("/metrics", get(metrics))
+    public
+        .into_iter()
+        .fold(Router::new().merge(queries), |r, p| r.route(p, handler(p)))
         .fallback(not_found)
         .with_state(state)
 }
