@@ -12,14 +12,13 @@
 // The `*Doc` types and the operation stubs exist only for the document.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use serde::Serialize;
-use utoipa::openapi::path::Operation;
+use utoipa::openapi::path::{Operation, PathItem};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, OpenApi as Spec, RefOr, Response, ResponseBuilder};
-use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa::{IntoParams, OpenApi, PartialSchema, ToSchema};
 
 use crate::auth::Access;
 use crate::wire::{
@@ -434,11 +433,7 @@ const ERRORS: &[(&str, &str)] = &[
 
 fn build() -> Spec {
     let mut spec = NodeApi::openapi();
-    let error = ContentBuilder::new()
-        .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
-            "ErrorDoc",
-        ))))
-        .build();
+    document_errors(&mut spec, ERRORS);
     let components = spec.components.get_or_insert_with(Default::default);
     components.add_security_scheme(
         "token",
@@ -449,27 +444,7 @@ fn build() -> Spec {
         SecurityScheme::Http(Http::new(HttpAuthScheme::Basic)),
     );
     for (path, item) in spec.paths.paths.iter_mut() {
-        let ops: [(&str, &mut Option<Operation>); 4] = [
-            ("GET", &mut item.get),
-            ("POST", &mut item.post),
-            ("PATCH", &mut item.patch),
-            ("DELETE", &mut item.delete),
-        ];
-        for (method, op) in ops {
-            let Some(op) = op else { continue };
-            for (status, description) in ERRORS {
-                op.responses
-                    .responses
-                    .entry(status.to_string())
-                    .or_insert_with(|| {
-                        RefOr::T::<Response>(
-                            ResponseBuilder::new()
-                                .description(*description)
-                                .content("application/json", error.clone())
-                                .build(),
-                        )
-                    });
-            }
+        for (method, op) in operations_mut(item) {
             let access = ROUTES
                 .iter()
                 .find(|(m, p, _)| *m == method && p == path)
@@ -492,35 +467,72 @@ fn build() -> Spec {
     spec
 }
 
-/// The (method, path) pairs the document describes.
-pub fn operations(spec: &Spec) -> BTreeMap<(String, String), ()> {
-    let mut out = BTreeMap::new();
-    for (path, item) in &spec.paths.paths {
-        for (method, op) in [
-            ("GET", &item.get),
-            ("POST", &item.post),
-            ("PATCH", &item.patch),
-            ("DELETE", &item.delete),
-            ("PUT", &item.put),
-        ] {
-            if op.is_some() {
-                out.insert((method.to_string(), path.clone()), ());
+fn operations_mut(item: &mut PathItem) -> impl Iterator<Item = (&'static str, &mut Operation)> {
+    [
+        ("GET", &mut item.get),
+        ("POST", &mut item.post),
+        ("PATCH", &mut item.patch),
+        ("DELETE", &mut item.delete),
+        ("PUT", &mut item.put),
+    ]
+    .into_iter()
+    .filter_map(|(method, op)| op.as_mut().map(|op| (method, op)))
+}
+
+/// Add the error answers `errors` (status, meaning) to every operation of `spec`, each with
+/// the error shape, which this registers as the schema `ErrorDoc`. The query API's document
+/// uses it too: both processes answer errors through `ApiError`.
+pub fn document_errors(spec: &mut Spec, errors: &[(&str, &str)]) {
+    let components = spec.components.get_or_insert_with(Default::default);
+    components
+        .schemas
+        .insert("ErrorDoc".into(), ErrorDoc::schema());
+    let error = ContentBuilder::new()
+        .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
+            "ErrorDoc",
+        ))))
+        .build();
+    for item in spec.paths.paths.values_mut() {
+        for (_, op) in operations_mut(item) {
+            for (status, description) in errors {
+                op.responses
+                    .responses
+                    .entry(status.to_string())
+                    .or_insert_with(|| {
+                        RefOr::T::<Response>(
+                            ResponseBuilder::new()
+                                .description(*description)
+                                .content("application/json", error.clone())
+                                .build(),
+                        )
+                    });
             }
         }
     }
-    out
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     #[test]
     fn the_document_has_exactly_the_routes_of_the_route_table() {
-        let documented = operations(spec());
-        let routed: BTreeMap<(String, String), ()> = ROUTES
+        let mut spec = spec().clone();
+        let documented: BTreeSet<(String, String)> = spec
+            .paths
+            .paths
+            .iter_mut()
+            .flat_map(|(path, item)| {
+                operations_mut(item)
+                    .map(|(m, _)| (m.to_string(), path.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let routed: BTreeSet<(String, String)> = ROUTES
             .iter()
-            .map(|(m, p, _)| ((m.to_string(), p.to_string()), ()))
+            .map(|(m, p, _)| (m.to_string(), p.to_string()))
             .collect();
         assert_eq!(documented, routed);
     }

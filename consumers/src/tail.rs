@@ -17,6 +17,10 @@ pub enum TailError {
     BadAnswer { addr: String, reason: String },
 }
 
+/// The shortest long-poll a tailer falls back to: shorter would make an idle consumer poll
+/// the node in a tight loop.
+const WAIT_MIN: Duration = Duration::from_millis(20);
+
 #[derive(Debug, Deserialize)]
 struct Page {
     events: Vec<Value>,
@@ -111,9 +115,15 @@ impl Tailer {
                     self.next_offset = page.next_offset.max(self.next_offset);
                     return Ok(page.events);
                 }
-                // A node with a smaller `read_events_max` refuses the page size: ask for less.
-                Ok(resp) if resp.status == 400 && self.page_events_max > 1 => {
-                    self.page_events_max /= 2;
+                // A node with a smaller `read_events_max` or `wait_ms_max` refuses the page size
+                // or the wait: ask for less of both until it answers.
+                Ok(resp)
+                    if resp.status == 400 && (self.page_events_max > 1 || self.wait > WAIT_MIN) =>
+                {
+                    self.page_events_max = (self.page_events_max / 2).max(1);
+                    self.wait = (self.wait / 2).max(WAIT_MIN);
+                    tracing::info!(addr = %addr, page_events = self.page_events_max,
+                        wait_ms = self.wait.as_millis() as u64, "read refused; asking for less");
                     continue;
                 }
                 Ok(resp) => tracing::warn!(addr = %addr, status = resp.status, "read failed"),

@@ -211,3 +211,25 @@ fn the_read_model_follows_commands_survives_kills_and_equals_a_replay() {
     }
     assert_eq!(get(&q, "/v1/users/nobody").unwrap().status, 404);
 }
+
+/// A node whose read limits are below what a consumer asks for by default (a page of 500, a
+/// 2 s long-poll) refuses those reads with 400; the consumer asks for less until the node
+/// answers, instead of retrying the same refused read for ever.
+#[test]
+fn the_read_model_follows_a_node_with_small_read_limits() {
+    let mut c = Cluster::start(
+        1,
+        Tuning {
+            limits: "read_events_max = 7\nwait_ms_max = 100\n",
+            ..users_tuning()
+        },
+    );
+    let a = c.addr(1);
+    let mut last = Value::Null;
+    for i in 0..20 {
+        last = signup_ok(&a, &format!("u{i}"), &format!("u{i}@example.com")).body["offset"].clone();
+    }
+    let q = c.start_query("small");
+    let stats = read_after(&q, "/v1/stats/signups", &last).body;
+    assert_eq!(stats["created"], 20, "{stats}");
+}

@@ -9,17 +9,8 @@
 use std::sync::OnceLock;
 
 use serde::Serialize;
-use utoipa::openapi::path::Operation;
-use utoipa::openapi::{ContentBuilder, OpenApi as Spec, RefOr, Response, ResponseBuilder};
+use utoipa::openapi::OpenApi as Spec;
 use utoipa::{IntoParams, OpenApi, ToSchema};
-
-/// The error shape of every error answer (as in the node API).
-#[derive(Serialize, ToSchema)]
-struct ErrorDoc {
-    error: String,
-    message: String,
-    retryable: bool,
-}
 
 /// A user as the read model holds it.
 #[derive(Serialize, ToSchema)]
@@ -127,8 +118,7 @@ fn openapi_json() {}
         title = "uniqlog query API",
         description = "The users read model, kept by `uniqlog query` from the `users` topic."
     ),
-    paths(users, user, history, stats, health, metrics, openapi_json),
-    components(schemas(ErrorDoc))
+    paths(users, user, history, stats, health, metrics, openapi_json)
 )]
 struct QueryApi;
 
@@ -150,28 +140,7 @@ pub fn spec() -> &'static Spec {
     static SPEC: OnceLock<Spec> = OnceLock::new();
     SPEC.get_or_init(|| {
         let mut spec = QueryApi::openapi();
-        let error = ContentBuilder::new()
-            .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
-                "ErrorDoc",
-            ))))
-            .build();
-        for item in spec.paths.paths.values_mut() {
-            let op: &mut Option<Operation> = &mut item.get;
-            let Some(op) = op else { continue };
-            for (status, description) in ERRORS {
-                op.responses
-                    .responses
-                    .entry(status.to_string())
-                    .or_insert_with(|| {
-                        RefOr::T::<Response>(
-                            ResponseBuilder::new()
-                                .description(*description)
-                                .content("application/json", error.clone())
-                                .build(),
-                        )
-                    });
-            }
-        }
+        api::openapi::document_errors(&mut spec, ERRORS);
         spec
     })
 }

@@ -168,10 +168,13 @@ pub async fn serve_query(config: &Config, rebuild: bool) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", qc.listen))?;
     let header_timeout = std::time::Duration::from_millis(config.limits.header_read_timeout_ms);
-    tokio::spawn(api::server::serve(
+    // The query API is a client API: the same header timeout and connection cap as a node's.
+    tokio::spawn(api::server::serve_with(
         listener,
         router(state.clone()),
         header_timeout,
+        None,
+        Some(config.limits.connections_max),
     ));
     let nodes = config.nodes.iter().map(|n| n.addr.clone()).collect();
     let stale_after = std::time::Duration::from_millis(config.raft.election_timeout_ms_max);
