@@ -46,9 +46,15 @@ QADDR=127.0.0.1:$(free_port)
 "$BIN" node --config "$DIR/cluster.toml" --id 1 > "$DIR/node.log" 2>&1 &
 PIDS+=($!)
 answers() { python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' "$1" 2>/dev/null; }
-for _ in $(seq 100); do answers "http://$ADDR/health" && break; sleep 0.1; done
+# Wait up to 10 s for URL to answer 2xx, or stop with the process's log.
+await() {
+  local url=$1 log=$2
+  for _ in $(seq 100); do answers "$url" && return 0; sleep 0.1; done
+  echo "$url did not answer in 10 s; $log ends:"; tail -n 30 "$log"; exit 1
+}
+await "http://$ADDR/health" "$DIR/node.log"
 "$BIN" cluster init --config "$DIR/cluster.toml" >/dev/null
-for _ in $(seq 100); do answers "http://$ADDR/ready" && break; sleep 0.1; done
+await "http://$ADDR/ready" "$DIR/node.log"
 
 # One account, so the query API has a user and offset 0 of `users` exists.
 python3 - "http://$ADDR/v1/users" <<'PY'
@@ -59,7 +65,7 @@ assert urllib.request.urlopen(req, timeout=10).status == 201
 PY
 "$BIN" query --config "$DIR/cluster.toml" > "$DIR/query.log" 2>&1 &
 PIDS+=($!)
-for _ in $(seq 100); do answers "http://$QADDR/health" && break; sleep 0.1; done
+await "http://$QADDR/health" "$DIR/query.log"
 
 run() {
   local name=$1 config=$2; shift 2

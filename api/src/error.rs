@@ -16,6 +16,10 @@ pub enum ApiError {
     /// Malformed or invalid input that is not about one named field.
     #[error("{message}")]
     BadRequest { message: String },
+    /// A query parameter above its limit; the limit is in the details, so a client (a
+    /// consumer's tailer) can ask again within it.
+    #[error("{param} must be at most {max}")]
+    OverLimit { param: &'static str, max: u64 },
     /// Field-level validation errors, all at once.
     #[error("invalid fields")]
     Validation { fields: BTreeMap<String, String> },
@@ -120,6 +124,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest { .. }
+            | ApiError::OverLimit { .. }
             | ApiError::Validation { .. }
             | ApiError::StreamInOtherTopic { .. }
             | ApiError::IdempotencyKeyReused { .. } => StatusCode::BAD_REQUEST,
@@ -148,7 +153,7 @@ impl ApiError {
 
     fn code(&self) -> &'static str {
         match self {
-            ApiError::BadRequest { .. } => "invalid_request",
+            ApiError::BadRequest { .. } | ApiError::OverLimit { .. } => "invalid_request",
             ApiError::Validation { .. } => "validation",
             ApiError::StreamInOtherTopic { .. } => "stream_in_other_topic",
             ApiError::NotFound { .. } => "not_found",
@@ -181,6 +186,7 @@ impl ApiError {
             | ApiError::NotYetApplied { .. } => true,
             ApiError::Forwarded { body, .. } => body.retryable,
             ApiError::BadRequest { .. }
+            | ApiError::OverLimit { .. }
             | ApiError::Validation { .. }
             | ApiError::StreamInOtherTopic { .. }
             | ApiError::NotFound { .. }
@@ -220,6 +226,7 @@ impl ApiError {
             | ApiError::RulesViolated { set, key } => json!({ "set": set, "key": key }),
             ApiError::IdempotencyKeyReused { key } => json!({ "idempotency_key": key }),
             ApiError::PayloadTooLarge { limit_bytes } => json!({ "limit_bytes": limit_bytes }),
+            ApiError::OverLimit { param, max } => json!({ "param": param, "max": max }),
             _ => json!({}),
         };
         let Value::Object(details) = details else {

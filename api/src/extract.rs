@@ -41,6 +41,13 @@ impl<T: DeserializeOwned, S: BodyLimit + Send + Sync> FromRequest<S> for JsonBod
         let bytes = axum::body::to_bytes(req.into_body(), limit)
             .await
             .map_err(|_| ApiError::PayloadTooLarge { limit_bytes: limit })?;
+        // Maps in a body (`expected_version`) would otherwise keep the last of two equal keys.
+        if let Err(why) = std::str::from_utf8(&bytes)
+            .map_err(|e| e.to_string())
+            .and_then(crate::json_check::unambiguous)
+        {
+            return Err(ApiError::bad_request(format!("invalid JSON body: {why}")));
+        }
         parse_json(&bytes).map(JsonBody)
     }
 }

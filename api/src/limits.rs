@@ -21,8 +21,9 @@ pub struct Limits {
     pub request_timeout_ms: u64,
     /// Most writes waiting for a Raft entry on the leader; past it, 429 with `Retry-After`.
     pub write_queue_max: usize,
-    /// Most client connections open at once. Past it a connection is still accepted, but
-    /// serves only peer routes and answers 503 with `Retry-After` to everything else.
+    /// Most connections open at once on a client listener. Past it a connection is still
+    /// accepted, but serves only peer routes, `/health` and `/ready`, and answers 429 with
+    /// `Retry-After` to everything else. Peers that share the client address count toward it.
     pub connections_max: usize,
     /// How long a client may take to send its request headers.
     pub header_read_timeout_ms: u64,

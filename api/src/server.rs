@@ -59,8 +59,8 @@ pub async fn serve(listener: TcpListener, router: Router, header_read_timeout: D
 /// logged at debug level, and never affects the others.
 ///
 /// With `connections_max`, connections past that many still get served, but only on peer
-/// routes: every other request is answered 429 with `Retry-After` and the connection is
-/// closed. Refusing at accept would also refuse a peer that shares the client address, and
+/// routes, `/health` and `/ready`: every other request is answered 429 with `Retry-After` and
+/// the connection is closed. Refusing at accept would also refuse a peer that shares the client address, and
 /// client limits never apply to peers.
 pub async fn serve_with(
     listener: TcpListener,
@@ -120,7 +120,10 @@ pub async fn serve_with(
 
 /// The middleware of a connection over the cap.
 async fn peers_only(req: Request, next: Next) -> Response {
-    if crate::peer::is_peer_path(req.uri().path()) {
+    // Peers are never refused by a client limit, and a supervisor probing a busy node must
+    // not take it for a dead one.
+    let path = req.uri().path();
+    if crate::peer::is_peer_path(path) || path == "/health" || path == "/ready" {
         return next.run(req).await;
     }
     let mut resp = ApiError::overloaded(

@@ -17,10 +17,6 @@ pub enum TailError {
     BadAnswer { addr: String, reason: String },
 }
 
-/// The shortest long-poll a tailer falls back to: shorter would make an idle consumer poll
-/// the node in a tight loop.
-const WAIT_MIN: Duration = Duration::from_millis(20);
-
 #[derive(Debug, Deserialize)]
 struct Page {
     events: Vec<Value>,
@@ -116,15 +112,14 @@ impl Tailer {
                     return Ok(page.events);
                 }
                 // A node with a smaller `read_events_max` or `wait_ms_max` refuses the page size
-                // or the wait: ask for less of both until it answers.
-                Ok(resp)
-                    if resp.status == 400 && (self.page_events_max > 1 || self.wait > WAIT_MIN) =>
-                {
-                    self.page_events_max = (self.page_events_max / 2).max(1);
-                    self.wait = (self.wait / 2).max(WAIT_MIN);
-                    tracing::info!(addr = %addr, page_events = self.page_events_max,
-                        wait_ms = self.wait.as_millis() as u64, "read refused; asking for less");
-                    continue;
+                // or the wait, and says which and its limit: ask again within it.
+                Ok(resp) if resp.status == 400 => {
+                    if self.fit_limit(&resp.body) {
+                        tracing::info!(addr = %addr, page_events = self.page_events_max,
+                            wait_ms = self.wait.as_millis() as u64, "read refused; asking within the node's limits");
+                        continue;
+                    }
+                    tracing::warn!(addr = %addr, body = %String::from_utf8_lossy(&resp.body), "read refused");
                 }
                 Ok(resp) => tracing::warn!(addr = %addr, status = resp.status, "read failed"),
                 Err(e) => tracing::warn!(addr = %addr, error = %e, "read failed"),
@@ -134,6 +129,28 @@ impl Tailer {
             if failures % self.nodes.len() == 0 {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
+        }
+    }
+
+    /// Lower the page size or the wait to the limit a 400 names (`{"param", "max"}`). False
+    /// when the answer names no limit this tailer exceeds: asking again would not help.
+    fn fit_limit(&mut self, body: &[u8]) -> bool {
+        let Ok(err) = serde_json::from_slice::<Value>(body) else {
+            return false;
+        };
+        let Some(max) = err["max"].as_u64() else {
+            return false;
+        };
+        match err["param"].as_str() {
+            Some("limit") if (self.page_events_max as u64) > max && max >= 1 => {
+                self.page_events_max = max as usize;
+                true
+            }
+            Some("wait_ms") if self.wait.as_millis() as u64 > max => {
+                self.wait = Duration::from_millis(max);
+                true
+            }
+            _ => false,
         }
     }
 

@@ -1,6 +1,7 @@
 //! Idempotency records inside apply: stored answers per (topic, key), expired by log time and
-//! bounded in count, both decided per entry so every node evicts the same records whatever
-//! the size of its apply batches.
+//! bounded in count, both decided before each request that carries a key, so every node
+//! evicts the same records whatever the size of its apply batches and however requests were
+//! grouped into entries.
 
 use redb::{ReadableTable, ReadableTableMetadata, Table};
 use serde::{Deserialize, Serialize};
@@ -25,7 +26,7 @@ pub(crate) struct IdempotencyTables<'txn> {
 
 impl IdempotencyTables<'_> {
     /// Drop records older than the window, then the oldest beyond `records_max - 1` so the
-    /// entry about to be applied has room.
+    /// request about to be applied has room.
     pub fn evict(&mut self, now_ms: u64, settings: &IdempotencySettings) -> Result<(), StoreError> {
         let cutoff = now_ms.saturating_sub(settings.window_ms);
         let mut doomed = Vec::new();

@@ -101,19 +101,20 @@ impl ReadParams {
         match self.limit {
             None => Ok(max.min(100)),
             Some(0) => Err(ApiError::bad_request("limit must be at least 1")),
-            Some(l) if l > max => Err(ApiError::bad_request(format!(
-                "limit must be at most {max}"
-            ))),
+            Some(l) if l > max => Err(ApiError::OverLimit {
+                param: "limit",
+                max: max as u64,
+            }),
             Some(l) => Ok(l),
         }
     }
 
     fn wait(&self, app: &SharedApp) -> Result<Duration, ApiError> {
         if self.wait_ms > app.limits.wait_ms_max {
-            return Err(ApiError::bad_request(format!(
-                "wait_ms must be at most {}",
-                app.limits.wait_ms_max
-            )));
+            return Err(ApiError::OverLimit {
+                param: "wait_ms",
+                max: app.limits.wait_ms_max,
+            });
         }
         Ok(Duration::from_millis(self.wait_ms))
     }

@@ -425,15 +425,24 @@ impl Cluster {
 
     pub fn wait_healthy(&self, id: u64) {
         let addr = self.addr(id);
-        wait_for(
-            &format!("node {id} healthy"),
-            Duration::from_secs(30),
-            || {
-                self.http
-                    .get(&addr, "/health")
-                    .ok()
-                    .filter(|r| r.status == 200)
-            },
+        let start = Instant::now();
+        let mut last = String::new();
+        while start.elapsed() < Duration::from_secs(30) {
+            match self.http.get(&addr, "/health") {
+                Ok(r) if r.status == 200 => return,
+                Ok(r) => last = format!("{} {}", r.status, r.text),
+                Err(e) => last = e,
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // The temporary dir goes with the test: show why the node is not healthy.
+        let log = std::fs::read_to_string(self.dir.path().join(format!("node{id}.log")))
+            .unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        panic!(
+            "node {id} not healthy after 30 s (last answer: {last}); its log ends:\n{}",
+            tail.join("\n")
         );
     }
 
