@@ -45,6 +45,9 @@ pub struct App {
     pub proposer: crate::propose::Proposer,
     /// Password hashes running at once, at most ([`password_hashing_slots`]).
     pub password_hashing: tokio::sync::Semaphore,
+    /// The snapshot being received from the leader: its id and the bytes written from offset
+    /// 0 without a gap (`peer::snapshot`).
+    pub snapshot_received: tokio::sync::Mutex<Option<(String, u64)>>,
 }
 
 /// How many password hashes a node runs at once: one per core, at most 8 (each takes

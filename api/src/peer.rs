@@ -80,9 +80,51 @@ async fn vote(State(app): State<SharedApp>, body: Bytes) -> Result<Response, Api
     Ok(rpc_answer(app.raft.vote(req).await))
 }
 
+/// A snapshot chunk from the leader. openraft 0.9 writes a chunk at whatever offset it names
+/// within the stream of the same snapshot id, even past the bytes received so far. A chunk
+/// delayed in the network from an earlier attempt (say the last one, retried before this node
+/// restarted) can then land after a new attempt's first chunks, leave a hole of zeros and
+/// complete the snapshot: this node would install garbage. So a chunk that would leave a hole
+/// is refused as a mismatch, and the leader starts the stream again from offset 0
+/// (simulation seed 143 found it).
 async fn snapshot(State(app): State<SharedApp>, body: Bytes) -> Result<Response, ApiError> {
     let req: InstallSnapshotRequest<TypeConfig> = parse_json(&body)?;
-    Ok(rpc_answer(app.raft.install_snapshot(req).await))
+    let mut received = app.snapshot_received.lock().await;
+    let id = req.meta.snapshot_id.clone();
+    let written = match &*received {
+        Some((current, written)) if *current == id => *written,
+        _ => 0,
+    };
+    if req.offset > written {
+        tracing::warn!(snapshot = %id, offset = req.offset, written, "refused a snapshot chunk that would leave a hole");
+        let mismatch = openraft::error::SnapshotMismatch {
+            expect: openraft::SnapshotSegmentId {
+                id: id.clone(),
+                offset: written,
+            },
+            got: openraft::SnapshotSegmentId {
+                id,
+                offset: req.offset,
+            },
+        };
+        let refused: Result<
+            InstallSnapshotResponse<NodeId>,
+            RaftError<NodeId, InstallSnapshotError>,
+        > = Err(RaftError::APIError(InstallSnapshotError::SnapshotMismatch(
+            mismatch,
+        )));
+        return Ok(rpc_answer(refused));
+    }
+    let end = req.offset + req.data.len() as u64;
+    let done = req.done;
+    let res = app.raft.install_snapshot(req).await;
+    *received = match (&res, done) {
+        (Ok(_), false) => Some((id, written.max(end))),
+        (Ok(_), true) => None,
+        // openraft refused it: its stream did not take this chunk.
+        (Err(_), _) => received.take().filter(|(current, _)| *current == id),
+    };
+    Ok(rpc_answer(res))
 }
 
 /// A follower hands an operation to this node, which must be the leader: one hop only.

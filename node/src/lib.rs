@@ -127,6 +127,7 @@ pub async fn start(
             config.limits.write_queue_max,
         ),
         password_hashing: tokio::sync::Semaphore::new(api::app::password_hashing_slots()),
+        snapshot_received: tokio::sync::Mutex::new(None),
     });
     let header_timeout = Duration::from_millis(config.limits.header_read_timeout_ms);
     let mut servers = Vec::new();
