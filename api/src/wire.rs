@@ -116,6 +116,8 @@ impl AppendBody {
             if let Some(s) = &e.stream {
                 check_name(&mut fields, format!("events[{i}].stream"), s, limits);
             }
+            // Whether the JSON is unambiguous (no duplicate keys, representable numbers) was
+            // checked on the whole body before it was decoded (`extract::JsonBody`).
             let objects = std::iter::once(("data", Some(&e.data)))
                 .chain(std::iter::once(("metadata", e.metadata.as_ref())));
             for (name, raw) in objects {
@@ -124,12 +126,6 @@ impl AppendBody {
                     fields.insert(
                         format!("events[{i}].{name}"),
                         "must be a JSON object".into(),
-                    );
-                } else if let Err(why) = crate::json_check::unambiguous(raw.get()) {
-                    // Rules, fingerprints and readers parse it again: it must mean one thing.
-                    fields.insert(
-                        format!("events[{i}].{name}"),
-                        format!("is ambiguous or unrepresentable JSON: {why}"),
                     );
                 }
             }
