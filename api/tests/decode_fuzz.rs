@@ -15,23 +15,10 @@ use raft_store::rules::{normalize_key, Normalize, Rules};
 use raft_store::RulesState;
 
 fn rules() -> RulesState {
-    let rules: Rules = toml::from_str(
-        r#"
-        [[uniq]]
-        name = "user_email"
-        topic = "users"
-        normalize = "email"
-        [[uniq.rule]]
-        event = "AccountCreated"
-        op = "create"
-        key = "/email"
-        [[uniq.rule]]
-        event = "EmailChanged"
-        op = "update"
-        old_key = "/old_email"
-        key = "/new_email"
-        "#,
-    )
+    // The reference application's rules, as the integration tests use them.
+    let rules: Rules = toml::from_str(include_str!(
+        "../../node/tests/common/user_email_rules.toml"
+    ))
     .unwrap();
     RulesState { version: 1, rules }
 }
