@@ -32,8 +32,8 @@ pub struct RulesState {
 pub(crate) struct DataTables<'txn> {
     meta: Table<'txn, &'static str, &'static [u8]>,
     topics: Table<'txn, &'static str, u64>,
-    events: Table<'txn, (&'static str, u64), &'static str>,
-    secrets: Table<'txn, (&'static str, u64), &'static str>,
+    events: Table<'txn, (&'static str, u64), (u32, &'static str)>,
+    secrets: Table<'txn, (&'static str, u64), (u32, &'static str)>,
     streams: Table<'txn, &'static str, (&'static str, u64)>,
     stream_index: Table<'txn, (&'static str, u64), u64>,
     uniq: UniqTables<'txn>,
@@ -44,11 +44,7 @@ pub(crate) struct DataTables<'txn> {
 impl<'txn> DataTables<'txn> {
     pub(crate) fn open(txn: &'txn WriteTransaction) -> Result<Self, StoreError> {
         let meta = txn.open_table(SM_META)?;
-        let rules = match meta.get(KEY_RULES)? {
-            Some(v) => serde_json::from_slice(v.value())
-                .map_err(|e| StoreError::corrupt("sm_meta", KEY_RULES, e))?,
-            None => RulesState::default(),
-        };
+        let rules = get_json(&meta, "sm_meta", KEY_RULES)?.unwrap_or_default();
         Ok(DataTables {
             meta,
             topics: txn.open_table(TOPICS)?,
@@ -310,11 +306,12 @@ fn decide_append(
                 .map(|m| json_object(m, "metadata").expect("checked above")),
         };
         let json = serde_json::to_string(&event).expect("events serialize");
-        t.events
-            .insert((req.topic.as_str(), offset), json.as_str())?;
+        let topic = req.topic.as_str();
+        let crc = crate::checksum::event_sum(topic, offset, &json);
+        t.events.insert((topic, offset), (crc, json.as_str()))?;
         if let Some(secret) = &e.secret {
-            t.secrets
-                .insert((req.topic.as_str(), offset), secret.as_str())?;
+            let crc = crate::checksum::event_sum(topic, offset, secret);
+            t.secrets.insert((topic, offset), (crc, secret.as_str()))?;
         }
         if let Some(stream) = e.stream.as_deref() {
             let v = versions.get_mut(stream).expect("collected above");
@@ -411,8 +408,7 @@ fn apply_set_rules(t: &mut DataTables<'_>, s: &SetRules) -> Result<Outcome, Stor
         version: current + 1,
         rules: s.rules.clone(),
     };
-    let json = serde_json::to_vec(&state).expect("rules serialize");
-    t.meta.insert(KEY_RULES, json.as_slice())?;
+    put_json(&mut t.meta, KEY_RULES, &state)?;
     t.rules = state;
     Ok(Outcome::RulesSet {
         version: current + 1,

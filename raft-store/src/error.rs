@@ -11,12 +11,17 @@ pub enum StoreError {
     Redb(#[from] redb::Error),
     #[error("storage I/O: {0}")]
     Io(#[from] std::io::Error),
-    #[error("corrupt record in {table} at {key}: {reason}")]
+    /// A record whose checksum or shape is wrong: the data cannot be trusted.
+    #[error("damaged record in {file}, table {table}, key {key}: {reason}")]
     Corrupt {
+        file: String,
         table: String,
         key: String,
         reason: String,
     },
+    /// A file redb itself found damaged (a page checksum), before any record could be named.
+    #[error("damaged file {file}: {detail}")]
+    DamagedFile { file: String, detail: String },
     #[error("snapshot: {0}")]
     Snapshot(String),
     /// The data on disk is in a layout or format this version does not read.
@@ -46,11 +51,42 @@ from_redb!(
 );
 
 impl StoreError {
-    pub(crate) fn corrupt(table: impl ToString, key: impl ToString, reason: impl ToString) -> Self {
+    /// A damaged record of `table`, in the file that holds that table.
+    pub(crate) fn corrupt(table: &str, key: impl ToString, reason: impl ToString) -> Self {
+        let file = match table {
+            "raft_log" | "raft_meta" => crate::LOG_FILE,
+            _ => crate::DATA_FILE,
+        };
         StoreError::Corrupt {
+            file: file.to_string(),
             table: table.to_string(),
             key: key.to_string(),
             reason: reason.to_string(),
+        }
+    }
+
+    /// A damaged record names its file by its role (`corrupt`); name the path instead.
+    pub(crate) fn in_file(self, path: &str) -> Self {
+        match self {
+            StoreError::Corrupt {
+                table, key, reason, ..
+            } => StoreError::Corrupt {
+                file: path.into(),
+                table,
+                key,
+                reason,
+            },
+            e => e,
+        }
+    }
+
+    /// Whether this error means the node's data is damaged (as opposed to an I/O failure or
+    /// a full disk): such a node must stop and be rebuilt, never retried or repaired in place.
+    pub fn is_damage(&self) -> bool {
+        match self {
+            StoreError::Corrupt { .. } | StoreError::DamagedFile { .. } => true,
+            StoreError::Redb(redb::Error::Corrupted(_)) => true,
+            _ => false,
         }
     }
 }

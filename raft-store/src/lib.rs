@@ -5,7 +5,9 @@
 //! clock, randomness, environment or local config.
 
 mod apply;
+mod checksum;
 mod error;
+mod files;
 mod idempotency;
 mod log_store;
 mod log_writer;
@@ -68,17 +70,14 @@ impl Storage {
         if !log_path.exists() && state_path.exists() {
             refuse_single_file_layout(&Database::open(&state_path)?, &state_path)?;
         }
-        let log_db = Arc::new(
-            Database::builder()
-                .set_cache_size(LOG_CACHE_BYTES)
-                .create(log_path)?,
-        );
-        let state_db = Arc::new(
-            Database::builder()
-                .set_cache_size(STATE_CACHE_BYTES)
-                .create(state_path)?,
-        );
-        Self::with_databases(log_db, state_db, data_dir.join("snapshots"))
+        let log_db = files::open_file(&log_path, LOG_CACHE_BYTES)?;
+        let state_db = files::open_file(&state_path, STATE_CACHE_BYTES)?;
+        let name = |p: &Path| p.display().to_string();
+        Self::with_databases(
+            (log_db, &name(&log_path)),
+            (state_db, &name(&state_path)),
+            data_dir.join("snapshots"),
+        )
     }
 
     /// Open the storage on two custom redb backends (the simulator's disks): the log's and
@@ -88,9 +87,9 @@ impl Storage {
         state: impl StorageBackend,
         snapshot_dir: PathBuf,
     ) -> Result<Storage, StoreError> {
-        let log_db = Arc::new(Database::builder().create_with_backend(log)?);
-        let state_db = Arc::new(Database::builder().create_with_backend(state)?);
-        Self::with_databases(log_db, state_db, snapshot_dir)
+        let log_db = files::open_backend(log, LOG_FILE, LOG_CACHE_BYTES)?;
+        let state_db = files::open_backend(state, DATA_FILE, STATE_CACHE_BYTES)?;
+        Self::with_databases((log_db, LOG_FILE), (state_db, DATA_FILE), snapshot_dir)
     }
 
     /// Open the storage on one custom redb backend that holds both the log and the state
@@ -99,11 +98,26 @@ impl Storage {
         backend: impl StorageBackend,
         snapshot_dir: PathBuf,
     ) -> Result<Storage, StoreError> {
-        let db = Arc::new(Database::builder().create_with_backend(backend)?);
-        Self::with_databases(db.clone(), db, snapshot_dir)
+        let db = files::open_backend(backend, DATA_FILE, STATE_CACHE_BYTES)?;
+        files::ensure_format(&db, DATA_FILE)?;
+        let db = Arc::new(db);
+        Self::start(db.clone(), db, snapshot_dir)
     }
 
+    /// Check each file's format and records, then start on them.
     fn with_databases(
+        (log_db, log_name): (Database, &str),
+        (state_db, state_name): (Database, &str),
+        snapshot_dir: PathBuf,
+    ) -> Result<Storage, StoreError> {
+        files::ensure_format(&log_db, log_name)?;
+        files::ensure_format(&state_db, state_name)?;
+        files::verify_log_records(&log_db).map_err(|e| e.in_file(log_name))?;
+        files::verify_state_records(&state_db, false).map_err(|e| e.in_file(state_name))?;
+        Self::start(Arc::new(log_db), Arc::new(state_db), snapshot_dir)
+    }
+
+    fn start(
         log_db: Arc<Database>,
         db: Arc<Database>,
         snapshot_dir: PathBuf,
@@ -151,8 +165,7 @@ fn refuse_single_file_layout(db: &Database, path: &Path) -> Result<(), StoreErro
 }
 
 fn create_log_tables(db: &Database) -> Result<(), StoreError> {
-    let mut txn = db.begin_write()?;
-    txn.set_durability(Durability::Immediate)?;
+    let txn = files::write_txn(db, Durability::Immediate)?;
     txn.open_table(tables::LOG)?;
     txn.open_table(tables::RAFT_META)?;
     txn.commit()?;
@@ -161,8 +174,7 @@ fn create_log_tables(db: &Database) -> Result<(), StoreError> {
 
 /// Every table exists from the first open on, so readers never meet a missing one.
 fn create_tables(db: &Database) -> Result<(), StoreError> {
-    let mut txn = db.begin_write()?;
-    txn.set_durability(Durability::Immediate)?;
+    let txn = files::write_txn(db, Durability::Immediate)?;
     macro_rules! create {
         ($($tag:literal $table:ident $name:ident),*) => {
             $( txn.open_table(tables::$table)?; )*

@@ -15,6 +15,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableHandle};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::checksum;
 use crate::error::{logs_read, logs_write, vote_read, vote_write, StoreError};
 use crate::log_writer::{LogCache, LogWriter};
 use crate::runtime::blocking;
@@ -49,12 +50,7 @@ pub(crate) fn get_meta<T: DeserializeOwned>(
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    match t.get(key)? {
-        None => Ok(None),
-        Some(v) => serde_json::from_slice(v.value())
-            .map(Some)
-            .map_err(|e| StoreError::corrupt(table.name(), key, e)),
-    }
+    get_json(&t, table.name(), key)
 }
 
 fn put_meta<T: Serialize>(
@@ -63,10 +59,8 @@ fn put_meta<T: Serialize>(
     value: &T,
     durability: Durability,
 ) -> Result<(), StoreError> {
-    let bytes = serde_json::to_vec(value).expect("raft metadata serializes");
-    let mut txn = db.begin_write()?;
-    txn.set_durability(durability)?;
-    txn.open_table(RAFT_META)?.insert(key, bytes.as_slice())?;
+    let txn = crate::files::write_txn(db, durability)?;
+    put_json(&mut txn.open_table(RAFT_META)?, key, value)?;
     txn.commit()?;
     Ok(())
 }
@@ -89,28 +83,39 @@ pub(crate) fn write_entries(
     entries: &[Entry<TypeConfig>],
     committed: Option<Option<LogId<NodeId>>>,
 ) -> Result<(), StoreError> {
-    let mut txn = db.begin_write()?;
-    txn.set_durability(append_durability())?;
+    let txn = crate::files::write_txn(db, append_durability())?;
     if let Some(committed) = committed {
-        let bytes = serde_json::to_vec(&committed).expect("log id serializes");
-        txn.open_table(RAFT_META)?
-            .insert(KEY_COMMITTED, bytes.as_slice())?;
+        put_json(&mut txn.open_table(RAFT_META)?, KEY_COMMITTED, &committed)?;
     }
     {
         let mut t = txn.open_table(LOG)?;
-        let mut buf = Vec::new();
+        let (mut json, mut sealed) = (Vec::new(), Vec::new());
         for e in entries {
-            buf.clear();
-            serde_json::to_writer(&mut buf, e).expect("log entries serialize");
-            t.insert(e.log_id.index, buf.as_slice())?;
+            json.clear();
+            serde_json::to_writer(&mut json, e).expect("log entries serialize");
+            let index = e.log_id.index;
+            checksum::seal_into(&index.to_be_bytes(), &json, &mut sealed);
+            t.insert(index, sealed.as_slice())?;
         }
     }
     txn.commit()?;
     Ok(())
 }
 
-fn decode_entry(index: u64, bytes: &[u8]) -> Result<Entry<TypeConfig>, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::corrupt("raft_log", index, e))
+/// Check and decode the log entry stored at `index`. An entry whose own index differs from
+/// its key is damage too (a value written under the wrong key).
+pub(crate) fn decode_entry(index: u64, stored: &[u8]) -> Result<Entry<TypeConfig>, StoreError> {
+    let json = checksum::open("raft_log", &index, &index.to_be_bytes(), stored)?;
+    let entry: Entry<TypeConfig> =
+        serde_json::from_slice(json).map_err(|e| StoreError::corrupt("raft_log", index, e))?;
+    if entry.log_id.index != index {
+        return Err(StoreError::corrupt(
+            "raft_log",
+            index,
+            format!("holds the entry of index {}", entry.log_id.index),
+        ));
+    }
+    Ok(entry)
 }
 
 /// The entries in the range: from the cached tail when it covers the range, else the part

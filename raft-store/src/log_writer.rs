@@ -230,7 +230,7 @@ impl LogWriter {
     /// Remove entries from `index` on, durably, after every append queued before.
     pub(crate) async fn truncate(&self, index: u64) -> Result<(), StoreError> {
         self.barrier(move |db| {
-            let txn = db.begin_write()?;
+            let txn = crate::files::write_txn(db, redb::Durability::Immediate)?;
             txn.open_table(LOG)?.retain_in(index.., |_, _| false)?;
             txn.commit()?;
             Ok(())
@@ -247,10 +247,8 @@ impl LogWriter {
         let state_db = self.state_db.clone();
         self.barrier(move |db| {
             crate::state_machine::make_durable(&state_db)?;
-            let bytes = serde_json::to_vec(&log_id).expect("log id serializes");
-            let txn = db.begin_write()?;
-            txn.open_table(RAFT_META)?
-                .insert(KEY_LAST_PURGED, bytes.as_slice())?;
+            let txn = crate::files::write_txn(db, redb::Durability::Immediate)?;
+            crate::tables::put_json(&mut txn.open_table(RAFT_META)?, KEY_LAST_PURGED, &log_id)?;
             txn.open_table(LOG)?
                 .retain_in(..=log_id.index, |_, _| false)?;
             txn.commit()?;

@@ -7,6 +7,7 @@ use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
 use tokio::sync::watch;
 
 use crate::apply::RulesState;
+use crate::checksum::check_event;
 use crate::error::StoreError;
 use crate::snapshot::write_records;
 use crate::tables::*;
@@ -69,8 +70,9 @@ impl StateReader {
         let events = txn.open_table(EVENTS)?;
         let mut out = Vec::new();
         for row in events.range((topic, from)..(topic, u64::MAX))?.take(limit) {
-            let (_, v) = row?;
-            out.push(v.value().to_string());
+            let (k, v) = row?;
+            let offset = k.value().1;
+            out.push(check_event("events", topic, offset, v.value())?.to_string());
         }
         Ok(Page {
             next_offset: from + out.len() as u64,
@@ -105,7 +107,7 @@ impl StateReader {
                     "event missing",
                 )
             })?;
-            out.push(ev.value().to_string());
+            out.push(check_event("events", &topic, offset, ev.value())?.to_string());
         }
         Ok(Page {
             next_offset: from + out.len() as u64,
@@ -163,11 +165,7 @@ impl StateReader {
         };
         let txn = self.txn()?;
         let meta = txn.open_table(SM_META)?;
-        let rules: RulesState = match meta.get(KEY_RULES)? {
-            None => RulesState::default(),
-            Some(v) => serde_json::from_slice(v.value())
-                .map_err(|e| StoreError::corrupt("sm_meta", KEY_RULES, e))?,
-        };
+        let rules: RulesState = get_json(&meta, "sm_meta", KEY_RULES)?.unwrap_or_default();
         let rules = Arc::new(rules);
         let mut inner = self.rules.inner.lock().expect("rules cache lock");
         if inner.0 == generation {
@@ -211,7 +209,12 @@ impl StateReader {
     pub fn event_secret(&self, topic: &str, offset: u64) -> Result<Option<String>, StoreError> {
         let txn = self.txn()?;
         let t = txn.open_table(EVENT_SECRETS)?;
-        Ok(t.get((topic, offset))?.map(|g| g.value().to_string()))
+        match t.get((topic, offset))? {
+            None => Ok(None),
+            Some(g) => Ok(Some(
+                check_event("event_secrets", topic, offset, g.value())?.to_string(),
+            )),
+        }
     }
 
     /// Number of idempotency records held.

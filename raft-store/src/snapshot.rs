@@ -1,10 +1,13 @@
 //! Snapshots as files: written from one consistent redb read transaction, streamed record by
 //! record, never the whole store in memory.
 //!
-//! Format (version 1): the magic `UQSNAP` and a format byte, the openraft `SnapshotMeta` as
-//! length-prefixed JSON, then one record per state-machine row (`table tag`, key bytes, value
-//! bytes, each length-prefixed, in redb's own encoding of the table's types), then an end
-//! marker with the record count so a truncated file is detected.
+//! Format (version 2): the magic `UQSNAP` and a format byte, the openraft `SnapshotMeta` as
+//! length-prefixed JSON and its CRC-32C, then one record per state-machine row (`table tag`,
+//! key bytes, value bytes, each length-prefixed, in redb's own encoding of the table's types,
+//! then the record's CRC-32C over tag, key and value), then an end marker with the record
+//! count so a truncated file is detected. A snapshot is checked whole when a node starts on
+//! it, and record by record as it is installed (inside the install's transaction, so a
+//! damaged one changes nothing).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
@@ -18,12 +21,13 @@ use openraft::SnapshotMeta;
 use redb::{Key, ReadTransaction, ReadableTable, Table, TableDefinition, Value, WriteTransaction};
 use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, ReadBuf};
 
+use crate::checksum;
 use crate::error::StoreError;
 use crate::tables::state_machine_tables;
 use crate::tables::*;
 use crate::types::{Node, NodeId};
 
-const MAGIC: &[u8; 7] = b"UQSNAP\x01";
+const MAGIC: &[u8; 7] = b"UQSNAP\x02";
 const END_TAG: u8 = 0xFF;
 /// No key or value of a state-machine row is this large.
 const RECORD_BYTES_MAX: usize = 64 * 1024 * 1024;
@@ -124,6 +128,11 @@ impl SnapshotDir {
             seq: AtomicU64::new(0),
             current_index: Mutex::new(None),
         };
+        let current = dir.current()?;
+        if let Some((_, mut file)) = current {
+            let path = dir.dir.join(CURRENT).display().to_string();
+            verify(&mut file).map_err(|e| e.in_file(&path))?;
+        }
         let index = dir
             .current()?
             .and_then(|(m, _)| m.last_log_id.map(|l| l.index));
@@ -182,7 +191,8 @@ impl SnapshotDir {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let meta = read_header(&mut BufReader::new(&mut file))?;
+        let meta = read_header(&mut BufReader::new(&mut file))
+            .map_err(|e| e.in_file(&path.display().to_string()))?;
         file.seek(SeekFrom::Start(0))?;
         Ok(Some((meta, SnapshotFile::new(file))))
     }
@@ -254,9 +264,13 @@ fn dump_table<K: Key + 'static, V: Value + 'static>(
     let mut n = 0;
     for row in table.iter()? {
         let (k, v) = row?;
+        let (kv, vv) = (k.value(), v.value());
+        let (k, v) = (K::as_bytes(&kv), V::as_bytes(&vv));
+        let (k, v) = (k.as_ref(), v.as_ref());
         w.write_all(&[tag])?;
-        write_len_prefixed(w, K::as_bytes(&k.value()).as_ref())?;
-        write_len_prefixed(w, V::as_bytes(&v.value()).as_ref())?;
+        write_len_prefixed(w, k)?;
+        write_len_prefixed(w, v)?;
+        w.write_all(&checksum::sum(&[&[tag], k, v]).to_le_bytes())?;
         n += 1;
     }
     Ok(n)
@@ -281,10 +295,9 @@ fn write_snapshot(
     w: &mut impl Write,
 ) -> Result<(), StoreError> {
     w.write_all(MAGIC)?;
-    write_len_prefixed(
-        w,
-        &serde_json::to_vec(meta).expect("snapshot meta serializes"),
-    )?;
+    let meta = serde_json::to_vec(meta).expect("snapshot meta serializes");
+    write_len_prefixed(w, &meta)?;
+    w.write_all(&checksum::sum(&[&meta]).to_le_bytes())?;
     let n = write_records(txn, w)?;
     w.write_all(&[END_TAG])?;
     w.write_all(&n.to_be_bytes())?;
@@ -292,24 +305,76 @@ fn write_snapshot(
     Ok(())
 }
 
-fn read_header(r: &mut impl Read) -> Result<Meta, StoreError> {
-    let mut magic = [0u8; 7];
-    r.read_exact(&mut magic)?;
-    if &magic != MAGIC {
-        return Err(StoreError::Snapshot(
-            "not a uniqlog snapshot, or a format version this build does not read".into(),
-        ));
+/// A damaged part of a snapshot (`in_file` names the file once it is known).
+fn damaged(part: impl ToString, reason: impl ToString) -> StoreError {
+    StoreError::Corrupt {
+        file: "a snapshot".into(),
+        table: "snapshot".into(),
+        key: part.to_string(),
+        reason: reason.to_string(),
     }
-    let mut buf = Vec::new();
-    read_len_prefixed(r, &mut buf)?;
-    serde_json::from_slice(&buf).map_err(|e| StoreError::Snapshot(format!("bad header: {e}")))
 }
 
+/// Reading a snapshot's bytes: running out early is damage (a truncated file), anything
+/// else an I/O error.
+fn read_part(part: impl ToString, read: io::Result<()>) -> Result<(), StoreError> {
+    match read {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(damaged(part, "truncated")),
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => Err(damaged(part, e)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn read_crc(r: &mut impl Read, part: impl ToString) -> Result<u32, StoreError> {
+    let mut crc = [0u8; 4];
+    read_part(part, r.read_exact(&mut crc))?;
+    Ok(u32::from_le_bytes(crc))
+}
+
+fn read_header(r: &mut impl Read) -> Result<Meta, StoreError> {
+    let mut magic = [0u8; 7];
+    read_part("header", r.read_exact(&mut magic))?;
+    if &magic[..6] != &MAGIC[..6] {
+        return Err(damaged("header", "not a uniqlog snapshot"));
+    }
+    if magic[6] != MAGIC[6] {
+        return Err(StoreError::Unsupported(format!(
+            "a snapshot in format {}; this build reads snapshot format {} only",
+            magic[6], MAGIC[6]
+        )));
+    }
+    let mut buf = Vec::new();
+    read_part("header", read_len_prefixed(r, &mut buf))?;
+    if read_crc(r, "header")? != checksum::sum(&[&buf]) {
+        return Err(damaged("header", "checksum mismatch"));
+    }
+    serde_json::from_slice(&buf).map_err(|e| damaged("header", e))
+}
+
+/// Check every record of a snapshot file, changing nothing.
+pub(crate) fn verify(data: &mut SnapshotFile) -> Result<Meta, StoreError> {
+    let mut r = BufReader::new(data.rewound()?);
+    let meta = read_header(&mut r)?;
+    read_records(&mut r, |_, _, _| Ok(()))?;
+    Ok(meta)
+}
+
+/// Insert a record's bytes, once its checksum passed. A key or value of the wrong width for
+/// its table would make redb panic on decoding: refuse it as damage.
 fn insert_raw<K: Key + 'static, V: Value + 'static>(
     t: &mut Table<'_, K, V>,
+    n: u64,
     k: &[u8],
     v: &[u8],
 ) -> Result<(), StoreError> {
+    let fits = |width: Option<usize>, bytes: &[u8]| width.is_none_or(|w| w == bytes.len());
+    if !fits(K::fixed_width(), k) || !fits(V::fixed_width(), v) {
+        return Err(damaged(
+            format!("record {n}"),
+            "key or value of the wrong width for its table",
+        ));
+    }
     t.insert(K::from_bytes(k), V::from_bytes(v))?;
     Ok(())
 }
@@ -326,9 +391,9 @@ pub(crate) fn load_snapshot(
         ($($tag:literal $table:ident $name:ident),*) => {{
             $( txn.delete_table($table)?; )*
             $( let mut $name = txn.open_table($table)?; )*
-            read_records(&mut r, |tag, k, v| match tag {
-                $( $tag => insert_raw(&mut $name, k, v), )*
-                t => Err(StoreError::Snapshot(format!("unknown record tag {t}"))),
+            read_records(&mut r, |n, k, v| match k.0 {
+                $( $tag => insert_raw(&mut $name, n, k.1, v), )*
+                t => Err(damaged(format!("record {n}"), format!("unknown table tag {t}"))),
             })?;
         }};
     }
@@ -336,30 +401,42 @@ pub(crate) fn load_snapshot(
     Ok(meta)
 }
 
-/// Read records until the end marker, checking the count, handing each to `insert`.
+/// Read records until the end marker, checking each record's checksum and the count, handing
+/// each checked record (its number, (tag, key), value) to `insert`.
 fn read_records(
     r: &mut impl Read,
-    mut insert: impl FnMut(u8, &[u8], &[u8]) -> Result<(), StoreError>,
+    mut insert: impl FnMut(u64, (u8, &[u8]), &[u8]) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
     let (mut k, mut v) = (Vec::new(), Vec::new());
     let mut n: u64 = 0;
     loop {
+        let part = || format!("record {n}");
         let mut tag = [0u8; 1];
-        r.read_exact(&mut tag)?;
+        read_part(part(), r.read_exact(&mut tag))?;
         if tag[0] == END_TAG {
             let mut count = [0u8; 8];
-            r.read_exact(&mut count)?;
+            read_part("end marker", r.read_exact(&mut count))?;
             if u64::from_be_bytes(count) != n {
-                return Err(StoreError::Snapshot(format!(
-                    "record count mismatch: end marker says {}, read {n}",
-                    u64::from_be_bytes(count)
-                )));
+                return Err(damaged(
+                    "end marker",
+                    format!(
+                        "says {} records, the file holds {n}",
+                        u64::from_be_bytes(count)
+                    ),
+                ));
+            }
+            let mut rest = [0u8; 1];
+            if r.read(&mut rest)? != 0 {
+                return Err(damaged("end marker", "bytes after it"));
             }
             break;
         }
-        read_len_prefixed(r, &mut k)?;
-        read_len_prefixed(r, &mut v)?;
-        insert(tag[0], &k, &v)?;
+        read_part(part(), read_len_prefixed(r, &mut k))?;
+        read_part(part(), read_len_prefixed(r, &mut v))?;
+        if read_crc(r, part())? != checksum::sum(&[&tag, &k, &v]) {
+            return Err(damaged(part(), "checksum mismatch"));
+        }
+        insert(n, (tag[0], &k), &v)?;
         n += 1;
     }
     Ok(())

@@ -7,7 +7,7 @@ use openraft::{
     Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot, StorageError,
     StoredMembership,
 };
-use redb::{Database, Durability, ReadableDatabase, ReadableTable};
+use redb::{Database, Durability, ReadableDatabase};
 use tokio::sync::watch;
 
 use crate::apply::{apply_request, DataTables, EntryContext};
@@ -32,16 +32,6 @@ pub struct StateMachine {
 
 type Membership = StoredMembership<NodeId, Node>;
 
-fn put_json<T: serde::Serialize>(
-    t: &mut redb::Table<'_, &'static str, &'static [u8]>,
-    key: &str,
-    value: &T,
-) -> Result<(), StoreError> {
-    let bytes = serde_json::to_vec(value).expect("state machine metadata serializes");
-    t.insert(key, bytes.as_slice())?;
-    Ok(())
-}
-
 pub(crate) fn applied_state(
     db: &Database,
 ) -> Result<(Option<LogId<NodeId>>, Membership), StoreError> {
@@ -56,8 +46,7 @@ const APPLIED_BETWEEN_SYNCS_MAX: u64 = 1024;
 
 /// Make every earlier non-durable commit of the state file durable.
 pub(crate) fn make_durable(db: &Database) -> Result<(), StoreError> {
-    let mut sync = db.begin_write()?;
-    sync.set_durability(Durability::Immediate)?;
+    let sync = crate::files::write_txn(db, Durability::Immediate)?;
     sync.commit()?;
     Ok(())
 }
@@ -73,8 +62,7 @@ fn apply_batch(
     entries: Vec<Entry<TypeConfig>>,
     durable: bool,
 ) -> Result<(Vec<LogResponse>, u64), StoreError> {
-    let mut txn = db.begin_write()?;
-    txn.set_durability(if durable {
+    let txn = crate::files::write_txn(db, if durable {
         Durability::Immediate
     } else {
         Durability::None
@@ -83,11 +71,7 @@ fn apply_batch(
     let mut last_index = 0;
     {
         let mut tables = DataTables::open(&txn)?;
-        let mut log_time: u64 = match tables.meta().get(KEY_LOG_TIME)? {
-            Some(v) => serde_json::from_slice(v.value())
-                .map_err(|e| StoreError::corrupt("sm_meta", KEY_LOG_TIME, e))?,
-            None => 0,
-        };
+        let mut log_time: u64 = get_json(tables.meta(), "sm_meta", KEY_LOG_TIME)?.unwrap_or(0);
         let mut last_applied = None;
         let mut membership = None;
         for entry in &entries {
@@ -190,7 +174,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let meta = meta.clone();
         let last_index = meta.last_log_id.map_or(0, |l| l.index);
         blocking(move || -> Result<(), StoreError> {
-            let txn = db.begin_write()?;
+            let txn = crate::files::write_txn(&db, Durability::Immediate)?;
             load_snapshot(&txn, &mut snapshot)?;
             {
                 // openraft's meta is authoritative for what the snapshot covers.
@@ -242,19 +226,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             make_durable(&db)?;
             let (last_log_id, last_membership) = {
                 let t = txn.open_table(SM_META)?;
-                let read = |key: &str| -> Result<Option<Vec<u8>>, StoreError> {
-                    Ok(t.get(key)?.map(|v| v.value().to_vec()))
-                };
-                let last: Option<LogId<NodeId>> = match read(KEY_LAST_APPLIED)? {
-                    Some(b) => serde_json::from_slice(&b)
-                        .map_err(|e| StoreError::corrupt("sm_meta", KEY_LAST_APPLIED, e))?,
-                    None => None,
-                };
-                let membership: Membership = match read(KEY_MEMBERSHIP)? {
-                    Some(b) => serde_json::from_slice(&b)
-                        .map_err(|e| StoreError::corrupt("sm_meta", KEY_MEMBERSHIP, e))?,
-                    None => Membership::default(),
-                };
+                let last: Option<LogId<NodeId>> =
+                    get_json(&t, "sm_meta", KEY_LAST_APPLIED)?.flatten();
+                let membership: Membership =
+                    get_json(&t, "sm_meta", KEY_MEMBERSHIP)?.unwrap_or_default();
                 (last, membership)
             };
             let meta = Meta {

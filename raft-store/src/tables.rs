@@ -1,25 +1,39 @@
-//! The redb tables of a node's single data file, and the small codecs around them.
+//! The redb tables of a node's two data files (the Raft log's and the state machine's), and
+//! the small codecs around them.
 //!
-//! One file holds the Raft log, the vote and the state machine. That is deliberate: apply
-//! commits without fsync (`Durability::None`), and every later durable commit of the same file
-//! (a log append, a vote, a purge) makes those applies durable too. So a purge, which is
-//! durable, can never outrun the state machine it relies on.
+//! Every value that is not a plain number carries a checksum (`crate::checksum`): log
+//! entries and metadata values are sealed byte strings, events are `(checksum, text)`.
 
-use redb::TableDefinition;
+use redb::{ReadableTable, Table, TableDefinition};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
-/// Raft log: index -> JSON-encoded `openraft::Entry`.
+use crate::checksum;
+use crate::error::StoreError;
+
+/// Both files: `version` -> the on-disk format the file is written in ([`FORMAT_VERSION`]).
+pub const FORMAT: TableDefinition<&str, u64> = TableDefinition::new("format");
+pub const KEY_FORMAT_VERSION: &str = "version";
+/// The on-disk format this build writes and reads. 1: checksums on every record and a format
+/// table. Files without the table come from an earlier build and are refused.
+pub const FORMAT_VERSION: u64 = 1;
+
+/// Raft log: index -> JSON-encoded `openraft::Entry`, sealed under the index.
 pub const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
-/// Raft metadata: `vote`, `committed`, `last_purged` -> JSON.
+/// Raft metadata: `vote`, `committed`, `last_purged` -> JSON, sealed under the key.
 pub const RAFT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
 
-/// State machine metadata: `last_applied`, `membership`, `log_time_ms` -> JSON.
+/// State machine metadata: `last_applied`, `membership`, `log_time_ms`, `rules` -> JSON,
+/// sealed under the key.
 pub const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
 /// topic -> number of events (the next offset).
 pub const TOPICS: TableDefinition<&str, u64> = TableDefinition::new("topics");
-/// (topic, offset) -> the event as served to readers (JSON text).
-pub const EVENTS: TableDefinition<(&str, u64), &str> = TableDefinition::new("events");
-/// (topic, offset) -> the event's secret fields (JSON text). Never served to readers.
-pub const EVENT_SECRETS: TableDefinition<(&str, u64), &str> = TableDefinition::new("event_secrets");
+/// (topic, offset) -> (checksum, the event as served to readers, JSON text).
+pub const EVENTS: TableDefinition<(&str, u64), (u32, &str)> = TableDefinition::new("events");
+/// (topic, offset) -> (checksum, the event's secret fields, JSON text). Never served to
+/// readers.
+pub const EVENT_SECRETS: TableDefinition<(&str, u64), (u32, &str)> =
+    TableDefinition::new("event_secrets");
 /// stream -> (topic it belongs to, version = number of its events).
 pub const STREAMS: TableDefinition<&str, (&str, u64)> = TableDefinition::new("streams");
 /// (stream, version) -> topic offset of the stream's `version`-th event (1-based).
@@ -68,3 +82,29 @@ macro_rules! state_machine_tables {
     };
 }
 pub(crate) use state_machine_tables;
+
+/// Write `value` as sealed JSON under `key` of a metadata table (`raft_meta`, `sm_meta`).
+pub(crate) fn put_json<T: Serialize>(
+    t: &mut Table<'_, &'static str, &'static [u8]>,
+    key: &str,
+    value: &T,
+) -> Result<(), StoreError> {
+    let json = serde_json::to_vec(value).expect("metadata serializes");
+    t.insert(key, checksum::seal(key.as_bytes(), &json).as_slice())?;
+    Ok(())
+}
+
+/// Read the sealed JSON under `key` of the metadata table `table` (named for errors).
+pub(crate) fn get_json<T: DeserializeOwned>(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+    table: &str,
+    key: &str,
+) -> Result<Option<T>, StoreError> {
+    let Some(v) = t.get(key)? else {
+        return Ok(None);
+    };
+    let json = checksum::open(table, &key, key.as_bytes(), v.value())?;
+    serde_json::from_slice(json)
+        .map(Some)
+        .map_err(|e| StoreError::corrupt(table, key, e))
+}
