@@ -160,6 +160,7 @@ impl App {
         // The leader serves this on its peer router, which requires the cluster secret.
         let mut req = HttpRequest::post(FORWARD_PATH, body);
         crate::cluster_secret::sign(&mut req, self.cluster_secret.as_deref());
+        crate::peer_protocol::stamp(&mut req);
         match self.transport.send(addr, req, wait).await {
             Ok(resp) if resp.status == 200 => serde_json::from_slice(&resp.body)
                 .map_err(|e| ApiError::internal(format!("bad answer from the leader: {e}"))),
@@ -330,9 +331,13 @@ impl App {
         }
     }
 
-    /// Why Raft stopped on this node, if it did: a fatal error, such as a failed storage
-    /// write or fsync. Such a node must not serve; only a restart recovers it.
+    /// Why this node must stop, if it must: damaged data found while serving, or a fatal
+    /// Raft error, such as a failed storage write or fsync. Such a node must not serve; a
+    /// restart recovers it from a failed write, only a rebuild from damage.
     pub fn fatal(&self) -> Option<String> {
+        if let Some(damage) = self.reader.damage() {
+            return Some(damage.to_string());
+        }
         self.raft
             .metrics()
             .borrow()

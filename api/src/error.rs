@@ -30,6 +30,9 @@ pub enum ApiError {
     /// No or wrong credentials (a token, or a peer's cluster secret).
     #[error("{message}")]
     Unauthorized { message: String },
+    /// A peer RPC of another peer protocol version (`peer_protocol`).
+    #[error("{message}")]
+    PeerProtocol { message: String },
     /// A valid token whose role is too low.
     #[error("{message}")]
     Forbidden { message: String },
@@ -127,7 +130,8 @@ impl ApiError {
             | ApiError::OverLimit { .. }
             | ApiError::Validation { .. }
             | ApiError::StreamInOtherTopic { .. }
-            | ApiError::IdempotencyKeyReused { .. } => StatusCode::BAD_REQUEST,
+            | ApiError::IdempotencyKeyReused { .. }
+            | ApiError::PeerProtocol { .. } => StatusCode::BAD_REQUEST,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
@@ -158,6 +162,7 @@ impl ApiError {
             ApiError::StreamInOtherTopic { .. } => "stream_in_other_topic",
             ApiError::NotFound { .. } => "not_found",
             ApiError::Unauthorized { .. } => "unauthorized",
+            ApiError::PeerProtocol { .. } => "peer_protocol_mismatch",
             ApiError::Forbidden { .. } => "forbidden",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::VersionConflict { .. } => "version_conflict",
@@ -191,6 +196,7 @@ impl ApiError {
             | ApiError::StreamInOtherTopic { .. }
             | ApiError::NotFound { .. }
             | ApiError::Unauthorized { .. }
+            | ApiError::PeerProtocol { .. }
             | ApiError::Forbidden { .. }
             | ApiError::MethodNotAllowed
             | ApiError::VersionConflict { .. }
@@ -255,10 +261,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Replicated conflicts (409) as HTTP errors. The owner of a taken key is not disclosed.
 /// A storage error on this node: 503 when the disk failed (the node stops serving once Raft
 /// notices, and must be restarted; another node can answer), 500 for damaged or unreadable
-/// records.
+/// records (the node stops too: the damaged data is never served).
 impl From<raft_store::StoreError> for ApiError {
     fn from(e: raft_store::StoreError) -> Self {
         use raft_store::StoreError;
@@ -266,12 +271,15 @@ impl From<raft_store::StoreError> for ApiError {
             StoreError::Redb(_) | StoreError::Io(_) | StoreError::Stopped => ApiError::unavailable(
                 format!("this node's storage failed ({e}); it stops serving: ask another node"),
             ),
-            StoreError::Corrupt { .. } | StoreError::Snapshot(_) | StoreError::Unsupported(_) => {
-                ApiError::internal(e)
-            }
+            StoreError::Corrupt { .. } | StoreError::DamagedFile { .. } => ApiError::internal(
+                format!("this node found damaged data ({e}); it stops serving: ask another node"),
+            ),
+            StoreError::Snapshot(_) | StoreError::Unsupported(_) => ApiError::internal(e),
         }
     }
 }
+
+/// Replicated conflicts (409) as HTTP errors. The owner of a taken key is not disclosed.
 
 impl From<raft_store::Conflict> for ApiError {
     fn from(c: raft_store::Conflict) -> Self {

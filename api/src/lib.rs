@@ -13,6 +13,7 @@ mod json_check;
 pub mod limits;
 pub mod openapi;
 pub mod peer;
+pub mod peer_protocol;
 pub mod propose;
 pub mod routes;
 pub mod server;

@@ -35,6 +35,8 @@ use crate::transport::{HttpRequest, Transport};
 pub const APPEND_PATH: &str = "/raft/append";
 pub const VOTE_PATH: &str = "/raft/vote";
 pub const SNAPSHOT_PATH: &str = "/raft/snapshot";
+/// The CRC-32C of a snapshot chunk's data, in decimal.
+pub const CHUNK_CRC_HEADER: &str = "x-uniqlog-chunk-crc32c";
 
 /// Largest peer RPC body. Client bodies are bounded by `[limits] body_bytes_max`, so one entry
 /// always fits; a batch that does not is split (openraft retries with fewer entries when told
@@ -59,6 +61,9 @@ pub fn peer_router(app: SharedApp) -> Router {
         .route(SNAPSHOT_PATH, post(snapshot))
         .route(FORWARD_PATH, post(forwarded))
         .layer(axum::extract::DefaultBodyLimit::max(PEER_BODY_BYTES_MAX))
+        // Inside the secret check: a caller without the secret learns nothing, a peer of
+        // another build learns why it is refused.
+        .route_layer(axum::middleware::from_fn(crate::peer_protocol::require))
         .route_layer(axum::middleware::from_fn_with_state(
             app.clone(),
             crate::cluster_secret::require,
@@ -87,8 +92,25 @@ async fn vote(State(app): State<SharedApp>, body: Bytes) -> Result<Response, Api
 /// complete the snapshot: this node would install garbage. So a chunk that would leave a hole
 /// is refused as a mismatch, and the leader starts the stream again from offset 0
 /// (simulation seed 143 found it).
-async fn snapshot(State(app): State<SharedApp>, body: Bytes) -> Result<Response, ApiError> {
+///
+/// Each chunk carries the CRC-32C of its data (`x-uniqlog-chunk-crc32c`); a chunk damaged on
+/// the way is refused before it is written, and the leader sends it again.
+async fn snapshot(
+    State(app): State<SharedApp>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let req: InstallSnapshotRequest<TypeConfig> = parse_json(&body)?;
+    let sent_crc = headers
+        .get(CHUNK_CRC_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u32>().ok());
+    if sent_crc != Some(crc32c::crc32c(&req.data)) {
+        tracing::warn!(snapshot = %req.meta.snapshot_id, offset = req.offset, "refused a snapshot chunk whose checksum does not match its data");
+        return Err(ApiError::bad_request(
+            "snapshot chunk without its checksum, or damaged on the way",
+        ));
+    }
     let mut received = app.snapshot_received.lock().await;
     let id = req.meta.snapshot_id.clone();
     let written = match &*received {
@@ -194,9 +216,21 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        self.send_request(self.request(path, body), option).await
+    }
+
+    async fn send_request<Resp, E>(
+        &self,
+        req: HttpRequest,
+        option: &RPCOption,
+    ) -> RpcResult<Resp, E>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
         let resp = self
             .transport
-            .send(&self.addr, self.request(path, body), option.hard_ttl())
+            .send(&self.addr, req, option.hard_ttl())
             .await
             .map_err(|e| {
                 if e.nothing_sent() {
@@ -209,6 +243,18 @@ impl PeerClient {
             tracing::error!(
                 peer = self.target,
                 "peer refused our cluster secret: check [auth] cluster_secret on both"
+            );
+        }
+        if resp.status == 400
+            && resp
+                .body
+                .windows(22)
+                .any(|w| w == b"peer_protocol_mismatch")
+        {
+            tracing::error!(
+                peer = self.target,
+                ours = crate::peer_protocol::VERSION,
+                "peer refused our peer protocol version: run the same uniqlog build on every node"
             );
         }
         if resp.status != 200 {
@@ -230,6 +276,7 @@ impl PeerClient {
     fn request(&self, path: &str, body: Vec<u8>) -> HttpRequest {
         let mut req = HttpRequest::post(path, body);
         crate::cluster_secret::sign(&mut req, self.cluster_secret.as_deref());
+        crate::peer_protocol::stamp(&mut req);
         req
     }
 }
@@ -256,7 +303,15 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        self.call(SNAPSHOT_PATH, &rpc, &option).await
+        let crc = crc32c::crc32c(&rpc.data);
+        let body =
+            serde_json::to_vec(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mut req = self.request(SNAPSHOT_PATH, body);
+        req.headers.push((
+            axum::http::HeaderName::from_static(CHUNK_CRC_HEADER),
+            crc.to_string(),
+        ));
+        self.send_request(req, &option).await
     }
 
     async fn vote(

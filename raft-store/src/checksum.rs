@@ -42,7 +42,11 @@ pub(crate) fn open<'a>(
     stored: &'a [u8],
 ) -> Result<&'a [u8], StoreError> {
     if stored.len() < 4 {
-        return Err(StoreError::corrupt(table, shown_key, "value shorter than its checksum"));
+        return Err(StoreError::corrupt(
+            table,
+            shown_key,
+            "value shorter than its checksum",
+        ));
     }
     let (crc, payload) = stored.split_at(4);
     let crc = u32::from_le_bytes(crc.try_into().expect("4 bytes"));

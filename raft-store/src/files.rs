@@ -20,8 +20,7 @@ use std::path::Path;
 
 use redb::{
     Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, StorageBackend,
-    TableDefinition,
-    TableError, WriteTransaction,
+    TableDefinition, TableError, WriteTransaction,
 };
 
 use crate::checksum;
@@ -44,7 +43,8 @@ pub(crate) fn write_txn(
 
 fn builder(cache_bytes: usize) -> redb::Builder {
     let mut b = Database::builder();
-    b.set_cache_size(cache_bytes).set_check_integrity_on_open(true);
+    b.set_cache_size(cache_bytes)
+        .set_check_integrity_on_open(true);
     b
 }
 
@@ -142,7 +142,9 @@ where
 /// metadata value. The log is bounded by the snapshot policy, so this is cheap enough for
 /// every start.
 pub(crate) fn verify_log_records(db: &impl ReadableDatabase) -> Result<(), StoreError> {
-    each_row(db, LOG, |index, stored| decode_entry(index, stored).map(drop))?;
+    each_row(db, LOG, |index, stored| {
+        decode_entry(index, stored).map(drop)
+    })?;
     each_row(db, RAFT_META, |key, stored| {
         checksum::open("raft_meta", &key, key.as_bytes(), stored).map(drop)
     })

@@ -6,6 +6,7 @@
 
 mod apply;
 mod checksum;
+mod damage;
 mod error;
 mod files;
 mod idempotency;
@@ -30,6 +31,7 @@ use redb::{Database, Durability, StorageBackend};
 use tokio::sync::watch;
 
 pub use apply::RulesState;
+pub use damage::Damage;
 pub use error::StoreError;
 pub use idempotency::Record as IdempotencyRecord;
 pub use log_store::LogStore;
@@ -60,6 +62,8 @@ pub struct Storage {
     pub log: LogStore,
     pub state_machine: StateMachine,
     pub reader: StateReader,
+    /// Damage found while running (see [`Damage`]).
+    pub damage: Damage,
 }
 
 impl Storage {
@@ -129,16 +133,19 @@ impl Storage {
         let snapshots = snapshot::SnapshotDir::open(snapshot_dir)?;
         snapshots.forget_if_older_than(last_applied.map(|l| l.index))?;
         let rules = Arc::new(read::RulesCache::default());
+        let damage = Damage::default();
         let state_machine = StateMachine {
             db: db.clone(),
             snapshots: Arc::new(snapshots),
             applied: Arc::new(tx),
             rules: rules.clone(),
+            damage: damage.clone(),
         };
         Ok(Storage {
-            log: LogStore::new(log_db, db.clone()),
-            reader: StateReader::new(db, rx, rules),
+            log: LogStore::new(log_db, db.clone(), damage.clone()),
+            reader: StateReader::new(db, rx, rules, damage.clone()),
             state_machine,
+            damage,
         })
     }
 }

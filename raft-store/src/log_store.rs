@@ -27,14 +27,16 @@ use crate::types::{NodeId, TypeConfig};
 pub struct LogStore {
     db: Arc<Database>,
     writer: Arc<LogWriter>,
+    damage: crate::Damage,
 }
 
 impl LogStore {
     /// The log in `db`; `state_db` is the state machine's file, made durable before any purge.
-    pub(crate) fn new(db: Arc<Database>, state_db: Arc<Database>) -> Self {
+    pub(crate) fn new(db: Arc<Database>, state_db: Arc<Database>, damage: crate::Damage) -> Self {
         LogStore {
             writer: Arc::new(LogWriter::new(db.clone(), state_db)),
             db,
+            damage,
         }
     }
 }
@@ -166,7 +168,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let (db, writer) = (self.db.clone(), self.writer.clone());
         blocking(move || read_entries(&db, &writer.cache, start, end))
             .await
-            .map_err(logs_read)
+            .map_err(|e| logs_read(self.damage.saw(e)))
     }
 }
 
@@ -197,7 +199,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             })
         })
         .await
-        .map_err(logs_read)
+        .map_err(|e| logs_read(self.damage.saw(e)))
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -234,7 +236,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         blocking(move || get_meta::<Option<LogId<NodeId>>>(&db, RAFT_META, KEY_COMMITTED))
             .await
             .map(Option::flatten)
-            .map_err(logs_read)
+            .map_err(|e| logs_read(self.damage.saw(e)))
     }
 
     async fn append<I>(
@@ -251,13 +253,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        self.writer.truncate(log_id.index).await.map_err(logs_write)
+        self.writer
+            .truncate(log_id.index)
+            .await
+            .map_err(|e| logs_write(self.damage.saw(e)))
     }
 
     /// Durable, and only after the state machine's file is: the log is never purged past what
     /// the state machine kept (its applies are not fsynced one by one).
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        self.writer.purge(log_id).await.map_err(logs_write)
+        self.writer
+            .purge(log_id)
+            .await
+            .map_err(|e| logs_write(self.damage.saw(e)))
     }
 }
 

@@ -44,6 +44,7 @@ pub struct StateReader {
     db: Arc<Database>,
     applied: watch::Receiver<u64>,
     rules: Arc<RulesCache>,
+    damage: crate::Damage,
 }
 
 impl StateReader {
@@ -51,8 +52,19 @@ impl StateReader {
         db: Arc<Database>,
         applied: watch::Receiver<u64>,
         rules: Arc<RulesCache>,
+        damage: crate::Damage,
     ) -> Self {
-        StateReader { db, applied, rules }
+        StateReader {
+            db,
+            applied,
+            rules,
+            damage,
+        }
+    }
+
+    /// Damage this node found while running, if any: such a node must stop.
+    pub fn damage(&self) -> Option<&str> {
+        self.damage.found()
     }
 
     /// A receiver that changes whenever entries are applied (value: last applied index).
@@ -66,6 +78,11 @@ impl StateReader {
 
     /// Events of `topic` from offset `from`, at most `limit`. An unknown topic is empty.
     pub fn read_topic(&self, topic: &str, from: u64, limit: usize) -> Result<Page, StoreError> {
+        let r = self.read_topic_rows(topic, from, limit);
+        self.damage.note(r)
+    }
+
+    fn read_topic_rows(&self, topic: &str, from: u64, limit: usize) -> Result<Page, StoreError> {
         let txn = self.txn()?;
         let events = txn.open_table(EVENTS)?;
         let mut out = Vec::new();
@@ -82,6 +99,11 @@ impl StateReader {
 
     /// Events of `stream` in order, skipping its first `from` events, at most `limit`.
     pub fn read_stream(&self, stream: &str, from: u64, limit: usize) -> Result<Page, StoreError> {
+        let r = self.read_stream_rows(stream, from, limit);
+        self.damage.note(r)
+    }
+
+    fn read_stream_rows(&self, stream: &str, from: u64, limit: usize) -> Result<Page, StoreError> {
         let txn = self.txn()?;
         let streams = txn.open_table(STREAMS)?;
         let Some(topic) = streams.get(stream)?.map(|g| g.value().0.to_string()) else {
@@ -207,6 +229,11 @@ impl StateReader {
 
     /// The secret fields stored with an event (for the node's own use, never served).
     pub fn event_secret(&self, topic: &str, offset: u64) -> Result<Option<String>, StoreError> {
+        let r = self.event_secret_rows(topic, offset);
+        self.damage.note(r)
+    }
+
+    fn event_secret_rows(&self, topic: &str, offset: u64) -> Result<Option<String>, StoreError> {
         let txn = self.txn()?;
         let t = txn.open_table(EVENT_SECRETS)?;
         match t.get((topic, offset))? {

@@ -28,6 +28,7 @@ pub struct StateMachine {
     pub(crate) applied: Arc<watch::Sender<u64>>,
     /// Dropped whenever the rules may have changed.
     pub(crate) rules: Arc<RulesCache>,
+    pub(crate) damage: crate::Damage,
 }
 
 type Membership = StoredMembership<NodeId, Node>;
@@ -62,11 +63,14 @@ fn apply_batch(
     entries: Vec<Entry<TypeConfig>>,
     durable: bool,
 ) -> Result<(Vec<LogResponse>, u64), StoreError> {
-    let txn = crate::files::write_txn(db, if durable {
-        Durability::Immediate
-    } else {
-        Durability::None
-    })?;
+    let txn = crate::files::write_txn(
+        db,
+        if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        },
+    )?;
     let mut responses = Vec::with_capacity(entries.len());
     let mut last_index = 0;
     {
@@ -116,7 +120,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         &mut self,
     ) -> Result<(Option<LogId<NodeId>>, Membership), StorageError<NodeId>> {
         let db = self.db.clone();
-        blocking(move || applied_state(&db)).await.map_err(sm_read)
+        blocking(move || applied_state(&db))
+            .await
+            .map_err(|e| sm_read(self.damage.saw(e)))
     }
 
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<LogResponse>, StorageError<NodeId>>
@@ -143,7 +149,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let durable = first / APPLIED_BETWEEN_SYNCS_MAX != (last + 1) / APPLIED_BETWEEN_SYNCS_MAX;
         let (responses, last_index) = blocking(move || apply_batch(&db, entries, durable))
             .await
-            .map_err(sm_write)?;
+            .map_err(|e| sm_write(self.damage.saw(e)))?;
         if sets_rules {
             self.rules.invalidate();
         }
@@ -161,7 +167,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.snapshots
             .receiving()
             .map(Box::new)
-            .map_err(snapshot_err)
+            .map_err(|e| snapshot_err(self.damage.saw(e)))
     }
 
     async fn install_snapshot(
@@ -192,7 +198,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             snapshots.keep(&mut snapshot, &meta)
         })
         .await
-        .map_err(snapshot_err)?;
+        .map_err(|e| snapshot_err(self.damage.saw(e)))?;
         self.rules.invalidate();
         self.applied.send_replace(last_index);
         Ok(())
@@ -204,7 +210,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let snapshots = self.snapshots.clone();
         let current = blocking(move || snapshots.current())
             .await
-            .map_err(snapshot_err)?;
+            .map_err(|e| snapshot_err(self.damage.saw(e)))?;
         Ok(current.map(|(meta, file)| Snapshot {
             meta,
             snapshot: Box::new(file),
@@ -241,7 +247,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             Ok(meta)
         })
         .await
-        .map_err(snapshot_err)?;
+        .map_err(|e| snapshot_err(self.damage.saw(e)))?;
         // Operators size disks and the snapshot policy by these; the log is purged after it.
         tracing::info!(
             index = meta.last_log_id.map(|l| l.index),

@@ -47,7 +47,19 @@ pub async fn node(config_path: &Path, id: u64) -> Result<()> {
     config.server_tls()?;
     // Peer RPC and forwarding: over TLS, trusting only `tls_ca`, when the cluster speaks TLS.
     let transport = Arc::new(HyperTransport::with_tls(config.client_tls()?));
-    let storage = open(&config, id).await?;
+    let storage = match open(&config, id).await {
+        Err(e)
+            if e.downcast_ref::<raft_store::StoreError>()
+                .is_some_and(|e| e.is_damage()) =>
+        {
+            anyhow::bail!(
+                "node {id} refuses to start: {e:#}.\n{}",
+                repair_steps(config_path, id)
+            )
+        }
+        opened => opened?,
+    };
+    let damage = storage.damage.clone();
     let node = start(&config, id, storage, transport).await?;
     let failure = tokio::select! {
         _ = terminated() => None,
@@ -57,11 +69,34 @@ pub async fn node(config_path: &Path, id: u64) -> Result<()> {
     node.shutdown().await;
     match failure {
         None => Ok(()),
+        Some(error) if damage.found().is_some() || error.contains("damaged") => anyhow::bail!(
+            "node {id} stopped: {error}.\n{}",
+            repair_steps(config_path, id)
+        ),
         Some(error) => anyhow::bail!(
             "node {id} stopped: {error}. Nothing it had not made durable was acknowledged; \
              restart it to recover from its disk"
         ),
     }
+}
+
+/// What the operator does with a node whose data is damaged. The node never repairs itself:
+/// rewriting its log in place could make it forget a vote it gave, and vote twice. It leaves
+/// the cluster and comes back empty under a new id, catching up from its peers.
+fn repair_steps(config_path: &Path, id: u64) -> String {
+    let c = config_path.display();
+    format!(
+        "Its data cannot be trusted, and this node will not repair it in place. The other \
+         nodes keep serving while a majority of them is up. To rebuild it:\n  \
+         1. uniqlog cluster remove --config {c} --id {id}      (run while a majority is up)\n  \
+         2. move this node's data dir away (keep it for a post-mortem) or delete it\n  \
+         3. give the node a new id: change its [[node]] id in {c} to an unused one, N\n  \
+         4. uniqlog node --config {c} --id N\n  \
+         5. uniqlog cluster add-learner --config {c} --id N\n  \
+         6. wait until `uniqlog cluster status --config {c}` shows it caught up, then\n     \
+            uniqlog cluster promote --config {c} --id N\n\
+         See README, Operations: damaged data."
+    )
 }
 
 /// The shipped `cluster.toml`: `uniqlog dev` takes its rules and limits, so the dev node

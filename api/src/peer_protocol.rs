@@ -1,0 +1,58 @@
+//! The peer protocol version: every peer RPC (Raft and forwarding) names the version of the
+//! messages it carries, and a node refuses any other.
+//!
+//! Peer messages are openraft's types and our forwarded operations as JSON, and the log
+//! entries inside them decide what apply does. A node of another build could decode them
+//! differently, or apply the same entry to a different result, and the replicas would diverge
+//! without an error. A build that changes the meaning or shape of a peer message, or what apply
+//! does with an entry, bumps [`VERSION`]; the refusal is then loud and immediate. Rolling
+//! upgrades between builds of the same version are safe (see README, Operations: upgrades).
+
+use axum::extract::Request;
+use axum::http::HeaderName;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::error::ApiError;
+use crate::transport::HttpRequest;
+
+/// The peer protocol this build speaks.
+pub const VERSION: u32 = 1;
+
+pub const HEADER: HeaderName = HeaderName::from_static("x-uniqlog-peer-protocol");
+
+/// Name this build's protocol version on an outgoing peer request.
+pub fn stamp(req: &mut HttpRequest) {
+    req.headers.push((HEADER, VERSION.to_string()));
+}
+
+/// Middleware of the peer routes: a request without this build's version gets 400
+/// `peer_protocol_mismatch` naming both versions, and a line in the log.
+pub async fn require(req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(HEADER)
+        .map(|v| v.to_str().unwrap_or("?").to_string());
+    if presented.as_deref() == Some(VERSION.to_string().as_str()) {
+        return next.run(req).await;
+    }
+    let theirs = presented.unwrap_or_else(|| "none".into());
+    tracing::error!(
+        path = %req.uri().path(),
+        theirs = %theirs,
+        ours = VERSION,
+        "refused a peer speaking another protocol version: run the same uniqlog build on every node"
+    );
+    ApiError::PeerProtocol {
+        message: format!(
+            "this node speaks peer protocol {VERSION}, the request {}; every node of a cluster \
+             must run a build of the same peer protocol version",
+            if theirs == "none" {
+                "names none".to_string()
+            } else {
+                format!("peer protocol {theirs}")
+            }
+        ),
+    }
+    .into_response()
+}
