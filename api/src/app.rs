@@ -29,6 +29,8 @@ pub struct App {
     pub id: NodeId,
     pub raft: Raft<TypeConfig>,
     pub reader: StateReader,
+    /// The free space writes need on this node's data disk.
+    pub disk: raft_store::DiskSpace,
     pub transport: Arc<dyn Transport>,
     pub limits: Limits,
     /// The config's node list: what `cluster init` bootstraps.
@@ -227,6 +229,7 @@ impl App {
     /// here. Concurrent requests share entries ([`crate::propose`]).
     #[tracing::instrument(level = "debug", skip_all)]
     async fn propose(&self, request: Request, timeout: Duration) -> Result<LeaderReply, ApiError> {
+        self.check_disk()?;
         let answer = self.proposer.propose(request, timeout).await?;
         Ok(LeaderReply::Written { answer })
     }
@@ -247,8 +250,18 @@ impl App {
             .map_err(ApiError::from)
     }
 
-    /// Propose one request and return its answer.
+    /// Refuse a write while this node's disk is nearly full: better a 503 now than a commit
+    /// that fails half way and stops the node.
+    fn check_disk(&self) -> Result<(), ApiError> {
+        self.disk
+            .check(self.limits.disk_free_min_bytes)
+            .map_err(|low| ApiError::unavailable(format!("node {}: {low}", self.id)))
+    }
+
+    /// Propose one request and return its answer. Both this node and the leader must have
+    /// room for it.
     pub async fn write(&self, request: Request, timeout: Duration) -> Result<Answer, ApiError> {
+        self.check_disk()?;
         match self.execute(LeaderOp::Write { request }, timeout).await? {
             LeaderReply::Written { answer } => Ok(answer),
             other => Err(ApiError::internal(format!("unexpected reply {other:?}"))),

@@ -29,6 +29,9 @@ pub struct Limits {
     pub header_read_timeout_ms: u64,
     /// Interval of keep-alive comments on server-sent-event streams.
     pub sse_keepalive_ms: u64,
+    /// Free space a node keeps on its data disk beyond the size of its last snapshot; below
+    /// it, writes answer 503 `unavailable` until space is freed (`raft_store::DiskSpace`).
+    pub disk_free_min_bytes: u64,
 }
 
 impl Default for Limits {
@@ -45,6 +48,7 @@ impl Default for Limits {
             connections_max: 1024,
             header_read_timeout_ms: 10_000,
             sse_keepalive_ms: 15_000,
+            disk_free_min_bytes: 256 * 1024 * 1024,
         }
     }
 }

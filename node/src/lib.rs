@@ -114,6 +114,7 @@ pub async fn start(
         id,
         raft: raft.clone(),
         reader: storage.reader,
+        disk: storage.disk,
         transport,
         limits: config.limits.clone(),
         initial_members,

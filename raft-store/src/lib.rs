@@ -7,6 +7,7 @@
 mod apply;
 mod checksum;
 mod damage;
+mod disk_space;
 mod error;
 mod files;
 mod idempotency;
@@ -32,6 +33,7 @@ use tokio::sync::watch;
 
 pub use apply::RulesState;
 pub use damage::Damage;
+pub use disk_space::{DiskSpace, LowDisk};
 pub use error::StoreError;
 pub use idempotency::Record as IdempotencyRecord;
 pub use log_store::LogStore;
@@ -51,6 +53,9 @@ pub const DATA_FILE: &str = "uniqlog.redb";
 /// background ([`state_machine`]) and before the log is purged.
 pub const LOG_FILE: &str = "raft-log.redb";
 
+/// The folder of a node's snapshot files inside its data dir.
+pub const SNAPSHOT_DIR: &str = "snapshots";
+
 /// redb's page cache of each file. redb's default (1 GiB per file) would let a node's memory
 /// grow with its data for a long time; the log's recent entries are kept decoded by the log
 /// writer anyway, so its file needs little.
@@ -64,6 +69,8 @@ pub struct Storage {
     pub reader: StateReader,
     /// Damage found while running (see [`Damage`]).
     pub damage: Damage,
+    /// The free space writes need (see [`DiskSpace`]).
+    pub disk: DiskSpace,
 }
 
 impl Storage {
@@ -77,11 +84,13 @@ impl Storage {
         let log_db = files::open_file(&log_path, LOG_CACHE_BYTES)?;
         let state_db = files::open_file(&state_path, STATE_CACHE_BYTES)?;
         let name = |p: &Path| p.display().to_string();
-        Self::with_databases(
+        let mut storage = Self::with_databases(
             (log_db, &name(&log_path)),
             (state_db, &name(&state_path)),
-            data_dir.join("snapshots"),
-        )
+            data_dir.join(SNAPSHOT_DIR),
+        )?;
+        storage.disk = DiskSpace::at(data_dir);
+        Ok(storage)
     }
 
     /// Open the storage on two custom redb backends (the simulator's disks): the log's and
@@ -146,6 +155,7 @@ impl Storage {
             reader: StateReader::new(db, rx, rules, damage.clone()),
             state_machine,
             damage,
+            disk: DiskSpace::unlimited(),
         })
     }
 }

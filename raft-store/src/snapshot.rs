@@ -33,6 +33,11 @@ const END_TAG: u8 = 0xFF;
 const RECORD_BYTES_MAX: usize = 64 * 1024 * 1024;
 const CURRENT: &str = "current.snap";
 
+/// The current snapshot file of the node whose data dir is `data_dir`.
+pub(crate) fn current_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(crate::SNAPSHOT_DIR).join(CURRENT)
+}
+
 pub type Meta = SnapshotMeta<NodeId, Node>;
 
 /// Snapshot data as openraft sees it: a file read and written synchronously in the chunks

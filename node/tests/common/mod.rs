@@ -250,6 +250,8 @@ pub struct Cluster {
     pub token: Option<String>,
     /// How the harness reaches the nodes (HTTPS for TLS clusters).
     pub http: Http,
+    /// A command the nodes are started through (`nsenter ... --`), if any.
+    pub launcher: Vec<String>,
 }
 
 /// A `uniqlog query` process with its own config (the cluster's plus a `[query]` section).
@@ -309,6 +311,13 @@ impl Cluster {
     }
 
     fn start_with(n: u64, tuning: Tuning, token: Option<&str>, tls: Option<&TestTls>) -> Cluster {
+        let mut cluster = Self::prepare(n, tuning, token, tls);
+        cluster.boot();
+        cluster
+    }
+
+    /// The config and temporary dir of an `n`-node cluster, nothing started yet.
+    pub fn prepare(n: u64, tuning: Tuning, token: Option<&str>, tls: Option<&TestTls>) -> Cluster {
         let dir = TempDir::new().unwrap();
         let ports: Vec<(u64, u16)> = (1..=n).map(|id| (id, free_port())).collect();
         let config = dir.path().join("cluster.toml");
@@ -323,7 +332,7 @@ impl Cluster {
             }
             None => Http::plain(),
         };
-        let mut cluster = Cluster {
+        Cluster {
             nodes: ports
                 .iter()
                 .map(|(id, port)| NodeProc {
@@ -339,26 +348,31 @@ impl Cluster {
             aux: Vec::new(),
             token: token.map(str::to_string),
             http,
-        };
-        for id in 1..=n {
-            cluster.spawn(id);
+            launcher: Vec::new(),
         }
-        for id in 1..=n {
-            cluster.wait_healthy(id);
+    }
+
+    /// Start every node of a prepared cluster, initialize it, wait for a leader.
+    pub fn boot(&mut self) {
+        let ids: Vec<u64> = self.nodes.iter().map(|n| n.id).collect();
+        for id in &ids {
+            self.spawn(*id);
         }
-        let r = cluster
+        for id in &ids {
+            self.wait_healthy(*id);
+        }
+        let r = self
             .http
             .send(
-                &cluster.addr(1),
+                &self.addr(ids[0]),
                 "POST",
                 "/v1/cluster/init",
                 Some("{}"),
-                token,
+                self.token.as_deref(),
             )
             .unwrap();
         assert_eq!(r.status, 200, "init: {}", r.text);
-        cluster.wait_leader(&(1..=n).collect::<Vec<_>>());
-        cluster
+        self.wait_leader(&ids);
     }
 
     pub fn node(&self, id: u64) -> &NodeProc {
@@ -398,7 +412,15 @@ impl Cluster {
         let log = File::options().create(true).append(true).open(log).unwrap();
         let node = self.nodes.iter_mut().find(|n| n.id == id).unwrap();
         assert!(node.child.is_none(), "node {id} already running");
-        let child = Command::new(BIN)
+        let mut cmd = match self.launcher.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = cmd
             .args(["node", "--config"])
             .arg(&node.config)
             .args(["--id", &id.to_string()])
@@ -416,6 +438,22 @@ impl Cluster {
         let mut child = node.child.take().expect("node running");
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    /// Wait until node `id`'s process exits on its own (it refused to start, or stopped).
+    pub fn wait_exit(&mut self, id: u64, timeout: Duration) -> std::process::ExitStatus {
+        let node = self.nodes.iter_mut().find(|n| n.id == id).unwrap();
+        let child = node.child.as_mut().expect("node running");
+        let status = wait_for(&format!("node {id} to exit"), timeout, || {
+            child.try_wait().unwrap()
+        });
+        node.child = None;
+        status
+    }
+
+    /// Everything node `id` has written to its log (stderr) so far, across restarts.
+    pub fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("node{id}.log"))).unwrap_or_default()
     }
 
     pub fn restart(&mut self, id: u64) {
