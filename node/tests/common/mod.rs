@@ -440,6 +440,14 @@ impl Cluster {
         child.wait().unwrap();
     }
 
+    /// SIGTERM, and wait for the node to shut down (its files closed cleanly).
+    pub fn stop(&mut self, id: u64) {
+        let pid = self.node(id).pid().to_string();
+        let ok = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(ok.success());
+        self.wait_exit(id, Duration::from_secs(30));
+    }
+
     /// Wait until node `id`'s process exits on its own (it refused to start, or stopped).
     pub fn wait_exit(&mut self, id: u64, timeout: Duration) -> std::process::ExitStatus {
         let node = self.nodes.iter_mut().find(|n| n.id == id).unwrap();
