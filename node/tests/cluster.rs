@@ -266,3 +266,39 @@ fn a_node_with_the_wrong_cluster_secret_is_refused_and_the_cluster_keeps_working
         assert!(r.text.contains(&format!("via{f}")), "{}", r.text);
     }
 }
+
+#[test]
+fn a_peer_of_another_protocol_version_is_refused_and_the_cluster_keeps_working() {
+    let c = Cluster::start(3, Tuning::default());
+    let leader = c.wait_leader(&[1, 2, 3]);
+    // A stale vote request: harmless when it does reach Raft.
+    let vote =
+        r#"{"vote":{"leader_id":{"term":0,"node_id":2},"committed":false},"last_log_id":null}"#;
+    let header = "x-uniqlog-peer-protocol";
+    for (sent, named) in [
+        (Some("2"), "the request peer protocol 2"),
+        (Some("x"), "the request peer protocol x"),
+        (None, "the request names none"),
+    ] {
+        let headers: Vec<(&str, &str)> = sent.iter().map(|v| (header, *v)).collect();
+        let r = post_with_headers(&c.addr(leader), "/raft/vote", vote, &headers);
+        assert_eq!(r.status, 400, "{}", r.text);
+        assert_eq!(r.body["error"], "peer_protocol_mismatch");
+        let message = r.body["message"].as_str().unwrap();
+        assert!(
+            message.contains("this node speaks peer protocol 1"),
+            "{message}"
+        );
+        assert!(message.contains(named), "{message}");
+    }
+    assert!(c
+        .log(leader)
+        .contains("refused a peer speaking another protocol version"));
+    // This build's version passes the check and reaches Raft, which answers the stale vote.
+    let r = post_with_headers(&c.addr(leader), "/raft/vote", vote, &[(header, "1")]);
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.body.get("Ok").is_some(), "{}", r.text);
+    // The cluster never noticed.
+    assert_eq!(c.wait_leader(&[1, 2, 3]), leader);
+    append_ok(&c.addr(leader), "p", "after", None);
+}

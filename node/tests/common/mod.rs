@@ -784,3 +784,14 @@ impl Drop for Killed {
         let _ = self.0.wait();
     }
 }
+
+/// POST a JSON text with extra headers (any answer).
+pub fn post_with_headers(addr: &str, path: &str, json: &str, headers: &[(&str, &str)]) -> Resp {
+    let mut req = agent()
+        .post(&format!("http://{addr}{path}"))
+        .header("content-type", "application/json");
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    finish(req.send(json)).unwrap()
+}
