@@ -280,7 +280,6 @@ impl From<raft_store::StoreError> for ApiError {
 }
 
 /// Replicated conflicts (409) as HTTP errors. The owner of a taken key is not disclosed.
-
 impl From<raft_store::Conflict> for ApiError {
     fn from(c: raft_store::Conflict) -> Self {
         use raft_store::Conflict;

@@ -83,11 +83,12 @@ impl StoreError {
     /// Whether this error means the node's data is damaged (as opposed to an I/O failure or
     /// a full disk): such a node must stop and be rebuilt, never retried or repaired in place.
     pub fn is_damage(&self) -> bool {
-        match self {
-            StoreError::Corrupt { .. } | StoreError::DamagedFile { .. } => true,
-            StoreError::Redb(redb::Error::Corrupted(_)) => true,
-            _ => false,
-        }
+        matches!(
+            self,
+            StoreError::Corrupt { .. }
+                | StoreError::DamagedFile { .. }
+                | StoreError::Redb(redb::Error::Corrupted(_))
+        )
     }
 }
 

@@ -260,3 +260,39 @@ impl StateReader {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stored event whose checksum fails is never served: the read fails naming the record,
+    /// and the damage is recorded for the node to stop on.
+    #[test]
+    fn a_damaged_event_is_refused_and_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = crate::Storage::open(dir.path()).unwrap();
+        {
+            let txn = storage.state_machine.db.begin_write().unwrap();
+            {
+                let mut t = txn.open_table(EVENTS).unwrap();
+                let good = r#"{"offset":0}"#;
+                let crc = crate::checksum::event_sum("t", 0, good);
+                t.insert(("t", 0), (crc, good)).unwrap();
+                t.insert(("t", 1), (crc, r#"{"offset":1}"#)).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let reader = storage.reader.clone();
+        assert_eq!(reader.read_topic("t", 0, 1).unwrap().events.len(), 1);
+        assert_eq!(reader.damage(), None);
+        let err = reader.read_topic("t", 0, 10).unwrap_err();
+        assert!(err.is_damage(), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("table events") && text.contains("(t, 1)"),
+            "{text}"
+        );
+        assert_eq!(storage.damage.found(), Some(text.as_str()));
+        assert_eq!(reader.damage(), Some(text.as_str()));
+    }
+}

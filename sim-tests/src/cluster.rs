@@ -148,6 +148,8 @@ struct SimNode {
     /// Bumped on every kill: a status read is only trusted if the epoch did not change
     /// while it was in flight.
     epoch: Arc<AtomicU64>,
+    /// Set when the node refused to start, or stopped, on damaged data.
+    damaged: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// A running simulated cluster. Create it inside a madsim runtime.
@@ -408,6 +410,21 @@ impl SimCluster {
             .expect("a client task was cancelled")
     }
 
+    /// Why node `id` refused to start or stopped on damaged data, if it did.
+    pub fn damaged(&self, id: NodeId) -> Option<String> {
+        self.node(id).damaged.lock().unwrap().clone()
+    }
+
+    /// The current snapshot file of node `id`, if it has one.
+    pub fn snapshot_file(&self, id: NodeId) -> Option<PathBuf> {
+        let path = self
+            .run_dir
+            .join(format!("node{id}"))
+            .join("snapshots")
+            .join("current.snap");
+        path.exists().then_some(path)
+    }
+
     /// Power cut on node `id`: every task of it stops, unsynced writes are lost.
     pub fn kill(&mut self, id: NodeId) {
         let node = self.nodes.get_mut(&id).expect("no such node");
@@ -468,6 +485,7 @@ impl SimCluster {
             !node.up,
             "restart node {id} after kill: madsim's restart alone keeps the old sockets"
         );
+        *node.damaged.lock().unwrap() = None;
         self.runtime.restart(node.handle.id());
         node.up = true;
         tracing::info!(id, "restarted node");
@@ -808,6 +826,7 @@ fn spawn_node(
     let disk = SimDisk::new(format!("node{id}-log"));
     let state_disk = SimDisk::new(format!("node{id}-state"));
     let snapshot_dir = run_dir.join(format!("node{id}")).join("snapshots");
+    let damaged = Arc::new(std::sync::Mutex::new(None));
     let handle = runtime
         .create_node()
         .name(format!("node{id}"))
@@ -815,6 +834,7 @@ fn spawn_node(
         .init({
             let disks = (disk.clone(), state_disk.clone());
             let net = net.clone();
+            let damaged = damaged.clone();
             move || {
                 run_node(
                     config.clone(),
@@ -822,6 +842,7 @@ fn spawn_node(
                     disks.clone(),
                     snapshot_dir.clone(),
                     net.clone(),
+                    damaged.clone(),
                 )
             }
         })
@@ -833,6 +854,7 @@ fn spawn_node(
         up: true,
         paused: false,
         epoch: Arc::new(AtomicU64::new(0)),
+        damaged,
     }
 }
 
@@ -844,9 +866,21 @@ async fn run_node(
     (log_disk, state_disk): (SimDisk, SimDisk),
     snapshot_dir: PathBuf,
     net: NetFaults,
+    damaged: Arc<std::sync::Mutex<Option<String>>>,
 ) {
-    let storage = Storage::open_with_backends(log_disk.open(), state_disk.open(), snapshot_dir)
-        .unwrap_or_else(|e| panic!("node {id}: opening its storage failed: {e}"));
+    let storage =
+        match Storage::open_with_backends(log_disk.open(), state_disk.open(), snapshot_dir) {
+            Ok(storage) => storage,
+            // As the binary does: refuse to start, and wait for the operator (the nemesis) to
+            // replace the node.
+            Err(e) if e.is_damage() => {
+                tracing::warn!(id, error = %e, "node refuses to start: damaged data");
+                *damaged.lock().unwrap() = Some(e.to_string());
+                return std::future::pending::<()>().await;
+            }
+            Err(e) => panic!("node {id}: opening its storage failed: {e}"),
+        };
+    let damage = storage.damage.clone();
     let transport: Arc<dyn Transport> = Arc::new(FaultyTransport::new(net));
     let node = uniqlog_node::start(&config, id, storage, transport)
         .await
@@ -856,6 +890,9 @@ async fn run_node(
     // silent process until the nemesis power-cuts and restarts it).
     let error = node.failed().await;
     tracing::warn!(id, %error, "node stopped on a fatal error");
+    if damage.found().is_some() {
+        *damaged.lock().unwrap() = Some(error);
+    }
     node.shutdown().await;
     std::future::pending::<()>().await;
 }

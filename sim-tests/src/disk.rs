@@ -198,6 +198,20 @@ impl SimDisk {
         self.lock().stats
     }
 
+    /// Flip bit `bit` of byte `at` of what survived the last sync (a bad sector, a stray write
+    /// by something else): what the next open reads. Only on a crashed disk, whose volatile
+    /// image is the durable one.
+    pub fn flip_bit(&self, at: usize, bit: u8) {
+        let mut s = self.lock();
+        assert!(
+            s.dirty.is_empty(),
+            "flip_bit on {}: crash the disk first",
+            self.name
+        );
+        s.durable[at] ^= 1 << (bit % 8);
+        s.volatile[at] ^= 1 << (bit % 8);
+    }
+
     /// Length of the file as a crash now would leave it.
     pub fn durable_len(&self) -> u64 {
         self.lock().durable.len() as u64

@@ -108,11 +108,103 @@ pub async fn churn(cluster: &mut SimCluster) -> Churn {
         return out;
     };
     let want_voters = voters.len();
+    let Some((voters, new)) = add_and_promote(cluster, &mut out).await else {
+        return out;
+    };
+    if voters.len() <= want_voters {
+        return out;
+    }
 
+    // 4. Remove a voter other than the new one, the leader half the time.
+    let leader = cluster.leader_now().await;
+    let others: Vec<NodeId> = voters.iter().copied().filter(|&v| v != new).collect();
+    let victim = match leader {
+        Some(l) if l != new && madsim::rand::thread_rng().gen_bool(0.5) => l,
+        _ => *others
+            .choose(&mut madsim::rand::thread_rng())
+            .expect("a cluster with more voters than one"),
+    };
+    remove_voter(cluster, victim, voters, &mut out).await;
+    out
+}
+
+/// The repair of a voter whose data is damaged, as the README gives it: remove it, retire it
+/// (its disk is wiped with it), and add a node under a new id as a learner, then promote it.
+/// Each step is retried (the faults beside it may fail one) until the removal is done.
+pub async fn replace(cluster: &mut SimCluster, damaged: NodeId) -> Churn {
+    let mut out = Churn::default();
+    for _ in 0..5 {
+        let Some((voters, _)) = sync(cluster).await else {
+            out.note(format!("no leader: damaged node {damaged} waits"));
+            continue;
+        };
+        if !voters.contains(&damaged) {
+            out.note(format!(
+                "damaged node {damaged} is no voter any more; retired"
+            ));
+            cluster.retire(damaged);
+            break;
+        }
+        if remove_voter(cluster, damaged, voters, &mut out).await {
+            break;
+        }
+    }
+    if !cluster.retired().contains(&damaged) {
+        out.note(format!("damaged node {damaged} could not be removed"));
+        return out;
+    }
+    add_and_promote(cluster, &mut out).await;
+    out
+}
+
+/// Remove `victim` from `voters` and retire it. Whether it was removed.
+async fn remove_voter(
+    cluster: &mut SimCluster,
+    victim: NodeId,
+    voters: Vec<NodeId>,
+    out: &mut Churn,
+) -> bool {
+    let leader = cluster.leader_now().await;
+    let remaining: Vec<NodeId> = voters.iter().copied().filter(|&v| v != victim).collect();
+    let r = post_until_ok(
+        cluster,
+        "/v1/cluster/membership",
+        json!({"voters": remaining}),
+    )
+    .await;
+    // The removed node may still answer as a leader for a while: ask the others.
+    sleep(Duration::from_millis(500)).await;
+    let Some((voters, learners)) = sync(cluster).await else {
+        out.note(format!("removal of {victim}: {r:?}; no leader after it"));
+        return false;
+    };
+    if voters.contains(&victim) || learners.contains(&victim) {
+        out.note(format!("node {victim} not removed ({r:?}); stays"));
+        return false;
+    }
+    out.count("removed");
+    out.note(format!(
+        "node {victim}{} removed and retired: voters {voters:?}",
+        if Some(victim) == leader {
+            " (the leader)"
+        } else {
+            ""
+        }
+    ));
+    cluster.retire(victim);
+    true
+}
+
+/// Start a node under a fresh id, add it as a learner, wait until it caught up, promote it.
+/// Returns the voters after the promotion and the new node, if it got that far.
+async fn add_and_promote(
+    cluster: &mut SimCluster,
+    out: &mut Churn,
+) -> Option<(Vec<NodeId>, NodeId)> {
     // 1. A new node joins as a learner.
     let Some(new) = cluster.add_node() else {
         out.note("no spare node id left: no membership change");
-        return out;
+        return None;
     };
     let added = post_until_ok(
         cluster,
@@ -128,7 +220,7 @@ pub async fn churn(cluster: &mut SimCluster) -> Churn {
     if !joined {
         out.note(format!("node {new} could not join ({added:?}); retired"));
         cluster.retire(new);
-        return out;
+        return None;
     }
     out.note(format!("node {new} added as a learner"));
 
@@ -163,14 +255,14 @@ pub async fn churn(cluster: &mut SimCluster) -> Churn {
             out.note(format!(
                 "node {new} did not catch up in time; stays a learner"
             ));
-            return out;
+            return None;
         }
     }
 
     // 3. Promote it.
     let Some((voters, _)) = sync(cluster).await else {
         out.note("no leader: the learner stays a learner");
-        return out;
+        return None;
     };
     let mut promoted: Vec<NodeId> = voters.clone();
     if !promoted.contains(&new) {
@@ -184,55 +276,15 @@ pub async fn churn(cluster: &mut SimCluster) -> Churn {
     .await;
     let Some((voters, _)) = sync(cluster).await else {
         out.note(format!("promotion of {new}: {r:?}; no leader after it"));
-        return out;
+        return None;
     };
     if !voters.contains(&new) {
         out.note(format!("node {new} not promoted ({r:?}); stays a learner"));
-        return out;
+        return None;
     }
     out.count("promoted");
     out.note(format!("node {new} promoted: voters {voters:?}"));
-    if voters.len() <= want_voters {
-        return out;
-    }
-
-    // 4. Remove a voter other than the new one, the leader half the time.
-    let leader = cluster.leader_now().await;
-    let others: Vec<NodeId> = voters.iter().copied().filter(|&v| v != new).collect();
-    let victim = match leader {
-        Some(l) if l != new && madsim::rand::thread_rng().gen_bool(0.5) => l,
-        _ => *others
-            .choose(&mut madsim::rand::thread_rng())
-            .expect("a cluster with more voters than one"),
-    };
-    let remaining: Vec<NodeId> = voters.iter().copied().filter(|&v| v != victim).collect();
-    let r = post_until_ok(
-        cluster,
-        "/v1/cluster/membership",
-        json!({"voters": remaining}),
-    )
-    .await;
-    // The removed node may still answer as a leader for a while: ask the others.
-    sleep(Duration::from_millis(500)).await;
-    let Some((voters, learners)) = sync(cluster).await else {
-        out.note(format!("removal of {victim}: {r:?}; no leader after it"));
-        return out;
-    };
-    if voters.contains(&victim) || learners.contains(&victim) {
-        out.note(format!("node {victim} not removed ({r:?}); stays"));
-        return out;
-    }
-    out.count("removed");
-    out.note(format!(
-        "node {victim}{} removed and retired: voters {voters:?}",
-        if Some(victim) == leader {
-            " (the leader)"
-        } else {
-            ""
-        }
-    ));
-    cluster.retire(victim);
-    out
+    Some((voters, new))
 }
 
 /// Before the final checks: take the membership from the leader once more (a change whose

@@ -46,10 +46,14 @@ pub enum FaultKind {
     /// A new node joins as a learner, catches up, is promoted; a voter (the leader half the
     /// time) is removed and retired (`crate::membership`).
     Membership,
+    /// One voter is power-cut and bits of one of its files (log, state or snapshot) are
+    /// flipped. It must refuse to start when the damage touches data, and is then repaired
+    /// as the README says: removed, retired, replaced by a node under a new id.
+    Corruption,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 11] = [
+    pub const ALL: [FaultKind; 12] = [
         FaultKind::Crash,
         FaultKind::PowerCut,
         FaultKind::Pause,
@@ -61,6 +65,7 @@ impl FaultKind {
         FaultKind::TornWrite,
         FaultKind::FsyncError,
         FaultKind::Membership,
+        FaultKind::Corruption,
     ];
 
     pub fn name(self) -> &'static str {
@@ -76,6 +81,7 @@ impl FaultKind {
             FaultKind::TornWrite => "torn_write",
             FaultKind::FsyncError => "fsync_error",
             FaultKind::Membership => "membership",
+            FaultKind::Corruption => "corruption",
         }
     }
 
@@ -97,6 +103,7 @@ impl FaultKind {
             FaultKind::TornWrite => 2,
             FaultKind::FsyncError => 2,
             FaultKind::Membership => 2,
+            FaultKind::Corruption => 2,
         }
     }
 }
@@ -301,6 +308,7 @@ async fn episode(
             sleep(down).await;
             cluster.restart(victim);
         }
+        FaultKind::Corruption => corruption(cluster, log).await,
         FaultKind::Membership => {
             let churn = crate::membership::churn(cluster).await;
             log.note(kind, churn.lines.join("; "));
@@ -431,5 +439,78 @@ async fn episode(
             }
             cluster.heal();
         }
+    }
+}
+
+/// [`FaultKind::Corruption`]: damage one voter's files while it is down.
+async fn corruption(cluster: &mut SimCluster, log: &mut FaultLog) {
+    let kind = FaultKind::Corruption;
+    let Some((voters, _)) = cluster.membership().await else {
+        log.note(kind, "no leader: no node damaged".into());
+        return;
+    };
+    let victim = pick(&voters);
+    cluster.kill(victim);
+    let mut rng = madsim::rand::thread_rng();
+    let flips = rng.gen_range(1..=8);
+    // redb's first page holds the commit slots and the bit that picks between them: a flip of
+    // that bit would roll the file back one commit with every checksum intact, which no check
+    // can tell from a clean file (ARCHITECTURE.md, storage integrity). The damage here lands
+    // past it.
+    const HEADER: usize = 4096;
+    let what = match (rng.gen_range(0..3), cluster.snapshot_file(victim)) {
+        (2, Some(path)) => {
+            let mut bytes = std::fs::read(&path).expect("read the snapshot");
+            for _ in 0..flips {
+                let at = rng.gen_range(0..bytes.len());
+                bytes[at] ^= 1 << rng.gen_range(0..8);
+            }
+            std::fs::write(&path, bytes).expect("write the snapshot");
+            "snapshot".to_string()
+        }
+        (which, _) => {
+            let disk = cluster.disks(victim)[which % 2];
+            let len = disk.durable_len() as usize;
+            if len > HEADER {
+                for _ in 0..flips {
+                    disk.flip_bit(rng.gen_range(HEADER..len), rng.gen_range(0..8));
+                }
+            }
+            disk.name().to_string()
+        }
+    };
+    drop(rng);
+    cluster.restart(victim);
+    let start = now_ms();
+    let mut refused = None;
+    while now_ms() - start < 10_000 {
+        sleep(ms(200..400)).await;
+        refused = cluster.damaged(victim);
+        if refused.is_some() || cluster.healthy(victim).await {
+            break;
+        }
+    }
+    // A node that started must stay clean: the open verified every page it will read.
+    sleep(ms(500..1500)).await;
+    let refused = refused.or_else(|| cluster.damaged(victim));
+    let Some(why) = refused else {
+        log.note(
+            kind,
+            format!("node {victim}: {flips} bits of {what} flipped, all on free space: it serves"),
+        );
+        *log.counts.entry("damage_harmless").or_default() += 1;
+        return;
+    };
+    *log.counts.entry("damage_refused").or_default() += 1;
+    let churn = crate::membership::replace(cluster, victim).await;
+    log.note(
+        kind,
+        format!(
+            "node {victim}: {flips} bits of {what} flipped; refused ({why}); repair: {}",
+            churn.lines.join("; ")
+        ),
+    );
+    for (what, n) in churn.counts {
+        *log.counts.entry(what).or_default() += n;
     }
 }
