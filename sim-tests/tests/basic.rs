@@ -516,3 +516,61 @@ fn a_learner_catches_up_by_snapshot_is_promoted_and_the_leader_is_removed() {
         judge("membership", seed, &history, &state, started);
     });
 }
+
+/// Damage on a minority: the leader is power-cut and bits of its log file are flipped. It must
+/// refuse to start rather than serve or vote on what it has; the operator's repair (remove,
+/// wipe, a node under a new id, add-learner, promote) brings back three voters; no write
+/// acknowledged before, during or after is lost, and the replicas agree.
+#[test]
+fn a_damaged_leader_refuses_to_start_and_the_repair_loses_no_acknowledged_write() {
+    sim_tests::run_seeded(9, || async {
+        let seed = madsim::runtime::Handle::current().seed();
+        let started = now_ms();
+        let mut cluster = SimCluster::start(3);
+        cluster.cluster_init().await;
+        let load = Load::start_following(&cluster, &LoadSpec::default());
+        load.wait_answered(100, secs(60)).await;
+
+        let victim = cluster.wait_for_leader().await;
+        cluster.kill(victim);
+        let disk = cluster.disk(victim);
+        let len = disk.durable_len() as usize;
+        for _ in 0..32 {
+            let at = madsim::rand::thread_rng().gen_range(4096..len);
+            disk.flip_bit(at, madsim::rand::thread_rng().gen_range(0..8));
+        }
+        cluster.restart(victim);
+        let mut refused = None;
+        for _ in 0..50 {
+            madsim::time::sleep(Duration::from_millis(200)).await;
+            refused = cluster.damaged(victim);
+            if refused.is_some() {
+                break;
+            }
+        }
+        let why = refused
+            .unwrap_or_else(|| panic!("seed {seed}: node {victim} started on a damaged log file"));
+        assert!(why.contains("raft-log.redb"), "seed {seed}: {why}");
+        assert!(!cluster.healthy(victim).await, "seed {seed}: it serves");
+
+        // The two others elect a leader and go on meanwhile.
+        let acked = load.acknowledged();
+        load.keep_going(secs(2), 30, secs(30)).await;
+        assert!(load.acknowledged() > acked, "seed {seed}: no progress");
+
+        let repair = sim_tests::membership::replace(&mut cluster, victim).await;
+        println!("repair: {}", repair.lines.join("; "));
+        let (voters, _) = cluster
+            .membership()
+            .await
+            .expect("a leader after the repair");
+        assert_eq!(voters.len(), 3, "seed {seed}: voters {voters:?}");
+        assert!(!voters.contains(&victim), "seed {seed}: voters {voters:?}");
+        assert!(cluster.retired().contains(&victim));
+
+        load.keep_going(secs(2), 30, secs(30)).await;
+        let history = load.stop().await;
+        let state = cluster.wait_converged(&TOPICS).await;
+        judge("damaged_leader", seed, &history, &state, started);
+    });
+}
