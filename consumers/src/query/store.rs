@@ -10,8 +10,11 @@ use redb::{
 };
 use serde_json::{json, Value};
 
-/// Counters and position: `next_offset`, `last_event_ms`, and the sign-up stats.
+/// Counters and position: `next_offset`, `last_event_ms`, the sign-up stats, and `format`.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// The on-disk format of the read model. Files from before the key was written are of this
+/// same format (it has not changed since), and are stamped when opened.
+pub const FORMAT_VERSION: u64 = 1;
 /// user id -> current document.
 const DOCS: TableDefinition<&str, &str> = TableDefinition::new("docs");
 /// (user id, offset) -> the document right after the event at that offset (for `as_of`).
@@ -35,6 +38,11 @@ pub enum StoreError {
     Corrupt(String),
     #[error("query store: expected offset {expected} of users, got {got}")]
     Gap { expected: u64, got: u64 },
+    #[error(
+        "the read model is in on-disk format {found}; this build reads format {FORMAT_VERSION} \
+         only: rebuild it from the log with `uniqlog query --rebuild`"
+    )]
+    Format { found: u64 },
 }
 
 macro_rules! from_redb {
@@ -80,7 +88,17 @@ impl QueryStore {
 
     fn with_database(db: Database) -> Result<QueryStore, StoreError> {
         let txn = db.begin_write()?;
-        txn.open_table(META)?;
+        {
+            let mut meta = txn.open_table(META)?;
+            let found = meta.get("format")?.map(|g| g.value());
+            match found {
+                Some(FORMAT_VERSION) => {}
+                None => {
+                    meta.insert("format", FORMAT_VERSION)?;
+                }
+                Some(found) => return Err(StoreError::Format { found }),
+            }
+        }
         txn.open_table(DOCS)?;
         txn.open_table(VERSIONS)?;
         txn.open_table(EVENTS)?;
@@ -329,6 +347,41 @@ mod tests {
         json!({"topic": "users", "offset": offset, "timestamp": 7, "type": "AccountCreated",
                "stream": format!("user-{id}"),
                "data": {"id": id, "username": "ann", "email": "Ann@Example.com"}})
+    }
+
+    /// The read model's file names its format; another one is refused with the way out.
+    #[test]
+    fn a_read_model_of_another_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.redb");
+        QueryStore::open(&path)
+            .unwrap()
+            .apply(&[created(0, "a")], 1)
+            .unwrap();
+        {
+            // Unversioned (as written before the stamp) is this format: stamped at open.
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META).unwrap().remove("format").unwrap();
+            txn.commit().unwrap();
+        }
+        let store = QueryStore::open(&path).unwrap();
+        assert_eq!(store.meta("format").unwrap(), FORMAT_VERSION);
+        assert_eq!(store.next_offset().unwrap(), 1);
+        drop(store);
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META).unwrap().insert("format", 2).unwrap();
+            txn.commit().unwrap();
+        }
+        match QueryStore::open(&path) {
+            Err(e @ StoreError::Format { found: 2 }) => {
+                assert!(e.to_string().contains("uniqlog query --rebuild"), "{e}")
+            }
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("a read model of format 2 was opened"),
+        }
     }
 
     #[test]
