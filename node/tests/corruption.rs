@@ -203,6 +203,11 @@ fn damaged_files_are_refused_by_name_and_the_documented_repair_restores_three_re
         }
     }
     eprintln!("random damage: {refused} refused, {harmless} on free space");
+    // Five of the flips are in the snapshot file, where every byte is covered.
+    assert!(
+        refused >= 5,
+        "seed {seed}: only {refused} random flips were refused"
+    );
 
     // The documented repair, on a node left damaged.
     damage_text(&state, &uid(5));

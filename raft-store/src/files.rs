@@ -52,6 +52,24 @@ fn is_corrupted(e: &DatabaseError) -> bool {
     matches!(e, DatabaseError::Storage(redb::StorageError::Corrupted(_)))
 }
 
+/// Run `f`, which reads rows of `file`, turning a panic into damage: redb decodes a key or a
+/// value before our checksum can look at it, and a damaged length or string makes it panic.
+pub(crate) fn catching<T>(
+    file: &str,
+    what: &str,
+    f: impl FnOnce() -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        Err(StoreError::DamagedFile {
+            file: file.into(),
+            detail: format!(
+                "{what}: redb could not decode a stored row ({})",
+                panic_text(&*panic)
+            ),
+        })
+    })
+}
+
 fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
     payload
         .downcast_ref::<String>()
@@ -184,7 +202,8 @@ pub(crate) fn ensure_format(db: &Database, name: &str) -> Result<(), StoreError>
             found => {
                 let (version, by) = match found {
                     None => (0, "an earlier uniqlog, before records carried checksums"),
-                    Some(_) => (found.unwrap_or(0), "a newer uniqlog"),
+                    Some(v) if v > FORMAT_VERSION => (v, "a newer uniqlog"),
+                    Some(v) => (v, "an older uniqlog"),
                 };
                 return Err(StoreError::Unsupported(format!(
                     "{name} is in on-disk format {version}, written by {by}; this build reads \
@@ -196,4 +215,109 @@ pub(crate) fn ensure_format(db: &Database, name: &str) -> Result<(), StoreError>
     }
     txn.commit()?;
     Ok(())
+}
+
+/// The two files must belong together. A log file holding no vote, entry or purge marker
+/// beside a state file that has applied entries was lost or replaced: the vote went with it,
+/// and starting would let the node vote twice. A state file that applied nothing beside a log
+/// purged past some index was lost or replaced: what the purged entries made is gone. Both
+/// are refused as damage (each file alone looks like a fresh one).
+pub(crate) fn check_pair(
+    (log_db, log_name): (&Database, &str),
+    (state_db, state_name): (&Database, &str),
+) -> Result<(), StoreError> {
+    type LogId = openraft::LogId<crate::NodeId>;
+    let mut log_empty = true;
+    each_row(log_db, LOG, |_, _| {
+        log_empty = false;
+        Ok(())
+    })?;
+    each_row(log_db, RAFT_META, |_, _| {
+        log_empty = false;
+        Ok(())
+    })?;
+    let meta = |db: &Database, def, table: &str, key: &str| -> Result<Option<LogId>, StoreError> {
+        let txn = db.begin_read()?;
+        match txn.open_table(def) {
+            Ok(t) => Ok(get_json::<Option<LogId>>(&t, table, key)?.flatten()),
+            Err(TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    };
+    let purged = meta(log_db, RAFT_META, "raft_meta", KEY_LAST_PURGED)?;
+    let applied = meta(state_db, SM_META, "sm_meta", KEY_LAST_APPLIED)?;
+    if let (true, Some(applied)) = (log_empty, applied) {
+        return Err(StoreError::DamagedFile {
+            file: log_name.into(),
+            detail: format!(
+                "it holds no vote and no log entry, while {state_name} has applied up to index \
+                 {}: the log file was lost or replaced, and with it this node's vote",
+                applied.index
+            ),
+        });
+    }
+    if let (Some(purged), None) = (purged, applied) {
+        return Err(StoreError::DamagedFile {
+            file: state_name.into(),
+            detail: format!(
+                "it has applied nothing, while {log_name} was purged up to index {}: the \
+                 state file was lost or replaced",
+                purged.index
+            ),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Storage, DATA_FILE, LOG_FILE};
+
+    fn put_meta(path: &Path, table: TableDefinition<&str, &[u8]>, key: &str, index: u64) {
+        let db = Database::create(path).unwrap();
+        let txn = db.begin_write().unwrap();
+        let log_id =
+            openraft::LogId::<crate::NodeId>::new(openraft::CommittedLeaderId::new(1, 1), index);
+        put_json(&mut txn.open_table(table).unwrap(), key, &Some(log_id)).unwrap();
+        txn.commit().unwrap();
+    }
+
+    fn refused(dir: &Path, file: &str) {
+        match Storage::open(dir) {
+            Err(e @ StoreError::DamagedFile { .. }) => {
+                assert!(e.is_damage());
+                assert!(e.to_string().contains(file), "{e}");
+            }
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("opened a data dir whose {file} was lost"),
+        }
+    }
+
+    /// Each file alone would pass for a fresh one; beside the other, its loss shows.
+    #[test]
+    fn a_lost_log_or_state_file_is_refused() {
+        // The log lost (deleted, or emptied) beside a state that applied entries.
+        for emptied in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            drop(Storage::open(dir.path()).unwrap());
+            put_meta(&dir.path().join(DATA_FILE), SM_META, KEY_LAST_APPLIED, 7);
+            put_meta(&dir.path().join(LOG_FILE), RAFT_META, KEY_COMMITTED, 7);
+            drop(Storage::open(dir.path()).unwrap());
+            let log = dir.path().join(LOG_FILE);
+            std::fs::remove_file(&log).unwrap();
+            if emptied {
+                std::fs::File::create(&log).unwrap();
+            }
+            refused(dir.path(), LOG_FILE);
+        }
+        // The state lost beside a purged log.
+        let dir = tempfile::tempdir().unwrap();
+        drop(Storage::open(dir.path()).unwrap());
+        put_meta(&dir.path().join(DATA_FILE), SM_META, KEY_LAST_APPLIED, 9);
+        put_meta(&dir.path().join(LOG_FILE), RAFT_META, KEY_LAST_PURGED, 5);
+        drop(Storage::open(dir.path()).unwrap());
+        std::fs::remove_file(dir.path().join(DATA_FILE)).unwrap();
+        refused(dir.path(), DATA_FILE);
+    }
 }

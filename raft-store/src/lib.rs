@@ -79,7 +79,14 @@ impl Storage {
         std::fs::create_dir_all(data_dir)?;
         let (log_path, state_path) = (data_dir.join(LOG_FILE), data_dir.join(DATA_FILE));
         if !log_path.exists() && state_path.exists() {
-            refuse_single_file_layout(&Database::open(&state_path)?, &state_path)?;
+            // Read-only, changing nothing. A file redb cannot open that way (it needs the
+            // recovery of an unclean shutdown) is refused below for its missing format.
+            let legacy = files::catching(DATA_FILE, "opening", || {
+                Ok(Database::builder().open_read_only(&state_path)?)
+            });
+            if let Ok(db) = legacy {
+                refuse_single_file_layout(&db, &state_path)?;
+            }
         }
         let log_db = files::open_file(&log_path, LOG_CACHE_BYTES)?;
         let state_db = files::open_file(&state_path, STATE_CACHE_BYTES)?;
@@ -125,6 +132,7 @@ impl Storage {
     ) -> Result<Storage, StoreError> {
         files::ensure_format(&log_db, log_name)?;
         files::ensure_format(&state_db, state_name)?;
+        files::check_pair((&log_db, log_name), (&state_db, state_name))?;
         files::verify_log_records(&log_db).map_err(|e| e.in_file(log_name))?;
         files::verify_state_records(&state_db, false).map_err(|e| e.in_file(state_name))?;
         Self::start(Arc::new(log_db), Arc::new(state_db), snapshot_dir)
@@ -162,8 +170,11 @@ impl Storage {
 
 /// A data dir from before the log had its own file keeps the log, and the vote, inside the
 /// state file: starting on it would forget the vote. Refuse, and say so.
-fn refuse_single_file_layout(db: &Database, path: &Path) -> Result<(), StoreError> {
-    use redb::{ReadableDatabase, ReadableTableMetadata};
+fn refuse_single_file_layout(
+    db: &impl redb::ReadableDatabase,
+    path: &Path,
+) -> Result<(), StoreError> {
+    use redb::ReadableTableMetadata;
     let txn = db.begin_read()?;
     let has_log = match txn.open_table(tables::RAFT_META) {
         Ok(t) => !t.is_empty()?,

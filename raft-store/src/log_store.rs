@@ -211,14 +211,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.writer
             .barrier(move |db| put_meta(db, KEY_VOTE, &vote, Durability::Immediate))
             .await
-            .map_err(vote_write)
+            .map_err(|e| vote_write(self.damage.saw(e)))
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
         let db = self.db.clone();
         blocking(move || get_meta(&db, RAFT_META, KEY_VOTE))
             .await
-            .map_err(vote_read)
+            .map_err(|e| vote_read(self.damage.saw(e)))
     }
 
     /// Advisory (openraft re-derives the commit index on election), so it costs no commit of

@@ -76,99 +76,111 @@ impl StateReader {
         Ok(self.db.begin_read()?)
     }
 
-    /// Events of `topic` from offset `from`, at most `limit`. An unknown topic is empty.
-    pub fn read_topic(&self, topic: &str, from: u64, limit: usize) -> Result<Page, StoreError> {
-        let r = self.read_topic_rows(topic, from, limit);
-        self.damage.note(r)
+    /// Run a read, recording damage for the node to stop on. A row redb cannot decode (it
+    /// panics on a damaged length or string) is damage too, not a reason to drop one request
+    /// and go on serving.
+    fn guard<T>(
+        &self,
+        what: &str,
+        read: impl FnOnce() -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.damage
+            .note(crate::files::catching(crate::DATA_FILE, what, read))
     }
 
-    fn read_topic_rows(&self, topic: &str, from: u64, limit: usize) -> Result<Page, StoreError> {
-        let txn = self.txn()?;
-        let events = txn.open_table(EVENTS)?;
-        let mut out = Vec::new();
-        for row in events.range((topic, from)..(topic, u64::MAX))?.take(limit) {
-            let (k, v) = row?;
-            let offset = k.value().1;
-            out.push(check_event("events", topic, offset, v.value())?.to_string());
-        }
-        Ok(Page {
-            next_offset: from + out.len() as u64,
-            events: out,
+    /// Events of `topic` from offset `from`, at most `limit`. An unknown topic is empty.
+    pub fn read_topic(&self, topic: &str, from: u64, limit: usize) -> Result<Page, StoreError> {
+        self.guard("read_topic", || {
+            let txn = self.txn()?;
+            let events = txn.open_table(EVENTS)?;
+            let mut out = Vec::new();
+            for row in events.range((topic, from)..(topic, u64::MAX))?.take(limit) {
+                let (k, v) = row?;
+                let offset = k.value().1;
+                out.push(check_event("events", topic, offset, v.value())?.to_string());
+            }
+            Ok(Page {
+                next_offset: from + out.len() as u64,
+                events: out,
+            })
         })
     }
 
     /// Events of `stream` in order, skipping its first `from` events, at most `limit`.
     pub fn read_stream(&self, stream: &str, from: u64, limit: usize) -> Result<Page, StoreError> {
-        let r = self.read_stream_rows(stream, from, limit);
-        self.damage.note(r)
-    }
-
-    fn read_stream_rows(&self, stream: &str, from: u64, limit: usize) -> Result<Page, StoreError> {
-        let txn = self.txn()?;
-        let streams = txn.open_table(STREAMS)?;
-        let Some(topic) = streams.get(stream)?.map(|g| g.value().0.to_string()) else {
-            return Ok(Page {
-                events: Vec::new(),
-                next_offset: from,
-            });
-        };
-        let index = txn.open_table(STREAM_INDEX)?;
-        let events = txn.open_table(EVENTS)?;
-        let mut out = Vec::new();
-        let start = from.saturating_add(1);
-        for row in index
-            .range((stream, start)..(stream, u64::MAX))?
-            .take(limit)
-        {
-            let (k, offset) = row?;
-            let offset = offset.value();
-            let ev = events.get((topic.as_str(), offset))?.ok_or_else(|| {
-                StoreError::corrupt(
-                    "stream_index",
-                    format!("{stream}/{}", k.value().1),
-                    "event missing",
-                )
-            })?;
-            out.push(check_event("events", &topic, offset, ev.value())?.to_string());
-        }
-        Ok(Page {
-            next_offset: from + out.len() as u64,
-            events: out,
+        self.guard("read_stream", || {
+            let txn = self.txn()?;
+            let streams = txn.open_table(STREAMS)?;
+            let Some(topic) = streams.get(stream)?.map(|g| g.value().0.to_string()) else {
+                return Ok(Page {
+                    events: Vec::new(),
+                    next_offset: from,
+                });
+            };
+            let index = txn.open_table(STREAM_INDEX)?;
+            let events = txn.open_table(EVENTS)?;
+            let mut out = Vec::new();
+            let start = from.saturating_add(1);
+            for row in index
+                .range((stream, start)..(stream, u64::MAX))?
+                .take(limit)
+            {
+                let (k, offset) = row?;
+                let offset = offset.value();
+                let ev = events.get((topic.as_str(), offset))?.ok_or_else(|| {
+                    StoreError::corrupt(
+                        "stream_index",
+                        format!("{stream}/{}", k.value().1),
+                        "event missing",
+                    )
+                })?;
+                out.push(check_event("events", &topic, offset, ev.value())?.to_string());
+            }
+            Ok(Page {
+                next_offset: from + out.len() as u64,
+                events: out,
+            })
         })
     }
 
     /// Topics with their lengths, by name.
     pub fn topics(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        let txn = self.txn()?;
-        let topics = txn.open_table(TOPICS)?;
-        let mut out = Vec::new();
-        for row in topics.iter()? {
-            let (k, v) = row?;
-            out.push((k.value().to_string(), v.value()));
-        }
-        Ok(out)
+        self.guard("topics", || {
+            let txn = self.txn()?;
+            let topics = txn.open_table(TOPICS)?;
+            let mut out = Vec::new();
+            for row in topics.iter()? {
+                let (k, v) = row?;
+                out.push((k.value().to_string(), v.value()));
+            }
+            Ok(out)
+        })
     }
 
     /// Streams whose names start with `prefix`, with their versions, by name.
     pub fn streams_with_prefix(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
-        let txn = self.txn()?;
-        let streams = txn.open_table(STREAMS)?;
-        let mut out = Vec::new();
-        for row in streams.range(prefix..)? {
-            let (k, v) = row?;
-            if !k.value().starts_with(prefix) {
-                break;
+        self.guard("streams_with_prefix", || {
+            let txn = self.txn()?;
+            let streams = txn.open_table(STREAMS)?;
+            let mut out = Vec::new();
+            for row in streams.range(prefix..)? {
+                let (k, v) = row?;
+                if !k.value().starts_with(prefix) {
+                    break;
+                }
+                out.push((k.value().to_string(), v.value().1));
             }
-            out.push((k.value().to_string(), v.value().1));
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// The length of one topic (0 if unknown).
     pub fn topic_len(&self, topic: &str) -> Result<u64, StoreError> {
-        let txn = self.txn()?;
-        let topics = txn.open_table(TOPICS)?;
-        Ok(topics.get(topic)?.map_or(0, |g| g.value()))
+        self.guard("topic_len", || {
+            let txn = self.txn()?;
+            let topics = txn.open_table(TOPICS)?;
+            Ok(topics.get(topic)?.map_or(0, |g| g.value()))
+        })
     }
 
     /// The replicated rules in force (version 0 and no sets before the first rules entry).
@@ -178,32 +190,36 @@ impl StateReader {
     }
 
     pub fn rules(&self) -> Result<Arc<RulesState>, StoreError> {
-        let generation = {
-            let inner = self.rules.inner.lock().expect("rules cache lock");
-            if let Some(rules) = &inner.1 {
-                return Ok(rules.clone());
+        self.guard("rules", || {
+            let generation = {
+                let inner = self.rules.inner.lock().expect("rules cache lock");
+                if let Some(rules) = &inner.1 {
+                    return Ok(rules.clone());
+                }
+                inner.0
+            };
+            let txn = self.txn()?;
+            let meta = txn.open_table(SM_META)?;
+            let rules: RulesState = get_json(&meta, "sm_meta", KEY_RULES)?.unwrap_or_default();
+            let rules = Arc::new(rules);
+            let mut inner = self.rules.inner.lock().expect("rules cache lock");
+            if inner.0 == generation {
+                inner.1 = Some(rules.clone());
             }
-            inner.0
-        };
-        let txn = self.txn()?;
-        let meta = txn.open_table(SM_META)?;
-        let rules: RulesState = get_json(&meta, "sm_meta", KEY_RULES)?.unwrap_or_default();
-        let rules = Arc::new(rules);
-        let mut inner = self.rules.inner.lock().expect("rules cache lock");
-        if inner.0 == generation {
-            inner.1 = Some(rules.clone());
-        }
-        Ok(rules)
+            Ok(rules)
+        })
     }
 
     /// The owner of a normalized key and the offset of the event that claimed it.
     pub fn uniq_owner(&self, set: &str, key: &str) -> Result<Option<(String, u64)>, StoreError> {
-        let txn = self.txn()?;
-        let owners = txn.open_table(UNIQ_OWNERS)?;
-        Ok(owners.get((set, key))?.map(|g| {
-            let (owner, since) = g.value();
-            (owner.to_string(), since)
-        }))
+        self.guard("uniq_owner", || {
+            let txn = self.txn()?;
+            let owners = txn.open_table(UNIQ_OWNERS)?;
+            Ok(owners.get((set, key))?.map(|g| {
+                let (owner, since) = g.value();
+                (owner.to_string(), since)
+            }))
+        })
     }
 
     /// Owners of a key over time: (owner, claimed offset, released offset if released).
@@ -212,52 +228,55 @@ impl StateReader {
         set: &str,
         key: &str,
     ) -> Result<Vec<(String, u64, Option<u64>)>, StoreError> {
-        let txn = self.txn()?;
-        let history = txn.open_table(UNIQ_HISTORY)?;
-        let mut out = Vec::new();
-        for row in history.range((set, key, 0)..=(set, key, u64::MAX))? {
-            let (k, v) = row?;
-            let (owner, released) = v.value();
-            out.push((
-                owner.to_string(),
-                k.value().2,
-                (released != STILL_OWNED).then_some(released),
-            ));
-        }
-        Ok(out)
+        self.guard("uniq_history", || {
+            let txn = self.txn()?;
+            let history = txn.open_table(UNIQ_HISTORY)?;
+            let mut out = Vec::new();
+            for row in history.range((set, key, 0)..=(set, key, u64::MAX))? {
+                let (k, v) = row?;
+                let (owner, released) = v.value();
+                out.push((
+                    owner.to_string(),
+                    k.value().2,
+                    (released != STILL_OWNED).then_some(released),
+                ));
+            }
+            Ok(out)
+        })
     }
 
     /// The secret fields stored with an event (for the node's own use, never served).
     pub fn event_secret(&self, topic: &str, offset: u64) -> Result<Option<String>, StoreError> {
-        let r = self.event_secret_rows(topic, offset);
-        self.damage.note(r)
-    }
-
-    fn event_secret_rows(&self, topic: &str, offset: u64) -> Result<Option<String>, StoreError> {
-        let txn = self.txn()?;
-        let t = txn.open_table(EVENT_SECRETS)?;
-        match t.get((topic, offset))? {
-            None => Ok(None),
-            Some(g) => Ok(Some(
-                check_event("event_secrets", topic, offset, g.value())?.to_string(),
-            )),
-        }
+        self.guard("event_secret", || {
+            let txn = self.txn()?;
+            let t = txn.open_table(EVENT_SECRETS)?;
+            match t.get((topic, offset))? {
+                None => Ok(None),
+                Some(g) => Ok(Some(
+                    check_event("event_secrets", topic, offset, g.value())?.to_string(),
+                )),
+            }
+        })
     }
 
     /// Number of idempotency records held.
     pub fn idempotency_records(&self) -> Result<u64, StoreError> {
-        use redb::ReadableTableMetadata;
-        let txn = self.txn()?;
-        Ok(txn.open_table(IDEMPOTENCY)?.len()?)
+        self.guard("idempotency_records", || {
+            use redb::ReadableTableMetadata;
+            let txn = self.txn()?;
+            Ok(txn.open_table(IDEMPOTENCY)?.len()?)
+        })
     }
 
     /// Every state-machine row in a canonical byte form (the snapshot record encoding). Two
     /// nodes that applied the same entries have equal dumps.
     pub fn canonical_dump(&self) -> Result<Vec<u8>, StoreError> {
-        let txn = self.txn()?;
-        let mut out = Vec::new();
-        write_records(&txn, &mut out)?;
-        Ok(out)
+        self.guard("canonical_dump", || {
+            let txn = self.txn()?;
+            let mut out = Vec::new();
+            write_records(&txn, &mut out)?;
+            Ok(out)
+        })
     }
 }
 

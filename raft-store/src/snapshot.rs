@@ -18,7 +18,10 @@ use std::sync::Mutex;
 use std::task::{Context, Poll};
 
 use openraft::SnapshotMeta;
-use redb::{Key, ReadTransaction, ReadableTable, Table, TableDefinition, Value, WriteTransaction};
+use redb::{
+    Key, ReadTransaction, ReadableTable, Table, TableDefinition, TableHandle, Value,
+    WriteTransaction,
+};
 use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, ReadBuf};
 
 use crate::checksum;
@@ -202,6 +205,18 @@ impl SnapshotDir {
         Ok(Some((meta, SnapshotFile::new(file))))
     }
 
+    /// The current snapshot, checked whole first: it is about to be sent to a peer, which
+    /// would otherwise find the damage and take it for its own.
+    pub(crate) fn current_checked(&self) -> Result<Option<(Meta, SnapshotFile)>, StoreError> {
+        let Some((meta, mut file)) = self.current()? else {
+            return Ok(None);
+        };
+        let path = self.dir.join(CURRENT).display().to_string();
+        verify(&mut file).map_err(|e| e.in_file(&path))?;
+        file.rewound()?;
+        Ok(Some((meta, file)))
+    }
+
     /// Write a snapshot of `txn`'s view of the state machine and make it the current one.
     pub(crate) fn build(&self, txn: &ReadTransaction, meta: &Meta) -> Result<(), StoreError> {
         let tmp = self.temp_path("build");
@@ -272,6 +287,7 @@ fn dump_table<K: Key + 'static, V: Value + 'static>(
         let (kv, vv) = (k.value(), v.value());
         let (k, v) = (K::as_bytes(&kv), V::as_bytes(&vv));
         let (k, v) = (k.as_ref(), v.as_ref());
+        verify_row(def.name(), k, v)?;
         w.write_all(&[tag])?;
         write_len_prefixed(w, k)?;
         write_len_prefixed(w, v)?;
@@ -279,6 +295,23 @@ fn dump_table<K: Key + 'static, V: Value + 'static>(
         n += 1;
     }
     Ok(n)
+}
+
+/// Check a sealed row before it goes into a snapshot: a record damaged on this node must not
+/// leave it with a fresh, valid snapshot checksum, to be found (and blamed) elsewhere.
+fn verify_row(table: &str, k: &[u8], v: &[u8]) -> Result<(), StoreError> {
+    match table {
+        "sm_meta" => {
+            let key = String::from_utf8_lossy(k);
+            checksum::open(table, &key, k, v).map(drop)
+        }
+        "events" | "event_secrets" => {
+            let (topic, offset) = <(&str, u64) as Value>::from_bytes(k);
+            let sealed = <(u32, &str) as Value>::from_bytes(v);
+            checksum::check_event(table, topic, offset, sealed).map(drop)
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Every state-machine table, each under a stable tag. A table added later gets a new tag;

@@ -198,7 +198,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             snapshots.keep(&mut snapshot, &meta)
         })
         .await
-        .map_err(|e| snapshot_err(self.damage.saw(e)))?;
+        // Not recorded as damage of this node: a bad record here came with the snapshot
+        // (the leader checks its file before sending, chunks are checked on the way), and
+        // nothing was changed. Raft stops; a restart fetches the snapshot again.
+        .map_err(snapshot_err)?;
         self.rules.invalidate();
         self.applied.send_replace(last_index);
         Ok(())
@@ -208,7 +211,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
         let snapshots = self.snapshots.clone();
-        let current = blocking(move || snapshots.current())
+        let current = blocking(move || snapshots.current_checked())
             .await
             .map_err(|e| snapshot_err(self.damage.saw(e)))?;
         Ok(current.map(|(meta, file)| Snapshot {
@@ -224,27 +227,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
         let db = self.db.clone();
         let snapshots = self.snapshots.clone();
-        let meta = blocking(move || -> Result<Meta, StoreError> {
-            let txn = db.begin_read()?;
-            // The read sees applies that are not fsynced yet. Make them durable before the
-            // snapshot file exists, so a snapshot is never ahead of the state machine on disk
-            // (openraft requires snapshot <= committed at start-up, and purges by snapshot).
-            make_durable(&db)?;
-            let (last_log_id, last_membership) = {
-                let t = txn.open_table(SM_META)?;
-                let last: Option<LogId<NodeId>> =
-                    get_json(&t, "sm_meta", KEY_LAST_APPLIED)?.flatten();
-                let membership: Membership =
-                    get_json(&t, "sm_meta", KEY_MEMBERSHIP)?.unwrap_or_default();
-                (last, membership)
-            };
-            let meta = Meta {
-                snapshot_id: snapshots.next_id(last_log_id.map(|l| l.index)),
-                last_log_id,
-                last_membership,
-            };
-            snapshots.build(&txn, &meta)?;
-            Ok(meta)
+        let meta = blocking(move || {
+            crate::files::catching(crate::DATA_FILE, "building a snapshot", || {
+                build(&db, &snapshots)
+            })
         })
         .await
         .map_err(|e| snapshot_err(self.damage.saw(e)))?;
@@ -257,4 +243,26 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let current = self.get_current_snapshot().await?;
         current.ok_or_else(|| snapshot_err(StoreError::Snapshot("built snapshot vanished".into())))
     }
+}
+
+/// Write a snapshot of the state machine as it is now and make it the current one.
+fn build(db: &Database, snapshots: &SnapshotDir) -> Result<Meta, StoreError> {
+    let txn = db.begin_read()?;
+    // The read sees applies that are not fsynced yet. Make them durable before the
+    // snapshot file exists, so a snapshot is never ahead of the state machine on disk
+    // (openraft requires snapshot <= committed at start-up, and purges by snapshot).
+    make_durable(db)?;
+    let (last_log_id, last_membership) = {
+        let t = txn.open_table(SM_META)?;
+        let last: Option<LogId<NodeId>> = get_json(&t, "sm_meta", KEY_LAST_APPLIED)?.flatten();
+        let membership: Membership = get_json(&t, "sm_meta", KEY_MEMBERSHIP)?.unwrap_or_default();
+        (last, membership)
+    };
+    let meta = Meta {
+        snapshot_id: snapshots.next_id(last_log_id.map(|l| l.index)),
+        last_log_id,
+        last_membership,
+    };
+    snapshots.build(&txn, &meta)?;
+    Ok(meta)
 }

@@ -873,7 +873,8 @@ async fn run_node(
             Ok(storage) => storage,
             // As the binary does: refuse to start, and wait for the operator (the nemesis) to
             // replace the node.
-            Err(e) if e.is_damage() => {
+            // A format byte flipped reads as a format this build does not know.
+            Err(e) if e.is_damage() || matches!(e, raft_store::StoreError::Unsupported(_)) => {
                 tracing::warn!(id, error = %e, "node refuses to start: damaged data");
                 *damaged.lock().unwrap() = Some(e.to_string());
                 return std::future::pending::<()>().await;

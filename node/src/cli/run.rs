@@ -48,16 +48,15 @@ pub async fn node(config_path: &Path, id: u64) -> Result<()> {
     // Peer RPC and forwarding: over TLS, trusting only `tls_ca`, when the cluster speaks TLS.
     let transport = Arc::new(HyperTransport::with_tls(config.client_tls()?));
     let storage = match open(&config, id).await {
-        Err(e)
-            if e.downcast_ref::<raft_store::StoreError>()
-                .is_some_and(|e| e.is_damage()) =>
-        {
-            anyhow::bail!(
+        Ok(storage) => storage,
+        Err(e) => match e.downcast_ref::<raft_store::StoreError>() {
+            Some(store) if store.is_damage() => anyhow::bail!(
                 "node {id} refuses to start: {e:#}.\n{}",
                 repair_steps(config_path, id)
-            )
-        }
-        opened => opened?,
+            ),
+            Some(_) => anyhow::bail!("node {id} refuses to start: {e:#}"),
+            None => return Err(e),
+        },
     };
     let damage = storage.damage.clone();
     let node = start(&config, id, storage, transport).await?;
