@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -178,14 +178,7 @@ fn a_learner_catches_up_is_promoted_and_votes() {
         30,
         "the learner caught up"
     );
-    let members = |c: &Cluster| -> BTreeMap<u64, bool> {
-        c.status(leader).unwrap()["members"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| (m["id"].as_u64().unwrap(), m["voter"].as_bool().unwrap()))
-            .collect()
-    };
+    let members = |c: &Cluster| c.members(leader);
     assert_eq!(
         members(&c).get(&id),
         Some(&false),

@@ -96,15 +96,6 @@ fn assert_refused(c: &mut Cluster, names: &[&str], write_seq: &mut usize) {
     *write_seq += 1;
 }
 
-fn voters(c: &Cluster, id: u64) -> BTreeMap<u64, bool> {
-    c.status(id).unwrap()["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| (m["id"].as_u64().unwrap(), m["voter"].as_bool().unwrap()))
-        .collect()
-}
-
 #[test]
 fn damaged_files_are_refused_by_name_and_the_documented_repair_restores_three_replicas() {
     let tuning = Tuning {
@@ -238,7 +229,7 @@ fn damaged_files_are_refused_by_name_and_the_documented_repair_restores_three_re
     wait_for(
         "voters 1, 2 and the new node",
         Duration::from_secs(30),
-        || (voters(&c, 1) == expected).then_some(()),
+        || (c.members(1) == expected).then_some(()),
     );
     let leader = c.wait_leader(&[1, 2, new]);
     append_ok(&c.addr(leader), TOPIC, "after-repair", None);

@@ -506,6 +506,16 @@ impl Cluster {
         (r.status == 200).then_some(r.body)
     }
 
+    /// The members as node `id` reports them: id -> whether it votes.
+    pub fn members(&self, id: u64) -> std::collections::BTreeMap<u64, bool> {
+        self.status(id).unwrap()["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| (m["id"].as_u64().unwrap(), m["voter"].as_bool().unwrap()))
+            .collect()
+    }
+
     /// Wait until every node in `ids` names the same leader, which is one of them.
     pub fn wait_leader(&self, ids: &[u64]) -> u64 {
         wait_for("one agreed leader", Duration::from_secs(30), || {
