@@ -12,6 +12,7 @@ use redb::{ReadableTable, Table, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::checksum::Sealed;
 use crate::error::StoreError;
 use crate::idempotency::{IdempotencyTables, Record};
 use crate::rules::{Rules, UniqOp};
@@ -31,11 +32,11 @@ pub struct RulesState {
 /// The state machine's tables, opened once per apply batch.
 pub(crate) struct DataTables<'txn> {
     meta: Table<'txn, &'static str, &'static [u8]>,
-    topics: Table<'txn, &'static str, u64>,
+    topics: Table<'txn, &'static str, Sealed<u64>>,
     events: Table<'txn, (&'static str, u64), (u32, &'static str)>,
     secrets: Table<'txn, (&'static str, u64), (u32, &'static str)>,
-    streams: Table<'txn, &'static str, (&'static str, u64)>,
-    stream_index: Table<'txn, (&'static str, u64), u64>,
+    streams: Table<'txn, &'static str, Sealed<(&'static str, u64)>>,
+    stream_index: Table<'txn, (&'static str, u64), Sealed<u64>>,
     uniq: UniqTables<'txn>,
     idem: IdempotencyTables<'txn>,
     rules: RulesState,

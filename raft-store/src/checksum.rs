@@ -78,9 +78,82 @@ pub(crate) fn check_event<'a>(
     Ok(text)
 }
 
+/// A redb value stored with the CRC-32C of its bytes in front, checked whenever redb decodes
+/// it. Code reads and writes it as the inner type: `Table<K, Sealed<u64>>` takes and gives
+/// `u64`. redb's decoding cannot fail, so a mismatch panics with [`SEAL_BROKEN`]; every path
+/// that reads state runs under `files::catching`, which turns the panic into damage that
+/// stops the node. The seal covers the value only: the tables holding it key their rows by
+/// what the value is about, and a damaged key is found by redb's page checks at open.
+#[derive(Debug)]
+pub struct Sealed<T>(std::marker::PhantomData<T>);
+
+/// The panic message of a [`Sealed`] value whose checksum fails.
+pub const SEAL_BROKEN: &str = "a stored value failed its checksum";
+
+impl<T: redb::Value> redb::Value for Sealed<T> {
+    type SelfType<'a>
+        = T::SelfType<'a>
+    where
+        Self: 'a;
+    type AsBytes<'a>
+        = Vec<u8>
+    where
+        Self: 'a;
+
+    fn fixed_width() -> Option<usize> {
+        T::fixed_width().map(|w| w + 4)
+    }
+
+    fn from_bytes<'a>(data: &'a [u8]) -> T::SelfType<'a>
+    where
+        Self: 'a,
+    {
+        if data.len() < 4 {
+            panic!("{SEAL_BROKEN} (shorter than its checksum)");
+        }
+        let (crc, inner) = data.split_at(4);
+        if u32::from_le_bytes(crc.try_into().expect("4 bytes")) != crc32c::crc32c(inner) {
+            panic!("{SEAL_BROKEN}");
+        }
+        T::from_bytes(inner)
+    }
+
+    fn as_bytes<'a, 'b: 'a>(value: &'a T::SelfType<'b>) -> Vec<u8>
+    where
+        Self: 'b,
+    {
+        let inner = T::as_bytes(value);
+        let inner = inner.as_ref();
+        let mut out = Vec::with_capacity(4 + inner.len());
+        out.extend_from_slice(&crc32c::crc32c(inner).to_le_bytes());
+        out.extend_from_slice(inner);
+        out
+    }
+
+    fn type_name() -> redb::TypeName {
+        redb::TypeName::new(&format!("uniqlog::Sealed<{}>", T::type_name().name()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sealed_redb_value_round_trips_and_panics_on_any_flip() {
+        use redb::Value;
+        let bytes = Sealed::<(&str, u64)>::as_bytes(&("owner", 42));
+        assert_eq!(Sealed::<(&str, u64)>::from_bytes(&bytes), ("owner", 42));
+        for i in 0..bytes.len() * 8 {
+            let mut bad = bytes.clone();
+            bad[i / 8] ^= 1 << (i % 8);
+            let decoded = std::panic::catch_unwind(|| {
+                Sealed::<(&str, u64)>::from_bytes(&bad);
+            });
+            assert!(decoded.is_err(), "bit {i} flipped went unnoticed");
+        }
+        assert_eq!(Sealed::<u64>::fixed_width(), Some(12));
+    }
 
     #[test]
     fn a_sealed_value_opens_under_its_own_key_only() {

@@ -70,6 +70,25 @@ pub(crate) fn catching<T>(
     })
 }
 
+/// [`catching`] for code whose other panics are bugs, not damage (apply): only a broken
+/// [`crate::checksum::Sealed`] value becomes damage; any other panic goes on.
+pub(crate) fn catching_seals<T>(
+    file: &str,
+    what: &str,
+    f: impl FnOnce() -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(result) => result,
+        Err(panic) if panic_text(&*panic).contains(crate::checksum::SEAL_BROKEN) => {
+            Err(StoreError::DamagedFile {
+                file: file.into(),
+                detail: format!("{what}: {}", panic_text(&*panic)),
+            })
+        }
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
 fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
     payload
         .downcast_ref::<String>()
@@ -292,6 +311,24 @@ mod tests {
             Err(e) => panic!("wrong error: {e}"),
             Ok(_) => panic!("opened a data dir whose {file} was lost"),
         }
+    }
+
+    #[test]
+    fn a_broken_seal_is_damage_and_other_panics_in_apply_are_not() {
+        let seal = || -> Result<(), StoreError> { panic!("{}", crate::checksum::SEAL_BROKEN) };
+        for result in [
+            catching("f", "read", seal),
+            catching_seals("f", "apply", seal),
+        ] {
+            let e = result.unwrap_err();
+            assert!(e.is_damage() && e.to_string().contains("checksum"), "{e}");
+        }
+        // A read that panics on anything is damage (redb panics on damaged rows it decodes).
+        let other = || -> Result<(), StoreError> { panic!("index out of range") };
+        assert!(catching("f", "read", other).unwrap_err().is_damage());
+        // In apply, a panic that is not a broken seal is a bug and goes on as a panic.
+        let bug = std::panic::catch_unwind(|| catching_seals("f", "apply", other));
+        assert!(bug.is_err());
     }
 
     /// Each file alone would pass for a fresh one; beside the other, its loss shows.

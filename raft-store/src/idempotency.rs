@@ -6,6 +6,7 @@
 use redb::{ReadableTable, ReadableTableMetadata, Table};
 use serde::{Deserialize, Serialize};
 
+use crate::checksum::Sealed;
 use crate::error::StoreError;
 use crate::rules::IdempotencySettings;
 use crate::types::Answer;
@@ -20,7 +21,7 @@ pub struct Record {
 }
 
 pub(crate) struct IdempotencyTables<'txn> {
-    pub records: Table<'txn, (&'static str, &'static str), &'static str>,
+    pub records: Table<'txn, (&'static str, &'static str), Sealed<&'static str>>,
     pub by_age: Table<'txn, (u64, u64, &'static str, &'static str), ()>,
 }
 

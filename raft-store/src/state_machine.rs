@@ -147,9 +147,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // Durable when the batch holds an index one short of a multiple of the bound: counted
         // in log indexes, not time, so apply reads no clock.
         let durable = first / APPLIED_BETWEEN_SYNCS_MAX != (last + 1) / APPLIED_BETWEEN_SYNCS_MAX;
-        let (responses, last_index) = blocking(move || apply_batch(&db, entries, durable))
-            .await
-            .map_err(|e| sm_write(self.damage.saw(e)))?;
+        let (responses, last_index) = blocking(move || {
+            crate::files::catching_seals(crate::DATA_FILE, "apply", || {
+                apply_batch(&db, entries, durable)
+            })
+        })
+        .await
+        .map_err(|e| sm_write(self.damage.saw(e)))?;
         if sets_rules {
             self.rules.invalidate();
         }

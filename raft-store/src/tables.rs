@@ -1,14 +1,15 @@
 //! The redb tables of a node's two data files (the Raft log's and the state machine's), and
 //! the small codecs around them.
 //!
-//! Every value that is not a plain number carries a checksum (`crate::checksum`): log
-//! entries and metadata values are sealed byte strings, events are `(checksum, text)`.
+//! Every value carries a checksum (`crate::checksum`): log entries and metadata values are
+//! byte strings sealed under their key, events are `(checksum, text)` over key and text, and
+//! the other state tables hold `Sealed<V>` values.
 
 use redb::{ReadableTable, Table, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::checksum;
+use crate::checksum::{self, Sealed};
 use crate::error::StoreError;
 
 /// Both files: `version` -> the on-disk format the file is written in ([`FORMAT_VERSION`]).
@@ -27,7 +28,7 @@ pub const RAFT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_m
 /// sealed under the key.
 pub const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
 /// topic -> number of events (the next offset).
-pub const TOPICS: TableDefinition<&str, u64> = TableDefinition::new("topics");
+pub const TOPICS: TableDefinition<&str, Sealed<u64>> = TableDefinition::new("topics");
 /// (topic, offset) -> (checksum, the event as served to readers, JSON text).
 pub const EVENTS: TableDefinition<(&str, u64), (u32, &str)> = TableDefinition::new("events");
 /// (topic, offset) -> (checksum, the event's secret fields, JSON text). Never served to
@@ -35,18 +36,20 @@ pub const EVENTS: TableDefinition<(&str, u64), (u32, &str)> = TableDefinition::n
 pub const EVENT_SECRETS: TableDefinition<(&str, u64), (u32, &str)> =
     TableDefinition::new("event_secrets");
 /// stream -> (topic it belongs to, version = number of its events).
-pub const STREAMS: TableDefinition<&str, (&str, u64)> = TableDefinition::new("streams");
+pub const STREAMS: TableDefinition<&str, Sealed<(&str, u64)>> = TableDefinition::new("streams");
 /// (stream, version) -> topic offset of the stream's `version`-th event (1-based).
-pub const STREAM_INDEX: TableDefinition<(&str, u64), u64> = TableDefinition::new("stream_index");
+pub const STREAM_INDEX: TableDefinition<(&str, u64), Sealed<u64>> =
+    TableDefinition::new("stream_index");
 
 /// (set, key) -> (owner stream, offset of the event that claimed it).
-pub const UNIQ_OWNERS: TableDefinition<(&str, &str), (&str, u64)> =
+pub const UNIQ_OWNERS: TableDefinition<(&str, &str), Sealed<(&str, u64)>> =
     TableDefinition::new("uniq_owners");
 /// (set, key, claimed offset) -> (owner, released offset, or [`STILL_OWNED`]).
-pub const UNIQ_HISTORY: TableDefinition<(&str, &str, u64), (&str, u64)> =
+pub const UNIQ_HISTORY: TableDefinition<(&str, &str, u64), Sealed<(&str, u64)>> =
     TableDefinition::new("uniq_history");
 /// (topic, idempotency key) -> the stored answer (JSON [`crate::idempotency::Record`]).
-pub const IDEMPOTENCY: TableDefinition<(&str, &str), &str> = TableDefinition::new("idempotency");
+pub const IDEMPOTENCY: TableDefinition<(&str, &str), Sealed<&str>> =
+    TableDefinition::new("idempotency");
 /// (log time, log index, topic, key): the idempotency records in eviction order.
 pub const IDEMPOTENCY_BY_AGE: TableDefinition<(u64, u64, &str, &str), ()> =
     TableDefinition::new("idempotency_by_age");
