@@ -99,3 +99,174 @@ fn an_exposed_node_without_auth_refuses_to_start_unless_insecure() {
     );
     assert_eq!(health.status, 200);
 }
+
+fn cli_ok(c: &Cluster, args: &[&str]) -> String {
+    let out = c.cli(&c.config, args);
+    assert!(
+        out.status.success(),
+        "uniqlog {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// `log append | read | tail` against a three-node cluster: what is appended is read back,
+/// and a tail started before an append prints it as it is committed.
+#[test]
+fn log_append_read_and_tail_round_trip() {
+    let c = Cluster::start(3, Tuning::default());
+    c.wait_leader(&[1, 2, 3]);
+    let first = cli_ok(
+        &c,
+        &[
+            "log",
+            "append",
+            "cli",
+            "--type",
+            "Noted",
+            "--data",
+            r#"{"uid":"a"}"#,
+        ],
+    );
+    let first: serde_json::Value = serde_json::from_str(first.trim()).unwrap();
+    assert_eq!(first["first_offset"], 0, "{first}");
+    cli_ok(
+        &c,
+        &[
+            "log",
+            "append",
+            "cli",
+            "--type",
+            "Noted",
+            "--data",
+            r#"{"uid":"b"}"#,
+            "--stream",
+            "s-1",
+            "--expected-version",
+            "no_stream",
+        ],
+    );
+    let all = json_lines(&cli_ok(&c, &["log", "read", "cli"]));
+    let uids: Vec<&str> = all
+        .iter()
+        .map(|e| e["data"]["uid"].as_str().unwrap())
+        .collect();
+    assert_eq!(uids, ["a", "b"]);
+    let from_one = json_lines(&cli_ok(&c, &["log", "read", "cli", "--from", "1"]));
+    assert_eq!(from_one.len(), 1);
+    assert_eq!(from_one[0]["offset"], 1);
+    let stream = json_lines(&cli_ok(&c, &["log", "read", "--stream", "s-1"]));
+    assert_eq!(stream.len(), 1);
+    assert_eq!(stream[0]["data"]["uid"], "b");
+    // The stream is at version 1 now: expecting "new" again is a conflict, exit code 1.
+    let out = c.cli(
+        &c.config,
+        &[
+            "log",
+            "append",
+            "cli",
+            "--type",
+            "Noted",
+            "--stream",
+            "s-1",
+            "--expected-version",
+            "no_stream",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("409"), "{err}");
+
+    // A tail from offset 1 prints b, then c once appended.
+    let mut tail = Command::new(BIN)
+        .args(["log", "tail", "cli", "--from", "1", "--config"])
+        .arg(&c.config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = tail.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let next = |what: &str| -> serde_json::Value {
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("tail printed no line for {what}"));
+        serde_json::from_str(&line).unwrap()
+    };
+    assert_eq!(next("b")["data"]["uid"], "b");
+    append_ok(&c.addr(2), "cli", "c", None);
+    assert_eq!(next("c")["data"]["uid"], "c");
+    tail.kill().unwrap();
+    tail.wait().unwrap();
+}
+
+/// `uniq get | history` name the owner of a key as the set normalizes it, and a free key is
+/// one line of error and exit code 1.
+#[test]
+fn uniq_get_and_history_show_owners() {
+    let c = Cluster::start(3, users_tuning());
+    let leader = c.wait_leader(&[1, 2, 3]);
+    let r = signup(&c.addr(leader), "ann", "Ann@Example.com");
+    assert_eq!(r.status, 201, "{}", r.text);
+    let owner: serde_json::Value = serde_json::from_str(&cli_ok(
+        &c,
+        &["uniq", "get", "user_email", "ANN@example.COM"],
+    ))
+    .unwrap();
+    assert_eq!(owner["key"], "ann@example.com");
+    assert!(
+        owner["owner"].as_str().unwrap().starts_with("user-"),
+        "{owner}"
+    );
+    let history: serde_json::Value = serde_json::from_str(&cli_ok(
+        &c,
+        &["uniq", "history", "user_email", "ann@example.com"],
+    ))
+    .unwrap();
+    assert_eq!(history["history"].as_array().unwrap().len(), 1, "{history}");
+
+    let out = c.cli(&c.config, &["uniq", "get", "user_email", "bob@example.com"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.starts_with("error: ") && err.contains("free"), "{err}");
+}
+
+/// With no node reachable, every client command fails with one line and exit code 1.
+#[test]
+fn client_commands_fail_with_one_line_when_no_node_answers() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let config = dir.path().join("cluster.toml");
+    write_config(&config, &[(1, free_port())], &Tuning::default());
+    for args in [
+        vec!["log", "read", "t"],
+        vec!["log", "append", "t", "--type", "T"],
+        vec!["uniq", "get", "s", "k"],
+        vec!["cluster", "status"],
+    ] {
+        let out = Command::new(BIN)
+            .args(&args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("error: "), "{args:?}: {err}");
+    }
+}

@@ -93,7 +93,7 @@ pub async fn run(command: ClusterCommand) -> Result<()> {
 }
 
 /// Try each configured node in turn until one answers.
-async fn any_node<F, Fut>(config: &Config, f: F) -> Result<Value>
+pub(super) async fn any_node<F, Fut>(config: &Config, f: F) -> Result<Value>
 where
     F: Fn(&'static Client, String) -> Fut,
     Fut: std::future::Future<Output = Result<Value>>,
@@ -173,10 +173,12 @@ async fn status(config: &Config, as_json: bool) -> Result<()> {
             lag
         );
     }
+    // When none answers, the error alone says it; otherwise name each node that did not.
+    all_down(&rows)?;
     for r in rows.iter().filter(|r| r["error"].is_string()) {
         eprintln!("node {}: {}", r["id"], r["error"].as_str().unwrap_or(""));
     }
-    all_down(&rows)
+    Ok(())
 }
 
 /// An error when no node answered (a wrong address, CA or token everywhere).

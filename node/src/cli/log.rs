@@ -1,16 +1,72 @@
-//! `uniqlog log replay-parked`: re-queue a consumer's parked events.
+//! `uniqlog log append | read | tail | replay-parked`: the event log from the command line.
+//! Events print as one JSON object per line, so the output pipes into `jq` or a file.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use serde_json::{json, Value};
 use uniqlog_node::Config;
 
-use super::client::Client;
+use super::client::{path_segment, Client};
+use super::cluster::any_node;
+
+/// Events per page read.
+const PAGE: u64 = 500;
+/// How long a tail's read waits for new events (within the nodes' default `wait_ms_max`).
+const TAIL_WAIT_MS: u64 = 5_000;
 
 #[derive(Subcommand)]
 pub enum LogCommand {
+    /// Append one event to TOPIC and print the append result (JSON).
+    Append {
+        #[arg(long, default_value = "cluster.toml")]
+        config: PathBuf,
+        topic: String,
+        /// The event's type.
+        #[arg(long = "type", value_name = "TYPE")]
+        event_type: String,
+        /// The event's data, a JSON object.
+        #[arg(long, default_value = "{}")]
+        data: String,
+        /// The stream the event belongs to.
+        #[arg(long)]
+        stream: Option<String>,
+        /// Refuse unless the stream is at this version: a number of events, `no_stream` or
+        /// `any`.
+        #[arg(long, requires = "stream")]
+        expected_version: Option<String>,
+        /// Retrying with the same key never appends twice.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// Print the events of TOPIC (or of one stream), one JSON object per line.
+    Read {
+        #[arg(long, default_value = "cluster.toml")]
+        config: PathBuf,
+        #[arg(required_unless_present = "stream")]
+        topic: Option<String>,
+        /// The first offset (for a stream: how many of its events to skip).
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Stop after this many events (default: all there are).
+        #[arg(long)]
+        limit: Option<u64>,
+        /// Read this stream instead of a topic.
+        #[arg(long, conflicts_with = "topic")]
+        stream: Option<String>,
+    },
+    /// Print the events of TOPIC as they are committed, one JSON object per line, until
+    /// interrupted.
+    Tail {
+        #[arg(long, default_value = "cluster.toml")]
+        config: PathBuf,
+        topic: String,
+        /// The first offset (default: the end, only new events).
+        #[arg(long)]
+        from: Option<u64>,
+    },
     /// Append the parked events of a consumer to `__retry.<consumer>`, keeping their original
     /// idempotency keys. Replaying twice re-queues nothing new.
     ReplayParked {
@@ -23,6 +79,49 @@ pub enum LogCommand {
 
 pub async fn run(command: LogCommand) -> Result<()> {
     match command {
+        LogCommand::Append {
+            config,
+            topic,
+            event_type,
+            data,
+            stream,
+            expected_version,
+            idempotency_key,
+        } => {
+            let data: Value = serde_json::from_str(&data).context("--data is not JSON")?;
+            let mut event = json!({ "type": event_type, "data": data });
+            let mut extra = Vec::new();
+            if let Some(stream) = &stream {
+                event["stream"] = json!(stream);
+            }
+            if let (Some(stream), Some(v)) = (&stream, expected_version) {
+                let v = v.parse::<u64>().map_or(json!(v), |n| json!(n));
+                extra.push(("expected_version", json!({ stream: v })));
+            }
+            if let Some(k) = idempotency_key {
+                extra.push(("idempotency_key", json!(k)));
+            }
+            append(&Config::load(&config)?, &topic, event, extra).await
+        }
+        LogCommand::Read {
+            config,
+            topic,
+            from,
+            limit,
+            stream,
+        } => {
+            let what = match (topic, stream) {
+                (_, Some(stream)) => format!("/v1/streams/{}/events", path_segment(&stream)),
+                (Some(topic), None) => format!("/v1/topics/{}/events", path_segment(&topic)),
+                (None, None) => anyhow::bail!("name a topic or a --stream"),
+            };
+            read(&Config::load(&config)?, &what, from, limit).await
+        }
+        LogCommand::Tail {
+            config,
+            topic,
+            from,
+        } => tail(&Config::load(&config)?, &topic, from).await,
         LogCommand::ReplayParked { config, consumer } => {
             replay_parked(&Config::load(&config)?, &consumer).await
         }
@@ -73,5 +172,109 @@ async fn replay_parked(config: &Config, consumer: &str) -> Result<()> {
         }
     }
     println!("re-queued {queued} parked event(s) of {consumer} to __retry.{consumer}");
+    Ok(())
+}
+
+/// `log append`: one event, with the optional stream, expected version and idempotency key.
+async fn append(
+    config: &Config,
+    topic: &str,
+    event: Value,
+    extra: Vec<(&str, Value)>,
+) -> Result<()> {
+    let mut body = json!({ "events": [event] });
+    for (k, v) in extra {
+        body[k] = v;
+    }
+    let path = format!("/v1/topics/{}/events", path_segment(topic));
+    // Not retried on another node: a write whose answer was lost may have been applied, and
+    // only an idempotency key makes a retry safe. The first node forwards to the leader.
+    let client = Client::for_config(config)?;
+    let addr = &config
+        .nodes
+        .first()
+        .context("the config lists no nodes")?
+        .addr;
+    let answer = client.post(addr, &path, &body).await?;
+    println!("{}", serde_json::to_string(&answer)?);
+    Ok(())
+}
+
+/// Pages of a topic or a stream from `from` on, each event printed as one line, until the end
+/// or `limit` events.
+async fn read(config: &Config, what: &str, from: u64, limit: Option<u64>) -> Result<()> {
+    let mut next = from;
+    let mut left = limit.unwrap_or(u64::MAX);
+    while left > 0 {
+        let path = format!("{what}?from={next}&limit={}", left.min(PAGE));
+        let page = any_node(config, |c, a| {
+            let path = path.clone();
+            async move { c.get(&a, &path).await }
+        })
+        .await?;
+        let events = page["events"].as_array().cloned().unwrap_or_default();
+        if events.is_empty() {
+            break;
+        }
+        print_lines(&events)?;
+        left = left.saturating_sub(events.len() as u64);
+        next = page["next_offset"]
+            .as_u64()
+            .unwrap_or(next + events.len() as u64);
+    }
+    Ok(())
+}
+
+/// Follow a topic: long-polls from `from` (default: its current length), moving to another
+/// node when one fails, printing each event as one line as soon as it is committed.
+async fn tail(config: &Config, topic: &str, from: Option<u64>) -> Result<()> {
+    let client = Client::for_config(config)?;
+    let topic_path = format!("/v1/topics/{}/events", path_segment(topic));
+    let mut next = match from {
+        Some(from) => from,
+        None => {
+            let topics =
+                any_node(config, |c, a| async move { c.get(&a, "/v1/topics").await }).await?;
+            topics["topics"]
+                .as_array()
+                .and_then(|ts| ts.iter().find(|t| t["name"] == topic))
+                .and_then(|t| t["length"].as_u64())
+                .unwrap_or(0)
+        }
+    };
+    let mut node = 0;
+    let mut failures = 0;
+    loop {
+        let addr = &config.nodes[node % config.nodes.len()].addr;
+        let path = format!("{topic_path}?from={next}&limit={PAGE}&wait_ms={TAIL_WAIT_MS}");
+        match client.get(addr, &path).await {
+            Ok(page) => {
+                failures = 0;
+                let events = page["events"].as_array().cloned().unwrap_or_default();
+                print_lines(&events)?;
+                next = page["next_offset"]
+                    .as_u64()
+                    .unwrap_or(next + events.len() as u64);
+            }
+            Err(e) => {
+                failures += 1;
+                if failures > 3 * config.nodes.len() {
+                    return Err(e.context("no node answers"));
+                }
+                tracing::warn!(addr, error = %e, "tail: trying another node");
+                node += 1;
+                tokio::time::sleep(Duration::from_millis(200 * failures as u64)).await;
+            }
+        }
+    }
+}
+
+fn print_lines(events: &[Value]) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    for e in events {
+        writeln!(out, "{}", serde_json::to_string(e)?)?;
+    }
+    out.flush()?;
     Ok(())
 }

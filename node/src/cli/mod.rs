@@ -5,6 +5,7 @@ mod client;
 mod cluster;
 mod log;
 mod run;
+mod uniq;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -82,6 +83,11 @@ enum Command {
         #[command(subcommand)]
         command: log::LogCommand,
     },
+    /// Look up keys of the uniq sets.
+    Uniq {
+        #[command(subcommand)]
+        command: uniq::UniqCommand,
+    },
     /// Load a cluster with sign-ups (closed loop, seeded email collisions) and check the
     /// topic afterwards.
     Bench(bench::BenchArgs),
@@ -140,6 +146,7 @@ pub fn main() -> ExitCode {
                 run::mail_sink(&listen, faults).await
             }
             Command::Log { command } => log::run(command).await,
+            Command::Uniq { command } => uniq::run(command).await,
             Command::Cluster { command } => cluster::run(command).await,
             Command::Bench(args) => bench::run(args).await,
         }

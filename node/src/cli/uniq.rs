@@ -1,0 +1,49 @@
+//! `uniqlog uniq get | history`: who holds a key of a uniq set, and who held it.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Subcommand;
+use uniqlog_node::Config;
+
+use super::client::path_segment;
+use super::cluster::any_node;
+
+#[derive(Subcommand)]
+pub enum UniqCommand {
+    /// Print the owner of KEY in SET (JSON); fails when the key is free. The key is
+    /// normalized as the set says, as writes do.
+    Get {
+        #[arg(long, default_value = "cluster.toml")]
+        config: PathBuf,
+        set: String,
+        key: String,
+    },
+    /// Print every owner KEY of SET has had, oldest first (JSON).
+    History {
+        #[arg(long, default_value = "cluster.toml")]
+        config: PathBuf,
+        set: String,
+        key: String,
+    },
+}
+
+pub async fn run(command: UniqCommand) -> Result<()> {
+    let (config, set, key, suffix) = match command {
+        UniqCommand::Get { config, set, key } => (config, set, key, ""),
+        UniqCommand::History { config, set, key } => (config, set, key, "/history"),
+    };
+    let config = Config::load(&config)?;
+    let path = format!(
+        "/v1/uniq/{}/{}{suffix}",
+        path_segment(&set),
+        path_segment(&key)
+    );
+    let answer = any_node(&config, |c, a| {
+        let path = path.clone();
+        async move { c.get(&a, &path).await }
+    })
+    .await?;
+    println!("{}", serde_json::to_string_pretty(&answer)?);
+    Ok(())
+}
