@@ -219,11 +219,10 @@ impl LogWriter {
     /// Make `entries` readable now and durable soon; `callback` hears which.
     pub(crate) fn append(&self, entries: Vec<Entry<TypeConfig>>, callback: LogFlushed<TypeConfig>) {
         self.cache.appended(&entries);
-        if let Err(mpsc::error::SendError(op)) = self.queue().send(Op::Append { entries, callback })
+        if let Err(mpsc::error::SendError(Op::Append { callback, .. })) =
+            self.queue().send(Op::Append { entries, callback })
         {
-            if let Op::Append { callback, .. } = op {
-                callback.log_io_completed(Err(std::io::Error::other("the log writer stopped")));
-            }
+            callback.log_io_completed(Err(std::io::Error::other("the log writer stopped")));
         }
     }
 

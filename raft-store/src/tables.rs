@@ -45,7 +45,7 @@ pub const STREAM_INDEX: TableDefinition<(&str, u64), Sealed<u64>> =
 pub const UNIQ_OWNERS: TableDefinition<(&str, &str), Sealed<(&str, u64)>> =
     TableDefinition::new("uniq_owners");
 /// (set, key, claimed offset) -> (owner, released offset, or [`STILL_OWNED`]).
-pub const UNIQ_HISTORY: TableDefinition<(&str, &str, u64), Sealed<(&str, u64)>> =
+pub const UNIQ_HISTORY: TableDefinition<HistoryKey, SealedOwner> =
     TableDefinition::new("uniq_history");
 /// (topic, idempotency key) -> the stored answer (JSON [`crate::idempotency::Record`]).
 pub const IDEMPOTENCY: TableDefinition<(&str, &str), Sealed<&str>> =
@@ -53,6 +53,11 @@ pub const IDEMPOTENCY: TableDefinition<(&str, &str), Sealed<&str>> =
 /// (log time, log index, topic, key): the idempotency records in eviction order.
 pub const IDEMPOTENCY_BY_AGE: TableDefinition<(u64, u64, &str, &str), ()> =
     TableDefinition::new("idempotency_by_age");
+
+/// (set, key, claimed offset): the key of `uniq_history`.
+pub type HistoryKey = (&'static str, &'static str, u64);
+/// (owner, offset), sealed: the value of `uniq_owners` and `uniq_history`.
+pub type SealedOwner = Sealed<(&'static str, u64)>;
 
 /// `released_offset` of a history row whose owner still holds the key.
 pub const STILL_OWNED: u64 = u64::MAX;

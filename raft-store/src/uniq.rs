@@ -5,15 +5,14 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use redb::{ReadableTable, Table};
 
-use crate::checksum::Sealed;
 use crate::error::StoreError;
 use crate::rules::UniqOp;
-use crate::tables::STILL_OWNED;
+use crate::tables::{HistoryKey, SealedOwner, STILL_OWNED};
 use crate::types::{Conflict, UniqClaim};
 
 pub(crate) struct UniqTables<'txn> {
-    pub owners: Table<'txn, (&'static str, &'static str), Sealed<(&'static str, u64)>>,
-    pub history: Table<'txn, (&'static str, &'static str, u64), Sealed<(&'static str, u64)>>,
+    pub owners: Table<'txn, (&'static str, &'static str), SealedOwner>,
+    pub history: Table<'txn, HistoryKey, SealedOwner>,
 }
 
 /// A change decided but not yet written.

@@ -269,8 +269,7 @@ fn apply_all(requests: &[Request], sizes: &[usize], clock: Clock) -> Result<Seen
         let mut sm = storage.state_machine.clone();
         let mut outcomes = Vec::new();
         let mut rest = requests;
-        let mut index = 1;
-        for size in sizes.iter().cycle() {
+        for (index, size) in (1..).zip(sizes.iter().cycle()) {
             if rest.is_empty() {
                 break;
             }
@@ -292,7 +291,6 @@ fn apply_all(requests: &[Request], sizes: &[usize], clock: Clock) -> Result<Seen
                 },
                 other => other.clone(),
             }));
-            index += 1;
         }
         let reader = &storage.reader;
         let mut topics = BTreeMap::new();
