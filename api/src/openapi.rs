@@ -160,7 +160,10 @@ struct UserEventDoc {
 #[derive(Serialize, ToSchema)]
 struct CheckpointDoc {
     consumer: String,
-    /// The next offset the consumer will handle.
+    /// The topic the consumer follows (absent from checkpoints reported before it was named).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    topic: Option<String>,
+    /// The next offset the consumer will handle in that topic.
     offset: u64,
     /// Log time of the report, in milliseconds since the Unix epoch.
     reported_at: u64,

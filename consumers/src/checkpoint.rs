@@ -1,6 +1,7 @@
 //! Reporting a consumer's position to `__checkpoints`: one stream per consumer
-//! (`checkpoint-<name>`), an event `{consumer, offset}` whenever it advanced and the interval
-//! passed. `offset` is the next offset the consumer will read.
+//! (`checkpoint-<name>`), an event `{consumer, topic, offset}` whenever it advanced and the
+//! interval passed. `offset` is the next offset the consumer will read in `topic` (named so
+//! that operators can see its lag: `uniqlog consumers`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +14,7 @@ pub const TOPIC: &str = "__checkpoints";
 
 pub struct CheckpointReporter {
     consumer: String,
+    topic: String,
     nodes: Vec<String>,
     transport: Arc<dyn Transport>,
     every_events: u64,
@@ -26,6 +28,7 @@ pub struct CheckpointReporter {
 impl CheckpointReporter {
     pub fn new(
         consumer: &str,
+        topic: &str,
         nodes: Vec<String>,
         transport: Arc<dyn Transport>,
         every_events: u64,
@@ -33,6 +36,7 @@ impl CheckpointReporter {
     ) -> Self {
         CheckpointReporter {
             consumer: consumer.to_string(),
+            topic: topic.to_string(),
             nodes,
             transport,
             every_events,
@@ -66,7 +70,7 @@ impl CheckpointReporter {
         let body = json!({"events": [{
             "type": "ConsumerCheckpoint",
             "stream": format!("checkpoint-{}", self.consumer),
-            "data": {"consumer": self.consumer, "offset": offset},
+            "data": {"consumer": self.consumer, "topic": self.topic, "offset": offset},
         }]})
         .to_string();
         for addr in &self.nodes {

@@ -270,3 +270,43 @@ fn client_commands_fail_with_one_line_when_no_node_answers() {
         assert!(err.starts_with("error: "), "{args:?}: {err}");
     }
 }
+
+/// `uniqlog consumers` shows the query consumer's checkpoint beside the head of `users`, and
+/// the lag closing to 0 once it caught up.
+#[test]
+fn consumers_lists_checkpoint_head_and_lag() {
+    let mut c = Cluster::start(3, users_tuning());
+    let leader = c.wait_leader(&[1, 2, 3]);
+    c.start_query("q");
+    for (i, email) in ["a@example.com", "b@example.com", "c@example.com"]
+        .iter()
+        .enumerate()
+    {
+        let r = signup(&c.addr(leader), &format!("user{i}"), email);
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    let row = wait_for(
+        "the query consumer caught up",
+        Duration::from_secs(30),
+        || {
+            let rows: serde_json::Value =
+                serde_json::from_str(&cli_ok(&c, &["consumers", "--json"])).unwrap();
+            let row = rows
+                .as_array()?
+                .iter()
+                .find(|r| r["consumer"] == "query")?
+                .clone();
+            (row["lag_events"] == 0).then_some(row)
+        },
+    );
+    assert_eq!(row["topic"], "users", "{row}");
+    assert_eq!(row["head"], 3, "{row}");
+    assert_eq!(row["checkpoint"], 3, "{row}");
+    let table = cli_ok(&c, &["consumers"]);
+    let line = table
+        .lines()
+        .find(|l| l.starts_with("query"))
+        .unwrap_or_else(|| panic!("no query row:\n{table}"));
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(cols, ["query", "users", "3", "3", "0"], "{table}");
+}

@@ -35,11 +35,16 @@ async fn latest(app: &SharedApp, stream: String, version: u64) -> Result<Option<
     else {
         return Ok(None);
     };
-    Ok(Some(json!({
+    let mut checkpoint = json!({
         "consumer": consumer,
         "offset": offset,
         "reported_at": e["timestamp"],
-    })))
+    });
+    // Reported since the checkpoints name their topic; older ones do not.
+    if let Some(topic) = e["data"]["topic"].as_str() {
+        checkpoint["topic"] = json!(topic);
+    }
+    Ok(Some(checkpoint))
 }
 
 /// `GET /v1/consumers`.

@@ -314,6 +314,7 @@ impl MailConsumer {
         let every = Duration::from_millis(self.config.checkpoint_every_ms);
         let mut main_cp = CheckpointReporter::new(
             NAME,
+            "users",
             self.nodes.clone(),
             self.transport.clone(),
             self.config.checkpoint_every_events,
@@ -321,6 +322,7 @@ impl MailConsumer {
         );
         let mut retry_cp = CheckpointReporter::new(
             &retry_name,
+            RETRY_TOPIC,
             self.nodes.clone(),
             self.transport.clone(),
             self.config.checkpoint_every_events,

@@ -96,6 +96,7 @@ pub async fn follow(
     let mut tail = Tailer::new(nodes.clone(), transport.clone(), TOPIC, from, stale_after);
     let mut reporter = CheckpointReporter::new(
         NAME,
+        TOPIC,
         nodes,
         transport,
         config.checkpoint_every_events,

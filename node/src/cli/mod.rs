@@ -3,6 +3,7 @@
 mod bench;
 mod client;
 mod cluster;
+mod consumer_list;
 mod log;
 mod run;
 mod uniq;
@@ -83,6 +84,8 @@ enum Command {
         #[command(subcommand)]
         command: log::LogCommand,
     },
+    /// Each consumer's checkpoint, the head of its topic and the lag between them.
+    Consumers(consumer_list::ConsumersArgs),
     /// Look up keys of the uniq sets.
     Uniq {
         #[command(subcommand)]
@@ -147,6 +150,7 @@ pub fn main() -> ExitCode {
             }
             Command::Log { command } => log::run(command).await,
             Command::Uniq { command } => uniq::run(command).await,
+            Command::Consumers(args) => consumer_list::run(args).await,
             Command::Cluster { command } => cluster::run(command).await,
             Command::Bench(args) => bench::run(args).await,
         }
