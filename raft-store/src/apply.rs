@@ -84,6 +84,9 @@ impl<'txn> DataTables<'txn> {
 pub(crate) struct EntryContext {
     pub log_index: u64,
     pub log_time_ms: u64,
+    /// The request's place among the requests of its entry: with the log index, its place in
+    /// the log, however requests were grouped into entries.
+    pub position: u32,
 }
 
 pub(crate) fn apply_request(
@@ -204,6 +207,7 @@ fn apply_append(
             answer: answer.clone(),
             log_time_ms: ctx.log_time_ms,
             log_index: ctx.log_index,
+            position: ctx.position,
         };
         t.idem.put(&req.topic, &idem.key, &record)?;
     }

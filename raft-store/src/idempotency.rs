@@ -18,11 +18,15 @@ pub struct Record {
     pub answer: Answer,
     pub log_time_ms: u64,
     pub log_index: u64,
+    /// The request's place in its entry: records of one entry are evicted in request order,
+    /// as they would be had each request had its own entry.
+    #[serde(default)]
+    pub position: u32,
 }
 
 pub(crate) struct IdempotencyTables<'txn> {
     pub records: Table<'txn, (&'static str, &'static str), Sealed<&'static str>>,
-    pub by_age: Table<'txn, (u64, u64, &'static str, &'static str), ()>,
+    pub by_age: Table<'txn, crate::tables::AgeKey, ()>,
 }
 
 impl IdempotencyTables<'_> {
@@ -35,15 +39,15 @@ impl IdempotencyTables<'_> {
         let over = (len + 1).saturating_sub(settings.records_max);
         for (n, row) in self.by_age.iter()?.enumerate() {
             let (k, _) = row?;
-            let (time, index, topic, key) = k.value();
+            let (time, index, position, topic, key) = k.value();
             if time > cutoff && (n as u64) >= over {
                 break;
             }
-            doomed.push((time, index, topic.to_string(), key.to_string()));
+            doomed.push((time, index, position, topic.to_string(), key.to_string()));
         }
-        for (time, index, topic, key) in doomed {
+        for (time, index, position, topic, key) in doomed {
             self.by_age
-                .remove((time, index, topic.as_str(), key.as_str()))?;
+                .remove((time, index, position, topic.as_str(), key.as_str()))?;
             self.records.remove((topic.as_str(), key.as_str()))?;
         }
         Ok(())
@@ -61,12 +65,20 @@ impl IdempotencyTables<'_> {
     pub fn put(&mut self, topic: &str, key: &str, record: &Record) -> Result<(), StoreError> {
         if let Some(old) = self.get(topic, key)? {
             self.by_age
-                .remove((old.log_time_ms, old.log_index, topic, key))?;
+                .remove((old.log_time_ms, old.log_index, old.position, topic, key))?;
         }
         let json = serde_json::to_string(record).expect("idempotency records serialize");
         self.records.insert((topic, key), json.as_str())?;
-        self.by_age
-            .insert((record.log_time_ms, record.log_index, topic, key), ())?;
+        self.by_age.insert(
+            (
+                record.log_time_ms,
+                record.log_index,
+                record.position,
+                topic,
+                key,
+            ),
+            (),
+        )?;
         Ok(())
     }
 }

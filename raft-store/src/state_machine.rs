@@ -92,11 +92,13 @@ fn apply_batch(
                     let ctx = EntryContext {
                         log_index: entry.log_id.index,
                         log_time_ms: log_time,
+                        position: 0,
                     };
-                    let outcomes = cmd
-                        .requests
-                        .iter()
-                        .map(|r| apply_request(&mut tables, ctx, r))
+                    let outcomes = (0..)
+                        .zip(&cmd.requests)
+                        .map(|(position, r)| {
+                            apply_request(&mut tables, EntryContext { position, ..ctx }, r)
+                        })
                         .collect::<Result<_, _>>()?;
                     responses.push(LogResponse { outcomes });
                 }

@@ -51,9 +51,12 @@ pub const UNIQ_HISTORY: TableDefinition<HistoryKey, SealedOwner> =
 pub const IDEMPOTENCY: TableDefinition<(&str, &str), Sealed<&str>> =
     TableDefinition::new("idempotency");
 /// (log time, log index, topic, key): the idempotency records in eviction order.
-pub const IDEMPOTENCY_BY_AGE: TableDefinition<(u64, u64, &str, &str), ()> =
+pub const IDEMPOTENCY_BY_AGE: TableDefinition<AgeKey, ()> =
     TableDefinition::new("idempotency_by_age");
 
+/// (log time, log index, position of the request in its entry, topic, key): the key of
+/// `idempotency_by_age`, the order of the requests in the log whatever entries they shared.
+pub type AgeKey = (u64, u64, u32, &'static str, &'static str);
 /// (set, key, claimed offset): the key of `uniq_history`.
 pub type HistoryKey = (&'static str, &'static str, u64);
 /// (owner, offset), sealed: the value of `uniq_owners` and `uniq_history`.
