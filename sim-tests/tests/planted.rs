@@ -43,10 +43,12 @@ const ACK_BEFORE_DURABLE: Case = Case {
 /// openraft's debug assertions before a checker sees the loss: "follower log reversion is not
 /// allowed" (a follower acknowledged entries it no longer has) or "log_id <= committed" (a
 /// node applied past what its log keeps). Those assertions are this bug showing, so a panic
-/// counts here; the power-cut case above still needs a checker.
+/// counts here; the power-cut case above still needs a checker. Not every seed shows it: of
+/// seeds 1..=20, 14 did before the storage-integrity work and 10 after it (2026-11-29; the
+/// traces moved with the new on-disk layout), so the case allows eight seeds.
 const ACK_BEFORE_DURABLE_TORN: Case = Case {
     bug: "ack-before-durable",
-    seeds: 3,
+    seeds: 8,
     flags: &["--faults", "torn_write"],
     checkers: &["lost", "phantom", "agreement", "panic"],
 };
