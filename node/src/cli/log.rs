@@ -130,11 +130,7 @@ pub async fn run(command: LogCommand) -> Result<()> {
 
 async fn replay_parked(config: &Config, consumer: &str) -> Result<()> {
     let client = Client::for_config(config)?;
-    let addr = &config
-        .nodes
-        .first()
-        .context("the config lists no nodes")?
-        .addr;
+    let addr = first_node(config)?;
     let mut from = 0;
     let mut queued = 0;
     loop {
@@ -190,11 +186,7 @@ async fn append(
     // Not retried on another node: a write whose answer was lost may have been applied, and
     // only an idempotency key makes a retry safe. The first node forwards to the leader.
     let client = Client::for_config(config)?;
-    let addr = &config
-        .nodes
-        .first()
-        .context("the config lists no nodes")?
-        .addr;
+    let addr = first_node(config)?;
     let answer = client.post(addr, &path, &body).await?;
     println!("{}", serde_json::to_string(&answer)?);
     Ok(())
@@ -277,4 +269,13 @@ fn print_lines(events: &[Value]) -> Result<()> {
     }
     out.flush()?;
     Ok(())
+}
+
+/// The node writes go to: the config's first (it forwards to the leader).
+fn first_node(config: &Config) -> Result<&str> {
+    Ok(&config
+        .nodes
+        .first()
+        .context("the config lists no nodes")?
+        .addr)
 }
