@@ -152,6 +152,9 @@ impl App {
         left: Duration,
     ) -> Result<LeaderReply, ApiError> {
         let is_write = matches!(op, LeaderOp::Write { .. });
+        if is_write {
+            self.check_disk()?;
+        }
         let body = serde_json::to_vec(&Forwarded {
             op,
             timeout_ms: left.as_millis() as u64,
@@ -259,9 +262,8 @@ impl App {
     }
 
     /// Propose one request and return its answer. Both this node and the leader must have
-    /// room for it.
+    /// room for it: the leader checks in `propose`, a follower before it forwards.
     pub async fn write(&self, request: Request, timeout: Duration) -> Result<Answer, ApiError> {
-        self.check_disk()?;
         match self.execute(LeaderOp::Write { request }, timeout).await? {
             LeaderReply::Written { answer } => Ok(answer),
             other => Err(ApiError::internal(format!("unexpected reply {other:?}"))),

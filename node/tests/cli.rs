@@ -122,36 +122,25 @@ fn json_lines(text: &str) -> Vec<serde_json::Value> {
 fn log_append_read_and_tail_round_trip() {
     let c = Cluster::start(3, Tuning::default());
     c.wait_leader(&[1, 2, 3]);
-    let first = cli_ok(
-        &c,
-        &[
-            "log",
-            "append",
-            "cli",
-            "--type",
-            "Noted",
-            "--data",
-            r#"{"uid":"a"}"#,
-        ],
-    );
-    let first: serde_json::Value = serde_json::from_str(first.trim()).unwrap();
+    // `uniqlog log append cli --type Noted --data {"uid":UID} EXTRA...`
+    let append = |uid: &str, extra: &[&str]| {
+        let data = format!(r#"{{"uid":"{uid}"}}"#);
+        let mut args = vec!["log", "append", "cli", "--type", "Noted", "--data", &data];
+        args.extend_from_slice(extra);
+        c.cli(&c.config, &args)
+    };
+    let ok = |out: std::process::Output| -> serde_json::Value {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let new_stream = ["--stream", "s-1", "--expected-version", "no_stream"];
+    let first = ok(append("a", &[]));
     assert_eq!(first["first_offset"], 0, "{first}");
-    cli_ok(
-        &c,
-        &[
-            "log",
-            "append",
-            "cli",
-            "--type",
-            "Noted",
-            "--data",
-            r#"{"uid":"b"}"#,
-            "--stream",
-            "s-1",
-            "--expected-version",
-            "no_stream",
-        ],
-    );
+    ok(append("b", &new_stream));
     let all = json_lines(&cli_ok(&c, &["log", "read", "cli"]));
     let uids: Vec<&str> = all
         .iter()
@@ -165,20 +154,7 @@ fn log_append_read_and_tail_round_trip() {
     assert_eq!(stream.len(), 1);
     assert_eq!(stream[0]["data"]["uid"], "b");
     // The stream is at version 1 now: expecting "new" again is a conflict, exit code 1.
-    let out = c.cli(
-        &c.config,
-        &[
-            "log",
-            "append",
-            "cli",
-            "--type",
-            "Noted",
-            "--stream",
-            "s-1",
-            "--expected-version",
-            "no_stream",
-        ],
-    );
+    let out = append("again", &new_stream);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("409"), "{err}");

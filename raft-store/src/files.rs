@@ -175,6 +175,19 @@ where
     Ok(())
 }
 
+/// Whether `def` holds no row (a table not created yet holds none), without reading its rows.
+fn is_empty<K: redb::Key + 'static, V: redb::Value + 'static>(
+    db: &Database,
+    def: TableDefinition<K, V>,
+) -> Result<bool, StoreError> {
+    use redb::ReadableTableMetadata;
+    match db.begin_read()?.open_table(def) {
+        Ok(t) => Ok(t.is_empty()?),
+        Err(TableError::TableDoesNotExist(_)) => Ok(true),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Check every record of the log file: each entry's checksum, index and encoding, and each
 /// metadata value. The log is bounded by the snapshot policy, so this is cheap enough for
 /// every start.
@@ -246,15 +259,7 @@ pub(crate) fn check_pair(
     (state_db, state_name): (&Database, &str),
 ) -> Result<(), StoreError> {
     type LogId = openraft::LogId<crate::NodeId>;
-    let mut log_empty = true;
-    each_row(log_db, LOG, |_, _| {
-        log_empty = false;
-        Ok(())
-    })?;
-    each_row(log_db, RAFT_META, |_, _| {
-        log_empty = false;
-        Ok(())
-    })?;
+    let log_empty = is_empty(log_db, LOG)? && is_empty(log_db, RAFT_META)?;
     let meta = |db: &Database, def, table: &str, key: &str| -> Result<Option<LogId>, StoreError> {
         let txn = db.begin_read()?;
         match txn.open_table(def) {
