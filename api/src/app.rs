@@ -50,6 +50,8 @@ pub struct App {
     /// The snapshot being received from the leader: its id and the bytes written from offset
     /// 0 without a gap (`peer::snapshot`).
     pub snapshot_received: tokio::sync::Mutex<Option<(String, u64)>>,
+    /// What `/metrics` reports ([`crate::metrics`]).
+    pub metrics: Arc<crate::metrics::NodeMetrics>,
 }
 
 /// How many password hashes a node runs at once: one per core, at most 8 (each takes
@@ -78,7 +80,12 @@ pub enum LeaderOp {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "snake_case")]
 pub enum LeaderReply {
-    Written { answer: Answer },
+    Written {
+        answer: Answer,
+        /// The entry that carried the write (absent from builds before it was sent).
+        #[serde(default)]
+        log_index: u64,
+    },
     ReadIndex { index: u64 },
     Membership { log_index: u64 },
 }
@@ -166,9 +173,24 @@ impl App {
         let mut req = HttpRequest::post(FORWARD_PATH, body);
         crate::cluster_secret::sign(&mut req, self.cluster_secret.as_deref());
         crate::peer_protocol::stamp(&mut req);
+        if let Some(id) = crate::request_id::current() {
+            req.headers
+                .push((http::HeaderName::from_static(crate::request_id::HEADER), id));
+        }
         match self.transport.send(addr, req, wait).await {
-            Ok(resp) if resp.status == 200 => serde_json::from_slice(&resp.body)
-                .map_err(|e| ApiError::internal(format!("bad answer from the leader: {e}"))),
+            Ok(resp) if resp.status == 200 => {
+                let reply: LeaderReply = serde_json::from_slice(&resp.body)
+                    .map_err(|e| ApiError::internal(format!("bad answer from the leader: {e}")))?;
+                if let LeaderReply::Written { log_index, .. } = &reply {
+                    tracing::debug!(
+                        target: crate::request_id::TARGET,
+                        leader = addr,
+                        log_index,
+                        "committed by the leader"
+                    );
+                }
+                Ok(reply)
+            }
             Ok(resp) => match serde_json::from_slice::<ErrorBody>(&resp.body) {
                 Ok(body) => Err(ApiError::Forwarded {
                     status: resp.status,
@@ -233,8 +255,11 @@ impl App {
     #[tracing::instrument(level = "debug", skip_all)]
     async fn propose(&self, request: Request, timeout: Duration) -> Result<LeaderReply, ApiError> {
         self.check_disk()?;
-        let answer = self.proposer.propose(request, timeout).await?;
-        Ok(LeaderReply::Written { answer })
+        let (answer, log_index) = self.proposer.propose(request, timeout).await?;
+        // In the request's span: with the request id, this joins the receiving node's log to
+        // the leader's, and both to the entry every node applies.
+        tracing::debug!(target: crate::request_id::TARGET, log_index, "committed");
+        Ok(LeaderReply::Written { answer, log_index })
     }
 
     /// The replicated rules as this node has applied them.
@@ -265,7 +290,7 @@ impl App {
     /// room for it: the leader checks in `propose`, a follower before it forwards.
     pub async fn write(&self, request: Request, timeout: Duration) -> Result<Answer, ApiError> {
         match self.execute(LeaderOp::Write { request }, timeout).await? {
-            LeaderReply::Written { answer } => Ok(answer),
+            LeaderReply::Written { answer, .. } => Ok(answer),
             other => Err(ApiError::internal(format!("unexpected reply {other:?}"))),
         }
     }

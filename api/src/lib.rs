@@ -11,10 +11,12 @@ pub mod error;
 pub mod extract;
 mod json_check;
 pub mod limits;
+pub mod metrics;
 pub mod openapi;
 pub mod peer;
 pub mod peer_protocol;
 pub mod propose;
+pub mod request_id;
 pub mod routes;
 pub mod server;
 pub mod tls;
@@ -86,6 +88,9 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("GET", "/health", Access::Public),
     ("GET", "/ready", Access::Public),
     ("GET", "/openapi.json", Access::Public),
+    // Public like etcd's and NATS's: scrapers carry no token, and the series hold no data of
+    // the log (routes are templates, uniq sets are names from the config).
+    ("GET", "/metrics", Access::Public),
 ];
 
 /// The access a (method, matched path) asks for.
@@ -123,6 +128,7 @@ fn handler(method: &str, path: &str) -> MethodRouter<SharedApp> {
         ("GET", "/health") => get(cluster::health),
         ("GET", "/ready") => get(cluster::ready),
         ("GET", "/openapi.json") => get(|| async { axum::Json(openapi::spec()) }),
+        ("GET", "/metrics") => get(metrics::scrape),
         (m, p) => unreachable!("route {m} {p} is in ROUTES but has no handler"),
     }
 }
@@ -145,8 +151,14 @@ pub fn client_router(app: SharedApp) -> Router {
             app.clone(),
             auth::require,
         ))
+        // Outside auth, so refusals are counted too.
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            metrics::track,
+        ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(request_id::middleware))
         .with_state(app)
 }
 

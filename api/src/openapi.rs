@@ -366,6 +366,11 @@ fn ready() {}
     responses((status = 200, description = "this document", body = Object)))]
 fn openapi_json() {}
 
+#[utoipa::path(get, path = "/metrics", tag = "cluster",
+    responses((status = 200, description = "Prometheus metrics, OpenMetrics text format",
+        content_type = "application/openmetrics-text", body = String)))]
+fn metrics() {}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -397,7 +402,8 @@ fn openapi_json() {}
         whoami,
         health,
         ready,
-        openapi_json
+        openapi_json,
+        metrics
     ),
     components(schemas(ErrorDoc, EventBody, Member, IdempotencyStatus))
 )]

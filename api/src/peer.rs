@@ -59,7 +59,11 @@ pub fn peer_router(app: SharedApp) -> Router {
         .route(APPEND_PATH, post(append))
         .route(VOTE_PATH, post(vote))
         .route(SNAPSHOT_PATH, post(snapshot))
-        .route(FORWARD_PATH, post(forwarded))
+        // The forwarded client request keeps the id the receiving node gave it.
+        .route(
+            FORWARD_PATH,
+            post(forwarded).layer(axum::middleware::from_fn(crate::request_id::middleware)),
+        )
         .layer(axum::extract::DefaultBodyLimit::max(PEER_BODY_BYTES_MAX))
         // Inside the secret check: a caller without the secret learns nothing, a peer of
         // another build learns why it is refused.
@@ -67,6 +71,10 @@ pub fn peer_router(app: SharedApp) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(
             app.clone(),
             crate::cluster_secret::require,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            crate::metrics::track,
         ))
         .with_state(app)
 }

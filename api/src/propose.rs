@@ -21,10 +21,11 @@ use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::Raft;
-use raft_store::{Answer, LogCommand, Request, TypeConfig};
+use raft_store::{Answer, Conflict, LogCommand, Outcome, Request, TypeConfig};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::error::ApiError;
+use crate::metrics::NodeMetrics;
 
 /// Entries proposed and not yet answered, at most.
 const IN_FLIGHT_MAX: usize = 2;
@@ -36,7 +37,8 @@ const REQUESTS_PER_ENTRY_MAX: usize = 256;
 /// goes, alone): replication sends whole entries, and an entry must fit in one append RPC.
 const ENTRY_BYTES_TARGET: usize = 512 * 1024;
 
-type Reply = oneshot::Sender<Result<Answer, ApiError>>;
+/// A request's answer and the index of the entry that carried it.
+type Reply = oneshot::Sender<Result<(Answer, u64), ApiError>>;
 
 struct Queued {
     request: Request,
@@ -54,15 +56,24 @@ impl Proposer {
     /// come back within `entry_timeout` frees its slot and answers `outcome_unknown`: a
     /// `client_write` that never resolves must not hold the pipeline for good. At most
     /// `queue_max` requests wait for a slot.
-    pub fn start(raft: Raft<TypeConfig>, entry_timeout: Duration, queue_max: usize) -> Self {
+    pub fn start(
+        raft: Raft<TypeConfig>,
+        entry_timeout: Duration,
+        queue_max: usize,
+        metrics: Arc<NodeMetrics>,
+    ) -> Self {
         let (queue, rx) = mpsc::channel(queue_max.max(1));
-        tokio::spawn(batcher(raft, rx, entry_timeout));
+        tokio::spawn(batcher(raft, rx, entry_timeout, metrics));
         Proposer { queue }
     }
 
     /// Propose `request` and wait (at most `timeout`) for its own answer: committed on a
-    /// quorum and applied on this node.
-    pub async fn propose(&self, request: Request, timeout: Duration) -> Result<Answer, ApiError> {
+    /// quorum and applied on this node. Also returns the log index of the entry.
+    pub async fn propose(
+        &self,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<(Answer, u64), ApiError> {
         let (reply, rx) = oneshot::channel();
         self.queue
             .try_send(Queued { request, reply })
@@ -87,7 +98,12 @@ impl Proposer {
     }
 }
 
-async fn batcher(raft: Raft<TypeConfig>, mut rx: mpsc::Receiver<Queued>, entry_timeout: Duration) {
+async fn batcher(
+    raft: Raft<TypeConfig>,
+    mut rx: mpsc::Receiver<Queued>,
+    entry_timeout: Duration,
+    metrics: Arc<NodeMetrics>,
+) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT_MAX));
     let mut carried: Option<Queued> = None;
     loop {
@@ -118,15 +134,22 @@ async fn batcher(raft: Raft<TypeConfig>, mut rx: mpsc::Receiver<Queued>, entry_t
             }
         }
         let raft = raft.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
-            propose_batch(&raft, batch, entry_timeout).await;
+            propose_batch(&raft, batch, entry_timeout, &metrics).await;
             drop(slot);
         });
     }
 }
 
 #[tracing::instrument(level = "debug", skip_all, fields(requests = batch.len()))]
-async fn propose_batch(raft: &Raft<TypeConfig>, batch: Vec<Queued>, entry_timeout: Duration) {
+async fn propose_batch(
+    raft: &Raft<TypeConfig>,
+    batch: Vec<Queued>,
+    entry_timeout: Duration,
+    metrics: &NodeMetrics,
+) {
+    metrics.batch_proposed(batch.len());
     let (requests, replies): (Vec<_>, Vec<_>) =
         batch.into_iter().map(|q| (q.request, q.reply)).unzip();
     let cmd = LogCommand {
@@ -139,12 +162,20 @@ async fn propose_batch(raft: &Raft<TypeConfig>, batch: Vec<Queued>, entry_timeou
         .and_then(|r| r.map_err(write_error));
     match res {
         Ok(resp) => {
+            let index = resp.log_id.index;
             let mut outcomes = resp.data.outcomes.into_iter();
             for reply in replies {
                 let answer = outcomes.next().ok_or_else(|| {
                     ApiError::internal("apply returned fewer outcomes than requests")
                 });
-                let _ = reply.send(answer);
+                if let Ok(Answer {
+                    outcome: Outcome::Conflict(Conflict::Uniq { set, .. }),
+                    ..
+                }) = &answer
+                {
+                    metrics.uniq_conflict(set);
+                }
+                let _ = reply.send(answer.map(|a| (a, index)));
             }
         }
         Err(err) => {

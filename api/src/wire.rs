@@ -285,6 +285,10 @@ pub struct ClusterStatus {
     /// Last log index covered by this node's current snapshot.
     pub snapshot_index: Option<u64>,
     pub members: Vec<Member>,
+    /// On the leader only: the highest log index known replicated on each other member
+    /// (voters and learners), `null` while unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<std::collections::BTreeMap<NodeId, Option<u64>>>,
     /// Version of the replicated rules this node has applied.
     pub rules_version: u64,
     /// The idempotency window in force and the records held.

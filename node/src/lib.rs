@@ -110,6 +110,7 @@ pub async fn start(
         .iter()
         .map(|n| (n.id, Node::new(n.peer_addr())))
         .collect();
+    let metrics = Arc::new(api::metrics::NodeMetrics::new(&storage.metrics));
     let app = Arc::new(App {
         id,
         raft: raft.clone(),
@@ -126,9 +127,11 @@ pub async fn start(
             raft.clone(),
             Duration::from_millis(config.limits.request_timeout_ms),
             config.limits.write_queue_max,
+            metrics.clone(),
         ),
         password_hashing: tokio::sync::Semaphore::new(api::app::password_hashing_slots()),
         snapshot_received: tokio::sync::Mutex::new(None),
+        metrics,
     });
     let header_timeout = Duration::from_millis(config.limits.header_read_timeout_ms);
     let mut servers = Vec::new();

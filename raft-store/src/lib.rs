@@ -13,6 +13,7 @@ mod files;
 mod idempotency;
 mod log_store;
 mod log_writer;
+mod metrics;
 /// Bugs the simulation can plant on purpose (simulation builds only).
 #[cfg(madsim)]
 pub mod planted;
@@ -37,6 +38,7 @@ pub use disk_space::{DiskSpace, LowDisk};
 pub use error::StoreError;
 pub use idempotency::Record as IdempotencyRecord;
 pub use log_store::LogStore;
+pub use metrics::StoreMetrics;
 pub use read::{Page, StateReader};
 pub use runtime::{blocking, UniqRuntime};
 pub use snapshot::SnapshotFile;
@@ -71,6 +73,8 @@ pub struct Storage {
     pub damage: Damage,
     /// The free space writes need (see [`DiskSpace`]).
     pub disk: DiskSpace,
+    /// Commit latencies and snapshot and purge counts, for the node's `/metrics`.
+    pub metrics: StoreMetrics,
 }
 
 impl Storage {
@@ -151,19 +155,22 @@ impl Storage {
         snapshots.forget_if_older_than(last_applied.map(|l| l.index))?;
         let rules = Arc::new(read::RulesCache::default());
         let damage = Damage::default();
+        let metrics = StoreMetrics::default();
         let state_machine = StateMachine {
             db: db.clone(),
             snapshots: Arc::new(snapshots),
             applied: Arc::new(tx),
             rules: rules.clone(),
             damage: damage.clone(),
+            metrics: metrics.clone(),
         };
         Ok(Storage {
-            log: LogStore::new(log_db, db.clone(), damage.clone()),
+            log: LogStore::new(log_db, db.clone(), damage.clone(), metrics.clone()),
             reader: StateReader::new(db, rx, rules, damage.clone()),
             state_machine,
             damage,
             disk: DiskSpace::unlimited(),
+            metrics,
         })
     }
 }

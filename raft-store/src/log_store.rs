@@ -32,9 +32,14 @@ pub struct LogStore {
 
 impl LogStore {
     /// The log in `db`; `state_db` is the state machine's file, made durable before any purge.
-    pub(crate) fn new(db: Arc<Database>, state_db: Arc<Database>, damage: crate::Damage) -> Self {
+    pub(crate) fn new(
+        db: Arc<Database>,
+        state_db: Arc<Database>,
+        damage: crate::Damage,
+        metrics: crate::StoreMetrics,
+    ) -> Self {
         LogStore {
-            writer: Arc::new(LogWriter::new(db.clone(), state_db)),
+            writer: Arc::new(LogWriter::new(db.clone(), state_db, metrics)),
             db,
             damage,
         }

@@ -185,13 +185,19 @@ pub(crate) struct LogWriter {
     /// The latest commit marker not yet written; goes out with the next batch.
     committed: Arc<Mutex<Option<Option<LogId<NodeId>>>>>,
     queue: OnceLock<mpsc::UnboundedSender<Op>>,
+    metrics: crate::StoreMetrics,
 }
 
 impl LogWriter {
-    pub(crate) fn new(db: Arc<Database>, state_db: Arc<Database>) -> Self {
+    pub(crate) fn new(
+        db: Arc<Database>,
+        state_db: Arc<Database>,
+        metrics: crate::StoreMetrics,
+    ) -> Self {
         LogWriter {
             db,
             state_db,
+            metrics,
             cache: Arc::default(),
             committed: Arc::default(),
             queue: OnceLock::new(),
@@ -205,6 +211,7 @@ impl LogWriter {
                 db: self.db.clone(),
                 cache: self.cache.clone(),
                 committed: self.committed.clone(),
+                metrics: self.metrics.clone(),
             };
             tokio::spawn(writer.run(rx));
             tx
@@ -254,6 +261,7 @@ impl LogWriter {
             Ok(())
         })
         .await?;
+        self.metrics.purged();
         self.cache.purged(log_id.index);
         Ok(())
     }
@@ -279,6 +287,7 @@ struct Writer {
     db: Arc<Database>,
     cache: Arc<LogCache>,
     committed: Arc<Mutex<Option<Option<LogId<NodeId>>>>>,
+    metrics: crate::StoreMetrics,
 }
 
 impl Writer {
@@ -321,9 +330,12 @@ impl Writer {
         let upto = batch.last().map(|e| e.log_id.index);
         let committed = self.committed.lock().expect("committed lock").take();
         let db = self.db.clone();
+        let count = batch.len();
+        let started = std::time::Instant::now();
         let res = blocking(move || crate::log_store::write_entries(&db, &batch, committed)).await;
         match res {
             Ok(()) => {
+                self.metrics.log_committed(started, count);
                 if let Some(upto) = upto {
                     self.cache.flushed(upto);
                 }

@@ -29,6 +29,7 @@ pub struct StateMachine {
     /// Dropped whenever the rules may have changed.
     pub(crate) rules: Arc<RulesCache>,
     pub(crate) damage: crate::Damage,
+    pub(crate) metrics: crate::StoreMetrics,
 }
 
 type Membership = StoredMembership<NodeId, Node>;
@@ -149,6 +150,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // Durable when the batch holds an index one short of a multiple of the bound: counted
         // in log indexes, not time, so apply reads no clock.
         let durable = first / APPLIED_BETWEEN_SYNCS_MAX != (last + 1) / APPLIED_BETWEEN_SYNCS_MAX;
+        let count = entries.len();
+        // Timed around apply, never inside it: what apply decides reads no clock.
+        let started = std::time::Instant::now();
         let (responses, last_index) = blocking(move || {
             crate::files::catching_seals(crate::DATA_FILE, "apply", || {
                 apply_batch(&db, entries, durable)
@@ -156,6 +160,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         })
         .await
         .map_err(|e| sm_write(self.damage.saw(e)))?;
+        self.metrics.applied(started, count);
         if sets_rules {
             self.rules.invalidate();
         }
@@ -208,6 +213,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // (the leader checks its file before sending, chunks are checked on the way), and
         // nothing was changed. Raft stops; a restart fetches the snapshot again.
         .map_err(snapshot_err)?;
+        self.metrics.snapshot_installed();
         self.rules.invalidate();
         self.applied.send_replace(last_index);
         Ok(())
@@ -246,6 +252,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             id = %meta.snapshot_id,
             "built a snapshot"
         );
+        self.metrics.snapshot_built();
         let current = self.get_current_snapshot().await?;
         current.ok_or_else(|| snapshot_err(StoreError::Snapshot("built snapshot vanished".into())))
     }

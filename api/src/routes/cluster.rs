@@ -42,16 +42,15 @@ pub async fn cluster_status(app: &SharedApp) -> Result<ClusterStatus, ApiError> 
             voter: voters.contains(id),
         })
         .collect();
-    let role = match m.state {
-        ServerState::Leader => "leader",
-        ServerState::Follower => "follower",
-        ServerState::Candidate => "candidate",
-        ServerState::Learner => "learner",
-        ServerState::Shutdown => "shutdown",
-    };
+    let replication = m.replication.as_ref().map(|r| {
+        r.iter()
+            .filter(|(id, _)| **id != app.id)
+            .map(|(id, matched)| (*id, matched.map(|l| l.index)))
+            .collect()
+    });
     Ok(ClusterStatus {
         id: app.id,
-        role: role.to_string(),
+        role: role_name(m.state).to_string(),
         term: m.current_term,
         leader: m.current_leader,
         commit_index: committed,
@@ -60,6 +59,7 @@ pub async fn cluster_status(app: &SharedApp) -> Result<ClusterStatus, ApiError> 
         purged_index: m.purged.map(|l| l.index),
         snapshot_index: m.snapshot.map(|l| l.index),
         members,
+        replication,
         rules_version: rules.version,
         idempotency: IdempotencyStatus {
             window_ms: rules.rules.idempotency.window_ms,
@@ -67,6 +67,17 @@ pub async fn cluster_status(app: &SharedApp) -> Result<ClusterStatus, ApiError> 
             records: idempotency_records,
         },
     })
+}
+
+/// The name of a Raft state in answers and metrics.
+pub fn role_name(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
 }
 
 /// Bootstrap the cluster from the config's node list and propose the config's rules as the
