@@ -26,6 +26,8 @@ install_tools() {
   cargo nextest --version >/dev/null 2>&1 || cargo install --locked cargo-nextest
   # The SMTP test talks to Python's aiosmtpd.
   python3 -c 'import aiosmtpd' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check aiosmtpd
+  # The metrics tests parse /metrics with the reference OpenMetrics parser.
+  python3 -c 'import prometheus_client' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check prometheus-client==0.23.1
 }
 
 build() {

@@ -86,8 +86,12 @@ pub enum LeaderReply {
         #[serde(default)]
         log_index: u64,
     },
-    ReadIndex { index: u64 },
-    Membership { log_index: u64 },
+    ReadIndex {
+        index: u64,
+    },
+    Membership {
+        log_index: u64,
+    },
 }
 
 /// Body of the internal forwarding route.

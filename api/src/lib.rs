@@ -153,7 +153,7 @@ pub fn client_router(app: SharedApp) -> Router {
         ))
         // Outside auth, so refusals are counted too.
         .route_layer(axum::middleware::from_fn_with_state(
-            app.clone(),
+            app.metrics.http.clone(),
             metrics::track,
         ))
         .fallback(not_found)

@@ -57,11 +57,80 @@ fn latency() -> Histogram {
     Histogram::new(exponential_buckets(0.000_1, 2.0, 17))
 }
 
+/// Requests by route and status, and their latency: on the node's routers and on the
+/// query consumer's. Cheap to clone (shared handles).
+#[derive(Clone)]
+pub struct HttpMetrics {
+    requests: Family<RequestLabels, Counter>,
+    request_seconds: Family<RouteLabels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for HttpMetrics {
+    fn default() -> Self {
+        HttpMetrics {
+            requests: Family::default(),
+            request_seconds: Family::new_with_constructor(latency),
+        }
+    }
+}
+
+impl HttpMetrics {
+    pub fn register(&self, r: &mut Registry) {
+        r.register(
+            "http_requests",
+            "HTTP requests answered, by method, route and status.",
+            self.requests.clone(),
+        );
+        r.register_with_unit(
+            "http_request_duration",
+            "Time to answer an HTTP request (to its headers, for streams).",
+            Unit::Seconds,
+            self.request_seconds.clone(),
+        );
+    }
+
+    fn observe(&self, method: &str, route: &str, status: u16, took: Duration) {
+        let (method, route) = (method.to_owned(), route.to_owned());
+        self.request_seconds
+            .get_or_create(&RouteLabels {
+                method: method.clone(),
+                route: route.clone(),
+            })
+            .observe(took.as_secs_f64());
+        self.requests
+            .get_or_create(&RequestLabels {
+                method,
+                route,
+                status,
+            })
+            .inc();
+    }
+}
+
+/// Count and time every request by its route template, never its raw path: a client cannot
+/// create series by inventing paths. Add it as a route layer (unmatched paths never reach
+/// one, so they are not counted).
+pub async fn track(State(http): State<HttpMetrics>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    let method = req.method().clone();
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    http.observe(
+        method.as_str(),
+        &route,
+        resp.status().as_u16(),
+        started.elapsed(),
+    );
+    resp
+}
+
 /// One registry per node; every handle is shared, so recording needs no lock.
 pub struct NodeMetrics {
     registry: Registry,
-    requests: Family<RequestLabels, Counter>,
-    request_seconds: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pub http: HttpMetrics,
     batch_requests: Histogram,
     uniq_conflicts: Family<SetLabels, Counter>,
     term: Gauge,
@@ -85,8 +154,7 @@ impl NodeMetrics {
     pub fn new(store: &StoreMetrics) -> Self {
         let mut m = NodeMetrics {
             registry: Registry::with_prefix("uniqlog"),
-            requests: Family::default(),
-            request_seconds: Family::new_with_constructor(latency),
+            http: HttpMetrics::default(),
             batch_requests: Histogram::new(exponential_buckets(1.0, 2.0, 9)),
             uniq_conflicts: Family::default(),
             term: Gauge::default(),
@@ -105,17 +173,7 @@ impl NodeMetrics {
             scrape: tokio::sync::Mutex::new(()),
         };
         let r = &mut m.registry;
-        r.register(
-            "http_requests",
-            "HTTP requests answered, by method, route and status.",
-            m.requests.clone(),
-        );
-        r.register_with_unit(
-            "http_request_duration",
-            "Time to answer an HTTP request (to its headers, for streams).",
-            Unit::Seconds,
-            m.request_seconds.clone(),
-        );
+        m.http.register(r);
         r.register(
             "append_batch_requests",
             "Client requests proposed together in one Raft entry (group commit).",
@@ -192,23 +250,6 @@ impl NodeMetrics {
         m
     }
 
-    fn observe_request(&self, method: &str, route: &str, status: u16, took: Duration) {
-        let (method, route) = (method.to_owned(), route.to_owned());
-        self.request_seconds
-            .get_or_create(&RouteLabels {
-                method: method.clone(),
-                route: route.clone(),
-            })
-            .observe(took.as_secs_f64());
-        self.requests
-            .get_or_create(&RequestLabels {
-                method,
-                route,
-                status,
-            })
-            .inc();
-    }
-
     /// The number of client requests one proposed entry carries.
     pub fn batch_proposed(&self, requests: usize) {
         self.batch_requests.observe(requests as f64);
@@ -224,30 +265,19 @@ impl NodeMetrics {
     }
 }
 
-/// Count and time every request by its route template, never its raw path: a client cannot
-/// create series by inventing paths (unmatched paths never reach a route layer).
-pub async fn track(State(app): State<SharedApp>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
-    let method = req.method().clone();
-    let started = std::time::Instant::now();
-    let resp = next.run(req).await;
-    app.metrics.observe_request(
-        method.as_str(),
-        &route,
-        resp.status().as_u16(),
-        started.elapsed(),
-    );
-    resp
-}
-
 /// `GET /metrics`: set the present-tense gauges, then encode everything.
 pub async fn scrape(State(app): State<SharedApp>) -> Result<Response, crate::ApiError> {
     use axum::response::IntoResponse;
     let status = crate::routes::cluster::cluster_status(&app).await?;
+    let rules = app.rules_shared().await?;
     let m = &app.metrics;
+    // Every set of the rules in force shows, at 0 until its first conflict: an alert on the
+    // rate of a series that does not exist yet would never fire.
+    for set in &rules.rules.uniq {
+        m.uniq_conflicts.get_or_create(&SetLabels {
+            set: set.name.clone(),
+        });
+    }
     let _one_at_a_time = m.scrape.lock().await;
     let raft = app.raft.metrics().borrow().clone();
     let g = |v: u64| v.min(i64::MAX as u64) as i64;
@@ -284,9 +314,5 @@ pub async fn scrape(State(app): State<SharedApp>) -> Result<Response, crate::Api
     m.idempotency_records.set(g(status.idempotency.records));
     let mut text = String::new();
     encode(&mut text, &m.registry).map_err(crate::ApiError::internal)?;
-    Ok((
-        [(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)],
-        text,
-    )
-        .into_response())
+    Ok(([(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response())
 }

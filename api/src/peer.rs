@@ -73,7 +73,7 @@ pub fn peer_router(app: SharedApp) -> Router {
             crate::cluster_secret::require,
         ))
         .route_layer(axum::middleware::from_fn_with_state(
-            app.clone(),
+            app.metrics.http.clone(),
             crate::metrics::track,
         ))
         .with_state(app)

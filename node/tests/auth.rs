@@ -161,5 +161,6 @@ fn status_of_stream(addr: &str, path: &str, token: Option<&str>) -> Resp {
         text,
         location: None,
         retry_after: None,
+        request_id: None,
     }
 }

@@ -106,9 +106,10 @@ fn every_sign_up_gets_exactly_one_email_through_outages_flakiness_slowness_and_c
     // out and stays on that event, retrying (each retry a counted duplicate) until it is fast
     // again.
     control(&sink, json!({"delay_ms": 400}));
+    // Read from /metrics, as a Prometheus would: the timeouts counter moves.
     wait_for("timeouts while slow", Duration::from_secs(60), || {
-        let h = get(&health, "/health").ok()?.body;
-        (h["timeouts"].as_u64()? >= 3).then_some(())
+        let m = common::metrics::scrape(&health);
+        (m.value("uniqlog_mail_timeouts_total", &[]) >= 3.0).then_some(())
     });
     control(&sink, json!({}));
     for w in writers {
@@ -207,12 +208,14 @@ fn a_rejected_address_is_parked_replayed_and_then_delivered_once() {
         let h = get(&health, "/health").ok()?.body;
         (sent(&sink) == 2 && h["parked"] == 1).then_some(())
     });
-    let metrics = get(&health, "/metrics").unwrap().text;
-    assert!(metrics.contains("uniqlog_mail_parked 1"), "{metrics}");
-    assert!(
-        metrics.contains("uniqlog_mail_breaker_state 0"),
-        "{metrics}"
-    );
+    let m = wait_for("the metrics to show it", Duration::from_secs(10), || {
+        let m = common::metrics::scrape(&health);
+        (m.value("uniqlog_mail_lag_events", &[]) == 0.0).then_some(m)
+    });
+    assert_eq!(m.value("uniqlog_mail_parked_total", &[]), 1.0);
+    assert_eq!(m.value("uniqlog_mail_sent_total", &[]), 2.0);
+    assert_eq!(m.value("uniqlog_mail_breaker_state", &[]), 0.0);
+    assert_eq!(m.kind("uniqlog_mail_lag_seconds"), "gauge");
     let parked = c.read_topic(1, "__parked");
     assert_eq!(parked.len(), 1);
     assert!(parked[0]["data"]["reason"]

@@ -184,8 +184,8 @@ fn the_read_model_follows_commands_survives_kills_and_equals_a_replay() {
     );
 
     // The query process reports its position, and is caught up.
-    let metrics = get(&q, "/metrics").unwrap().text;
-    assert!(metrics.contains("uniqlog_query_lag_events 0"), "{metrics}");
+    let metrics = common::metrics::scrape(&q);
+    assert_eq!(metrics.value("uniqlog_query_lag_events", &[]), 0.0);
     let health = get(&q, "/health").unwrap().body;
     assert_eq!(health["lag_events"], 0, "{health}");
     let cp = wait_for(

@@ -133,6 +133,7 @@ async fn run_query(config: Arc<Config>, disk: SimDisk, pos: Arc<QueryPos>) {
         head: head.clone(),
         config: config.query.clone(),
         auth: config.client_auth(),
+        http: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind(&config.query.listen)
         .await

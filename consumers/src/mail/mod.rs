@@ -92,23 +92,26 @@ impl MailStats {
                     "Circuit breaker: 0 closed, 1 half-open, 2 open.",
                     breaker,
                 ),
-                ("sent", "Emails the provider accepted.", self.sent as i64),
+            ],
+            &[
+                ("sent", "Emails the provider accepted.", self.sent),
                 (
                     "retries",
                     "Failed provider calls that were retried.",
-                    self.retries as i64,
+                    self.retries,
                 ),
                 (
                     "timeouts",
                     "Provider calls that timed out (possible resends).",
-                    self.timeouts as i64,
+                    self.timeouts,
                 ),
                 (
                     "parked",
                     "Events parked after a permanent refusal.",
-                    self.parked as i64,
+                    self.parked,
                 ),
             ],
+            None,
         )
     }
 }

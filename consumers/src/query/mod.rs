@@ -59,6 +59,8 @@ pub struct QueryState {
     pub config: QueryConfig,
     /// The cluster's client tokens: the query routes need the `read` role when auth is on.
     pub auth: api::auth::Auth,
+    /// Requests and latencies of the query API, for `/metrics`.
+    pub http: api::metrics::HttpMetrics,
 }
 
 /// Tail `users` into the store for ever, reporting the position.

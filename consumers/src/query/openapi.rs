@@ -105,7 +105,8 @@ fn stats() {}
 fn health() {}
 
 #[utoipa::path(get, path = "/metrics", tag = "query",
-    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
+    responses((status = 200, description = "Prometheus metrics, OpenMetrics text format",
+        content_type = "application/openmetrics-text", body = String)))]
 fn metrics() {}
 
 #[utoipa::path(get, path = "/openapi.json", tag = "query",

@@ -146,8 +146,10 @@ async fn metrics(State(state): State<Shared>) -> Result<Response, ApiError> {
                 lag_seconds as i64,
             ),
         ],
+        &[],
+        Some(&state.http),
     );
-    Ok(text.into_response())
+    Ok(crate::metrics::answer(text))
 }
 
 async fn not_found() -> ApiError {
@@ -201,6 +203,10 @@ pub fn router(state: Shared) -> Router {
     public
         .into_iter()
         .fold(Router::new().merge(queries), |r, p| r.route(p, handler(p)))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.http.clone(),
+            api::metrics::track,
+        ))
         .fallback(not_found)
         .with_state(state)
 }

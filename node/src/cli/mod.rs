@@ -30,6 +30,24 @@ struct Cli {
     /// UNIQLOG_TLS_CA.
     #[arg(long, global = true, value_name = "PEM")]
     ca: Option<PathBuf>,
+    /// How log lines look on stderr: `text` (one line each), `json` (one object per line,
+    /// for collectors) or `pretty` (several lines each, for reading by eye). The level is
+    /// RUST_LOG's (default `info,openraft=warn`).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t = LogFormat::Text,
+        env = "UNIQLOG_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+    Pretty,
 }
 
 #[derive(Subcommand)]
@@ -103,7 +121,7 @@ enum Command {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    init_tracing(cli.log_format);
     // The flags win over the config through the variables the config loader already reads
     // last; set here, before any thread exists.
     if let Some(token) = &cli.token {
@@ -164,12 +182,25 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
-    tracing_subscriber::fmt()
+    use std::io::IsTerminal;
+    // Colours only on a terminal: a log file or a collector gets plain text.
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        // The request span (its id) on every line, and the whole span list, for collectors
+        // that index by field.
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
+        LogFormat::Pretty => builder.pretty().init(),
+    }
 }

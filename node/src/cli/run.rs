@@ -197,6 +197,7 @@ pub async fn serve_query(config: &Config, rebuild: bool) -> Result<()> {
         head,
         config: qc.clone(),
         auth: config.client_auth(),
+        http: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind(&qc.listen)
         .await
@@ -271,7 +272,7 @@ pub async fn serve_mail(config: &Config) -> Result<()> {
             "/metrics",
             axum::routing::get(move || {
                 let text = metrics_stats.lock().expect("stats").metrics();
-                async move { text }
+                async move { consumers::metrics::answer(text) }
             }),
         );
     let listen = config.mail.listen.clone();

@@ -3,6 +3,8 @@
 //! Every process started here is killed when the `Cluster` is dropped.
 #![allow(dead_code)]
 
+pub mod metrics;
+
 use std::fs::File;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -44,6 +46,8 @@ pub struct Resp {
     pub text: String,
     pub location: Option<String>,
     pub retry_after: Option<String>,
+    /// `x-request-id` of the answer.
+    pub request_id: Option<String>,
 }
 
 fn agent() -> ureq::Agent {
@@ -190,6 +194,7 @@ fn finish(resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result
     };
     let location = header("location");
     let retry_after = header("retry-after");
+    let request_id = header("x-request-id");
     let text = resp
         .body_mut()
         .with_config()
@@ -203,6 +208,7 @@ fn finish(resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result
         text,
         location,
         retry_after,
+        request_id,
     })
 }
 
@@ -252,6 +258,8 @@ pub struct Cluster {
     pub http: Http,
     /// A command the nodes are started through (`nsenter ... --`), if any.
     pub launcher: Vec<String>,
+    /// Extra arguments of `uniqlog` before `node` when nodes are (re)started.
+    pub node_flags: Vec<String>,
 }
 
 /// A `uniqlog query` process with its own config (the cluster's plus a `[query]` section).
@@ -349,6 +357,7 @@ impl Cluster {
             token: token.map(str::to_string),
             http,
             launcher: Vec::new(),
+            node_flags: Vec::new(),
         }
     }
 
@@ -421,10 +430,12 @@ impl Cluster {
             None => Command::new(BIN),
         };
         let child = cmd
+            .args(&self.node_flags)
             .args(["node", "--config"])
             .arg(&node.config)
             .args(["--id", &id.to_string()])
-            .env("RUST_LOG", "info,openraft=info")
+            // Every request's lines too, with its id: a failing test's logs say what it did.
+            .env("RUST_LOG", "info,openraft=info,uniqlog::request=debug")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
