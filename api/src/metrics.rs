@@ -274,9 +274,9 @@ pub async fn scrape(State(app): State<SharedApp>) -> Result<Response, crate::Api
     // Every set of the rules in force shows, at 0 until its first conflict: an alert on the
     // rate of a series that does not exist yet would never fire.
     for set in &rules.rules.uniq {
-        m.uniq_conflicts.get_or_create(&SetLabels {
+        drop(m.uniq_conflicts.get_or_create(&SetLabels {
             set: set.name.clone(),
-        });
+        }));
     }
     let _one_at_a_time = m.scrape.lock().await;
     let raft = app.raft.metrics().borrow().clone();
