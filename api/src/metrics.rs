@@ -78,12 +78,12 @@ impl HttpMetrics {
     pub fn register(&self, r: &mut Registry) {
         r.register(
             "http_requests",
-            "HTTP requests answered, by method, route and status.",
+            "HTTP requests answered, by method, route and status",
             self.requests.clone(),
         );
         r.register_with_unit(
             "http_request_duration",
-            "Time to answer an HTTP request (to its headers, for streams).",
+            "Time to answer an HTTP request (to its headers, for streams)",
             Unit::Seconds,
             self.request_seconds.clone(),
         );
@@ -176,18 +176,18 @@ impl NodeMetrics {
         m.http.register(r);
         r.register(
             "append_batch_requests",
-            "Client requests proposed together in one Raft entry (group commit).",
+            "Client requests proposed together in one Raft entry (group commit)",
             m.batch_requests.clone(),
         );
         r.register(
             "uniq_conflicts",
-            "Appends refused because a uniq key had another owner, by set (counted by the leader).",
+            "Appends refused because a uniq key had another owner, by set (counted by the leader)",
             m.uniq_conflicts.clone(),
         );
-        r.register("raft_term", "Current Raft term.", m.term.clone());
+        r.register("raft_term", "Current Raft term", m.term.clone());
         r.register(
             "raft_leader",
-            "Id of the leader this node knows, 0 when none.",
+            "Id of the leader this node knows, 0 when none",
             m.leader.clone(),
         );
         r.register(
@@ -197,53 +197,53 @@ impl NodeMetrics {
         );
         r.register(
             "raft_commit_index",
-            "Highest log index this node knows committed.",
+            "Highest log index this node knows committed",
             m.commit_index.clone(),
         );
         r.register(
             "raft_applied_index",
-            "Highest log index applied to this node's state machine.",
+            "Highest log index applied to this node's state machine",
             m.applied_index.clone(),
         );
         r.register(
             "raft_last_log_index",
-            "Highest index in this node's log.",
+            "Highest index in this node's log",
             m.last_log_index.clone(),
         );
         r.register(
             "raft_snapshot_index",
-            "Last index covered by this node's current snapshot, 0 when none.",
+            "Last index covered by this node's current snapshot, 0 when none",
             m.snapshot_index.clone(),
         );
         r.register(
             "raft_purged_index",
-            "Highest index removed from this node's log, 0 when none.",
+            "Highest index removed from this node's log, 0 when none",
             m.purged_index.clone(),
         );
         r.register(
             "raft_replication_matched_index",
-            "On the leader: highest index known replicated on each follower and learner.",
+            "On the leader: highest index known replicated on each follower and learner",
             m.matched_index.clone(),
         );
         r.register(
             "raft_replication_lag",
-            "On the leader: entries each follower and learner is behind the leader's log.",
+            "On the leader: entries each follower and learner is behind the leader's log",
             m.replication_lag.clone(),
         );
         r.register_with_unit(
             "idempotency_window",
-            "Idempotency window in force (replicated rules).",
+            "Idempotency window in force (replicated rules)",
             Unit::Seconds,
             m.idempotency_window.clone(),
         );
         r.register(
             "idempotency_records_max",
-            "Idempotency records kept at most (replicated rules).",
+            "Idempotency records kept at most (replicated rules)",
             m.idempotency_records_max.clone(),
         );
         r.register(
             "idempotency_records",
-            "Idempotency records held by this node's state machine.",
+            "Idempotency records held by this node's state machine",
             m.idempotency_records.clone(),
         );
         store.register(&mut m.registry);

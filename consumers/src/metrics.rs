@@ -53,8 +53,8 @@ mod tests {
     fn renders_gauges_and_counters_in_openmetrics_text() {
         let text = super::render(
             "uniqlog_mail",
-            &[("lag_events", "Events not yet handled.", 3)],
-            &[("sent", "Emails sent.", 7)],
+            &[("lag_events", "Events not yet handled", 3)],
+            &[("sent", "Emails sent", 7)],
             None,
         );
         assert!(

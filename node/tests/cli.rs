@@ -286,3 +286,118 @@ fn consumers_lists_checkpoint_head_and_lag() {
     let cols: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(cols, ["query", "users", "3", "3", "0"], "{table}");
 }
+
+/// The `cluster status` table as header name -> cell, one map per row (HEALTH, the last
+/// column, may hold spaces).
+fn status_rows(table: &str) -> Vec<std::collections::BTreeMap<String, String>> {
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "ID", "ADDR", "ROLE", "MEMBER", "TERM", "LEADER", "COMMIT", "APPLIED", "REPL-LAG",
+            "HEALTH"
+        ]
+    );
+    lines
+        .map(|l| {
+            let cells: Vec<String> = l
+                .split_whitespace()
+                .take(header.len() - 1)
+                .map(str::to_string)
+                .chain(std::iter::once(
+                    l.split_whitespace()
+                        .skip(header.len() - 1)
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                ))
+                .collect();
+            assert!(!cells.is_empty());
+            header.iter().map(|h| h.to_string()).zip(cells).collect()
+        })
+        .collect()
+}
+
+/// `cluster status`: a row per node with role, membership, indexes, replication lag and
+/// health, learners the config does not list included. A stopped node is shown down with a
+/// lag that grows with the writes it misses, and the command still succeeds.
+#[test]
+fn cluster_status_shows_roles_replication_lag_health_and_learners() {
+    let mut c = Cluster::start(3, Tuning::default());
+    let leader = c.wait_leader(&[1, 2, 3]);
+    for i in 0..5 {
+        append_ok(&c.addr(leader), "st", &format!("s{i}"), None);
+    }
+    c.wait_converged(&[1, 2, 3]);
+    let rows = wait_for("every follower at lag 0", Duration::from_secs(20), || {
+        let rows = status_rows(&cli_ok(&c, &["cluster", "status"]));
+        rows.iter()
+            .filter(|r| r["ROLE"] == "follower")
+            .all(|r| r["REPL-LAG"] == "0")
+            .then_some(rows)
+    });
+    assert_eq!(rows.len(), 3);
+    for r in &rows {
+        let is_leader = r["ID"] == leader.to_string();
+        assert_eq!(r["ROLE"], if is_leader { "leader" } else { "follower" });
+        assert_eq!(r["REPL-LAG"], if is_leader { "-" } else { "0" });
+        assert_eq!(r["MEMBER"], "voter");
+        assert_eq!(r["LEADER"], leader.to_string());
+        assert_eq!(r["HEALTH"], "ready");
+        assert_eq!(r["COMMIT"], rows[0]["COMMIT"]);
+        assert_eq!(r["APPLIED"], r["COMMIT"]);
+    }
+
+    // A learner added by address, outside the config, is listed too.
+    let id = c.add_process(&Tuning::default());
+    let learner = id.to_string();
+    cli_ok(
+        &c,
+        &[
+            "cluster",
+            "add-learner",
+            "--id",
+            &learner,
+            "--addr",
+            &c.addr(id),
+        ],
+    );
+    let rows = wait_for("the learner caught up", Duration::from_secs(20), || {
+        let rows = status_rows(&cli_ok(&c, &["cluster", "status"]));
+        rows.iter()
+            .any(|r| r["ID"] == learner && r["REPL-LAG"] == "0" && r["HEALTH"] == "ready")
+            .then_some(rows)
+    });
+    assert_eq!(rows.len(), 4);
+    let row = rows.iter().find(|r| r["ID"] == learner).unwrap();
+    assert_eq!(
+        (row["ROLE"].as_str(), row["MEMBER"].as_str()),
+        ("learner", "learner")
+    );
+    assert_eq!(row["ADDR"], c.addr(id));
+
+    // A follower that is down: shown down, its lag growing with every write it misses.
+    let down = (1..=3).find(|n| *n != leader).unwrap();
+    c.kill(down);
+    for i in 0..10 {
+        append_ok(&c.addr(leader), "st", &format!("d{i}"), None);
+    }
+    let out = c.cli(&c.config, &["cluster", "status"]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("node {down}:")), "{stderr}");
+    let rows = status_rows(&String::from_utf8(out.stdout).unwrap());
+    let row = rows.iter().find(|r| r["ID"] == down.to_string()).unwrap();
+    assert_eq!(
+        (row["ROLE"].as_str(), row["HEALTH"].as_str()),
+        ("down", "down")
+    );
+    assert!(row["REPL-LAG"].parse::<u64>().unwrap() >= 10, "{row:?}");
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(&cli_ok(&c, &["cluster", "status", "--json"])).unwrap();
+    let row = rows.iter().find(|r| r["id"] == down).unwrap();
+    assert!(row["replication_lag"].as_u64().unwrap() >= 10, "{row}");
+    let row = rows.iter().find(|r| r["id"] == leader).unwrap();
+    assert!(row["replication_lag"].is_null(), "{row}");
+    assert_eq!(row["health"], "ready");
+}

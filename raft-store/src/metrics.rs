@@ -50,39 +50,39 @@ impl StoreMetrics {
     pub fn register(&self, registry: &mut Registry) {
         registry.register_with_unit(
             "raft_log_commit",
-            "Durable commits of the Raft log file (redb commit with fsync).",
+            "Durable commits of the Raft log file (redb commit with fsync)",
             Unit::Seconds,
             self.log_commit.clone(),
         );
         registry.register(
             "raft_log_commit_entries",
-            "Entries written by one durable commit of the Raft log.",
+            "Entries written by one durable commit of the Raft log",
             self.log_commit_entries.clone(),
         );
         registry.register_with_unit(
             "apply",
-            "Applying one batch of committed entries to the state file.",
+            "Applying one batch of committed entries to the state file",
             Unit::Seconds,
             self.apply.clone(),
         );
         registry.register(
             "applied_entries",
-            "Committed entries applied to the state machine.",
+            "Committed entries applied to the state machine",
             self.applied_entries.clone(),
         );
         registry.register(
             "snapshots_built",
-            "Snapshots this node built of its state machine.",
+            "Snapshots this node built of its state machine",
             self.snapshots_built.clone(),
         );
         registry.register(
             "snapshots_installed",
-            "Snapshots this node installed from a leader.",
+            "Snapshots this node installed from a leader",
             self.snapshots_installed.clone(),
         );
         registry.register(
             "log_purges",
-            "Purges of the Raft log up to a snapshot.",
+            "Purges of the Raft log up to a snapshot",
             self.purges.clone(),
         );
     }

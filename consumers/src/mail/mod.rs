@@ -74,40 +74,40 @@ impl MailStats {
             &[
                 (
                     "checkpoint",
-                    "Next offset of users to handle.",
+                    "Next offset of users to handle",
                     self.checkpoint as i64,
                 ),
                 (
                     "lag_events",
-                    "Events of users not yet handled.",
+                    "Events of users not yet handled",
                     self.lag_events as i64,
                 ),
                 (
                     "lag_seconds",
-                    "Age of the event being handled.",
+                    "Age of the event being handled",
                     self.lag_seconds as i64,
                 ),
                 (
                     "breaker_state",
-                    "Circuit breaker: 0 closed, 1 half-open, 2 open.",
+                    "Circuit breaker: 0 closed, 1 half-open, 2 open",
                     breaker,
                 ),
             ],
             &[
-                ("sent", "Emails the provider accepted.", self.sent),
+                ("sent", "Emails the provider accepted", self.sent),
                 (
                     "retries",
-                    "Failed provider calls that were retried.",
+                    "Failed provider calls that were retried",
                     self.retries,
                 ),
                 (
                     "timeouts",
-                    "Provider calls that timed out (possible resends).",
+                    "Provider calls that timed out (possible resends)",
                     self.timeouts,
                 ),
                 (
                     "parked",
-                    "Events parked after a permanent refusal.",
+                    "Events parked after a permanent refusal",
                     self.parked,
                 ),
             ],

@@ -131,18 +131,18 @@ async fn metrics(State(state): State<Shared>) -> Result<Response, ApiError> {
         &[
             (
                 "checkpoint",
-                "Next offset of users to apply.",
+                "Next offset of users to apply",
                 checkpoint as i64,
             ),
-            ("head", "Length of users as last seen.", head as i64),
+            ("head", "Length of users as last seen", head as i64),
             (
                 "lag_events",
-                "Events of users not yet applied.",
+                "Events of users not yet applied",
                 lag_events as i64,
             ),
             (
                 "lag_seconds",
-                "Age of the last applied event while behind.",
+                "Age of the last applied event while behind",
                 lag_seconds as i64,
             ),
         ],

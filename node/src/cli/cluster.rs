@@ -11,6 +11,7 @@ use uniqlog_node::Config;
 
 use super::client::Client;
 use super::run::terminated;
+use api::HttpRequest;
 
 #[derive(Subcommand)]
 pub enum ClusterCommand {
@@ -131,54 +132,127 @@ async fn init(config: &Config) -> Result<()> {
     Ok(())
 }
 
+/// One row per node: the configured ones, and members the config does not list (a learner
+/// added with `--addr`), each with its own view, its replication lag as the leader sees it
+/// and whether it is ready.
 async fn status(config: &Config, as_json: bool) -> Result<()> {
     let client = Client::for_config(config)?;
+    let mut nodes: Vec<(u64, String)> = config
+        .nodes
+        .iter()
+        .map(|n| (n.id, n.addr.clone()))
+        .collect();
     let mut rows = Vec::new();
-    for n in &config.nodes {
-        let row = match client.get(&n.addr, "/v1/cluster/status").await {
+    let mut i = 0;
+    while i < nodes.len() {
+        let (id, addr) = nodes[i].clone();
+        i += 1;
+        let mut row = match client.get(&addr, "/v1/cluster/status").await {
             Ok(s) => s,
-            Err(e) => json!({ "id": n.id, "addr": n.addr, "role": "down", "error": e.to_string() }),
+            Err(e) => json!({ "id": id, "addr": addr, "role": "down", "error": e.to_string() }),
         };
+        row["addr"] = json!(addr);
+        // Members outside the config are reached at the address the membership holds (a
+        // node's peer address, which is its client address unless `peer_addr` is set).
+        for m in row["members"].as_array().into_iter().flatten() {
+            if let (Some(mid), Some(maddr)) = (m["id"].as_u64(), m["addr"].as_str()) {
+                if !nodes.iter().any(|(n, _)| *n == mid) {
+                    nodes.push((mid, maddr.to_string()));
+                }
+            }
+        }
         rows.push(row);
+    }
+    let leader = rows
+        .iter()
+        .filter(|r| r["role"] == "leader")
+        .max_by_key(|r| r["term"].as_u64())
+        .cloned();
+    for row in &mut rows {
+        row["replication_lag"] = replication_lag(leader.as_ref(), row);
+        if row["error"].is_null() {
+            let addr = row["addr"].as_str().unwrap_or_default().to_string();
+            row["health"] = match client.call(&addr, HttpRequest::get("/ready")).await {
+                Ok((200, _)) => json!("ready"),
+                Ok((_, body)) => json!(format!(
+                    "not ready: {}",
+                    body["message"].as_str().unwrap_or("no reason given")
+                )),
+                Err(e) => json!(format!("down: {e}")),
+            };
+        } else {
+            row["health"] = json!("down");
+        }
     }
     if as_json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return all_down(&rows);
     }
-    println!(
-        "{:<4} {:<22} {:<10} {:>6} {:>7} {:>10} {:>10} {:>8}",
-        "ID", "ADDR", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAG"
-    );
-    let leader_commit = rows
-        .iter()
-        .filter(|r| r["role"] == "leader")
-        .filter_map(|r| r["commit_index"].as_u64())
-        .max();
-    for (n, r) in config.nodes.iter().zip(&rows) {
-        let dash = || "-".to_string();
-        let num = |k: &str| r[k].as_u64().map_or_else(dash, |v| v.to_string());
-        let lag = match (leader_commit, r["applied_index"].as_u64()) {
-            (Some(c), Some(a)) => c.saturating_sub(a).to_string(),
-            _ => dash(),
-        };
-        println!(
-            "{:<4} {:<22} {:<10} {:>6} {:>7} {:>10} {:>10} {:>8}",
-            n.id,
-            n.addr,
-            r["role"].as_str().unwrap_or("?"),
-            num("term"),
-            num("leader"),
-            num("commit_index"),
-            num("applied_index"),
-            lag
-        );
-    }
+    print!("{}", status_table(&rows));
     // When none answers, the error alone says it; otherwise name each node that did not.
     all_down(&rows)?;
     for r in rows.iter().filter(|r| r["error"].is_string()) {
         eprintln!("node {}: {}", r["id"], r["error"].as_str().unwrap_or(""));
     }
     Ok(())
+}
+
+/// Entries the leader has that `row`'s node is not known to hold: from the leader's
+/// replication view, which is what Raft acts on. `null` for the leader itself, and when no
+/// leader answered or it does not know yet.
+fn replication_lag(leader: Option<&Value>, row: &Value) -> Value {
+    let Some(leader) = leader else {
+        return Value::Null;
+    };
+    if leader["id"] == row["id"] {
+        return Value::Null;
+    }
+    let id = row["id"].to_string();
+    match (
+        leader["last_log_index"].as_u64(),
+        leader["replication"][&id].as_u64(),
+    ) {
+        (Some(last), Some(matched)) => json!(last.saturating_sub(matched)),
+        _ => Value::Null,
+    }
+}
+
+fn status_table(rows: &[Value]) -> String {
+    let mut out = format!(
+        "{:<4} {:<22} {:<10} {:<7} {:>6} {:>7} {:>10} {:>10} {:>9}  {}\n",
+        "ID", "ADDR", "ROLE", "MEMBER", "TERM", "LEADER", "COMMIT", "APPLIED", "REPL-LAG", "HEALTH"
+    );
+    // The membership as the leader (or else the first node that answered) holds it.
+    let view = rows
+        .iter()
+        .find(|r| r["role"] == "leader")
+        .or_else(|| rows.iter().find(|r| r["members"].is_array()));
+    for r in rows {
+        let dash = || "-".to_string();
+        let num = |k: &str| r[k].as_u64().map_or_else(dash, |v| v.to_string());
+        let member = view
+            .and_then(|v| v["members"].as_array())
+            .map(|ms| match ms.iter().find(|m| m["id"] == r["id"]) {
+                Some(m) if m["voter"] == true => "voter",
+                Some(_) => "learner",
+                None => "no",
+            })
+            .unwrap_or("?");
+        out.push_str(&format!(
+            "{:<4} {:<22} {:<10} {:<7} {:>6} {:>7} {:>10} {:>10} {:>9}  {}\n",
+            r["id"].to_string(),
+            r["addr"].as_str().unwrap_or("?"),
+            r["role"].as_str().unwrap_or("?"),
+            member,
+            num("term"),
+            num("leader"),
+            num("commit_index"),
+            num("applied_index"),
+            num("replication_lag"),
+            r["health"].as_str().unwrap_or("?"),
+        ));
+    }
+    out
 }
 
 /// An error when no node answered (a wrong address, CA or token everywhere).
