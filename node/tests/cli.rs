@@ -401,3 +401,59 @@ fn cluster_status_shows_roles_replication_lag_health_and_learners() {
     assert!(row["replication_lag"].is_null(), "{row}");
     assert_eq!(row["health"], "ready");
 }
+
+/// `cluster add-learner` follows the new node until it holds the log up to its own addition:
+/// not on a terminal, as plain progress lines ending with "caught up".
+#[test]
+fn add_learner_follows_the_catch_up_to_the_end() {
+    let mut c = Cluster::start(3, Tuning::default());
+    let leader = c.wait_leader(&[1, 2, 3]);
+    for i in 0..200 {
+        append_ok(&c.addr(leader), "catch", &format!("c{i}"), None);
+    }
+    let id = c.add_process(&Tuning::default());
+    let out = cli_ok(
+        &c,
+        &[
+            "cluster",
+            "add-learner",
+            "--id",
+            &id.to_string(),
+            "--addr",
+            &c.addr(id),
+        ],
+    );
+    let added: u64 = out
+        .lines()
+        .find_map(|l| l.strip_suffix(')')?.split("(log index ").nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(added > 200, "{out}");
+    let last = out.lines().last().unwrap();
+    let prefix = format!("node {id} catching up: caught up (log index ");
+    let reached: u64 = last
+        .strip_prefix(&prefix)
+        .and_then(|r| r.strip_suffix(')')?.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(reached >= added, "{out}");
+    // The leader agrees: the learner holds at least that much.
+    let status = c.status(leader).unwrap();
+    assert!(status["replication"][id.to_string()].as_u64().unwrap() >= added);
+    assert_eq!(c.read_topic(id, "catch").len(), 200);
+
+    // A learner that is not running makes no progress; --no-wait returns at once.
+    let out = cli_ok(
+        &c,
+        &[
+            "cluster",
+            "add-learner",
+            "--id",
+            "9",
+            "--addr",
+            "127.0.0.1:9",
+            "--no-wait",
+        ],
+    );
+    assert!(out.contains("node 9 added as learner"), "{out}");
+    assert!(!out.contains("catching up"), "{out}");
+}

@@ -6,6 +6,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
@@ -203,6 +204,25 @@ fn the_read_model_follows_commands_survives_kills_and_equals_a_replay() {
     c.kill_query("fresh");
     c.restart_query("fresh", true);
     read_after(&fresh, "/v1/stats/signups", &last);
+    // Not a terminal: the replay's progress comes as plain lines, ending with its total.
+    let head = c.read_topic(1, "users").len();
+    let log_path = c.dir.path().join("query-fresh.log");
+    wait_for("the rebuild's last line", Duration::from_secs(10), || {
+        let log = std::fs::read_to_string(&log_path).ok()?;
+        log.lines()
+            .any(|l| {
+                l.starts_with("rebuilding the read model: replayed ")
+                    && l.contains(" events of users")
+            })
+            .then_some(())
+    });
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let replayed: u64 = log
+        .lines()
+        .find_map(|l| l.strip_prefix("rebuilding the read model: replayed "))
+        .and_then(|rest| rest.split(' ').next()?.parse().ok())
+        .unwrap();
+    assert_eq!(replayed, head as u64);
     for id in ids.iter().step_by(7) {
         assert_eq!(
             get(&fresh, &format!("/v1/users/{id}")).unwrap().body,

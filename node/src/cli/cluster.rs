@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Subcommand;
@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use uniqlog_node::Config;
 
 use super::client::Client;
+use super::progress::Progress;
 use super::run::terminated;
 use api::HttpRequest;
 
@@ -33,7 +34,8 @@ pub enum ClusterCommand {
         #[arg(long, default_value = "cluster.toml")]
         config: PathBuf,
     },
-    /// Add a node as a learner (it catches up without voting).
+    /// Add a node as a learner and follow it until it holds the log up to its own addition
+    /// (it catches up without voting; promote it after).
     AddLearner {
         #[arg(long, default_value = "cluster.toml")]
         config: PathBuf,
@@ -42,6 +44,9 @@ pub enum ClusterCommand {
         /// Peer address of the new node; taken from the config when omitted.
         #[arg(long)]
         addr: Option<String>,
+        /// Return once it is added, without following its catch-up.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Make a learner a voter.
     Promote {
@@ -64,7 +69,12 @@ pub async fn run(command: ClusterCommand) -> Result<()> {
         ClusterCommand::Init { config } => init(&Config::load(&config)?).await,
         ClusterCommand::Status { config, json } => status(&Config::load(&config)?, json).await,
         ClusterCommand::Up { config } => up(&config).await,
-        ClusterCommand::AddLearner { config, id, addr } => {
+        ClusterCommand::AddLearner {
+            config,
+            id,
+            addr,
+            no_wait,
+        } => {
             let config = Config::load(&config)?;
             let addr = match addr {
                 Some(a) => a,
@@ -82,7 +92,10 @@ pub async fn run(command: ClusterCommand) -> Result<()> {
                 "node {id} added as learner (log index {})",
                 body["log_index"]
             );
-            Ok(())
+            match body["log_index"].as_u64() {
+                Some(upto) if !no_wait => follow_catch_up(&config, id, upto).await,
+                _ => Ok(()),
+            }
         }
         ClusterCommand::Promote { config, id } => {
             change_voters(&Config::load(&config)?, id, true).await
@@ -91,6 +104,71 @@ pub async fn run(command: ClusterCommand) -> Result<()> {
             change_voters(&Config::load(&config)?, id, false).await
         }
     }
+}
+
+/// With no progress for this long, following a catch-up gives up (the node keeps trying).
+const CATCH_UP_STALL: Duration = Duration::from_secs(60);
+
+/// Follow a new learner until the leader knows it holds the log up to `upto` (the entry that
+/// added it), with a progress display.
+async fn follow_catch_up(config: &Config, id: u64, upto: u64) -> Result<()> {
+    let mut progress = Progress::new(format!("node {id} catching up"), "entries");
+    let (mut best, mut moved) = (0, Instant::now());
+    loop {
+        // A failed poll (an election, a node restarting) counts as no progress.
+        let matched = leader_status(config)
+            .await
+            .ok()
+            .and_then(|s| s["replication"][id.to_string()].as_u64())
+            .unwrap_or(0);
+        progress.set(matched, upto);
+        if matched >= upto {
+            progress.finish(&format!("caught up (log index {matched})"));
+            return Ok(());
+        }
+        if matched > best {
+            (best, moved) = (matched, Instant::now());
+        } else if moved.elapsed() >= CATCH_UP_STALL {
+            progress.abandon();
+            bail!(
+                "node {id} made no progress for {} s (at {best} of {upto}): is it running, and \
+                 can the leader reach it at the address it was added with?",
+                CATCH_UP_STALL.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The status of the leader, found through any node.
+async fn leader_status(config: &Config) -> Result<Value> {
+    let any = any_node(config, |c, a| async move {
+        c.get(&a, "/v1/cluster/status").await
+    })
+    .await?;
+    if any["role"] == "leader" {
+        return Ok(any);
+    }
+    let leader = any["leader"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("no leader is known"))?;
+    let addr = config
+        .nodes
+        .iter()
+        .find(|n| n.id == leader)
+        .map(|n| n.addr.clone())
+        .or_else(|| {
+            any["members"]
+                .as_array()?
+                .iter()
+                .find(|m| m["id"] == leader)?["addr"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .ok_or_else(|| anyhow!("the leader {leader} has no known address"))?;
+    Client::for_config(config)?
+        .get(&addr, "/v1/cluster/status")
+        .await
 }
 
 /// Try each configured node in turn until one answers.

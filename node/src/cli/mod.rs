@@ -5,6 +5,7 @@ mod client;
 mod cluster;
 mod consumer_list;
 mod log;
+mod progress;
 mod run;
 mod uniq;
 

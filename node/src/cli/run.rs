@@ -218,8 +218,31 @@ pub async fn serve_query(config: &Config, rebuild: bool) -> Result<()> {
         qc.listen
     );
     let transport = api::client_transport_with(config.auth.client_token.clone(), tls);
+    if rebuild {
+        tokio::spawn(show_rebuild(state.applied.clone(), state.head.clone()));
+    }
     follow(state, applied_tx, head_tx, nodes, transport, stale_after).await;
     anyhow::bail!("the read model stopped following the log (see the log above)")
+}
+
+/// The replay of a rebuild, until the read model holds the topic as first seen.
+async fn show_rebuild(
+    applied: tokio::sync::watch::Receiver<u64>,
+    head: tokio::sync::watch::Receiver<u64>,
+) {
+    let mut progress = super::progress::Progress::new("rebuilding the read model", "events");
+    loop {
+        let (done, total) = (*applied.borrow(), *head.borrow());
+        // The head is 0 until the first read answers (or while the topic is empty).
+        if total > 0 {
+            progress.set(done, total);
+            if done >= total {
+                progress.finish(&format!("replayed {done} events of users"));
+                return;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
 }
 
 /// `uniqlog mail-sink`: serve the stand-in provider until stopped.

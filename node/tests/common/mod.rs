@@ -625,7 +625,8 @@ impl Cluster {
         if rebuild {
             cmd.arg("--rebuild");
         }
-        q.child = Some(cmd.stdout(Stdio::null()).stderr(log).spawn().unwrap());
+        let out = log.try_clone().unwrap();
+        q.child = Some(cmd.stdout(out).stderr(log).spawn().unwrap());
         let addr = q.addr.clone();
         wait_for(
             &format!("query {name} serving"),
