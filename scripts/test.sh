@@ -43,6 +43,11 @@ schemathesis() {
   ./scripts/schemathesis.sh "$CARGO_TARGET_DIR/debug/uniqlog"
 }
 
+# The `otlp` feature: spans exported to a stand-in collector. Rebuilds only the node crate.
+otlp_feature() {
+  cargo nextest run -p node --features otlp --test otlp --no-fail-fast
+}
+
 # The madsim build: optimised, with debug assertions on (scripts/madsim-env.sh).
 simulation_build() {
   ( export MADSIM_TARGET_DIR; source scripts/madsim-env.sh
@@ -64,6 +69,7 @@ stage "install tools" install_tools
 stage "build" build
 stage "unit + integration tests" unit_and_integration
 stage "schemathesis (node + query API)" schemathesis
+stage "otlp feature" otlp_feature
 if [ -n "$(ls sim-tests/tests/*.rs 2>/dev/null)" ]; then
   stage "simulation build (madsim)" simulation_build
   stage "simulation tests" simulation_tests

@@ -7,6 +7,7 @@ mod consumer_list;
 mod log;
 mod progress;
 mod run;
+mod telemetry;
 mod uniq;
 
 use std::path::PathBuf;
@@ -45,7 +46,7 @@ struct Cli {
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
-enum LogFormat {
+pub(crate) enum LogFormat {
     Text,
     Json,
     Pretty,
@@ -122,7 +123,7 @@ enum Command {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    let telemetry = telemetry::init(cli.log_format);
     // The flags win over the config through the variables the config loader already reads
     // last; set here, before any thread exists.
     if let Some(token) = &cli.token {
@@ -174,34 +175,13 @@ pub fn main() -> ExitCode {
             Command::Bench(args) => bench::run(args).await,
         }
     });
+    drop(rt);
+    telemetry.flush();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_tracing(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
-    use std::io::IsTerminal;
-    // Colours only on a terminal: a log file or a collector gets plain text.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        // The request span (its id) on every line, and the whole span list, for collectors
-        // that index by field.
-        LogFormat::Json => builder
-            .json()
-            .with_current_span(true)
-            .with_span_list(true)
-            .init(),
-        LogFormat::Pretty => builder.pretty().init(),
     }
 }

@@ -260,6 +260,8 @@ pub struct Cluster {
     pub launcher: Vec<String>,
     /// Extra arguments of `uniqlog` before `node` when nodes are (re)started.
     pub node_flags: Vec<String>,
+    /// Extra environment of nodes when (re)started.
+    pub node_env: Vec<(String, String)>,
 }
 
 /// A `uniqlog query` process with its own config (the cluster's plus a `[query]` section).
@@ -358,6 +360,7 @@ impl Cluster {
             http,
             launcher: Vec::new(),
             node_flags: Vec::new(),
+            node_env: Vec::new(),
         }
     }
 
@@ -436,6 +439,7 @@ impl Cluster {
             .args(["--id", &id.to_string()])
             // Every request's lines too, with its id: a failing test's logs say what it did.
             .env("RUST_LOG", "info,openraft=info,uniqlog::request=debug")
+            .envs(self.node_env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
