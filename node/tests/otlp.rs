@@ -14,11 +14,14 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 
+/// Every export received: its path and JSON body.
+type Exports = Arc<Mutex<Vec<(String, Value)>>>;
+
 /// A stand-in collector: answers every OTLP/HTTP export 200 and keeps the JSON bodies.
-fn collector() -> (String, Arc<Mutex<Vec<(String, Value)>>>) {
+fn collector() -> (String, Exports) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let got: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
+    let got: Exports = Arc::default();
     let keep = got.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
