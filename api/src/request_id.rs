@@ -40,8 +40,12 @@ fn usable(value: &HeaderValue) -> Option<String> {
     plain.then(|| s.to_owned())
 }
 
+/// From the node's one random source, so a simulation seed replays.
 fn fresh() -> String {
-    format!("{:016x}", rand::random::<u64>())
+    format!(
+        "{:016x}",
+        rand::RngCore::next_u64(&mut raft_store::runtime::rng())
+    )
 }
 
 pub async fn middleware(req: Request, next: Next) -> Response {
