@@ -43,6 +43,9 @@ type Reply = oneshot::Sender<Result<(Answer, u64), ApiError>>;
 struct Queued {
     request: Request,
     reply: Reply,
+    /// The request's span: the entry's span follows from it, so a trace leads from each
+    /// request to the entry that carried it.
+    span: tracing::Span,
 }
 
 /// The queue in front of `client_write`; cheap to clone.
@@ -76,7 +79,11 @@ impl Proposer {
     ) -> Result<(Answer, u64), ApiError> {
         let (reply, rx) = oneshot::channel();
         self.queue
-            .try_send(Queued { request, reply })
+            .try_send(Queued {
+                request,
+                reply,
+                span: tracing::Span::current(),
+            })
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => ApiError::overloaded(
                     "too many writes are waiting on this node; retry after a moment",
@@ -150,6 +157,10 @@ async fn propose_batch(
     metrics: &NodeMetrics,
 ) {
     metrics.batch_proposed(batch.len());
+    let entry = tracing::Span::current();
+    for q in &batch {
+        entry.follows_from(&q.span);
+    }
     let (requests, replies): (Vec<_>, Vec<_>) =
         batch.into_iter().map(|q| (q.request, q.reply)).unzip();
     let cmd = LogCommand {
@@ -163,6 +174,7 @@ async fn propose_batch(
     match res {
         Ok(resp) => {
             let index = resp.log_id.index;
+            tracing::debug!(log_index = index, "entry committed and applied");
             let mut outcomes = resp.data.outcomes.into_iter();
             for reply in replies {
                 let answer = outcomes.next().ok_or_else(|| {

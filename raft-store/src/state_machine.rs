@@ -161,6 +161,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .await
         .map_err(|e| sm_write(self.damage.saw(e)))?;
         self.metrics.applied(started, count);
+        // The end of a write's path on every node: the request's `committed log_index=N`
+        // line (api) names the entry applied here.
+        tracing::debug!(first, last, entries = count, "applied");
         if sets_rules {
             self.rules.invalidate();
         }
@@ -259,7 +262,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
 }
 
 /// Write a snapshot of the state machine as it is now and make it the current one.
-fn build(db: &Database, snapshots: &SnapshotDir) -> Result<Meta, StoreError> {
+pub(crate) fn build(db: &Database, snapshots: &SnapshotDir) -> Result<Meta, StoreError> {
     let txn = db.begin_read()?;
     // The read sees applies that are not fsynced yet. Make them durable before the
     // snapshot file exists, so a snapshot is never ahead of the state machine on disk
