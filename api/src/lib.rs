@@ -65,6 +65,8 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("POST", "/v1/cluster/learners", Access::Role(Role::Admin)),
     ("POST", "/v1/cluster/membership", Access::Role(Role::Admin)),
     ("POST", "/v1/cluster/uniq-rules", Access::Role(Role::Admin)),
+    // Admin: a backup holds every event, password hashes included.
+    ("GET", "/v1/backup", Access::Role(Role::Admin)),
     ("GET", "/v1/cluster/uniq-rules", Access::Role(Role::Read)),
     ("GET", "/v1/uniq/{set}/{key}", Access::Role(Role::Read)),
     (
@@ -113,6 +115,7 @@ fn handler(method: &str, path: &str) -> MethodRouter<SharedApp> {
         ("POST", "/v1/cluster/learners") => post(cluster::add_learner),
         ("POST", "/v1/cluster/membership") => post(cluster::change_membership),
         ("POST", "/v1/cluster/uniq-rules") => post(uniq::set_rules),
+        ("GET", "/v1/backup") => get(routes::backup::backup),
         ("GET", "/v1/cluster/uniq-rules") => get(uniq::get_rules),
         ("GET", "/v1/uniq/{set}/{key}") => get(uniq::owner),
         ("GET", "/v1/uniq/{set}/{key}/history") => get(uniq::history),

@@ -366,6 +366,13 @@ fn ready() {}
     responses((status = 200, description = "this document", body = Object)))]
 fn openapi_json() {}
 
+#[utoipa::path(get, path = "/v1/backup", tag = "cluster",
+    responses((status = 200, description = "a consistent backup of this node's applied state \
+        (a snapshot file: format byte, per-record CRC-32C); `x-uniqlog-backup-index` is its \
+        last log index, `x-uniqlog-backup-crc32c` the CRC-32C of the whole body",
+        content_type = "application/octet-stream", body = Vec<u8>)))]
+fn backup() {}
+
 #[utoipa::path(get, path = "/metrics", tag = "cluster",
     responses((status = 200, description = "Prometheus metrics, OpenMetrics text format",
         content_type = "application/openmetrics-text", body = String)))]
@@ -403,7 +410,8 @@ fn metrics() {}
         health,
         ready,
         openapi_json,
-        metrics
+        metrics,
+        backup
     ),
     components(schemas(ErrorDoc, EventBody, Member, IdempotencyStatus))
 )]

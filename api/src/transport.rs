@@ -184,19 +184,7 @@ impl HyperTransport {
             addr: addr.clone(),
             reason,
         };
-        let mut builder = http::Request::builder()
-            .method(req.method)
-            .uri(req.path)
-            .header(http::header::HOST, addr.as_str());
-        if req.body.is_some() {
-            builder = builder.header(http::header::CONTENT_TYPE, "application/json");
-        }
-        for (k, v) in req.headers {
-            builder = builder.header(k, v);
-        }
-        let request = builder
-            .body(Full::new(req.body.unwrap_or_default()))
-            .map_err(|e| broken(e.to_string()))?;
+        let request = http_request(&addr, req).map_err(|e| broken(e.to_string()))?;
         let resp = sender
             .send_request(request)
             .await
@@ -211,6 +199,39 @@ impl HyperTransport {
         self.give_back(&addr, sender);
         Ok(HttpResponse { status, body })
     }
+
+    /// Send `req` on a connection of its own and hand over the answer as it arrives, for a
+    /// body too large to hold in memory (a backup). No deadline: the caller reads at its pace.
+    pub async fn send_streaming(
+        &self,
+        addr: &str,
+        req: HttpRequest,
+    ) -> Result<http::Response<hyper::body::Incoming>, TransportError> {
+        let broken = |reason: String| TransportError::Broken {
+            addr: addr.to_string(),
+            reason,
+        };
+        let mut sender = self.connect(addr).await?;
+        let request = http_request(addr, req).map_err(|e| broken(e.to_string()))?;
+        sender
+            .send_request(request)
+            .await
+            .map_err(|e| broken(e.to_string()))
+    }
+}
+
+fn http_request(addr: &str, req: HttpRequest) -> http::Result<http::Request<Full<Bytes>>> {
+    let mut builder = http::Request::builder()
+        .method(req.method)
+        .uri(req.path)
+        .header(http::header::HOST, addr);
+    if req.body.is_some() {
+        builder = builder.header(http::header::CONTENT_TYPE, "application/json");
+    }
+    for (k, v) in req.headers {
+        builder = builder.header(k, v);
+    }
+    builder.body(Full::new(req.body.unwrap_or_default()))
 }
 
 impl Transport for HyperTransport {

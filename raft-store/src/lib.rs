@@ -5,6 +5,7 @@
 //! clock, randomness, environment or local config.
 
 mod apply;
+mod backup;
 mod checksum;
 mod damage;
 mod disk_space;
@@ -33,6 +34,7 @@ use redb::{Database, Durability, StorageBackend};
 use tokio::sync::watch;
 
 pub use apply::RulesState;
+pub use backup::{restore, verify_backup, BackupFile, BackupInfo};
 pub use damage::Damage;
 pub use disk_space::{DiskSpace, LowDisk};
 pub use error::StoreError;
@@ -151,14 +153,14 @@ impl Storage {
         create_tables(&db)?;
         let (last_applied, _) = state_machine::applied_state(&db)?;
         let (tx, rx) = watch::channel(last_applied.map_or(0, |l| l.index));
-        let snapshots = snapshot::SnapshotDir::open(snapshot_dir)?;
+        let snapshots = Arc::new(snapshot::SnapshotDir::open(snapshot_dir)?);
         snapshots.forget_if_older_than(last_applied.map(|l| l.index))?;
         let rules = Arc::new(read::RulesCache::default());
         let damage = Damage::default();
         let metrics = StoreMetrics::default();
         let state_machine = StateMachine {
             db: db.clone(),
-            snapshots: Arc::new(snapshots),
+            snapshots: snapshots.clone(),
             applied: Arc::new(tx),
             rules: rules.clone(),
             damage: damage.clone(),
@@ -166,7 +168,7 @@ impl Storage {
         };
         Ok(Storage {
             log: LogStore::new(log_db, db.clone(), damage.clone(), metrics.clone()),
-            reader: StateReader::new(db, rx, rules, damage.clone()),
+            reader: StateReader::new(db, rx, rules, damage.clone(), snapshots),
             state_machine,
             damage,
             disk: DiskSpace::unlimited(),

@@ -25,7 +25,7 @@ use crate::types::{NodeId, TypeConfig};
 /// The Raft log of one node. Cheap to clone: clones share the database and the writer.
 #[derive(Clone)]
 pub struct LogStore {
-    db: Arc<Database>,
+    pub(crate) db: Arc<Database>,
     writer: Arc<LogWriter>,
     damage: crate::Damage,
 }

@@ -41,10 +41,12 @@ impl RulesCache {
 /// Read-only handle on the state machine. Cheap to clone.
 #[derive(Clone)]
 pub struct StateReader {
-    db: Arc<Database>,
+    pub(crate) db: Arc<Database>,
     applied: watch::Receiver<u64>,
     rules: Arc<RulesCache>,
-    damage: crate::Damage,
+    pub(crate) damage: crate::Damage,
+    /// Where backups are written before they are sent (`backup.rs`).
+    pub(crate) snapshots: Arc<crate::snapshot::SnapshotDir>,
 }
 
 impl StateReader {
@@ -53,12 +55,14 @@ impl StateReader {
         applied: watch::Receiver<u64>,
         rules: Arc<RulesCache>,
         damage: crate::Damage,
+        snapshots: Arc<crate::snapshot::SnapshotDir>,
     ) -> Self {
         StateReader {
             db,
             applied,
             rules,
             damage,
+            snapshots,
         }
     }
 

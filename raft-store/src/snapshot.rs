@@ -53,7 +53,7 @@ pub struct SnapshotFile {
 }
 
 impl SnapshotFile {
-    fn new(file: File) -> Self {
+    pub(crate) fn from_file(file: File) -> Self {
         SnapshotFile {
             file,
             pending_seek: None,
@@ -165,7 +165,7 @@ impl SnapshotDir {
         Ok(())
     }
 
-    fn temp_path(&self, kind: &str) -> PathBuf {
+    pub(crate) fn temp_path(&self, kind: &str) -> PathBuf {
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
         self.dir.join(format!("{kind}-{n}.tmp"))
     }
@@ -188,7 +188,7 @@ impl SnapshotDir {
             .create_new(true)
             .open(&path)?;
         fs::remove_file(&path)?;
-        Ok(SnapshotFile::new(file))
+        Ok(SnapshotFile::from_file(file))
     }
 
     /// The current snapshot, if any.
@@ -202,7 +202,7 @@ impl SnapshotDir {
         let meta = read_header(&mut BufReader::new(&mut file))
             .map_err(|e| e.in_file(&path.display().to_string()))?;
         file.seek(SeekFrom::Start(0))?;
-        Ok(Some((meta, SnapshotFile::new(file))))
+        Ok(Some((meta, SnapshotFile::from_file(file))))
     }
 
     /// The current snapshot, checked whole first: it is about to be sent to a peer, which
@@ -327,7 +327,7 @@ pub(crate) fn write_records(txn: &ReadTransaction, w: &mut impl Write) -> Result
     Ok(n)
 }
 
-fn write_snapshot(
+pub(crate) fn write_snapshot(
     txn: &ReadTransaction,
     meta: &Meta,
     w: &mut impl Write,

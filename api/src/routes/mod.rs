@@ -1,5 +1,6 @@
 //! The client routes.
 
+pub mod backup;
 pub mod cluster;
 pub mod consumers;
 pub mod log;

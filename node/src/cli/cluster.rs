@@ -140,6 +140,21 @@ async fn follow_catch_up(config: &Config, id: u64, upto: u64) -> Result<()> {
     }
 }
 
+/// The leader's id and client address, or else the first node that answers.
+pub(super) async fn leader_or_any(config: &Config) -> Result<(u64, String)> {
+    let client = Client::for_config(config)?;
+    let mut first = None;
+    for n in &config.nodes {
+        if let Ok(s) = client.get(&n.addr, "/v1/cluster/status").await {
+            if s["role"] == "leader" {
+                return Ok((n.id, n.addr.clone()));
+            }
+            first.get_or_insert((n.id, n.addr.clone()));
+        }
+    }
+    first.ok_or_else(|| anyhow!("no node of the config answered"))
+}
+
 /// The status of the leader, found through any node.
 async fn leader_status(config: &Config) -> Result<Value> {
     let any = any_node(config, |c, a| async move {

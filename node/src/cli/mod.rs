@@ -1,5 +1,6 @@
 //! Command line: `uniqlog node | dev | cluster ...`. anyhow lives here, at the binary's edge.
 
+mod backup;
 mod bench;
 mod client;
 mod cluster;
@@ -114,6 +115,11 @@ enum Command {
     /// Load a cluster with sign-ups (closed loop, seeded email collisions) and check the
     /// topic afterwards.
     Bench(bench::BenchArgs),
+    /// Stream a consistent backup of the leader's (or `--node`'s) state into a file.
+    Backup(backup::BackupArgs),
+    /// Make a new data dir from a backup: the node starts as a one-node cluster with the
+    /// backup's topics, streams, uniq sets and idempotency records.
+    Restore(backup::RestoreArgs),
     /// Operate a cluster.
     Cluster {
         #[command(subcommand)]
@@ -173,6 +179,8 @@ pub fn main() -> ExitCode {
             Command::Consumers(args) => consumer_list::run(args).await,
             Command::Cluster { command } => cluster::run(command).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Backup(args) => backup::backup(args).await,
+            Command::Restore(args) => backup::restore(args).await,
         }
     });
     drop(rt);

@@ -1,0 +1,153 @@
+//! `uniqlog backup --to FILE` and `uniqlog restore --from FILE --id N`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use api::routes::backup::{CRC_HEADER, INDEX_HEADER};
+use api::HttpRequest;
+use http_body_util::BodyExt;
+use raft_store::Node;
+use uniqlog_node::Config;
+
+use super::cluster::leader_or_any;
+use super::progress::Progress;
+
+#[derive(clap::Args)]
+pub struct BackupArgs {
+    #[arg(long, default_value = "cluster.toml")]
+    config: PathBuf,
+    /// Where to write the backup (written beside it first, renamed when complete and checked).
+    #[arg(long)]
+    to: PathBuf,
+    /// Take it from this node (default: the leader, whose state is the newest).
+    #[arg(long)]
+    node: Option<u64>,
+}
+
+#[derive(clap::Args)]
+pub struct RestoreArgs {
+    #[arg(long)]
+    from: PathBuf,
+    #[arg(long, default_value = "cluster.toml")]
+    config: PathBuf,
+    /// The node of the config whose (new, empty) data dir receives the backup.
+    #[arg(long)]
+    id: u64,
+}
+
+pub async fn backup(args: BackupArgs) -> Result<()> {
+    let config = Config::load(&args.config)?;
+    let (id, addr) = match args.node {
+        Some(id) => (id, config.node(id)?.addr.clone()),
+        None => leader_or_any(&config).await?,
+    };
+    let transport = api::HyperTransport::with_tls(config.client_tls()?);
+    let mut req = HttpRequest::get("/v1/backup");
+    if let Some(token) = &config.auth.client_token {
+        req.headers
+            .push((http::header::AUTHORIZATION, format!("Bearer {token}")));
+    }
+    let resp = transport
+        .send_streaming(&addr, req)
+        .await
+        .with_context(|| format!("asking node {id} at {addr} for a backup"))?;
+    let status = resp.status();
+    if !status.is_success() {
+        let body = resp.into_body().collect().await?.to_bytes();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        bail!(
+            "node {id} at {addr} answered {}: {}",
+            status.as_u16(),
+            body["message"].as_str().unwrap_or("no message")
+        );
+    }
+    let header = |name: &str| -> Result<u64> {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .ok_or_else(|| anyhow!("node {id} sent no {name} header"))
+    };
+    let (total, index) = (header("content-length")?, header(INDEX_HEADER)?);
+    let expected_crc = u32::try_from(header(CRC_HEADER)?)?;
+    let partial = partial_path(&args.to);
+    let mut out = std::fs::File::create(&partial)
+        .with_context(|| format!("creating {}", partial.display()))?;
+    let mut progress = Progress::new(format!("backup of node {id} at index {index}"), "bytes");
+    let (mut received, mut crc) = (0u64, 0u32);
+    let mut body = resp.into_body();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.with_context(|| format!("receiving the backup from node {id}"))?;
+        if let Ok(data) = frame.into_data() {
+            out.write_all(&data)
+                .with_context(|| format!("writing {}", partial.display()))?;
+            crc = crc32c::crc32c_append(crc, &data);
+            received += data.len() as u64;
+            progress.set(received, total);
+        }
+    }
+    if received != total || crc != expected_crc {
+        progress.abandon();
+        let _ = std::fs::remove_file(&partial);
+        bail!(
+            "the backup arrived damaged or cut short ({received} of {total} bytes, CRC-32C \
+             {crc:08x}, expected {expected_crc:08x}); nothing was kept: run it again"
+        );
+    }
+    out.sync_all()?;
+    drop(out);
+    let info = {
+        let partial = partial.clone();
+        tokio::task::spawn_blocking(move || raft_store::verify_backup(&partial)).await??
+    };
+    std::fs::rename(&partial, &args.to)
+        .with_context(|| format!("renaming {} to {}", partial.display(), args.to.display()))?;
+    progress.finish(&format!(
+        "{} bytes, log index {} (term {}), CRC-32C {crc:08x}, written to {}",
+        received,
+        info.log_index,
+        info.term,
+        args.to.display()
+    ));
+    Ok(())
+}
+
+fn partial_path(to: &Path) -> PathBuf {
+    let mut name = to.file_name().unwrap_or_default().to_os_string();
+    name.push(".partial");
+    to.with_file_name(name)
+}
+
+pub async fn restore(args: RestoreArgs) -> Result<()> {
+    let config = Config::load(&args.config)?;
+    let me = config.node(args.id)?.clone();
+    let node = Node::new(me.peer_addr());
+    let (data_dir, from, id) = (me.data_dir.clone(), args.from.clone(), args.id);
+    let info = tokio::task::spawn_blocking(move || raft_store::restore(&data_dir, &from, id, node))
+        .await?
+        .with_context(|| format!("restoring {} as node {id}", args.from.display()))?;
+    println!(
+        "restored log index {} (term {}) of a cluster of voters {:?} into {} as node {id}, \
+         the only member of a new cluster",
+        info.log_index,
+        info.term,
+        info.voters,
+        me.data_dir.display()
+    );
+    println!("next:");
+    println!(
+        "  uniqlog node --config {} --id {id}",
+        args.config.display()
+    );
+    for other in config.nodes.iter().filter(|n| n.id != id) {
+        println!(
+            "  (start node {} on an empty data dir) uniqlog cluster add-learner --config {} --id {} && uniqlog cluster promote --config {} --id {}",
+            other.id,
+            args.config.display(),
+            other.id,
+            args.config.display(),
+            other.id
+        );
+    }
+    Ok(())
+}
