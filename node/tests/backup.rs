@@ -11,12 +11,13 @@ use std::time::Duration;
 
 use common::*;
 
-/// An acknowledged write: its topic, offset and the log index its answer named.
+/// An acknowledged write: its topic, offset, the log index its answer named (appends name
+/// it, sign-ups do not) and the email it claimed.
 #[derive(Clone, Debug)]
 struct Ack {
     topic: &'static str,
     offset: u64,
-    log_index: u64,
+    log_index: Option<u64>,
     email: Option<String>,
 }
 
@@ -48,7 +49,7 @@ fn load(c: &Cluster, stop: Arc<AtomicBool>) -> (Vec<thread::JoinHandle<()>>, Arc
                         acks.lock().unwrap().push(Ack {
                             topic: "users",
                             offset: r.body["offset"].as_u64().unwrap(),
-                            log_index: r.body["log_index"].as_u64().unwrap(),
+                            log_index: None,
                             email: Some(email),
                         });
                     }
@@ -62,7 +63,7 @@ fn load(c: &Cluster, stop: Arc<AtomicBool>) -> (Vec<thread::JoinHandle<()>>, Arc
                         acks.lock().unwrap().push(Ack {
                             topic: "ledger",
                             offset: r.body["first_offset"].as_u64().unwrap(),
-                            log_index: r.body["log_index"].as_u64().unwrap(),
+                            log_index: Some(r.body["log_index"].as_u64().unwrap()),
                             email: None,
                         });
                     }
@@ -105,17 +106,27 @@ fn a_backup_under_load_restores_into_a_new_cluster() {
         w.join().unwrap();
     }
     let acks = acks.lock().unwrap().clone();
-    assert!(acks.iter().any(|a| a.log_index <= index));
-    assert!(acks.iter().any(|a| a.log_index > index));
+    assert!(acks.iter().any(|a| a.log_index.is_some_and(|i| i <= index)));
+    assert!(acks.iter().any(|a| a.log_index.is_some_and(|i| i > index)));
     assert!(!file.with_extension("backup.partial").exists());
 
     // A new cluster from it: node 1 restored, 2 and 3 empty, added and promoted.
     let mut r = Cluster::prepare(3, users_tuning(), None, None);
     let config = r.config.clone();
-    let out = run_cli(&r, &config, &["restore", "--from", file.to_str().unwrap(), "--id", "1"]);
-    assert!(out.contains(&format!("restored log index {index}")), "{out}");
+    let out = run_cli(
+        &r,
+        &config,
+        &["restore", "--from", file.to_str().unwrap(), "--id", "1"],
+    );
+    assert!(
+        out.contains(&format!("restored log index {index}")),
+        "{out}"
+    );
     // A second restore into the same data dir is refused, changing nothing.
-    let again = r.cli(&config, &["restore", "--from", file.to_str().unwrap(), "--id", "1"]);
+    let again = r.cli(
+        &config,
+        &["restore", "--from", file.to_str().unwrap(), "--id", "1"],
+    );
     assert_eq!(again.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&again.stderr).contains("already holds a node's files"));
     r.spawn(1);
@@ -151,20 +162,33 @@ fn a_backup_under_load_restores_into_a_new_cluster() {
         restored_len.insert(topic, restored.len() as u64);
     }
     for a in &acks {
-        let held = a.offset < restored_len[a.topic];
-        assert_eq!(held, a.log_index <= index, "{a:?} against backup index {index}");
+        if let Some(log_index) = a.log_index {
+            let held = a.offset < restored_len[a.topic];
+            assert_eq!(
+                held,
+                log_index <= index,
+                "{a:?} against backup index {index}"
+            );
+        }
     }
 
     // Uniqueness holds for keys claimed before the backup, and keys claimed after it are free.
-    let before = acks
-        .iter()
-        .find(|a| a.email.is_some() && a.log_index <= index)
-        .unwrap();
-    let after = acks
-        .iter()
-        .find(|a| a.email.is_some() && a.log_index > index)
-        .unwrap();
-    let again = signup(&r.addr(2), "again", &before.email.clone().unwrap().to_uppercase());
+    let claimed = |before: bool| {
+        acks.iter()
+            .find(|a| a.email.is_some() && (a.offset < restored_len["users"]) == before)
+            .unwrap_or_else(|| {
+                panic!(
+                    "no sign-up {} the backup",
+                    if before { "before" } else { "after" }
+                )
+            })
+    };
+    let (before, after) = (claimed(true), claimed(false));
+    let again = signup(
+        &r.addr(2),
+        "again",
+        &before.email.clone().unwrap().to_uppercase(),
+    );
     assert_eq!(again.status, 409, "{}", again.text);
     let fresh = signup(&r.addr(3), "fresh", after.email.as_deref().unwrap());
     assert_eq!(fresh.status, 201, "{}", fresh.text);
@@ -172,10 +196,14 @@ fn a_backup_under_load_restores_into_a_new_cluster() {
     // A consumer tails the restored cluster from offset 0.
     let q = r.start_query("q");
     let users = r.read_topic(1, "users").len() as u64;
-    wait_for("the read model of the restored cluster", Duration::from_secs(30), || {
-        let h = get(&q, "/health").ok()?.body;
-        (h["checkpoint"].as_u64()? >= users && h["lag_events"] == 0).then_some(())
-    });
+    wait_for(
+        "the read model of the restored cluster",
+        Duration::from_secs(30),
+        || {
+            let h = get(&q, "/health").ok()?.body;
+            (h["checkpoint"].as_u64()? >= users && h["lag_events"] == 0).then_some(())
+        },
+    );
     let email = before.email.as_deref().unwrap();
     let found = get(&q, &format!("/v1/users?email={email}")).unwrap().body;
     assert_eq!(found["users"].as_array().map(Vec::len), Some(1), "{found}");
@@ -195,9 +223,15 @@ fn a_damaged_backup_is_refused_and_restores_nothing() {
     bytes[at] ^= 0x10;
     std::fs::write(&file, &bytes).unwrap();
     let r = Cluster::prepare(1, Tuning::default(), None, None);
-    let out = r.cli(&r.config, &["restore", "--from", file.to_str().unwrap(), "--id", "1"]);
+    let out = r.cli(
+        &r.config,
+        &["restore", "--from", file.to_str().unwrap(), "--id", "1"],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("one.backup") && stderr.contains("checksum mismatch"), "{stderr}");
+    assert!(
+        stderr.contains("one.backup") && stderr.contains("checksum mismatch"),
+        "{stderr}"
+    );
     assert!(!r.dir.path().join("node1").join("uniqlog.redb").exists());
 }

@@ -25,7 +25,7 @@ use crate::snapshot::{self, Meta, SnapshotFile};
 use crate::tables::{get_json, put_json, KEY_LAST_APPLIED, KEY_MEMBERSHIP, SM_META};
 use crate::tables::{KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE, RAFT_META};
 use crate::types::{Node, NodeId};
-use crate::{Storage, StateReader};
+use crate::{StateReader, Storage};
 
 /// What a backup holds, from its header.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,17 +176,15 @@ pub fn restore(
     let info = verify_backup(backup)?;
     let storage = Storage::open(data_dir)?;
     let name = backup.display().to_string();
-    let mut file = SnapshotFile::from_file(File::open(backup).map_err(|e| not_readable(backup, e))?);
+    let mut file =
+        SnapshotFile::from_file(File::open(backup).map_err(|e| not_readable(backup, e))?);
     let db = storage.state_machine.db.clone();
     // The state: the backup's rows, then this node alone as the membership, effective from
     // the backup's last entry on.
     let txn = crate::files::write_txn(&db, Durability::Immediate)?;
     let meta = snapshot::load_snapshot(&txn, &mut file).map_err(|e| e.in_file(&name))?;
     let last = meta.last_log_id;
-    let alone = Membership::new(
-        vec![BTreeSet::from([id])],
-        BTreeMap::from([(id, node)]),
-    );
+    let alone = Membership::new(vec![BTreeSet::from([id])], BTreeMap::from([(id, node)]));
     {
         let mut m = txn.open_table(SM_META)?;
         put_json(&mut m, KEY_LAST_APPLIED, &last)?;

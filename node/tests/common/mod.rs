@@ -195,12 +195,14 @@ fn finish(resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result
     let location = header("location");
     let retry_after = header("retry-after");
     let request_id = header("x-request-id");
-    let text = resp
+    // Bytes, not text: a backup is binary.
+    let bytes = resp
         .body_mut()
         .with_config()
         .limit(64 * 1024 * 1024)
-        .read_to_string()
+        .read_to_vec()
         .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&bytes).into_owned();
     let body = serde_json::from_str(&text).unwrap_or(Value::Null);
     Ok(Resp {
         status,
