@@ -52,6 +52,8 @@ pub struct App {
     pub snapshot_received: tokio::sync::Mutex<Option<(String, u64)>>,
     /// What `/metrics` reports ([`crate::metrics`]).
     pub metrics: Arc<crate::metrics::NodeMetrics>,
+    /// Set when this node finds it was removed from the cluster ([`crate::removal`]).
+    pub removed: std::sync::OnceLock<String>,
 }
 
 /// How many password hashes a node runs at once: one per core, at most 8 (each takes
@@ -381,6 +383,9 @@ impl App {
     pub fn fatal(&self) -> Option<String> {
         if let Some(damage) = self.reader.damage() {
             return Some(damage.to_string());
+        }
+        if let Some(removed) = self.removed.get() {
+            return Some(removed.clone());
         }
         self.raft
             .metrics()

@@ -16,6 +16,7 @@ pub mod openapi;
 pub mod peer;
 pub mod peer_protocol;
 pub mod propose;
+pub mod removal;
 pub mod request_id;
 pub mod routes;
 pub mod server;

@@ -50,7 +50,14 @@ pub const APPEND_BATCH_BYTES_MAX: usize = 2 * 1024 * 1024;
 
 /// Whether `path` is one of the routes peers call.
 pub fn is_peer_path(path: &str) -> bool {
-    [APPEND_PATH, VOTE_PATH, SNAPSHOT_PATH, FORWARD_PATH].contains(&path)
+    [
+        APPEND_PATH,
+        VOTE_PATH,
+        SNAPSHOT_PATH,
+        FORWARD_PATH,
+        crate::removal::MEMBERSHIP_PATH,
+    ]
+    .contains(&path)
 }
 
 /// The routes peers call. No client limits apply here.
@@ -59,6 +66,12 @@ pub fn peer_router(app: SharedApp) -> Router {
         .route(APPEND_PATH, post(append))
         .route(VOTE_PATH, post(vote))
         .route(SNAPSHOT_PATH, post(snapshot))
+        .route(
+            crate::removal::MEMBERSHIP_PATH,
+            post(|State(app): State<SharedApp>| async move {
+                rpc_answer(crate::removal::PeerMembership::of(&app))
+            }),
+        )
         // The forwarded client request keeps the id the receiving node gave it.
         .route(
             FORWARD_PATH,

@@ -132,6 +132,7 @@ pub async fn start(
         password_hashing: tokio::sync::Semaphore::new(api::app::password_hashing_slots()),
         snapshot_received: tokio::sync::Mutex::new(None),
         metrics,
+        removed: std::sync::OnceLock::new(),
     });
     let header_timeout = Duration::from_millis(config.limits.header_read_timeout_ms);
     let mut servers = Vec::new();
@@ -161,6 +162,10 @@ pub async fn start(
             servers.push(listen(peer, peer_router(app.clone()), header_timeout, &tls, None).await?);
         }
     }
+    // Every two election timeouts: long enough that an election in progress is not taken for
+    // silence.
+    let period = Duration::from_millis(2 * config.raft.election_timeout_ms_max);
+    servers.push(tokio::spawn(api::removal::watch(app.clone(), period)));
     tracing::info!(id, addr = %me.addr, peer_addr = %me.peer_addr(), tls = tls.is_some(), "node serving");
     Ok(RunningNode { app, servers })
 }

@@ -187,6 +187,10 @@ pub fn main() -> ExitCode {
     telemetry.flush();
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<run::Removed>().is_some() => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(run::EXIT_REMOVED)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -65,7 +65,11 @@ pub async fn node(config_path: &Path, id: u64) -> Result<()> {
         error = node.failed() => Some(error),
     };
     tracing::info!(id, ?failure, "stopping");
+    let removed = node.app.removed.get().cloned();
     node.shutdown().await;
+    if let Some(message) = removed {
+        return Err(Removed(message).into());
+    }
     match failure {
         None => Ok(()),
         Some(error) if damage.found().is_some() || error.contains("damaged") => anyhow::bail!(
@@ -78,6 +82,15 @@ pub async fn node(config_path: &Path, id: u64) -> Result<()> {
         ),
     }
 }
+
+/// The node found it was removed from the cluster. The binary exits with
+/// [`EXIT_REMOVED`], which a supervisor should not restart on (`cluster up` does not;
+/// systemd: `RestartPreventExitStatus=3`).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Removed(pub String);
+
+pub const EXIT_REMOVED: u8 = 3;
 
 /// What the operator does with a node whose data is damaged. The node never repairs itself:
 /// rewriting its log in place could make it forget a vote it gave, and vote twice. It leaves

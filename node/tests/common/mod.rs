@@ -3,6 +3,7 @@
 //! Every process started here is killed when the `Cluster` is dropped.
 #![allow(dead_code)]
 
+pub mod load;
 pub mod metrics;
 
 use std::fs::File;

@@ -1,0 +1,89 @@
+//! A cluster that changes while it serves: a fourth node added under continuous writes,
+//! caught up through a snapshot and the log, promoted; an old voter removed, which finds out
+//! and says so.
+
+mod common;
+
+use std::time::Duration;
+
+use common::load::{assert_acked_present, Load};
+use common::metrics::scrape;
+use common::*;
+
+fn tuning() -> Tuning {
+    Tuning {
+        // Small, so the new node's catch-up starts with a snapshot (the log is purged).
+        raft: "snapshot_every_entries = 100\nentries_kept_after_snapshot = 10\n",
+        ..Tuning::default()
+    }
+}
+
+#[test]
+fn replacing_a_voter_under_continuous_writes_loses_nothing() {
+    let mut c = Cluster::start(3, tuning());
+    let leader = c.wait_leader(&[1, 2, 3]);
+    let old = (1..=3).find(|n| *n != leader).unwrap();
+    let stay: Vec<u64> = (1..=3).filter(|n| *n != old).collect();
+    let load = Load::start(stay.iter().map(|id| c.addr(*id)).collect(), "m", 3);
+    load.wait_more(300);
+
+    // Node 4 joins as a learner: add-learner follows it until it holds the log up to its
+    // own addition, which it can only get through a snapshot (the log was purged).
+    let new = c.add_process(&tuning());
+    let out = c.cli(
+        &c.config,
+        &[
+            "cluster",
+            "add-learner",
+            "--id",
+            &new.to_string(),
+            "--addr",
+            &c.addr(new),
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("caught up"), "{text}");
+    let installed = scrape(&c.addr(new)).value("uniqlog_snapshots_installed_total", &[]);
+    assert!(installed >= 1.0, "node {new} caught up without a snapshot");
+    load.wait_more(100);
+
+    let promote = c.cli(&c.config, &["cluster", "promote", "--id", &new.to_string()]);
+    assert!(
+        promote.status.success(),
+        "{}",
+        String::from_utf8_lossy(&promote.stderr)
+    );
+    load.wait_more(100);
+    let remove = c.cli(&c.config, &["cluster", "remove", "--id", &old.to_string()]);
+    assert!(
+        remove.status.success(),
+        "{}",
+        String::from_utf8_lossy(&remove.stderr)
+    );
+
+    // The removed node finds out, says so, and exits with 3 (not to be restarted).
+    let status = c.wait_exit(old, Duration::from_secs(60));
+    assert_eq!(status.code(), Some(3), "{}", c.log(old));
+    let log = c.log(old);
+    assert!(
+        log.contains(&format!("node {old} was removed from the cluster")),
+        "{log}"
+    );
+    load.wait_more(100);
+    let (acks, _) = load.stop();
+
+    let mut members: Vec<u64> = stay.clone();
+    members.push(new);
+    let voters: Vec<u64> = c
+        .members(leader)
+        .into_iter()
+        .filter_map(|(id, voter)| voter.then_some(id))
+        .collect();
+    assert_eq!(voters, members);
+    assert_acked_present(&c, &members, "m", &acks);
+}
