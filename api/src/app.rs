@@ -54,6 +54,9 @@ pub struct App {
     pub metrics: Arc<crate::metrics::NodeMetrics>,
     /// Set when this node finds it was removed from the cluster ([`crate::removal`]).
     pub removed: std::sync::OnceLock<String>,
+    /// When this process started serving: `uptime_ms` in the status, by which a rolling
+    /// restart sees that a node came back.
+    pub started: Instant,
 }
 
 /// How many password hashes a node runs at once: one per core, at most 8 (each takes

@@ -289,6 +289,9 @@ pub struct ClusterStatus {
     /// (voters and learners), `null` while unknown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replication: Option<std::collections::BTreeMap<NodeId, Option<u64>>>,
+    /// How long this node's process has been serving.
+    #[serde(default)]
+    pub uptime_ms: u64,
     /// Version of the replicated rules this node has applied.
     pub rules_version: u64,
     /// The idempotency window in force and the records held.

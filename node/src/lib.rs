@@ -133,6 +133,7 @@ pub async fn start(
         snapshot_received: tokio::sync::Mutex::new(None),
         metrics,
         removed: std::sync::OnceLock::new(),
+        started: tokio::time::Instant::now(),
     });
     let header_timeout = Duration::from_millis(config.limits.header_read_timeout_ms);
     let mut servers = Vec::new();

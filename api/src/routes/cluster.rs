@@ -60,6 +60,7 @@ pub async fn cluster_status(app: &SharedApp) -> Result<ClusterStatus, ApiError> 
         snapshot_index: m.snapshot.map(|l| l.index),
         members,
         replication,
+        uptime_ms: app.started.elapsed().as_millis() as u64,
         rules_version: rules.version,
         idempotency: IdempotencyStatus {
             window_ms: rules.rules.idempotency.window_ms,

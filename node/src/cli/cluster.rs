@@ -34,6 +34,15 @@ pub enum ClusterCommand {
         #[arg(long, default_value = "cluster.toml")]
         config: PathBuf,
     },
+    /// Restart the nodes `cluster up` runs for this config, one at a time (the leader last),
+    /// each waited for until it is back and caught up.
+    Restart {
+        #[arg(long, default_value = "cluster.toml")]
+        config: PathBuf,
+        /// One node at a time, keeping a majority up (the only way there is).
+        #[arg(long, required = true)]
+        rolling: bool,
+    },
     /// Add a node as a learner and follow it until it holds the log up to its own addition
     /// (it catches up without voting; promote it after).
     AddLearner {
@@ -69,6 +78,7 @@ pub async fn run(command: ClusterCommand) -> Result<()> {
         ClusterCommand::Init { config } => init(&Config::load(&config)?).await,
         ClusterCommand::Status { config, json } => status(&Config::load(&config)?, json).await,
         ClusterCommand::Up { config } => up(&config).await,
+        ClusterCommand::Restart { config, .. } => super::rolling::restart(&config).await,
         ClusterCommand::AddLearner {
             config,
             id,
@@ -156,7 +166,7 @@ pub(super) async fn leader_or_any(config: &Config) -> Result<(u64, String)> {
 }
 
 /// The status of the leader, found through any node.
-async fn leader_status(config: &Config) -> Result<Value> {
+pub(super) async fn leader_status(config: &Config) -> Result<Value> {
     let any = any_node(config, |c, a| async move {
         c.get(&a, "/v1/cluster/status").await
     })
@@ -181,9 +191,14 @@ async fn leader_status(config: &Config) -> Result<Value> {
                 .map(str::to_string)
         })
         .ok_or_else(|| anyhow!("the leader {leader} has no known address"))?;
-    Client::for_config(config)?
+    let status = Client::for_config(config)?
         .get(&addr, "/v1/cluster/status")
-        .await
+        .await?;
+    // Others may still name a leader that has just restarted and is no longer one.
+    if status["role"] != "leader" {
+        bail!("node {leader} is not the leader any more");
+    }
+    Ok(status)
 }
 
 /// Try each configured node in turn until one answers.
@@ -421,18 +436,22 @@ async fn up(config_path: &Path) -> Result<()> {
     let exe = std::env::current_exe()?;
     // Before any node starts: a bad CA file stops here.
     let client = Client::for_config(&config)?;
-    let mut children = Vec::new();
-    for n in &config.nodes {
-        let child = tokio::process::Command::new(&exe)
+    // `cluster restart --rolling` finds this process through it.
+    let _lock = super::rolling::UpLock::take(config_path)?;
+    let spawn = |id: u64| {
+        tokio::process::Command::new(&exe)
             .arg("node")
             .arg("--config")
             .arg(config_path)
             .arg("--id")
-            .arg(n.id.to_string())
+            .arg(id.to_string())
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("starting node {}", n.id))?;
-        children.push((n.id, child));
+            .with_context(|| format!("starting node {id}"))
+    };
+    let mut children = Vec::new();
+    for n in &config.nodes {
+        children.push((n.id, spawn(n.id)?));
     }
     let result = async {
         for (n, (_, child)) in config.nodes.iter().zip(children.iter_mut()) {
@@ -447,12 +466,26 @@ async fn up(config_path: &Path) -> Result<()> {
                 n.data_dir.display()
             );
         }
-        println!("Ctrl-C stops all nodes.");
+        println!(
+            "Ctrl-C stops all nodes; `uniqlog cluster restart --rolling --config {}` (or \
+             SIGHUP) restarts them one at a time.",
+            config_path.display()
+        );
         anyhow::Ok(())
     }
     .await;
     if result.is_ok() {
-        terminated().await;
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = terminated() => break,
+                _ = hangup.recv() => {
+                    if let Err(e) = super::rolling::rolling_restart(&config, &mut children, spawn).await {
+                        eprintln!("rolling restart stopped: {e:#}");
+                    }
+                }
+            }
+        }
     }
     for (id, child) in &mut children {
         stop_child(*id, child).await;
@@ -461,7 +494,7 @@ async fn up(config_path: &Path) -> Result<()> {
 }
 
 /// SIGTERM, then SIGKILL if the node has not exited within 5 s.
-async fn stop_child(id: u64, child: &mut tokio::process::Child) {
+pub(super) async fn stop_child(id: u64, child: &mut tokio::process::Child) {
     #[cfg(unix)]
     if let Some(pid) = child.id() {
         // SAFETY: kill(2) with a pid we spawned and own; no memory is touched.

@@ -7,6 +7,7 @@ mod cluster;
 mod consumer_list;
 mod log;
 mod progress;
+mod rolling;
 mod run;
 mod telemetry;
 mod uniq;
