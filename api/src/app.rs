@@ -57,6 +57,8 @@ pub struct App {
     /// When this process started serving: `uptime_ms` in the status, by which a rolling
     /// restart sees that a node came back.
     pub started: Instant,
+    /// One backup at a time (`routes::backup`).
+    pub backup_slot: Arc<tokio::sync::Semaphore>,
 }
 
 /// How many password hashes a node runs at once: one per core, at most 8 (each takes

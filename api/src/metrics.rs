@@ -268,51 +268,62 @@ impl NodeMetrics {
 /// `GET /metrics`: set the present-tense gauges, then encode everything.
 pub async fn scrape(State(app): State<SharedApp>) -> Result<Response, crate::ApiError> {
     use axum::response::IntoResponse;
-    let status = crate::routes::cluster::cluster_status(&app).await?;
-    let rules = app.rules_shared().await?;
     let m = &app.metrics;
-    // Every set of the rules in force shows, at 0 until its first conflict: an alert on the
-    // rate of a series that does not exist yet would never fire.
-    for set in &rules.rules.uniq {
-        drop(m.uniq_conflicts.get_or_create(&SetLabels {
-            set: set.name.clone(),
-        }));
-    }
+    // One scrape at a time, status read inside: a scrape that waited must not write older
+    // values over a newer one's.
     let _one_at_a_time = m.scrape.lock().await;
-    let raft = app.raft.metrics().borrow().clone();
-    let g = |v: u64| v.min(i64::MAX as u64) as i64;
-    m.term.set(g(status.term));
-    m.leader.set(g(status.leader.unwrap_or(0)));
-    m.state.clear();
-    m.state
-        .get_or_create(&StateLabels {
-            state: crate::routes::cluster::role_name(raft.state),
-        })
-        .set(1);
-    m.commit_index.set(g(status.commit_index));
-    m.applied_index.set(g(status.applied_index));
-    m.last_log_index.set(g(status.last_log_index));
-    m.snapshot_index.set(g(status.snapshot_index.unwrap_or(0)));
-    m.purged_index.set(g(status.purged_index.unwrap_or(0)));
-    m.matched_index.clear();
-    m.replication_lag.clear();
-    for (follower, matched) in status.replication.iter().flatten() {
-        let labels = FollowerLabels {
-            follower: *follower,
-        };
-        m.matched_index
-            .get_or_create(&labels)
-            .set(g(matched.unwrap_or(0)));
-        m.replication_lag.get_or_create(&labels).set(g(status
-            .last_log_index
-            .saturating_sub(matched.unwrap_or(0))));
+    // A node whose Raft stopped keeps its last gauges and still shows its counters: that is
+    // when an operator looks at them.
+    if let Ok(status) = crate::routes::cluster::cluster_status(&app).await {
+        if let Ok(rules) = app.rules_shared().await {
+            // Every set of the rules in force shows, at 0 until its first conflict: an alert
+            // on the rate of a series that does not exist yet would never fire.
+            for set in &rules.rules.uniq {
+                drop(m.uniq_conflicts.get_or_create(&SetLabels {
+                    set: set.name.clone(),
+                }));
+            }
+        }
+        m.set_present(&status);
     }
-    m.idempotency_window
-        .set(status.idempotency.window_ms as f64 / 1000.0);
-    m.idempotency_records_max
-        .set(g(status.idempotency.records_max));
-    m.idempotency_records.set(g(status.idempotency.records));
     let mut text = String::new();
     encode(&mut text, &m.registry).map_err(crate::ApiError::internal)?;
     Ok(([(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response())
+}
+
+impl NodeMetrics {
+    fn set_present(&self, status: &crate::wire::ClusterStatus) {
+        let m = self;
+        let g = |v: u64| v.min(i64::MAX as u64) as i64;
+        m.term.set(g(status.term));
+        m.leader.set(g(status.leader.unwrap_or(0)));
+        m.state.clear();
+        m.state
+            .get_or_create(&StateLabels {
+                state: crate::routes::cluster::role_str(&status.role),
+            })
+            .set(1);
+        m.commit_index.set(g(status.commit_index));
+        m.applied_index.set(g(status.applied_index));
+        m.last_log_index.set(g(status.last_log_index));
+        m.snapshot_index.set(g(status.snapshot_index.unwrap_or(0)));
+        m.purged_index.set(g(status.purged_index.unwrap_or(0)));
+        m.matched_index.clear();
+        m.replication_lag.clear();
+        for (follower, matched) in status.replication.iter().flatten() {
+            let labels = FollowerLabels {
+                follower: *follower,
+            };
+            let matched = matched.unwrap_or(0);
+            m.matched_index.get_or_create(&labels).set(g(matched));
+            m.replication_lag
+                .get_or_create(&labels)
+                .set(g(status.last_log_index.saturating_sub(matched)));
+        }
+        m.idempotency_window
+            .set(status.idempotency.window_ms as f64 / 1000.0);
+        m.idempotency_records_max
+            .set(g(status.idempotency.records_max));
+        m.idempotency_records.set(g(status.idempotency.records));
+    }
 }

@@ -1,12 +1,17 @@
 //! A node removed from the cluster is not told: the leader stops replicating to it as soon as
 //! it sees the new membership (openraft's node-lifecycle notes), so the removed node hears
-//! nothing more and stands for election in ever higher terms, for ever. Like etcd, uniqlog has
-//! it find out and stop: every few election timeouts without a leader, it asks the peers it
-//! knows for their membership (`/raft/membership`). A committed membership newer than the
-//! last one that held this node, and without it, means it was removed.
+//! nothing more and, a voter, stands for election in ever higher terms for ever. Like etcd,
+//! uniqlog has it find out and stop: when its log has not moved for two periods (nothing is
+//! replicated to it, or the cluster is idle) and it is not the leader, it asks the peers it
+//! knows for their membership (`/raft/membership`). A peer that knows a leader and holds a
+//! committed membership newer than the last one that held this node, and without it, means
+//! it was removed.
 //!
-//! Only a node that has been a member looks: a new node waiting to be added as a learner is
-//! in nobody's membership yet, and that is no removal.
+//! Only a peer's word counts, never this node's own log: a node added again after a removal
+//! (under the same id, on an empty data dir) replays the old entry that removed it on its way
+//! to the one that added it back, and is being replicated to all the while. And only a node
+//! that has been a member looks: a new node waiting to be added as a learner is in nobody's
+//! membership yet, and that is no removal.
 
 use std::time::Duration;
 
@@ -59,36 +64,35 @@ impl PeerMembership {
 /// the simulation's wake order depend on an unseeded generator (see `RunningNode::failed`).
 pub async fn watch(app: SharedApp, period: Duration) {
     let mut member_at: Option<u64> = None;
-    let mut leaderless = 0u32;
+    let mut last_log = None;
+    let mut still = 0u32;
     loop {
         tokio::time::sleep(period).await;
+        let m = app.raft.metrics().borrow().clone();
         let own = PeerMembership::of(&app);
         if own.members.contains(&app.id) {
             member_at =
-                Some(member_at.map_or(own.membership_index, |m| m.max(own.membership_index)));
+                Some(member_at.map_or(own.membership_index, |a| a.max(own.membership_index)));
         }
+        // Replication reaching this node moves its log; a removed node's log stands still.
+        let log = (m.last_log_index, m.last_applied.map(|l| l.index));
+        if last_log != Some(log) || m.state == openraft::ServerState::Leader {
+            (last_log, still) = (Some(log), 0);
+            continue;
+        }
+        still += 1;
         let Some(at) = member_at else { continue };
-        if own.removes(app.id, at) {
-            return removed(&app, own.membership_index, "its own log");
-        }
-        if own.leader.is_some() && own.members.contains(&app.id) {
-            leaderless = 0;
+        // Two periods in a row: an election in progress is no reason to ask.
+        if still < 2 {
             continue;
         }
-        // Two periods in a row without a leader before asking: an election is no reason.
-        leaderless += 1;
-        if leaderless < 2 {
-            continue;
-        }
-        let peers: Vec<(u64, String)> = {
-            let m = app.raft.metrics().borrow().clone();
-            m.membership_config
-                .membership()
-                .nodes()
-                .filter(|(id, _)| **id != app.id)
-                .map(|(id, n)| (*id, n.addr.clone()))
-                .collect()
-        };
+        let peers: Vec<(u64, String)> = m
+            .membership_config
+            .membership()
+            .nodes()
+            .filter(|(id, _)| **id != app.id)
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect();
         for (peer, addr) in peers {
             let Some(view) = ask(&app, &addr, period).await else {
                 continue;

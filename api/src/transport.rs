@@ -100,6 +100,11 @@ pub struct HyperTransport {
     tls: Option<ClientTls>,
 }
 
+/// A streamed answer: connected within this, its head (sent once the answer is ready to
+/// flow: a backup is written first) within that.
+const STREAM_CONNECT_MAX: Duration = Duration::from_secs(15);
+const STREAM_HEAD_MAX: Duration = Duration::from_secs(30 * 60);
+
 /// Idle connections kept per address.
 const IDLE_PER_ADDR_MAX: usize = 64;
 
@@ -211,11 +216,17 @@ impl HyperTransport {
             addr: addr.to_string(),
             reason,
         };
-        let mut sender = self.connect(addr).await?;
-        let request = http_request(addr, req).map_err(|e| broken(e.to_string()))?;
-        sender
-            .send_request(request)
+        let timeout = |what: Duration| TransportError::Timeout {
+            addr: addr.to_string(),
+            timeout_ms: what.as_millis() as u64,
+        };
+        let mut sender = tokio::time::timeout(STREAM_CONNECT_MAX, self.connect(addr))
             .await
+            .map_err(|_| timeout(STREAM_CONNECT_MAX))??;
+        let request = http_request(addr, req).map_err(|e| broken(e.to_string()))?;
+        tokio::time::timeout(STREAM_HEAD_MAX, sender.send_request(request))
+            .await
+            .map_err(|_| timeout(STREAM_HEAD_MAX))?
             .map_err(|e| broken(e.to_string()))
     }
 }

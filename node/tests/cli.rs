@@ -439,7 +439,9 @@ fn add_learner_follows_the_catch_up_to_the_end() {
     // The leader agrees: the learner holds at least that much.
     let status = c.status(leader).unwrap();
     assert!(status["replication"][id.to_string()].as_u64().unwrap() >= added);
-    assert_eq!(c.read_topic(id, "catch").len(), 200);
+    wait_for("the learner applied it", Duration::from_secs(10), || {
+        (c.read_topic(id, "catch").len() == 200).then_some(())
+    });
 
     // A learner that is not running makes no progress; --no-wait returns at once.
     let out = cli_ok(

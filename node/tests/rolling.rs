@@ -54,7 +54,7 @@ fn a_rolling_restart_under_writes_loses_nothing() {
     for (n, (_, port)) in c.nodes.iter_mut().zip(&nodes) {
         n.addr = format!("127.0.0.1:{port}");
     }
-    let leader = c.wait_leader(&[1, 2, 3]);
+    c.wait_leader(&[1, 2, 3]);
     let load = Load::start((1..=3).map(|id| c.addr(id)).collect(), "r", 3);
     load.wait_more(100);
 
@@ -89,10 +89,9 @@ fn a_rolling_restart_under_writes_loses_nothing() {
         .filter(|l| l.starts_with("rolling restart: stopping node"))
         .collect();
     assert_eq!(stops.len(), 3, "{log}");
-    assert!(
-        stops[2].contains(&format!("node {leader} (leader)")),
-        "{log}"
-    );
+    // The leader is chosen again before each step (it may move): followers first, it last.
+    assert!(stops[..2].iter().all(|l| l.ends_with("(follower)")), "{log}");
+    assert!(stops[2].ends_with("(leader)"), "{log}");
     assert_acked_present(&c, &[1, 2, 3], "r", &acks);
 
     // From the command to the 100th write after it returned: the election that follows the

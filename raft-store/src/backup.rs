@@ -32,8 +32,9 @@ use crate::{StateReader, Storage};
 pub struct BackupInfo {
     /// The last log index applied in the backup.
     pub log_index: u64,
-    /// The term of that entry.
+    /// The term of that entry, and the leader that proposed it.
     pub term: u64,
+    pub leader: NodeId,
     /// The voters of the cluster it was taken from.
     pub voters: BTreeSet<NodeId>,
 }
@@ -46,6 +47,7 @@ impl BackupInfo {
         Ok(BackupInfo {
             log_index: last.index,
             term: last.leader_id.term,
+            leader: last.leader_id.node_id,
             voters: meta.last_membership.membership().voter_ids().collect(),
         })
     }
@@ -157,21 +159,29 @@ fn not_readable(path: &Path, e: io::Error) -> StoreError {
 }
 
 /// Make `data_dir` the data dir of node `id` (at `node`) holding the backup at `backup`, as
-/// a one-node cluster. `data_dir` must not hold a node's files yet.
+/// a one-node cluster. `data_dir` must be missing or empty: a snapshot or a file left there
+/// from another life would be taken for part of this one.
 pub fn restore(
     data_dir: &Path,
     backup: &Path,
     id: NodeId,
     node: Node,
 ) -> Result<BackupInfo, StoreError> {
-    for name in [crate::LOG_FILE, crate::DATA_FILE] {
-        if data_dir.join(name).exists() {
-            return Err(StoreError::Unsupported(format!(
-                "{} already holds a node's files ({name}): restore writes a new data dir; \
-                 move this one away first",
-                data_dir.display()
-            )));
-        }
+    let held: Vec<String> = match std::fs::read_dir(data_dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    if !held.is_empty() {
+        return Err(StoreError::Unsupported(format!(
+            "{} already holds a node's files ({}): restore writes a new data dir; move this \
+             one away first",
+            data_dir.display(),
+            held.join(", ")
+        )));
     }
     let info = verify_backup(backup)?;
     let storage = Storage::open(data_dir)?;
@@ -179,27 +189,37 @@ pub fn restore(
     let mut file =
         SnapshotFile::from_file(File::open(backup).map_err(|e| not_readable(backup, e))?);
     let db = storage.state_machine.db.clone();
-    // The state: the backup's rows, then this node alone as the membership, effective from
-    // the backup's last entry on.
-    let txn = crate::files::write_txn(&db, Durability::Immediate)?;
-    let meta = snapshot::load_snapshot(&txn, &mut file).map_err(|e| e.in_file(&name))?;
-    let last = meta.last_log_id;
-    let alone = Membership::new(vec![BTreeSet::from([id])], BTreeMap::from([(id, node)]));
-    {
-        let mut m = txn.open_table(SM_META)?;
-        put_json(&mut m, KEY_LAST_APPLIED, &last)?;
-        put_json(&mut m, KEY_MEMBERSHIP, &StoredMembership::new(last, alone))?;
-    }
-    txn.commit()?;
-    // The log: empty, everything up to the backup's entry purged and committed, and a vote
-    // in the backup's term so the next election starts after it.
+    // The log first: empty, everything up to the backup's entry purged and committed, and a
+    // vote in the backup's term so the next election starts after it. Interrupted before the
+    // state below is committed, the data dir is a purged log beside a state that applied
+    // nothing, which a node refuses to start on (`files::check_pair`).
+    let last = LogId::new(
+        openraft::CommittedLeaderId::new(info.term, info.leader),
+        info.log_index,
+    );
     let log_db = storage.log.db.clone();
     let txn = crate::files::write_txn(&log_db, Durability::Immediate)?;
     {
         let mut m = txn.open_table(RAFT_META)?;
         put_json(&mut m, KEY_LAST_PURGED, &last)?;
-        put_json(&mut m, KEY_COMMITTED, &last)?;
+        put_json(&mut m, KEY_COMMITTED, &Some(last))?;
         put_json(&mut m, KEY_VOTE, &Vote::new(info.term, id))?;
+    }
+    txn.commit()?;
+    // The state: the backup's rows, then this node alone as the membership, effective from
+    // the backup's last entry on.
+    let txn = crate::files::write_txn(&db, Durability::Immediate)?;
+    let meta = snapshot::load_snapshot(&txn, &mut file).map_err(|e| e.in_file(&name))?;
+    if meta.last_log_id != Some(last) {
+        return Err(StoreError::Snapshot(format!(
+            "{name} changed while it was being restored"
+        )));
+    }
+    let alone = Membership::new(vec![BTreeSet::from([id])], BTreeMap::from([(id, node)]));
+    {
+        let mut m = txn.open_table(SM_META)?;
+        put_json(&mut m, KEY_LAST_APPLIED, &Some(last))?;
+        put_json(&mut m, KEY_MEMBERSHIP, &StoredMembership::new(Some(last), alone))?;
     }
     txn.commit()?;
     // A snapshot of the restored state, for the nodes that join (the log has no entry for

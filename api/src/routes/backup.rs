@@ -28,6 +28,16 @@ pub async fn backup(State(app): State<SharedApp>) -> Result<Response, ApiError> 
             "this node has applied nothing yet: there is nothing to back up",
         ));
     }
+    // One at a time, and only with room for it: a backup is about the size of a snapshot, and
+    // a full disk would stop this node's Raft log.
+    let Ok(slot) = app.backup_slot.clone().try_acquire_owned() else {
+        return Err(ApiError::overloaded(
+            "a backup is already being written on this node; retry when it is done",
+        ));
+    };
+    app.disk
+        .check(app.limits.disk_free_min_bytes)
+        .map_err(|low| ApiError::unavailable(format!("node {}: no room for a backup: {low}", app.id)))?;
     let reader = app.reader.clone();
     let file = raft_store::blocking(move || reader.backup()).await?;
     tracing::info!(
@@ -56,12 +66,13 @@ pub async fn backup(State(app): State<SharedApp>) -> Result<Response, ApiError> 
     ];
     // Each chunk is read on a blocking thread; the stream ends with the file, or with an
     // error (the client then sees a body shorter than its length).
-    let chunks = futures::stream::unfold(Some(file), |file| async move {
-        let file = file?;
+    // The slot goes with the file: both are released when the stream ends or is dropped.
+    let chunks = futures::stream::unfold(Some((file, slot)), |state| async move {
+        let (file, slot) = state?;
         let (file, read) = raft_store::blocking(move || read_chunk(file)).await;
         match read {
             Ok(chunk) if chunk.is_empty() => None,
-            Ok(chunk) => Some((Ok(Bytes::from(chunk)), Some(file))),
+            Ok(chunk) => Some((Ok(Bytes::from(chunk)), Some((file, slot)))),
             Err(e) => {
                 tracing::warn!(error = %e, "reading the backup failed");
                 Some((Err(e), None))

@@ -71,7 +71,24 @@ pub async fn backup(args: BackupArgs) -> Result<()> {
     let (total, index) = (header("content-length")?, header(INDEX_HEADER)?);
     let expected_crc = u32::try_from(header(CRC_HEADER)?)?;
     let partial = partial_path(&args.to);
-    let mut out = std::fs::File::create(&partial)
+    let kept = receive(resp, &partial, &args.to, id, index, total, expected_crc).await;
+    if kept.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    kept
+}
+
+/// Write the body to `partial`, check it whole, and rename it to `to`.
+async fn receive(
+    resp: http::Response<hyper::body::Incoming>,
+    partial: &Path,
+    to: &Path,
+    id: u64,
+    index: u64,
+    total: u64,
+    expected_crc: u32,
+) -> Result<()> {
+    let mut out = std::fs::File::create(partial)
         .with_context(|| format!("creating {}", partial.display()))?;
     let mut progress = Progress::new(format!("backup of node {id} at index {index}"), "bytes");
     let (mut received, mut crc) = (0u64, 0u32);
@@ -88,7 +105,6 @@ pub async fn backup(args: BackupArgs) -> Result<()> {
     }
     if received != total || crc != expected_crc {
         progress.abandon();
-        let _ = std::fs::remove_file(&partial);
         bail!(
             "the backup arrived damaged or cut short ({received} of {total} bytes, CRC-32C \
              {crc:08x}, expected {expected_crc:08x}); nothing was kept: run it again"
@@ -97,17 +113,17 @@ pub async fn backup(args: BackupArgs) -> Result<()> {
     out.sync_all()?;
     drop(out);
     let info = {
-        let partial = partial.clone();
+        let partial = partial.to_path_buf();
         tokio::task::spawn_blocking(move || raft_store::verify_backup(&partial)).await??
     };
-    std::fs::rename(&partial, &args.to)
-        .with_context(|| format!("renaming {} to {}", partial.display(), args.to.display()))?;
+    std::fs::rename(partial, to)
+        .with_context(|| format!("renaming {} to {}", partial.display(), to.display()))?;
     progress.finish(&format!(
         "{} bytes, log index {} (term {}), CRC-32C {crc:08x}, written to {}",
         received,
         info.log_index,
         info.term,
-        args.to.display()
+        to.display()
     ));
     Ok(())
 }

@@ -436,6 +436,12 @@ async fn up(config_path: &Path) -> Result<()> {
     let exe = std::env::current_exe()?;
     // Before any node starts: a bad CA file stops here.
     let client = Client::for_config(&config)?;
+    // Handlers first: a signal that arrives once the pid file is out must not kill this
+    // process with the default action and leave its nodes running. SIGUSR1 asks for a
+    // rolling restart; SIGHUP (the terminal went away) stops everything, like Ctrl-C.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut restart = signal(SignalKind::user_defined1())?;
+    let mut hangup = signal(SignalKind::hangup())?;
     // `cluster restart --rolling` finds this process through it.
     let _lock = super::rolling::UpLock::take(config_path)?;
     let spawn = |id: u64| {
@@ -468,20 +474,27 @@ async fn up(config_path: &Path) -> Result<()> {
         }
         println!(
             "Ctrl-C stops all nodes; `uniqlog cluster restart --rolling --config {}` (or \
-             SIGHUP) restarts them one at a time.",
+             SIGUSR1) restarts them one at a time.",
             config_path.display()
         );
         anyhow::Ok(())
     }
     .await;
     if result.is_ok() {
-        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         loop {
             tokio::select! {
                 _ = terminated() => break,
-                _ = hangup.recv() => {
-                    if let Err(e) = super::rolling::rolling_restart(&config, &mut children, spawn).await {
-                        eprintln!("rolling restart stopped: {e:#}");
+                _ = hangup.recv() => break,
+                _ = restart.recv() => {
+                    // Ctrl-C during a restart still stops everything.
+                    tokio::select! {
+                        r = super::rolling::rolling_restart(&config, &mut children, spawn) => {
+                            if let Err(e) = r {
+                                eprintln!("rolling restart stopped: {e:#}");
+                            }
+                        }
+                        _ = terminated() => break,
+                        _ = hangup.recv() => break,
                     }
                 }
             }

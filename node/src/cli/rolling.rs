@@ -1,13 +1,13 @@
 //! Rolling restarts of the nodes `uniqlog cluster up` runs on one machine.
 //!
-//! `cluster up` owns its nodes as child processes, so it does the restarting: on SIGHUP it
+//! `cluster up` owns its nodes as child processes, so it does the restarting: on SIGUSR1 it
 //! restarts them one at a time, followers first and the leader last (one election in all),
 //! each stopped with SIGTERM, started again on the same data dir, and waited for until it is
 //! ready and the leader knows it holds the whole log, before the next one goes. A majority is
 //! up throughout, so writes only pause for the election.
 //!
 //! `cluster restart --rolling` finds the `cluster up` of a config through its pid file (held
-//! under an exclusive lock while it runs, so a stale file is never trusted), sends it SIGHUP,
+//! under an exclusive lock while it runs, so a stale file is never trusted), sends it SIGUSR1,
 //! and follows the restart through each node's `uptime_ms`.
 
 use std::fs::File;
@@ -101,7 +101,7 @@ pub async fn restart(config_path: &Path) -> Result<()> {
         .with_context(|| format!("reading {}", path.display()))?;
     let asked = Instant::now();
     // SAFETY: kill(2) with a pid read from a file its owner keeps locked; no memory touched.
-    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+    if unsafe { libc::kill(pid, libc::SIGUSR1) } != 0 {
         bail!(
             "cannot signal `cluster up` (pid {pid}): {}",
             std::io::Error::last_os_error()
@@ -191,6 +191,10 @@ where
             .unwrap_or(0);
         let i = left.remove(pick);
         let id = children[i].0;
+        if let Ok(Some(status)) = children[i].1.try_wait() {
+            println!("rolling restart: node {id} is not running ({status}); skipped");
+            continue;
+        }
         let addr = config.node(id)?.addr.clone();
         let role = if Some(id) == leader {
             "leader"

@@ -33,8 +33,9 @@ impl Telemetry {
     }
 }
 
-/// Install the subscriber; the level is RUST_LOG's (default `info,openraft=warn`). Call it
-/// before any runtime exists: the OTLP exporter's blocking client starts its own.
+/// Install the subscriber; the level of the lines is RUST_LOG's (default
+/// `info,openraft=warn`). Call it before any runtime exists: the OTLP exporter's blocking
+/// client starts its own.
 pub fn init(format: LogFormat) -> Telemetry {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
@@ -59,24 +60,26 @@ pub fn init(format: LogFormat) -> Telemetry {
             .with_writer(std::io::stderr)
             .boxed(),
     };
-    let registry = tracing_subscriber::registry().with(lines);
+    // Each layer its own filter: spans worth exporting (debug spans of a write's path) are
+    // not lines worth printing.
+    #[cfg_attr(not(feature = "otlp"), allow(unused_mut))]
+    let mut layers = vec![lines.with_filter(filter).boxed()];
     #[cfg(feature = "otlp")]
-    {
-        let (layer, provider) = match otlp::layer() {
-            Ok(Some((layer, provider))) => (Some(layer), Some(provider)),
-            Ok(None) => (None, None),
-            Err(e) => {
-                eprintln!("warning: OTLP export is off: {e}");
-                (None, None)
-            }
-        };
-        registry.with(layer).with(filter).init();
-        Telemetry { provider }
-    }
-    #[cfg(not(feature = "otlp"))]
-    {
-        registry.with(filter).init();
-        Telemetry {}
+    let provider = match otlp::layer() {
+        Ok(Some((layer, provider))) => {
+            layers.push(layer);
+            Some(provider)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            eprintln!("warning: OTLP export is off: {e}");
+            None
+        }
+    };
+    tracing_subscriber::registry().with(layers).init();
+    Telemetry {
+        #[cfg(feature = "otlp")]
+        provider,
     }
 }
 
@@ -86,22 +89,20 @@ mod otlp {
     use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig};
     use opentelemetry_sdk::trace::SdkTracerProvider;
     use opentelemetry_sdk::Resource;
-    use tracing_subscriber::Registry;
+    use tracing_subscriber::{EnvFilter, Layer, Registry};
 
-    type Layer = tracing_opentelemetry::OpenTelemetryLayer<
-        tracing_subscriber::layer::Layered<
-            Box<dyn tracing_subscriber::Layer<Registry> + Send + Sync>,
-            Registry,
-        >,
-        opentelemetry_sdk::trace::Tracer,
-    >;
+    type Boxed = Box<dyn Layer<Registry> + Send + Sync>;
+
+    /// What is exported unless `UNIQLOG_OTLP_FILTER` says otherwise: uniqlog's own spans down
+    /// to debug (a write's request, its entry, its apply), openraft's at warn.
+    const FILTER: &str = "info,api=debug,raft_store=debug,uniqlog::request=debug,openraft=warn";
 
     fn set(var: &str) -> bool {
         std::env::var_os(var).is_some_and(|v| !v.is_empty())
     }
 
     /// The exporting layer, when an endpoint is configured.
-    pub fn layer() -> Result<Option<(Layer, SdkTracerProvider)>, String> {
+    pub fn layer() -> Result<Option<(Boxed, SdkTracerProvider)>, String> {
         if !set("OTEL_EXPORTER_OTLP_ENDPOINT") && !set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
             return Ok(None);
         }
@@ -116,10 +117,12 @@ mod otlp {
             .with_batch_exporter(exporter)
             .with_resource(Resource::builder().with_service_name(name).build())
             .build();
-        let tracer = provider.tracer("uniqlog");
-        Ok(Some((
-            tracing_opentelemetry::layer().with_tracer(tracer),
-            provider,
-        )))
+        let filter = EnvFilter::try_from_env("UNIQLOG_OTLP_FILTER")
+            .unwrap_or_else(|_| EnvFilter::new(FILTER));
+        let layer = tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("uniqlog"))
+            .with_filter(filter)
+            .boxed();
+        Ok(Some((layer, provider)))
     }
 }
