@@ -80,16 +80,31 @@ fn replacing_a_voter_under_continuous_writes_loses_nothing() {
     // that removed it on its way to the one that adds it back, and must not stop for it.
     std::fs::remove_dir_all(c.dir.path().join(format!("node{old}"))).unwrap();
     c.restart(old);
-    let add = c.cli(&c.config, &["cluster", "add-learner", "--id", &old.to_string()]);
-    assert!(add.status.success(), "{}", String::from_utf8_lossy(&add.stderr));
+    let add = c.cli(
+        &c.config,
+        &["cluster", "add-learner", "--id", &old.to_string()],
+    );
+    assert!(
+        add.status.success(),
+        "{}",
+        String::from_utf8_lossy(&add.stderr)
+    );
     let promote = c.cli(&c.config, &["cluster", "promote", "--id", &old.to_string()]);
-    assert!(promote.status.success(), "{}", String::from_utf8_lossy(&promote.stderr));
+    assert!(
+        promote.status.success(),
+        "{}",
+        String::from_utf8_lossy(&promote.stderr)
+    );
     // Its removal check runs every 2.4 s here (two election timeouts): let it run three
     // times as a member, still serving.
-    wait_for("the re-added node to serve for 8 s", Duration::from_secs(30), || {
-        let s = c.status(old)?;
-        (s["uptime_ms"].as_u64()? >= 8000 && s["role"] == "follower").then_some(())
-    });
+    wait_for(
+        "the re-added node to serve for 8 s",
+        Duration::from_secs(30),
+        || {
+            let s = c.status(old)?;
+            (s["uptime_ms"].as_u64()? >= 8000 && s["role"] == "follower").then_some(())
+        },
+    );
     load.wait_more(100);
     let (acks, _) = load.stop();
 

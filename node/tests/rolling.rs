@@ -90,7 +90,10 @@ fn a_rolling_restart_under_writes_loses_nothing() {
         .collect();
     assert_eq!(stops.len(), 3, "{log}");
     // The leader is chosen again before each step (it may move): followers first, it last.
-    assert!(stops[..2].iter().all(|l| l.ends_with("(follower)")), "{log}");
+    assert!(
+        stops[..2].iter().all(|l| l.ends_with("(follower)")),
+        "{log}"
+    );
     assert!(stops[2].ends_with("(leader)"), "{log}");
     assert_acked_present(&c, &[1, 2, 3], "r", &acks);
 

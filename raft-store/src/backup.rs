@@ -219,7 +219,11 @@ pub fn restore(
     {
         let mut m = txn.open_table(SM_META)?;
         put_json(&mut m, KEY_LAST_APPLIED, &Some(last))?;
-        put_json(&mut m, KEY_MEMBERSHIP, &StoredMembership::new(Some(last), alone))?;
+        put_json(
+            &mut m,
+            KEY_MEMBERSHIP,
+            &StoredMembership::new(Some(last), alone),
+        )?;
     }
     txn.commit()?;
     // A snapshot of the restored state, for the nodes that join (the log has no entry for

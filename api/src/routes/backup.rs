@@ -37,7 +37,9 @@ pub async fn backup(State(app): State<SharedApp>) -> Result<Response, ApiError> 
     };
     app.disk
         .check(app.limits.disk_free_min_bytes)
-        .map_err(|low| ApiError::unavailable(format!("node {}: no room for a backup: {low}", app.id)))?;
+        .map_err(|low| {
+            ApiError::unavailable(format!("node {}: no room for a backup: {low}", app.id))
+        })?;
     let reader = app.reader.clone();
     let file = raft_store::blocking(move || reader.backup()).await?;
     tracing::info!(
