@@ -21,17 +21,6 @@ struct Ack {
     email: Option<String>,
 }
 
-fn run_cli(c: &Cluster, config: &std::path::Path, args: &[&str]) -> String {
-    let out = c.cli(config, args);
-    assert!(
-        out.status.success(),
-        "uniqlog {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 /// Writers through every node until `stop`: sign-ups (each a new email) and plain appends.
 fn load(c: &Cluster, stop: Arc<AtomicBool>) -> (Vec<thread::JoinHandle<()>>, Arc<Mutex<Vec<Ack>>>) {
     let acks: Arc<Mutex<Vec<Ack>>> = Arc::default();
@@ -89,7 +78,7 @@ fn a_backup_under_load_restores_into_a_new_cluster() {
         (acks_len(&acks) >= 60).then_some(())
     });
     let file = c.dir.path().join("cluster.backup");
-    let out = run_cli(&c, &c.config, &["backup", "--to", file.to_str().unwrap()]);
+    let out = c.cli_ok(&["backup", "--to", file.to_str().unwrap()]);
     let index: u64 = out
         .lines()
         .last()
@@ -112,19 +101,14 @@ fn a_backup_under_load_restores_into_a_new_cluster() {
 
     // A new cluster from it: node 1 restored, 2 and 3 empty, added and promoted.
     let mut r = Cluster::prepare(3, users_tuning(), None, None);
-    let config = r.config.clone();
-    let out = run_cli(
-        &r,
-        &config,
-        &["restore", "--from", file.to_str().unwrap(), "--id", "1"],
-    );
+    let out = r.cli_ok(&["restore", "--from", file.to_str().unwrap(), "--id", "1"]);
     assert!(
         out.contains(&format!("restored log index {index}")),
         "{out}"
     );
     // A second restore into the same data dir is refused, changing nothing.
     let again = r.cli(
-        &config,
+        &r.config,
         &["restore", "--from", file.to_str().unwrap(), "--id", "1"],
     );
     assert_eq!(again.status.code(), Some(1));
@@ -136,8 +120,8 @@ fn a_backup_under_load_restores_into_a_new_cluster() {
         r.spawn(id);
         r.wait_healthy(id);
         let id = id.to_string();
-        run_cli(&r, &config, &["cluster", "add-learner", "--id", &id]);
-        run_cli(&r, &config, &["cluster", "promote", "--id", &id]);
+        r.cli_ok(&["cluster", "add-learner", "--id", &id]);
+        r.cli_ok(&["cluster", "promote", "--id", &id]);
     }
     assert_eq!(r.wait_leader(&[1, 2, 3]), 1);
     r.wait_converged(&[1, 2, 3]);
@@ -217,7 +201,7 @@ fn a_damaged_backup_is_refused_and_restores_nothing() {
         append_ok(&c.addr(1), "t", &format!("u{i}"), None);
     }
     let file = c.dir.path().join("one.backup");
-    run_cli(&c, &c.config, &["backup", "--to", file.to_str().unwrap()]);
+    c.cli_ok(&["backup", "--to", file.to_str().unwrap()]);
     let mut bytes = std::fs::read(&file).unwrap();
     let at = bytes.len() / 2;
     bytes[at] ^= 0x10;

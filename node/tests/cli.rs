@@ -100,16 +100,6 @@ fn an_exposed_node_without_auth_refuses_to_start_unless_insecure() {
     assert_eq!(health.status, 200);
 }
 
-fn cli_ok(c: &Cluster, args: &[&str]) -> String {
-    let out = c.cli(&c.config, args);
-    assert!(
-        out.status.success(),
-        "uniqlog {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 fn json_lines(text: &str) -> Vec<serde_json::Value> {
     text.lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
@@ -141,16 +131,16 @@ fn log_append_read_and_tail_round_trip() {
     let first = ok(append("a", &[]));
     assert_eq!(first["first_offset"], 0, "{first}");
     ok(append("b", &new_stream));
-    let all = json_lines(&cli_ok(&c, &["log", "read", "cli"]));
+    let all = json_lines(&c.cli_ok(&["log", "read", "cli"]));
     let uids: Vec<&str> = all
         .iter()
         .map(|e| e["data"]["uid"].as_str().unwrap())
         .collect();
     assert_eq!(uids, ["a", "b"]);
-    let from_one = json_lines(&cli_ok(&c, &["log", "read", "cli", "--from", "1"]));
+    let from_one = json_lines(&c.cli_ok(&["log", "read", "cli", "--from", "1"]));
     assert_eq!(from_one.len(), 1);
     assert_eq!(from_one[0]["offset"], 1);
-    let stream = json_lines(&cli_ok(&c, &["log", "read", "--stream", "s-1"]));
+    let stream = json_lines(&c.cli_ok(&["log", "read", "--stream", "s-1"]));
     assert_eq!(stream.len(), 1);
     assert_eq!(stream[0]["data"]["uid"], "b");
     // The stream is at version 1 now: expecting "new" again is a conflict, exit code 1.
@@ -198,21 +188,16 @@ fn uniq_get_and_history_show_owners() {
     let leader = c.wait_leader(&[1, 2, 3]);
     let r = signup(&c.addr(leader), "ann", "Ann@Example.com");
     assert_eq!(r.status, 201, "{}", r.text);
-    let owner: serde_json::Value = serde_json::from_str(&cli_ok(
-        &c,
-        &["uniq", "get", "user_email", "ANN@example.COM"],
-    ))
-    .unwrap();
+    let owner: serde_json::Value =
+        serde_json::from_str(&c.cli_ok(&["uniq", "get", "user_email", "ANN@example.COM"])).unwrap();
     assert_eq!(owner["key"], "ann@example.com");
     assert!(
         owner["owner"].as_str().unwrap().starts_with("user-"),
         "{owner}"
     );
-    let history: serde_json::Value = serde_json::from_str(&cli_ok(
-        &c,
-        &["uniq", "history", "user_email", "ann@example.com"],
-    ))
-    .unwrap();
+    let history: serde_json::Value =
+        serde_json::from_str(&c.cli_ok(&["uniq", "history", "user_email", "ann@example.com"]))
+            .unwrap();
     assert_eq!(history["history"].as_array().unwrap().len(), 1, "{history}");
 
     let out = c.cli(&c.config, &["uniq", "get", "user_email", "bob@example.com"]);
@@ -266,7 +251,7 @@ fn consumers_lists_checkpoint_head_and_lag() {
         Duration::from_secs(30),
         || {
             let rows: serde_json::Value =
-                serde_json::from_str(&cli_ok(&c, &["consumers", "--json"])).unwrap();
+                serde_json::from_str(&c.cli_ok(&["consumers", "--json"])).unwrap();
             let row = rows
                 .as_array()?
                 .iter()
@@ -278,7 +263,7 @@ fn consumers_lists_checkpoint_head_and_lag() {
     assert_eq!(row["topic"], "users", "{row}");
     assert_eq!(row["head"], 3, "{row}");
     assert_eq!(row["checkpoint"], 3, "{row}");
-    let table = cli_ok(&c, &["consumers"]);
+    let table = c.cli_ok(&["consumers"]);
     let line = table
         .lines()
         .find(|l| l.starts_with("query"))
@@ -330,7 +315,7 @@ fn cluster_status_shows_roles_replication_lag_health_and_learners() {
     }
     c.wait_converged(&[1, 2, 3]);
     let rows = wait_for("every follower at lag 0", Duration::from_secs(20), || {
-        let rows = status_rows(&cli_ok(&c, &["cluster", "status"]));
+        let rows = status_rows(&c.cli_ok(&["cluster", "status"]));
         rows.iter()
             .filter(|r| r["ROLE"] == "follower")
             .all(|r| r["REPL-LAG"] == "0")
@@ -351,19 +336,16 @@ fn cluster_status_shows_roles_replication_lag_health_and_learners() {
     // A learner added by address, outside the config, is listed too.
     let id = c.add_process(&Tuning::default());
     let learner = id.to_string();
-    cli_ok(
-        &c,
-        &[
-            "cluster",
-            "add-learner",
-            "--id",
-            &learner,
-            "--addr",
-            &c.addr(id),
-        ],
-    );
+    c.cli_ok(&[
+        "cluster",
+        "add-learner",
+        "--id",
+        &learner,
+        "--addr",
+        &c.addr(id),
+    ]);
     let rows = wait_for("the learner caught up", Duration::from_secs(20), || {
-        let rows = status_rows(&cli_ok(&c, &["cluster", "status"]));
+        let rows = status_rows(&c.cli_ok(&["cluster", "status"]));
         rows.iter()
             .any(|r| r["ID"] == learner && r["REPL-LAG"] == "0" && r["HEALTH"] == "ready")
             .then_some(rows)
@@ -394,7 +376,7 @@ fn cluster_status_shows_roles_replication_lag_health_and_learners() {
     );
     assert!(row["REPL-LAG"].parse::<u64>().unwrap() >= 10, "{row:?}");
     let rows: Vec<serde_json::Value> =
-        serde_json::from_str(&cli_ok(&c, &["cluster", "status", "--json"])).unwrap();
+        serde_json::from_str(&c.cli_ok(&["cluster", "status", "--json"])).unwrap();
     let row = rows.iter().find(|r| r["id"] == down).unwrap();
     assert!(row["replication_lag"].as_u64().unwrap() >= 10, "{row}");
     let row = rows.iter().find(|r| r["id"] == leader).unwrap();
@@ -412,17 +394,14 @@ fn add_learner_follows_the_catch_up_to_the_end() {
         append_ok(&c.addr(leader), "catch", &format!("c{i}"), None);
     }
     let id = c.add_process(&Tuning::default());
-    let out = cli_ok(
-        &c,
-        &[
-            "cluster",
-            "add-learner",
-            "--id",
-            &id.to_string(),
-            "--addr",
-            &c.addr(id),
-        ],
-    );
+    let out = c.cli_ok(&[
+        "cluster",
+        "add-learner",
+        "--id",
+        &id.to_string(),
+        "--addr",
+        &c.addr(id),
+    ]);
     let added: u64 = out
         .lines()
         .find_map(|l| l.strip_suffix(')')?.split("(log index ").nth(1))
@@ -444,18 +423,15 @@ fn add_learner_follows_the_catch_up_to_the_end() {
     });
 
     // A learner that is not running makes no progress; --no-wait returns at once.
-    let out = cli_ok(
-        &c,
-        &[
-            "cluster",
-            "add-learner",
-            "--id",
-            "9",
-            "--addr",
-            "127.0.0.1:9",
-            "--no-wait",
-        ],
-    );
+    let out = c.cli_ok(&[
+        "cluster",
+        "add-learner",
+        "--id",
+        "9",
+        "--addr",
+        "127.0.0.1:9",
+        "--no-wait",
+    ]);
     assert!(out.contains("node 9 added as learner"), "{out}");
     assert!(!out.contains("catching up"), "{out}");
 }

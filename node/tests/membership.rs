@@ -30,41 +30,22 @@ fn replacing_a_voter_under_continuous_writes_loses_nothing() {
     // Node 4 joins as a learner: add-learner follows it until it holds the log up to its
     // own addition, which it can only get through a snapshot (the log was purged).
     let new = c.add_process(&tuning());
-    let out = c.cli(
-        &c.config,
-        &[
-            "cluster",
-            "add-learner",
-            "--id",
-            &new.to_string(),
-            "--addr",
-            &c.addr(new),
-        ],
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = c.cli_ok(&[
+        "cluster",
+        "add-learner",
+        "--id",
+        &new.to_string(),
+        "--addr",
+        &c.addr(new),
+    ]);
     assert!(text.contains("caught up"), "{text}");
     let installed = scrape(&c.addr(new)).value("uniqlog_snapshots_installed_total", &[]);
     assert!(installed >= 1.0, "node {new} caught up without a snapshot");
     load.wait_more(100);
 
-    let promote = c.cli(&c.config, &["cluster", "promote", "--id", &new.to_string()]);
-    assert!(
-        promote.status.success(),
-        "{}",
-        String::from_utf8_lossy(&promote.stderr)
-    );
+    c.cli_ok(&["cluster", "promote", "--id", &new.to_string()]);
     load.wait_more(100);
-    let remove = c.cli(&c.config, &["cluster", "remove", "--id", &old.to_string()]);
-    assert!(
-        remove.status.success(),
-        "{}",
-        String::from_utf8_lossy(&remove.stderr)
-    );
+    c.cli_ok(&["cluster", "remove", "--id", &old.to_string()]);
 
     // The removed node finds out, says so, and exits with 3 (not to be restarted).
     let status = c.wait_exit(old, Duration::from_secs(60));
@@ -80,21 +61,8 @@ fn replacing_a_voter_under_continuous_writes_loses_nothing() {
     // that removed it on its way to the one that adds it back, and must not stop for it.
     std::fs::remove_dir_all(c.dir.path().join(format!("node{old}"))).unwrap();
     c.restart(old);
-    let add = c.cli(
-        &c.config,
-        &["cluster", "add-learner", "--id", &old.to_string()],
-    );
-    assert!(
-        add.status.success(),
-        "{}",
-        String::from_utf8_lossy(&add.stderr)
-    );
-    let promote = c.cli(&c.config, &["cluster", "promote", "--id", &old.to_string()]);
-    assert!(
-        promote.status.success(),
-        "{}",
-        String::from_utf8_lossy(&promote.stderr)
-    );
+    c.cli_ok(&["cluster", "add-learner", "--id", &old.to_string()]);
+    c.cli_ok(&["cluster", "promote", "--id", &old.to_string()]);
     // Its removal check runs every 2.4 s here (two election timeouts): let it run three
     // times as a member, still serving.
     wait_for(

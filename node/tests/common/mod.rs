@@ -600,6 +600,18 @@ impl Cluster {
         cmd.args(args).arg("--config").arg(config);
         cmd.output().unwrap()
     }
+
+    /// `uniqlog ARGS --config <this cluster's config>`, which must succeed; its stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(&self.config, args);
+        assert!(
+            out.status.success(),
+            "uniqlog {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
 }
 
 impl Cluster {
