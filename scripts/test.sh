@@ -28,6 +28,10 @@ install_tools() {
   python3 -c 'import aiosmtpd' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check aiosmtpd
   # The metrics tests parse /metrics with the reference OpenMetrics parser.
   python3 -c 'import prometheus_client' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check prometheus-client==0.23.1
+  # The dashboard test drives Debian's headless Chromium over the DevTools protocol.
+  local sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+  command -v chromium >/dev/null || { $sudo apt-get update -q && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+  python3 -c 'import websocket' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check websocket-client==1.8.0
 }
 
 build() {

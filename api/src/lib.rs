@@ -62,6 +62,7 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
         Access::Role(Role::Read),
     ),
     ("GET", "/v1/cluster/status", Access::Role(Role::Read)),
+    ("GET", "/v1/cluster/nodes", Access::Role(Role::Read)),
     ("POST", "/v1/cluster/init", Access::Role(Role::Admin)),
     ("POST", "/v1/cluster/learners", Access::Role(Role::Admin)),
     ("POST", "/v1/cluster/membership", Access::Role(Role::Admin)),
@@ -69,6 +70,7 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     // Admin: a backup holds every event, password hashes included.
     ("GET", "/v1/backup", Access::Role(Role::Admin)),
     ("GET", "/v1/cluster/uniq-rules", Access::Role(Role::Read)),
+    ("GET", "/v1/uniq", Access::Role(Role::Read)),
     ("GET", "/v1/uniq/{set}/{key}", Access::Role(Role::Read)),
     (
         "GET",
@@ -94,6 +96,11 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     // Public like etcd's and NATS's: scrapers carry no token, and the series hold no data of
     // the log (routes are templates, uniq sets are names from the config).
     ("GET", "/metrics", Access::Public),
+    // The dashboard's page and assets hold no data; what it shows, it fetches with the
+    // token the user gives it.
+    ("GET", "/ui", Access::Public),
+    ("GET", "/ui/app.js", Access::Public),
+    ("GET", "/ui/style.css", Access::Public),
 ];
 
 /// The access a (method, matched path) asks for.
@@ -112,12 +119,14 @@ fn handler(method: &str, path: &str) -> MethodRouter<SharedApp> {
         ("GET", "/v1/topics/{topic}/stream") => get(log::sse),
         ("GET", "/v1/streams/{stream}/events") => get(log::stream_events),
         ("GET", "/v1/cluster/status") => get(cluster::status),
+        ("GET", "/v1/cluster/nodes") => get(routes::ui::nodes),
         ("POST", "/v1/cluster/init") => post(cluster::init),
         ("POST", "/v1/cluster/learners") => post(cluster::add_learner),
         ("POST", "/v1/cluster/membership") => post(cluster::change_membership),
         ("POST", "/v1/cluster/uniq-rules") => post(uniq::set_rules),
         ("GET", "/v1/backup") => get(routes::backup::backup),
         ("GET", "/v1/cluster/uniq-rules") => get(uniq::get_rules),
+        ("GET", "/v1/uniq") => get(uniq::sets),
         ("GET", "/v1/uniq/{set}/{key}") => get(uniq::owner),
         ("GET", "/v1/uniq/{set}/{key}/history") => get(uniq::history),
         ("POST", "/v1/users") => post(users::signup),
@@ -133,6 +142,9 @@ fn handler(method: &str, path: &str) -> MethodRouter<SharedApp> {
         ("GET", "/ready") => get(cluster::ready),
         ("GET", "/openapi.json") => get(|| async { axum::Json(openapi::spec()) }),
         ("GET", "/metrics") => get(metrics::scrape),
+        ("GET", "/ui") => get(routes::ui::index),
+        ("GET", "/ui/app.js") => get(routes::ui::app_js),
+        ("GET", "/ui/style.css") => get(routes::ui::style),
         (m, p) => unreachable!("route {m} {p} is in ROUTES but has no handler"),
     }
 }

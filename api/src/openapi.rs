@@ -373,6 +373,28 @@ fn openapi_json() {}
         content_type = "application/octet-stream", body = Vec<u8>)))]
 fn backup() {}
 
+#[utoipa::path(get, path = "/v1/uniq", tag = "uniq",
+    responses((status = 200, description = "the uniq sets of the rules in force, each with \
+        the number of keys owned (`{version, sets: [{name, topic, normalize, keys}]}`)", body = Object)))]
+fn uniq_sets() {}
+
+#[utoipa::path(get, path = "/v1/cluster/nodes", tag = "cluster",
+    responses((status = 200, description = "this node's status and every other member's \
+        (`{nodes: [{id, status} | {id, error}]}`)", body = Object)))]
+fn nodes() {}
+
+#[utoipa::path(get, path = "/ui", tag = "dashboard",
+    responses((status = 200, description = "the dashboard", content_type = "text/html", body = String)))]
+fn ui() {}
+
+#[utoipa::path(get, path = "/ui/app.js", tag = "dashboard",
+    responses((status = 200, description = "the dashboard's script", content_type = "text/javascript", body = String)))]
+fn ui_js() {}
+
+#[utoipa::path(get, path = "/ui/style.css", tag = "dashboard",
+    responses((status = 200, description = "the dashboard's styles", content_type = "text/css", body = String)))]
+fn ui_css() {}
+
 #[utoipa::path(get, path = "/metrics", tag = "cluster",
     responses((status = 200, description = "Prometheus metrics, OpenMetrics text format",
         content_type = "application/openmetrics-text", body = String)))]
@@ -411,7 +433,12 @@ fn metrics() {}
         ready,
         openapi_json,
         metrics,
-        backup
+        backup,
+        nodes,
+        uniq_sets,
+        ui,
+        ui_js,
+        ui_css
     ),
     components(schemas(ErrorDoc, EventBody, Member, IdempotencyStatus))
 )]

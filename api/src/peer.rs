@@ -56,6 +56,7 @@ pub fn is_peer_path(path: &str) -> bool {
         SNAPSHOT_PATH,
         FORWARD_PATH,
         crate::removal::MEMBERSHIP_PATH,
+        crate::routes::ui::STATUS_PATH,
     ]
     .contains(&path)
 }
@@ -66,6 +67,14 @@ pub fn peer_router(app: SharedApp) -> Router {
         .route(APPEND_PATH, post(append))
         .route(VOTE_PATH, post(vote))
         .route(SNAPSHOT_PATH, post(snapshot))
+        .route(
+            crate::routes::ui::STATUS_PATH,
+            post(|State(app): State<SharedApp>| async move {
+                crate::routes::cluster::cluster_status(&app)
+                    .await
+                    .map(rpc_answer)
+            }),
+        )
         .route(
             crate::removal::MEMBERSHIP_PATH,
             post(|State(app): State<SharedApp>| async move {

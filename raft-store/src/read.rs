@@ -214,6 +214,27 @@ impl StateReader {
         })
     }
 
+    /// How many keys each uniq set has an owner for. One pass over every owned key: meant
+    /// for a dashboard refreshing every few seconds, not for a hot path.
+    pub fn uniq_key_counts(&self) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
+        self.guard("uniq_key_counts", || {
+            let txn = self.txn()?;
+            let owners = txn.open_table(UNIQ_OWNERS)?;
+            let mut counts = std::collections::BTreeMap::<String, u64>::new();
+            for row in owners.iter()? {
+                let (k, _) = row?;
+                let (set, _) = k.value();
+                match counts.get_mut(set) {
+                    Some(n) => *n += 1,
+                    None => {
+                        counts.insert(set.to_string(), 1);
+                    }
+                }
+            }
+            Ok(counts)
+        })
+    }
+
     /// The owner of a normalized key and the offset of the event that claimed it.
     pub fn uniq_owner(&self, set: &str, key: &str) -> Result<Option<(String, u64)>, StoreError> {
         self.guard("uniq_owner", || {

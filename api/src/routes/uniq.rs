@@ -36,6 +36,29 @@ async fn read_key<T: Send + 'static>(
     Ok((key, value))
 }
 
+/// `GET /v1/uniq`: the sets of the rules in force, each with how many keys are owned.
+pub async fn sets(State(app): State<SharedApp>) -> Result<Response, ApiError> {
+    let rules = app.rules_shared().await?;
+    let reader = app.reader.clone();
+    let counts = raft_store::blocking(move || reader.uniq_key_counts())
+        .await
+        .map_err(ApiError::from)?;
+    let sets: Vec<_> = rules
+        .rules
+        .uniq
+        .iter()
+        .map(|s| {
+            json!({
+                "name": s.name,
+                "topic": s.topic,
+                "normalize": s.normalize,
+                "keys": counts.get(&s.name).copied().unwrap_or(0),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "version": rules.version, "sets": sets })).into_response())
+}
+
 /// `GET /v1/uniq/{set}/{key}`.
 pub async fn owner(
     State(app): State<SharedApp>,
