@@ -23,6 +23,10 @@ pub struct CheckpointReporter {
     last_report: Option<Instant>,
     /// Off when the token may not write to `__checkpoints`.
     enabled: bool,
+    /// The breaker state to report with the position (consumers with a breaker), and the
+    /// one last reported.
+    breaker: Option<&'static str>,
+    reported_breaker: Option<&'static str>,
 }
 
 impl CheckpointReporter {
@@ -44,6 +48,8 @@ impl CheckpointReporter {
             reported: None,
             last_report: None,
             enabled: true,
+            breaker: None,
+            reported_breaker: None,
         }
     }
 
@@ -54,23 +60,35 @@ impl CheckpointReporter {
         self
     }
 
+    /// The circuit breaker's state, reported with the next position: a change is reported
+    /// even when the position has not moved (an open breaker holds the position still).
+    pub fn note_breaker(&mut self, state: &'static str) {
+        self.breaker = Some(state);
+    }
+
     /// Report `offset` if it advanced by `every_events` or `every` passed since the last
-    /// report. Best effort: a failure is logged and tried again at the next call.
+    /// report, or the breaker changed. Best effort: a failure is logged and tried again at
+    /// the next call.
     pub async fn maybe_report(&mut self, offset: u64) {
-        if !self.enabled || self.reported == Some(offset) {
+        let breaker_changed = self.breaker != self.reported_breaker;
+        if !self.enabled || (self.reported == Some(offset) && !breaker_changed) {
             return;
         }
         let due_by_count = self
             .reported
             .is_none_or(|r| offset >= r + self.every_events);
         let due_by_time = self.last_report.is_none_or(|t| t.elapsed() >= self.every);
-        if !(due_by_count || due_by_time) {
+        if !(due_by_count || due_by_time || breaker_changed) {
             return;
+        }
+        let mut data = json!({"consumer": self.consumer, "topic": self.topic, "offset": offset});
+        if let Some(breaker) = self.breaker {
+            data["breaker"] = json!(breaker);
         }
         let body = json!({"events": [{
             "type": "ConsumerCheckpoint",
             "stream": format!("checkpoint-{}", self.consumer),
-            "data": {"consumer": self.consumer, "topic": self.topic, "offset": offset},
+            "data": data,
         }]})
         .to_string();
         for addr in &self.nodes {
@@ -78,6 +96,7 @@ impl CheckpointReporter {
             match self.transport.send(addr, req, Duration::from_secs(5)).await {
                 Ok(r) if r.status == 201 => {
                     self.reported = Some(offset);
+                    self.reported_breaker = self.breaker;
                     self.last_report = Some(Instant::now());
                     return;
                 }

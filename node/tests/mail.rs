@@ -128,6 +128,24 @@ fn every_sign_up_gets_exactly_one_email_through_outages_flakiness_slowness_and_c
             (h["lag_events"] == 0 && h["checkpoint"].as_u64()? >= SIGNUPS as u64).then_some(h)
         },
     );
+    // The outage opened the breaker, and the checkpoints said so while it held the consumer
+    // still; the latest says it closed again.
+    let reports: Vec<String> = c
+        .read_topic(1, "__checkpoints")
+        .iter()
+        .filter(|e| e["data"]["consumer"] == "mail")
+        .filter_map(|e| e["data"]["breaker"].as_str().map(str::to_string))
+        .collect();
+    assert!(reports.iter().any(|b| b == "open"), "{reports:?}");
+    let listed = get(&c.addr(1), "/v1/consumers").unwrap().body;
+    let mail = listed["consumers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["consumer"] == "mail")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(mail["breaker"], "closed", "{listed}");
     let msgs = all["messages"].as_array().unwrap();
     assert_eq!(
         msgs.len(),

@@ -44,6 +44,10 @@ async fn latest(app: &SharedApp, stream: String, version: u64) -> Result<Option<
     if let Some(topic) = e["data"]["topic"].as_str() {
         checkpoint["topic"] = json!(topic);
     }
+    // A consumer with a circuit breaker reports its state with its position.
+    if let Some(breaker) = e["data"]["breaker"].as_str() {
+        checkpoint["breaker"] = json!(breaker);
+    }
     Ok(Some(checkpoint))
 }
 

@@ -280,7 +280,8 @@ async function refreshConsumers() {
     const lag = head === null ? null : Math.max(0, head - c.offset);
     const tr = document.createElement("tr");
     tr.dataset.consumer = c.consumer;
-    tr.append(cell(c.consumer), cell(c.topic), cell(c.offset, "num"), cell(head, "num"), cell(lag, "num lag"));
+    tr.append(cell(c.consumer), cell(c.topic), cell(c.offset, "num"), cell(head, "num"), cell(lag, "num lag"),
+      cell(c.breaker, "breaker-" + (c.breaker || "none")));
     if (lag !== null) {
       const series = (state.lag[c.consumer] = (state.lag[c.consumer] || []).filter((p) => now - p[0] <= HISTORY_MS));
       series.push([now, lag]);

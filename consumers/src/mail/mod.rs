@@ -206,6 +206,9 @@ impl MailConsumer {
 
     /// Deliver one message: retry transient failures behind the breaker until it is sent or
     /// refused for good (then park it).
+    /// Send `msg` until the provider takes it or refuses it for good. While the breaker is
+    /// open, its state is reported with the checkpoint `at` (where the consumer stands), so
+    /// `GET /v1/consumers` shows why it does not move.
     async fn deliver(
         &self,
         provider: &Provider,
@@ -213,12 +216,15 @@ impl MailConsumer {
         backoff: &Backoff,
         msg: &Outgoing,
         source: &Value,
+        (cp, at): (&mut CheckpointReporter, u64),
     ) {
         let mut attempt = 0;
         loop {
             let now = Instant::now();
             if !breaker.allow(now) {
                 self.stats.lock().expect("stats").breaker = breaker.name();
+                cp.note_breaker(breaker.name());
+                cp.maybe_report(at).await;
                 tokio::time::sleep_until(breaker.ready_at(now)).await;
                 continue;
             }
@@ -227,6 +233,7 @@ impl MailConsumer {
                 Delivery::Sent | Delivery::Permanent(_) => breaker.on_success(),
                 Delivery::Transient { .. } => breaker.on_failure(Instant::now()),
             }
+            cp.note_breaker(breaker.name());
             self.count(&result, breaker);
             match result {
                 Delivery::Sent => return,
@@ -336,6 +343,7 @@ impl MailConsumer {
             s.checkpoint = main.next_offset;
             s.breaker = breaker.name();
         }
+        main_cp.note_breaker(breaker.name());
         loop {
             let events = main.next_batch().await.unwrap_or_default();
             let mut offset = main.next_offset - events.len() as u64;
@@ -347,7 +355,8 @@ impl MailConsumer {
                         .await;
                 }
                 if let Some(msg) = self.message_for("users", e) {
-                    self.deliver(&provider, &mut breaker, &backoff, &msg, e)
+                    let at = (&mut main_cp, offset);
+                    self.deliver(&provider, &mut breaker, &backoff, &msg, e, at)
                         .await;
                 }
                 offset = e["offset"].as_u64().map_or(offset + 1, |o| o + 1);
@@ -367,7 +376,8 @@ impl MailConsumer {
                 let original = &r["data"]["event"];
                 let topic = r["data"]["topic"].as_str().unwrap_or("users");
                 if let Some(msg) = self.message_for(topic, original) {
-                    self.deliver(&provider, &mut breaker, &backoff, &msg, original)
+                    let at = (&mut main_cp, main.next_offset);
+                    self.deliver(&provider, &mut breaker, &backoff, &msg, original, at)
                         .await;
                 }
                 retry_cp
