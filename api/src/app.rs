@@ -59,6 +59,8 @@ pub struct App {
     pub started: Instant,
     /// One backup at a time (`routes::backup`).
     pub backup_slot: Arc<tokio::sync::Semaphore>,
+    /// The latest 409s this node answered, for the dashboard (`crate::conflicts`).
+    pub recent_conflicts: crate::conflicts::RecentConflicts,
 }
 
 /// How many password hashes a node runs at once: one per core, at most 8 (each takes

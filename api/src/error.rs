@@ -250,7 +250,13 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let mut resp = (status, axum::Json(self.body())).into_response();
+        let body = self.body();
+        let conflict = (status == StatusCode::CONFLICT).then(|| body.clone());
+        let mut resp = (status, axum::Json(body)).into_response();
+        if let Some(body) = conflict {
+            resp.extensions_mut()
+                .insert(crate::conflicts::ConflictSeen(body));
+        }
         let busy =
             status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS;
         if busy && self.retryable() {

@@ -7,6 +7,7 @@
 pub mod app;
 pub mod auth;
 pub mod cluster_secret;
+pub mod conflicts;
 pub mod error;
 pub mod extract;
 mod json_check;
@@ -83,6 +84,7 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("DELETE", "/v1/users/{id}", Access::Role(Role::Write)),
     ("POST", "/v1/users/{id}/activation-email", Access::Signup),
     ("GET", "/v1/consumers", Access::Role(Role::Read)),
+    ("GET", "/v1/conflicts/recent", Access::Role(Role::Read)),
     (
         "GET",
         "/v1/consumers/{name}/checkpoint",
@@ -135,6 +137,7 @@ fn handler(method: &str, path: &str) -> MethodRouter<SharedApp> {
         ("DELETE", "/v1/users/{id}") => delete(users::delete),
         ("POST", "/v1/users/{id}/activation-email") => post(users::resend_activation),
         ("GET", "/v1/consumers") => get(consumers::list),
+        ("GET", "/v1/conflicts/recent") => get(conflicts::recent),
         ("GET", "/v1/consumers/{name}/checkpoint") => get(consumers::checkpoint),
         ("POST", "/v1/auth/stream-token") => post(auth::stream_token),
         ("GET", "/v1/auth/whoami") => get(auth::whoami),
@@ -166,6 +169,10 @@ pub fn client_router(app: SharedApp) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(
             app.clone(),
             auth::require,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            conflicts::record,
         ))
         // Outside auth, so refusals are counted too.
         .route_layer(axum::middleware::from_fn_with_state(

@@ -373,6 +373,12 @@ fn openapi_json() {}
         content_type = "application/octet-stream", body = Vec<u8>)))]
 fn backup() {}
 
+#[utoipa::path(get, path = "/v1/conflicts/recent", tag = "cluster",
+    responses((status = 200, description = "the latest conflicts (409) this node answered, newest \
+        first (`{conflicts: [{at_ms, route, error, message, ...details}]}`; in memory, at most 50)",
+        body = Object)))]
+fn recent_conflicts() {}
+
 #[utoipa::path(get, path = "/v1/uniq", tag = "uniq",
     responses((status = 200, description = "the uniq sets of the rules in force, each with \
         the number of keys owned (`{version, sets: [{name, topic, normalize, keys}]}`)", body = Object)))]
@@ -436,6 +442,7 @@ fn metrics() {}
         backup,
         nodes,
         uniq_sets,
+        recent_conflicts,
         ui,
         ui_js,
         ui_css

@@ -403,3 +403,33 @@ fn json_logs_carry_the_request_id_as_a_field() {
     assert_eq!(request["path"], "/v1/topics/j/events", "{line}");
     assert_eq!(request["method"], "POST", "{line}");
 }
+
+/// `GET /v1/conflicts/recent`: the 409s this node answered, newest first, with what they
+/// were about; nothing else.
+#[test]
+fn recent_conflicts_list_the_409s_this_node_answered() {
+    let c = Cluster::start(1, users_tuning());
+    let a = c.addr(1);
+    assert_eq!(signup(&a, "ann", "ann@example.com").status, 201);
+    assert_eq!(signup(&a, "bob", "bob@example.com").status, 201);
+    for (name, email) in [("ann2", "ANN@example.com"), ("bob2", "Bob@Example.com")] {
+        assert_eq!(signup(&a, name, email).status, 409);
+    }
+    // A 404 and a 400 are not conflicts.
+    assert_eq!(
+        get(&a, "/v1/uniq/user_email/nobody@example.com")
+            .unwrap()
+            .status,
+        404
+    );
+    assert_eq!(post(&a, "/v1/users", "{}").unwrap().status, 400);
+    let r = get(&a, "/v1/conflicts/recent").unwrap();
+    assert_eq!(r.status, 200, "{}", r.text);
+    let list = r.body["conflicts"].as_array().unwrap();
+    assert_eq!(list.len(), 2, "{}", r.text);
+    for e in list {
+        assert_eq!(e["error"], "email_taken", "{e}");
+        assert_eq!(e["route"], "/v1/users", "{e}");
+    }
+    assert!(list[0]["at_ms"].as_u64() >= list[1]["at_ms"].as_u64());
+}

@@ -294,8 +294,20 @@ async function refreshConsumers() {
 
 // ---- wiring ----------------------------------------------------------------------------------
 
+async function refreshConflicts() {
+  const { conflicts } = await api("/v1/conflicts/recent");
+  fill($("#recent-conflicts tbody"), conflicts.slice(0, 10).map((c) => {
+    const tr = document.createElement("tr");
+    const on = c.set !== undefined ? `${c.set}: ${c.key}`
+      : c.stream !== undefined ? `stream ${c.stream} (expected ${JSON.stringify(c.expected)}, at ${c.actual})`
+      : "";
+    tr.append(cell(new Date(c.at_ms).toLocaleTimeString()), cell(c.route), cell(c.error), cell(on));
+    return tr;
+  }));
+}
+
 const refreshers = {
-  cluster: () => Promise.all([refreshCluster(), refreshMetrics()]),
+  cluster: () => Promise.all([refreshCluster(), refreshMetrics(), refreshConflicts()]),
   topics: refreshTopics,
   uniq: refreshSets,
   consumers: refreshConsumers,

@@ -1,0 +1,75 @@
+//! The latest conflicts (409 answers) this node gave, for the dashboard: which rule a client
+//! ran into, and on what (the uniq set and key, the stream and versions), when.
+//!
+//! Kept in memory, the newest [`KEPT`], lost at restart: an operator's glance, not a record
+//! (the log itself holds what was written; a refused write left nothing there). Recorded
+//! from the answer itself (`error.rs` tags every 409 with its body), so every route that can
+//! conflict is covered.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use crate::app::SharedApp;
+use crate::error::ErrorBody;
+
+const KEPT: usize = 50;
+
+/// A 409's body, attached to the response by `ApiError::into_response`.
+#[derive(Clone, Debug)]
+pub struct ConflictSeen(pub ErrorBody);
+
+#[derive(Default)]
+pub struct RecentConflicts(Mutex<VecDeque<Value>>);
+
+impl RecentConflicts {
+    fn record(&self, route: &str, body: &ErrorBody) {
+        let mut entry = json!({
+            "at_ms": crate::app::now_ms(),
+            "route": route,
+            "error": body.error,
+            "message": body.message,
+        });
+        for (k, v) in &body.details {
+            entry[k] = v.clone();
+        }
+        let mut ring = self.0.lock().expect("conflicts lock");
+        if ring.len() == KEPT {
+            ring.pop_back();
+        }
+        ring.push_front(entry);
+    }
+
+    /// Newest first.
+    pub fn list(&self) -> Vec<Value> {
+        self.0
+            .lock()
+            .expect("conflicts lock")
+            .iter()
+            .cloned()
+            .collect()
+    }
+}
+
+/// Route layer: remember every 409 this node answers.
+pub async fn record(State(app): State<SharedApp>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(String::new, |m| m.as_str().to_owned());
+    let resp = next.run(req).await;
+    if let Some(ConflictSeen(body)) = resp.extensions().get::<ConflictSeen>() {
+        app.recent_conflicts.record(&route, body);
+    }
+    resp
+}
+
+/// `GET /v1/conflicts/recent` (read role).
+pub async fn recent(State(app): State<SharedApp>) -> Response {
+    Json(json!({ "conflicts": app.recent_conflicts.list() })).into_response()
+}
