@@ -300,7 +300,7 @@ async function refreshConflicts() {
     const tr = document.createElement("tr");
     const on = c.set !== undefined ? `${c.set}: ${c.key}`
       : c.stream !== undefined ? `stream ${c.stream} (expected ${JSON.stringify(c.expected)}, at ${c.actual})`
-      : "";
+      : c.message;
     tr.append(cell(new Date(c.at_ms).toLocaleTimeString()), cell(c.route), cell(c.error), cell(on));
     return tr;
   }));
