@@ -12,7 +12,6 @@ import base64
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,14 +19,6 @@ import time
 import urllib.request
 
 import websocket
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 class Page:
@@ -87,23 +78,27 @@ def main():
     ap.add_argument("--screenshots")
     ap.add_argument("--token")
     args = ap.parse_args()
-    port = free_port()
     profile = tempfile.mkdtemp(prefix="uniqlog-ui-")
+    # Port 0: Chromium picks a free one and writes it to DevToolsActivePort in the profile.
     chrome = subprocess.Popen(
         [args.chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-         f"--remote-debugging-port={port}", f"--user-data-dir={profile}",
+         "--remote-debugging-port=0", f"--user-data-dir={profile}",
          "--window-size=1280,860", "about:blank"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 30
         targets = None
+        port = None
         while time.time() < deadline:
             try:
+                if port is None:
+                    with open(os.path.join(profile, "DevToolsActivePort")) as f:
+                        port = int(f.readline())
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=2) as r:
                     targets = [t for t in json.loads(r.read()) if t["type"] == "page"]
                 if targets:
                     break
-            except OSError:
+            except (OSError, ValueError):
                 pass
             time.sleep(0.2)
         if not targets:
@@ -117,7 +112,7 @@ def main():
             try:
                 page.wait("the page", "document.readyState === 'complete' && typeof state === 'object'", timeout=3)
                 break
-            except SystemExit:
+            except (SystemExit, RuntimeError):
                 if time.time() > deadline:
                     raise
         if args.token:

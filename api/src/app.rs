@@ -61,6 +61,8 @@ pub struct App {
     pub backup_slot: Arc<tokio::sync::Semaphore>,
     /// The latest 409s this node answered, for the dashboard (`crate::conflicts`).
     pub recent_conflicts: crate::conflicts::RecentConflicts,
+    /// The last count of owned keys per uniq set and when it was taken (`GET /v1/uniq`).
+    pub uniq_counts: tokio::sync::Mutex<Option<(Instant, std::collections::BTreeMap<String, u64>)>>,
 }
 
 /// How many password hashes a node runs at once: one per core, at most 8 (each takes

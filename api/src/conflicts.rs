@@ -69,7 +69,7 @@ pub async fn record(State(app): State<SharedApp>, req: Request, next: Next) -> R
     resp
 }
 
-/// `GET /v1/conflicts/recent` (read role).
+/// `GET /v1/conflicts/recent` (admin role: a refused write's key is in no event).
 pub async fn recent(State(app): State<SharedApp>) -> Response {
     Json(json!({ "conflicts": app.recent_conflicts.list() })).into_response()
 }

@@ -84,7 +84,8 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("DELETE", "/v1/users/{id}", Access::Role(Role::Write)),
     ("POST", "/v1/users/{id}/activation-email", Access::Signup),
     ("GET", "/v1/consumers", Access::Role(Role::Read)),
-    ("GET", "/v1/conflicts/recent", Access::Role(Role::Read)),
+    // Admin: the keys of refused writes are in no event a reader could read.
+    ("GET", "/v1/conflicts/recent", Access::Role(Role::Admin)),
     (
         "GET",
         "/v1/consumers/{name}/checkpoint",

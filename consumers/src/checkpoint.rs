@@ -70,6 +70,9 @@ impl CheckpointReporter {
     /// report, or the breaker changed. Best effort: a failure is logged and tried again at
     /// the next call.
     pub async fn maybe_report(&mut self, offset: u64) {
+        // Never back: a breaker report names where the consumer stands, which may be behind
+        // a position already reported.
+        let offset = self.reported.map_or(offset, |r| r.max(offset));
         let breaker_changed = self.breaker != self.reported_breaker;
         if !self.enabled || (self.reported == Some(offset) && !breaker_changed) {
             return;

@@ -136,6 +136,7 @@ pub async fn start(
         started: tokio::time::Instant::now(),
         backup_slot: Arc::new(tokio::sync::Semaphore::new(1)),
         recent_conflicts: Default::default(),
+        uniq_counts: Default::default(),
     });
     let header_timeout = Duration::from_millis(config.limits.header_read_timeout_ms);
     let mut servers = Vec::new();

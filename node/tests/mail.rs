@@ -137,15 +137,20 @@ fn every_sign_up_gets_exactly_one_email_through_outages_flakiness_slowness_and_c
         .filter_map(|e| e["data"]["breaker"].as_str().map(str::to_string))
         .collect();
     assert!(reports.iter().any(|b| b == "open"), "{reports:?}");
-    let listed = get(&c.addr(1), "/v1/consumers").unwrap().body;
-    let mail = listed["consumers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["consumer"] == "mail")
-        .cloned()
-        .unwrap_or_default();
-    assert_eq!(mail["breaker"], "closed", "{listed}");
+    // From the leader, which has applied the latest checkpoint.
+    let leader = c.wait_leader(&[1, 2, 3]);
+    wait_for(
+        "the breaker closed in /v1/consumers",
+        Duration::from_secs(10),
+        || {
+            let listed = get(&c.addr(leader), "/v1/consumers").ok()?.body;
+            listed["consumers"]
+                .as_array()?
+                .iter()
+                .any(|c| c["consumer"] == "mail" && c["breaker"] == "closed")
+                .then_some(())
+        },
+    );
     let msgs = all["messages"].as_array().unwrap();
     assert_eq!(
         msgs.len(),

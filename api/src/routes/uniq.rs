@@ -36,13 +36,29 @@ async fn read_key<T: Send + 'static>(
     Ok((key, value))
 }
 
-/// `GET /v1/uniq`: the sets of the rules in force, each with how many keys are owned.
+/// How long a count of owned keys is reused: counting reads every owned key.
+const COUNTS_FRESH: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `GET /v1/uniq`: the sets of the rules in force, each with how many keys are owned. The
+/// count is a full pass over the owned keys: one runs at a time, and its result serves every
+/// caller for [`COUNTS_FRESH`] (`counted_at` says when it was taken).
 pub async fn sets(State(app): State<SharedApp>) -> Result<Response, ApiError> {
     let rules = app.rules_shared().await?;
-    let reader = app.reader.clone();
-    let counts = raft_store::blocking(move || reader.uniq_key_counts())
-        .await
-        .map_err(ApiError::from)?;
+    let mut cache = app.uniq_counts.lock().await;
+    let (at, counts) = match &*cache {
+        Some((at, counts)) if at.elapsed() < COUNTS_FRESH => (*at, counts.clone()),
+        _ => {
+            let reader = app.reader.clone();
+            let counts = raft_store::blocking(move || reader.uniq_key_counts())
+                .await
+                .map_err(ApiError::from)?;
+            let at = tokio::time::Instant::now();
+            *cache = Some((at, counts.clone()));
+            (at, counts)
+        }
+    };
+    drop(cache);
+    let counted_at = crate::app::now_ms().saturating_sub(at.elapsed().as_millis() as u64);
     let sets: Vec<_> = rules
         .rules
         .uniq
@@ -56,7 +72,10 @@ pub async fn sets(State(app): State<SharedApp>) -> Result<Response, ApiError> {
             })
         })
         .collect();
-    Ok(Json(json!({ "version": rules.version, "sets": sets })).into_response())
+    Ok(
+        Json(json!({ "version": rules.version, "counted_at": counted_at, "sets": sets }))
+            .into_response(),
+    )
 }
 
 /// `GET /v1/uniq/{set}/{key}`.

@@ -66,7 +66,7 @@ async function refreshCluster() {
       if (matched !== undefined && matched !== null) lag = Math.max(0, leader.last_log_index - matched);
     }
     // As /ready has it; a node a few entries behind under writes is applying, not unwell.
-    const health = !s ? "down"
+    const health = !s ? (String(n.error || "").includes("answered 404") ? "no status (older build)" : "down")
       : s.leader === null || s.leader === undefined ? "no leader"
       : s.applied_index >= s.commit_index ? "ready" : "applying";
     tr.append(
@@ -118,7 +118,9 @@ async function refreshMetrics() {
   if (!resp.ok) return;
   const now = Date.now();
   const m = parseMetrics(await resp.text());
-  state.metrics.push(Object.assign({ t: now }, m));
+  const last = state.metrics[state.metrics.length - 1];
+  // Samples closer than a second would turn one append into a spike (and 0 s into NaN).
+  if (!last || now - last.t >= 1000) state.metrics.push(Object.assign({ t: now }, m));
   state.metrics = state.metrics.filter((p) => now - p.t <= HISTORY_MS);
   const rate = [], latency = [];
   for (let i = 1; i < state.metrics.length; i++) {
@@ -199,26 +201,35 @@ async function showPage() {
   const page = await api(path);
   $("#events").replaceChildren(...page.events.map(eventItem));
   const last = page.events.length ? page.events[page.events.length - 1].offset : state.from;
-  $("#page-range").textContent = page.events.length
-    ? `${state.stream ? "stream " + state.stream + ", versions" : "offsets"} ${state.from}..${state.stream ? state.from + page.events.length - 1 : last}`
-    : "no events";
+  $("#page-range").textContent = !page.events.length ? "no events"
+    : state.stream ? `stream ${state.stream}: its events ${state.from + 1} to ${state.from + page.events.length}`
+    : `offsets ${state.from}..${last}`;
 }
 
-async function startTail() {
+async function startTail(from = state.length) {
   stopTail();
   // EventSource sends no headers: with auth on, a short-lived token goes in the query.
-  let query = `from=${state.length}`;
+  let query = `from=${from}`;
   if (state.token) {
     const { access_token } = await api("/v1/auth/stream-token", { method: "POST" });
     query += "&access_token=" + encodeURIComponent(access_token);
   }
   const source = new EventSource(`/v1/topics/${encodeURIComponent(state.topic)}/stream?${query}`);
+  let next = from;
   source.onmessage = (m) => {
     const e = JSON.parse(m.data);
     if (e.offset === undefined) e.offset = Number(m.lastEventId);
+    next = e.offset + 1;
     $("#tail-list").prepend(eventItem(e));
   };
-  source.onerror = () => showError("the live tail was interrupted; it reconnects by itself");
+  source.onerror = () => {
+    showError("the live tail was interrupted; reconnecting");
+    // The browser retries by itself, but not after an error status (an expired stream
+    // token): then reopen with a fresh token from where the tail got to.
+    if (source.readyState === EventSource.CLOSED && state.tail === source) {
+      setTimeout(() => { if (state.tail === source) startTail(next).catch((err) => showError(err.message)); }, 1000);
+    }
+  };
   source.onopen = () => showError("");
   state.tail = source;
 }
@@ -280,22 +291,33 @@ async function refreshConsumers() {
     const lag = head === null ? null : Math.max(0, head - c.offset);
     const tr = document.createElement("tr");
     tr.dataset.consumer = c.consumer;
+    const age = typeof c.reported_at === "number" ? Math.max(0, Math.round((now - c.reported_at) / 1000)) + " s ago" : null;
     tr.append(cell(c.consumer), cell(c.topic), cell(c.offset, "num"), cell(head, "num"), cell(lag, "num lag"),
-      cell(c.breaker, "breaker-" + (c.breaker || "none")));
+      cell(c.breaker, "breaker-" + (c.breaker || "none")), cell(age, "num"));
     if (lag !== null) {
       const series = (state.lag[c.consumer] = (state.lag[c.consumer] || []).filter((p) => now - p[0] <= HISTORY_MS));
       series.push([now, lag]);
     }
     return tr;
   }));
-  const first = Object.values(state.lag)[0] || [];
-  chart($("#chart-lag"), first);
+  const [name, series] = Object.entries(state.lag)[0] || ["", []];
+  $("#lag-caption").textContent = name ? `Lag of ${name} over time (events)` : "Lag over time (events)";
+  chart($("#chart-lag"), series);
 }
 
 // ---- wiring ----------------------------------------------------------------------------------
 
 async function refreshConflicts() {
-  const { conflicts } = await api("/v1/conflicts/recent");
+  let conflicts;
+  try {
+    ({ conflicts } = await api("/v1/conflicts/recent"));
+  } catch (e) {
+    if (e.status !== 403) throw e;
+    const tr = document.createElement("tr");
+    tr.append(cell("the list of recent conflicts needs the admin role"));
+    fill($("#recent-conflicts tbody"), [tr]);
+    return;
+  }
   fill($("#recent-conflicts tbody"), conflicts.slice(0, 10).map((c) => {
     const tr = document.createElement("tr");
     const on = c.set !== undefined ? `${c.set}: ${c.key}`
@@ -314,12 +336,14 @@ const refreshers = {
 };
 
 function show(view) {
-  state.view = refreshers[view] ? view : "cluster";
+  state.view = Object.hasOwn(refreshers, view) ? view : "cluster";
   for (const s of document.querySelectorAll(".view")) s.hidden = s.id !== "view-" + state.view;
   for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.dataset.view === state.view);
   tick();
 }
 
+// One refresh at a time: the next is scheduled when this one ends (a hung peer can make
+// one take seconds).
 async function tick() {
   try {
     await refreshers[state.view]();
@@ -361,7 +385,11 @@ function init() {
   $("#uniq-form").addEventListener("submit", lookUp);
   window.addEventListener("hashchange", () => show(location.hash.slice(1)));
   show(location.hash.slice(1) || "cluster");
-  setInterval(tick, 2000);
+  const loop = async () => {
+    await tick();
+    setTimeout(loop, 2000);
+  };
+  setTimeout(loop, 2000);
 }
 
 document.addEventListener("DOMContentLoaded", init);

@@ -205,10 +205,9 @@ impl MailConsumer {
     }
 
     /// Deliver one message: retry transient failures behind the breaker until it is sent or
-    /// refused for good (then park it).
-    /// Send `msg` until the provider takes it or refuses it for good. While the breaker is
-    /// open, its state is reported with the checkpoint `at` (where the consumer stands), so
-    /// `GET /v1/consumers` shows why it does not move.
+    /// refused for good (then park it). While the breaker is open, its state is reported
+    /// with the checkpoint `at` (where the consumer stands), so `GET /v1/consumers` shows
+    /// why it does not move.
     async fn deliver(
         &self,
         provider: &Provider,
