@@ -49,7 +49,7 @@ struct FollowerLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
-    state: &'static str,
+    state: String,
 }
 
 /// 100 µs to about 6.5 s: a read served from memory up to a write that waited out an election.
@@ -300,7 +300,7 @@ impl NodeMetrics {
         m.state.clear();
         m.state
             .get_or_create(&StateLabels {
-                state: crate::routes::cluster::role_str(&status.role),
+                state: status.role.clone(),
             })
             .set(1);
         m.commit_index.set(g(status.commit_index));

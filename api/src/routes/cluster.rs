@@ -70,28 +70,15 @@ pub async fn cluster_status(app: &SharedApp) -> Result<ClusterStatus, ApiError> 
     })
 }
 
-const ROLES: [(ServerState, &str); 5] = [
-    (ServerState::Leader, "leader"),
-    (ServerState::Follower, "follower"),
-    (ServerState::Candidate, "candidate"),
-    (ServerState::Learner, "learner"),
-    (ServerState::Shutdown, "shutdown"),
-];
-
 /// The name of a Raft state in answers and metrics.
 pub fn role_name(state: ServerState) -> &'static str {
-    ROLES
-        .iter()
-        .find(|(s, _)| *s == state)
-        .map_or("unknown", |(_, name)| name)
-}
-
-/// The same name as a `'static` string, from an answer's `role`.
-pub fn role_str(role: &str) -> &'static str {
-    ROLES
-        .iter()
-        .find(|(_, name)| *name == role)
-        .map_or("unknown", |(_, name)| name)
+    match state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
 }
 
 /// Bootstrap the cluster from the config's node list and propose the config's rules as the
