@@ -63,6 +63,13 @@ pub struct App {
     pub recent_conflicts: crate::conflicts::RecentConflicts,
     /// The last count of owned keys per uniq set and when it was taken (`GET /v1/uniq`).
     pub uniq_counts: tokio::sync::Mutex<Option<(Instant, std::collections::BTreeMap<String, u64>)>>,
+    /// Anonymous sign-up flow requests, per client ([`crate::rate_limit`]).
+    pub anonymous_limiter: crate::rate_limit::RateLimiter,
+    /// Event streams and long-polls open at once, at most `limits.streams_max`.
+    pub streams: Arc<tokio::sync::Semaphore>,
+    /// Every listener is loopback and auth is off: answer only requests addressed to a
+    /// loopback name ([`crate::host_check`]).
+    pub loopback_hosts_only: bool,
 }
 
 /// How many password hashes a node runs at once: one per core, at most 8 (each takes
@@ -126,6 +133,17 @@ pub fn now_ms() -> u64 {
 }
 
 impl App {
+    /// A place among the open event streams and long-polls, or 429.
+    pub fn stream_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        self.streams.clone().try_acquire_owned().map_err(|_| {
+            ApiError::overloaded(format!(
+                "this node already serves {} event streams and long-polls (limits.streams_max); \
+                 retry later or ask another node",
+                self.limits.streams_max
+            ))
+        })
+    }
+
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.limits.request_timeout_ms)
     }

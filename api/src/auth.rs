@@ -1,12 +1,21 @@
-//! Client authentication and roles. Auth is on exactly when `[auth]` lists tokens. A token is
-//! presented as `Authorization: Bearer <token>` (or as the password of HTTP Basic) and stored only as its SHA-256. Roles nest:
-//! `admin` includes `write`, which includes `read`.
+//! Client authentication, roles and topic scopes. Auth is on exactly when `[auth]` lists
+//! tokens. A token is presented as `Authorization: Bearer <token>` (or as the password of HTTP
+//! Basic) and stored only as its SHA-256. Roles nest: `admin` includes `write`, which includes
+//! `read`.
+//!
+//! Every decision is made here, once per request, by [`require`]: the route's [`Access`] from
+//! the route table, the token, and the route's `{topic}` **as axum decodes it** (deciding on
+//! the raw path let `%5F%5Fcheckpoints` pass for an ordinary topic). The result, a [`Caller`],
+//! goes into the request's extensions for the handlers that touch topics the path does not
+//! name (a stream's events, uniq sets, the topic list).
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, RawPathParams, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use axum::RequestExt;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -25,13 +34,26 @@ pub enum Role {
 /// What a route asks of its caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
-    /// Anyone: liveness and readiness.
+    /// Anyone: liveness, readiness, metrics, the OpenAPI document, the dashboard's assets.
     Public,
-    /// The sign-up flow's public steps: anyone when `anonymous_signup` is on, else `write`.
-    Signup,
     Role(Role),
-    /// Appends: `write`, or `admin` for the system's `__` topics.
+    /// Read the topic the path names (`{topic}`): `read`, within the token's scope.
+    ReadTopic,
+    /// Append to the topic the path names: `write` within the token's scope; `admin` for the
+    /// system's `__` topics; for topics the command API writes, a scope that names them.
     Append,
+    /// A command of the sign-up flow, which appends to `users`: `write` (within a scope that
+    /// covers `users`), or anyone when `anonymous` and `[auth] anonymous_signup` is on.
+    Users { anonymous: bool },
+}
+
+/// Topics that the command API writes (its invariants live in its commands): raw appends to
+/// them need a token whose scope names them, or admin.
+pub const COMMAND_TOPICS: &[&str] = &[crate::users::state::TOPIC];
+
+/// Whether `topic` is one of the system's (`__checkpoints`, `__parked`, `__retry.*`).
+pub fn is_system_topic(topic: &str) -> bool {
+    topic.starts_with("__")
 }
 
 /// One token, as configured: its digest, or where to read the token itself (an environment
@@ -48,24 +70,189 @@ pub struct TokenConfig {
     pub token_env: Option<String>,
     #[serde(default)]
     pub token_file: Option<std::path::PathBuf>,
+    /// The topics this token may read and append to: names, or prefixes ending in `*`
+    /// (`orders.*`, `*`). Absent: every topic its role allows. Not for admin tokens, which
+    /// have every scope.
+    #[serde(default)]
+    pub topics: Option<Vec<String>>,
+}
+
+/// A token's topic patterns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scope(Vec<String>);
+
+impl Scope {
+    /// Check the patterns: a topic name, optionally ending in `*`.
+    pub fn new(patterns: Vec<String>) -> Result<Scope, String> {
+        if patterns.is_empty() {
+            return Err("an empty list allows nothing; leave `topics` out for no scope".into());
+        }
+        for p in &patterns {
+            let name = p.strip_suffix('*').unwrap_or(p);
+            let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+            if !name.chars().all(ok) || (name.is_empty() && p.is_empty()) {
+                return Err(format!(
+                    "{p:?} is not a topic name or a prefix ending in '*' (A-Z, a-z, 0-9, '.', \
+                     '_', '-')"
+                ));
+            }
+        }
+        Ok(Scope(patterns))
+    }
+
+    /// A pattern covers the topic: equal, or a prefix ending in `*`. System topics are
+    /// covered only by patterns that start with `__` themselves, never by a bare `*`.
+    pub fn covers(&self, topic: &str) -> bool {
+        self.0.iter().any(|p| match p.strip_suffix('*') {
+            Some(prefix) => {
+                topic.starts_with(prefix) && (!is_system_topic(topic) || is_system_topic(prefix))
+            }
+            None => p == topic,
+        })
+    }
+
+    /// A pattern is the topic's exact name.
+    pub fn names(&self, topic: &str) -> bool {
+        self.0.iter().any(|p| p == topic)
+    }
+
+    pub fn patterns(&self) -> &[String] {
+        &self.0
+    }
+}
+
+/// Who is calling, as [`require`] decided.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// `None`: no token (a public route, or anonymous sign-up).
+    pub role: Option<Role>,
+    /// The token's topics; `None` is every topic the role allows.
+    pub scope: Option<Arc<Scope>>,
+    /// The token's name, for stream tokens and logs.
+    pub token: Option<String>,
+}
+
+impl Caller {
+    /// With auth off: anyone may do anything.
+    pub fn unrestricted() -> Caller {
+        Caller {
+            role: Some(Role::Admin),
+            scope: None,
+            token: None,
+        }
+    }
+
+    fn anonymous() -> Caller {
+        Caller {
+            role: None,
+            scope: None,
+            token: None,
+        }
+    }
+
+    fn is_admin(&self) -> bool {
+        self.role == Some(Role::Admin)
+    }
+
+    fn has(&self, needed: Role) -> Result<(), ApiError> {
+        match self.role {
+            Some(role) if role >= needed => Ok(()),
+            Some(role) => Err(ApiError::Forbidden {
+                message: format!("this needs the {needed:?} role; the token has {role:?}")
+                    .to_lowercase(),
+            }),
+            None => Err(unauthorized()),
+        }
+    }
+
+    /// May read `topic` (its events, its streams, uniq sets over it).
+    pub fn check_read(&self, topic: &str) -> Result<(), ApiError> {
+        self.has(Role::Read)?;
+        match &self.scope {
+            Some(scope) if !self.is_admin() && !scope.covers(topic) => Err(out_of_scope(topic)),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn may_read(&self, topic: &str) -> bool {
+        self.check_read(topic).is_ok()
+    }
+
+    /// May append to `topic` through the raw log API.
+    pub fn check_append(&self, topic: &str) -> Result<(), ApiError> {
+        if self.is_admin() {
+            return Ok(());
+        }
+        if is_system_topic(topic) {
+            self.has(Role::Admin)?;
+        }
+        self.has(Role::Write)?;
+        if COMMAND_TOPICS.contains(&topic) && !self.scope.as_ref().is_some_and(|s| s.names(topic)) {
+            return Err(ApiError::Forbidden {
+                message: format!(
+                    "topic {topic} is written by the command API (/v1/users); raw appends to it \
+                     need the admin role or a token whose topics name {topic:?}"
+                ),
+            });
+        }
+        match &self.scope {
+            Some(scope) if !scope.covers(topic) => Err(out_of_scope(topic)),
+            _ => Ok(()),
+        }
+    }
+
+    /// May run a command of the sign-up flow (which appends to `users`).
+    fn check_users_command(&self) -> Result<(), ApiError> {
+        self.has(Role::Write)?;
+        let topic = crate::users::state::TOPIC;
+        match &self.scope {
+            Some(scope) if !self.is_admin() && !scope.covers(topic) => Err(out_of_scope(topic)),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn unauthorized() -> ApiError {
+    ApiError::Unauthorized {
+        message: "a valid bearer token is required".into(),
+    }
+}
+
+fn out_of_scope(topic: &str) -> ApiError {
+    ApiError::Forbidden {
+        message: format!("topic {topic} is outside this token's topics"),
+    }
+}
+
+/// A configured token, ready for look-ups.
+#[derive(Debug, Clone)]
+struct Token {
+    name: String,
+    role: Role,
+    sha256: String,
+    scope: Option<Arc<Scope>>,
 }
 
 /// The node's view of `[auth]` for client routes.
 #[derive(Debug, Clone, Default)]
 pub struct Auth {
-    pub tokens: Vec<TokenConfig>,
+    tokens: Vec<Token>,
     pub anonymous_signup: bool,
-    /// Signs stream tokens: the cluster secret when set (tokens work on every node), else a
-    /// random key of this process (tokens work on this node).
-    pub stream_key: Vec<u8>,
+    /// Signs stream tokens: derived from the cluster secret when set (tokens work on every
+    /// node), else a random key of this process (tokens work on this node).
+    stream_key: Vec<u8>,
 }
 
 /// Lowercase hex SHA-256 of a token. On every authenticated request, so no per-byte
 /// formatting.
 pub fn token_digest(token: &str) -> String {
+    hex(&Sha256::digest(token.as_bytes()))
+}
+
+fn hex(bytes: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(64);
-    for b in Sha256::digest(token.as_bytes()) {
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
         out.push(HEX[(b >> 4) as usize] as char);
         out.push(HEX[(b & 0xf) as usize] as char);
     }
@@ -73,58 +260,105 @@ pub fn token_digest(token: &str) -> String {
 }
 
 impl Auth {
+    /// `tokens` as the config validated them (digests set, scopes checked).
+    pub fn new(
+        tokens: &[TokenConfig],
+        anonymous_signup: bool,
+        stream_key: Vec<u8>,
+    ) -> Result<Auth, String> {
+        let tokens = tokens
+            .iter()
+            .map(|t| {
+                let scope = match &t.topics {
+                    None => None,
+                    Some(_) if t.role == Role::Admin => {
+                        return Err(format!(
+                            "token {:?}: an admin token has every topic; leave `topics` out",
+                            t.name
+                        ))
+                    }
+                    Some(p) => Some(Arc::new(
+                        Scope::new(p.clone()).map_err(|e| format!("token {:?}: {e}", t.name))?,
+                    )),
+                };
+                Ok(Token {
+                    name: t.name.clone(),
+                    role: t.role,
+                    sha256: t.sha256.to_ascii_lowercase(),
+                    scope,
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(Auth {
+            tokens,
+            anonymous_signup,
+            stream_key,
+        })
+    }
+
     pub fn enabled(&self) -> bool {
         !self.tokens.is_empty()
     }
 
-    /// The role of a presented token, comparing digests in constant time.
-    fn role_of(&self, token: &str) -> Option<Role> {
+    /// The caller a presented token stands for, comparing digests in constant time.
+    fn caller_of(&self, token: &str) -> Option<Caller> {
         let digest = token_digest(token);
         let mut found = None;
         for t in &self.tokens {
-            if crate::cluster_secret::same_secret(&digest, &t.sha256.to_ascii_lowercase()) {
-                found = Some(t.role);
+            if crate::cluster_secret::same_secret(&digest, &t.sha256) {
+                found = Some(t);
             }
         }
-        found
+        found.map(Token::caller)
     }
 
-    /// Decide a request: Ok to proceed, or 401 / 403.
-    pub fn check(
+    /// Decide a request: the caller, or 401 / 403. `topic` is the route's `{topic}`, decoded.
+    pub fn authorize(
         &self,
         access: Access,
-        topic_is_system: bool,
+        topic: Option<&str>,
         bearer: Option<&str>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<Caller, ApiError> {
         if !self.enabled() {
-            return Ok(());
+            return Ok(Caller::unrestricted());
         }
-        let needed = match access {
-            Access::Public => return Ok(()),
-            Access::Signup if self.anonymous_signup => return Ok(()),
-            Access::Signup => Role::Write,
-            Access::Role(r) => r,
-            Access::Append if topic_is_system => Role::Admin,
-            Access::Append => Role::Write,
-        };
-        let role = bearer
-            .and_then(|t| self.role_of(t))
-            .ok_or_else(|| ApiError::Unauthorized {
-                message: "a valid bearer token is required".into(),
-            })?;
-        if role < needed {
-            return Err(ApiError::Forbidden {
-                message: format!("this needs the {needed:?} role; the token has {role:?}")
-                    .to_lowercase(),
-            });
+        let presented = bearer.map(|t| self.caller_of(t));
+        match (access, presented) {
+            // A public route ignores credentials, even wrong ones.
+            (Access::Public, Some(Some(caller))) => Ok(caller),
+            (Access::Public, _) => Ok(Caller::anonymous()),
+            (Access::Users { anonymous: true }, None) if self.anonymous_signup => {
+                Ok(Caller::anonymous())
+            }
+            (_, None | Some(None)) => Err(unauthorized()),
+            (access, Some(Some(caller))) => {
+                let topic = || topic.ok_or_else(|| ApiError::internal("no {topic} in the path"));
+                match access {
+                    Access::Public => unreachable!("matched above"),
+                    Access::Role(r) => caller.has(r)?,
+                    Access::ReadTopic => caller.check_read(topic()?)?,
+                    Access::Append => caller.check_append(topic()?)?,
+                    Access::Users { .. } => caller.check_users_command()?,
+                }
+                Ok(caller)
+            }
         }
-        Ok(())
+    }
+}
+
+impl Token {
+    fn caller(&self) -> Caller {
+        Caller {
+            role: Some(self.role),
+            scope: self.scope.clone(),
+            token: Some(self.name.clone()),
+        }
     }
 }
 
 /// Middleware of the client routes: the route's access from the route table, the token from
-/// the `Authorization` header.
-pub async fn require(State(app): State<SharedApp>, req: Request, next: Next) -> Response {
+/// the `Authorization` header, the topic from the decoded path.
+pub async fn require(State(app): State<SharedApp>, mut req: Request, next: Next) -> Response {
     let path = req
         .extensions()
         .get::<MatchedPath>()
@@ -133,31 +367,57 @@ pub async fn require(State(app): State<SharedApp>, req: Request, next: Next) -> 
         .as_deref()
         .and_then(|p| crate::access_of(req.method(), p))
         .unwrap_or(Access::Role(Role::Admin));
-    let system = req.uri().path().starts_with("/v1/topics/__");
-    let bearer = bearer(req.headers());
-    let bearer = bearer.as_deref();
+    let topic = match req.extract_parts::<RawPathParams>().await {
+        Ok(params) => params
+            .iter()
+            .find(|(k, _)| *k == "topic")
+            .map(|(_, v)| v.to_string()),
+        Err(_) => return ApiError::bad_request("a path segment is not valid UTF-8").into_response(),
+    };
+    let bearer = bearer(req.headers()).map(Cow::into_owned);
     // EventSource cannot send headers: the event stream also takes a short-lived read token
     // in its query (see `stream_token`).
-    if bearer.is_none() && path.as_deref() == Some(STREAM_ROUTE) && app.auth.enabled() {
-        let token = req
-            .uri()
-            .query()
-            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("access_token=")));
-        return match token.map(|t| app.auth.check_stream_token(t, crate::app::now_ms())) {
-            Some(Ok(())) => next.run(req).await,
-            Some(Err(e)) => e.into_response(),
-            None => ApiError::Unauthorized {
-                message:
-                    "a bearer token or an access_token from POST /v1/auth/stream-token is required"
-                        .into(),
-            }
-            .into_response(),
-        };
+    let on_stream =
+        bearer.is_none() && path.as_deref() == Some(STREAM_ROUTE) && app.auth.enabled();
+    let decided = match stream_access_token(&req) {
+        Some(token) if on_stream => app
+            .auth
+            .check_stream_token(token, crate::app::now_ms())
+            .and_then(|caller| {
+                caller.check_read(topic.as_deref().unwrap_or_default())?;
+                Ok(caller)
+            }),
+        None if on_stream => Err(ApiError::Unauthorized {
+            message:
+                "a bearer token or an access_token from POST /v1/auth/stream-token is required"
+                    .into(),
+        }),
+        _ => app.auth.authorize(access, topic.as_deref(), bearer.as_deref()),
+    };
+    let caller = match decided {
+        Ok(caller) => caller,
+        Err(e) => return e.into_response(),
+    };
+    // Anonymous sign-up and its resends are limited per client address, so one client cannot
+    // fill the log with accounts or a mailbox with activation emails.
+    if matches!(access, Access::Users { anonymous: true }) && caller.role.is_none() {
+        let client = req
+            .extensions()
+            .get::<crate::server::ClientAddr>()
+            .map(|c| c.0.ip());
+        if let Err(e) = app.anonymous_limiter.check(client) {
+            return e.into_response();
+        }
     }
-    match app.auth.check(access, system, bearer) {
-        Ok(()) => next.run(req).await,
-        Err(e) => e.into_response(),
-    }
+    req.extensions_mut().insert(caller);
+    next.run(req).await
+}
+
+fn stream_access_token(req: &Request) -> Option<&str> {
+    req.uri()
+        .query()?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("access_token="))
 }
 
 /// The token a request presents: `Authorization: Bearer <token>`, or HTTP Basic with the token
@@ -180,16 +440,20 @@ pub fn bearer(headers: &axum::http::HeaderMap) -> Option<Cow<'_, str>> {
     Some(Cow::Owned(password.to_string()))
 }
 
-/// `GET /v1/auth/whoami` (read role): the role of the presented token, so a consumer can
-/// refuse to start with a token too weak for what it must write, instead of failing later.
-/// With auth off everyone is `admin`.
-pub async fn whoami(State(app): State<SharedApp>, headers: axum::http::HeaderMap) -> Response {
-    let role = match bearer(&headers).and_then(|t| app.auth.role_of(&t)) {
-        Some(role) if app.auth.enabled() => role,
-        _ => Role::Admin,
-    };
-    axum::Json(serde_json::json!({ "auth_enabled": app.auth.enabled(), "role": role }))
-        .into_response()
+/// `GET /v1/auth/whoami` (read role): the role and topics of the presented token, so a
+/// consumer can refuse to start with a token too weak for what it must write, instead of
+/// failing later. With auth off everyone is `admin`.
+pub async fn whoami(
+    State(app): State<SharedApp>,
+    axum::Extension(caller): axum::Extension<Caller>,
+) -> Response {
+    let topics = caller.scope.as_ref().map(|s| s.patterns().to_vec());
+    axum::Json(serde_json::json!({
+        "auth_enabled": app.auth.enabled(),
+        "role": caller.role.unwrap_or(Role::Admin),
+        "topics": topics,
+    }))
+    .into_response()
 }
 
 /// The route that accepts `?access_token=`.
@@ -202,41 +466,74 @@ pub const STREAM_TOKEN_TTL_MS: u64 = 60_000;
 type HmacSha256 = hmac::Hmac<Sha256>;
 
 impl Auth {
-    fn stream_mac(&self, expires_ms: u64) -> String {
+    /// The key of stream tokens made from the cluster secret: derived, so a stream token's
+    /// MAC is never a MAC under the cluster secret itself.
+    pub fn stream_key_from_secret(secret: &str) -> Vec<u8> {
+        format!("stream-token:{secret}").into_bytes()
+    }
+
+    fn stream_mac(&self, name: &str, expires_ms: u64) -> String {
         use hmac::Mac;
         let mut mac = HmacSha256::new_from_slice(&self.stream_key).expect("any key length");
-        mac.update(format!("stream-read.{expires_ms}").as_bytes());
-        mac.finalize()
-            .into_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        mac.update(format!("stream-read.{expires_ms}.{name}").as_bytes());
+        hex(&mac.finalize().into_bytes())
     }
 
-    /// A read-only token for the event stream, valid for a minute.
-    pub fn make_stream_token(&self, now_ms: u64) -> (String, u64) {
+    /// A read-only token for the event stream, valid for a minute, with the topics of the
+    /// token it was made for: `<expiry>.<token name, base64url>.<MAC>`.
+    pub fn make_stream_token(&self, caller: &Caller, now_ms: u64) -> (String, u64) {
         let expires = now_ms + STREAM_TOKEN_TTL_MS;
-        (format!("{expires}.{}", self.stream_mac(expires)), expires)
+        let name = caller.token.as_deref().unwrap_or_default();
+        let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(name);
+        (
+            format!("{expires}.{encoded}.{}", self.stream_mac(name, expires)),
+            expires,
+        )
     }
 
-    pub fn check_stream_token(&self, token: &str, now_ms: u64) -> Result<(), ApiError> {
+    /// The caller a stream token stands for: the read role, with the topics of the token it
+    /// was made for (which must still be configured).
+    pub fn check_stream_token(&self, token: &str, now_ms: u64) -> Result<Caller, ApiError> {
         let bad = || ApiError::Unauthorized {
             message: "the access_token is invalid or expired".into(),
         };
-        let (expires, mac) = token.split_once('.').ok_or_else(bad)?;
+        let mut parts = token.splitn(3, '.');
+        let (Some(expires), Some(name), Some(mac)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad());
+        };
         let expires: u64 = expires.parse().map_err(|_| bad())?;
-        if now_ms >= expires || !crate::cluster_secret::same_secret(mac, &self.stream_mac(expires))
+        let name = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(name)
+            .ok()
+            .and_then(|n| String::from_utf8(n).ok())
+            .ok_or_else(bad)?;
+        if now_ms >= expires
+            || !crate::cluster_secret::same_secret(mac, &self.stream_mac(&name, expires))
         {
             return Err(bad());
         }
-        Ok(())
+        let scope = if self.enabled() {
+            let token = self.tokens.iter().find(|t| t.name == name).ok_or_else(bad)?;
+            token.scope.clone()
+        } else {
+            None
+        };
+        Ok(Caller {
+            role: Some(Role::Read),
+            scope,
+            token: Some(name),
+        })
     }
 }
 
 /// `POST /v1/auth/stream-token` (read role): `{"access_token", "expires_at"}` for
 /// `GET /v1/topics/{topic}/stream?access_token=...`.
-pub async fn stream_token(State(app): State<SharedApp>) -> Response {
-    let (token, expires) = app.auth.make_stream_token(crate::app::now_ms());
+pub async fn stream_token(
+    State(app): State<SharedApp>,
+    axum::Extension(caller): axum::Extension<Caller>,
+) -> Response {
+    let (token, expires) = app.auth.make_stream_token(&caller, crate::app::now_ms());
     axum::Json(serde_json::json!({ "access_token": token, "expires_at": expires })).into_response()
 }
 
@@ -260,18 +557,30 @@ mod tests {
         assert_eq!(with("Digest abc"), None);
     }
 
+    fn token(name: &str, role: Role, topics: Option<&[&str]>) -> TokenConfig {
+        TokenConfig {
+            name: name.into(),
+            role,
+            sha256: token_digest(name),
+            token_env: None,
+            token_file: None,
+            topics: topics.map(|t| t.iter().map(|s| s.to_string()).collect()),
+        }
+    }
+
+    fn auth(tokens: &[TokenConfig], key: &[u8]) -> Auth {
+        Auth::new(tokens, false, key.to_vec()).unwrap()
+    }
+
     #[test]
-    fn stream_tokens_expire_and_are_bound_to_their_key() {
-        let a = Auth {
-            stream_key: b"k1".to_vec(),
-            ..Auth::default()
-        };
-        let b = Auth {
-            stream_key: b"k2".to_vec(),
-            ..Auth::default()
-        };
-        let (t, expires) = a.make_stream_token(1_000);
-        assert!(a.check_stream_token(&t, 1_001).is_ok());
+    fn stream_tokens_expire_are_bound_to_their_key_and_keep_the_scope() {
+        let tokens = [token("orders-reader", Role::Read, Some(&["orders"]))];
+        let a = auth(&tokens, b"k1");
+        let b = auth(&tokens, b"k2");
+        let caller = a.caller_of("orders-reader").unwrap();
+        let (t, expires) = a.make_stream_token(&caller, 1_000);
+        let got = a.check_stream_token(&t, 1_001).unwrap();
+        assert!(got.may_read("orders") && !got.may_read("users"), "{got:?}");
         assert!(a.check_stream_token(&t, expires).is_err(), "expired");
         assert!(b.check_stream_token(&t, 1_001).is_err(), "another key");
         let forged = t.replacen(&expires.to_string(), &(expires + 1_000_000).to_string(), 1);
@@ -279,6 +588,67 @@ mod tests {
             a.check_stream_token(&forged, 1_001).is_err(),
             "expiry is signed"
         );
+        // Another token's name with this MAC does not pass.
+        let other = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("admin");
+        let renamed = t.replacen(t.split('.').nth(1).unwrap(), &other, 1);
+        assert!(a.check_stream_token(&renamed, 1_001).is_err(), "name is signed");
         assert!(a.check_stream_token("junk", 1).is_err());
+    }
+
+    #[test]
+    fn scopes_cover_names_and_prefixes_and_never_system_topics_by_accident() {
+        let s = Scope::new(vec!["orders".into(), "audit.*".into(), "__retry.*".into()]).unwrap();
+        assert!(s.covers("orders") && !s.covers("orders2"));
+        assert!(s.covers("audit.eu") && !s.covers("audit"));
+        assert!(s.covers("__retry.mail") && !s.covers("__checkpoints"));
+        let all = Scope::new(vec!["*".into()]).unwrap();
+        assert!(all.covers("anything") && !all.covers("__parked"));
+        assert!(all.covers("users") && !all.names("users"));
+        assert!(Scope::new(vec![]).is_err());
+        assert!(Scope::new(vec!["a/b".into()]).is_err());
+        assert!(Scope::new(vec!["a*b".into()]).is_err());
+    }
+
+    #[test]
+    fn command_topics_take_raw_appends_only_from_a_scope_that_names_them() {
+        let a = auth(
+            &[
+                token("w", Role::Write, None),
+                token("w-all", Role::Write, Some(&["*"])),
+                token("w-users", Role::Write, Some(&["users"])),
+                token("admin", Role::Admin, None),
+            ],
+            b"k",
+        );
+        let append = |t: &str, topic: &str| {
+            a.authorize(Access::Append, Some(topic), Some(t))
+                .map(|_| ())
+                .map_err(|e| e.status().as_u16())
+        };
+        assert_eq!(append("w", "orders"), Ok(()));
+        assert_eq!(append("w", "users"), Err(403));
+        assert_eq!(append("w-all", "users"), Err(403));
+        assert_eq!(append("w-users", "users"), Ok(()));
+        assert_eq!(append("w-users", "orders"), Err(403));
+        assert_eq!(append("w", "__checkpoints"), Err(403));
+        assert_eq!(append("admin", "users"), Ok(()));
+        assert_eq!(append("admin", "__checkpoints"), Ok(()));
+        assert_eq!(append("nope", "orders"), Err(401));
+        // The command API itself is open to any writer whose scope covers `users`.
+        let command = |t: &str| {
+            a.authorize(Access::Users { anonymous: false }, None, Some(t))
+                .is_ok()
+        };
+        assert!(command("w") && command("w-all") && command("w-users"));
+        let b = auth(&[token("w-orders", Role::Write, Some(&["orders"]))], b"k");
+        assert!(b
+            .authorize(Access::Users { anonymous: false }, None, Some("w-orders"))
+            .is_err());
+    }
+
+    #[test]
+    fn an_admin_token_with_topics_is_refused() {
+        let e = Auth::new(&[token("a", Role::Admin, Some(&["x"]))], false, vec![]).unwrap_err();
+        assert!(e.contains("admin token has every topic"), "{e}");
     }
 }

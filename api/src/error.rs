@@ -67,6 +67,14 @@ pub enum ApiError {
     /// retrying later is safe. Answered with `Retry-After`.
     #[error("{message}")]
     Overloaded { message: String },
+    /// One client sent more anonymous requests than it may (429): nothing was done; retry
+    /// after `retry_after_s`.
+    #[error("{message}")]
+    RateLimited { message: String, retry_after_s: u64 },
+    /// The request (its body included) did not arrive within `request_timeout_ms`: nothing
+    /// was done.
+    #[error("{message}")]
+    RequestTimeout { message: String },
     /// May or may not have been applied.
     #[error("{message}")]
     OutcomeUnknown { message: String },
@@ -147,7 +155,10 @@ impl ApiError {
             ApiError::Unavailable { .. }
             | ApiError::OutcomeUnknown { .. }
             | ApiError::NotYetApplied { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Overloaded { .. } | ApiError::RateLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            ApiError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Forwarded { status, .. } => {
                 StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY)
@@ -177,6 +188,8 @@ impl ApiError {
             ApiError::Unavailable { .. } => "unavailable",
             ApiError::OutcomeUnknown { .. } => "outcome_unknown",
             ApiError::Overloaded { .. } => "overloaded",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::RequestTimeout { .. } => "request_timeout",
             ApiError::NotYetApplied { .. } => "not_yet_applied",
             ApiError::Internal { .. } => "internal",
             ApiError::Forwarded { .. } => "forwarded",
@@ -188,6 +201,8 @@ impl ApiError {
         match self {
             ApiError::Unavailable { .. }
             | ApiError::Overloaded { .. }
+            | ApiError::RateLimited { .. }
+            | ApiError::RequestTimeout { .. }
             | ApiError::NotYetApplied { .. } => true,
             ApiError::Forwarded { body, .. } => body.retryable,
             ApiError::BadRequest { .. }
@@ -233,6 +248,9 @@ impl ApiError {
             ApiError::IdempotencyKeyReused { key } => json!({ "idempotency_key": key }),
             ApiError::PayloadTooLarge { limit_bytes } => json!({ "limit_bytes": limit_bytes }),
             ApiError::OverLimit { param, max } => json!({ "param": param, "max": max }),
+            ApiError::RateLimited { retry_after_s, .. } => {
+                json!({ "retry_after_s": retry_after_s })
+            }
             _ => json!({}),
         };
         let Value::Object(details) = details else {
@@ -259,7 +277,10 @@ impl IntoResponse for ApiError {
         }
         let busy =
             status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS;
-        if busy && self.retryable() {
+        if let ApiError::RateLimited { retry_after_s, .. } = &self {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_s));
+        } else if busy && self.retryable() {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }

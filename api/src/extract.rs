@@ -9,8 +9,9 @@ use serde::de::DeserializeOwned;
 use crate::app::SharedApp;
 use crate::error::ApiError;
 
-/// A JSON body: `application/json` (415 otherwise), at most `body_bytes_max` (413), parsed
-/// strictly into `T` (400 with serde's message: unknown fields, duplicate keys, bad types).
+/// A JSON body: `application/json` (415 otherwise), at most `body_bytes_max` (413), arrived
+/// by the request's body deadline (408, [`crate::timeouts`]), parsed strictly into `T` (400
+/// with serde's message: unknown fields, duplicate keys, bad types).
 pub struct JsonBody<T>(pub T);
 
 /// Router states that bound request bodies.
@@ -38,9 +39,11 @@ impl<T: DeserializeOwned, S: BodyLimit + Send + Sync> FromRequest<S> for JsonBod
             return Err(ApiError::UnsupportedMediaType);
         }
         let limit = state.body_bytes_max();
-        let bytes = axum::body::to_bytes(req.into_body(), limit)
-            .await
-            .map_err(|_| ApiError::PayloadTooLarge { limit_bytes: limit })?;
+        let deadline = req
+            .extensions()
+            .get::<crate::timeouts::BodyDeadline>()
+            .copied();
+        let bytes = crate::timeouts::read_body(req.into_body(), limit, deadline).await?;
         // Maps in a body (`expected_version`) would otherwise keep the last of two equal keys.
         if let Err(why) = std::str::from_utf8(&bytes)
             .map_err(|e| e.to_string())

@@ -10,6 +10,7 @@ pub mod cluster_secret;
 pub mod conflicts;
 pub mod error;
 pub mod extract;
+pub mod host_check;
 mod json_check;
 pub mod limits;
 pub mod metrics;
@@ -17,10 +18,13 @@ pub mod openapi;
 pub mod peer;
 pub mod peer_protocol;
 pub mod propose;
+pub mod rate_limit;
 pub mod removal;
 pub mod request_id;
 pub mod routes;
+pub mod secret;
 pub mod server;
+pub mod timeouts;
 pub mod tls;
 pub mod transport;
 pub mod users;
@@ -33,6 +37,7 @@ pub use app::{App, SharedApp};
 pub use auth::{Access, Role};
 pub use error::ApiError;
 pub use limits::Limits;
+pub use secret::Secret;
 pub use propose::Proposer;
 pub use tls::{ClientTls, ServerTls, TlsError, TlsFile};
 pub use transport::{
@@ -55,8 +60,8 @@ async fn method_not_allowed() -> ApiError {
 pub const ROUTES: &[(&str, &str, Access)] = &[
     ("GET", "/v1/topics", Access::Role(Role::Read)),
     ("POST", "/v1/topics/{topic}/events", Access::Append),
-    ("GET", "/v1/topics/{topic}/events", Access::Role(Role::Read)),
-    ("GET", "/v1/topics/{topic}/stream", Access::Role(Role::Read)),
+    ("GET", "/v1/topics/{topic}/events", Access::ReadTopic),
+    ("GET", "/v1/topics/{topic}/stream", Access::ReadTopic),
     (
         "GET",
         "/v1/streams/{stream}/events",
@@ -78,11 +83,15 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
         "/v1/uniq/{set}/{key}/history",
         Access::Role(Role::Read),
     ),
-    ("POST", "/v1/users", Access::Signup),
-    ("GET", "/v1/users/activate", Access::Signup),
-    ("PATCH", "/v1/users/{id}", Access::Role(Role::Write)),
-    ("DELETE", "/v1/users/{id}", Access::Role(Role::Write)),
-    ("POST", "/v1/users/{id}/activation-email", Access::Signup),
+    ("POST", "/v1/users", Access::Users { anonymous: true }),
+    ("GET", "/v1/users/activate", Access::Users { anonymous: true }),
+    ("PATCH", "/v1/users/{id}", Access::Users { anonymous: false }),
+    ("DELETE", "/v1/users/{id}", Access::Users { anonymous: false }),
+    (
+        "POST",
+        "/v1/users/{id}/activation-email",
+        Access::Users { anonymous: true },
+    ),
     ("GET", "/v1/consumers", Access::Role(Role::Read)),
     // Admin: the keys of refused writes are in no event a reader could read.
     ("GET", "/v1/conflicts/recent", Access::Role(Role::Admin)),
@@ -153,6 +162,27 @@ fn handler(method: &str, path: &str) -> MethodRouter<SharedApp> {
     }
 }
 
+/// What the client routes may take: `request_timeout_ms`, plus `wait_ms_max` for a long-poll.
+/// A backup is written before its first byte is sent, so its head may take as long as that.
+fn request_timeouts(limits: &Limits) -> timeouts::RequestTimeouts {
+    let ms = std::time::Duration::from_millis;
+    timeouts::RequestTimeouts {
+        request: ms(limits.request_timeout_ms),
+        waits: vec![
+            (
+                http::Method::GET,
+                "/v1/topics/{topic}/events",
+                ms(limits.wait_ms_max),
+            ),
+            (
+                http::Method::GET,
+                "/v1/backup",
+                std::time::Duration::from_secs(3600),
+            ),
+        ],
+    }
+}
+
 /// The client API. Built without a socket so tests can call it directly.
 pub fn client_router(app: SharedApp) -> Router {
     let mut by_path: Vec<(&str, MethodRouter<SharedApp>)> = Vec::new();
@@ -166,7 +196,7 @@ pub fn client_router(app: SharedApp) -> Router {
     let router = by_path
         .into_iter()
         .fold(Router::new(), |r, (path, h)| r.route(path, h));
-    router
+    let router = router
         .route_layer(axum::middleware::from_fn_with_state(
             app.clone(),
             auth::require,
@@ -175,11 +205,22 @@ pub fn client_router(app: SharedApp) -> Router {
             app.clone(),
             conflicts::record,
         ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            std::sync::Arc::new(request_timeouts(&app.limits)),
+            timeouts::bound,
+        ))
         // Outside auth, so refusals are counted too.
         .route_layer(axum::middleware::from_fn_with_state(
             app.metrics.http.clone(),
             metrics::track,
-        ))
+        ));
+    // Open to whoever reaches it: then only for requests addressed to loopback.
+    let router = if app.loopback_hosts_only {
+        router.route_layer(axum::middleware::from_fn(host_check::loopback_hosts_only))
+    } else {
+        router
+    };
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(request_id::middleware))

@@ -17,6 +17,14 @@ pub struct Limits {
     pub wait_ms_max: u64,
     /// Most events in one read page.
     pub read_events_max: usize,
+    /// Most bytes of events in one read page or server-sent-event frame; a page holds at
+    /// least one event, whatever its size.
+    pub read_bytes_max: usize,
+    /// Event streams and long-polls open at once on a node; past it, 429.
+    pub streams_max: usize,
+    /// Anonymous sign-up, activation and activation-email requests a client may send in a
+    /// burst and per minute (with `[auth] anonymous_signup`); past it, 429.
+    pub anonymous_requests_per_minute: u32,
     /// How long a write may wait for its answer (commit and apply), forwarding included.
     pub request_timeout_ms: u64,
     /// Most writes waiting for a Raft entry on the leader; past it, 429 with `Retry-After`.
@@ -43,6 +51,9 @@ impl Default for Limits {
             name_bytes_max: 255,
             wait_ms_max: 30_000,
             read_events_max: 1000,
+            read_bytes_max: 4 * 1024 * 1024,
+            streams_max: 512,
+            anonymous_requests_per_minute: 30,
             request_timeout_ms: 10_000,
             write_queue_max: 4096,
             connections_max: 1024,

@@ -503,12 +503,17 @@ fn build() -> Spec {
             op.security = Some(match access {
                 Some(Access::Public) | None => vec![SecurityRequirement::default()],
                 // Anonymous when the config opens sign-up, else a token with `write`.
-                Some(Access::Signup) => vec![
+                Some(Access::Users { anonymous: true }) => vec![
                     SecurityRequirement::default(),
                     SecurityRequirement::new("token", Vec::<String>::new()),
                     SecurityRequirement::new("basic", Vec::<String>::new()),
                 ],
-                Some(Access::Role(_) | Access::Append) => vec![
+                Some(
+                    Access::Role(_)
+                    | Access::Append
+                    | Access::ReadTopic
+                    | Access::Users { anonymous: false },
+                ) => vec![
                     SecurityRequirement::new("token", Vec::<String>::new()),
                     SecurityRequirement::new("basic", Vec::<String>::new()),
                 ],

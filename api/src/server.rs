@@ -25,6 +25,11 @@ use crate::error::ApiError;
 
 use crate::tls::ServerTls;
 
+/// The address of the client a request came from, put into every request by the accept loop
+/// (axum's `ConnectInfo` is tied to `axum::serve`, which this loop replaces).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub std::net::SocketAddr);
+
 /// hyper's timer over `tokio::time` (madsim's clock in simulation).
 #[derive(Clone, Debug, Default)]
 pub struct RtTimer;
@@ -92,11 +97,18 @@ pub async fn serve_with(
                 }
             },
         };
-        let service = if slots.is_some() && slot.is_none() {
-            TowerToHyperService::new(over_cap.clone())
+        let routes = if slots.is_some() && slot.is_none() {
+            over_cap.clone()
         } else {
-            TowerToHyperService::new(router.clone())
+            router.clone()
         };
+        let service = TowerToHyperService::new(tower::ServiceExt::map_request(
+            routes,
+            move |mut req: Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ClientAddr(peer));
+                req
+            },
+        ));
         let tls = tls.clone();
         tokio::spawn(async move {
             let _slot = slot;
@@ -135,12 +147,17 @@ async fn peers_only(req: Request, next: Next) -> Response {
     resp
 }
 
-async fn serve_connection<S>(
-    stream: S,
-    service: TowerToHyperService<Router>,
-    header_read_timeout: Duration,
-) where
+async fn serve_connection<S, R>(stream: S, service: TowerToHyperService<R>, header_read_timeout: Duration)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    R: tower::Service<
+            Request<hyper::body::Incoming>,
+            Response = Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    R::Future: Send + 'static,
 {
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder

@@ -229,6 +229,29 @@ impl ClientTls {
         Err(unsupported(TlsFile::Ca, ca))
     }
 
+    /// Trust the public web's CAs (Mozilla's list, built in): for services outside the
+    /// cluster, such as an email provider's webhook.
+    #[cfg(not(madsim))]
+    pub fn public_roots() -> Result<ClientTls, TlsError> {
+        let roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        let mut config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::new(TlsFile::Ca, Path::new("(built-in roots)"), e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
+        Ok(ClientTls {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+        })
+    }
+
+    #[cfg(madsim)]
+    pub fn public_roots() -> Result<ClientTls, TlsError> {
+        Err(unsupported(TlsFile::Ca, Path::new("(built-in roots)")))
+    }
+
     /// The client side of the handshake with the node at `addr` (`host:port`): its certificate
     /// must chain to the CA and name `host`.
     pub(crate) async fn connect(

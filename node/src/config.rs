@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use api::Limits;
+use api::{Limits, Secret};
 use raft_store::rules::{IdempotencySettings, Rules, UniqSet};
 use raft_store::NodeId;
 use serde::Deserialize;
@@ -88,22 +88,24 @@ impl NodeConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// Shared by every node; required on peer RPC when set. Prefer `cluster_secret_file` or
-    /// the `UNIQLOG_CLUSTER_SECRET` environment variable to keeping it in this file.
-    pub cluster_secret: Option<String>,
+    /// Shared by every node; required on peer RPC when set, and required when tokens are
+    /// listed. Prefer `cluster_secret_file` or the `UNIQLOG_CLUSTER_SECRET` environment
+    /// variable to keeping it in this file.
+    pub cluster_secret: Option<Secret>,
     /// A file holding the cluster secret (trailing whitespace ignored). Relative to this file.
     pub cluster_secret_file: Option<PathBuf>,
-    /// Client tokens, stored as SHA-256 digests, each with a role. Auth is on exactly when
-    /// this list is not empty.
+    /// Client tokens, stored as SHA-256 digests, each with a role and optionally topics. Auth
+    /// is on exactly when this list is not empty; it then needs a cluster secret too, or the
+    /// peer routes (which run any forwarded command) would be open to anyone.
     #[serde(rename = "token")]
     pub tokens: Vec<api::auth::TokenConfig>,
     /// Open sign-up, activation and the activation email to anonymous callers.
     pub anonymous_signup: bool,
     /// The token consumers and the CLI present (or `UNIQLOG_TOKEN`, or `--token`).
-    pub client_token: Option<String>,
-    /// Run a node on a non-loopback address without client tokens or a cluster secret. Off by
-    /// default: such a node refuses to start, because anyone who reaches it could read,
-    /// write, or join the cluster.
+    pub client_token: Option<Secret>,
+    /// Listen on a non-loopback address without TLS, client tokens or a cluster secret. Off
+    /// by default: such a node (or query, or mail process) refuses to start, because anyone
+    /// who reaches it could read, write or join the cluster, or read the traffic.
     pub insecure: bool,
     /// This node's PEM certificate chain (leaf first; relative to this file). When set, the
     /// node serves the client API and peer RPC over TLS only. Needs `tls_key` and `tls_ca`.
@@ -123,6 +125,9 @@ pub const CLUSTER_SECRET_ENV: &str = "UNIQLOG_CLUSTER_SECRET";
 
 /// The environment variable that overrides `[auth] tls_ca`.
 pub const TLS_CA_ENV: &str = "UNIQLOG_TLS_CA";
+
+/// The environment variable that overrides `[users] activation_secret`.
+pub const ACTIVATION_SECRET_ENV: &str = "UNIQLOG_ACTIVATION_SECRET";
 
 /// `[mail_sink]`.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -200,6 +205,9 @@ impl Config {
         if config.query.data_dir.is_relative() {
             config.query.data_dir = base.join(&config.query.data_dir);
         }
+        if let Some(ca) = &config.mail.webhook_ca {
+            config.mail.webhook_ca = Some(base.join(ca));
+        }
         config.resolve_secrets(base)?;
         config.resolve_tls_paths(base);
         config.validate()?;
@@ -273,6 +281,8 @@ impl Config {
         self.users
             .validate()
             .map_err(|m| self.invalid("users", m))?;
+        self.mail.validate().map_err(|m| self.invalid("mail", m))?;
+        self.validate_auth()?;
         let l = &self.limits;
         for (key, v) in [
             ("limits.body_bytes_max", l.body_bytes_max as u64),
@@ -293,6 +303,34 @@ impl Config {
             }
         }
         self.validate_tls()
+    }
+
+    /// Tokens need a cluster secret; token names are unique (stream tokens carry them); topic
+    /// scopes are well formed and not on admin tokens.
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let a = &self.auth;
+        if !a.tokens.is_empty() && a.cluster_secret.is_none() {
+            return Err(self.invalid(
+                "auth.cluster_secret",
+                format!(
+                    "[[auth.token]] is set without a cluster secret: the peer routes, which run \
+                     any forwarded command and install snapshots, would be open to anyone. Set \
+                     cluster_secret, cluster_secret_file or {CLUSTER_SECRET_ENV}"
+                ),
+            ));
+        }
+        let mut names = BTreeSet::new();
+        for (i, t) in a.tokens.iter().enumerate() {
+            if !names.insert(t.name.as_str()) {
+                return Err(self.invalid(
+                    format!("auth.token[{i}].name"),
+                    format!("{:?} is used twice", t.name),
+                ));
+            }
+        }
+        api::auth::Auth::new(&a.tokens, a.anonymous_signup, Vec::new())
+            .map(drop)
+            .map_err(|m| self.invalid("auth.token", m))
     }
 
     /// `tls_cert` and `tls_key` come together, and with a CA to verify peers against.
@@ -374,29 +412,40 @@ impl Config {
     /// Read the cluster secret from the environment or its file into `auth.cluster_secret`.
     fn resolve_secrets(&mut self, base: &Path) -> Result<(), ConfigError> {
         if let Ok(secret) = std::env::var(CLUSTER_SECRET_ENV) {
-            self.auth.cluster_secret = Some(secret);
+            self.auth.cluster_secret = Some(secret.into());
         } else if let Some(file) = &self.auth.cluster_secret_file {
-            let path = base.join(file);
-            let secret = std::fs::read_to_string(&path).map_err(|e| {
-                self.invalid(
-                    "auth.cluster_secret_file",
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
-            self.auth.cluster_secret = Some(secret.trim_end().to_string());
+            let secret = self.read_secret_file("auth.cluster_secret_file", &base.join(file))?;
+            self.auth.cluster_secret = Some(secret);
+        }
+        if let Ok(secret) = std::env::var(ACTIVATION_SECRET_ENV) {
+            self.users.activation_secret = secret.into();
+        } else if let Some(file) = &self.users.activation_secret_file {
+            let secret = self.read_secret_file("users.activation_secret_file", &base.join(file))?;
+            self.users.activation_secret = secret;
         }
         if let Ok(token) = std::env::var(CLIENT_TOKEN_ENV) {
-            self.auth.client_token = Some(token);
+            self.auth.client_token = Some(token.into());
         }
         let mut tokens = std::mem::take(&mut self.auth.tokens);
         for (i, t) in tokens.iter_mut().enumerate() {
             self.resolve_token(i, t, base)?;
         }
         self.auth.tokens = tokens;
-        if self.auth.cluster_secret.as_deref() == Some("") {
+        if self.auth.cluster_secret.as_ref().is_some_and(Secret::is_empty) {
             return Err(self.invalid("auth.cluster_secret", "must not be empty"));
         }
         Ok(())
+    }
+
+    /// A secret kept in a file of its own (trailing whitespace ignored); the error names `key`.
+    fn read_secret_file(&self, key: &str, path: &Path) -> Result<Secret, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| self.invalid(key, format!("cannot read {}: {e}", path.display())))?;
+        let secret = text.trim_end();
+        if secret.is_empty() {
+            return Err(self.invalid(key, format!("{} is empty", path.display())));
+        }
+        Ok(secret.into())
     }
 
     /// Turn a token read from the environment or a file into its digest; check the digest.
@@ -446,22 +495,45 @@ impl Config {
         Ok(())
     }
 
-    /// Refuse to expose node `id` on a non-loopback address without client tokens and a
-    /// cluster secret, unless `[auth] insecure = true` says that is meant.
+    /// Refuse to expose node `id` on a non-loopback address without TLS, client tokens and a
+    /// cluster secret, unless `[auth] insecure = true` says that is meant; and, whatever
+    /// `insecure` says, with the shipped or a short activation secret (anyone who knows it
+    /// can activate any account without its mailbox).
     pub fn check_exposure(&self, id: NodeId) -> Result<(), ConfigError> {
         let node = self.node(id)?;
+        let addrs = [Some(node.addr.as_str()), node.peer_addr.as_deref()];
+        let exposed: Vec<&str> = addrs.into_iter().flatten().collect();
+        self.check_listener(&format!("node {id}"), &exposed)?;
+        if exposed.iter().any(|a| !is_loopback(a)) {
+            if let Some(why) = self.users.weak_activation_secret() {
+                return Err(self.invalid(
+                    "users.activation_secret",
+                    format!(
+                        "node {id} listens on {}, which is not loopback, and the activation \
+                         secret {why}: anyone could activate accounts without their mailbox. \
+                         Set a random one of at least {} bytes (activation_secret_file or \
+                         {ACTIVATION_SECRET_ENV}), the same on every node and the mail consumer",
+                        exposed.join(" and "),
+                        api::users::config::ACTIVATION_SECRET_BYTES_MIN
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The exposure check of any listener of the binary (`what` names it): loopback, or TLS
+    /// with client tokens and a cluster secret, or `insecure = true`.
+    pub fn check_listener(&self, what: &str, addrs: &[&str]) -> Result<(), ConfigError> {
         if self.auth.insecure {
             return Ok(());
         }
-        let exposed: Vec<&str> = [Some(node.addr.as_str()), node.peer_addr.as_deref()]
-            .into_iter()
-            .flatten()
-            .filter(|a| !is_loopback(a))
-            .collect();
+        let exposed: Vec<&str> = addrs.iter().copied().filter(|a| !is_loopback(a)).collect();
         if exposed.is_empty() {
             return Ok(());
         }
         let missing: Vec<&str> = [
+            (self.auth.tls_cert.is_none(), "no TLS certificate (tls_cert)"),
             (self.auth.tokens.is_empty(), "no [[auth.token]]"),
             (self.auth.cluster_secret.is_none(), "no cluster secret"),
         ]
@@ -474,30 +546,44 @@ impl Config {
         Err(self.invalid(
             "auth",
             format!(
-                "node {id} listens on {}, which is not loopback, with {}: anyone who reaches it \
-                 could read, write or join the cluster. Set tokens and a cluster secret, or \
-                 `insecure = true` under [auth] to run it open on purpose",
+                "{what} listens on {}, which is not loopback, with {}: anyone who reaches it \
+                 could read, write or join the cluster, or read its traffic. Set tls_cert, \
+                 tls_key and tls_ca, tokens and a cluster secret (`uniqlog certs` makes them), \
+                 or `insecure = true` under [auth] to run it open on purpose",
                 exposed.join(" and "),
-                missing.join(" and ")
+                missing.join(", ")
             ),
         ))
     }
 
-    /// The node's client-route auth.
+    /// The node's client-route auth (its tokens were checked by [`Config::validate`]).
     pub fn client_auth(&self) -> api::auth::Auth {
         let stream_key = match &self.auth.cluster_secret {
-            Some(secret) => format!("stream-token:{secret}").into_bytes(),
+            Some(secret) => api::auth::Auth::stream_key_from_secret(secret.expose()),
             None => {
                 let mut key = vec![0u8; 32];
                 rand::RngCore::fill_bytes(&mut raft_store::runtime::rng(), &mut key);
                 key
             }
         };
-        api::auth::Auth {
-            tokens: self.auth.tokens.clone(),
-            anonymous_signup: self.auth.anonymous_signup,
-            stream_key,
-        }
+        api::auth::Auth::new(&self.auth.tokens, self.auth.anonymous_signup, stream_key)
+            .expect("tokens validated with the config")
+    }
+
+    /// The cluster secret as the peer side uses it.
+    pub fn cluster_secret(&self) -> Option<String> {
+        self.auth
+            .cluster_secret
+            .as_ref()
+            .map(|s| s.expose().to_string())
+    }
+
+    /// The token consumers and the CLI present.
+    pub fn client_token(&self) -> Option<String> {
+        self.auth
+            .client_token
+            .as_ref()
+            .map(|s| s.expose().to_string())
     }
 
     /// The rules this config asks for.
@@ -537,7 +623,7 @@ impl Config {
 }
 
 /// Whether a listen address (validated as `IP:port`) binds only to the loopback interface.
-fn is_loopback(addr: &str) -> bool {
+pub fn is_loopback(addr: &str) -> bool {
     addr.parse::<SocketAddr>()
         .is_ok_and(|a| a.ip().is_loopback())
 }
@@ -562,7 +648,7 @@ mod tests {
     "#;
 
     #[test]
-    fn an_exposed_node_needs_tokens_and_a_secret_or_insecure() {
+    fn an_exposed_node_needs_tls_tokens_and_a_secret_or_insecure() {
         let exposed = |id: u64, addr: &str, peer: &str, auth: &str| {
             let peer = if peer.is_empty() {
                 String::new()
@@ -571,30 +657,43 @@ mod tests {
             };
             let text =
                 format!("[[node]]\nid = {id}\naddr = \"{addr}\"\n{peer}data_dir = \"d\"\n{auth}");
-            parse(&text).unwrap().check_exposure(id)
+            parse(&text)?.check_exposure(id)
         };
         let token = format!(
             "[[auth.token]]\nname = \"t\"\nrole = \"read\"\nsha256 = \"{}\"\n",
             "0".repeat(64)
         );
         let secret = "cluster_secret = \"s\"\n";
+        let tls = "tls_cert = \"n.pem\"\ntls_key = \"n.key\"\ntls_ca = \"ca.pem\"\n";
         // Loopback is fine without auth.
         for addr in ["127.0.0.1:7001", "[::1]:7001", "127.8.0.1:1"] {
             exposed(1, addr, "", "").unwrap_or_else(|e| panic!("{addr}: {e}"));
         }
-        // Anything else needs both, or insecure.
+        // Anything else needs all three, or insecure.
         let e = exposed(1, "0.0.0.0:7001", "", "").unwrap_err().to_string();
         assert!(e.contains("0.0.0.0:7001"), "{e}");
-        assert!(e.contains("no [[auth.token]] and no cluster secret"), "{e}");
+        assert!(
+            e.contains("no TLS certificate (tls_cert), no [[auth.token]], no cluster secret"),
+            "{e}"
+        );
         assert!(e.contains("insecure = true"), "{e}");
-        let e = exposed(1, "10.1.2.3:7001", "", &format!("[auth]\n{secret}"))
+        let e = exposed(1, "10.1.2.3:7001", "", &format!("[auth]\n{secret}{tls}"))
             .unwrap_err()
             .to_string();
         assert!(e.contains("with no [[auth.token]]:"), "{e}");
-        let e = exposed(1, "[2001:db8::1]:7001", "", &format!("[auth]\n{token}"))
+        // Tokens without a secret are refused on loopback too: the peer routes would be open.
+        let e = exposed(1, "127.0.0.1:7001", "", &format!("[auth]\n{token}"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("with no cluster secret:"), "{e}");
+        assert!(
+            e.contains("auth.cluster_secret: [[auth.token]] is set without a cluster secret"),
+            "{e}"
+        );
+        // Auth without TLS is not enough on a network.
+        let e = exposed(1, "[2001:db8::1]:7001", "", &format!("[auth]\n{secret}{token}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("with no TLS certificate (tls_cert):"), "{e}");
         // A loopback client API does not hide an exposed peer listener.
         let e = exposed(1, "127.0.0.1:7001", "10.1.2.3:7101", "")
             .unwrap_err()
@@ -603,8 +702,57 @@ mod tests {
             e.contains("10.1.2.3:7101") && !e.contains("127.0.0.1"),
             "{e}"
         );
-        exposed(1, "10.1.2.3:7001", "", &format!("[auth]\n{secret}{token}")).unwrap();
+        exposed(1, "10.1.2.3:7001", "", &format!("[auth]\n{secret}{tls}{token}")).unwrap();
         exposed(1, "0.0.0.0:7001", "", "[auth]\ninsecure = true\n").unwrap();
+    }
+
+    #[test]
+    fn an_exposed_node_refuses_the_shipped_or_a_short_activation_secret_even_if_insecure() {
+        let node = |addr: &str, secret: &str| {
+            let text = format!(
+                "[[node]]\nid = 1\naddr = \"{addr}\"\ndata_dir = \"d\"\n\
+                 [auth]\ninsecure = true\n[users]\nactivation_secret = \"{secret}\"\n"
+            );
+            parse(&text).unwrap().check_exposure(1)
+        };
+        let shipped = api::users::config::SHIPPED_ACTIVATION_SECRET;
+        let e = node("10.0.0.1:7001", shipped).unwrap_err().to_string();
+        assert!(
+            e.contains("users.activation_secret") && e.contains("shipped in cluster.toml"),
+            "{e}"
+        );
+        let e = node("10.0.0.1:7001", "short").unwrap_err().to_string();
+        assert!(e.contains("is 5 bytes long; it must be at least 32"), "{e}");
+        node("10.0.0.1:7001", &"r".repeat(32)).unwrap();
+        // On loopback the shipped one still runs the examples.
+        node("127.0.0.1:7001", shipped).unwrap();
+    }
+
+    #[test]
+    fn the_activation_secret_comes_from_a_file_or_the_environment_and_never_shows_in_debug() {
+        let dir = tempfile::TempDir::new().unwrap();
+        std::fs::write(dir.path().join("act.secret"), "from-a-file\n").unwrap();
+        let text = format!("{THREE}\n[users]\nactivation_secret_file = \"act.secret\"\n");
+        let c = Config::parse(&text, Path::new("test.toml"), dir.path()).unwrap();
+        assert_eq!(c.users.activation_secret.expose(), "from-a-file");
+        let e = Config::parse(
+            &format!("{THREE}\n[users]\nactivation_secret_file = \"missing\"\n"),
+            Path::new("test.toml"),
+            dir.path(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("users.activation_secret_file"), "{e}");
+        // Debug of the whole config shows none of its secrets.
+        let text = format!(
+            "{THREE}\n[users]\nactivation_secret = \"act-SECRET-1\"\n[auth]\n\
+             cluster_secret = \"cluster-SECRET-2\"\nclient_token = \"token-SECRET-3\"\n\
+             [mail]\nwebhook_authorization = \"Bearer hook-SECRET-4\"\n\
+             smtp_password = \"smtp-SECRET-5\"\n"
+        );
+        let c = parse(&text).unwrap();
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("SECRET"), "{debug}");
+        assert!(debug.contains("Secret(redacted)"), "{debug}");
     }
 
     #[test]
@@ -647,7 +795,8 @@ mod tests {
         let dir = tempfile::TempDir::new().unwrap();
         std::fs::write(dir.path().join("t.txt"), "s3cret\n").unwrap();
         let text = format!(
-            "{THREE}\n[[auth.token]]\nname = \"a\"\nrole = \"admin\"\ntoken_file = \"t.txt\"\n\
+            "{THREE}\n[auth]\ncluster_secret = \"c\"\n\
+             [[auth.token]]\nname = \"a\"\nrole = \"admin\"\ntoken_file = \"t.txt\"\n\
              [[auth.token]]\nname = \"b\"\nrole = \"read\"\nsha256 = \"{}\"\n",
             api::auth::token_digest("other")
         );
@@ -660,6 +809,25 @@ mod tests {
         assert!(e.to_string().contains("auth.token[0].sha256"), "{e}");
         let e = parse(&format!("{THREE}\n[[auth.token]]\nname = \"x\"\nrole = \"read\"\ntoken_env = \"UNIQLOG_TEST_UNSET_VAR\"\n")).unwrap_err();
         assert!(e.to_string().contains("UNIQLOG_TEST_UNSET_VAR"), "{e}");
+        // Names are unique; topics are patterns, and not for admin tokens.
+        let token = |name: &str, role: &str, topics: &str| {
+            format!(
+                "[[auth.token]]\nname = \"{name}\"\nrole = \"{role}\"\nsha256 = \"{}\"\n{topics}",
+                "0".repeat(64)
+            )
+        };
+        let with = |tokens: String| parse(&format!("{THREE}\n[auth]\ncluster_secret = \"c\"\n{tokens}"));
+        let e = with(token("a", "read", "") + &token("a", "write", "")).unwrap_err();
+        assert!(e.to_string().contains("auth.token[1].name"), "{e}");
+        let e = with(token("a", "admin", "topics = [\"x\"]\n")).unwrap_err();
+        assert!(e.to_string().contains("admin token has every topic"), "{e}");
+        let e = with(token("a", "write", "topics = [\"a/b\"]\n")).unwrap_err();
+        assert!(e.to_string().contains("\"a/b\" is not a topic name"), "{e}");
+        let c = with(token("a", "write", "topics = [\"orders.*\", \"users\"]\n")).unwrap();
+        assert_eq!(
+            c.auth.tokens[0].topics,
+            Some(vec!["orders.*".to_string(), "users".to_string()])
+        );
     }
 
     #[test]

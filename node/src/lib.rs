@@ -94,7 +94,7 @@ pub async fn start(
     let raft_config = Arc::new(config.openraft().validate().map_err(Box::new)?);
     let network = PeerNetwork {
         transport: transport.clone(),
-        cluster_secret: config.auth.cluster_secret.clone(),
+        cluster_secret: config.cluster_secret(),
     };
     let raft = Raft::new(id, raft_config, network, storage.log, storage.state_machine)
         .await
@@ -121,7 +121,7 @@ pub async fn start(
         initial_members,
         config_rules: config.rules(),
         users: config.users.clone(),
-        cluster_secret: config.auth.cluster_secret.clone(),
+        cluster_secret: config.cluster_secret(),
         auth: config.client_auth(),
         proposer: api::Proposer::start(
             raft.clone(),
@@ -137,6 +137,15 @@ pub async fn start(
         backup_slot: Arc::new(tokio::sync::Semaphore::new(1)),
         recent_conflicts: Default::default(),
         uniq_counts: Default::default(),
+        anonymous_limiter: api::rate_limit::RateLimiter::new(
+            config.limits.anonymous_requests_per_minute,
+        ),
+        streams: Arc::new(tokio::sync::Semaphore::new(config.limits.streams_max)),
+        loopback_hosts_only: config.auth.tokens.is_empty()
+            && [Some(me.addr.as_str()), me.peer_addr.as_deref()]
+                .into_iter()
+                .flatten()
+                .all(config::is_loopback),
     });
     let header_timeout = Duration::from_millis(config.limits.header_read_timeout_ms);
     let mut servers = Vec::new();

@@ -19,7 +19,7 @@ const ADMIN: &str = "admin-token";
 fn tuning() -> Tuning {
     let mut extra = String::from(include_str!("common/user_email_rules.toml"));
     extra.push_str(&format!(
-        "\n[users]\nactivation_secret = \"{SECRET}\"\npassword_memory_kib = 64\npassword_iterations = 1\n"
+        "\n[users]\nactivation_secret_file = \"{ACTIVATION_SECRET_FILE}\"\npassword_memory_kib = 64\npassword_iterations = 1\n"
     ));
     // The consumers started from this config present the read token.
     extra.push_str(&format!(

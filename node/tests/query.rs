@@ -96,7 +96,7 @@ fn the_read_model_follows_commands_survives_kills_and_equals_a_replay() {
         "no password hash in query answers"
     );
 
-    let token = activation_token(&ada_id, now_s() + 600);
+    let token = c.activation_token(&ada_id, "Ada@Example.com", now_s() + 600);
     let act = get(&n(2), &format!("/v1/users/activate?token={token}")).unwrap();
     assert_eq!(act.status, 200, "{}", act.text);
     assert_eq!(

@@ -4,6 +4,7 @@
 mod common;
 
 use std::thread;
+use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
@@ -141,10 +142,27 @@ fn activation_happens_once_and_tokens_are_checked() {
         .as_str()
         .unwrap()
         .to_string();
+    // The sign-up sent the first email: a resend waits out the interval (1 s here).
     let r = post(&a, &format!("/v1/users/{id}/activation-email"), "{}").unwrap();
-    assert_eq!(r.status, 202, "{}", r.text);
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (429, Some("rate_limited")),
+        "{}",
+        r.text
+    );
+    assert_eq!(r.retry_after.as_deref(), Some("1"));
+    wait_for("a resend allowed", Duration::from_secs(10), || {
+        let r = post(&a, &format!("/v1/users/{id}/activation-email"), "{}").unwrap();
+        (r.status == 202).then_some(())
+    });
+    let resend = post(&a, &format!("/v1/users/{id}/activation-email"), "{}").unwrap();
+    assert_eq!(resend.status, 429, "one resend per interval: {}", resend.text);
 
-    let good = activation_token(&id, now_s() + 600);
+    let good = c.activation_token(&id, "dee@example.com", now_s() + 600);
+    // A token made for another address of the account is refused.
+    let elsewhere = c.activation_token(&id, "mallory@example.com", now_s() + 600);
+    let r = get(&a, &format!("/v1/users/activate?token={elsewhere}")).unwrap();
+    assert_eq!(r.status, 400, "{}", r.text);
     let first = get(&a, &format!("/v1/users/activate?token={good}")).unwrap();
     assert_eq!(first.status, 200, "{}", first.text);
     let second = get(&a, &format!("/v1/users/activate?token={good}")).unwrap();
@@ -162,7 +180,7 @@ fn activation_happens_once_and_tokens_are_checked() {
             &a,
             &format!(
                 "/v1/users/activate?token={}",
-                activation_token(&id, now_s() - 1)
+                c.activation_token(&id, "dee@example.com", now_s() - 1)
             )
         )
         .unwrap()
@@ -170,7 +188,12 @@ fn activation_happens_once_and_tokens_are_checked() {
         400,
         "expired"
     );
-    let forged = api::users::token::make_token("wrong secret", id.parse().unwrap(), now_s() + 600);
+    let forged = api::users::token::make_token(
+        "wrong secret",
+        id.parse().unwrap(),
+        "dee@example.com",
+        now_s() + 600,
+    );
     assert_eq!(
         get(&a, &format!("/v1/users/activate?token={forged}"))
             .unwrap()

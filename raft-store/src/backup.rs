@@ -6,6 +6,11 @@
 //! state, so it is consistent and checked the same way. Applied means committed: a backup
 //! never holds an entry the cluster could still lose.
 //!
+//! After the snapshot comes a trailer: a magic, whether the backup is signed, and an
+//! HMAC-SHA256 of everything before it under the cluster secret (zeros when the cluster has
+//! none). The CRC-32C of the records catches damage; the MAC catches a file someone edited,
+//! who could recompute every CRC. Restore checks it whenever it is given a secret.
+//!
 //! Restoring writes it as the initial state of a new node whose membership is that node
 //! alone. Its log starts empty after the backup's last log id, marked purged (so a node that
 //! joins later gets the state as a snapshot); its vote names the backup's term, so its first
@@ -17,15 +22,31 @@ use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
+use hmac::Mac;
 use openraft::{LogId, Membership, StoredMembership, Vote};
 use redb::{Durability, ReadableDatabase};
 
 use crate::error::StoreError;
-use crate::snapshot::{self, Meta, SnapshotFile};
+use crate::snapshot::{self, Meta};
 use crate::tables::{get_json, put_json, KEY_LAST_APPLIED, KEY_MEMBERSHIP, SM_META};
 use crate::tables::{KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE, RAFT_META};
 use crate::types::{Node, NodeId};
 use crate::{StateReader, Storage};
+
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+/// The start of a backup's trailer.
+const TRAILER_MAGIC: &[u8; 8] = b"UQBKMAC1";
+/// Magic, signed flag, MAC.
+const TRAILER_BYTES: usize = 8 + 1 + 32;
+
+/// The MAC of a backup's bytes under the cluster secret `key` (domain-separated, so it is
+/// never a MAC of anything else under that secret).
+fn backup_mac(key: &[u8]) -> HmacSha256 {
+    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(b"uniqlog-backup-v1\0");
+    mac
+}
 
 /// What a backup holds, from its header.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +58,8 @@ pub struct BackupInfo {
     pub leader: NodeId,
     /// The voters of the cluster it was taken from.
     pub voters: BTreeSet<NodeId>,
+    /// Whether it carries a MAC under a cluster secret (checked when one was given).
+    pub signed: bool,
 }
 
 impl BackupInfo {
@@ -49,6 +72,7 @@ impl BackupInfo {
             term: last.leader_id.term,
             leader: last.leader_id.node_id,
             voters: meta.last_membership.membership().voter_ids().collect(),
+            signed: false,
         })
     }
 }
@@ -78,17 +102,21 @@ impl Drop for BackupFile {
     }
 }
 
-/// A writer that counts and checksums what passes through.
+/// A writer that counts and checksums what passes through, and MACs it while `mac` is set.
 struct Summing<W> {
     inner: W,
     bytes: u64,
     crc: u32,
+    mac: Option<HmacSha256>,
 }
 
 impl<W: Write> Write for Summing<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
+        if let Some(mac) = &mut self.mac {
+            mac.update(&buf[..n]);
+        }
         self.bytes += n as u64;
         Ok(n)
     }
@@ -98,9 +126,10 @@ impl<W: Write> Write for Summing<W> {
 }
 
 impl StateReader {
-    /// Write a backup of the state this node has applied, as one read transaction sees it.
-    /// Applies go on meanwhile.
-    pub fn backup(&self) -> Result<BackupFile, StoreError> {
+    /// Write a backup of the state this node has applied, as one read transaction sees it,
+    /// signed under `mac_key` (the cluster secret) when given. Applies go on meanwhile. The
+    /// file is readable by this user only: it holds every event and password hash.
+    pub fn backup(&self, mac_key: Option<&[u8]>) -> Result<BackupFile, StoreError> {
         let path = self.snapshots.temp_path("backup");
         let written = crate::files::catching(crate::DATA_FILE, "writing a backup", || {
             let txn = self.db.begin_read()?;
@@ -120,13 +149,20 @@ impl StateReader {
                 last_log_id,
                 last_membership,
             };
-            let info = BackupInfo::of(&meta)?;
+            let mut info = BackupInfo::of(&meta)?;
             let mut w = Summing {
-                inner: BufWriter::new(File::create(&path)?),
+                inner: BufWriter::new(create_private(&path)?),
                 bytes: 0,
                 crc: 0,
+                mac: mac_key.map(backup_mac),
             };
             snapshot::write_snapshot(&txn, &meta, &mut w)?;
+            let mac = w.mac.take();
+            info.signed = mac.is_some();
+            w.write_all(TRAILER_MAGIC)?;
+            w.write_all(&[u8::from(info.signed)])?;
+            w.write_all(&mac.map_or([0; 32], |m| m.finalize().into_bytes().into()))?;
+            w.flush()?;
             Ok((info, w.bytes, w.crc))
         });
         let (info, bytes, crc32c) = match written {
@@ -146,12 +182,100 @@ impl StateReader {
     }
 }
 
-/// Check every record of the backup at `path`, changing nothing, and say what it holds.
-pub fn verify_backup(path: &Path) -> Result<BackupInfo, StoreError> {
+/// Create `path` for writing, readable by its owner only.
+fn create_private(path: &Path) -> io::Result<File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
+}
+
+/// How a backup file must be signed to be accepted.
+#[derive(Debug, Clone, Copy)]
+pub enum BackupKey<'a> {
+    /// Signed under this cluster secret (or unsigned, when `allow_unsigned`).
+    Secret {
+        key: &'a [u8],
+        allow_unsigned: bool,
+    },
+    /// No secret to check against: any signature is taken as it is.
+    Unchecked,
+}
+
+/// The length of the snapshot part of a backup file and whether it is signed, after checking
+/// its MAC as `key` says.
+fn check_signature(path: &Path, key: BackupKey<'_>) -> Result<(u64, bool), StoreError> {
+    let name = path.display();
+    let mut file = File::open(path).map_err(|e| not_readable(path, e))?;
+    let len = file.metadata()?.len();
+    let mut trailer = [0u8; TRAILER_BYTES];
+    let has_trailer = len >= TRAILER_BYTES as u64 && {
+        io::Seek::seek(&mut file, io::SeekFrom::Start(len - TRAILER_BYTES as u64))?;
+        file.read_exact(&mut trailer)?;
+        trailer.starts_with(TRAILER_MAGIC)
+    };
+    let body = if has_trailer {
+        len - TRAILER_BYTES as u64
+    } else {
+        len
+    };
+    let signed = has_trailer && trailer[8] == 1;
+    let BackupKey::Secret {
+        key,
+        allow_unsigned,
+    } = key
+    else {
+        return Ok((body, signed));
+    };
+    if !signed {
+        if allow_unsigned {
+            return Ok((body, false));
+        }
+        return Err(StoreError::Unsupported(format!(
+            "{name} is not signed, and this cluster has a secret: a backup taken from it would \
+             be. If it was taken from a cluster without a cluster secret, restore it with \
+             --allow-unsigned"
+        )));
+    }
+    io::Seek::seek(&mut file, io::SeekFrom::Start(0))?;
+    let mut mac = backup_mac(key);
+    let mut reader = BufReader::new(file).take(body);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        mac.update(&buf[..n]);
+    }
+    mac.verify_slice(&trailer[9..]).map_err(|_| {
+        StoreError::Unsupported(format!(
+            "{name} does not carry a valid MAC under this cluster's secret: it was changed \
+             after it was taken, or taken from a cluster with another secret; nothing was \
+             restored"
+        ))
+    })?;
+    Ok((body, true))
+}
+
+/// Check every record of the backup at `path`, and its MAC as `key` says, changing nothing;
+/// say what it holds.
+pub fn verify_backup(path: &Path, key: BackupKey<'_>) -> Result<BackupInfo, StoreError> {
     let name = path.display().to_string();
-    let mut file = SnapshotFile::from_file(File::open(path).map_err(|e| not_readable(path, e))?);
-    let meta = snapshot::verify(&mut file).map_err(|e| e.in_file(&name))?;
-    BackupInfo::of(&meta)
+    let (body, signed) = check_signature(path, key)?;
+    let file = File::open(path).map_err(|e| not_readable(path, e))?;
+    let mut r = BufReader::new(file).take(body);
+    let meta = snapshot::verify_from(&mut r).map_err(|e| e.in_file(&name))?;
+    let mut rest = [0u8; 1];
+    if r.read(&mut rest)? != 0 {
+        return Err(StoreError::Unsupported(format!(
+            "{name} has bytes after its last record: it is not a uniqlog backup, or damaged"
+        )));
+    }
+    let mut info = BackupInfo::of(&meta)?;
+    info.signed = signed;
+    Ok(info)
 }
 
 fn not_readable(path: &Path, e: io::Error) -> StoreError {
@@ -164,6 +288,7 @@ fn not_readable(path: &Path, e: io::Error) -> StoreError {
 pub fn restore(
     data_dir: &Path,
     backup: &Path,
+    key: BackupKey<'_>,
     id: NodeId,
     node: Node,
 ) -> Result<BackupInfo, StoreError> {
@@ -183,11 +308,12 @@ pub fn restore(
             held.join(", ")
         )));
     }
-    let info = verify_backup(backup)?;
+    let info = verify_backup(backup, key)?;
+    let (body, _) = check_signature(backup, BackupKey::Unchecked)?;
     let storage = Storage::open(data_dir)?;
     let name = backup.display().to_string();
     let mut file =
-        SnapshotFile::from_file(File::open(backup).map_err(|e| not_readable(backup, e))?);
+        BufReader::new(File::open(backup).map_err(|e| not_readable(backup, e))?).take(body);
     let db = storage.state_machine.db.clone();
     // The log first: empty, everything up to the backup's entry purged and committed, and a
     // vote in the backup's term so the next election starts after it. Interrupted before the
@@ -209,7 +335,7 @@ pub fn restore(
     // The state: the backup's rows, then this node alone as the membership, effective from
     // the backup's last entry on.
     let txn = crate::files::write_txn(&db, Durability::Immediate)?;
-    let meta = snapshot::load_snapshot(&txn, &mut file).map_err(|e| e.in_file(&name))?;
+    let meta = snapshot::load_snapshot_from(&txn, &mut file).map_err(|e| e.in_file(&name))?;
     if meta.last_log_id != Some(last) {
         return Err(StoreError::Snapshot(format!(
             "{name} changed while it was being restored"

@@ -26,6 +26,7 @@ mod state_machine;
 mod tables;
 mod types;
 mod uniq;
+mod well_formed;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,7 +35,7 @@ use redb::{Database, Durability, StorageBackend};
 use tokio::sync::watch;
 
 pub use apply::RulesState;
-pub use backup::{restore, verify_backup, BackupFile, BackupInfo};
+pub use backup::{restore, verify_backup, BackupFile, BackupInfo, BackupKey};
 pub use damage::Damage;
 pub use disk_space::{DiskSpace, LowDisk};
 pub use error::StoreError;

@@ -94,14 +94,32 @@ impl StateReader {
 
     /// Events of `topic` from offset `from`, at most `limit`. An unknown topic is empty.
     pub fn read_topic(&self, topic: &str, from: u64, limit: usize) -> Result<Page, StoreError> {
+        self.read_topic_within(topic, from, limit, usize::MAX)
+    }
+
+    /// [`StateReader::read_topic`], also stopping before the events' text passes `bytes_max`
+    /// (a page holds at least one event, whatever its size).
+    pub fn read_topic_within(
+        &self,
+        topic: &str,
+        from: u64,
+        limit: usize,
+        bytes_max: usize,
+    ) -> Result<Page, StoreError> {
         self.guard("read_topic", || {
             let txn = self.txn()?;
             let events = txn.open_table(EVENTS)?;
             let mut out = Vec::new();
+            let mut bytes = 0usize;
             for row in events.range((topic, from)..(topic, u64::MAX))?.take(limit) {
                 let (k, v) = row?;
                 let offset = k.value().1;
-                out.push(check_event("events", topic, offset, v.value())?.to_string());
+                let event = check_event("events", topic, offset, v.value())?;
+                bytes = bytes.saturating_add(event.len());
+                if bytes > bytes_max && !out.is_empty() {
+                    break;
+                }
+                out.push(event.to_string());
             }
             Ok(Page {
                 next_offset: from + out.len() as u64,
@@ -112,6 +130,27 @@ impl StateReader {
 
     /// Events of `stream` in order, skipping its first `from` events, at most `limit`.
     pub fn read_stream(&self, stream: &str, from: u64, limit: usize) -> Result<Page, StoreError> {
+        self.read_stream_within(stream, from, limit, usize::MAX)
+    }
+
+    /// The topic `stream` belongs to, if it has events.
+    pub fn stream_topic(&self, stream: &str) -> Result<Option<String>, StoreError> {
+        self.guard("stream_topic", || {
+            let txn = self.txn()?;
+            let streams = txn.open_table(STREAMS)?;
+            Ok(streams.get(stream)?.map(|g| g.value().0.to_string()))
+        })
+    }
+
+    /// [`StateReader::read_stream`], also capped in bytes like
+    /// [`StateReader::read_topic_within`].
+    pub fn read_stream_within(
+        &self,
+        stream: &str,
+        from: u64,
+        limit: usize,
+        bytes_max: usize,
+    ) -> Result<Page, StoreError> {
         self.guard("read_stream", || {
             let txn = self.txn()?;
             let streams = txn.open_table(STREAMS)?;
@@ -124,6 +163,7 @@ impl StateReader {
             let index = txn.open_table(STREAM_INDEX)?;
             let events = txn.open_table(EVENTS)?;
             let mut out = Vec::new();
+            let mut bytes = 0usize;
             let start = from.saturating_add(1);
             for row in index
                 .range((stream, start)..(stream, u64::MAX))?
@@ -138,7 +178,12 @@ impl StateReader {
                         "event missing",
                     )
                 })?;
-                out.push(check_event("events", &topic, offset, ev.value())?.to_string());
+                let event = check_event("events", &topic, offset, ev.value())?;
+                bytes = bytes.saturating_add(event.len());
+                if bytes > bytes_max && !out.is_empty() {
+                    break;
+                }
+                out.push(event.to_string());
             }
             Ok(Page {
                 next_offset: from + out.len() as u64,

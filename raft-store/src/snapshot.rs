@@ -29,6 +29,7 @@ use crate::error::StoreError;
 use crate::tables::state_machine_tables;
 use crate::tables::*;
 use crate::types::{Node, NodeId};
+use crate::well_formed::WellFormed;
 
 const MAGIC: &[u8; 7] = b"UQSNAP\x02";
 const END_TAG: u8 = 0xFF;
@@ -393,24 +394,40 @@ fn read_header(r: &mut impl Read) -> Result<Meta, StoreError> {
 /// Check every record of a snapshot file, changing nothing.
 pub(crate) fn verify(data: &mut SnapshotFile) -> Result<Meta, StoreError> {
     let mut r = BufReader::new(data.rewound()?);
-    let meta = read_header(&mut r)?;
-    read_records(&mut r, |_, _, _| Ok(()))?;
+    let meta = verify_from(&mut r)?;
+    expect_end(&mut r)?;
     Ok(meta)
 }
 
-/// Insert a record's bytes, once its checksum passed. A key or value of the wrong width for
-/// its table would make redb panic on decoding: refuse it as damage.
-fn insert_raw<K: Key + 'static, V: Value + 'static>(
-    t: &mut Table<'_, K, V>,
-    n: u64,
-    k: &[u8],
-    v: &[u8],
-) -> Result<(), StoreError> {
-    let fits = |width: Option<usize>, bytes: &[u8]| width.is_none_or(|w| w == bytes.len());
-    if !fits(K::fixed_width(), k) || !fits(V::fixed_width(), v) {
+/// Check the records of the snapshot `r` holds up to its end marker, changing nothing.
+pub(crate) fn verify_from(r: &mut impl Read) -> Result<Meta, StoreError> {
+    let meta = read_header(r)?;
+    read_records(r, |_, _, _| Ok(()))?;
+    Ok(meta)
+}
+
+/// Nothing may follow a snapshot's end marker.
+fn expect_end(r: &mut impl Read) -> Result<(), StoreError> {
+    let mut rest = [0u8; 1];
+    if r.read(&mut rest)? != 0 {
+        return Err(damaged("end marker", "bytes after it"));
+    }
+    Ok(())
+}
+
+/// Insert a record's bytes, once its checksum passed. A key or value that does not decode as
+/// its table's type (the wrong width, a string that is not UTF-8, a length past its end) would
+/// make redb panic: refuse it as damage. The checksum is no proof of a well-formed record: a
+/// snapshot comes from a peer, a backup from a file anyone may have edited.
+fn insert_raw<K, V>(t: &mut Table<'_, K, V>, n: u64, k: &[u8], v: &[u8]) -> Result<(), StoreError>
+where
+    K: Key + WellFormed + 'static,
+    V: Value + WellFormed + 'static,
+{
+    if !K::well_formed(k) || !V::well_formed(v) {
         return Err(damaged(
             format!("record {n}"),
-            "key or value of the wrong width for its table",
+            "a key or value that does not decode as its table's type",
         ));
     }
     t.insert(K::from_bytes(k), V::from_bytes(v))?;
@@ -424,12 +441,22 @@ pub(crate) fn load_snapshot(
     data: &mut SnapshotFile,
 ) -> Result<Meta, StoreError> {
     let mut r = BufReader::new(data.rewound()?);
-    let meta = read_header(&mut r)?;
+    let meta = load_snapshot_from(txn, &mut r)?;
+    expect_end(&mut r)?;
+    Ok(meta)
+}
+
+/// [`load_snapshot`] from a reader, up to the snapshot's end marker.
+pub(crate) fn load_snapshot_from(
+    txn: &WriteTransaction,
+    r: &mut impl Read,
+) -> Result<Meta, StoreError> {
+    let meta = read_header(r)?;
     macro_rules! load {
         ($($tag:literal $table:ident $name:ident),*) => {{
             $( txn.delete_table($table)?; )*
             $( let mut $name = txn.open_table($table)?; )*
-            read_records(&mut r, |n, k, v| match k.0 {
+            read_records(r, |n, k, v| match k.0 {
                 $( $tag => insert_raw(&mut $name, n, k.1, v), )*
                 t => Err(damaged(format!("record {n}"), format!("unknown table tag {t}"))),
             })?;
@@ -463,10 +490,6 @@ fn read_records(
                     ),
                 ));
             }
-            let mut rest = [0u8; 1];
-            if r.read(&mut rest)? != 0 {
-                return Err(damaged("end marker", "bytes after it"));
-            }
             break;
         }
         read_part(part(), read_len_prefixed(r, &mut k))?;
@@ -488,9 +511,56 @@ mod tests {
 
     fn check(bytes: &[u8]) -> Result<Meta, StoreError> {
         let mut r = io::Cursor::new(bytes);
-        let meta = read_header(&mut r)?;
-        read_records(&mut r, |_, _, _| Ok(()))?;
+        let meta = verify_from(&mut r)?;
+        expect_end(&mut r)?;
         Ok(meta)
+    }
+
+    /// A snapshot whose one record (of `topics`) has `key` and `value`, checksums all good.
+    fn with_record(key: &[u8], value: &[u8]) -> Vec<u8> {
+        let mut w = Vec::new();
+        w.write_all(MAGIC).unwrap();
+        let meta = serde_json::to_vec(&Meta::default()).unwrap();
+        write_len_prefixed(&mut w, &meta).unwrap();
+        w.write_all(&checksum::sum(&[&meta]).to_le_bytes()).unwrap();
+        let tag = 1u8;
+        w.write_all(&[tag]).unwrap();
+        write_len_prefixed(&mut w, key).unwrap();
+        write_len_prefixed(&mut w, value).unwrap();
+        w.write_all(&checksum::sum(&[&[tag], key, value]).to_le_bytes())
+            .unwrap();
+        w.write_all(&[END_TAG]).unwrap();
+        w.write_all(&1u64.to_be_bytes()).unwrap();
+        w
+    }
+
+    /// A record whose checksum passes but whose key is not UTF-8 is refused as damage, not a
+    /// panic in redb's decoder: a snapshot from a peer and a backup file are input.
+    #[test]
+    fn a_record_that_does_not_decode_is_refused_with_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = crate::Storage::open(dir.path()).unwrap();
+        let db = &storage.state_machine.db;
+        let mut sealed = Vec::new();
+        let count = 3u64.to_le_bytes();
+        sealed.extend_from_slice(&crc32c::crc32c(&count).to_le_bytes());
+        sealed.extend_from_slice(&count);
+        for (key, value) in [(&b"\xff\xfe"[..], &sealed[..]), (b"t", &sealed[..7])] {
+            let bytes = with_record(key, value);
+            let path = dir.path().join("bad.snap");
+            std::fs::write(&path, &bytes).unwrap();
+            let mut file = SnapshotFile::from_file(File::open(&path).unwrap());
+            let txn = db.begin_write().unwrap();
+            let err = load_snapshot(&txn, &mut file).unwrap_err();
+            assert!(err.is_damage(), "{err}");
+            assert!(err.to_string().contains("record 0"), "{err}");
+        }
+        // The same record well formed loads.
+        let path = dir.path().join("good.snap");
+        std::fs::write(&path, with_record(b"t", &sealed)).unwrap();
+        let mut file = SnapshotFile::from_file(File::open(&path).unwrap());
+        let txn = db.begin_write().unwrap();
+        load_snapshot(&txn, &mut file).unwrap();
     }
 
     /// Every single-bit flip anywhere in a snapshot file is found, whatever it hits: magic,

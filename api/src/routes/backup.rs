@@ -1,7 +1,8 @@
 //! `GET /v1/backup` (admin): a consistent backup of this node's applied state, streamed.
 //!
 //! The backup is first written to a file in the node's snapshot folder (one read transaction;
-//! applies go on meanwhile), then sent in chunks with its size, log index and CRC-32C in the
+//! applies go on meanwhile; signed under the cluster secret when there is one), then sent in
+//! chunks with its size, log index and CRC-32C in the
 //! headers, so the client can check what it received end to end before keeping it. The file
 //! is removed once sent, or when the client goes away.
 
@@ -41,7 +42,9 @@ pub async fn backup(State(app): State<SharedApp>) -> Result<Response, ApiError> 
             ApiError::unavailable(format!("node {}: no room for a backup: {low}", app.id))
         })?;
     let reader = app.reader.clone();
-    let file = raft_store::blocking(move || reader.backup()).await?;
+    let key = app.cluster_secret.clone();
+    let file =
+        raft_store::blocking(move || reader.backup(key.as_deref().map(str::as_bytes))).await?;
     tracing::info!(
         log_index = file.info.log_index,
         bytes = file.bytes,

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
+use axum::Extension;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -14,6 +15,7 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use crate::app::SharedApp;
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, PathParams, QueryParams};
 use crate::wire::{idempotency_key, validate_topic, AppendBody, AppendCreated};
@@ -151,7 +153,8 @@ async fn read_page(
     limit: usize,
 ) -> Result<Page, ApiError> {
     let reader = app.reader.clone();
-    raft_store::blocking(move || reader.read_topic(&topic, from, limit))
+    let bytes_max = app.limits.read_bytes_max;
+    raft_store::blocking(move || reader.read_topic_within(&topic, from, limit, bytes_max))
         .await
         .map_err(ApiError::from)
 }
@@ -164,7 +167,14 @@ pub async fn read(
 ) -> Result<Response, ApiError> {
     validate_topic(&topic, &app.limits)?;
     let limit = params.limit(&app)?;
-    let deadline = Instant::now() + params.wait(&app)?;
+    let wait = params.wait(&app)?;
+    // A long-poll holds a place among the node's streams while it waits.
+    let _slot = if wait.is_zero() {
+        None
+    } else {
+        Some(app.stream_slot()?)
+    };
+    let deadline = Instant::now() + wait;
     params.prepare(&app).await?;
     let mut applied = app.reader.applied_watch();
     loop {
@@ -185,12 +195,14 @@ pub async fn read(
 }
 
 /// Server-sent-event frames of consecutive events from `from`. A stored event keeps the
-/// client's formatting and may span lines: each line gets its own `data:` field.
+/// client's formatting and may span lines: each line gets its own `data:` field. Lines end
+/// where EventSource ends them, at `\r\n`, `\n` or a lone `\r`; splitting only on `\n`
+/// would let a `\r` (JSON whitespace) end the field early and cut the event short.
 fn sse_frames(from: u64, events: &[String]) -> String {
     let mut out = String::new();
     for (i, e) in events.iter().enumerate() {
         out.push_str(&format!("id: {}\n", from + i as u64));
-        for line in e.lines() {
+        for line in e.split("\r\n").flat_map(|l| l.split(['\r', '\n'])) {
             out.push_str("data: ");
             out.push_str(line);
             out.push('\n');
@@ -230,8 +242,12 @@ pub async fn sse(
     let from = last_id.map_or(params.from.unwrap_or(0), |id| id.saturating_add(1));
     let keepalive = Duration::from_millis(app.limits.sse_keepalive_ms.max(1));
     let limit = app.limits.read_events_max;
+    // Held for as long as the stream lives: the stream is dropped with the connection.
+    let slot = std::sync::Arc::new(app.stream_slot()?);
     let state = (app, topic, from, Instant::now());
-    let stream = futures::stream::unfold(state, move |(app, topic, from, last_frame)| async move {
+    let stream = futures::stream::unfold(state, move |(app, topic, from, last_frame)| {
+        let _slot = slot.clone();
+        async move {
         let mut applied = app.reader.applied_watch();
         loop {
             applied.borrow_and_update();
@@ -266,6 +282,7 @@ pub async fn sse(
                 }
             }
         }
+        }
     });
     Ok((
         [
@@ -277,8 +294,11 @@ pub async fn sse(
         .into_response())
 }
 
+/// One stream's events. A token with topics reads only streams of those topics (the path
+/// names the stream, not its topic, so the check is here, not in the middleware).
 pub async fn stream_events(
     State(app): State<SharedApp>,
+    Extension(caller): Extension<Caller>,
     PathParams(stream): PathParams<String>,
     QueryParams(params): QueryParams<ReadParams>,
 ) -> Result<Response, ApiError> {
@@ -287,19 +307,32 @@ pub async fn stream_events(
     params.prepare(&app).await?;
     let reader = app.reader.clone();
     let from = params.from;
-    let page = raft_store::blocking(move || reader.read_stream(&stream, from, limit))
-        .await
-        .map_err(ApiError::from)?;
+    let bytes_max = app.limits.read_bytes_max;
+    let (topic, page) = raft_store::blocking(move || {
+        let topic = reader.stream_topic(&stream)?;
+        let page = reader.read_stream_within(&stream, from, limit, bytes_max)?;
+        Ok::<_, raft_store::StoreError>((topic, page))
+    })
+    .await
+    .map_err(ApiError::from)?;
+    if let Some(topic) = topic {
+        caller.check_read(&topic)?;
+    }
     Ok(page_response(page))
 }
 
-pub async fn topics(State(app): State<SharedApp>) -> Result<Response, ApiError> {
+/// The topics with their lengths: those the caller may read.
+pub async fn topics(
+    State(app): State<SharedApp>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, ApiError> {
     let reader = app.reader.clone();
     let topics = raft_store::blocking(move || reader.topics())
         .await
         .map_err(ApiError::from)?;
     let topics: Vec<_> = topics
         .into_iter()
+        .filter(|(name, _)| caller.may_read(name))
         .map(|(name, length)| json!({ "name": name, "length": length }))
         .collect();
     Ok(Json(json!({ "topics": topics })).into_response())
@@ -308,6 +341,16 @@ pub async fn topics(State(app): State<SharedApp>) -> Result<Response, ApiError> 
 #[cfg(test)]
 mod tests {
     use super::sse_frames;
+
+    #[test]
+    fn a_lone_carriage_return_ends_a_data_line_as_eventsource_reads_it() {
+        let frames = sse_frames(0, &["{\"a\":1,\r\"b\":2,\r\n\"c\":3}".to_string()]);
+        assert_eq!(
+            frames,
+            "id: 0\ndata: {\"a\":1,\ndata: \"b\":2,\ndata: \"c\":3}\n\n"
+        );
+        assert!(!frames.contains('\r'));
+    }
 
     #[test]
     fn multi_line_events_become_one_data_field_per_line() {

@@ -1,6 +1,7 @@
 //! Uniq look-ups and the rules endpoint.
 
 use axum::extract::State;
+use axum::Extension;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use raft_store::rules::{claims_for, normalize_key, Rules, UniqSet};
@@ -11,12 +12,15 @@ use raft_store::{
 use serde_json::{json, Value};
 
 use crate::app::SharedApp;
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, PathParams};
 
-/// Normalize `key` as its set says (like writes), then read with it from the state.
+/// Normalize `key` as its set says (like writes), then read with it from the state. The set's
+/// owners are streams of its topic: a caller must be allowed to read that topic.
 async fn read_key<T: Send + 'static>(
     app: &SharedApp,
+    caller: &Caller,
     set: &str,
     key: &str,
     read: impl FnOnce(&StateReader, &str, &str) -> Result<T, StoreError> + Send + 'static,
@@ -26,6 +30,7 @@ async fn read_key<T: Send + 'static>(
         .rules
         .set(set)
         .ok_or_else(|| ApiError::not_found(format!("no uniq set named {set:?}")))?;
+    caller.check_read(&def.topic)?;
     let key =
         normalize_key(def.normalize, key).map_err(|m| ApiError::bad_request(format!("key {m}")))?;
     let reader = app.reader.clone();
@@ -42,7 +47,10 @@ const COUNTS_FRESH: std::time::Duration = std::time::Duration::from_secs(5);
 /// `GET /v1/uniq`: the sets of the rules in force, each with how many keys are owned. The
 /// count is a full pass over the owned keys: one runs at a time, and its result serves every
 /// caller for [`COUNTS_FRESH`] (`counted_at` says when it was taken).
-pub async fn sets(State(app): State<SharedApp>) -> Result<Response, ApiError> {
+pub async fn sets(
+    State(app): State<SharedApp>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, ApiError> {
     let rules = app.rules_shared().await?;
     let mut cache = app.uniq_counts.lock().await;
     let (at, counts) = match &*cache {
@@ -63,6 +71,7 @@ pub async fn sets(State(app): State<SharedApp>) -> Result<Response, ApiError> {
         .rules
         .uniq
         .iter()
+        .filter(|s| caller.may_read(&s.topic))
         .map(|s| {
             json!({
                 "name": s.name,
@@ -81,9 +90,10 @@ pub async fn sets(State(app): State<SharedApp>) -> Result<Response, ApiError> {
 /// `GET /v1/uniq/{set}/{key}`.
 pub async fn owner(
     State(app): State<SharedApp>,
+    Extension(caller): Extension<Caller>,
     PathParams((set, key)): PathParams<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let (key, owner) = read_key(&app, &set, &key, |r, s, k| r.uniq_owner(s, k)).await?;
+    let (key, owner) = read_key(&app, &caller, &set, &key, |r, s, k| r.uniq_owner(s, k)).await?;
     let (owner, since) = owner
         .ok_or_else(|| ApiError::not_found(format!("key {key:?} of uniq set {set} is free")))?;
     Ok(
@@ -95,9 +105,11 @@ pub async fn owner(
 /// `GET /v1/uniq/{set}/{key}/history`: owners over time, oldest first.
 pub async fn history(
     State(app): State<SharedApp>,
+    Extension(caller): Extension<Caller>,
     PathParams((set, key)): PathParams<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let (key, rows) = read_key(&app, &set, &key, |r, s, k| r.uniq_history(s, k)).await?;
+    let (key, rows) =
+        read_key(&app, &caller, &set, &key, |r, s, k| r.uniq_history(s, k)).await?;
     let history: Vec<Value> = rows
         .into_iter()
         .map(|(owner, claimed, released)| json!({ "owner": owner, "claimed_offset": claimed, "released_offset": released }))

@@ -253,7 +253,7 @@ pub struct ActivateParams {
 }
 
 fn activation_secret(app: &SharedApp) -> Result<&str, ApiError> {
-    let secret = app.users.activation_secret.as_str();
+    let secret = app.users.activation_secret.expose();
     if secret.is_empty() {
         return Err(ApiError::unavailable(
             "activation is not configured ([users] activation_secret)",
@@ -262,15 +262,21 @@ fn activation_secret(app: &SharedApp) -> Result<&str, ApiError> {
     Ok(secret)
 }
 
-/// `GET /v1/users/activate?token=...`: activates once; again is a harmless 200.
+/// `GET /v1/users/activate?token=...`: activates once; again is a harmless 200. The token
+/// must have been made for the address the account has now ([`token`]).
 pub async fn activate(
     State(app): State<SharedApp>,
     QueryParams(params): QueryParams<ActivateParams>,
 ) -> Result<Response, ApiError> {
     let secret = activation_secret(&app)?;
-    let id = token::check_token(secret, &params.token, now_ms() / 1000)
+    let token = token::ActivationToken::parse(&params.token)
+        .and_then(|t| t.check_expiry(now_ms() / 1000).map(|()| t))
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let id = token.id;
     let result = command(&app, id, |s| {
+        token
+            .verify(secret, &s.email)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
         Ok((s.status == Status::Pending).then(|| UserEvent {
             event_type: "AccountActivated",
             data: json!({ "id": id }),
@@ -288,14 +294,29 @@ pub async fn activate(
 }
 
 /// `POST /v1/users/{id}/activation-email`: the mail consumer sends the email again (202).
+/// At most one per `activation_resend_interval_s` per account, counted from the last email's
+/// event in the log, so the limit holds across nodes and restarts: knowing an account's id is
+/// not enough to flood its mailbox.
 pub async fn resend_activation(
     State(app): State<SharedApp>,
     PathParams(id): PathParams<String>,
 ) -> Result<Response, ApiError> {
     let id = path_id(&id)?;
+    let interval_ms = app.users.activation_resend_interval_s.saturating_mul(1000);
     let (_, offset) = command(&app, id, |s| {
         if s.status == Status::Active {
             return Err(ApiError::AlreadyActive);
+        }
+        let next_ms = s.last_mail_ms.unwrap_or(0).saturating_add(interval_ms);
+        let now = now_ms();
+        if now < next_ms {
+            return Err(ApiError::RateLimited {
+                message: format!(
+                    "an activation email was sent to this account less than {} s ago",
+                    app.users.activation_resend_interval_s
+                ),
+                retry_after_s: (next_ms - now).div_ceil(1000),
+            });
         }
         Ok(Some(UserEvent {
             event_type: "ActivationRequested",

@@ -21,6 +21,9 @@ pub struct UserState {
     pub version: u64,
     /// Offset of the AccountActivated event, once active.
     pub activated_offset: Option<u64>,
+    /// Log time of the last event that sent an activation email (`AccountCreated`,
+    /// `ActivationRequested`): resends are spaced from it.
+    pub last_mail_ms: Option<u64>,
 }
 
 pub const TOPIC: &str = "users";
@@ -46,8 +49,10 @@ pub fn fold(id: Uuid, events: &[Value]) -> Option<UserState> {
                     status: Status::Pending,
                     version: 0,
                     activated_offset: None,
+                    last_mail_ms: e["timestamp"].as_u64(),
                 })
             }
+            ("ActivationRequested", Some(s)) => s.last_mail_ms = e["timestamp"].as_u64(),
             ("EmailChanged", Some(s)) => s.email = text("new_email"),
             ("AccountActivated", Some(s)) => {
                 s.status = Status::Active;

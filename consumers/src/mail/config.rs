@@ -1,5 +1,7 @@
 //! `[mail]`: the activation email sender.
 
+use api::host_check::is_loopback_host;
+use api::Secret;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -9,10 +11,14 @@ pub struct MailConfig {
     pub listen: String,
     /// `webhook` or `smtp`.
     pub provider: String,
-    /// Where the webhook provider is: `http://host:port/path`.
+    /// Where the webhook provider is: `https://host[:port]/path`, or `http://` (plain HTTP;
+    /// with `webhook_authorization` only to a loopback host).
     pub webhook_url: String,
     /// Optional `Authorization` header value for the provider.
-    pub webhook_authorization: Option<String>,
+    pub webhook_authorization: Option<Secret>,
+    /// A PEM CA bundle the `https://` provider's certificate must chain to (relative to the
+    /// config file); without it, the public web's CAs (Mozilla's list, built in).
+    pub webhook_ca: Option<std::path::PathBuf>,
     /// One provider call may take this long; then it counts as a transient failure.
     pub timeout_ms: u64,
     /// Write the checkpoint after this many events or this long, when it advanced.
@@ -32,7 +38,7 @@ pub struct MailConfig {
     pub smtp_port: u16,
     pub smtp_tls: SmtpTls,
     pub smtp_username: Option<String>,
-    pub smtp_password: Option<String>,
+    pub smtp_password: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -51,6 +57,7 @@ impl Default for MailConfig {
             provider: "webhook".into(),
             webhook_url: "http://127.0.0.1:7201/send".into(),
             webhook_authorization: None,
+            webhook_ca: None,
             timeout_ms: 5000,
             checkpoint_every_events: 50,
             checkpoint_every_ms: 1000,
@@ -68,13 +75,28 @@ impl Default for MailConfig {
     }
 }
 
+/// Where the webhook provider is, from `webhook_url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookTarget {
+    /// `host:port`, the port filled in from the scheme when the URL has none.
+    pub addr: String,
+    pub path: String,
+    pub https: bool,
+}
+
 impl MailConfig {
-    /// `(host:port, path)` of the webhook URL.
-    pub fn webhook_target(&self) -> Result<(String, String), String> {
-        let rest = self
-            .webhook_url
-            .strip_prefix("http://")
-            .ok_or("mail.webhook_url: only http:// is supported so far")?;
+    /// The webhook URL taken apart.
+    pub fn webhook_target(&self) -> Result<WebhookTarget, String> {
+        let url = &self.webhook_url;
+        let (https, rest) = if let Some(rest) = url.strip_prefix("https://") {
+            (true, rest)
+        } else if let Some(rest) = url.strip_prefix("http://") {
+            (false, rest)
+        } else {
+            return Err(format!(
+                "mail.webhook_url: {url:?} must start with https:// or http://"
+            ));
+        };
         let (host, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
@@ -82,17 +104,52 @@ impl MailConfig {
         if host.is_empty() {
             return Err("mail.webhook_url: no host".into());
         }
-        Ok((host.to_string(), path.to_string()))
+        let has_port = match host.rfind(']') {
+            Some(end) => host[end..].contains(':'),
+            None => host.contains(':'),
+        };
+        let addr = if has_port {
+            host.to_string()
+        } else {
+            format!("{host}:{}", if https { 443 } else { 80 })
+        };
+        Ok(WebhookTarget {
+            addr,
+            path: path.to_string(),
+            https,
+        })
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        if self.provider != "webhook" {
-            return Err(format!(
-                "mail.provider: {:?} is not supported (webhook)",
-                self.provider
-            ));
+        match self.provider.as_str() {
+            "webhook" => {
+                let target = self.webhook_target()?;
+                if !target.https
+                    && self.webhook_authorization.is_some()
+                    && !is_loopback_host(&target.addr)
+                {
+                    return Err(format!(
+                        "mail.webhook_url: {} is plain http:// to another machine, and \
+                         webhook_authorization would cross the network in clear: use https://",
+                        self.webhook_url
+                    ));
+                }
+            }
+            "smtp" => {
+                if self.smtp_tls == SmtpTls::None && !is_loopback_host(&self.smtp_host) {
+                    return Err(format!(
+                        "mail.smtp_tls: \"none\" sends mail and the SMTP password in clear; it is \
+                         allowed only to a server on this machine, not {:?}: use starttls or tls",
+                        self.smtp_host
+                    ));
+                }
+            }
+            other => {
+                return Err(format!(
+                    "mail.provider: {other:?} is not a provider (webhook or smtp)"
+                ))
+            }
         }
-        self.webhook_target()?;
         for (k, v) in [
             ("mail.timeout_ms", self.timeout_ms),
             ("mail.checkpoint_every_events", self.checkpoint_every_events),
@@ -105,5 +162,60 @@ impl MailConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn webhook(url: &str, authorization: Option<&str>) -> Result<(), String> {
+        MailConfig {
+            webhook_url: url.into(),
+            webhook_authorization: authorization.map(Secret::from),
+            ..MailConfig::default()
+        }
+        .validate()
+    }
+
+    #[test]
+    fn webhooks_take_https_and_keep_authorization_off_plain_networks() {
+        webhook("https://mail.example/send", Some("Bearer k")).unwrap();
+        webhook("http://127.0.0.1:7201/send", Some("Bearer k")).unwrap();
+        webhook("http://localhost:7201/send", Some("Bearer k")).unwrap();
+        webhook("http://mail.example/send", None).unwrap();
+        let e = webhook("http://mail.example/send", Some("Bearer k")).unwrap_err();
+        assert!(e.contains("use https://"), "{e}");
+        assert!(webhook("ftp://x/send", None).is_err());
+        let t = MailConfig {
+            webhook_url: "https://mail.example/v1/send".into(),
+            ..MailConfig::default()
+        };
+        assert_eq!(
+            t.webhook_target().unwrap(),
+            WebhookTarget {
+                addr: "mail.example:443".into(),
+                path: "/v1/send".into(),
+                https: true
+            }
+        );
+    }
+
+    #[test]
+    fn smtp_without_tls_only_to_this_machine() {
+        let smtp = |host: &str, tls| {
+            MailConfig {
+                provider: "smtp".into(),
+                smtp_host: host.into(),
+                smtp_tls: tls,
+                ..MailConfig::default()
+            }
+            .validate()
+        };
+        smtp("127.0.0.1", SmtpTls::None).unwrap();
+        smtp("localhost", SmtpTls::None).unwrap();
+        smtp("smtp.example.com", SmtpTls::Starttls).unwrap();
+        let e = smtp("smtp.example.com", SmtpTls::None).unwrap_err();
+        assert!(e.contains("mail.smtp_tls"), "{e}");
     }
 }

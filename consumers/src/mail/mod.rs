@@ -123,7 +123,8 @@ pub struct MailConsumer {
     pub nodes: Vec<String>,
     /// To the nodes (with the consumer's token, over TLS when the cluster speaks it).
     pub transport: Arc<dyn Transport>,
-    /// To the webhook provider: its own connection, never carrying the cluster's token.
+    /// To the webhook provider: its own connection, never carrying the cluster's token (over
+    /// TLS for an `https://` webhook).
     pub provider_transport: Arc<dyn Transport>,
     pub stale_after: Duration,
     pub stats: SharedStats,
@@ -156,31 +157,106 @@ impl MailConsumer {
         }
     }
 
-    /// The email of an event, or `None` for events that send nothing.
-    pub fn message_for(&self, topic: &str, event: &Value) -> Option<Outgoing> {
+    /// The email an event asks for, or `None` for events that send nothing. It goes to the
+    /// address of the account as of that event (its stream folded up to it), never to one the
+    /// event itself names: an event is not proof of a mailbox, and an appended
+    /// `ActivationRequested` must not be able to send a valid link elsewhere. The link's
+    /// token is bound to that address ([`api::users::token`]).
+    pub async fn message_for(&self, topic: &str, event: &Value) -> Option<Outgoing> {
         let kind = event["type"].as_str()?;
         if kind != "AccountCreated" && kind != "ActivationRequested" {
             return None;
         }
-        let data = &event["data"];
-        let id = data["id"].as_str()?.parse().ok()?;
-        let to = data["email"].as_str()?.to_string();
-        let username = data["username"].as_str().unwrap_or("there");
+        let stream = event["stream"].as_str()?;
+        let id = stream.strip_prefix("user-")?.parse().ok()?;
+        let offset = event["offset"].as_u64()?;
+        let account = self.account_at(stream, id, offset).await?;
         let token = api::users::token::make_token(
-            &self.users.activation_secret,
+            self.users.activation_secret.expose(),
             id,
+            &account.email,
             now_s() + self.users.activation_ttl_s,
         );
         let link = format!(
             "{}/v1/users/activate?token={token}",
             self.users.public_base_url.trim_end_matches('/')
         );
+        let username = if account.username.is_empty() {
+            "there"
+        } else {
+            account.username.as_str()
+        };
         Some(Outgoing {
-            to,
+            to: account.email,
             subject: "Activate your account".into(),
             text: format!("Hello {username},\n\nplease activate your account: {link}\n"),
-            idempotency_key: format!("{topic}:{}", event["offset"].as_u64()?),
+            idempotency_key: format!("{topic}:{offset}"),
         })
+    }
+
+    /// The account of `stream` folded up to and including its event at `offset` (which must
+    /// be in it). Asks any node, for as long as it takes: an email must not be skipped because
+    /// a node was down. A node that has not applied `offset` yet is asked again with a
+    /// linearizable read.
+    async fn account_at(
+        &self,
+        stream: &str,
+        id: uuid::Uuid,
+        offset: u64,
+    ) -> Option<api::users::state::UserState> {
+        let mut linearizable = false;
+        loop {
+            for addr in &self.nodes {
+                match self.stream_upto(addr, stream, offset, linearizable).await {
+                    Ok(Some(events)) => return api::users::state::fold(id, &events),
+                    // The event is not in this node's view of the stream yet.
+                    Ok(None) => linearizable = true,
+                    Err(e) => tracing::debug!(node = %addr, error = %e, "reading a user's stream failed"),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The events of `stream` up to the one at `offset`, or `None` when the node does not
+    /// hold that one.
+    async fn stream_upto(
+        &self,
+        addr: &str,
+        stream: &str,
+        offset: u64,
+        linearizable: bool,
+    ) -> Result<Option<Vec<Value>>, String> {
+        let mut events: Vec<Value> = Vec::new();
+        loop {
+            let mut path = format!("/v1/streams/{stream}/events?from={}", events.len());
+            if linearizable {
+                path.push_str("&consistency=linearizable");
+            }
+            let r = self
+                .transport
+                .send(addr, HttpRequest::get(path), Duration::from_secs(10))
+                .await
+                .map_err(|e| e.to_string())?;
+            if r.status != 200 {
+                return Err(format!("answered {}", r.status));
+            }
+            let page: Value = serde_json::from_slice(&r.body).map_err(|e| e.to_string())?;
+            let got = page["events"].as_array().cloned().unwrap_or_default();
+            if got.is_empty() {
+                return Ok(None);
+            }
+            for e in got {
+                let at = e["offset"].as_u64().unwrap_or(u64::MAX);
+                if at > offset {
+                    return Ok(None);
+                }
+                events.push(e);
+                if at == offset {
+                    return Ok(Some(events));
+                }
+            }
+        }
     }
 
     /// Append `event` to `topic` on any node, retrying until it is acknowledged: parking must
@@ -276,11 +352,11 @@ impl MailConsumer {
             #[cfg(madsim)]
             return Err("the SMTP provider does not run in the simulator".into());
         }
-        let (addr, path) = self.config.webhook_target()?;
+        let target = self.config.webhook_target()?;
         Ok(Provider::Webhook(Webhook {
             transport: self.provider_transport.clone(),
-            addr,
-            path,
+            addr: target.addr,
+            path: target.path,
             authorization: self.config.webhook_authorization.clone(),
             timeout: Duration::from_millis(self.config.timeout_ms),
         }))
@@ -353,7 +429,7 @@ impl MailConsumer {
                         .maybe_report(e["offset"].as_u64().map_or(offset + 1, |o| o + 1))
                         .await;
                 }
-                if let Some(msg) = self.message_for("users", e) {
+                if let Some(msg) = self.message_for("users", e).await {
                     let at = (&mut main_cp, offset);
                     self.deliver(&provider, &mut breaker, &backoff, &msg, e, at)
                         .await;
@@ -374,7 +450,7 @@ impl MailConsumer {
             for r in &retried {
                 let original = &r["data"]["event"];
                 let topic = r["data"]["topic"].as_str().unwrap_or("users");
-                if let Some(msg) = self.message_for(topic, original) {
+                if let Some(msg) = self.message_for(topic, original).await {
                     let at = (&mut main_cp, main.next_offset);
                     self.deliver(&provider, &mut breaker, &backoff, &msg, original, at)
                         .await;

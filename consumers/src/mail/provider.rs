@@ -33,7 +33,7 @@ pub struct Webhook {
     pub transport: Arc<dyn Transport>,
     pub addr: String,
     pub path: String,
-    pub authorization: Option<String>,
+    pub authorization: Option<api::Secret>,
     pub timeout: Duration,
 }
 
@@ -47,7 +47,7 @@ impl Webhook {
         ));
         if let Some(auth) = &self.authorization {
             req.headers
-                .push((HeaderName::from_static("authorization"), auth.clone()));
+                .push((HeaderName::from_static("authorization"), auth.expose().into()));
         }
         match self.transport.send(&self.addr, req, self.timeout).await {
             Ok(r) if (200..300).contains(&r.status) => Delivery::Sent,

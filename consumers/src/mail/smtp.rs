@@ -31,7 +31,10 @@ impl Smtp {
         if let Some(user) = &c.smtp_username {
             builder = builder.credentials(Credentials::new(
                 user.clone(),
-                c.smtp_password.clone().unwrap_or_default(),
+                c.smtp_password
+                    .as_ref()
+                    .map(|p| p.expose().to_string())
+                    .unwrap_or_default(),
             ));
         }
         let from = c.from.parse().map_err(|e| format!("mail.from: {e}"))?;

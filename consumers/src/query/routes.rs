@@ -156,19 +156,20 @@ async fn not_found() -> ApiError {
     ApiError::not_found("no such route")
 }
 
-/// The read model holds what the log holds (emails, usernames): with the cluster's auth on,
-/// its queries need the `read` role, like reads of the log.
+/// The read model holds what the `users` topic holds (emails, usernames): with the cluster's
+/// auth on, its queries need a token that may read `users`, as reads of the log would.
 async fn require_read(
     State(state): State<Shared>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
     let bearer = api::auth::bearer(req.headers());
+    let users = api::users::state::TOPIC;
     match state
         .auth
-        .check(api::Access::Role(api::Role::Read), false, bearer.as_deref())
+        .authorize(api::Access::ReadTopic, Some(users), bearer.as_deref())
     {
-        Ok(()) => next.run(req).await,
+        Ok(_) => next.run(req).await,
         Err(e) => e.into_response(),
     }
 }

@@ -34,6 +34,10 @@ pub struct RestoreArgs {
     /// The node of the config whose (new, empty) data dir receives the backup.
     #[arg(long)]
     id: u64,
+    /// Restore a backup that carries no MAC although this config has a cluster secret (one
+    /// taken from a cluster without a secret).
+    #[arg(long)]
+    allow_unsigned: bool,
 }
 
 pub async fn backup(args: BackupArgs) -> Result<()> {
@@ -44,7 +48,7 @@ pub async fn backup(args: BackupArgs) -> Result<()> {
     };
     let transport = api::HyperTransport::with_tls(config.client_tls()?);
     let mut req = HttpRequest::get("/v1/backup");
-    if let Some(token) = &config.auth.client_token {
+    if let Some(token) = config.client_token() {
         req.headers
             .push((http::header::AUTHORIZATION, format!("Bearer {token}")));
     }
@@ -71,24 +75,41 @@ pub async fn backup(args: BackupArgs) -> Result<()> {
     let (total, index) = (header("content-length")?, header(INDEX_HEADER)?);
     let expected_crc = u32::try_from(header(CRC_HEADER)?)?;
     let partial = partial_path(&args.to);
-    let kept = receive(resp, &partial, &args.to, id, index, total, expected_crc).await;
+    let secret = config.cluster_secret();
+    let kept = receive(
+        resp,
+        (&partial, &args.to),
+        secret.as_deref(),
+        id,
+        index,
+        total,
+        expected_crc,
+    )
+    .await;
     if kept.is_err() {
         let _ = std::fs::remove_file(&partial);
     }
     kept
 }
 
-/// Write the body to `partial`, check it whole, and rename it to `to`.
+/// Write the body to `partial` (readable by this user only: a backup holds every event and
+/// password hash), check it whole (its MAC too, with the config's cluster secret), and rename
+/// it to `to`.
 async fn receive(
     resp: http::Response<hyper::body::Incoming>,
-    partial: &Path,
-    to: &Path,
+    (partial, to): (&Path, &Path),
+    secret: Option<&str>,
     id: u64,
     index: u64,
     total: u64,
     expected_crc: u32,
 ) -> Result<()> {
-    let mut out = std::fs::File::create(partial)
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut out = options
+        .open(partial)
         .with_context(|| format!("creating {}", partial.display()))?;
     let mut progress = Progress::new(format!("backup of node {id} at index {index}"), "bytes");
     let (mut received, mut crc) = (0u64, 0u32);
@@ -113,8 +134,18 @@ async fn receive(
     out.sync_all()?;
     drop(out);
     let info = {
-        let partial = partial.to_path_buf();
-        tokio::task::spawn_blocking(move || raft_store::verify_backup(&partial)).await??
+        let (partial, secret) = (partial.to_path_buf(), secret.map(str::to_string));
+        tokio::task::spawn_blocking(move || {
+            let key = match &secret {
+                Some(s) => raft_store::BackupKey::Secret {
+                    key: s.as_bytes(),
+                    allow_unsigned: false,
+                },
+                None => raft_store::BackupKey::Unchecked,
+            };
+            raft_store::verify_backup(&partial, key)
+        })
+        .await??
     };
     std::fs::rename(partial, to)
         .with_context(|| format!("renaming {} to {}", partial.display(), to.display()))?;
@@ -139,9 +170,24 @@ pub async fn restore(args: RestoreArgs) -> Result<()> {
     let me = config.node(args.id)?.clone();
     let node = Node::new(me.peer_addr());
     let (data_dir, from, id) = (me.data_dir.clone(), args.from.clone(), args.id);
-    let info = tokio::task::spawn_blocking(move || raft_store::restore(&data_dir, &from, id, node))
-        .await?
-        .with_context(|| format!("restoring {} as node {id}", args.from.display()))?;
+    let (secret, allow_unsigned) = (config.cluster_secret(), args.allow_unsigned);
+    let info = tokio::task::spawn_blocking(move || {
+        let key = match &secret {
+            Some(s) => raft_store::BackupKey::Secret {
+                key: s.as_bytes(),
+                allow_unsigned,
+            },
+            None => raft_store::BackupKey::Unchecked,
+        };
+        raft_store::restore(&data_dir, &from, key, id, node)
+    })
+    .await?
+    .with_context(|| format!("restoring {} as node {id}", args.from.display()))?;
+    if config.auth.cluster_secret.is_none() && info.signed {
+        println!(
+            "note: the backup is signed, but this config has no cluster secret to check it with"
+        );
+    }
     println!(
         "restored log index {} (term {}) of a cluster of voters {:?} into {} as node {id}, \
          the only member of a new cluster",

@@ -20,7 +20,7 @@ impl Client {
     pub fn for_config(config: &Config) -> Result<Self> {
         Ok(Client {
             transport: api::client_transport_with(
-                config.auth.client_token.clone(),
+                config.client_token(),
                 config.client_tls()?,
             ),
             timeout: Duration::from_secs(15),

@@ -97,6 +97,10 @@ enum Command {
         /// Answer 503 to everything for this long after start.
         #[arg(long, default_value_t = 0)]
         down_for_ms: u64,
+        /// Listen on a non-loopback address: the sink has no auth and no TLS, and shows every
+        /// message it received (activation links included) to whoever asks.
+        #[arg(long)]
+        insecure: bool,
         /// Answer 422 invalid_recipient for this address (repeatable).
         #[arg(long)]
         reject: Vec<String>,
@@ -166,6 +170,7 @@ pub fn main() -> ExitCode {
                 delay_ms,
                 down_for_ms,
                 reject,
+                insecure,
             } => {
                 let faults = consumers::mail_sink::Faults {
                     fail_rate,
@@ -173,7 +178,7 @@ pub fn main() -> ExitCode {
                     down_for_ms,
                     reject,
                 };
-                run::mail_sink(&listen, faults).await
+                run::mail_sink(&listen, faults, insecure).await
             }
             Command::Log { command } => log::run(command).await,
             Command::Uniq { command } => uniq::run(command).await,

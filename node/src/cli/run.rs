@@ -175,10 +175,47 @@ fn dev_config(port_base: u16, data_dir: &Path) -> Result<Config> {
     config.mail_sink.listen = format!("127.0.0.1:{}", port(201)?);
     config.mail.webhook_url = format!("http://{}/send", config.mail_sink.listen);
     config.users.public_base_url = format!("http://{node_addr}");
+    config.users.activation_secret = dev_activation_secret(data_dir)?.into();
     // Plain HTTP on loopback, whatever UNIQLOG_TLS_CA says.
     config.auth.tls_ca = None;
     config.validate()?;
     Ok(config)
+}
+
+/// The dev system's activation secret: random, made at its first start and kept (0600) in its
+/// data dir, so links mailed before a restart still work and no two dev systems share one.
+fn dev_activation_secret(data_dir: &Path) -> Result<String> {
+    let path = data_dir.join("activation.secret");
+    match std::fs::read_to_string(&path) {
+        Ok(secret) if secret.trim().len() >= 32 => return Ok(secret.trim().to_string()),
+        Ok(_) => anyhow::bail!(
+            "{} holds no secret of 32 bytes or more: remove it (or use --reset)",
+            path.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let mut bytes = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::create_dir_all(data_dir)?;
+    write_private(&path, secret.as_bytes())?;
+    Ok(secret)
+}
+
+/// Create `path` readable by its owner only, with `bytes`.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    Ok(())
 }
 
 /// `uniqlog query`: tail `users` from the config's nodes into the read model and serve it.
@@ -193,8 +230,12 @@ pub async fn query(config_path: &Path, rebuild: bool) -> Result<()> {
 /// The query role: returns only on failure.
 pub async fn serve_query(config: &Config, rebuild: bool) -> Result<()> {
     use consumers::query::{follow, router, QueryState, QueryStore, DATA_FILE};
-    let tls = config.client_tls()?;
     let qc = config.query.clone();
+    // The read model holds every account's email: its API gets the node's exposure check,
+    // and serves TLS with the node's certificate when the config has one.
+    config.check_listener("the query API", &[qc.listen.as_str()])?;
+    let server_tls = config.server_tls()?;
+    let tls = config.client_tls()?;
     let file = qc.data_dir.join(DATA_FILE);
     if rebuild && file.exists() {
         std::fs::remove_file(&file).with_context(|| format!("removing {}", file.display()))?;
@@ -217,20 +258,34 @@ pub async fn serve_query(config: &Config, rebuild: bool) -> Result<()> {
         .with_context(|| format!("cannot listen on {}", qc.listen))?;
     let header_timeout = std::time::Duration::from_millis(config.limits.header_read_timeout_ms);
     // The query API is a client API: the same header timeout and connection cap as a node's.
+    let routes = router(state.clone());
+    let routes = if config.auth.tokens.is_empty() && uniqlog_node::config::is_loopback(&qc.listen)
+    {
+        routes.layer(axum::middleware::from_fn(
+            api::host_check::loopback_hosts_only,
+        ))
+    } else {
+        routes
+    };
     tokio::spawn(api::server::serve_with(
         listener,
-        router(state.clone()),
+        routes,
         header_timeout,
-        None,
+        server_tls,
         Some(config.limits.connections_max),
     ));
     let nodes = config.nodes.iter().map(|n| n.addr.clone()).collect();
     let stale_after = std::time::Duration::from_millis(config.raft.election_timeout_ms_max);
+    let scheme = if config.auth.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     println!(
-        "uniqlog query: serving on http://{} from offset {start}",
+        "uniqlog query: serving on {scheme}://{} from offset {start}",
         qc.listen
     );
-    let transport = api::client_transport_with(config.auth.client_token.clone(), tls);
+    let transport = api::client_transport_with(config.client_token(), tls);
     if rebuild {
         tokio::spawn(show_rebuild(state.applied.clone(), state.head.clone()));
     }
@@ -259,9 +314,24 @@ async fn show_rebuild(
 }
 
 /// `uniqlog mail-sink`: serve the stand-in provider until stopped.
-pub async fn mail_sink(listen: &str, faults: consumers::mail_sink::Faults) -> Result<()> {
+pub async fn mail_sink(
+    listen: &str,
+    faults: consumers::mail_sink::Faults,
+    insecure: bool,
+) -> Result<()> {
     if !(0.0..=1.0).contains(&faults.fail_rate) {
         anyhow::bail!("--fail-rate is between 0 and 1");
+    }
+    let loopback = uniqlog_node::config::is_loopback(listen);
+    if listen.parse::<std::net::SocketAddr>().is_err() {
+        anyhow::bail!("--listen {listen:?} is not an IP:port address");
+    }
+    if !loopback && !insecure {
+        anyhow::bail!(
+            "the mail sink would listen on {listen}, which is not loopback: it has no auth and \
+             no TLS, and shows every message it received (activation links included) to \
+             whoever asks. Use a loopback address, or --insecure to run it open on purpose"
+        );
     }
     let sink = consumers::mail_sink::MailSink::new(faults);
     let listener = tokio::net::TcpListener::bind(listen)
@@ -270,10 +340,34 @@ pub async fn mail_sink(listen: &str, faults: consumers::mail_sink::Faults) -> Re
     println!(
         "uniqlog mail-sink: webhook at http://{listen}/send, messages at http://{listen}/messages"
     );
+    let routes = if loopback {
+        sink.router().layer(axum::middleware::from_fn(
+            api::host_check::loopback_hosts_only,
+        ))
+    } else {
+        sink.router()
+    };
     tokio::select! {
-        _ = api::server::serve(listener, sink.router(), std::time::Duration::from_secs(10)) => Ok(()),
+        _ = api::server::serve(listener, routes, std::time::Duration::from_secs(10)) => Ok(()),
         _ = terminated() => Ok(()),
     }
+}
+
+/// The connection to the webhook provider: over TLS for `https://`, trusting `webhook_ca` or
+/// else the public web's CAs.
+fn provider_transport(mail: &consumers::mail::MailConfig) -> Result<HyperTransport> {
+    let target = mail
+        .webhook_target()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if !target.https {
+        return Ok(HyperTransport::new());
+    }
+    let tls = match &mail.webhook_ca {
+        Some(ca) => api::ClientTls::from_ca_file(ca)
+            .map_err(|e| anyhow::anyhow!("mail.webhook_ca: {}", e.message))?,
+        None => api::ClientTls::public_roots().map_err(|e| anyhow::anyhow!("{}", e.message))?,
+    };
+    Ok(HyperTransport::with_tls(Some(tls)))
 }
 
 /// `uniqlog mail`: the activation email sender, with `/health` on `[mail] listen`.
@@ -293,6 +387,19 @@ pub async fn serve_mail(config: &Config) -> Result<()> {
             "[users] activation_secret is empty: the mail consumer cannot make activation links"
         );
     }
+    config.check_listener("the mail consumer's health listener", &[config.mail.listen.as_str()])?;
+    let remote = config
+        .nodes
+        .iter()
+        .any(|n| !uniqlog_node::config::is_loopback(&n.addr));
+    if let Some(why) = config.users.weak_activation_secret().filter(|_| remote) {
+        anyhow::bail!(
+            "users.activation_secret {why}, and the nodes are not on loopback: links it signs \
+             could be forged by anyone. Set a random one of at least 32 bytes, the same as \
+             the nodes'"
+        );
+    }
+    let server_tls = config.server_tls()?;
     let tls = config.client_tls()?;
     let stats = Arc::new(std::sync::Mutex::new(MailStats::default()));
     let (health_stats, metrics_stats) = (stats.clone(), stats.clone());
@@ -315,18 +422,20 @@ pub async fn serve_mail(config: &Config) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    tokio::spawn(api::server::serve(
+    tokio::spawn(api::server::serve_with(
         listener,
         router,
         std::time::Duration::from_secs(10),
+        server_tls,
+        None,
     ));
     let consumer = MailConsumer {
         config: config.mail.clone(),
         users: config.users.clone(),
         nodes: config.nodes.iter().map(|n| n.addr.clone()).collect(),
-        transport: api::client_transport_with(config.auth.client_token.clone(), tls),
-        // The provider gets neither the cluster's token nor its TLS settings.
-        provider_transport: Arc::new(HyperTransport::new()),
+        transport: api::client_transport_with(config.client_token(), tls),
+        // The provider gets neither the cluster's token nor its CA.
+        provider_transport: Arc::new(provider_transport(&config.mail)?),
         stale_after: std::time::Duration::from_millis(config.raft.election_timeout_ms_max),
         stats,
     };

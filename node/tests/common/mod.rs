@@ -332,6 +332,9 @@ impl Cluster {
     /// The config and temporary dir of an `n`-node cluster, nothing started yet.
     pub fn prepare(n: u64, tuning: Tuning, token: Option<&str>, tls: Option<&TestTls>) -> Cluster {
         let dir = TempDir::new().unwrap();
+        // A random activation secret per data dir, as `uniqlog dev` makes one
+        // (`users_tuning` names the file).
+        std::fs::write(dir.path().join(ACTIVATION_SECRET_FILE), random_hex(32)).unwrap();
         let ports: Vec<(u64, u16)> = (1..=n).map(|id| (id, free_port())).collect();
         let config = dir.path().join("cluster.toml");
         write_config(&config, &ports, &tuning);
@@ -783,15 +786,25 @@ pub fn post_keyed(addr: &str, path: &str, json: &str, key: &str) -> Resp {
     try_post_keyed(addr, path, json, key).unwrap()
 }
 
-/// The activation secret of the test configs.
-pub const SECRET: &str = "test-activation-secret";
+/// The file, in every test cluster's dir, holding its random activation secret.
+pub const ACTIVATION_SECRET_FILE: &str = "activation.secret";
 
-/// The shipped user_email rules and a cheap `[users]` section.
+/// `bytes` random bytes in hex.
+pub fn random_hex(bytes: usize) -> String {
+    use rand::RngCore;
+    let mut b = vec![0u8; bytes];
+    rand::thread_rng().fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The shipped user_email rules and a cheap `[users]` section, with the cluster dir's random
+/// activation secret and resends allowed a second apart.
 pub fn users_tuning() -> Tuning {
     Tuning {
         extra: concat!(
             include_str!("user_email_rules.toml"),
-            "\n[users]\nactivation_secret = \"test-activation-secret\"\npassword_memory_kib = 64\npassword_iterations = 1\n"
+            "\n[users]\nactivation_secret_file = \"activation.secret\"\n",
+            "activation_resend_interval_s = 1\npassword_memory_kib = 64\npassword_iterations = 1\n"
         ),
         ..Tuning::default()
     }
@@ -804,9 +817,21 @@ pub fn signup(addr: &str, username: &str, email: &str) -> Resp {
     post(addr, "/v1/users", &body.to_string()).unwrap()
 }
 
-/// An activation token for user `id` that expires at `expires_s`.
-pub fn activation_token(id: &str, expires_s: u64) -> String {
-    api::users::token::make_token(SECRET, id.parse().unwrap(), expires_s)
+impl Cluster {
+    /// This cluster's activation secret.
+    pub fn activation_secret(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join(ACTIVATION_SECRET_FILE)).unwrap()
+    }
+
+    /// An activation token for user `id` at `email` that expires at `expires_s`.
+    pub fn activation_token(&self, id: &str, email: &str, expires_s: u64) -> String {
+        api::users::token::make_token(
+            &self.activation_secret(),
+            id.parse().unwrap(),
+            email,
+            expires_s,
+        )
+    }
 }
 
 pub fn now_s() -> u64 {
