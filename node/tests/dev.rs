@@ -90,4 +90,17 @@ fn dev_signs_up_mails_the_link_and_activates() {
         dir.path().join("data/dev/node").exists(),
         "data under ./data/dev"
     );
+    // The activation secret is this dev system's own: random, kept readable by its owner
+    // only, not the one shipped in cluster.toml.
+    let secret_file = dir.path().join("data/dev/activation.secret");
+    let secret = std::fs::read_to_string(&secret_file).unwrap();
+    assert!(secret.len() >= 32, "{secret:?}");
+    assert_ne!(secret, api::users::config::SHIPPED_ACTIVATION_SECRET);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&secret_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    // The link was signed with it.
+    let token = path.split("token=").nth(1).unwrap();
+    let parsed = api::users::token::ActivationToken::parse(token).unwrap();
+    parsed.verify(&secret, "ada@example.com").unwrap();
 }

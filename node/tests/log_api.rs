@@ -257,7 +257,7 @@ fn reads_page_long_poll_and_stream() {
         .unwrap();
     write!(
         sock,
-        "GET /v1/topics/t/stream HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 3\r\n\r\n"
+        "GET /v1/topics/t/stream HTTP/1.1\r\nHost: {a}\r\nLast-Event-ID: 3\r\n\r\n"
     )
     .unwrap();
     let mut lines = BufReader::new(sock).lines();

@@ -43,8 +43,10 @@ fn signup_tls(http: &Http, addr: &str, username: &str, email: &str) -> (String, 
 }
 
 /// The query consumer serves user `id` once it has applied `offset`.
-fn query_has(q: &str, id: &str, offset: u64, email: &str) {
-    let r = get(q, &format!("/v1/users/{id}?min_offset={offset}")).unwrap();
+fn query_has(http: &Http, q: &str, id: &str, offset: u64, email: &str) {
+    let r = http
+        .get(q, &format!("/v1/users/{id}?min_offset={offset}"))
+        .unwrap();
     assert_eq!(r.status, 200, "query {id}: {}", r.text);
     assert_eq!(r.body["email"], email, "{}", r.text);
 }
@@ -86,10 +88,11 @@ fn a_tls_cluster_serves_clients_peers_and_consumers_and_refuses_other_cas() {
         .unwrap();
     assert_eq!(r.status, 200, "linearizable read on a follower: {}", r.text);
 
-    // `uniqlog query` tails `users` over TLS (its own API stays plain HTTP).
+    // `uniqlog query` tails `users` over TLS, and serves its own API over TLS with the same
+    // certificate.
     let q = c.start_query("tls");
     let (ada, ada_at) = signup_tls(&c.http, &c.addr(follower), "ada", "ada@example.com");
-    query_has(&q, &ada, ada_at, "ada@example.com");
+    query_has(&c.http, &q, &ada, ada_at, "ada@example.com");
 
     // The CLI verifies the nodes against the config's CA.
     let out = c.cli(&c.config, &["cluster", "status"]);
@@ -178,7 +181,7 @@ fn a_tls_cluster_serves_clients_peers_and_consumers_and_refuses_other_cas() {
         assert_eq!(uids(&c.read_topic(id, "orders")), sent, "node {id}");
     }
     let (bob, bob_at) = signup_tls(&c.http, &c.addr(leader), "bob", "bob@example.com");
-    query_has(&q, &bob, bob_at, "bob@example.com");
+    query_has(&c.http, &q, &bob, bob_at, "bob@example.com");
 }
 
 /// Run `uniqlog node --id 1` on `config` and require it to refuse with all of `expected`.

@@ -650,10 +650,12 @@ impl Cluster {
         let out = log.try_clone().unwrap();
         q.child = Some(cmd.stdout(out).stderr(log).spawn().unwrap());
         let addr = q.addr.clone();
+        // Over TLS when the cluster's config has a certificate: the query API serves with it.
+        let http = self.http.clone();
         wait_for(
             &format!("query {name} serving"),
             Duration::from_secs(30),
-            || get(&addr, "/health").ok().filter(|r| r.status == 200),
+            || http.get(&addr, "/health").ok().filter(|r| r.status == 200),
         );
     }
 
@@ -860,4 +862,29 @@ pub fn post_with_headers(addr: &str, path: &str, json: &str, headers: &[(&str, &
         req = req.header(*name, *value);
     }
     finish(req.send(json)).unwrap()
+}
+
+/// Run `uniqlog <args>` until it exits on its own (bounded by `timeout`, then killed and the
+/// test fails): whether it succeeded, and what it wrote to stdout and stderr.
+pub fn run_to_end(args: &[&str], timeout: Duration) -> (bool, String) {
+    let mut child = Killed(
+        Command::new(BIN)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let status = wait_for(&format!("uniqlog {args:?} to exit"), timeout, || {
+        child.0.try_wait().unwrap()
+    });
+    let mut out = String::new();
+    use std::io::Read;
+    if let Some(mut o) = child.0.stdout.take() {
+        o.read_to_string(&mut out).unwrap();
+    }
+    if let Some(mut e) = child.0.stderr.take() {
+        e.read_to_string(&mut out).unwrap();
+    }
+    (status.success(), out)
 }
