@@ -44,7 +44,9 @@ pub enum Access {
     Append,
     /// A command of the sign-up flow, which appends to `users`: `write` (within a scope that
     /// covers `users`), or anyone when `anonymous` and `[auth] anonymous_signup` is on.
-    Users { anonymous: bool },
+    Users {
+        anonymous: bool,
+    },
 }
 
 /// Topics that the command API writes (its invariants live in its commands): raw appends to
@@ -233,8 +235,8 @@ struct Token {
     scope: Option<Arc<Scope>>,
 }
 
-/// The node's view of `[auth]` for client routes.
-#[derive(Debug, Clone, Default)]
+/// The node's view of `[auth]` for client routes. Its `Debug` leaves out the stream key.
+#[derive(Clone, Default)]
 pub struct Auth {
     tokens: Vec<Token>,
     pub anonymous_signup: bool,
@@ -257,6 +259,16 @@ fn hex(bytes: &[u8]) -> String {
         out.push(HEX[(b & 0xf) as usize] as char);
     }
     out
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("tokens", &self.tokens)
+            .field("anonymous_signup", &self.anonymous_signup)
+            .field("stream_key", &"redacted")
+            .finish()
+    }
 }
 
 impl Auth {
@@ -372,13 +384,14 @@ pub async fn require(State(app): State<SharedApp>, mut req: Request, next: Next)
             .iter()
             .find(|(k, _)| *k == "topic")
             .map(|(_, v)| v.to_string()),
-        Err(_) => return ApiError::bad_request("a path segment is not valid UTF-8").into_response(),
+        Err(_) => {
+            return ApiError::bad_request("a path segment is not valid UTF-8").into_response()
+        }
     };
     let bearer = bearer(req.headers()).map(Cow::into_owned);
     // EventSource cannot send headers: the event stream also takes a short-lived read token
     // in its query (see `stream_token`).
-    let on_stream =
-        bearer.is_none() && path.as_deref() == Some(STREAM_ROUTE) && app.auth.enabled();
+    let on_stream = bearer.is_none() && path.as_deref() == Some(STREAM_ROUTE) && app.auth.enabled();
     let decided = match stream_access_token(&req) {
         Some(token) if on_stream => app
             .auth
@@ -392,7 +405,9 @@ pub async fn require(State(app): State<SharedApp>, mut req: Request, next: Next)
                 "a bearer token or an access_token from POST /v1/auth/stream-token is required"
                     .into(),
         }),
-        _ => app.auth.authorize(access, topic.as_deref(), bearer.as_deref()),
+        _ => app
+            .auth
+            .authorize(access, topic.as_deref(), bearer.as_deref()),
     };
     let caller = match decided {
         Ok(caller) => caller,
@@ -514,7 +529,11 @@ impl Auth {
             return Err(bad());
         }
         let scope = if self.enabled() {
-            let token = self.tokens.iter().find(|t| t.name == name).ok_or_else(bad)?;
+            let token = self
+                .tokens
+                .iter()
+                .find(|t| t.name == name)
+                .ok_or_else(bad)?;
             token.scope.clone()
         } else {
             None
@@ -591,7 +610,10 @@ mod tests {
         // Another token's name with this MAC does not pass.
         let other = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("admin");
         let renamed = t.replacen(t.split('.').nth(1).unwrap(), &other, 1);
-        assert!(a.check_stream_token(&renamed, 1_001).is_err(), "name is signed");
+        assert!(
+            a.check_stream_token(&renamed, 1_001).is_err(),
+            "name is signed"
+        );
         assert!(a.check_stream_token("junk", 1).is_err());
     }
 

@@ -37,8 +37,8 @@ pub use app::{App, SharedApp};
 pub use auth::{Access, Role};
 pub use error::ApiError;
 pub use limits::Limits;
-pub use secret::Secret;
 pub use propose::Proposer;
+pub use secret::Secret;
 pub use tls::{ClientTls, ServerTls, TlsError, TlsFile};
 pub use transport::{
     client_transport, client_transport_with, HttpRequest, HttpResponse, HyperTransport, Transport,
@@ -84,9 +84,21 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
         Access::Role(Role::Read),
     ),
     ("POST", "/v1/users", Access::Users { anonymous: true }),
-    ("GET", "/v1/users/activate", Access::Users { anonymous: true }),
-    ("PATCH", "/v1/users/{id}", Access::Users { anonymous: false }),
-    ("DELETE", "/v1/users/{id}", Access::Users { anonymous: false }),
+    (
+        "GET",
+        "/v1/users/activate",
+        Access::Users { anonymous: true },
+    ),
+    (
+        "PATCH",
+        "/v1/users/{id}",
+        Access::Users { anonymous: false },
+    ),
+    (
+        "DELETE",
+        "/v1/users/{id}",
+        Access::Users { anonymous: false },
+    ),
     (
         "POST",
         "/v1/users/{id}/activation-email",

@@ -185,6 +185,8 @@ struct WhoamiDoc {
     auth_enabled: bool,
     /// `read`, `write` or `admin`.
     role: String,
+    /// The topic patterns the token is limited to; null: every topic its role allows.
+    topics: Option<Vec<String>>,
 }
 
 /// A sign-up: every field is checked, and all field errors come back at once.
@@ -351,7 +353,7 @@ fn checkpoint() {}
 fn stream_token() {}
 
 #[utoipa::path(get, path = "/v1/auth/whoami", tag = "auth",
-    responses((status = 200, description = "the presented token's role", body = WhoamiDoc)))]
+    responses((status = 200, description = "the presented token's role and topics", body = WhoamiDoc)))]
 fn whoami() {}
 
 #[utoipa::path(get, path = "/health", tag = "cluster",
@@ -465,16 +467,29 @@ const ERRORS: &[(&str, &str)] = &[
         "invalid input: `invalid_request`, `validation` with `fields`, ...",
     ),
     ("401", "no or wrong token"),
-    ("403", "the token's role is too low"),
+    (
+        "403",
+        "the token's role is too low, or the topic outside its topics; or, on a loopback node \
+         with auth off, a `Host` that is not a loopback name",
+    ),
     ("404", "no such route, key, user or consumer"),
     ("405", "method not allowed"),
+    (
+        "408",
+        "`request_timeout`: the body did not arrive within `request_timeout_ms`",
+    ),
     (
         "409",
         "a conflict: uniq key taken, stream version, email taken, ...",
     ),
     ("413", "body larger than `body_bytes_max`"),
     ("415", "content type is not application/json"),
-    ("429", "overloaded: retry after `Retry-After` seconds"),
+    (
+        "429",
+        "`overloaded` (writes queued, connections or streams open) or `rate_limited` \
+         (anonymous requests per client, activation emails per account): retry after \
+         `Retry-After` seconds",
+    ),
     ("500", "this node's storage is damaged"),
     (
         "503",

@@ -115,7 +115,13 @@ mod tests {
         let e = limiter.check_at(Some(a), t0).unwrap_err();
         assert_eq!(e.status().as_u16(), 429);
         assert!(
-            matches!(e, ApiError::RateLimited { retry_after_s: 20, .. }),
+            matches!(
+                e,
+                ApiError::RateLimited {
+                    retry_after_s: 20,
+                    ..
+                }
+            ),
             "{e:?}"
         );
         limiter.check_at(Some(b), t0).unwrap();

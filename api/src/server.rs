@@ -147,8 +147,11 @@ async fn peers_only(req: Request, next: Next) -> Response {
     resp
 }
 
-async fn serve_connection<S, R>(stream: S, service: TowerToHyperService<R>, header_read_timeout: Duration)
-where
+async fn serve_connection<S, R>(
+    stream: S,
+    service: TowerToHyperService<R>,
+    header_read_timeout: Duration,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     R: tower::Service<
             Request<hyper::body::Incoming>,

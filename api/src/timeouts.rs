@@ -83,8 +83,7 @@ pub async fn read_body(
             tokio::time::timeout(left, read)
                 .await
                 .map_err(|_| ApiError::RequestTimeout {
-                    message: "the request body did not arrive in time (request_timeout_ms)"
-                        .into(),
+                    message: "the request body did not arrive in time (request_timeout_ms)".into(),
                 })?
         }
     };

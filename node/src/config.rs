@@ -431,7 +431,12 @@ impl Config {
             self.resolve_token(i, t, base)?;
         }
         self.auth.tokens = tokens;
-        if self.auth.cluster_secret.as_ref().is_some_and(Secret::is_empty) {
+        if self
+            .auth
+            .cluster_secret
+            .as_ref()
+            .is_some_and(Secret::is_empty)
+        {
             return Err(self.invalid("auth.cluster_secret", "must not be empty"));
         }
         Ok(())
@@ -533,7 +538,10 @@ impl Config {
             return Ok(());
         }
         let missing: Vec<&str> = [
-            (self.auth.tls_cert.is_none(), "no TLS certificate (tls_cert)"),
+            (
+                self.auth.tls_cert.is_none(),
+                "no TLS certificate (tls_cert)",
+            ),
             (self.auth.tokens.is_empty(), "no [[auth.token]]"),
             (self.auth.cluster_secret.is_none(), "no cluster secret"),
         ]
@@ -690,9 +698,14 @@ mod tests {
             "{e}"
         );
         // Auth without TLS is not enough on a network.
-        let e = exposed(1, "[2001:db8::1]:7001", "", &format!("[auth]\n{secret}{token}"))
-            .unwrap_err()
-            .to_string();
+        let e = exposed(
+            1,
+            "[2001:db8::1]:7001",
+            "",
+            &format!("[auth]\n{secret}{token}"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("with no TLS certificate (tls_cert):"), "{e}");
         // A loopback client API does not hide an exposed peer listener.
         let e = exposed(1, "127.0.0.1:7001", "10.1.2.3:7101", "")
@@ -702,7 +715,13 @@ mod tests {
             e.contains("10.1.2.3:7101") && !e.contains("127.0.0.1"),
             "{e}"
         );
-        exposed(1, "10.1.2.3:7001", "", &format!("[auth]\n{secret}{tls}{token}")).unwrap();
+        exposed(
+            1,
+            "10.1.2.3:7001",
+            "",
+            &format!("[auth]\n{secret}{tls}{token}"),
+        )
+        .unwrap();
         exposed(1, "0.0.0.0:7001", "", "[auth]\ninsecure = true\n").unwrap();
     }
 
@@ -741,7 +760,10 @@ mod tests {
             dir.path(),
         )
         .unwrap_err();
-        assert!(e.to_string().contains("users.activation_secret_file"), "{e}");
+        assert!(
+            e.to_string().contains("users.activation_secret_file"),
+            "{e}"
+        );
         // Debug of the whole config shows none of its secrets.
         let text = format!(
             "{THREE}\n[users]\nactivation_secret = \"act-SECRET-1\"\n[auth]\n\
@@ -816,7 +838,11 @@ mod tests {
                 "0".repeat(64)
             )
         };
-        let with = |tokens: String| parse(&format!("{THREE}\n[auth]\ncluster_secret = \"c\"\n{tokens}"));
+        let with = |tokens: String| {
+            parse(&format!(
+                "{THREE}\n[auth]\ncluster_secret = \"c\"\n{tokens}"
+            ))
+        };
         let e = with(token("a", "read", "") + &token("a", "write", "")).unwrap_err();
         assert!(e.to_string().contains("auth.token[1].name"), "{e}");
         let e = with(token("a", "admin", "topics = [\"x\"]\n")).unwrap_err();

@@ -21,6 +21,9 @@ const TOKENS: [(&str, Role, Option<&[&str]>); 5] = [
     ("t-users-writer-token", Role::Write, Some(&["t", "users"])),
 ];
 
+/// What a token holds: its role and its topics.
+type Held = (Role, Option<&'static [&'static str]>);
+
 /// An ordinary topic, a system topic, the command API's topic.
 const TOPICS: [&str; 3] = ["t", "__checkpoints", "users"];
 
@@ -73,7 +76,11 @@ fn covers(topics: Option<&[&str]>, topic: &str) -> bool {
 
 /// Whether a caller holding `token` (`None`: no valid token) may call a route, as DESIGN's
 /// rules say: `Err(401)` without a valid token, `Err(403)` with one too weak.
-fn expected(access: Access, topic: &str, token: Option<(Role, Option<&[&str]>)>) -> Result<(), u16> {
+fn expected(
+    access: Access,
+    topic: &str,
+    token: Option<(Role, Option<&[&str]>)>,
+) -> Result<(), u16> {
     let Some((role, topics)) = token else {
         return if access == Access::Public {
             Ok(())
@@ -116,7 +123,7 @@ fn every_route_checks_tokens_roles_and_topics_on_decoded_paths_and_nothing_lands
     let mut cases = 0;
     // Markers of the appends that were allowed, per topic.
     let mut landed: Vec<(String, String)> = Vec::new();
-    let mut creds: Vec<(Option<&str>, Option<(Role, Option<&[&str]>)>)> =
+    let mut creds: Vec<(Option<&str>, Option<Held>)> =
         vec![(None, None), (Some("wrong-token"), None)];
     creds.extend(TOKENS.iter().map(|(t, r, s)| (Some(*t), Some((*r, *s)))));
     for (method, pattern, access) in ROUTES {
@@ -152,7 +159,11 @@ fn every_route_checks_tokens_roles_and_topics_on_decoded_paths_and_nothing_lands
                         }
                         Err(code) => {
                             assert_eq!(r.status, code, "{what}");
-                            let error = if code == 401 { "unauthorized" } else { "forbidden" };
+                            let error = if code == 401 {
+                                "unauthorized"
+                            } else {
+                                "forbidden"
+                            };
                             assert_eq!(r.body["error"], error, "{what}");
                         }
                     }
@@ -206,7 +217,13 @@ fn scoped_tokens_see_only_their_topics_streams_sets_and_event_streams() {
     let admin = Some("admin-token");
     for (topic, stream) in [("t", "s-t"), ("users", "s-users"), ("other", "s-other")] {
         let body = format!(r#"{{"events":[{{"type":"Probe","stream":"{stream}","data":{{}}}}]}}"#);
-        let r = request_as(&a, "POST", &format!("/v1/topics/{topic}/events"), Some(&body), admin);
+        let r = request_as(
+            &a,
+            "POST",
+            &format!("/v1/topics/{topic}/events"),
+            Some(&body),
+            admin,
+        );
         assert_eq!(r.status, 201, "{}", r.text);
     }
     let reader = Some("t-reader-token");
@@ -220,14 +237,22 @@ fn scoped_tokens_see_only_their_topics_streams_sets_and_event_streams() {
         .collect();
     assert_eq!(names, vec!["t"], "{}", listed.text);
     // A stream's events: only streams of its topics.
-    assert_eq!(request_as(&a, "GET", "/v1/streams/s-t/events", None, reader).status, 200);
+    assert_eq!(
+        request_as(&a, "GET", "/v1/streams/s-t/events", None, reader).status,
+        200
+    );
     let r = request_as(&a, "GET", "/v1/streams/s-users/events", None, reader);
     assert_eq!(r.status, 403, "{}", r.text);
     // Uniq sets over `users` are outside a `t` scope.
     let r = request_as(&a, "GET", "/v1/uniq/user_email/a@x.io", None, reader);
     assert_eq!(r.status, 403, "{}", r.text);
     let sets = request_as(&a, "GET", "/v1/uniq", None, reader);
-    assert_eq!(sets.body["sets"].as_array().unwrap().len(), 0, "{}", sets.text);
+    assert_eq!(
+        sets.body["sets"].as_array().unwrap().len(),
+        0,
+        "{}",
+        sets.text
+    );
     // whoami tells the topics.
     let me = request_as(&a, "GET", "/v1/auth/whoami", None, reader);
     assert_eq!(me.body["topics"], serde_json::json!(["t"]), "{}", me.text);
@@ -249,7 +274,10 @@ fn scoped_tokens_see_only_their_topics_streams_sets_and_event_streams() {
         status_of_stream(&a, "/v1/topics/t/stream?access_token=1.bad.x", None).status,
         401
     );
-    assert_eq!(status_of_stream(&a, "/v1/topics/t/stream", None).status, 401);
+    assert_eq!(
+        status_of_stream(&a, "/v1/topics/t/stream", None).status,
+        401
+    );
 }
 
 /// GET a streaming route and read only the status line (and a JSON error body, if any).

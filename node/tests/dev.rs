@@ -97,7 +97,10 @@ fn dev_signs_up_mails_the_link_and_activates() {
     assert!(secret.len() >= 32, "{secret:?}");
     assert_ne!(secret, api::users::config::SHIPPED_ACTIVATION_SECRET);
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(&secret_file).unwrap().permissions().mode();
+    let mode = std::fs::metadata(&secret_file)
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600, "{mode:o}");
     // The link was signed with it.
     let token = path.split("token=").nth(1).unwrap();

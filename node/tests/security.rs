@@ -89,7 +89,10 @@ fn the_query_api_the_mail_listener_and_the_mail_sink_get_the_exposure_check() {
         &format!("[query]\nlisten = \"0.0.0.0:{port}\"\ndata_dir = \"q\"\n"),
     );
     let (ok, out) = run_to_end(&["query", "--config", &query], Duration::from_secs(20));
-    assert!(!ok && out.contains("the query API listens on 0.0.0.0"), "{out}");
+    assert!(
+        !ok && out.contains("the query API listens on 0.0.0.0"),
+        "{out}"
+    );
     let mail = one_node_config(
         dir.path(),
         "127.0.0.1:7001",
@@ -117,7 +120,10 @@ fn the_query_api_serves_tls_with_the_node_certificate() {
     c.spawn_aux("query", &["query", "--config", config.to_str().unwrap()]);
     let addr = format!("127.0.0.1:{port}");
     let health = wait_for("the query API over TLS", Duration::from_secs(30), || {
-        c.http.get(&addr, "/health").ok().filter(|r| r.status == 200)
+        c.http
+            .get(&addr, "/health")
+            .ok()
+            .filter(|r| r.status == 200)
     });
     assert!(health.body["checkpoint"].is_u64(), "{}", health.text);
     // Plain HTTP gets no answer from a TLS listener.
@@ -181,16 +187,31 @@ fn read_pages_are_capped_in_bytes_and_hold_at_least_one_event() {
     let events: Vec<Value> = (0..5)
         .map(|i| json!({"type": "Big", "stream": "big-1", "data": {"i": i, "pad": pad}}))
         .collect();
-    let r = post(&a, "/v1/topics/big/events", &json!({ "events": events }).to_string()).unwrap();
+    let r = post(
+        &a,
+        "/v1/topics/big/events",
+        &json!({ "events": events }).to_string(),
+    )
+    .unwrap();
     assert_eq!(r.status, 201, "{}", r.text);
     let page = get(&a, "/v1/topics/big/events?from=0&limit=100").unwrap();
-    assert_eq!(page.body["events"].as_array().unwrap().len(), 2, "{}", &page.text[..200]);
+    assert_eq!(
+        page.body["events"].as_array().unwrap().len(),
+        2,
+        "{}",
+        &page.text[..200]
+    );
     assert_eq!(page.body["next_offset"], 2);
     let stream = get(&a, "/v1/streams/big-1/events?limit=100").unwrap();
     assert_eq!(stream.body["events"].as_array().unwrap().len(), 2);
     // One event larger than the cap still comes, alone.
     let huge = json!({"events": [{"type": "Huge", "data": {"pad": "y".repeat(12000)}}]});
-    assert_eq!(post(&a, "/v1/topics/big/events", &huge.to_string()).unwrap().status, 201);
+    assert_eq!(
+        post(&a, "/v1/topics/big/events", &huge.to_string())
+            .unwrap()
+            .status,
+        201
+    );
     let page = get(&a, "/v1/topics/big/events?from=5&limit=100").unwrap();
     assert_eq!(page.body["events"].as_array().unwrap().len(), 1);
     // Every event is still read, page by page.
@@ -253,23 +274,42 @@ fn anonymous_requests_are_rate_limited_per_client_and_tokens_are_not() {
         Some("admin-token"),
     );
     let a = c.addr(1);
-    let body =
-        |i: usize| json!({"username": "u", "email": format!("u{i}@x.io"), "password": "correct horse"}).to_string();
+    let body = |i: usize| {
+        json!({"username": "u", "email": format!("u{i}@x.io"), "password": "correct horse"})
+            .to_string()
+    };
     for i in 0..3 {
         let r = post(&a, "/v1/users", &body(i)).unwrap();
         assert_eq!(r.status, 201, "anonymous sign-up {i}: {}", r.text);
     }
     let r = post(&a, "/v1/users", &body(3)).unwrap();
-    assert_eq!((r.status, r.body["error"].as_str()), (429, Some("rate_limited")), "{}", r.text);
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (429, Some("rate_limited")),
+        "{}",
+        r.text
+    );
     let wait: u64 = r.retry_after.as_deref().unwrap().parse().unwrap();
     assert!((1..=20).contains(&wait), "Retry-After {wait}");
     // The activation routes share the client's budget.
     assert_eq!(get(&a, "/v1/users/activate?token=x").unwrap().status, 429);
     // A caller with a token is not anonymous.
-    let r = request_as(&a, "POST", "/v1/users", Some(&body(4)), Some("writer-token"));
+    let r = request_as(
+        &a,
+        "POST",
+        "/v1/users",
+        Some(&body(4)),
+        Some("writer-token"),
+    );
     assert_eq!(r.status, 201, "{}", r.text);
     // Nothing was appended for the refused one.
-    let page = request_as(&a, "GET", "/v1/topics/users/events", None, Some("admin-token"));
+    let page = request_as(
+        &a,
+        "GET",
+        "/v1/topics/users/events",
+        None,
+        Some("admin-token"),
+    );
     let emails: Vec<String> = page.body["events"]
         .as_array()
         .unwrap()
@@ -296,13 +336,17 @@ fn mail_config(c: &Cluster, sink: &str) -> String {
 
 /// The message under `key` at the sink, once it came.
 fn message(sink: &str, key: &str) -> Value {
-    wait_for(&format!("the message {key}"), Duration::from_secs(30), || {
-        get(sink, "/messages").ok()?.body["messages"]
-            .as_array()?
-            .iter()
-            .find(|m| m["idempotency_key"] == key)
-            .cloned()
-    })
+    wait_for(
+        &format!("the message {key}"),
+        Duration::from_secs(30),
+        || {
+            get(sink, "/messages").ok()?.body["messages"]
+                .as_array()?
+                .iter()
+                .find(|m| m["idempotency_key"] == key)
+                .cloned()
+        },
+    )
 }
 
 /// The activation path of a message's link (its host is the config's `public_base_url`).
@@ -430,7 +474,10 @@ fn a_loopback_node_with_auth_off_answers_only_requests_for_loopback_names() {
     let a = c.addr(1);
     let port = a.rsplit(':').next().unwrap();
     // A page that rebound its own name to 127.0.0.1 still sends that name.
-    assert_eq!(get_with_host(&a, "/v1/topics", &format!("evil.example:{port}")), 403);
+    assert_eq!(
+        get_with_host(&a, "/v1/topics", &format!("evil.example:{port}")),
+        403
+    );
     assert_eq!(get_with_host(&a, "/v1/topics", "127.0.0.1.nip.io"), 403);
     for host in [a.clone(), format!("localhost:{port}"), "[::1]".into()] {
         assert_eq!(get_with_host(&a, "/v1/topics", &host), 200, "{host}");
@@ -456,9 +503,19 @@ fn backups_are_private_and_signed_and_restore_checks_the_mac() {
     // Restore needs the MAC under the restoring config's secret.
     let restore = |secret: Option<&str>, from: &Path, extra_args: &[&str]| {
         let dir = tempfile::TempDir::new().unwrap();
-        let auth = secret.map_or(String::new(), |s| format!("[auth]\ncluster_secret = \"{s}\"\n"));
+        let auth = secret.map_or(String::new(), |s| {
+            format!("[auth]\ncluster_secret = \"{s}\"\n")
+        });
         let config = one_node_config(dir.path(), &format!("127.0.0.1:{}", free_port()), &auth);
-        let mut args = vec!["restore", "--from", from.to_str().unwrap(), "--config", &config, "--id", "1"];
+        let mut args = vec![
+            "restore",
+            "--from",
+            from.to_str().unwrap(),
+            "--config",
+            &config,
+            "--id",
+            "1",
+        ];
         args.extend_from_slice(extra_args);
         let (ok, out) = run_to_end(&args, Duration::from_secs(60));
         (ok, out, dir.path().join("node1").exists())
@@ -477,7 +534,10 @@ fn backups_are_private_and_signed_and_restore_checks_the_mac() {
     let unsigned = c.dir.path().join("unsigned.backup");
     std::fs::write(&unsigned, &std::fs::read(&file).unwrap()[..len - 41]).unwrap();
     let (ok, out, _) = restore(Some("the cluster secret"), &unsigned, &[]);
-    assert!(!ok && out.contains("not signed") && out.contains("--allow-unsigned"), "{out}");
+    assert!(
+        !ok && out.contains("not signed") && out.contains("--allow-unsigned"),
+        "{out}"
+    );
     let (ok, out, restored) = restore(Some("the cluster secret"), &unsigned, &["--allow-unsigned"]);
     assert!(ok && restored, "{out}");
     let (ok, out, restored) = restore(Some("the cluster secret"), &file, &[]);
@@ -486,8 +546,9 @@ fn backups_are_private_and_signed_and_restore_checks_the_mac() {
 
 #[test]
 fn the_readme_security_section_lists_exactly_the_public_routes() {
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
-        .unwrap();
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .unwrap();
     let section = readme
         .split("\n## ")
         .find(|s| s.starts_with("Security"))
@@ -509,4 +570,3 @@ fn the_readme_security_section_lists_exactly_the_public_routes() {
         .collect();
     assert_eq!(listed, public, "README: {line}");
 }
-

@@ -156,7 +156,11 @@ fn activation_happens_once_and_tokens_are_checked() {
         (r.status == 202).then_some(())
     });
     let resend = post(&a, &format!("/v1/users/{id}/activation-email"), "{}").unwrap();
-    assert_eq!(resend.status, 429, "one resend per interval: {}", resend.text);
+    assert_eq!(
+        resend.status, 429,
+        "one resend per interval: {}",
+        resend.text
+    );
 
     let good = c.activation_token(&id, "dee@example.com", now_s() + 600);
     // A token made for another address of the account is refused.

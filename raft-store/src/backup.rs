@@ -195,10 +195,7 @@ fn create_private(path: &Path) -> io::Result<File> {
 #[derive(Debug, Clone, Copy)]
 pub enum BackupKey<'a> {
     /// Signed under this cluster secret (or unsigned, when `allow_unsigned`).
-    Secret {
-        key: &'a [u8],
-        allow_unsigned: bool,
-    },
+    Secret { key: &'a [u8], allow_unsigned: bool },
     /// No secret to check against: any signature is taken as it is.
     Unchecked,
 }

@@ -52,8 +52,14 @@ impl<T: Value + WellFormed> WellFormed for Sealed<T> {
 fn varint_len(data: &[u8]) -> Option<(usize, usize)> {
     match *data.first()? {
         n @ 0..=253 => Some((n as usize, 1)),
-        254 => Some((u16::from_le_bytes(data.get(1..3)?.try_into().ok()?) as usize, 3)),
-        255 => Some((u32::from_le_bytes(data.get(1..5)?.try_into().ok()?) as usize, 5)),
+        254 => Some((
+            u16::from_le_bytes(data.get(1..3)?.try_into().ok()?) as usize,
+            3,
+        )),
+        255 => Some((
+            u32::from_le_bytes(data.get(1..5)?.try_into().ok()?) as usize,
+            5,
+        )),
     }
 }
 

@@ -61,9 +61,11 @@ pub const SIM_CLUSTER_SECRET: &str = "sim-cluster-secret";
 pub const SIM_CLIENT_TOKEN: &str = "sim-admin-token";
 
 /// `[auth]` of the simulated cluster: the cluster secret and one admin token (as its digest).
+/// `insecure`, because simulation builds have no TLS and the nodes are on a (simulated)
+/// network.
 pub fn sim_auth() -> String {
     format!(
-        "[auth]\ncluster_secret = \"{SIM_CLUSTER_SECRET}\"\n\n[[auth.token]]\nname = \"sim\"\nrole = \"admin\"\nsha256 = \"{}\"\n",
+        "[auth]\ninsecure = true\ncluster_secret = \"{SIM_CLUSTER_SECRET}\"\n\n[[auth.token]]\nname = \"sim\"\nrole = \"admin\"\nsha256 = \"{}\"\n",
         api::auth::token_digest(SIM_CLIENT_TOKEN)
     )
 }

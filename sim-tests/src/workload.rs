@@ -50,7 +50,7 @@ pub const EMAILS: [&str; 6] = [
 /// The `[[uniq]]` rules and `[users]` settings the users clients need in the cluster config.
 pub const USERS_CONFIG: &str = r#"
 [users]
-activation_secret = "x"
+activation_secret = "a simulated activation secret of 32+ bytes"
 password_memory_kib = 64
 password_iterations = 1
 

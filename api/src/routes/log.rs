@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::Extension;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use raft_store::{Answer, IdempotencyKey, Outcome, Page};
 use serde::Deserialize;
@@ -248,40 +248,40 @@ pub async fn sse(
     let stream = futures::stream::unfold(state, move |(app, topic, from, last_frame)| {
         let _slot = slot.clone();
         async move {
-        let mut applied = app.reader.applied_watch();
-        loop {
-            applied.borrow_and_update();
-            let page = match read_page(&app, topic.clone(), from, limit).await {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::warn!(error = %e, "event stream read failed");
-                    return None;
+            let mut applied = app.reader.applied_watch();
+            loop {
+                applied.borrow_and_update();
+                let page = match read_page(&app, topic.clone(), from, limit).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "event stream read failed");
+                        return None;
+                    }
+                };
+                if !page.events.is_empty() {
+                    let frame = Bytes::from(sse_frames(from, &page.events));
+                    return Some((
+                        Ok::<_, Infallible>(frame),
+                        (app, topic, page.next_offset, Instant::now()),
+                    ));
                 }
-            };
-            if !page.events.is_empty() {
-                let frame = Bytes::from(sse_frames(from, &page.events));
-                return Some((
-                    Ok::<_, Infallible>(frame),
-                    (app, topic, page.next_offset, Instant::now()),
-                ));
-            }
-            // Applies to other topics wake us too; the keep-alive is due by the last frame
-            // written, whatever the wake-ups.
-            let due = last_frame + keepalive;
-            match tokio::time::timeout(
-                due.saturating_duration_since(Instant::now()),
-                applied.changed(),
-            )
-            .await
-            {
-                Ok(Ok(())) => continue,
-                Ok(Err(_)) => return None,
-                Err(_) => {
-                    let frame = Bytes::from_static(b": keep-alive\n\n");
-                    return Some((Ok(frame), (app, topic, from, Instant::now())));
+                // Applies to other topics wake us too; the keep-alive is due by the last frame
+                // written, whatever the wake-ups.
+                let due = last_frame + keepalive;
+                match tokio::time::timeout(
+                    due.saturating_duration_since(Instant::now()),
+                    applied.changed(),
+                )
+                .await
+                {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(_)) => return None,
+                    Err(_) => {
+                        let frame = Bytes::from_static(b": keep-alive\n\n");
+                        return Some((Ok(frame), (app, topic, from, Instant::now())));
+                    }
                 }
             }
-        }
         }
     });
     Ok((

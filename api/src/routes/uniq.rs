@@ -1,8 +1,8 @@
 //! Uniq look-ups and the rules endpoint.
 
 use axum::extract::State;
-use axum::Extension;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use raft_store::rules::{claims_for, normalize_key, Rules, UniqSet};
 use raft_store::{
@@ -108,8 +108,7 @@ pub async fn history(
     Extension(caller): Extension<Caller>,
     PathParams((set, key)): PathParams<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let (key, rows) =
-        read_key(&app, &caller, &set, &key, |r, s, k| r.uniq_history(s, k)).await?;
+    let (key, rows) = read_key(&app, &caller, &set, &key, |r, s, k| r.uniq_history(s, k)).await?;
     let history: Vec<Value> = rows
         .into_iter()
         .map(|(owner, claimed, released)| json!({ "owner": owner, "claimed_offset": claimed, "released_offset": released }))

@@ -158,7 +158,10 @@ mod tests {
             .weak_activation_secret()
             .unwrap()
             .contains("shipped"));
-        assert!(with("short").weak_activation_secret().unwrap().contains("32"));
+        assert!(with("short")
+            .weak_activation_secret()
+            .unwrap()
+            .contains("32"));
         assert_eq!(with(&"k".repeat(32)).weak_activation_secret(), None);
         assert_eq!(with("").weak_activation_secret(), None);
         assert!(!format!("{:?}", with("hunter2")).contains("hunter2"));

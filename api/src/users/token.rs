@@ -95,7 +95,10 @@ mod tests {
         let id = Uuid::from_u128(42);
         let t = make_token("s3cret", id, "a@x.io", 1000);
         assert_eq!(check("s3cret", &t, "a@x.io", 999), Ok(id));
-        assert_eq!(check("s3cret", &t, "a@x.io", 1000), Err(TokenError::Expired));
+        assert_eq!(
+            check("s3cret", &t, "a@x.io", 1000),
+            Err(TokenError::Expired)
+        );
         assert_eq!(
             check("other", &t, "a@x.io", 1),
             Err(TokenError::BadSignature)

@@ -211,7 +211,9 @@ impl MailConsumer {
                     Ok(Some(events)) => return api::users::state::fold(id, &events),
                     // The event is not in this node's view of the stream yet.
                     Ok(None) => linearizable = true,
-                    Err(e) => tracing::debug!(node = %addr, error = %e, "reading a user's stream failed"),
+                    Err(e) => {
+                        tracing::debug!(node = %addr, error = %e, "reading a user's stream failed")
+                    }
                 }
             }
             tokio::time::sleep(Duration::from_millis(200)).await;

@@ -46,8 +46,10 @@ impl Webhook {
             m.idempotency_key.clone(),
         ));
         if let Some(auth) = &self.authorization {
-            req.headers
-                .push((HeaderName::from_static("authorization"), auth.expose().into()));
+            req.headers.push((
+                HeaderName::from_static("authorization"),
+                auth.expose().into(),
+            ));
         }
         match self.transport.send(&self.addr, req, self.timeout).await {
             Ok(r) if (200..300).contains(&r.status) => Delivery::Sent,

@@ -206,8 +206,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     } else {
         args.addr.clone()
     };
-    let transport =
-        api::client_transport_with(config.client_token(), config.client_tls()?);
+    let transport = api::client_transport_with(config.client_token(), config.client_tls()?);
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());

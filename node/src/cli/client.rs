@@ -19,10 +19,7 @@ impl Client {
     /// any, over TLS trusting only the config's CA (`[auth] tls_ca` or `UNIQLOG_TLS_CA`) if any.
     pub fn for_config(config: &Config) -> Result<Self> {
         Ok(Client {
-            transport: api::client_transport_with(
-                config.client_token(),
-                config.client_tls()?,
-            ),
+            transport: api::client_transport_with(config.client_token(), config.client_tls()?),
             timeout: Duration::from_secs(15),
         })
     }

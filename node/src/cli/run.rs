@@ -257,10 +257,18 @@ pub async fn serve_query(config: &Config, rebuild: bool) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", qc.listen))?;
     let header_timeout = std::time::Duration::from_millis(config.limits.header_read_timeout_ms);
-    // The query API is a client API: the same header timeout and connection cap as a node's.
-    let routes = router(state.clone());
-    let routes = if config.auth.tokens.is_empty() && uniqlog_node::config::is_loopback(&qc.listen)
-    {
+    // The query API is a client API: the same header timeout, request deadline and connection
+    // cap as a node's (its reads may wait `min_offset_wait_ms_max` on purpose).
+    let ms = std::time::Duration::from_millis;
+    let deadlines = api::timeouts::RequestTimeouts {
+        request: ms(config.limits.request_timeout_ms) + ms(qc.min_offset_wait_ms_max),
+        waits: Vec::new(),
+    };
+    let routes = router(state.clone()).layer(axum::middleware::from_fn_with_state(
+        Arc::new(deadlines),
+        api::timeouts::bound,
+    ));
+    let routes = if config.auth.tokens.is_empty() && uniqlog_node::config::is_loopback(&qc.listen) {
         routes.layer(axum::middleware::from_fn(
             api::host_check::loopback_hosts_only,
         ))
@@ -356,9 +364,7 @@ pub async fn mail_sink(
 /// The connection to the webhook provider: over TLS for `https://`, trusting `webhook_ca` or
 /// else the public web's CAs.
 fn provider_transport(mail: &consumers::mail::MailConfig) -> Result<HyperTransport> {
-    let target = mail
-        .webhook_target()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let target = mail.webhook_target().map_err(|e| anyhow::anyhow!("{e}"))?;
     if !target.https {
         return Ok(HyperTransport::new());
     }
@@ -387,7 +393,10 @@ pub async fn serve_mail(config: &Config) -> Result<()> {
             "[users] activation_secret is empty: the mail consumer cannot make activation links"
         );
     }
-    config.check_listener("the mail consumer's health listener", &[config.mail.listen.as_str()])?;
+    config.check_listener(
+        "the mail consumer's health listener",
+        &[config.mail.listen.as_str()],
+    )?;
     let remote = config
         .nodes
         .iter()

@@ -171,21 +171,32 @@ pub fn check_projection(users: &[Value], c: &ConsumerState, found: &mut Found) {
 }
 
 /// Invariant 6: one message per emailing event that was not parked, none for anything else,
-/// resends within [`resend_bound`].
+/// resends within [`resend_bound`]. Each message goes to the account's address as of its
+/// event (the stream folded up to it), not to one the event names.
 pub fn check_mail(users: &[Value], c: &ConsumerState, found: &mut Found) {
     // key -> recipient, for the events that send an email.
-    let mut due: BTreeMap<String, &str> = BTreeMap::new();
+    let mut due: BTreeMap<String, String> = BTreeMap::new();
+    // The events so far of each stream, to fold.
+    let mut streams: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
     for (offset, e) in users.iter().enumerate() {
+        let offset = e
+            .get("offset")
+            .and_then(Value::as_u64)
+            .unwrap_or(offset as u64);
+        let Some(stream) = e.get("stream").and_then(Value::as_str) else {
+            continue;
+        };
+        let so_far = streams.entry(stream).or_default();
+        let mut event = e.clone();
+        event["offset"] = offset.into();
+        so_far.push(event);
         let ty = event_type(e).unwrap_or_default();
-        if ty == "AccountCreated" || ty == "ActivationRequested" {
-            let offset = e
-                .get("offset")
-                .and_then(Value::as_u64)
-                .unwrap_or(offset as u64);
-            due.insert(
-                format!("users:{offset}"),
-                data_str(e, "email").unwrap_or_default(),
-            );
+        if ty != "AccountCreated" && ty != "ActivationRequested" {
+            continue;
+        }
+        // The fold needs no id to find the address.
+        if let Some(account) = api::users::state::fold(Default::default(), so_far) {
+            due.insert(format!("users:{offset}"), account.email);
         }
     }
     let mut got: BTreeMap<&str, &str> = BTreeMap::new();
@@ -198,9 +209,9 @@ pub fn check_mail(users: &[Value], c: &ConsumerState, found: &mut Found) {
                 Kind::Mail,
                 format!("a message under {key}, for no AccountCreated or ActivationRequested"),
             ),
-            Some(want) if *want != to => found.push(
+            Some(want) if want != to => found.push(
                 Kind::Mail,
-                format!("the message {key} went to {to}, the event names {want}"),
+                format!("the message {key} went to {to}, the account's address was {want}"),
             ),
             Some(_) => {}
         }
@@ -372,6 +383,34 @@ mod tests {
         assert!(found[0].1.contains("no message for users:1"));
         c.parked.insert("users:1".into());
         assert_eq!(run(&c), vec![]);
+    }
+
+    #[test]
+    fn a_message_goes_to_the_accounts_address_not_the_one_its_event_names() {
+        let mut users = users();
+        users.push(user_event(
+            5,
+            "ActivationRequested",
+            "b",
+            json!({"email": "evil@x.com"}),
+        ));
+        let mut c = good();
+        c.messages.push(("users:5".into(), "bob@x.com".into()));
+        let mail = |c: &ConsumerState| {
+            let mut found = Found::default();
+            check_mail(&users, c, &mut found);
+            found
+                .violations
+                .into_iter()
+                .map(|v| v.detail)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(mail(&c), Vec::<String>::new());
+        c.messages.pop();
+        c.messages.push(("users:5".into(), "evil@x.com".into()));
+        let found = mail(&c);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("the account's address was bob@x.com"));
     }
 
     #[test]
