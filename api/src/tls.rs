@@ -213,9 +213,15 @@ impl ClientTls {
                 )
             })?;
         }
+        Self::trusting(roots, ca)
+    }
+
+    /// A client that trusts `roots` (read from `source`, for errors) and speaks HTTP/1.1.
+    #[cfg(not(madsim))]
+    fn trusting(roots: rustls::RootCertStore, source: &Path) -> Result<ClientTls, TlsError> {
         let mut config = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError::new(TlsFile::Ca, ca, e.to_string()))?
+            .map_err(|e| TlsError::new(TlsFile::Ca, source, e.to_string()))?
             .with_root_certificates(roots)
             .with_no_client_auth();
         config.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
@@ -236,15 +242,7 @@ impl ClientTls {
         let roots = rustls::RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };
-        let mut config = rustls::ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError::new(TlsFile::Ca, Path::new("(built-in roots)"), e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
-        Ok(ClientTls {
-            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
-        })
+        Self::trusting(roots, Path::new("(built-in roots)"))
     }
 
     #[cfg(madsim)]
