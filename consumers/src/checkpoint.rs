@@ -27,6 +27,9 @@ pub struct CheckpointReporter {
     /// one last reported.
     breaker: Option<&'static str>,
     reported_breaker: Option<&'static str>,
+    /// Report the position again after this long without a report, moved or not: a sign of
+    /// life (the nodes refuse to queue an activation email when the mail consumer is silent).
+    heartbeat: Option<Duration>,
 }
 
 impl CheckpointReporter {
@@ -50,7 +53,14 @@ impl CheckpointReporter {
             enabled: true,
             breaker: None,
             reported_breaker: None,
+            heartbeat: None,
         }
+    }
+
+    /// Report at least every `every`, even when nothing moved.
+    pub fn with_heartbeat(mut self, every: Duration) -> Self {
+        self.heartbeat = Some(every);
+        self
     }
 
     /// A reporter that reports nothing: for a consumer whose position is only informative and
@@ -74,14 +84,17 @@ impl CheckpointReporter {
         // a position already reported.
         let offset = self.reported.map_or(offset, |r| r.max(offset));
         let breaker_changed = self.breaker != self.reported_breaker;
-        if !self.enabled || (self.reported == Some(offset) && !breaker_changed) {
+        let heartbeat_due = self
+            .heartbeat
+            .is_some_and(|every| self.last_report.is_none_or(|t| t.elapsed() >= every));
+        if !self.enabled || (self.reported == Some(offset) && !breaker_changed && !heartbeat_due) {
             return;
         }
         let due_by_count = self
             .reported
             .is_none_or(|r| offset >= r + self.every_events);
         let due_by_time = self.last_report.is_none_or(|t| t.elapsed() >= self.every);
-        if !(due_by_count || due_by_time || breaker_changed) {
+        if !(due_by_count || due_by_time || breaker_changed || heartbeat_due) {
             return;
         }
         let mut data = json!({"consumer": self.consumer, "topic": self.topic, "offset": offset});

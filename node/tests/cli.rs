@@ -435,3 +435,43 @@ fn add_learner_follows_the_catch_up_to_the_end() {
     assert!(out.contains("node 9 added as learner"), "{out}");
     assert!(!out.contains("catching up"), "{out}");
 }
+
+/// Writes go to any node that takes them: with node 1 down, `log append` is taken by another;
+/// `--node` pins one, and a pinned node that is down is an error naming it.
+#[test]
+fn cli_writes_fail_over_to_a_reachable_node_and_node_pins_one() {
+    let mut c = Cluster::start(3, Tuning::default());
+    c.kill(1);
+    c.wait_leader(&[2, 3]);
+    let append = |extra: &[&str]| {
+        let mut args = vec!["log", "append", "fo", "--type", "Noted"];
+        args.extend_from_slice(extra);
+        c.cli(&c.config, &args)
+    };
+    let out = append(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = append(&["--idempotency-key", "k-1"]);
+    assert!(out.status.success());
+    let out = append(&["--node", "1"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("node 1 at") && err.contains("cannot connect"),
+        "{err}"
+    );
+    let out = append(&["--node", "3"]);
+    assert!(out.status.success());
+    assert_eq!(c.read_topic(2, "fo").len(), 3);
+    // Membership changes and init go to any node too.
+    let out = c.cli(&c.config, &["cluster", "init"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("already initialized"));
+}

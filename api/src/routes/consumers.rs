@@ -83,6 +83,14 @@ pub async fn checkpoint(
             )))
         }
     }
+    latest_of(&app, &name)
+        .await?
+        .map(|c| Json(c).into_response())
+        .ok_or_else(|| ApiError::not_found(format!("no checkpoint reported by consumer {name:?}")))
+}
+
+/// The latest checkpoint consumer `name` reported, as this node has applied it.
+pub async fn latest_of(app: &SharedApp, name: &str) -> Result<Option<Value>, ApiError> {
     let stream = format!("{PREFIX}{name}");
     let reader = app.reader.clone();
     let s = stream.clone();
@@ -92,11 +100,8 @@ pub async fn checkpoint(
         .into_iter()
         .find(|(n, _)| *n == stream)
         .map(|(_, v)| v);
-    let found = match version {
-        Some(v) => latest(&app, stream, v).await?,
-        None => None,
-    };
-    found
-        .map(|c| Json(c).into_response())
-        .ok_or_else(|| ApiError::not_found(format!("no checkpoint reported by consumer {name:?}")))
+    match version {
+        Some(v) => latest(app, stream, v).await,
+        None => Ok(None),
+    }
 }

@@ -30,6 +30,13 @@ use crate::wire::{fingerprint, idempotency_key};
 /// Appends retried on a version conflict (a concurrent command on the same user).
 const VERSION_RETRIES_MAX: usize = 5;
 
+/// How often the mail consumer reports to `__checkpoints` while it has nothing to send, so
+/// that nodes know it runs.
+pub const MAIL_HEARTBEAT_MS: u64 = 30_000;
+
+/// A mail consumer that has not reported for this long is taken for not running.
+pub const MAIL_SILENT_MAX_MS: u64 = 3 * MAIL_HEARTBEAT_MS;
+
 /// One event for a user's stream.
 struct UserEvent {
     event_type: &'static str,
@@ -293,6 +300,26 @@ pub async fn activate(
     Ok(Json(json!({ "id": id, "offset": offset })).into_response())
 }
 
+/// 503 unless the mail consumer reported within [`MAIL_SILENT_MAX_MS`] (it reports every
+/// [`MAIL_HEARTBEAT_MS`] when idle): asking for an email that nothing will send is refused,
+/// not accepted and forgotten.
+async fn mail_consumer_runs(app: &SharedApp) -> Result<(), ApiError> {
+    let latest = crate::routes::consumers::latest_of(app, "mail").await?;
+    let reported = latest.and_then(|c| c["reported_at"].as_u64());
+    match reported {
+        Some(at) if now_ms().saturating_sub(at) <= MAIL_SILENT_MAX_MS => Ok(()),
+        Some(at) => Err(ApiError::unavailable(format!(
+            "the mail consumer last reported {} s ago: it does not seem to run, and the email \
+             would not be sent. Start `uniqlog mail` (or `uniqlog cluster up --with-consumers`)",
+            now_ms().saturating_sub(at) / 1000
+        ))),
+        None => Err(ApiError::unavailable(
+            "no mail consumer has ever reported: the email would not be sent. Start `uniqlog \
+             mail` (or `uniqlog cluster up --with-consumers`)",
+        )),
+    }
+}
+
 /// `POST /v1/users/{id}/activation-email`: the mail consumer sends the email again (202).
 /// At most one per `activation_resend_interval_s` per account, counted from the last email's
 /// event in the log, so the limit holds across nodes and restarts: knowing an account's id is
@@ -302,6 +329,7 @@ pub async fn resend_activation(
     PathParams(id): PathParams<String>,
 ) -> Result<Response, ApiError> {
     let id = path_id(&id)?;
+    mail_consumer_runs(&app).await?;
     let interval_ms = app.users.activation_resend_interval_s.saturating_mul(1000);
     let (_, offset) = command(&app, id, |s| {
         if s.status == Status::Active {

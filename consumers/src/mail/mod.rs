@@ -406,7 +406,8 @@ impl MailConsumer {
             self.transport.clone(),
             self.config.checkpoint_every_events,
             every,
-        );
+        )
+        .with_heartbeat(Duration::from_millis(api::users::MAIL_HEARTBEAT_MS));
         let mut retry_cp = CheckpointReporter::new(
             &retry_name,
             RETRY_TOPIC,

@@ -1,7 +1,7 @@
 //! `uniqlog cluster init | status | up | add-learner | promote | remove`.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -9,9 +9,8 @@ use clap::Subcommand;
 use serde_json::{json, Value};
 use uniqlog_node::Config;
 
-use super::client::Client;
+use super::client::{write_targets, Client};
 use super::progress::Progress;
-use super::run::terminated;
 use api::HttpRequest;
 
 #[derive(Subcommand)]
@@ -20,6 +19,9 @@ pub enum ClusterCommand {
     Init {
         #[arg(long, default_value = "cluster.toml")]
         config: PathBuf,
+        /// Initialize through this node (default: the first of the config that answers).
+        #[arg(long, value_name = "ID")]
+        node: Option<u64>,
     },
     /// Show every node's view: role, term, commit and applied index.
     Status {
@@ -29,19 +31,27 @@ pub enum ClusterCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Start this machine's nodes as child processes, initialize, stop all on Ctrl-C.
+    /// Start this machine's nodes as supervised child processes (a child that exits is
+    /// started again), initialize, stop all on Ctrl-C.
     Up {
         #[arg(long, default_value = "cluster.toml")]
         config: PathBuf,
+        /// Also run the read model (`query`), the mail sender (`mail`) and, when the config's
+        /// webhook is `[mail_sink] listen`, the local mail sink.
+        #[arg(long)]
+        with_consumers: bool,
     },
-    /// Restart the nodes `cluster up` runs for this config, one at a time (the leader last),
-    /// each waited for until it is back and caught up.
+    /// Restart nodes that `cluster up` runs for this config: all of them one at a time (the
+    /// leader last), or one; each waited for until it is back and caught up.
     Restart {
         #[arg(long, default_value = "cluster.toml")]
         config: PathBuf,
-        /// One node at a time, keeping a majority up (the only way there is).
-        #[arg(long, required = true)]
+        /// Every node, one at a time, keeping a majority up.
+        #[arg(long, required_unless_present = "node", conflicts_with = "node")]
         rolling: bool,
+        /// This node only.
+        #[arg(long, value_name = "ID")]
+        node: Option<u64>,
     },
     /// Add a node as a learner and follow it until it holds the log up to its own addition
     /// (it catches up without voting; promote it after).
@@ -56,34 +66,51 @@ pub enum ClusterCommand {
         /// Return once it is added, without following its catch-up.
         #[arg(long)]
         no_wait: bool,
+        /// Send the change to this node (default: any node of the config that takes it).
+        #[arg(long, value_name = "ID")]
+        node: Option<u64>,
     },
     /// Make a learner a voter.
     Promote {
         #[arg(long, default_value = "cluster.toml")]
         config: PathBuf,
+        /// The learner to promote.
         #[arg(long)]
         id: u64,
+        /// Send the change to this node (default: any node of the config that takes it).
+        #[arg(long, value_name = "ID")]
+        node: Option<u64>,
     },
     /// Remove a node from the voters and the cluster.
     Remove {
         #[arg(long, default_value = "cluster.toml")]
         config: PathBuf,
+        /// The node to remove.
         #[arg(long)]
         id: u64,
+        /// Send the change to this node (default: any node of the config that takes it).
+        #[arg(long, value_name = "ID")]
+        node: Option<u64>,
     },
 }
 
 pub async fn run(command: ClusterCommand) -> Result<()> {
     match command {
-        ClusterCommand::Init { config } => init(&Config::load(&config)?).await,
+        ClusterCommand::Init { config, node } => init(&Config::load(&config)?, node).await,
         ClusterCommand::Status { config, json } => status(&Config::load(&config)?, json).await,
-        ClusterCommand::Up { config } => up(&config).await,
-        ClusterCommand::Restart { config, .. } => super::rolling::restart(&config).await,
+        ClusterCommand::Up {
+            config,
+            with_consumers,
+        } => super::supervise::up(&config, with_consumers).await,
+        ClusterCommand::Restart { config, node, .. } => {
+            super::rolling::restart(&config, node).await
+        }
         ClusterCommand::AddLearner {
             config,
             id,
             addr,
             no_wait,
+            node,
         } => {
             let config = Config::load(&config)?;
             let addr = match addr {
@@ -93,11 +120,14 @@ pub async fn run(command: ClusterCommand) -> Result<()> {
                     .map(|n| n.peer_addr().to_string())
                     .map_err(|_| anyhow!("node {id} is not in the config: pass --addr"))?,
             };
-            let body = any_node(&config, |c, a| {
-                let body = json!({ "id": id, "addr": addr });
-                async move { c.post(&a, "/v1/cluster/learners", &body).await }
-            })
-            .await?;
+            // Adding the same learner again changes nothing: safe to send to the next node.
+            let req = HttpRequest::post(
+                "/v1/cluster/learners",
+                serde_json::to_vec(&json!({ "id": id, "addr": addr }))?,
+            );
+            let body = Client::for_config(&config)?
+                .write(&write_targets(&config, node)?, req, true)
+                .await?;
             println!(
                 "node {id} added as learner (log index {})",
                 body["log_index"]
@@ -107,11 +137,11 @@ pub async fn run(command: ClusterCommand) -> Result<()> {
                 _ => Ok(()),
             }
         }
-        ClusterCommand::Promote { config, id } => {
-            change_voters(&Config::load(&config)?, id, true).await
+        ClusterCommand::Promote { config, id, node } => {
+            change_voters(&Config::load(&config)?, id, true, node).await
         }
-        ClusterCommand::Remove { config, id } => {
-            change_voters(&Config::load(&config)?, id, false).await
+        ClusterCommand::Remove { config, id, node } => {
+            change_voters(&Config::load(&config)?, id, false, node).await
         }
     }
 }
@@ -220,20 +250,17 @@ where
     Err(last.unwrap_or_else(|| anyhow!("the config lists no nodes")))
 }
 
-async fn init(config: &Config) -> Result<()> {
-    // Exactly one node initializes: the first of the config.
-    let first = &config.nodes[0];
+pub(super) async fn init(config: &Config, node: Option<u64>) -> Result<()> {
+    // One node initializes: the first of the config that answers. A node that holds a log
+    // (initialized, or joined) answers that the cluster already was.
     let client = Client::for_config(config)?;
+    let req = HttpRequest::post("/v1/cluster/init", b"{}".to_vec());
     let body = client
-        .post(&first.addr, "/v1/cluster/init", &json!({}))
+        .write(&write_targets(config, node)?, req, true)
         .await
-        .with_context(|| format!("initializing through node {} at {}", first.id, first.addr))?;
+        .context("initializing the cluster")?;
     if body["initialized"] == true {
-        println!(
-            "cluster initialized through node {} ({} nodes)",
-            first.id,
-            config.nodes.len()
-        );
+        println!("cluster initialized ({} nodes)", config.nodes.len());
     } else {
         println!("cluster was already initialized");
     }
@@ -376,7 +403,7 @@ fn all_down(rows: &[Value]) -> Result<()> {
     Ok(())
 }
 
-async fn change_voters(config: &Config, id: u64, add: bool) -> Result<()> {
+async fn change_voters(config: &Config, id: u64, add: bool, node: Option<u64>) -> Result<()> {
     let status = any_node(config, |c, a| async move {
         c.get(&a, "/v1/cluster/status").await
     })
@@ -403,125 +430,15 @@ async fn change_voters(config: &Config, id: u64, add: bool) -> Result<()> {
             bail!("refusing to remove the last voter");
         }
     }
-    let body = json!({ "voters": voters });
-    any_node(config, |c, a| {
-        let body = body.clone();
-        async move { c.post(&a, "/v1/cluster/membership", &body).await }
-    })
-    .await?;
+    // Setting the same voters again changes nothing: safe to send to the next node.
+    let req = HttpRequest::post(
+        "/v1/cluster/membership",
+        serde_json::to_vec(&json!({ "voters": voters }))?,
+    );
+    Client::for_config(config)?
+        .write(&write_targets(config, node)?, req, true)
+        .await?;
     let verb = if add { "promoted to voter" } else { "removed" };
     println!("node {id} {verb}; voters are now {voters:?}");
     Ok(())
-}
-
-async fn wait_healthy(
-    client: &Client,
-    addr: &str,
-    mut child_alive: impl FnMut() -> bool,
-) -> Result<()> {
-    for _ in 0..300 {
-        if client.get(addr, "/health").await.is_ok() {
-            return Ok(());
-        }
-        if !child_alive() {
-            bail!("the node for {addr} exited during start-up");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("the node at {addr} did not become healthy within 30 s")
-}
-
-async fn up(config_path: &Path) -> Result<()> {
-    let config = Config::load(config_path)?;
-    let exe = std::env::current_exe()?;
-    // Before any node starts: a bad CA file stops here.
-    let client = Client::for_config(&config)?;
-    // Handlers first: a signal that arrives once the pid file is out must not kill this
-    // process with the default action and leave its nodes running. SIGUSR1 asks for a
-    // rolling restart; SIGHUP (the terminal went away) stops everything, like Ctrl-C.
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut restart = signal(SignalKind::user_defined1())?;
-    let mut hangup = signal(SignalKind::hangup())?;
-    // `cluster restart --rolling` finds this process through it.
-    let _lock = super::rolling::UpLock::take(config_path)?;
-    let spawn = |id: u64| {
-        tokio::process::Command::new(&exe)
-            .arg("node")
-            .arg("--config")
-            .arg(config_path)
-            .arg("--id")
-            .arg(id.to_string())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting node {id}"))
-    };
-    let mut children = Vec::new();
-    for n in &config.nodes {
-        children.push((n.id, spawn(n.id)?));
-    }
-    let result = async {
-        for (n, (_, child)) in config.nodes.iter().zip(children.iter_mut()) {
-            wait_healthy(&client, &n.addr, || matches!(child.try_wait(), Ok(None))).await?;
-        }
-        init(&config).await?;
-        for n in &config.nodes {
-            println!(
-                "node {} listening on http://{} (data in {})",
-                n.id,
-                n.addr,
-                n.data_dir.display()
-            );
-        }
-        println!(
-            "Ctrl-C stops all nodes; `uniqlog cluster restart --rolling --config {}` (or \
-             SIGUSR1) restarts them one at a time.",
-            config_path.display()
-        );
-        anyhow::Ok(())
-    }
-    .await;
-    if result.is_ok() {
-        loop {
-            tokio::select! {
-                _ = terminated() => break,
-                _ = hangup.recv() => break,
-                _ = restart.recv() => {
-                    // Ctrl-C during a restart still stops everything.
-                    tokio::select! {
-                        r = super::rolling::rolling_restart(&config, &mut children, spawn) => {
-                            if let Err(e) = r {
-                                eprintln!("rolling restart stopped: {e:#}");
-                            }
-                        }
-                        _ = terminated() => break,
-                        _ = hangup.recv() => break,
-                    }
-                }
-            }
-        }
-    }
-    for (id, child) in &mut children {
-        stop_child(*id, child).await;
-    }
-    result
-}
-
-/// SIGTERM, then SIGKILL if the node has not exited within 5 s.
-pub(super) async fn stop_child(id: u64, child: &mut tokio::process::Child) {
-    #[cfg(unix)]
-    if let Some(pid) = child.id() {
-        // SAFETY: kill(2) with a pid we spawned and own; no memory is touched.
-        unsafe {
-            libc::kill(pid as libc::pid_t, libc::SIGTERM);
-        }
-        if tokio::time::timeout(Duration::from_secs(5), child.wait())
-            .await
-            .is_ok()
-        {
-            return;
-        }
-    }
-    eprintln!("node {id} did not stop in time; killing it");
-    let _ = child.start_kill();
-    let _ = child.wait().await;
 }

@@ -9,8 +9,9 @@ use clap::Subcommand;
 use serde_json::{json, Value};
 use uniqlog_node::Config;
 
-use super::client::{path_segment, Client};
+use super::client::{path_segment, write_targets, Client};
 use super::cluster::any_node;
+use api::HttpRequest;
 
 /// Events per page read.
 const PAGE: u64 = 500;
@@ -37,9 +38,13 @@ pub enum LogCommand {
         /// `any`.
         #[arg(long, requires = "stream")]
         expected_version: Option<String>,
-        /// Retrying with the same key never appends twice.
+        /// Retrying with the same key never appends twice (and lets the CLI try another node
+        /// when an answer is lost).
         #[arg(long)]
         idempotency_key: Option<String>,
+        /// Send the write to this node only (default: any node of the config that takes it).
+        #[arg(long, value_name = "ID")]
+        node: Option<u64>,
     },
     /// Print the events of TOPIC (or of one stream), one JSON object per line.
     Read {
@@ -72,8 +77,12 @@ pub enum LogCommand {
     ReplayParked {
         #[arg(long, default_value = "cluster.toml")]
         config: PathBuf,
+        /// The consumer whose parked events to re-queue (`mail`).
         #[arg(long)]
         consumer: String,
+        /// Send the writes to this node only (default: any node of the config that takes them).
+        #[arg(long, value_name = "ID")]
+        node: Option<u64>,
     },
 }
 
@@ -87,6 +96,7 @@ pub async fn run(command: LogCommand) -> Result<()> {
             stream,
             expected_version,
             idempotency_key,
+            node,
         } => {
             let data: Value = serde_json::from_str(&data).context("--data is not JSON")?;
             let mut event = json!({ "type": event_type, "data": data });
@@ -98,10 +108,13 @@ pub async fn run(command: LogCommand) -> Result<()> {
                 let v = v.parse::<u64>().map_or(json!(v), |n| json!(n));
                 extra.push(("expected_version", json!({ stream: v })));
             }
+            let keyed = idempotency_key.is_some();
             if let Some(k) = idempotency_key {
                 extra.push(("idempotency_key", json!(k)));
             }
-            append(&Config::load(&config)?, &topic, event, extra).await
+            let config = Config::load(&config)?;
+            let targets = write_targets(&config, node)?;
+            append(&config, &targets, &topic, event, extra, keyed).await
         }
         LogCommand::Read {
             config,
@@ -122,26 +135,30 @@ pub async fn run(command: LogCommand) -> Result<()> {
             topic,
             from,
         } => tail(&Config::load(&config)?, &topic, from).await,
-        LogCommand::ReplayParked { config, consumer } => {
-            replay_parked(&Config::load(&config)?, &consumer).await
+        LogCommand::ReplayParked {
+            config,
+            consumer,
+            node,
+        } => {
+            let config = Config::load(&config)?;
+            let targets = write_targets(&config, node)?;
+            replay_parked(&config, &targets, &consumer).await
         }
     }
 }
 
-async fn replay_parked(config: &Config, consumer: &str) -> Result<()> {
+async fn replay_parked(config: &Config, targets: &[(u64, String)], consumer: &str) -> Result<()> {
     let client = Client::for_config(config)?;
-    let addr = first_node(config)?;
     let mut from = 0;
     let mut queued = 0;
     loop {
-        let page = client
-            .get(
-                addr,
-                &format!(
-                    "/v1/topics/__parked/events?from={from}&limit=1000&consistency=linearizable"
-                ),
-            )
-            .await?;
+        let path =
+            format!("/v1/topics/__parked/events?from={from}&limit=1000&consistency=linearizable");
+        let page = any_node(config, |c, a| {
+            let path = path.clone();
+            async move { c.get(&a, &path).await }
+        })
+        .await?;
         let events = page["events"].as_array().cloned().unwrap_or_default();
         if events.is_empty() {
             break;
@@ -157,13 +174,11 @@ async fn replay_parked(config: &Config, consumer: &str) -> Result<()> {
                 // One re-queue per parked event, however often this runs (within the window).
                 "idempotency_key": format!("replay:{}", p["offset"]),
             });
-            client
-                .post(
-                    addr,
-                    &format!("/v1/topics/__retry.{consumer}/events"),
-                    &body,
-                )
-                .await?;
+            let req = HttpRequest::post(
+                format!("/v1/topics/__retry.{consumer}/events"),
+                serde_json::to_vec(&body)?,
+            );
+            client.write(targets, req, true).await?;
             queued += 1;
         }
     }
@@ -174,20 +189,20 @@ async fn replay_parked(config: &Config, consumer: &str) -> Result<()> {
 /// `log append`: one event, with the optional stream, expected version and idempotency key.
 async fn append(
     config: &Config,
+    targets: &[(u64, String)],
     topic: &str,
     event: Value,
     extra: Vec<(&str, Value)>,
+    keyed: bool,
 ) -> Result<()> {
     let mut body = json!({ "events": [event] });
     for (k, v) in extra {
         body[k] = v;
     }
     let path = format!("/v1/topics/{}/events", path_segment(topic));
-    // Not retried on another node: a write whose answer was lost may have been applied, and
-    // only an idempotency key makes a retry safe. The first node forwards to the leader.
     let client = Client::for_config(config)?;
-    let addr = first_node(config)?;
-    let answer = client.post(addr, &path, &body).await?;
+    let req = HttpRequest::post(path, serde_json::to_vec(&body)?);
+    let answer = client.write(targets, req, keyed).await?;
     println!("{}", serde_json::to_string(&answer)?);
     Ok(())
 }
@@ -269,13 +284,4 @@ fn print_lines(events: &[Value]) -> Result<()> {
     }
     out.flush()?;
     Ok(())
-}
-
-/// The node writes go to: the config's first (it forwards to the leader).
-fn first_node(config: &Config) -> Result<&str> {
-    Ok(&config
-        .nodes
-        .first()
-        .context("the config lists no nodes")?
-        .addr)
 }

@@ -9,6 +9,7 @@ mod log;
 mod progress;
 mod rolling;
 mod run;
+mod supervise;
 mod telemetry;
 mod uniq;
 
