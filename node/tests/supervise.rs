@@ -175,7 +175,7 @@ fn with_consumers_the_sign_up_flow_runs_on_the_cluster_as_in_dev() {
         let text = std::fs::read_to_string(&log).unwrap();
         text.contains("mail sink").then_some(text)
     });
-    assert!(printed.contains(&format!("/ui")), "{printed}");
+    assert!(printed.contains("/ui"), "{printed}");
     assert!(
         printed.contains(&format!("127.0.0.1:{sink}/messages")),
         "{printed}"
