@@ -122,6 +122,7 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("GET", "/metrics", Access::Public),
     // The dashboard's page and assets hold no data; what it shows, it fetches with the
     // token the user gives it.
+    ("GET", "/", Access::Public),
     ("GET", "/ui", Access::Public),
     ("GET", "/ui/app.js", Access::Public),
     ("GET", "/ui/style.css", Access::Public),
@@ -167,6 +168,7 @@ fn handler(method: &str, path: &str) -> MethodRouter<SharedApp> {
         ("GET", "/ready") => get(cluster::ready),
         ("GET", "/openapi.json") => get(|| async { axum::Json(openapi::spec()) }),
         ("GET", "/metrics") => get(metrics::scrape),
+        ("GET", "/") => get(|| async { axum::response::Redirect::to("/ui") }),
         ("GET", "/ui") => get(routes::ui::index),
         ("GET", "/ui/app.js") => get(routes::ui::app_js),
         ("GET", "/ui/style.css") => get(routes::ui::style),

@@ -399,6 +399,10 @@ fn ui() {}
     responses((status = 200, description = "the dashboard's script", content_type = "text/javascript", body = String)))]
 fn ui_js() {}
 
+#[utoipa::path(get, path = "/", tag = "dashboard",
+    responses((status = 303, description = "to the dashboard, `/ui`")))]
+fn root() {}
+
 #[utoipa::path(get, path = "/ui/style.css", tag = "dashboard",
     responses((status = 200, description = "the dashboard's styles", content_type = "text/css", body = String)))]
 fn ui_css() {}
@@ -447,7 +451,8 @@ fn metrics() {}
         recent_conflicts,
         ui,
         ui_js,
-        ui_css
+        ui_css,
+        root
     ),
     components(schemas(ErrorDoc, EventBody, Member, IdempotencyStatus))
 )]

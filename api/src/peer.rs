@@ -196,6 +196,18 @@ async fn forwarded(State(app): State<SharedApp>, body: Bytes) -> Result<Response
 pub struct PeerNetwork {
     pub transport: Arc<dyn Transport>,
     pub cluster_secret: Option<String>,
+    /// Which peers answer, shared by every client of this node.
+    pub reachability: Arc<Reachability>,
+}
+
+impl PeerNetwork {
+    pub fn new(transport: Arc<dyn Transport>, cluster_secret: Option<String>) -> Self {
+        PeerNetwork {
+            transport,
+            cluster_secret,
+            reachability: Arc::default(),
+        }
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
@@ -207,6 +219,39 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             addr: node.addr.clone(),
             transport: self.transport.clone(),
             cluster_secret: self.cluster_secret.clone(),
+            reachability: self.reachability.clone(),
+        }
+    }
+}
+
+/// Peers this node cannot reach, with how many calls to each failed in a row. openraft logs
+/// every failed call (heartbeats: ten a second); the operator needs to know when a peer went
+/// away and when it came back. So a peer that stops answering is one WARN, and its return
+/// one INFO with the count of failed calls; openraft's own lines stay off by default.
+#[derive(Default)]
+pub struct Reachability {
+    failures: std::sync::Mutex<std::collections::BTreeMap<NodeId, u64>>,
+}
+
+impl Reachability {
+    fn failed(&self, target: NodeId, addr: &str, error: &dyn std::fmt::Display) {
+        let mut f = self.failures.lock().expect("reachability lock");
+        let n = f.entry(target).or_insert(0);
+        if *n == 0 {
+            tracing::warn!(peer = target, addr, %error, "peer unreachable");
+        }
+        *n += 1;
+    }
+
+    fn answered(&self, target: NodeId, addr: &str) {
+        let mut f = self.failures.lock().expect("reachability lock");
+        if let Some(n) = f.remove(&target) {
+            tracing::info!(
+                peer = target,
+                addr,
+                failed_calls = n,
+                "peer reachable again"
+            );
         }
     }
 }
@@ -216,6 +261,7 @@ pub struct PeerClient {
     addr: String,
     transport: Arc<dyn Transport>,
     cluster_secret: Option<String>,
+    reachability: Arc<Reachability>,
 }
 
 type RpcResult<T, E> = Result<T, RPCError<NodeId, Node, RaftError<NodeId, E>>>;
@@ -258,17 +304,24 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let resp = self
+        let resp = match self
             .transport
             .send(&self.addr, req, option.hard_ttl())
             .await
-            .map_err(|e| {
-                if e.nothing_sent() {
+        {
+            Ok(resp) => {
+                self.reachability.answered(self.target, &self.addr);
+                resp
+            }
+            Err(e) => {
+                self.reachability.failed(self.target, &self.addr, &e);
+                return Err(if e.nothing_sent() {
                     RPCError::Unreachable(Unreachable::new(&e))
                 } else {
                     RPCError::Network(NetworkError::new(&e))
-                }
-            })?;
+                });
+            }
+        };
         if resp.status == 401 {
             tracing::error!(
                 peer = self.target,

@@ -12,10 +12,10 @@ use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}{}", read_hint(error))]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
@@ -27,6 +27,17 @@ pub enum ConfigError {
     },
     #[error("{path}: no [[node]] with id = {id}")]
     UnknownNode { path: PathBuf, id: NodeId },
+}
+
+/// What to do about a config file that cannot be read.
+fn read_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            " (run the command in the folder that holds it, or pass --config PATH; \
+             `uniqlog dev` needs no config)"
+        }
+        _ => "",
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -182,9 +193,9 @@ impl Default for RaftSettings {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         Self::parse(&text, path, base)

@@ -27,20 +27,28 @@ pub enum NodeError {
     #[error("storage: {0}")]
     Storage(#[from] raft_store::StoreError),
     #[error(
-        "the uniq rules in {config} differ from the replicated rules (version {version}); \
-         update the config to the replicated rules (GET /v1/cluster/uniq-rules) or change them \
-         through POST /v1/cluster/uniq-rules:\n{diff}"
+        "the uniq rules in {config} differ from the replicated rules (version {version}):\n\
+         {diff}\nUpdate the config to the replicated rules (GET /v1/cluster/uniq-rules), or \
+         change the replicated rules through POST /v1/cluster/uniq-rules"
     )]
     RulesDiffer {
         config: String,
         version: u64,
         diff: String,
     },
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: String,
-        source: std::io::Error,
-    },
+    #[error("cannot listen on {addr}: {error}{}", bind_hint(error))]
+    Bind { addr: String, error: std::io::Error },
+}
+
+/// What to do about a refused listen address.
+fn bind_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            " (another process listens there: is this node already running?)"
+        }
+        std::io::ErrorKind::AddrNotAvailable => " (no interface of this machine has that address)",
+        _ => "",
+    }
 }
 
 /// A running node: its app state and the tasks serving it.
@@ -92,10 +100,7 @@ pub async fn start(
     config.check_exposure(id)?;
     let tls = config.server_tls()?;
     let raft_config = Arc::new(config.openraft().validate().map_err(Box::new)?);
-    let network = PeerNetwork {
-        transport: transport.clone(),
-        cluster_secret: config.cluster_secret(),
-    };
+    let network = PeerNetwork::new(transport.clone(), config.cluster_secret());
     let raft = Raft::new(id, raft_config, network, storage.log, storage.state_machine)
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
@@ -193,9 +198,9 @@ async fn listen(
 ) -> Result<JoinHandle<()>, NodeError> {
     let listener = TcpListener::bind(addr)
         .await
-        .map_err(|source| NodeError::Bind {
+        .map_err(|error| NodeError::Bind {
             addr: addr.to_string(),
-            source,
+            error,
         })?;
     Ok(tokio::spawn(api::server::serve_with(
         listener,
@@ -213,7 +218,9 @@ fn check_rules(config: &Config, reader: &raft_store::StateReader) -> Result<(), 
     if replicated.version == 0 {
         return Ok(());
     }
-    let diff = config.rules().diff(&replicated.rules);
+    let diff = config
+        .rules()
+        .diff(&replicated.rules, ("in the config", "replicated"));
     if diff.is_empty() {
         return Ok(());
     }

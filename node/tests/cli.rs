@@ -475,3 +475,52 @@ fn cli_writes_fail_over_to_a_reachable_node_and_node_pins_one() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("already initialized"));
 }
+
+/// Common mistakes get one line (or one block) that says the cause once and the fix.
+#[test]
+fn errors_say_the_cause_once_and_the_fix() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .current_dir(dir.path())
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = run(&["cluster", "status"]);
+    assert_eq!(err.matches("No such file").count(), 1, "{err}");
+    assert!(err.contains("--config"), "{err}");
+
+    // A taken port: which one, and --port-base; nothing written.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = taken.local_addr().unwrap().port() - 1;
+    let err = run(&["dev", "--port-base", &base.to_string()]);
+    assert_eq!(err.matches("in use").count(), 1, "{err}");
+    assert!(err.contains("--port-base"), "{err}");
+    assert!(!dir.path().join("data").exists(), "nothing written");
+    drop(taken);
+
+    // A node started twice: it is already running.
+    let mut c = Cluster::start(1, users_tuning());
+    let err = run(&["node", "--config", c.config.to_str().unwrap(), "--id", "1"]);
+    assert!(err.contains("already running"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    // Rules that differ from the replicated ones: which side is which.
+    c.stop(1);
+    let text = std::fs::read_to_string(&c.config).unwrap();
+    std::fs::write(
+        &c.config,
+        text.replace("normalize = \"email\"", "normalize = \"lowercase\""),
+    )
+    .unwrap();
+    let err = run(&["node", "--config", c.config.to_str().unwrap(), "--id", "1"]);
+    assert!(
+        err.contains("in the config: {") && err.contains("replicated: {"),
+        "{err}"
+    );
+    assert!(!err.contains("UniqSet {"), "no Rust debug dumps: {err}");
+}

@@ -201,3 +201,59 @@ fn with_consumers_the_sign_up_flow_runs_on_the_cluster_as_in_dev() {
     .unwrap();
     assert_eq!(doc.body["email"], "ada@example.com", "{}", doc.text);
 }
+
+#[test]
+fn a_healthy_start_logs_no_warning_and_a_peer_down_is_one_warning_and_one_recovery() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let nodes: Vec<(u64, u16)> = (1..=3).map(|id| (id, free_port())).collect();
+    let config = dir.path().join("cluster.toml");
+    write_config(&config, &nodes, &Tuning::default());
+    let err = dir.path().join("up.err");
+    // The default log filter, as a user gets it.
+    let _up = Up(Command::new(BIN)
+        .args(["cluster", "up", "--config"])
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(File::create(&err).unwrap())
+        .spawn()
+        .unwrap());
+    let c = view(&nodes);
+    c.wait_leader(&[1, 2, 3]);
+    append_ok(&c.addr(1), "quiet", "a", None);
+    let logs = || std::fs::read_to_string(&err).unwrap();
+    let alarming = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(alarming(&logs()), Vec::<String>::new(), "a healthy start");
+    let pid = node_pid(&config, 3).expect("node 3 runs");
+    // SAFETY: kill(2) on a process of this test's own cluster.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+    // Started again by `cluster up` after a second; the leader (which calls it) saw it go
+    // and come back.
+    let text = wait_for(
+        "node 3 back in the leader's log",
+        Duration::from_secs(30),
+        || {
+            let text = logs();
+            text.contains("peer reachable again peer=3").then_some(text)
+        },
+    );
+    let warnings = alarming(&text);
+    assert!(
+        !warnings.is_empty()
+            && warnings
+                .iter()
+                .all(|l| l.contains("peer unreachable peer=3")),
+        "{warnings:#?}"
+    );
+    assert!(
+        warnings.len() <= 2,
+        "at most one per peer that saw it: {warnings:#?}"
+    );
+}

@@ -187,28 +187,41 @@ impl Rules {
 
     /// A human-readable difference, empty when equal. For refusing to start on a config whose
     /// rules differ from the replicated ones.
-    pub fn diff(&self, other: &Rules) -> Vec<String> {
+    /// What differs between these rules (`mine`, say "the config") and `other` (`theirs`,
+    /// say "replicated"): one line per set or setting, each side shown as JSON.
+    pub fn diff(&self, other: &Rules, (mine, theirs): (&str, &str)) -> Vec<String> {
         let mut out = Vec::new();
         for s in &self.uniq {
             match other.set(&s.name) {
-                None => out.push(format!("- set {:?} (only in the first)", s.name)),
-                Some(o) if o != s => out.push(format!("~ set {:?}: {:?} vs {:?}", s.name, s, o)),
+                None => out.push(format!("set {:?} is only {mine}: {}", s.name, json(s))),
+                Some(o) if o != s => out.push(format!(
+                    "set {:?} differs:\n    {mine}: {}\n    {theirs}: {}",
+                    s.name,
+                    json(s),
+                    json(o)
+                )),
                 Some(_) => {}
             }
         }
         for o in &other.uniq {
             if self.set(&o.name).is_none() {
-                out.push(format!("+ set {:?} (only in the second)", o.name));
+                out.push(format!("set {:?} is only {theirs}: {}", o.name, json(o)));
             }
         }
         if self.idempotency != other.idempotency {
             out.push(format!(
-                "~ idempotency: {:?} vs {:?}",
-                self.idempotency, other.idempotency
+                "[idempotency] differs:\n    {mine}: {}\n    {theirs}: {}",
+                json(&self.idempotency),
+                json(&other.idempotency)
             ));
         }
         out
     }
+}
+
+/// A part of the rules as compact JSON, for a diff.
+fn json(v: &impl Serialize) -> String {
+    serde_json::to_string(v).unwrap_or_else(|e| format!("<{e}>"))
 }
 
 /// A key that cannot be claimed: the field and why. A 400 for the client.

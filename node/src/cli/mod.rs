@@ -37,7 +37,8 @@ struct Cli {
     ca: Option<PathBuf>,
     /// How log lines look on stderr: `text` (one line each), `json` (one object per line,
     /// for collectors) or `pretty` (several lines each, for reading by eye). The level is
-    /// RUST_LOG's (default `info,openraft=warn`).
+    /// RUST_LOG's (default `info,openraft=off`: openraft's own chatter; uniqlog logs what
+    /// matters of it).
     #[arg(
         long,
         global = true,
@@ -66,11 +67,16 @@ enum Command {
     },
     /// Run a single-node cluster in one process, data in ./data/dev, bound to 127.0.0.1.
     Dev {
-        /// The node listens on port-base + 1.
+        /// The node listens on port-base + 1, the query API on + 101, the mail consumer's
+        /// health on + 102, the mail sink on + 201.
         #[arg(long, default_value_t = 7000)]
         port_base: u16,
+        /// Where the node, the read model and the activation secret are kept.
         #[arg(long, default_value = "data/dev")]
         data_dir: PathBuf,
+        /// Start from an empty data dir (removes the one there).
+        #[arg(long)]
+        reset: bool,
     },
     /// Keep the users read model and serve the query API.
     Query {
@@ -162,7 +168,8 @@ pub fn main() -> ExitCode {
             Command::Dev {
                 port_base,
                 data_dir,
-            } => run::dev(port_base, &data_dir).await,
+                reset,
+            } => run::dev(port_base, &data_dir, reset).await,
             Command::Query { config, rebuild } => run::query(&config, rebuild).await,
             Command::Mail { config } => run::mail(&config).await,
             Command::MailSink {
@@ -195,12 +202,44 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.downcast_ref::<run::Removed>().is_some() => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             ExitCode::from(run::EXIT_REMOVED)
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// An error and its causes, each said once: many errors already show their cause in their
+/// own message (`cannot read X: No such file`), and printing the chain would repeat it.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_cause_already_in_the_message_is_not_said_again() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        let e = anyhow::Error::new(io).context("cannot read cluster.toml: No such file");
+        assert_eq!(
+            super::one_line(&e),
+            "cannot read cluster.toml: No such file"
+        );
+        let e = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(super::one_line(&e), "outer: inner");
     }
 }

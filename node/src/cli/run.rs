@@ -34,10 +34,15 @@ pub async fn terminated() {
 
 async fn open(config: &Config, id: u64) -> Result<Storage> {
     let dir = config.node(id)?.data_dir.clone();
-    let storage = raft_store::blocking(move || Storage::open(&dir))
-        .await
-        .with_context(|| format!("opening storage of node {id}"))?;
-    Ok(storage)
+    let shown = dir.display().to_string();
+    match raft_store::blocking(move || Storage::open(&dir)).await {
+        Ok(storage) => Ok(storage),
+        Err(e) if e.to_string().contains("Database already open") => anyhow::bail!(
+            "the data dir {shown} is in use by another process: is node {id} already running? \
+             (`uniqlog cluster status`)"
+        ),
+        Err(e) => Err(e).with_context(|| format!("opening storage of node {id}")),
+    }
 }
 
 pub async fn node(config_path: &Path, id: u64) -> Result<()> {
@@ -115,8 +120,15 @@ fn repair_steps(config_path: &Path, id: u64) -> String {
 /// enforces the same uniq rules as the three-node cluster.
 const SHIPPED_CONFIG: &str = include_str!("../../../cluster.toml");
 
-pub async fn dev(port_base: u16, data_dir: &Path) -> Result<()> {
+pub async fn dev(port_base: u16, data_dir: &Path, reset: bool) -> Result<()> {
     let data_dir = std::env::current_dir()?.join(data_dir);
+    // Before anything is written: a taken port leaves no data dir behind.
+    check_dev_ports(port_base)?;
+    if reset && data_dir.exists() {
+        std::fs::remove_dir_all(&data_dir)
+            .with_context(|| format!("removing {} (--reset)", data_dir.display()))?;
+        println!("--reset: removed {}", data_dir.display());
+    }
     let config = dev_config(port_base, &data_dir)?;
     let storage = open(&config, 1).await?;
     let node = start(&config, 1, storage, Arc::new(HyperTransport::new())).await?;
@@ -130,9 +142,13 @@ pub async fn dev(port_base: u16, data_dir: &Path) -> Result<()> {
     let node_addr = &config.nodes[0].addr;
     println!("uniqlog dev: a single-node cluster with its read model, mail sender and mail sink");
     println!("  node API     http://{node_addr}");
+    println!("  dashboard    http://{node_addr}/ui");
     println!("  query API    http://{}", config.query.listen);
     println!("  mail health  http://{}/health", config.mail.listen);
-    println!("  mail sink    http://{}/messages", config.mail_sink.listen);
+    println!(
+        "  mail sink    http://{}/messages   (activation emails land here)",
+        config.mail_sink.listen
+    );
     println!("  data         {}", data_dir.display());
     println!("  auth is off and everything listens on 127.0.0.1 only. Ctrl-C stops.");
     println!("Sign someone up, then open the activation link from the mail sink:");
@@ -147,6 +163,27 @@ pub async fn dev(port_base: u16, data_dir: &Path) -> Result<()> {
     };
     node.shutdown().await;
     result
+}
+
+/// Each of the dev system's ports must be free, or it says which and what to do.
+fn check_dev_ports(port_base: u16) -> Result<()> {
+    for (offset, role) in [
+        (1, "node"),
+        (101, "query API"),
+        (102, "mail health"),
+        (201, "mail sink"),
+    ] {
+        let port = port_base
+            .checked_add(offset)
+            .context("--port-base is too large")?;
+        if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            anyhow::bail!(
+                "port {port} ({role}) is taken ({e}): is another `uniqlog dev` running? Stop \
+                 it, or pass --port-base N to use ports N+1, N+101, N+102 and N+201"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The shipped config's rules and limits, with one node and every role on 127.0.0.1 at

@@ -33,12 +33,18 @@ impl Telemetry {
     }
 }
 
-/// Install the subscriber; the level of the lines is RUST_LOG's (default
-/// `info,openraft=warn`). Call it before any runtime exists: the OTLP exporter's blocking
+/// The lines shown without RUST_LOG. openraft's own lines are off: at warn and error it
+/// reports every failed heartbeat to a peer that is down (ten a second) and vote changes at
+/// every clean start. What an operator needs of them is logged by uniqlog: a peer going away
+/// and coming back (`api::peer::Reachability`), and a stopped Raft (the node exits with the
+/// error). `RUST_LOG=info,openraft=info` shows them again.
+pub const DEFAULT_FILTER: &str = "info,openraft=off";
+
+/// Install the subscriber; the level of the lines is RUST_LOG's (default [`DEFAULT_FILTER`]). Call it before any runtime exists: the OTLP exporter's blocking
 /// client starts its own.
 pub fn init(format: LogFormat) -> Telemetry {
     let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     // Colours only on a terminal: a log file or a collector gets plain text.
     let ansi = std::io::stderr().is_terminal();
     let lines: Box<dyn Layer<Registry> + Send + Sync> = match format {
