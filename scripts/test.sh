@@ -31,6 +31,8 @@ install_tools() {
   # The dashboard test drives Debian's headless Chromium over the DevTools protocol.
   local sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
   command -v chromium >/dev/null || { $sudo apt-get update -q && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+  # The README walkthrough uses curl and jq, as its readers do.
+  { command -v jq && command -v curl; } >/dev/null || { $sudo apt-get update -q && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q jq curl; }
   python3 -c 'import websocket' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check websocket-client==1.8.0
 }
 
@@ -40,6 +42,12 @@ build() {
 
 unit_and_integration() {
   cargo nextest run --workspace --no-fail-fast
+}
+
+# README's walkthrough, run as written against a fresh `uniqlog dev` and a `cluster up`, every
+# shown answer compared with the real one.
+readme_walkthrough() {
+  python3 scripts/readme_check.py "$CARGO_TARGET_DIR/debug"
 }
 
 # schemathesis (from PyPI, into a venv under the target dir) against a live node and query process.
@@ -72,6 +80,7 @@ simulation_seeds() {
 stage "install tools" install_tools
 stage "build" build
 stage "unit + integration tests" unit_and_integration
+stage "README walkthrough" readme_walkthrough
 stage "schemathesis (node + query API)" schemathesis
 stage "otlp feature" otlp_feature
 if [ -n "$(ls sim-tests/tests/*.rs 2>/dev/null)" ]; then

@@ -191,7 +191,29 @@ async fn send(
     }
 }
 
-async fn messages(State(sink): State<MailSink>) -> Response {
+/// `GET /messages?count=N&wait_ms=T`: with both, waits (at most T ms, at most 30 s) until N
+/// messages arrived, so a script can ask for the email it just caused.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MessagesParams {
+    count: Option<usize>,
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+async fn messages(
+    State(sink): State<MailSink>,
+    api::extract::QueryParams(params): api::extract::QueryParams<MessagesParams>,
+) -> Response {
+    if let Some(count) = params.count {
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(params.wait_ms.min(30_000));
+        while sink.inner.lock().expect("sink lock").order.len() < count
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     let s = sink.inner.lock().expect("sink lock");
     let messages: Vec<&Message> = s.order.iter().filter_map(|k| s.messages.get(k)).collect();
     Json(json!({"messages": messages, "duplicates": s.duplicates, "requests": s.requests}))

@@ -151,10 +151,7 @@ pub async fn dev(port_base: u16, data_dir: &Path, reset: bool) -> Result<()> {
     );
     println!("  data         {}", data_dir.display());
     println!("  auth is off and everything listens on 127.0.0.1 only. Ctrl-C stops.");
-    println!("Sign someone up, then open the activation link from the mail sink:");
-    println!(
-        "  curl -s -XPOST http://{node_addr}/v1/users -H 'content-type: application/json' \\\n    -d '{{\"username\":\"ada\",\"email\":\"ada@example.com\",\"password\":\"correct horse\"}}'"
-    );
+    println!("Next: README.md, \"Try it\" (sign up, the email in the mail sink, the log API).");
     let result = tokio::select! {
         r = serve_query(&config, false) => r,
         r = serve_mail(&config) => r,
