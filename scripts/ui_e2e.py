@@ -166,6 +166,9 @@ def main():
         owner = page.wait("the email's owner", "document.querySelector('#uniq-owner').dataset.owner")
         if body["id"] not in owner:
             raise SystemExit(f"the owner shown is {owner!r}, not the account {body['id']}")
+        shown = page.eval("document.querySelector('#uniq-owner').textContent")
+        if not shown.startswith(email.lower() + ":"):
+            raise SystemExit(f"the lookup shows {shown!r}, not the normalized key {email.lower()!r}")
         page.wait("the owner's history", "document.querySelectorAll('#uniq-history tbody tr').length >= 1")
         page.screenshot(args.screenshots, "ui-uniq.png")
 

@@ -65,6 +65,15 @@ pub async fn record(State(app): State<SharedApp>, req: Request, next: Next) -> R
     let resp = next.run(req).await;
     if let Some(ConflictSeen(body)) = resp.extensions().get::<ConflictSeen>() {
         app.recent_conflicts.record(&route, body);
+        // Counted where it is listed, so the dashboard's count and list agree.
+        let set = match body.error.as_str() {
+            "uniq_conflict" => body.details.get("set").and_then(|s| s.as_str()),
+            "email_taken" => Some(crate::users::state::EMAIL_SET),
+            _ => None,
+        };
+        if let Some(set) = set {
+            app.metrics.uniq_conflict(set);
+        }
     }
     resp
 }

@@ -181,7 +181,8 @@ impl NodeMetrics {
         );
         r.register(
             "uniq_conflicts",
-            "Appends refused because a uniq key had another owner, by set (counted by the leader)",
+            "409s this node answered because a uniq key had another owner, by set (the same \
+             answers GET /v1/conflicts/recent lists)",
             m.uniq_conflicts.clone(),
         );
         r.register("raft_term", "Current Raft term", m.term.clone());
@@ -255,7 +256,7 @@ impl NodeMetrics {
         self.batch_requests.observe(requests as f64);
     }
 
-    /// An append refused on `set` (a uniq conflict), as decided by apply on the leader.
+    /// A 409 this node answered for a key of `set` taken by another owner.
     pub fn uniq_conflict(&self, set: &str) {
         self.uniq_conflicts
             .get_or_create(&SetLabels {

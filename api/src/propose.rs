@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::Raft;
-use raft_store::{Answer, Conflict, LogCommand, Outcome, Request, TypeConfig};
+use raft_store::{Answer, LogCommand, Request, TypeConfig};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::error::ApiError;
@@ -180,13 +180,6 @@ async fn propose_batch(
                 let answer = outcomes.next().ok_or_else(|| {
                     ApiError::internal("apply returned fewer outcomes than requests")
                 });
-                if let Ok(Answer {
-                    outcome: Outcome::Conflict(Conflict::Uniq { set, .. }),
-                    ..
-                }) = &answer
-                {
-                    metrics.uniq_conflict(set);
-                }
                 let _ = reply.send(answer.map(|a| (a, index)));
             }
         }

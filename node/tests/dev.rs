@@ -106,4 +106,27 @@ fn dev_signs_up_mails_the_link_and_activates() {
     let token = path.split("token=").nth(1).unwrap();
     let parsed = api::users::token::ActivationToken::parse(token).unwrap();
     parsed.verify(&secret, "ada@example.com").unwrap();
+
+    // `--reset` starts again from an empty data dir: ada is gone, and a new secret is made.
+    drop(_dev);
+    wait_for("dev to stop", Duration::from_secs(30), || {
+        get(&node, "/health").is_err().then_some(())
+    });
+    let _dev = Dev(Command::new(BIN)
+        .args(["dev", "--reset", "--port-base", &base.to_string()])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap());
+    wait_for("dev to serve again", Duration::from_secs(30), || {
+        get(&node, "/ready").ok().filter(|r| r.status == 200)
+    });
+    let topics = get(&node, "/v1/topics").unwrap().body;
+    assert!(
+        !topics.to_string().contains("\"users\""),
+        "a reset dev has no users topic: {topics}"
+    );
+    let again = std::fs::read_to_string(&secret_file).unwrap();
+    assert_ne!(again, secret, "a new activation secret");
 }

@@ -114,6 +114,10 @@ fn the_dashboard_assets_are_served_with_a_strict_policy() {
         page.contains("/ui/app.js") && !page.contains("<script>"),
         "{page}"
     );
+    // A node's root leads to the dashboard (the client here follows the redirect).
+    let root = get(&c.addr(1), "/").unwrap();
+    assert_eq!(root.status, 200);
+    assert!(root.text.contains("/ui/app.js"), "{}", root.text);
 }
 
 /// (status, content type, content security policy) of `GET path`.

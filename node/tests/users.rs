@@ -185,12 +185,24 @@ fn activation_happens_once_and_tokens_are_checked() {
     assert!((1..=5).contains(&wait), "Retry-After {wait}");
 
     let good = c.activation_token(&id, "dee@example.com", now_s() + 600);
+    // A browser that opens a link gets a page, not JSON.
+    let html = [("accept", "text/html,application/xhtml+xml")];
+    let page = get_with_headers(&a, "/v1/users/activate?token=junk", &html);
+    assert_eq!(page.status, 400);
+    assert!(page.text.contains("did not activate"), "{}", page.text);
     // A token made for another address of the account is refused.
     let elsewhere = c.activation_token(&id, "mallory@example.com", now_s() + 600);
     let r = get(&a, &format!("/v1/users/activate?token={elsewhere}")).unwrap();
     assert_eq!(r.status, 400, "{}", r.text);
     let first = get(&a, &format!("/v1/users/activate?token={good}")).unwrap();
     assert_eq!(first.status, 200, "{}", first.text);
+    let page = get_with_headers(&a, &format!("/v1/users/activate?token={good}"), &html);
+    assert_eq!(page.status, 200);
+    assert!(
+        page.text.contains("Your account is active"),
+        "{}",
+        page.text
+    );
     let second = get(&a, &format!("/v1/users/activate?token={good}")).unwrap();
     assert_eq!(second.status, 200, "again is harmless: {}", second.text);
     assert_eq!(second.body["offset"], first.body["offset"]);

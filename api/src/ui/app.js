@@ -143,7 +143,8 @@ async function refreshMetrics() {
 function chart(svg, points) {
   const ns = "http://www.w3.org/2000/svg";
   svg.replaceChildren();
-  if (points.length < 2) return;
+  // Nothing until there is something to show: no "max 0.00" over a flat line.
+  if (points.length < 2 || points.every((p) => p[1] === 0)) return;
   const t0 = points[0][0], t1 = points[points.length - 1][0];
   const max = Math.max(1e-9, ...points.map((p) => p[1]));
   const line = document.createElementNS(ns, "polyline");
@@ -262,10 +263,12 @@ async function lookUp(event) {
   const owner = $("#uniq-owner");
   try {
     const o = await api(`/v1/uniq/${set}/${key}`);
-    owner.textContent = `${o.owner} (since offset ${o.since_offset})`;
+    // The key as the set normalized it: what the rule compares.
+    owner.textContent = `${o.key}: ${o.owner} (since offset ${o.since_offset})`;
     owner.dataset.owner = o.owner;
   } catch (e) {
-    owner.textContent = e.status === 404 ? "nobody" : e.message;
+    // A free key's message names it normalized.
+    owner.textContent = e.status === 404 ? `nobody (${e.message})` : e.message;
     owner.dataset.owner = "";
   }
   try {

@@ -270,9 +270,67 @@ fn activation_secret(app: &SharedApp) -> Result<&str, ApiError> {
 }
 
 /// `GET /v1/users/activate?token=...`: activates once; again is a harmless 200. The token
-/// must have been made for the address the account has now ([`token`]).
+/// must have been made for the address the account has now ([`token`]). The link is opened
+/// in a browser more often than by a program: one that asks for HTML (`Accept: text/html`)
+/// gets a short page saying what happened, others the JSON answer.
 pub async fn activate(
     State(app): State<SharedApp>,
+    headers: HeaderMap,
+    params: QueryParams<ActivateParams>,
+) -> Result<Response, ApiError> {
+    let wants_html = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"));
+    let answer = activate_account(app, params).await;
+    if !wants_html {
+        return answer;
+    }
+    Ok(match answer {
+        Ok(_) => activation_page(
+            StatusCode::OK,
+            "Your account is active",
+            "You can close this page and sign in.",
+        ),
+        Err(e) => activation_page(
+            e.status(),
+            "This link did not activate an account",
+            &e.to_string(),
+        ),
+    })
+}
+
+/// The page a browser gets from an activation link. `message` is escaped.
+fn activation_page(status: StatusCode, title: &str, message: &str) -> Response {
+    let escape = |t: &str| {
+        t.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    let body = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title>\
+         <meta name=\"viewport\" content=\"width=device-width\"></head><body style=\"font-family:\
+         sans-serif;max-width:32em;margin:4em auto\"><h1>{t}</h1><p>{m}</p></body></html>",
+        t = escape(title),
+        m = escape(message)
+    );
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; style-src 'unsafe-inline'",
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn activate_account(
+    app: SharedApp,
     QueryParams(params): QueryParams<ActivateParams>,
 ) -> Result<Response, ApiError> {
     let secret = activation_secret(&app)?;

@@ -15,6 +15,7 @@ use super::progress::Progress;
 
 #[derive(clap::Args)]
 pub struct BackupArgs {
+    /// The cluster's config file.
     #[arg(long, default_value = "cluster.toml")]
     config: PathBuf,
     /// Where to write the backup (written beside it first, renamed when complete and checked).
@@ -27,8 +28,10 @@ pub struct BackupArgs {
 
 #[derive(clap::Args)]
 pub struct RestoreArgs {
+    /// The backup file (`uniqlog backup --to`).
     #[arg(long)]
     from: PathBuf,
+    /// The cluster's config file.
     #[arg(long, default_value = "cluster.toml")]
     config: PathBuf,
     /// The node of the config whose (new, empty) data dir receives the backup.

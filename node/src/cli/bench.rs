@@ -28,12 +28,15 @@ pub enum Target {
 
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
+    /// The cluster's config file.
     #[arg(long, default_value = "cluster.toml")]
     pub config: std::path::PathBuf,
     /// Nodes to send to (`host:port`, repeatable); clients are spread over them. Default:
     /// every node in the config.
     #[arg(long)]
     pub addr: Vec<String>,
+    /// What each request does: `append` (a sign-up event straight to the log) or `signup`
+    /// (`POST /v1/users`, which also hashes a password).
     #[arg(long, value_enum, default_value_t = Target::Append)]
     pub target: Target,
     /// Topic of the `append` target (it needs a uniq rule on `/email` for `AccountCreated`).
@@ -45,6 +48,7 @@ pub struct BenchArgs {
     /// Measured requests (the run also stops at --max-seconds).
     #[arg(long, default_value_t = 20_000)]
     pub requests: u64,
+    /// Stop after this long, whatever was sent.
     #[arg(long, default_value_t = 120)]
     pub max_seconds: u64,
     /// Unmeasured requests first, with their own emails.

@@ -17,6 +17,7 @@ use api::HttpRequest;
 pub enum ClusterCommand {
     /// Bootstrap the cluster from the config's node list (idempotent).
     Init {
+        /// The cluster's config file.
         #[arg(long, default_value = "cluster.toml")]
         config: PathBuf,
         /// Initialize through this node (default: the first of the config that answers).
@@ -25,6 +26,7 @@ pub enum ClusterCommand {
     },
     /// Show every node's view: role, term, commit and applied index.
     Status {
+        /// The cluster's config file.
         #[arg(long, default_value = "cluster.toml")]
         config: PathBuf,
         /// Print JSON instead of a table.
@@ -34,6 +36,7 @@ pub enum ClusterCommand {
     /// Start this machine's nodes as supervised child processes (a child that exits is
     /// started again), initialize, stop all on Ctrl-C.
     Up {
+        /// The cluster's config file.
         #[arg(long, default_value = "cluster.toml")]
         config: PathBuf,
         /// Also run the read model (`query`), the mail sender (`mail`) and, when the config's
@@ -44,6 +47,7 @@ pub enum ClusterCommand {
     /// Restart nodes that `cluster up` runs for this config: all of them one at a time (the
     /// leader last), or one; each waited for until it is back and caught up.
     Restart {
+        /// The cluster's config file.
         #[arg(long, default_value = "cluster.toml")]
         config: PathBuf,
         /// Every node, one at a time, keeping a majority up.
@@ -56,8 +60,10 @@ pub enum ClusterCommand {
     /// Add a node as a learner and follow it until it holds the log up to its own addition
     /// (it catches up without voting; promote it after).
     AddLearner {
+        /// The cluster's config file.
         #[arg(long, default_value = "cluster.toml")]
         config: PathBuf,
+        /// The new node's id.
         #[arg(long)]
         id: u64,
         /// Peer address of the new node; taken from the config when omitted.
@@ -72,6 +78,7 @@ pub enum ClusterCommand {
     },
     /// Make a learner a voter.
     Promote {
+        /// The cluster's config file.
         #[arg(long, default_value = "cluster.toml")]
         config: PathBuf,
         /// The learner to promote.
@@ -83,6 +90,7 @@ pub enum ClusterCommand {
     },
     /// Remove a node from the voters and the cluster.
     Remove {
+        /// The cluster's config file.
         #[arg(long, default_value = "cluster.toml")]
         config: PathBuf,
         /// The node to remove.

@@ -12,6 +12,7 @@ use super::cluster::any_node;
 
 #[derive(Args)]
 pub struct ConsumersArgs {
+    /// The cluster's config file.
     #[arg(long, default_value = "cluster.toml")]
     config: PathBuf,
     /// One JSON array instead of a table.

@@ -22,8 +22,10 @@ const TAIL_WAIT_MS: u64 = 5_000;
 pub enum LogCommand {
     /// Append one event to TOPIC and print the append result (JSON).
     Append {
+        /// The cluster's config file.
         #[arg(long, default_value = "cluster.toml")]
         config: PathBuf,
+        /// The topic to append to (created by its first event).
         topic: String,
         /// The event's type.
         #[arg(long = "type", value_name = "TYPE")]
@@ -48,8 +50,10 @@ pub enum LogCommand {
     },
     /// Print the events of TOPIC (or of one stream), one JSON object per line.
     Read {
+        /// The cluster's config file.
         #[arg(long, default_value = "cluster.toml")]
         config: PathBuf,
+        /// The topic to read.
         #[arg(required_unless_present = "stream")]
         topic: Option<String>,
         /// The first offset (for a stream: how many of its events to skip).
@@ -65,8 +69,10 @@ pub enum LogCommand {
     /// Print the events of TOPIC as they are committed, one JSON object per line, until
     /// interrupted.
     Tail {
+        /// The cluster's config file.
         #[arg(long, default_value = "cluster.toml")]
         config: PathBuf,
+        /// The topic to follow.
         topic: String,
         /// The first offset (default: the end, only new events).
         #[arg(long)]
@@ -75,6 +81,7 @@ pub enum LogCommand {
     /// Append the parked events of a consumer to `__retry.<consumer>`, keeping their original
     /// idempotency keys. Replaying twice re-queues nothing new.
     ReplayParked {
+        /// The cluster's config file.
         #[arg(long, default_value = "cluster.toml")]
         config: PathBuf,
         /// The consumer whose parked events to re-queue (`mail`).

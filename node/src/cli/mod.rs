@@ -27,14 +27,6 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// The token consumers and the CLI present. Overrides `[auth] client_token` and
-    /// UNIQLOG_TOKEN; prefer the variable, a flag is visible to other users in `ps`.
-    #[arg(long, global = true, value_name = "TOKEN")]
-    token: Option<String>,
-    /// The CA bundle (PEM) nodes are verified against. Overrides `[auth] tls_ca` and
-    /// UNIQLOG_TLS_CA.
-    #[arg(long, global = true, value_name = "PEM")]
-    ca: Option<PathBuf>,
     /// How log lines look on stderr: `text` (one line each), `json` (one object per line,
     /// for collectors) or `pretty` (several lines each, for reading by eye). The level is
     /// RUST_LOG's (default `info,openraft=off`: openraft's own chatter; uniqlog logs what
@@ -49,6 +41,35 @@ struct Cli {
     log_format: LogFormat,
 }
 
+/// How a command reaches the nodes: on the commands that talk to them (and their
+/// subcommands), not on those that do not (`dev`, `mail-sink`, `restore`).
+#[derive(clap::Args, Clone, Default)]
+struct Connect {
+    /// The token consumers and the CLI present. Overrides `[auth] client_token` and
+    /// UNIQLOG_TOKEN; prefer the variable, a flag is visible to other users in `ps`.
+    #[arg(long, global = true, value_name = "TOKEN")]
+    token: Option<String>,
+    /// The CA bundle (PEM) nodes are verified against. Overrides `[auth] tls_ca` and
+    /// UNIQLOG_TLS_CA.
+    #[arg(long, global = true, value_name = "PEM")]
+    ca: Option<PathBuf>,
+}
+
+impl Connect {
+    /// The flags win over the config through the variables the config loader reads last;
+    /// set before any thread exists.
+    fn apply(&self) {
+        if let Some(token) = &self.token {
+            std::env::set_var(uniqlog_node::config::CLIENT_TOKEN_ENV, token);
+        }
+        if let Some(ca) = &self.ca {
+            // Relative to where the command runs, not to the config file.
+            let ca = std::path::absolute(ca).unwrap_or_else(|_| ca.clone());
+            std::env::set_var(uniqlog_node::config::TLS_CA_ENV, ca);
+        }
+    }
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub(crate) enum LogFormat {
     Text,
@@ -60,10 +81,14 @@ pub(crate) enum LogFormat {
 enum Command {
     /// Run one node of a cluster.
     Node {
+        /// The cluster's config file.
         #[arg(long, default_value = "cluster.toml")]
         config: PathBuf,
+        /// Which `[[node]]` of the config this process is.
         #[arg(long)]
         id: u64,
+        #[command(flatten)]
+        connect: Connect,
     },
     /// Run a single-node cluster in one process, data in ./data/dev, bound to 127.0.0.1.
     Dev {
@@ -80,19 +105,26 @@ enum Command {
     },
     /// Keep the users read model and serve the query API.
     Query {
+        /// The cluster's config file (`[query]` says where to listen and keep the model).
         #[arg(long, default_value = "cluster.toml")]
         config: PathBuf,
+        #[command(flatten)]
+        connect: Connect,
         /// Drop the read model and replay `users` from offset 0.
         #[arg(long)]
         rebuild: bool,
     },
     /// Send activation emails for new accounts through the configured provider.
     Mail {
+        /// The cluster's config file (`[mail]` names the provider).
         #[arg(long, default_value = "cluster.toml")]
         config: PathBuf,
+        #[command(flatten)]
+        connect: Connect,
     },
     /// A local stand-in for an email provider (webhook protocol), with injectable faults.
     MailSink {
+        /// Where the sink listens (`/send`, `/messages`, `/control`).
         #[arg(long, default_value = "127.0.0.1:7201")]
         listen: String,
         /// Share of requests answered 500, 0 to 1.
@@ -116,19 +148,38 @@ enum Command {
     Log {
         #[command(subcommand)]
         command: log::LogCommand,
+        #[command(flatten)]
+        connect: Connect,
     },
     /// Each consumer's checkpoint, the head of its topic and the lag between them.
-    Consumers(consumer_list::ConsumersArgs),
+    Consumers {
+        #[command(flatten)]
+        args: consumer_list::ConsumersArgs,
+        #[command(flatten)]
+        connect: Connect,
+    },
     /// Look up keys of the uniq sets.
     Uniq {
         #[command(subcommand)]
         command: uniq::UniqCommand,
+        #[command(flatten)]
+        connect: Connect,
     },
     /// Load a cluster with sign-ups (closed loop, seeded email collisions) and check the
     /// topic afterwards.
-    Bench(bench::BenchArgs),
+    Bench {
+        #[command(flatten)]
+        args: bench::BenchArgs,
+        #[command(flatten)]
+        connect: Connect,
+    },
     /// Stream a consistent backup of the leader's (or `--node`'s) state into a file.
-    Backup(backup::BackupArgs),
+    Backup {
+        #[command(flatten)]
+        args: backup::BackupArgs,
+        #[command(flatten)]
+        connect: Connect,
+    },
     /// Make a new data dir from a backup: the node starts as a one-node cluster with the
     /// backup's topics, streams, uniq sets and idempotency records.
     Restore(backup::RestoreArgs),
@@ -136,21 +187,33 @@ enum Command {
     Cluster {
         #[command(subcommand)]
         command: cluster::ClusterCommand,
+        #[command(flatten)]
+        connect: Connect,
     },
+}
+
+impl Command {
+    fn connect(&self) -> Option<&Connect> {
+        match self {
+            Command::Node { connect, .. }
+            | Command::Query { connect, .. }
+            | Command::Mail { connect, .. }
+            | Command::Log { connect, .. }
+            | Command::Uniq { connect, .. }
+            | Command::Consumers { connect, .. }
+            | Command::Cluster { connect, .. }
+            | Command::Bench { connect, .. }
+            | Command::Backup { connect, .. } => Some(connect),
+            Command::Dev { .. } | Command::MailSink { .. } | Command::Restore(_) => None,
+        }
+    }
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let telemetry = telemetry::init(cli.log_format);
-    // The flags win over the config through the variables the config loader already reads
-    // last; set here, before any thread exists.
-    if let Some(token) = &cli.token {
-        std::env::set_var(uniqlog_node::config::CLIENT_TOKEN_ENV, token);
-    }
-    if let Some(ca) = &cli.ca {
-        // Relative to where the command runs, not to the config file.
-        let ca = std::path::absolute(ca).unwrap_or_else(|_| ca.clone());
-        std::env::set_var(uniqlog_node::config::TLS_CA_ENV, ca);
+    if let Some(connect) = cli.command.connect() {
+        connect.apply();
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -164,14 +227,16 @@ pub fn main() -> ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
-            Command::Node { config, id } => run::node(&config, id).await,
+            Command::Node { config, id, .. } => run::node(&config, id).await,
             Command::Dev {
                 port_base,
                 data_dir,
                 reset,
             } => run::dev(port_base, &data_dir, reset).await,
-            Command::Query { config, rebuild } => run::query(&config, rebuild).await,
-            Command::Mail { config } => run::mail(&config).await,
+            Command::Query {
+                config, rebuild, ..
+            } => run::query(&config, rebuild).await,
+            Command::Mail { config, .. } => run::mail(&config).await,
             Command::MailSink {
                 listen,
                 fail_rate,
@@ -188,12 +253,12 @@ pub fn main() -> ExitCode {
                 };
                 run::mail_sink(&listen, faults, insecure).await
             }
-            Command::Log { command } => log::run(command).await,
-            Command::Uniq { command } => uniq::run(command).await,
-            Command::Consumers(args) => consumer_list::run(args).await,
-            Command::Cluster { command } => cluster::run(command).await,
-            Command::Bench(args) => bench::run(args).await,
-            Command::Backup(args) => backup::backup(args).await,
+            Command::Log { command, .. } => log::run(command).await,
+            Command::Uniq { command, .. } => uniq::run(command).await,
+            Command::Consumers { args, .. } => consumer_list::run(args).await,
+            Command::Cluster { command, .. } => cluster::run(command).await,
+            Command::Bench { args, .. } => bench::run(args).await,
+            Command::Backup { args, .. } => backup::backup(args).await,
             Command::Restore(args) => backup::restore(args).await,
         }
     });
@@ -231,6 +296,46 @@ fn one_line(e: &anyhow::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+    /// Every argument of every command says what it is, and the flags that reach the nodes
+    /// are offered only where a command talks to them.
+    #[test]
+    fn every_argument_has_a_description_and_only_applicable_flags_are_listed() {
+        use clap::CommandFactory;
+        fn walk(
+            cmd: &clap::Command,
+            path: &str,
+            missing: &mut Vec<String>,
+            seen: &mut Vec<String>,
+        ) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+                seen.push(format!("{path} {id}"));
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing, seen);
+            }
+        }
+        let mut cmd = super::Cli::command();
+        cmd.build();
+        let (mut missing, mut seen) = (Vec::new(), Vec::new());
+        walk(&cmd, "uniqlog", &mut missing, &mut seen);
+        assert_eq!(missing, Vec::<String>::new());
+        for command in ["uniqlog dev", "uniqlog mail-sink", "uniqlog restore"] {
+            assert!(
+                !seen.contains(&format!("{command} token")),
+                "{command} offers --token"
+            );
+        }
+        assert!(seen.contains(&"uniqlog log append token".to_string()));
+        assert!(seen.contains(&"uniqlog cluster status ca".to_string()));
+    }
+
     #[test]
     fn a_cause_already_in_the_message_is_not_said_again() {
         let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");

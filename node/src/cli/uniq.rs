@@ -14,16 +14,22 @@ pub enum UniqCommand {
     /// Print the owner of KEY in SET (JSON); fails when the key is free. The key is
     /// normalized as the set says, as writes do.
     Get {
+        /// The cluster's config file.
         #[arg(long, default_value = "cluster.toml")]
         config: PathBuf,
+        /// The uniq set (`user_email`).
         set: String,
+        /// The key, as written (it is normalized as the set says).
         key: String,
     },
     /// Print every owner KEY of SET has had, oldest first (JSON).
     History {
+        /// The cluster's config file.
         #[arg(long, default_value = "cluster.toml")]
         config: PathBuf,
+        /// The uniq set (`user_email`).
         set: String,
+        /// The key, as written (it is normalized as the set says).
         key: String,
     },
 }

@@ -888,3 +888,12 @@ pub fn run_to_end(args: &[&str], timeout: Duration) -> (bool, String) {
     }
     (status.success(), out)
 }
+
+/// GET with extra headers (any answer).
+pub fn get_with_headers(addr: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
+    let mut req = agent().get(&format!("http://{addr}{path}"));
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    finish(req.call()).unwrap()
+}
