@@ -16,8 +16,9 @@ use axum::response::{IntoResponse, Response};
 use crate::error::ApiError;
 use crate::transport::HttpRequest;
 
-/// The peer protocol this build speaks.
-pub const VERSION: u32 = 1;
+/// The peer protocol this build speaks. 2: log entries in a binary encoding, forwarded
+/// requests externally tagged.
+pub const VERSION: u32 = 2;
 
 pub const HEADER: HeaderName = HeaderName::from_static("x-uniqlog-peer-protocol");
 

@@ -269,7 +269,7 @@ fn a_peer_of_another_protocol_version_is_refused_and_the_cluster_keeps_working()
         r#"{"vote":{"leader_id":{"term":0,"node_id":2},"committed":false},"last_log_id":null}"#;
     let header = "x-uniqlog-peer-protocol";
     for (sent, named) in [
-        (Some("2"), "the request peer protocol 2"),
+        (Some("1"), "the request peer protocol 1"),
         (Some("x"), "the request peer protocol x"),
         (None, "the request names none"),
     ] {
@@ -279,7 +279,7 @@ fn a_peer_of_another_protocol_version_is_refused_and_the_cluster_keeps_working()
         assert_eq!(r.body["error"], "peer_protocol_mismatch");
         let message = r.body["message"].as_str().unwrap();
         assert!(
-            message.contains("this node speaks peer protocol 1"),
+            message.contains("this node speaks peer protocol 2"),
             "{message}"
         );
         assert!(message.contains(named), "{message}");
@@ -288,7 +288,7 @@ fn a_peer_of_another_protocol_version_is_refused_and_the_cluster_keeps_working()
         .log(leader)
         .contains("refused a peer speaking another protocol version"));
     // This build's version passes the check and reaches Raft, which answers the stale vote.
-    let r = post_with_headers(&c.addr(leader), "/raft/vote", vote, &[(header, "1")]);
+    let r = post_with_headers(&c.addr(leader), "/raft/vote", vote, &[(header, "2")]);
     assert_eq!(r.status, 200, "{}", r.text);
     assert!(r.body.get("Ok").is_some(), "{}", r.text);
     // The cluster never noticed.

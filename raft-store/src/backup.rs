@@ -29,7 +29,6 @@ use redb::{Durability, ReadableDatabase};
 use crate::error::StoreError;
 use crate::snapshot::{self, Meta};
 use crate::tables::{get_json, put_json, KEY_LAST_APPLIED, KEY_MEMBERSHIP, SM_META};
-use crate::tables::{KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE, RAFT_META};
 use crate::types::{Node, NodeId};
 use crate::{StateReader, Storage};
 
@@ -320,15 +319,10 @@ pub fn restore(
         openraft::CommittedLeaderId::new(info.term, info.leader),
         info.log_index,
     );
-    let log_db = storage.log.db.clone();
-    let txn = crate::files::write_txn(&log_db, Durability::Immediate)?;
-    {
-        let mut m = txn.open_table(RAFT_META)?;
-        put_json(&mut m, KEY_LAST_PURGED, &last)?;
-        put_json(&mut m, KEY_COMMITTED, &Some(last))?;
-        put_json(&mut m, KEY_VOTE, &Vote::new(info.term, id))?;
-    }
-    txn.commit()?;
+    let log = storage.log.log.clone();
+    log.purge(last)?;
+    log.save_vote(Vote::new(info.term, id))?;
+    log.append(&[], Some(Some(last)))?;
     // The state: the backup's rows, then this node alone as the membership, effective from
     // the backup's last entry on.
     let txn = crate::files::write_txn(&db, Durability::Immediate)?;

@@ -54,7 +54,7 @@ impl StoreError {
     /// A damaged record of `table`, in the file that holds that table.
     pub(crate) fn corrupt(table: &str, key: impl ToString, reason: impl ToString) -> Self {
         let file = match table {
-            "raft_log" | "raft_meta" => crate::LOG_FILE,
+            "raft_log" | "raft_meta" => crate::LOG_DIR,
             _ => crate::DATA_FILE,
         };
         StoreError::Corrupt {

@@ -25,7 +25,6 @@ use redb::{
 
 use crate::checksum;
 use crate::error::StoreError;
-use crate::log_store::decode_entry;
 use crate::tables::*;
 
 /// A write transaction with `durability`. A durable one commits in two phases (see the
@@ -141,7 +140,6 @@ pub(crate) fn open_backend(
 fn diagnose(path: &Path, detail: String) -> StoreError {
     let scan = catch_unwind(AssertUnwindSafe(|| -> Result<(), StoreError> {
         let db = Database::builder().open_read_only(path)?;
-        verify_log_records(&db)?;
         verify_state_records(&db, true)
     }));
     match scan {
@@ -173,31 +171,6 @@ where
         check(k.value(), v.value())?;
     }
     Ok(())
-}
-
-/// Whether `def` holds no row (a table not created yet holds none), without reading its rows.
-fn is_empty<K: redb::Key + 'static, V: redb::Value + 'static>(
-    db: &Database,
-    def: TableDefinition<K, V>,
-) -> Result<bool, StoreError> {
-    use redb::ReadableTableMetadata;
-    match db.begin_read()?.open_table(def) {
-        Ok(t) => Ok(t.is_empty()?),
-        Err(TableError::TableDoesNotExist(_)) => Ok(true),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Check every record of the log file: each entry's checksum, index and encoding, and each
-/// metadata value. The log is bounded by the snapshot policy, so this is cheap enough for
-/// every start.
-pub(crate) fn verify_log_records(db: &impl ReadableDatabase) -> Result<(), StoreError> {
-    each_row(db, LOG, |index, stored| {
-        decode_entry(index, stored).map(drop)
-    })?;
-    each_row(db, RAFT_META, |key, stored| {
-        checksum::open("raft_meta", &key, key.as_bytes(), stored).map(drop)
-    })
 }
 
 /// Check the state file's metadata, and with `events` every event and secret.
@@ -249,38 +222,37 @@ pub(crate) fn ensure_format(db: &Database, name: &str) -> Result<(), StoreError>
     Ok(())
 }
 
-/// The two files must belong together. A log file holding no vote, entry or purge marker
-/// beside a state file that has applied entries was lost or replaced: the vote went with it,
-/// and starting would let the node vote twice. A state file that applied nothing beside a log
-/// purged past some index was lost or replaced: what the purged entries made is gone. Both
-/// are refused as damage (each file alone looks like a fresh one).
+/// The log and the state file must belong together. A log holding no vote, entry or purge
+/// point beside a state file that has applied entries was lost or replaced: the vote went
+/// with it, and starting would let the node vote twice. A state file that applied nothing
+/// beside a log purged past some index was lost or replaced: what the purged entries made is
+/// gone. Both are refused as damage (each alone looks like a fresh one).
 pub(crate) fn check_pair(
-    (log_db, log_name): (&Database, &str),
+    log: &crate::segments::SegmentLog,
     (state_db, state_name): (&Database, &str),
 ) -> Result<(), StoreError> {
     type LogId = openraft::LogId<crate::NodeId>;
-    let log_empty = is_empty(log_db, LOG)? && is_empty(log_db, RAFT_META)?;
-    let meta = |db: &Database, def, table: &str, key: &str| -> Result<Option<LogId>, StoreError> {
-        let txn = db.begin_read()?;
-        match txn.open_table(def) {
-            Ok(t) => Ok(get_json::<Option<LogId>>(&t, table, key)?.flatten()),
-            Err(TableError::TableDoesNotExist(_)) => Ok(None),
-            Err(e) => Err(e.into()),
+    let log_empty = log.vote().is_none() && log.last_log_id().is_none();
+    let applied: Option<LogId> = {
+        let txn = state_db.begin_read()?;
+        match txn.open_table(SM_META) {
+            Ok(t) => get_json::<Option<LogId>>(&t, "sm_meta", KEY_LAST_APPLIED)?.flatten(),
+            Err(TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(e.into()),
         }
     };
-    let purged = meta(log_db, RAFT_META, "raft_meta", KEY_LAST_PURGED)?;
-    let applied = meta(state_db, SM_META, "sm_meta", KEY_LAST_APPLIED)?;
+    let log_name = crate::LOG_DIR;
     if let (true, Some(applied)) = (log_empty, applied) {
         return Err(StoreError::DamagedFile {
             file: log_name.into(),
             detail: format!(
                 "it holds no vote and no log entry, while {state_name} has applied up to index \
-                 {}: the log file was lost or replaced, and with it this node's vote",
+                 {}: the log was lost or replaced, and with it this node's vote",
                 applied.index
             ),
         });
     }
-    if let (Some(purged), None) = (purged, applied) {
+    if let (Some(purged), None) = (log.last_purged(), applied) {
         return Err(StoreError::DamagedFile {
             file: state_name.into(),
             detail: format!(
@@ -296,16 +268,7 @@ pub(crate) fn check_pair(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Storage, DATA_FILE, LOG_FILE};
-
-    fn put_meta(path: &Path, table: TableDefinition<&str, &[u8]>, key: &str, index: u64) {
-        let db = Database::create(path).unwrap();
-        let txn = db.begin_write().unwrap();
-        let log_id =
-            openraft::LogId::<crate::NodeId>::new(openraft::CommittedLeaderId::new(1, 1), index);
-        put_json(&mut txn.open_table(table).unwrap(), key, &Some(log_id)).unwrap();
-        txn.commit().unwrap();
-    }
+    use crate::{Storage, DATA_FILE, LOG_DIR};
 
     fn refused(dir: &Path, file: &str) {
         match Storage::open(dir) {
@@ -336,28 +299,43 @@ mod tests {
         assert!(bug.is_err());
     }
 
-    /// Each file alone would pass for a fresh one; beside the other, its loss shows.
+    fn applied(path: &Path, index: u64) {
+        let db = Database::create(path).unwrap();
+        let txn = db.begin_write().unwrap();
+        let log_id =
+            openraft::LogId::<crate::NodeId>::new(openraft::CommittedLeaderId::new(1, 1), index);
+        put_json(
+            &mut txn.open_table(SM_META).unwrap(),
+            KEY_LAST_APPLIED,
+            &Some(log_id),
+        )
+        .unwrap();
+        txn.commit().unwrap();
+    }
+
+    /// Each alone would pass for a fresh one; beside the other, its loss shows.
     #[test]
     fn a_lost_log_or_state_file_is_refused() {
-        // The log lost (deleted, or emptied) beside a state that applied entries.
-        for emptied in [false, true] {
-            let dir = tempfile::tempdir().unwrap();
-            drop(Storage::open(dir.path()).unwrap());
-            put_meta(&dir.path().join(DATA_FILE), SM_META, KEY_LAST_APPLIED, 7);
-            put_meta(&dir.path().join(LOG_FILE), RAFT_META, KEY_COMMITTED, 7);
-            drop(Storage::open(dir.path()).unwrap());
-            let log = dir.path().join(LOG_FILE);
-            std::fs::remove_file(&log).unwrap();
-            if emptied {
-                std::fs::File::create(&log).unwrap();
-            }
-            refused(dir.path(), LOG_FILE);
-        }
+        let log_id = |i| openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), i);
+        // The log lost beside a state that applied entries.
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path()).unwrap();
+        storage
+            .log
+            .log
+            .save_vote(openraft::Vote::new(1, 1))
+            .unwrap();
+        drop(storage);
+        applied(&dir.path().join(DATA_FILE), 7);
+        drop(Storage::open(dir.path()).unwrap());
+        std::fs::remove_dir_all(dir.path().join(LOG_DIR)).unwrap();
+        refused(dir.path(), LOG_DIR);
         // The state lost beside a purged log.
         let dir = tempfile::tempdir().unwrap();
-        drop(Storage::open(dir.path()).unwrap());
-        put_meta(&dir.path().join(DATA_FILE), SM_META, KEY_LAST_APPLIED, 9);
-        put_meta(&dir.path().join(LOG_FILE), RAFT_META, KEY_LAST_PURGED, 5);
+        let storage = Storage::open(dir.path()).unwrap();
+        storage.log.log.purge(log_id(5)).unwrap();
+        drop(storage);
+        applied(&dir.path().join(DATA_FILE), 9);
         drop(Storage::open(dir.path()).unwrap());
         std::fs::remove_file(dir.path().join(DATA_FILE)).unwrap();
         refused(dir.path(), DATA_FILE);

@@ -7,7 +7,9 @@
 mod apply;
 mod backup;
 mod checksum;
+pub mod codec;
 mod damage;
+pub mod disk;
 mod disk_space;
 mod error;
 mod files;
@@ -21,6 +23,7 @@ pub mod planted;
 mod read;
 pub mod rules;
 pub mod runtime;
+pub mod segments;
 mod snapshot;
 mod state_machine;
 mod tables;
@@ -51,20 +54,23 @@ pub use types::*;
 /// The name of a node's state machine file inside its data dir.
 pub const DATA_FILE: &str = "uniqlog.redb";
 
-/// The name of a node's Raft log file (log entries, vote, purge and commit markers).
+/// The folder of a node's Raft log inside its data dir: append-only segment files and the
+/// vote (`segments`).
 ///
-/// The log and the state machine live in separate files so that the log's fsync, which every
-/// write waits for, carries only the log's own pages; the state machine is made durable in the
-/// background ([`state_machine`]) and before the log is purged.
-pub const LOG_FILE: &str = "raft-log.redb";
+/// The log and the state machine are kept apart so that the log's `fdatasync`, which every
+/// write waits for, carries only the log's own bytes; the state machine is made durable in the
+/// background of the log's guarantees (`state_machine.rs`).
+pub use segments::LOG_DIR;
+
+/// The Raft log file of the previous on-disk format (a redb B-tree): a data dir holding one is
+/// refused with the way to migrate.
+pub const LEGACY_LOG_FILE: &str = "raft-log.redb";
 
 /// The folder of a node's snapshot files inside its data dir.
 pub const SNAPSHOT_DIR: &str = "snapshots";
 
-/// redb's page cache of each file. redb's default (1 GiB per file) would let a node's memory
-/// grow with its data for a long time; the log's recent entries are kept decoded by the log
-/// writer anyway, so its file needs little.
-const LOG_CACHE_BYTES: usize = 32 * 1024 * 1024;
+/// redb's page cache of the state file. redb's default (1 GiB per file) would let a node's memory
+/// grow with its data for a long time.
 const STATE_CACHE_BYTES: usize = 128 * 1024 * 1024;
 
 /// A node's opened storage: the halves openraft drives, and a reader for the API.
@@ -83,9 +89,19 @@ pub struct Storage {
 impl Storage {
     /// Open (or create) the storage in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Storage, StoreError> {
+        let legacy_log = data_dir.join(LEGACY_LOG_FILE);
+        if legacy_log.exists() {
+            return Err(StoreError::Unsupported(format!(
+                "{} is the Raft log of an older uniqlog (a redb file; this version keeps the log \
+                 in segment files under {LOG_DIR}/). To move its data: with the old build \
+                 running, `uniqlog backup --to FILE`; then, with this build, `uniqlog restore \
+                 --from FILE` into a new data dir (README, Backup and restore)",
+                legacy_log.display()
+            )));
+        }
         std::fs::create_dir_all(data_dir)?;
-        let (log_path, state_path) = (data_dir.join(LOG_FILE), data_dir.join(DATA_FILE));
-        if !log_path.exists() && state_path.exists() {
+        let state_path = data_dir.join(DATA_FILE);
+        if state_path.exists() {
             // Read-only, changing nothing. A file redb cannot open that way (it needs the
             // recovery of an unclean shutdown) is refused below for its missing format.
             let legacy = files::catching(DATA_FILE, "opening", || {
@@ -95,62 +111,47 @@ impl Storage {
                 refuse_single_file_layout(&db, &state_path)?;
             }
         }
-        let log_db = files::open_file(&log_path, LOG_CACHE_BYTES)?;
+        let log_disk = Arc::new(disk::FsDisk::new(&data_dir.join(LOG_DIR))?);
         let state_db = files::open_file(&state_path, STATE_CACHE_BYTES)?;
-        let name = |p: &Path| p.display().to_string();
-        let mut storage = Self::with_databases(
-            (log_db, &name(&log_path)),
-            (state_db, &name(&state_path)),
+        let mut storage = Self::with_log(
+            log_disk,
+            (state_db, &state_path.display().to_string()),
             data_dir.join(SNAPSHOT_DIR),
         )?;
         storage.disk = DiskSpace::at(data_dir);
         Ok(storage)
     }
 
-    /// Open the storage on two custom redb backends (the simulator's disks): the log's and
-    /// the state machine's, with snapshot files under `snapshot_dir`.
-    pub fn open_with_backends(
-        log: impl StorageBackend,
+    /// Open the storage on a custom log folder and a custom redb backend for the state machine
+    /// (the simulator's disks), with snapshot files under `snapshot_dir`.
+    pub fn open_with(
+        log: Arc<dyn disk::Disk>,
         state: impl StorageBackend,
         snapshot_dir: PathBuf,
     ) -> Result<Storage, StoreError> {
-        let log_db = files::open_backend(log, LOG_FILE, LOG_CACHE_BYTES)?;
         let state_db = files::open_backend(state, DATA_FILE, STATE_CACHE_BYTES)?;
-        Self::with_databases((log_db, LOG_FILE), (state_db, DATA_FILE), snapshot_dir)
+        Self::with_log(log, (state_db, DATA_FILE), snapshot_dir)
     }
 
-    /// Open the storage on one custom redb backend that holds both the log and the state
-    /// machine, with snapshot files under `snapshot_dir`.
-    pub fn open_with_backend(
-        backend: impl StorageBackend,
-        snapshot_dir: PathBuf,
-    ) -> Result<Storage, StoreError> {
-        let db = files::open_backend(backend, DATA_FILE, STATE_CACHE_BYTES)?;
-        files::ensure_format(&db, DATA_FILE)?;
-        let db = Arc::new(db);
-        Self::start(db.clone(), db, snapshot_dir)
-    }
-
-    /// Check each file's format and records, then start on them.
-    fn with_databases(
-        (log_db, log_name): (Database, &str),
+    /// Check the state file's format, open the log (cutting off a torn last write), check
+    /// that the two belong together, then start on them.
+    fn with_log(
+        log_disk: Arc<dyn disk::Disk>,
         (state_db, state_name): (Database, &str),
         snapshot_dir: PathBuf,
     ) -> Result<Storage, StoreError> {
-        files::ensure_format(&log_db, log_name)?;
         files::ensure_format(&state_db, state_name)?;
-        files::check_pair((&log_db, log_name), (&state_db, state_name))?;
-        files::verify_log_records(&log_db).map_err(|e| e.in_file(log_name))?;
+        let (log, _recovery) = segments::SegmentLog::open(log_disk)?;
+        files::check_pair(&log, (&state_db, state_name))?;
         files::verify_state_records(&state_db, false).map_err(|e| e.in_file(state_name))?;
-        Self::start(Arc::new(log_db), Arc::new(state_db), snapshot_dir)
+        Self::start(Arc::new(log), Arc::new(state_db), snapshot_dir)
     }
 
     fn start(
-        log_db: Arc<Database>,
+        log: Arc<segments::SegmentLog>,
         db: Arc<Database>,
         snapshot_dir: PathBuf,
     ) -> Result<Storage, StoreError> {
-        create_log_tables(&log_db)?;
         create_tables(&db)?;
         let (last_applied, _) = state_machine::applied_state(&db)?;
         let (tx, rx) = watch::channel(last_applied.map_or(0, |l| l.index));
@@ -168,7 +169,7 @@ impl Storage {
             metrics: metrics.clone(),
         };
         Ok(Storage {
-            log: LogStore::new(log_db, db.clone(), damage.clone(), metrics.clone()),
+            log: LogStore::new(log, db.clone(), damage.clone(), metrics.clone()),
             reader: StateReader::new(db, rx, rules, damage.clone(), snapshots),
             state_machine,
             damage,
@@ -178,8 +179,8 @@ impl Storage {
     }
 }
 
-/// A data dir from before the log had its own file keeps the log, and the vote, inside the
-/// state file: starting on it would forget the vote. Refuse, and say so.
+/// A data dir from before the log had a file of its own keeps the log, and the vote, inside
+/// the state file: starting on it would forget the vote. Refuse, and say so.
 fn refuse_single_file_layout(
     db: &impl redb::ReadableDatabase,
     path: &Path,
@@ -193,20 +194,12 @@ fn refuse_single_file_layout(
     };
     if has_log {
         return Err(StoreError::Unsupported(format!(
-            "{} holds the Raft log and state of an older uniqlog (one file, before {LOG_FILE}); \
+            "{} holds the Raft log and state of an older uniqlog (one file, before {LOG_DIR}/); \
              this version cannot use it: remove the node from the cluster, move the data dir \
              away and add the node back so it catches up from its peers",
             path.display()
         )));
     }
-    Ok(())
-}
-
-fn create_log_tables(db: &Database) -> Result<(), StoreError> {
-    let txn = files::write_txn(db, Durability::Immediate)?;
-    txn.open_table(tables::LOG)?;
-    txn.open_table(tables::RAFT_META)?;
-    txn.commit()?;
     Ok(())
 }
 

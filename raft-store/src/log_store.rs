@@ -1,9 +1,10 @@
-//! openraft's `RaftLogStorage` over redb: the log, the vote and the committed marker.
+//! openraft's `RaftLogStorage` over the segment files (`crate::segments`): the log, the vote
+//! and the commit marker.
 //!
-//! Every append, truncate, purge and vote is a `Durability::Immediate` commit, and openraft is
-//! told an append is flushed only after that commit returned: nothing is acknowledged to a
-//! leader (and so to a client) before it is on disk. Appends are group-committed by
-//! [`crate::log_writer`]; reads see appended entries at once, flushed or not.
+//! Every append is written and `fdatasync`ed before openraft is told it is flushed: nothing is
+//! acknowledged to a leader (and so to a client) before it is on disk. Appends are
+//! group-committed by [`crate::log_writer`]; reads see appended entries at once, flushed or
+//! not.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -11,125 +12,43 @@ use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{Entry, LogId, LogState, OptionalSend, RaftLogReader, StorageError, Vote};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableHandle};
-use serde::de::DeserializeOwned;
-use serde::Serialize;
+use redb::Database;
 
-use crate::checksum;
 use crate::error::{logs_read, logs_write, vote_read, vote_write, StoreError};
 use crate::log_writer::{LogCache, LogWriter};
 use crate::runtime::blocking;
-use crate::tables::*;
+use crate::segments::SegmentLog;
 use crate::types::{NodeId, TypeConfig};
 
-/// The Raft log of one node. Cheap to clone: clones share the database and the writer.
+/// The Raft log of one node. Cheap to clone: clones share the files and the writer.
 #[derive(Clone)]
 pub struct LogStore {
-    pub(crate) db: Arc<Database>,
+    pub(crate) log: Arc<SegmentLog>,
     writer: Arc<LogWriter>,
     damage: crate::Damage,
 }
 
 impl LogStore {
-    /// The log in `db`; `state_db` is the state machine's file, made durable before any purge.
+    /// The log in `log`; `state_db` is the state machine's file, made durable before any purge.
     pub(crate) fn new(
-        db: Arc<Database>,
+        log: Arc<SegmentLog>,
         state_db: Arc<Database>,
         damage: crate::Damage,
         metrics: crate::StoreMetrics,
     ) -> Self {
         LogStore {
-            writer: Arc::new(LogWriter::new(db.clone(), state_db, metrics)),
-            db,
+            writer: Arc::new(LogWriter::new(log.clone(), state_db, metrics)),
+            log,
             damage,
         }
     }
 }
 
-pub(crate) fn get_meta<T: DeserializeOwned>(
-    db: &Database,
-    table: redb::TableDefinition<'static, &'static str, &'static [u8]>,
-    key: &str,
-) -> Result<Option<T>, StoreError> {
-    let txn = db.begin_read()?;
-    let t = match txn.open_table(table) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    get_json(&t, table.name(), key)
-}
-
-fn put_meta<T: Serialize>(
-    db: &Database,
-    key: &'static str,
-    value: &T,
-    durability: Durability,
-) -> Result<(), StoreError> {
-    let txn = crate::files::write_txn(db, durability)?;
-    put_json(&mut txn.open_table(RAFT_META)?, key, value)?;
-    txn.commit()?;
-    Ok(())
-}
-
-/// Log appends are fsynced before openraft is told they are flushed.
-fn append_durability() -> Durability {
-    // Planted bug (simulation builds only, `crate::planted`): acknowledge before durable.
-    #[cfg(madsim)]
-    if crate::planted::is(crate::planted::Bug::AckBeforeDurable) {
-        return Durability::None;
-    }
-    Durability::Immediate
-}
-
-/// One durable commit of entries, and of the commit marker when given. An error (a failed
-/// fsync among them) means nothing may be taken as durable: the caller reports it to
-/// openraft, which stops Raft on this node.
-pub(crate) fn write_entries(
-    db: &Database,
-    entries: &[Entry<TypeConfig>],
-    committed: Option<Option<LogId<NodeId>>>,
-) -> Result<(), StoreError> {
-    let txn = crate::files::write_txn(db, append_durability())?;
-    if let Some(committed) = committed {
-        put_json(&mut txn.open_table(RAFT_META)?, KEY_COMMITTED, &committed)?;
-    }
-    {
-        let mut t = txn.open_table(LOG)?;
-        let (mut json, mut sealed) = (Vec::new(), Vec::new());
-        for e in entries {
-            json.clear();
-            serde_json::to_writer(&mut json, e).expect("log entries serialize");
-            let index = e.log_id.index;
-            checksum::seal_into(&index.to_be_bytes(), &json, &mut sealed);
-            t.insert(index, sealed.as_slice())?;
-        }
-    }
-    txn.commit()?;
-    Ok(())
-}
-
-/// Check and decode the log entry stored at `index`. An entry whose own index differs from
-/// its key is damage too (a value written under the wrong key).
-pub(crate) fn decode_entry(index: u64, stored: &[u8]) -> Result<Entry<TypeConfig>, StoreError> {
-    let json = checksum::open("raft_log", &index, &index.to_be_bytes(), stored)?;
-    let entry: Entry<TypeConfig> =
-        serde_json::from_slice(json).map_err(|e| StoreError::corrupt("raft_log", index, e))?;
-    if entry.log_id.index != index {
-        return Err(StoreError::corrupt(
-            "raft_log",
-            index,
-            format!("holds the entry of index {}", entry.log_id.index),
-        ));
-    }
-    Ok(entry)
-}
-
 /// The entries in the range: from the cached tail when it covers the range, else the part
-/// before the tail from redb and the rest from the tail. The tail is taken first: an entry
-/// evicted from it meanwhile is durable, where the read that follows finds it.
-fn read_entries(
-    db: &Database,
+/// before the tail from the files and the rest from the tail. The tail is taken first: an
+/// entry evicted from it meanwhile is durable, where the read that follows finds it.
+pub(crate) fn read_entries(
+    log: &SegmentLog,
     cache: &LogCache,
     start: Bound<u64>,
     end: Bound<u64>,
@@ -138,24 +57,12 @@ fn read_entries(
     if complete {
         return Ok(tail);
     }
-    let mut out = Vec::new();
-    let txn = db.begin_read()?;
-    let table = match txn.open_table(LOG) {
-        Ok(t) => Some(t),
-        Err(redb::TableError::TableDoesNotExist(_)) => None,
-        Err(e) => return Err(e.into()),
-    };
-    // redb's part ends where the tail begins.
-    let redb_end = match tail.first() {
+    // The files' part ends where the tail begins.
+    let files_end = match tail.first() {
         Some(first) => Bound::Excluded(first.log_id.index),
         None => end,
     };
-    if let Some(table) = table {
-        for row in table.range::<u64>((start, redb_end))? {
-            let (k, v) = row?;
-            out.push(decode_entry(k.value(), v.value())?);
-        }
-    }
+    let mut out = log.read(start, files_end)?;
     out.extend(tail);
     Ok(out)
 }
@@ -170,8 +77,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
         if let (entries, true) = self.writer.cache.range(start, end) {
             return Ok(entries);
         }
-        let (db, writer) = (self.db.clone(), self.writer.clone());
-        blocking(move || read_entries(&db, &writer.cache, start, end))
+        let (log, writer) = (self.log.clone(), self.writer.clone());
+        blocking(move || read_entries(&log, &writer.cache, start, end))
             .await
             .map_err(|e| logs_read(self.damage.saw(e)))
     }
@@ -181,30 +88,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
-        let (db, writer) = (self.db.clone(), self.writer.clone());
-        blocking(move || {
-            let last_purged: Option<LogId<NodeId>> = get_meta(&db, RAFT_META, KEY_LAST_PURGED)?;
-            let last = match writer.cache.last() {
-                Some(log_id) => Some(log_id),
-                None => {
-                    let txn = db.begin_read()?;
-                    match txn.open_table(LOG) {
-                        Ok(t) => match t.last()? {
-                            Some((k, v)) => Some(decode_entry(k.value(), v.value())?.log_id),
-                            None => None,
-                        },
-                        Err(redb::TableError::TableDoesNotExist(_)) => None,
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-            };
-            Ok(LogState {
-                last_purged_log_id: last_purged,
-                last_log_id: last.or(last_purged),
-            })
+        let last_purged = self.log.last_purged();
+        let last = self.writer.cache.last().or_else(|| self.log.last_log_id());
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last.or(last_purged),
         })
-        .await
-        .map_err(|e| logs_read(self.damage.saw(e)))
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -214,16 +103,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
         let vote = *vote;
         self.writer
-            .barrier(move |db| put_meta(db, KEY_VOTE, &vote, Durability::Immediate))
+            .barrier(move |log| log.save_vote(vote))
             .await
             .map_err(|e| vote_write(self.damage.saw(e)))
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
-        let db = self.db.clone();
-        blocking(move || get_meta(&db, RAFT_META, KEY_VOTE))
-            .await
-            .map_err(|e| vote_read(self.damage.saw(e)))
+        Ok::<_, StoreError>(self.log.vote()).map_err(|e| vote_read(self.damage.saw(e)))
     }
 
     /// Advisory (openraft re-derives the commit index on election), so it costs no commit of
@@ -237,11 +123,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
-        let db = self.db.clone();
-        blocking(move || get_meta::<Option<LogId<NodeId>>>(&db, RAFT_META, KEY_COMMITTED))
-            .await
-            .map(Option::flatten)
-            .map_err(|e| logs_read(self.damage.saw(e)))
+        Ok(self.log.committed())
     }
 
     async fn append<I>(
@@ -278,47 +160,64 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 mod tests {
     use std::io;
     use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, Mutex};
-
-    use redb::StorageBackend;
+    use std::sync::Arc;
 
     use super::*;
+    use crate::disk::{Disk, DiskFile, FsDisk};
 
-    /// An in-memory file whose `sync_data` fails on demand; a failed sync makes nothing
-    /// durable (the pages are dropped, as Linux may after a failed fsync).
-    #[derive(Debug, Default, Clone)]
+    /// A folder whose files' `sync_data` fails on demand.
     struct FlakyDisk {
-        volatile: Arc<Mutex<Vec<u8>>>,
-        durable: Arc<Mutex<Vec<u8>>>,
+        inner: FsDisk,
         fail: Arc<AtomicBool>,
     }
 
-    impl StorageBackend for FlakyDisk {
-        fn len(&self) -> Result<u64, io::Error> {
-            Ok(self.volatile.lock().unwrap().len() as u64)
+    struct FlakyFile {
+        inner: Arc<dyn DiskFile>,
+        fail: Arc<AtomicBool>,
+    }
+
+    impl Disk for FlakyDisk {
+        fn open(&self, name: &str, create: bool) -> io::Result<Arc<dyn DiskFile>> {
+            Ok(Arc::new(FlakyFile {
+                inner: self.inner.open(name, create)?,
+                fail: self.fail.clone(),
+            }))
         }
-        fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), io::Error> {
-            let v = self.volatile.lock().unwrap();
-            let start = offset as usize;
-            out.copy_from_slice(&v[start..start + out.len()]);
-            Ok(())
+        fn list(&self) -> io::Result<Vec<String>> {
+            self.inner.list()
         }
-        fn set_len(&self, len: u64) -> Result<(), io::Error> {
-            self.volatile.lock().unwrap().resize(len as usize, 0);
-            Ok(())
+        fn remove(&self, name: &str) -> io::Result<()> {
+            self.inner.remove(name)
         }
-        fn sync_data(&self) -> Result<(), io::Error> {
+        fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+            self.inner.rename(from, to)
+        }
+        fn sync_dir(&self) -> io::Result<()> {
+            self.inner.sync_dir()
+        }
+        fn describe(&self) -> String {
+            self.inner.describe()
+        }
+    }
+
+    impl DiskFile for FlakyFile {
+        fn len(&self) -> io::Result<u64> {
+            self.inner.len()
+        }
+        fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+            self.inner.read_at(offset, buf)
+        }
+        fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+            self.inner.write_at(offset, data)
+        }
+        fn set_len(&self, len: u64) -> io::Result<()> {
+            self.inner.set_len(len)
+        }
+        fn sync_data(&self) -> io::Result<()> {
             if self.fail.load(Ordering::SeqCst) {
                 return Err(io::Error::other("injected fsync failure"));
             }
-            *self.durable.lock().unwrap() = self.volatile.lock().unwrap().clone();
-            Ok(())
-        }
-        fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
-            let mut v = self.volatile.lock().unwrap();
-            let start = offset as usize;
-            v[start..start + data.len()].copy_from_slice(data);
-            Ok(())
+            self.inner.sync_data()
         }
     }
 
@@ -329,34 +228,27 @@ mod tests {
         }
     }
 
-    /// A failed fsync fails the append (so openraft hears an error, never "flushed"), every
-    /// later commit fails too, and the file reopened on what is durable holds the entries
-    /// before it and not the failed one.
+    /// A failed fsync fails the append (so openraft hears an error, never "flushed"), and
+    /// every later write fails too, even with the disk healthy again: after a failed fsync
+    /// nothing since the last good one can be trusted to be on disk.
     #[test]
-    fn a_failed_fsync_fails_the_append_and_nothing_of_it_is_durable() {
-        let disk = FlakyDisk::default();
+    fn a_failed_fsync_fails_the_append_and_every_later_write() {
         let dir = tempfile::tempdir().unwrap();
-        let storage =
-            crate::Storage::open_with_backend(disk.clone(), dir.path().join("s")).unwrap();
-        let db = storage.log.db.clone();
-        write_entries(&db, &[entry(1), entry(2)], None).unwrap();
-        disk.fail.store(true, Ordering::SeqCst);
-        let err = write_entries(&db, &[entry(3)], None).unwrap_err();
+        let fail = Arc::new(AtomicBool::new(false));
+        let disk = Arc::new(FlakyDisk {
+            inner: FsDisk::new(dir.path()).unwrap(),
+            fail: fail.clone(),
+        });
+        let (log, _) = SegmentLog::open(disk).unwrap();
+        log.append(&[entry(1), entry(2)], None).unwrap();
+        fail.store(true, Ordering::SeqCst);
+        let err = log.append(&[entry(3)], None).unwrap_err();
         assert!(err.to_string().contains("fsync"), "{err}");
-        disk.fail.store(false, Ordering::SeqCst);
-        // redb latches the failure: every later commit fails, even with the disk healthy
-        // again. (Reads still succeed from its cache: the node stops serving once Raft stopped.)
-        assert!(write_entries(&db, &[entry(4)], None).is_err());
-        drop(storage);
-        drop(db);
-
-        let reopened = FlakyDisk {
-            volatile: Arc::new(Mutex::new(disk.durable.lock().unwrap().clone())),
-            ..FlakyDisk::default()
-        };
-        let storage = crate::Storage::open_with_backend(reopened, dir.path().join("s")).unwrap();
+        fail.store(false, Ordering::SeqCst);
+        assert!(log.append(&[entry(4)], None).is_err());
+        assert!(log.save_vote(Vote::new(2, 1)).is_err());
         let got: Vec<u64> = read_entries(
-            &storage.log.db,
+            &log,
             &LogCache::default(),
             Bound::Unbounded,
             Bound::Unbounded,

@@ -4,11 +4,12 @@
 //! openraft's `append` is meant to return once the entries are readable and to report
 //! durability later through its callback. [`LogWriter::append`] does exactly that: the entries
 //! go into an in-memory tail ([`LogCache`]) that readers consult, and onto a queue. The writer
-//! task takes everything queued, writes it in one `Durability::Immediate` transaction, and only
-//! then reports each append flushed, in order. While one fsync runs the next batch builds up,
-//! so the number of fsyncs per second stays near what the disk does, not what clients send.
-//! Nothing is reported flushed before it is durable: a failed commit fails every append in it,
-//! and redb refuses every later commit (openraft stops Raft on the first error).
+//! task takes everything queued, writes it as one frame of the active segment with one
+//! `fdatasync` (`crate::segments`), and only then reports each append flushed, in order. While
+//! one fsync runs the next batch builds up, so the number of fsyncs per second stays near what
+//! the disk does, not what clients send.
+//! Nothing is reported flushed before it is durable: a failed write fails every append in it,
+//! and the log refuses every later write (openraft stops Raft on the first error).
 //!
 //! Truncate, purge and vote go through the same queue as barriers: they run after every
 //! append queued before them, and their callers wait for them.
@@ -27,10 +28,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::StoreError;
 use crate::runtime::blocking;
-use crate::tables::{KEY_LAST_PURGED, LOG, RAFT_META};
+use crate::segments::SegmentLog;
 use crate::types::{NodeId, TypeConfig};
 
-/// Most appends written in one transaction: bounds one commit's size and time.
+/// Most appends written in one frame: bounds one write's size and time.
 const APPENDS_PER_COMMIT_MAX: usize = 1024;
 
 /// Flushed entries kept in memory at most (count and bytes): replication of recent entries,
@@ -163,7 +164,7 @@ fn approx_bytes(e: &Entry<TypeConfig>) -> usize {
     }
 }
 
-type BarrierFn = Box<dyn FnOnce(&Database) -> Result<(), StoreError> + Send>;
+type BarrierFn = Box<dyn FnOnce(&SegmentLog) -> Result<(), StoreError> + Send>;
 
 enum Op {
     Append {
@@ -179,7 +180,7 @@ enum Op {
 /// The queue in front of the writer task, started on first use (inside the runtime that
 /// drives the node: under madsim, the node's own, so a killed node's writer dies with it).
 pub(crate) struct LogWriter {
-    db: Arc<Database>,
+    log: Arc<SegmentLog>,
     state_db: Arc<Database>,
     pub(crate) cache: Arc<LogCache>,
     /// The latest commit marker not yet written; goes out with the next batch.
@@ -190,12 +191,12 @@ pub(crate) struct LogWriter {
 
 impl LogWriter {
     pub(crate) fn new(
-        db: Arc<Database>,
+        log: Arc<SegmentLog>,
         state_db: Arc<Database>,
         metrics: crate::StoreMetrics,
     ) -> Self {
         LogWriter {
-            db,
+            log,
             state_db,
             metrics,
             cache: Arc::default(),
@@ -208,7 +209,7 @@ impl LogWriter {
         self.queue.get_or_init(|| {
             let (tx, rx) = mpsc::unbounded_channel();
             let writer = Writer {
-                db: self.db.clone(),
+                log: self.log.clone(),
                 cache: self.cache.clone(),
                 committed: self.committed.clone(),
                 metrics: self.metrics.clone(),
@@ -235,13 +236,7 @@ impl LogWriter {
 
     /// Remove entries from `index` on, durably, after every append queued before.
     pub(crate) async fn truncate(&self, index: u64) -> Result<(), StoreError> {
-        self.barrier(move |db| {
-            let txn = crate::files::write_txn(db, redb::Durability::Immediate)?;
-            txn.open_table(LOG)?.retain_in(index.., |_, _| false)?;
-            txn.commit()?;
-            Ok(())
-        })
-        .await?;
+        self.barrier(move |log| log.truncate(index)).await?;
         self.cache.truncated(index);
         Ok(())
     }
@@ -251,14 +246,9 @@ impl LogWriter {
     /// state file lost, so the log must still hold it.
     pub(crate) async fn purge(&self, log_id: LogId<NodeId>) -> Result<(), StoreError> {
         let state_db = self.state_db.clone();
-        self.barrier(move |db| {
+        self.barrier(move |log| {
             crate::state_machine::make_durable(&state_db)?;
-            let txn = crate::files::write_txn(db, redb::Durability::Immediate)?;
-            crate::tables::put_json(&mut txn.open_table(RAFT_META)?, KEY_LAST_PURGED, &log_id)?;
-            txn.open_table(LOG)?
-                .retain_in(..=log_id.index, |_, _| false)?;
-            txn.commit()?;
-            Ok(())
+            log.purge(log_id)
         })
         .await?;
         self.metrics.purged();
@@ -269,7 +259,7 @@ impl LogWriter {
     /// Run `f` after every append queued so far is durable, and wait for it.
     pub(crate) async fn barrier(
         &self,
-        f: impl FnOnce(&Database) -> Result<(), StoreError> + Send + 'static,
+        f: impl FnOnce(&SegmentLog) -> Result<(), StoreError> + Send + 'static,
     ) -> Result<(), StoreError> {
         let (done, rx) = oneshot::channel();
         self.queue()
@@ -284,7 +274,7 @@ impl LogWriter {
 
 /// The writer task's side.
 struct Writer {
-    db: Arc<Database>,
+    log: Arc<SegmentLog>,
     cache: Arc<LogCache>,
     committed: Arc<Mutex<Option<Option<LogId<NodeId>>>>>,
     metrics: crate::StoreMetrics,
@@ -308,8 +298,8 @@ impl Writer {
                     Op::Barrier { run, done } => {
                         self.commit(std::mem::take(&mut batch), &mut callbacks)
                             .await;
-                        let db = self.db.clone();
-                        let _ = done.send(blocking(move || run(&db)).await);
+                        let log = self.log.clone();
+                        let _ = done.send(blocking(move || run(&log)).await);
                     }
                 }
             }
@@ -317,8 +307,8 @@ impl Writer {
         }
     }
 
-    /// One durable transaction for `batch` (with the latest commit marker), then every
-    /// callback hears the result, in order.
+    /// One durable frame for `batch` (with the latest commit marker), then every callback
+    /// hears the result, in order.
     async fn commit(
         &self,
         batch: Vec<Entry<TypeConfig>>,
@@ -329,10 +319,10 @@ impl Writer {
         }
         let upto = batch.last().map(|e| e.log_id.index);
         let committed = self.committed.lock().expect("committed lock").take();
-        let db = self.db.clone();
+        let log = self.log.clone();
         let count = batch.len();
         let started = std::time::Instant::now();
-        let res = blocking(move || crate::log_store::write_entries(&db, &batch, committed)).await;
+        let res = blocking(move || log.append(&batch, committed)).await;
         match res {
             Ok(()) => {
                 self.metrics.log_committed(started, count);

@@ -7,8 +7,8 @@
 //! node of the simulated cluster runs with the same bug and apply stays deterministic.
 //!
 //! The hooks are one `if planted::is(Bug::X)` branch each, at the real code sites:
-//! - [`Bug::AckBeforeDurable`]: `log_store.rs` commits log appends without fsync and tells
-//!   openraft they are flushed;
+//! - [`Bug::AckBeforeDurable`]: the segment log (`segments/mod.rs`, `sync_frame`) skips the
+//!   `fdatasync` of a frame of entries, and the writer tells openraft they are flushed;
 //! - [`Bug::UniqInHandler`]: `api::App::append` refuses a taken key from the receiving node's
 //!   own (possibly stale) state, [`uniq_conflict_here`], and apply (`uniq.rs`) lets a claim
 //!   take a key another stream owns;
@@ -32,7 +32,7 @@ use crate::types::{AppendRequest, Conflict};
 /// The bugs that can be planted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Bug {
-    /// Log appends are committed with `Durability::None` and reported flushed at once: an
+    /// A frame of log entries is written without its `fdatasync` and reported flushed: an
     /// acknowledged entry can vanish on a power cut.
     AckBeforeDurable,
     /// Uniqueness is decided by the HTTP side against the receiving node's local state, and

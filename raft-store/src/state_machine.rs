@@ -12,10 +12,10 @@ use tokio::sync::watch;
 
 use crate::apply::{apply_request, DataTables, EntryContext};
 use crate::error::{sm_read, sm_write, snapshot_err, StoreError};
-use crate::log_store::get_meta;
 use crate::read::RulesCache;
 use crate::runtime::blocking;
 use crate::snapshot::{load_snapshot, Meta, SnapshotDir, SnapshotFile};
+use crate::tables::get_meta;
 use crate::tables::*;
 use crate::types::{LogResponse, Node, NodeId, TypeConfig};
 

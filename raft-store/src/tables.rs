@@ -20,7 +20,6 @@ pub const KEY_FORMAT_VERSION: &str = "version";
 pub const FORMAT_VERSION: u64 = 1;
 
 /// Raft log: index -> JSON-encoded `openraft::Entry`, sealed under the index.
-pub const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 /// Raft metadata: `vote`, `committed`, `last_purged` -> JSON, sealed under the key.
 pub const RAFT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
 
@@ -65,9 +64,6 @@ pub type SealedOwner = Sealed<(&'static str, u64)>;
 /// `released_offset` of a history row whose owner still holds the key.
 pub const STILL_OWNED: u64 = u64::MAX;
 
-pub const KEY_VOTE: &str = "vote";
-pub const KEY_COMMITTED: &str = "committed";
-pub const KEY_LAST_PURGED: &str = "last_purged";
 pub const KEY_LAST_APPLIED: &str = "last_applied";
 pub const KEY_MEMBERSHIP: &str = "membership";
 pub const KEY_LOG_TIME: &str = "log_time_ms";
@@ -118,4 +114,20 @@ pub(crate) fn get_json<T: DeserializeOwned>(
     serde_json::from_slice(json)
         .map(Some)
         .map_err(|e| StoreError::corrupt(table, key, e))
+}
+
+/// A JSON value sealed under `key` in a metadata table of `db`, if the table and the key exist.
+pub(crate) fn get_meta<T: serde::de::DeserializeOwned>(
+    db: &redb::Database,
+    table: TableDefinition<'static, &'static str, &'static [u8]>,
+    key: &str,
+) -> Result<Option<T>, crate::error::StoreError> {
+    use redb::{ReadableDatabase, TableHandle};
+    let txn = db.begin_read()?;
+    let t = match txn.open_table(table) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    get_json(&t, table.name(), key)
 }

@@ -88,9 +88,10 @@ impl Request {
     }
 }
 
-/// A single client request inside a [`LogCommand`].
+/// A single client request inside a [`LogCommand`]. Externally tagged (serde's default): the
+/// log's binary encoding cannot read internally tagged enums.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-#[serde(tag = "op", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Request {
     Append(AppendRequest),
     /// Replace the replicated rules (uniq sets and idempotency settings).
@@ -217,9 +218,26 @@ impl fmt::Display for ExpectedVersion {
     }
 }
 
-/// On the wire: a number, `"no_stream"` or `"any"`.
+/// [`ExpectedVersion`] in a binary format, which cannot tell a number from a string without
+/// being told which to expect.
+#[derive(Serialize, Deserialize)]
+enum BinaryVersion {
+    Any,
+    NoStream,
+    Exact(u64),
+}
+
+/// In JSON: a number, `"no_stream"` or `"any"`. In the log's binary encoding: an enum.
 impl Serialize for ExpectedVersion {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if !s.is_human_readable() {
+            return match *self {
+                ExpectedVersion::Any => BinaryVersion::Any,
+                ExpectedVersion::NoStream => BinaryVersion::NoStream,
+                ExpectedVersion::Exact(v) => BinaryVersion::Exact(v),
+            }
+            .serialize(s);
+        }
         match self {
             ExpectedVersion::Any => s.serialize_str("any"),
             ExpectedVersion::NoStream => s.serialize_str("no_stream"),
@@ -230,6 +248,13 @@ impl Serialize for ExpectedVersion {
 
 impl<'de> Deserialize<'de> for ExpectedVersion {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if !d.is_human_readable() {
+            return Ok(match BinaryVersion::deserialize(d)? {
+                BinaryVersion::Any => ExpectedVersion::Any,
+                BinaryVersion::NoStream => ExpectedVersion::NoStream,
+                BinaryVersion::Exact(v) => ExpectedVersion::Exact(v),
+            });
+        }
         struct V;
         impl serde::de::Visitor<'_> for V {
             type Value = ExpectedVersion;

@@ -1,17 +1,57 @@
-//! The files of a data dir: the Raft log apart from the state machine, and a clear refusal of
-//! the older layout that kept both in one file.
+//! The files of a data dir: the Raft log (segment files under `log/`) apart from the state
+//! machine, and clear refusals of the older layouts: both in one file, and the log in a redb
+//! file of its own.
 
-use raft_store::{Storage, StoreError, DATA_FILE, LOG_FILE};
+use raft_store::{Storage, StoreError, DATA_FILE, LEGACY_LOG_FILE, LOG_DIR};
 use redb::{Database, TableDefinition};
 
 #[test]
 fn the_log_and_the_state_have_their_own_files() {
     let dir = tempfile::tempdir().unwrap();
     drop(Storage::open(dir.path()).unwrap());
-    assert!(dir.path().join(LOG_FILE).is_file());
+    assert!(dir.path().join(LOG_DIR).is_dir());
     assert!(dir.path().join(DATA_FILE).is_file());
     // Opening again finds them.
     drop(Storage::open(dir.path()).unwrap());
+}
+
+#[test]
+fn a_data_dir_with_the_log_in_a_redb_file_is_refused_with_the_way_to_migrate() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(LEGACY_LOG_FILE), b"an old log").unwrap();
+    match Storage::open(dir.path()) {
+        Err(StoreError::Unsupported(msg)) => assert!(
+            msg.contains(LEGACY_LOG_FILE)
+                && msg.contains("uniqlog backup")
+                && msg.contains("uniqlog restore"),
+            "{msg}"
+        ),
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("a data dir of the previous format was opened"),
+    }
+    assert!(!dir.path().join(LOG_DIR).exists(), "nothing was created");
+    assert!(!dir.path().join(DATA_FILE).exists(), "nothing was created");
+}
+
+#[test]
+fn a_segment_of_another_format_version_is_refused_with_the_way_out() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Storage::open(dir.path()).unwrap());
+    let mut header = Vec::new();
+    header.extend_from_slice(b"UQLOGSEG");
+    header.extend_from_slice(&2u32.to_le_bytes());
+    header.extend_from_slice(&1u64.to_le_bytes());
+    let crc = crc32c::crc32c(&header);
+    header.extend_from_slice(&crc.to_le_bytes());
+    let segment = dir.path().join(LOG_DIR).join("00000000000000000001.seg");
+    std::fs::write(&segment, &header).unwrap();
+    match Storage::open(dir.path()) {
+        Err(StoreError::Unsupported(msg)) => {
+            assert!(msg.contains("format 2") && msg.contains("backup"), "{msg}")
+        }
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("a segment of another format was opened"),
+    }
 }
 
 #[test]
@@ -39,20 +79,15 @@ fn a_data_dir_with_the_log_inside_the_state_file_is_refused() {
         Err(e) => panic!("wrong error: {e}"),
         Ok(_) => panic!("a legacy data dir was opened: its vote would be forgotten"),
     }
-    assert!(!dir.path().join(LOG_FILE).exists(), "nothing was created");
+    assert!(!dir.path().join(LOG_DIR).exists(), "nothing was created");
 }
 
-/// A file with tables but no `format` table (written before checksums), or stamped with a
-/// format this build does not know, is refused by name; nothing in it is touched.
+/// A state file with tables but no `format` table (written before checksums), or stamped
+/// with a format this build does not know, is refused by name; nothing in it is touched.
 #[test]
 fn files_of_another_on_disk_format_are_refused() {
     let format: TableDefinition<&str, u64> = TableDefinition::new("format");
-    for (file, stamp) in [
-        (LOG_FILE, None),
-        (DATA_FILE, None),
-        (LOG_FILE, Some(2u64)),
-        (DATA_FILE, Some(99)),
-    ] {
+    for (file, stamp) in [(DATA_FILE, None), (DATA_FILE, Some(99u64))] {
         let dir = tempfile::tempdir().unwrap();
         drop(Storage::open(dir.path()).unwrap());
         let path = dir.path().join(file);

@@ -24,7 +24,8 @@ use raft_store::Storage;
 use serde_json::Value;
 use uniqlog_node::Config;
 
-use crate::disk::SimDisk;
+use crate::disk::{Faults, SimDisk};
+use crate::folder::SimFolder;
 use crate::history::{Created, FinalState, NodeId, Outcome, Owner};
 use crate::net_faults::{FaultyTransport, NetFaults};
 
@@ -141,8 +142,8 @@ impl Default for SimSettings {
 
 struct SimNode {
     handle: NodeHandle,
-    /// The Raft log's file (every write syncs it).
-    disk: SimDisk,
+    /// The Raft log's folder of segments (every write syncs one of them).
+    disk: SimFolder,
     /// The state machine's file (synced every 1024 entries, before purges and snapshots).
     state_disk: SimDisk,
     up: bool,
@@ -374,13 +375,13 @@ impl SimCluster {
         self.node(id).up
     }
 
-    /// The disk of node `id`'s Raft log.
-    pub fn disk(&self, id: NodeId) -> &SimDisk {
+    /// The folder of node `id`'s Raft log.
+    pub fn disk(&self, id: NodeId) -> &SimFolder {
         &self.node(id).disk
     }
 
-    /// Both disks of node `id`: its Raft log's, then its state machine's.
-    pub fn disks(&self, id: NodeId) -> [&SimDisk; 2] {
+    /// Both disks of node `id`: its Raft log's folder, then its state machine's file.
+    pub fn disks(&self, id: NodeId) -> [&dyn Faults; 2] {
         let node = self.node(id);
         [&node.disk, &node.state_disk]
     }
@@ -825,7 +826,7 @@ fn spawn_node(
     run_dir: &Path,
     net: &NetFaults,
 ) -> SimNode {
-    let disk = SimDisk::new(format!("node{id}-log"));
+    let disk = SimFolder::new(format!("node{id}-log"));
     let state_disk = SimDisk::new(format!("node{id}-state"));
     let snapshot_dir = run_dir.join(format!("node{id}")).join("snapshots");
     let damaged = Arc::new(std::sync::Mutex::new(None));
@@ -865,24 +866,23 @@ fn spawn_node(
 async fn run_node(
     config: Arc<Config>,
     id: NodeId,
-    (log_disk, state_disk): (SimDisk, SimDisk),
+    (log_disk, state_disk): (SimFolder, SimDisk),
     snapshot_dir: PathBuf,
     net: NetFaults,
     damaged: Arc<std::sync::Mutex<Option<String>>>,
 ) {
-    let storage =
-        match Storage::open_with_backends(log_disk.open(), state_disk.open(), snapshot_dir) {
-            Ok(storage) => storage,
-            // As the binary does: refuse to start, and wait for the operator (the nemesis) to
-            // replace the node.
-            // A format byte flipped reads as a format this build does not know.
-            Err(e) if e.is_damage() || matches!(e, raft_store::StoreError::Unsupported(_)) => {
-                tracing::warn!(id, error = %e, "node refuses to start: damaged data");
-                *damaged.lock().unwrap() = Some(e.to_string());
-                return std::future::pending::<()>().await;
-            }
-            Err(e) => panic!("node {id}: opening its storage failed: {e}"),
-        };
+    let storage = match Storage::open_with(log_disk.open(), state_disk.open(), snapshot_dir) {
+        Ok(storage) => storage,
+        // As the binary does: refuse to start, and wait for the operator (the nemesis) to
+        // replace the node.
+        // A format byte flipped reads as a format this build does not know.
+        Err(e) if e.is_damage() || matches!(e, raft_store::StoreError::Unsupported(_)) => {
+            tracing::warn!(id, error = %e, "node refuses to start: damaged data");
+            *damaged.lock().unwrap() = Some(e.to_string());
+            return std::future::pending::<()>().await;
+        }
+        Err(e) => panic!("node {id}: opening its storage failed: {e}"),
+    };
     let damage = storage.damage.clone();
     let transport: Arc<dyn Transport> = Arc::new(FaultyTransport::new(net));
     let node = uniqlog_node::start(&config, id, storage, transport)

@@ -574,3 +574,45 @@ mod tests {
         assert_eq!(t.get(2).unwrap().map(|v| v.value()), None);
     }
 }
+
+/// The faults the nemesis injects, on a single file ([`SimDisk`], the state machine's redb
+/// file) and on a folder ([`crate::folder::SimFolder`], the Raft log's segments) alike.
+pub trait Faults {
+    fn name(&self) -> &str;
+    fn tear_at_next_sync(&self, landed: Box<dyn FnMut(usize) -> bool + Send>);
+    fn tear_pending(&self) -> bool;
+    fn fail_syncs(&self, n: u64);
+    fn stats(&self) -> DiskStats;
+    fn flip_bit(&self, at: usize, bit: u8);
+    fn durable_len(&self) -> u64;
+}
+
+macro_rules! faults {
+    ($t:ty) => {
+        impl Faults for $t {
+            fn name(&self) -> &str {
+                <$t>::name(self)
+            }
+            fn tear_at_next_sync(&self, landed: Box<dyn FnMut(usize) -> bool + Send>) {
+                <$t>::tear_at_next_sync(self, landed)
+            }
+            fn tear_pending(&self) -> bool {
+                <$t>::tear_pending(self)
+            }
+            fn fail_syncs(&self, n: u64) {
+                <$t>::fail_syncs(self, n)
+            }
+            fn stats(&self) -> DiskStats {
+                <$t>::stats(self)
+            }
+            fn flip_bit(&self, at: usize, bit: u8) {
+                <$t>::flip_bit(self, at, bit)
+            }
+            fn durable_len(&self) -> u64 {
+                <$t>::durable_len(self)
+            }
+        }
+    };
+}
+faults!(SimDisk);
+faults!(crate::folder::SimFolder);

@@ -5,6 +5,8 @@
 //! checkers compile (and their unit tests run).
 //!
 //! - [`disk`]: `SimDisk`, an in-memory redb backend that loses unsynced writes on a crash;
+//! - [`folder`]: `SimFolder`, a folder of such files behind `raft_store::disk::Disk` (the Raft
+//!   log's segments), whose listing also needs a sync to survive a crash;
 //! - [`history`]: what the clients saw and what the nodes hold at the end;
 //! - [`check`]: the checkers, one module per invariant, pure functions of the history;
 //! - `cluster` (madsim only): `SimCluster`, production nodes as madsim nodes;
@@ -21,6 +23,7 @@
 
 pub mod check;
 pub mod disk;
+pub mod folder;
 pub mod history;
 
 #[cfg(madsim)]

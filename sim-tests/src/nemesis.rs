@@ -449,6 +449,19 @@ async fn corruption(cluster: &mut SimCluster, log: &mut FaultLog) {
         log.note(kind, "no leader: no node damaged".into());
         return;
     };
+    // A damaged voter is lost until it is replaced, and replacing it needs a quorum of the
+    // others: with fewer than three voters (an earlier repair whose new node did not catch up
+    // in time) that quorum would be gone for good, which no system survives.
+    if voters.len() < 3 {
+        log.note(
+            kind,
+            format!(
+                "only {} voters: none may be lost for good; no node damaged",
+                voters.len()
+            ),
+        );
+        return;
+    }
     let victim = pick(&voters);
     cluster.kill(victim);
     let mut rng = madsim::rand::thread_rng();

@@ -252,7 +252,7 @@ fn duplicable(kind: MsgKind, req: &HttpRequest) -> bool {
             let op = &v["op"];
             match op["op"].as_str() {
                 Some("read_index") => true,
-                Some("write") => op["request"]["idempotency"].is_object(),
+                Some("write") => op["request"]["append"]["idempotency"].is_object(),
                 _ => false,
             }
         }
@@ -367,11 +367,11 @@ mod tests {
     #[test]
     fn only_keyed_writes_and_read_index_are_duplicated() {
         let fwd = |body: Value| HttpRequest::post("/internal/v1/leader", body.to_string());
-        let keyed = serde_json::json!({"op": {"op": "write", "request": {"op": "append",
-            "topic": "t", "events": [], "idempotency": {"key": "k", "fingerprint": "f"}}},
+        let keyed = serde_json::json!({"op": {"op": "write", "request": {"append": {
+            "topic": "t", "events": [], "idempotency": {"key": "k", "fingerprint": "f"}}}},
             "timeout_ms": 5});
-        let plain = serde_json::json!({"op": {"op": "write", "request": {"op": "append",
-            "topic": "t", "events": [], "idempotency": null}}, "timeout_ms": 5});
+        let plain = serde_json::json!({"op": {"op": "write", "request": {"append": {
+            "topic": "t", "events": [], "idempotency": null}}}, "timeout_ms": 5});
         let read = serde_json::json!({"op": {"op": "read_index"}, "timeout_ms": 5});
         assert!(duplicable(MsgKind::Forward, &fwd(keyed)));
         assert!(!duplicable(MsgKind::Forward, &fwd(plain)));

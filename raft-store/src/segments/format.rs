@@ -1,0 +1,352 @@
+//! The bytes of a segment file.
+//!
+//! ```text
+//! segment  = header frame*
+//! header   = "UQLOGSEG" version:u32 first_index:u64 crc:u32          (24 bytes, crc over the 20 before)
+//! frame    = FRAME_MAGIC:u32 body_len:u32 body_crc:u32 body trailer  (one durable write)
+//! trailer  = body_len:u32 header_crc:u32                              (crc of the 12-byte header)
+//! body     = record*
+//! record   = kind:u8 len:u32 crc:u32 payload                          (crc over kind, len, payload)
+//! ```
+//!
+//! Integers are little-endian; CRCs are CRC-32C. A frame is what one `fdatasync` makes
+//! durable: a power cut tears at most the last frame, which its CRC exposes. Each record has a
+//! CRC of its own too, because reads take one record, not its frame. The trailer repeats the
+//! frame's length at its end, so the last frame of a file can be found from the end: a bad
+//! frame followed by a whole one (or itself whole) is damage, not a torn write.
+
+use crate::error::StoreError;
+
+pub(crate) const MAGIC: &[u8; 8] = b"UQLOGSEG";
+/// The segment format this build writes and reads.
+pub(crate) const VERSION: u32 = 1;
+pub(crate) const HEADER_BYTES: usize = 24;
+
+pub(crate) const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"UQFR");
+pub(crate) const FRAME_HEADER_BYTES: usize = 12;
+pub(crate) const FRAME_TRAILER_BYTES: usize = 8;
+/// A frame's body is at most this long: a damaged length must not become a huge allocation.
+pub(crate) const FRAME_BYTES_MAX: usize = 256 * 1024 * 1024;
+
+pub(crate) const RECORD_HEADER_BYTES: usize = 9;
+
+/// What a record holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Kind {
+    /// A Raft log entry (the binary encoding of [`crate::codec`]).
+    Entry = 1,
+    /// The commit marker as of this frame: `Option<LogId>` in the same encoding.
+    Committed = 2,
+    /// The entries from this index on (`u64`, little-endian) are void: a truncation, written
+    /// as a record instead of rewriting the frame that held them, so no durable frame is
+    /// ever written over.
+    Truncate = 3,
+}
+
+impl Kind {
+    fn from_byte(b: u8) -> Option<Kind> {
+        match b {
+            1 => Some(Kind::Entry),
+            2 => Some(Kind::Committed),
+            3 => Some(Kind::Truncate),
+            _ => None,
+        }
+    }
+}
+
+pub(crate) fn header(first_index: u64) -> [u8; HEADER_BYTES] {
+    let mut h = [0u8; HEADER_BYTES];
+    h[..8].copy_from_slice(MAGIC);
+    h[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    h[12..20].copy_from_slice(&first_index.to_le_bytes());
+    let crc = crc32c::crc32c(&h[..20]);
+    h[20..].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// The first index a segment header names, after checking it.
+pub(crate) fn parse_header(file: &str, h: &[u8]) -> Result<u64, StoreError> {
+    let damaged = |why: &str| StoreError::DamagedFile {
+        file: file.into(),
+        detail: format!("segment header: {why}"),
+    };
+    if h.len() < HEADER_BYTES {
+        return Err(damaged("shorter than a header"));
+    }
+    if &h[..8] != MAGIC {
+        return Err(damaged("not a uniqlog log segment"));
+    }
+    let crc = u32::from_le_bytes(h[20..24].try_into().expect("4 bytes"));
+    if crc != crc32c::crc32c(&h[..20]) {
+        return Err(damaged("checksum mismatch"));
+    }
+    let version = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
+    if version != VERSION {
+        return Err(StoreError::Unsupported(format!(
+            "{file} is a log segment of format {version}; this build reads format {VERSION} \
+             only. Move the data to a node of this build with a backup and a restore (README, \
+             Backup and restore)"
+        )));
+    }
+    Ok(u64::from_le_bytes(h[12..20].try_into().expect("8 bytes")))
+}
+
+/// Appends records to a frame body, then seals it.
+#[derive(Default)]
+pub(crate) struct FrameBuilder {
+    buf: Vec<u8>,
+}
+
+impl FrameBuilder {
+    /// Room for the frame header first.
+    pub(crate) fn new() -> Self {
+        FrameBuilder {
+            buf: vec![0u8; FRAME_HEADER_BYTES],
+        }
+    }
+
+    /// Add a record; returns its offset within the frame (where its header starts).
+    pub(crate) fn record(&mut self, kind: Kind, payload: &[u8]) -> u32 {
+        let at = self.buf.len() as u32;
+        let len = u32::try_from(payload.len()).expect("a record under 4 GiB");
+        let mut crc = crc32c::crc32c(&[kind as u8]);
+        crc = crc32c::crc32c_append(crc, &len.to_le_bytes());
+        crc = crc32c::crc32c_append(crc, payload);
+        self.buf.push(kind as u8);
+        self.buf.extend_from_slice(&len.to_le_bytes());
+        self.buf.extend_from_slice(&crc.to_le_bytes());
+        self.buf.extend_from_slice(payload);
+        at
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.buf.len() == FRAME_HEADER_BYTES
+    }
+
+    /// The frame's bytes, header and trailer filled in.
+    pub(crate) fn seal(self) -> Vec<u8> {
+        let body = self.buf[FRAME_HEADER_BYTES..].to_vec();
+        frame_of(&body)
+    }
+}
+
+/// A whole frame holding `body`.
+pub(crate) fn frame_of(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(FRAME_HEADER_BYTES + body.len() + FRAME_TRAILER_BYTES);
+    let body_len = body.len() as u32;
+    out.extend_from_slice(&FRAME_MAGIC.to_le_bytes());
+    out.extend_from_slice(&body_len.to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(body).to_le_bytes());
+    let header_crc = crc32c::crc32c(&out[..FRAME_HEADER_BYTES]);
+    out.extend_from_slice(body);
+    out.extend_from_slice(&body_len.to_le_bytes());
+    out.extend_from_slice(&header_crc.to_le_bytes());
+    out
+}
+
+/// Whether a frame that failed its checks at the start of `rest` (which runs to the end of
+/// the file) was written whole, so that it is damage and not what a power cut left of the last
+/// write. It was written whole when the trailer at the very end of the file names a frame that
+/// starts exactly here, or a later frame whose header it matches, or when its header and body
+/// are intact and its trailer, there in full, is not, or when a later frame's header and body
+/// are intact: a power cut tears the last write only, so nothing was written after it.
+///
+/// The last test scans byte by byte, because damage may have hit the very lengths that would
+/// say where the next frame starts. It errs one way only: an event payload that embeds a frame,
+/// torn by a power cut, makes the node refuse to start (an operator repairs it by replacing
+/// the node), and so does a scan that would hash more than a few times the bytes left; it
+/// never makes damage pass for a torn write, which would drop acknowledged entries silently.
+pub(crate) fn written_whole(rest: &[u8]) -> bool {
+    if intact_at_end(rest) {
+        return true;
+    }
+    let mut budget = 4 * rest.len() + (1 << 20);
+    (1..rest.len()).any(|q| frame_started_at(rest, q, &mut budget))
+}
+
+/// A frame whose header and body are intact starts at `at` in `bytes` (its trailer may be
+/// missing or damaged), or the scan ran out of `budget` (bytes to hash).
+fn frame_started_at(bytes: &[u8], at: usize, budget: &mut usize) -> bool {
+    let Some(header) = bytes.get(at..at + FRAME_HEADER_BYTES) else {
+        return false;
+    };
+    if header[..4] != FRAME_MAGIC.to_le_bytes() {
+        return false;
+    }
+    let Ok((len, crc)) = parse_frame_header(header.try_into().expect("12 bytes")) else {
+        return false;
+    };
+    let body_start = at + FRAME_HEADER_BYTES;
+    let Some(body) = bytes.get(body_start..body_start + len) else {
+        return false;
+    };
+    let Some(left) = budget.checked_sub(len) else {
+        return true;
+    };
+    *budget = left;
+    crc32c::crc32c(body) == crc
+}
+
+/// The first three tests of [`written_whole`]: the frame at the start of `rest` or the last one.
+fn intact_at_end(rest: &[u8]) -> bool {
+    let end = rest.len();
+    if let Some(trailer) = end.checked_sub(FRAME_TRAILER_BYTES).map(|t| &rest[t..]) {
+        let body_len = u32::from_le_bytes(trailer[..4].try_into().expect("4 bytes")) as usize;
+        let header_crc = u32::from_le_bytes(trailer[4..].try_into().expect("4 bytes"));
+        let start = end.checked_sub(FRAME_TRAILER_BYTES + FRAME_HEADER_BYTES + body_len);
+        match start {
+            Some(0) => return true,
+            Some(start) => {
+                let header = &rest[start..start + FRAME_HEADER_BYTES];
+                if crc32c::crc32c(header) == header_crc {
+                    return true;
+                }
+            }
+            None => {}
+        }
+    }
+    let Some(header) = rest.get(..FRAME_HEADER_BYTES) else {
+        return false;
+    };
+    let Ok((len, crc)) = parse_frame_header(header.try_into().expect("12 bytes")) else {
+        return false;
+    };
+    rest.len() >= FRAME_HEADER_BYTES + len + FRAME_TRAILER_BYTES
+        && crc32c::crc32c(&rest[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + len]) == crc
+}
+
+/// A frame header as read: the body length and its CRC, or why it is not one.
+pub(crate) fn parse_frame_header(h: &[u8; FRAME_HEADER_BYTES]) -> Result<(usize, u32), String> {
+    let magic = u32::from_le_bytes(h[..4].try_into().expect("4 bytes"));
+    if magic != FRAME_MAGIC {
+        return Err("no frame starts here".into());
+    }
+    let len = u32::from_le_bytes(h[4..8].try_into().expect("4 bytes")) as usize;
+    if len > FRAME_BYTES_MAX {
+        return Err(format!("a frame of {len} bytes"));
+    }
+    Ok((
+        len,
+        u32::from_le_bytes(h[8..12].try_into().expect("4 bytes")),
+    ))
+}
+
+/// One record of a frame body: its kind, where it starts in the body, its payload.
+pub(crate) struct RecordRef<'a> {
+    pub kind: Kind,
+    pub at: usize,
+    pub payload: &'a [u8],
+}
+
+/// The records of a frame body whose CRC matched, each checked.
+pub(crate) fn records(body: &[u8]) -> Result<Vec<RecordRef<'_>>, String> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < body.len() {
+        let (kind, payload) = record_at(body, at)?;
+        let next = at + RECORD_HEADER_BYTES + payload.len();
+        out.push(RecordRef { kind, at, payload });
+        at = next;
+    }
+    Ok(out)
+}
+
+/// The record whose header starts at `at` in `bytes` (its kind and payload), checked.
+pub(crate) fn record_at(bytes: &[u8], at: usize) -> Result<(Kind, &[u8]), String> {
+    let h = bytes
+        .get(at..at + RECORD_HEADER_BYTES)
+        .ok_or("a record header past the end")?;
+    let kind = Kind::from_byte(h[0]).ok_or_else(|| format!("a record of kind {}", h[0]))?;
+    let len = u32::from_le_bytes(h[1..5].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(h[5..9].try_into().expect("4 bytes"));
+    let start = at + RECORD_HEADER_BYTES;
+    let payload = bytes
+        .get(start..start + len)
+        .ok_or("a record longer than what holds it")?;
+    let mut sum = crc32c::crc32c(&h[..1]);
+    sum = crc32c::crc32c_append(sum, &h[1..5]);
+    sum = crc32c::crc32c_append(sum, payload);
+    if sum != crc {
+        return Err("record checksum mismatch".into());
+    }
+    Ok((kind, payload))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_and_records_round_trip_and_every_bit_flip_is_found() {
+        let mut f = FrameBuilder::new();
+        let a = f.record(Kind::Entry, b"first entry");
+        let b = f.record(Kind::Committed, b"c");
+        let frame = f.seal();
+        let (len, crc) = parse_frame_header(frame[..12].try_into().unwrap()).unwrap();
+        let body = &frame[12..frame.len() - FRAME_TRAILER_BYTES];
+        // Every flip in a frame written whole says so; a frame cut short does not.
+        for bit in 0..frame.len() * 8 {
+            let mut bad = frame.clone();
+            bad[bit / 8] ^= 1 << (bit % 8);
+            assert!(written_whole(&bad), "bit {bit}");
+        }
+        for len in 0..frame.len() {
+            assert!(!written_whole(&frame[..len]), "cut to {len}");
+        }
+        // Damage in an earlier frame is damage even when the last frame's own header and
+        // trailer are hit as well, so that the end of the file names no frame.
+        let mut two = frame.clone();
+        two.extend_from_slice(&frame);
+        two.extend_from_slice(&frame);
+        two[FRAME_HEADER_BYTES + 3] ^= 0x10;
+        let end = two.len();
+        two[end - 2] ^= 0x01;
+        two[2 * frame.len() + 5] ^= 0x04;
+        assert!(written_whole(&two));
+        // A torn last frame is torn, even with its header and body in: the scan starts
+        // inside it.
+        assert!(!written_whole(&frame[..frame.len() - 3]));
+        // Damage followed by a frame whose trailer is hit too is damage: that frame's header
+        // and body say it was written after.
+        let mut after = frame.clone();
+        after.extend_from_slice(&frame);
+        after[0] ^= 0x01;
+        let end = after.len();
+        after[end - 2] ^= 0x20;
+        assert!(written_whole(&after));
+        assert_eq!((len, crc), (body.len(), crc32c::crc32c(body)));
+        let rs = records(body).unwrap();
+        assert_eq!(rs.len(), 2);
+        assert_eq!(
+            (rs[0].kind, rs[0].payload),
+            (Kind::Entry, &b"first entry"[..])
+        );
+        assert_eq!(rs[0].at as u32 + 12, a);
+        assert_eq!(rs[1].at as u32 + 12, b);
+        for bit in 0..body.len() * 8 {
+            let mut bad = body.to_vec();
+            bad[bit / 8] ^= 1 << (bit % 8);
+            assert!(
+                crc32c::crc32c(&bad) != crc,
+                "bit {bit} unnoticed by the frame"
+            );
+        }
+    }
+
+    #[test]
+    fn headers_name_their_first_index_and_refuse_other_versions() {
+        let h = header(42);
+        assert_eq!(parse_header("s", &h).unwrap(), 42);
+        let mut other = h;
+        other[8..12].copy_from_slice(&2u32.to_le_bytes());
+        let crc = crc32c::crc32c(&other[..20]);
+        other[20..].copy_from_slice(&crc.to_le_bytes());
+        let e = parse_header("s", &other).unwrap_err().to_string();
+        assert!(e.contains("format 2") && e.contains("backup"), "{e}");
+        let mut flipped = h;
+        flipped[13] ^= 1;
+        assert!(parse_header("s", &flipped).unwrap_err().is_damage());
+        assert!(parse_header("s", b"short").is_err());
+    }
+}
