@@ -1,6 +1,12 @@
 //! Peer RPC, both sides: the routes a node serves to its peers (Raft append-entries, vote,
 //! snapshot chunks, and the forwarding route) and the openraft network that calls them.
 //!
+//! Raft RPC bodies, both ways, are the binary encoding of the log (`raft_store::codec`): an
+//! append-entries request carries entries the follower writes as they are, and decoding it
+//! costs a fraction of JSON's. Error answers keep the JSON error shape (a peer of another
+//! build must be able to read "peer_protocol_mismatch"), and so does forwarding, whose
+//! answers hold client JSON.
+//!
 //! Every call carries a deadline: openraft's `hard_ttl` for Raft RPCs, the caller's remaining
 //! request time for forwarded operations. Peer routes are kept apart from the client routes so
 //! client limits never slow heartbeats down.
@@ -35,6 +41,8 @@ use crate::transport::{HttpRequest, Transport};
 pub const APPEND_PATH: &str = "/raft/append";
 pub const VOTE_PATH: &str = "/raft/vote";
 pub const SNAPSHOT_PATH: &str = "/raft/snapshot";
+/// The content type of Raft RPC bodies (`raft_store::codec`).
+pub const RPC_CONTENT_TYPE: &str = "application/x-uniqlog-raft";
 /// The CRC-32C of a snapshot chunk's data, in decimal.
 pub const CHUNK_CRC_HEADER: &str = "x-uniqlog-chunk-crc32c";
 
@@ -72,13 +80,13 @@ pub fn peer_router(app: SharedApp) -> Router {
             post(|State(app): State<SharedApp>| async move {
                 crate::routes::cluster::cluster_status(&app)
                     .await
-                    .map(rpc_answer)
+                    .map(json_answer)
             }),
         )
         .route(
             crate::removal::MEMBERSHIP_PATH,
             post(|State(app): State<SharedApp>| async move {
-                rpc_answer(crate::removal::PeerMembership::of(&app))
+                json_answer(crate::removal::PeerMembership::of(&app))
             }),
         )
         // The forwarded client request keeps the id the receiving node gave it.
@@ -101,17 +109,34 @@ pub fn peer_router(app: SharedApp) -> Router {
         .with_state(app)
 }
 
-fn rpc_answer<T: Serialize>(r: T) -> Response {
+/// The answer of a peer route that is not Raft's (status, membership, forwarding): JSON.
+fn json_answer<T: Serialize>(r: T) -> Response {
     (StatusCode::OK, Json(r)).into_response()
 }
 
+/// A Raft RPC's answer, encoded.
+fn rpc_answer<T: Serialize>(r: T) -> Response {
+    (
+        StatusCode::OK,
+        [(axum::http::header::CONTENT_TYPE, RPC_CONTENT_TYPE)],
+        raft_store::codec::encode(&r),
+    )
+        .into_response()
+}
+
+/// A Raft RPC request, decoded; a body that is not one is a 400 and reaches nothing.
+fn parse_rpc<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    raft_store::codec::decode(body)
+        .map_err(|e| ApiError::bad_request(format!("not a peer request of this build: {e}")))
+}
+
 async fn append(State(app): State<SharedApp>, body: Bytes) -> Result<Response, ApiError> {
-    let req: AppendEntriesRequest<TypeConfig> = parse_json(&body)?;
+    let req: AppendEntriesRequest<TypeConfig> = parse_rpc(&body)?;
     Ok(rpc_answer(app.raft.append_entries(req).await))
 }
 
 async fn vote(State(app): State<SharedApp>, body: Bytes) -> Result<Response, ApiError> {
-    let req: VoteRequest<NodeId> = parse_json(&body)?;
+    let req: VoteRequest<NodeId> = parse_rpc(&body)?;
     Ok(rpc_answer(app.raft.vote(req).await))
 }
 
@@ -130,7 +155,7 @@ async fn snapshot(
     headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let req: InstallSnapshotRequest<TypeConfig> = parse_json(&body)?;
+    let req: InstallSnapshotRequest<TypeConfig> = parse_rpc(&body)?;
     let sent_crc = headers
         .get(CHUNK_CRC_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -189,7 +214,7 @@ async fn forwarded(State(app): State<SharedApp>, body: Bytes) -> Result<Response
     }
     let timeout = Duration::from_millis(f.timeout_ms.min(app.limits.request_timeout_ms));
     let reply = app.execute_local(f.op, timeout).await?;
-    Ok(rpc_answer(reply))
+    Ok(json_answer(reply))
 }
 
 /// openraft's network: one [`PeerClient`] per target.
@@ -278,8 +303,8 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let body = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        self.send(path, body, option).await
+        self.send(path, raft_store::codec::encode(req), option)
+            .await
     }
 
     async fn send<Resp, E>(
@@ -349,8 +374,8 @@ impl PeerClient {
             ));
             return Err(RPCError::Network(NetworkError::new(&e)));
         }
-        let answer: Result<Resp, RaftError<NodeId, E>> = serde_json::from_slice(&resp.body)
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let answer: Result<Resp, RaftError<NodeId, E>> = raft_store::codec::decode(&resp.body)
+            .map_err(|e| RPCError::Network(NetworkError::new(&std::io::Error::other(e))))?;
         answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
@@ -358,6 +383,10 @@ impl PeerClient {
 impl PeerClient {
     fn request(&self, path: &str, body: Vec<u8>) -> HttpRequest {
         let mut req = HttpRequest::post(path, body);
+        req.headers.push((
+            axum::http::header::CONTENT_TYPE,
+            RPC_CONTENT_TYPE.to_string(),
+        ));
         crate::cluster_secret::sign(&mut req, self.cluster_secret.as_deref());
         crate::peer_protocol::stamp(&mut req);
         req
@@ -370,8 +399,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
-        let body =
-            serde_json::to_vec(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let body = raft_store::codec::encode(&rpc);
         if body.len() > APPEND_BATCH_BYTES_MAX && rpc.entries.len() > 1 {
             let hint = (rpc.entries.len() / 2) as u64;
             return Err(RPCError::PayloadTooLarge(
@@ -387,8 +415,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
         let crc = crc32c::crc32c(&rpc.data);
-        let body =
-            serde_json::to_vec(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let body = raft_store::codec::encode(&rpc);
         let mut req = self.request(SNAPSHOT_PATH, body);
         req.headers.push((
             axum::http::HeaderName::from_static(CHUNK_CRC_HEADER),

@@ -236,7 +236,12 @@ fn http_request(addr: &str, req: HttpRequest) -> http::Result<http::Request<Full
         .method(req.method)
         .uri(req.path)
         .header(http::header::HOST, addr);
-    if req.body.is_some() {
+    if req.body.is_some()
+        && !req
+            .headers
+            .iter()
+            .any(|(k, _)| k == http::header::CONTENT_TYPE)
+    {
         builder = builder.header(http::header::CONTENT_TYPE, "application/json");
     }
     for (k, v) in req.headers {

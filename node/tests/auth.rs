@@ -308,6 +308,7 @@ fn status_of_stream(addr: &str, path: &str, token: Option<&str>) -> Resp {
     Resp {
         status,
         body: serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        bytes: text.clone().into_bytes(),
         text,
         location: None,
         retry_after: None,

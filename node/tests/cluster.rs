@@ -265,8 +265,10 @@ fn a_peer_of_another_protocol_version_is_refused_and_the_cluster_keeps_working()
     let c = Cluster::start(3, Tuning::default());
     let leader = c.wait_leader(&[1, 2, 3]);
     // A stale vote request: harmless when it does reach Raft.
-    let vote =
-        r#"{"vote":{"leader_id":{"term":0,"node_id":2},"committed":false},"last_log_id":null}"#;
+    let vote = raft_store::codec::encode(&openraft::raft::VoteRequest::<u64>::new(
+        openraft::Vote::new(0, 2),
+        None,
+    ));
     let header = "x-uniqlog-peer-protocol";
     for (sent, named) in [
         (Some("1"), "the request peer protocol 1"),
@@ -274,7 +276,7 @@ fn a_peer_of_another_protocol_version_is_refused_and_the_cluster_keeps_working()
         (None, "the request names none"),
     ] {
         let headers: Vec<(&str, &str)> = sent.iter().map(|v| (header, *v)).collect();
-        let r = post_with_headers(&c.addr(leader), "/raft/vote", vote, &headers);
+        let r = post_rpc(&c.addr(leader), "/raft/vote", &vote, &headers);
         assert_eq!(r.status, 400, "{}", r.text);
         assert_eq!(r.body["error"], "peer_protocol_mismatch");
         let message = r.body["message"].as_str().unwrap();
@@ -288,9 +290,16 @@ fn a_peer_of_another_protocol_version_is_refused_and_the_cluster_keeps_working()
         .log(leader)
         .contains("refused a peer speaking another protocol version"));
     // This build's version passes the check and reaches Raft, which answers the stale vote.
-    let r = post_with_headers(&c.addr(leader), "/raft/vote", vote, &[(header, "2")]);
+    let r = post_rpc(&c.addr(leader), "/raft/vote", &vote, &[(header, "2")]);
     assert_eq!(r.status, 200, "{}", r.text);
-    assert!(r.body.get("Ok").is_some(), "{}", r.text);
+    let answer: Result<openraft::raft::VoteResponse<u64>, openraft::error::RaftError<u64>> =
+        raft_store::codec::decode(&r.bytes).unwrap();
+    assert!(!answer.unwrap().vote_granted, "a stale vote is not granted");
+    // A JSON body, as builds before protocol 2 sent, is refused before it reaches Raft.
+    let json =
+        r#"{"vote":{"leader_id":{"term":0,"node_id":2},"committed":false},"last_log_id":null}"#;
+    let r = post_with_headers(&c.addr(leader), "/raft/vote", json, &[(header, "2")]);
+    assert_eq!(r.status, 400, "{}", r.text);
     // The cluster never noticed.
     assert_eq!(c.wait_leader(&[1, 2, 3]), leader);
     append_ok(&c.addr(leader), "p", "after", None);

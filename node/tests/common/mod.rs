@@ -45,6 +45,8 @@ pub struct Resp {
     pub status: u16,
     pub body: Value,
     pub text: String,
+    /// The body as sent (binary answers: Raft RPC, backups).
+    pub bytes: Vec<u8>,
     pub location: Option<String>,
     pub retry_after: Option<String>,
     /// `x-request-id` of the answer.
@@ -209,6 +211,7 @@ fn finish(resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result
         status,
         body,
         text,
+        bytes,
         location,
         retry_after,
         request_id,
@@ -471,11 +474,20 @@ impl Cluster {
 
     /// Wait until node `id`'s process exits on its own (it refused to start, or stopped).
     pub fn wait_exit(&mut self, id: u64, timeout: Duration) -> std::process::ExitStatus {
+        let log = self.dir.path().join(format!("node{id}.log"));
         let node = self.nodes.iter_mut().find(|n| n.id == id).unwrap();
         let child = node.child.as_mut().expect("node running");
-        let status = wait_for(&format!("node {id} to exit"), timeout, || {
-            child.try_wait().unwrap()
-        });
+        let deadline = std::time::Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                panic!("node {id} did not exit within {timeout:?}; its log:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
         node.child = None;
         status
     }
@@ -854,6 +866,17 @@ impl Drop for Killed {
 }
 
 /// POST a JSON text with extra headers (any answer).
+/// POST a binary Raft RPC body (`raft_store::codec`), as a peer does.
+pub fn post_rpc(addr: &str, path: &str, body: &[u8], headers: &[(&str, &str)]) -> Resp {
+    let mut req = agent()
+        .post(&format!("http://{addr}{path}"))
+        .header("content-type", "application/x-uniqlog-raft");
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    finish(req.send(body)).unwrap()
+}
+
 pub fn post_with_headers(addr: &str, path: &str, json: &str, headers: &[(&str, &str)]) -> Resp {
     let mut req = agent()
         .post(&format!("http://{addr}{path}"))
