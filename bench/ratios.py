@@ -41,3 +41,27 @@ for target in ("http-append", "http-post-json"):
                 ok = ops >= need and p99 is not None and p99 < 10
                 goal = "met" if ok else f"missed: {ops / need:.0%} of max(10x etcd, nats), p99 {p99:.1f} ms"
         print(f"| {target} | {conc} | {ops:,.0f} | {r_etcd} | {r_nats} | {p99:.2f} | {goal} |")
+
+# Server CPU per request: user + system time of all of a system's server processes over the
+# measured phase (`server_cpu_s`, from /proc), divided by the requests answered. Steadier than
+# ops/s on a shared machine, and issue 25's CPU target is uniqlog <= NATS dedup in the same run.
+def cpu_us(r):
+    s, n = r.get("server_cpu_s"), r.get("requests")
+    return 1e6 * s / n if isinstance(s, (int, float)) and s > 0 and n else None
+
+cells = {}
+for r in rows:
+    v = cpu_us(r)
+    if v is not None:
+        key = (r.get("system", r.get("label")), r["target"], r.get("concurrency", 1))
+        cells.setdefault(key, []).append(v)
+if cells:
+    print()
+    print("| system | target | clients | server CPU µs/request (median) | runs | vs nats-dedup |")
+    print("|---|---|---|---|---|---|")
+    for (system, target, conc), vs in sorted(cells.items(), key=lambda kv: (kv[0][2], kv[0][0], kv[0][1])):
+        med = statistics.median(vs)
+        nats = cells.get(("nats", "nats-dedup", conc))
+        ratio = f"{med / statistics.median(nats):.2f}x" if nats else "-"
+        runs = ", ".join(f"{v:,.0f}" for v in vs)
+        print(f"| {system} | {target} | {conc} | {med:,.0f} | {runs} | {ratio} |")

@@ -43,6 +43,11 @@ struct SetLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcLabels {
+    rpc: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FollowerLabels {
     follower: u64,
 }
@@ -127,10 +132,88 @@ pub async fn track(State(http): State<HttpMetrics>, req: Request, next: Next) ->
     resp
 }
 
+/// 10 µs to about 5 s: the stages of one write, from a loopback round trip up to a stall.
+fn stage() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_01, 2.0, 20))
+}
+
+/// The stages of a write's way through Raft, timed where each happens, so that one append's
+/// latency can be taken apart from outside (`bench/breakdown.sh`): the HTTP route's own time
+/// holds the leader's Raft write, which holds its log write, the replication round trip and
+/// apply; the round trip holds the follower's handling, which holds its log write. What no
+/// stage accounts for is the hand-offs between them. Cheap to clone (shared handles).
+#[derive(Clone)]
+pub struct RaftPathMetrics {
+    write: Histogram,
+    sent: Family<RpcLabels, Histogram, fn() -> Histogram>,
+    handled: Family<RpcLabels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for RaftPathMetrics {
+    fn default() -> Self {
+        RaftPathMetrics {
+            write: stage(),
+            sent: Family::new_with_constructor(stage),
+            handled: Family::new_with_constructor(stage),
+        }
+    }
+}
+
+/// The label of a peer RPC: an append without entries is a heartbeat, timed apart because
+/// it carries no write and would dilute the mean of those that do.
+pub fn rpc_kind(rpc: &'static str, entries: usize) -> &'static str {
+    match (rpc, entries) {
+        ("append", 0) => "heartbeat",
+        _ => rpc,
+    }
+}
+
+impl RaftPathMetrics {
+    fn register(&self, r: &mut Registry) {
+        r.register_with_unit(
+            "raft_write",
+            "On the leader: one proposed entry, from client_write until it is committed and \
+             applied here",
+            Unit::Seconds,
+            self.write.clone(),
+        );
+        r.register_with_unit(
+            "peer_rpc_sent",
+            "Raft RPCs to a peer, request to answer, as the sender sees them, by kind",
+            Unit::Seconds,
+            self.sent.clone(),
+        );
+        r.register_with_unit(
+            "peer_rpc_handled",
+            "Raft RPCs from a peer, handed to Raft until it answered (decoding and HTTP \
+             excluded), by kind",
+            Unit::Seconds,
+            self.handled.clone(),
+        );
+    }
+
+    pub fn wrote(&self, took: Duration) {
+        self.write.observe(took.as_secs_f64());
+    }
+
+    pub fn sent(&self, rpc: &'static str, took: Duration) {
+        self.sent
+            .get_or_create(&RpcLabels { rpc: rpc.into() })
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn handled(&self, rpc: &'static str, took: Duration) {
+        self.handled
+            .get_or_create(&RpcLabels { rpc: rpc.into() })
+            .observe(took.as_secs_f64());
+    }
+}
+
 /// One registry per node; every handle is shared, so recording needs no lock.
 pub struct NodeMetrics {
     registry: Registry,
     pub http: HttpMetrics,
+    pub raft_path: RaftPathMetrics,
     batch_requests: Histogram,
     uniq_conflicts: Family<SetLabels, Counter>,
     term: Gauge,
@@ -155,6 +238,7 @@ impl NodeMetrics {
         let mut m = NodeMetrics {
             registry: Registry::with_prefix("uniqlog"),
             http: HttpMetrics::default(),
+            raft_path: RaftPathMetrics::default(),
             batch_requests: Histogram::new(exponential_buckets(1.0, 2.0, 9)),
             uniq_conflicts: Family::default(),
             term: Gauge::default(),
@@ -174,6 +258,7 @@ impl NodeMetrics {
         };
         let r = &mut m.registry;
         m.http.register(r);
+        m.raft_path.register(r);
         r.register(
             "append_batch_requests",
             "Client requests proposed together in one Raft entry (group commit)",

@@ -12,7 +12,7 @@
 //! client limits never slow heartbeats down.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -35,6 +35,7 @@ use serde::Serialize;
 
 use crate::app::{Forwarded, SharedApp, FORWARD_PATH};
 use crate::error::ApiError;
+use crate::metrics::{rpc_kind, RaftPathMetrics};
 use crate::extract::parse_json;
 use crate::transport::{HttpRequest, Transport};
 
@@ -132,12 +133,19 @@ fn parse_rpc<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
 
 async fn append(State(app): State<SharedApp>, body: Bytes) -> Result<Response, ApiError> {
     let req: AppendEntriesRequest<TypeConfig> = parse_rpc(&body)?;
-    Ok(rpc_answer(app.raft.append_entries(req).await))
+    let kind = rpc_kind("append", req.entries.len());
+    let started = Instant::now();
+    let answer = app.raft.append_entries(req).await;
+    app.metrics.raft_path.handled(kind, started.elapsed());
+    Ok(rpc_answer(answer))
 }
 
 async fn vote(State(app): State<SharedApp>, body: Bytes) -> Result<Response, ApiError> {
     let req: VoteRequest<NodeId> = parse_rpc(&body)?;
-    Ok(rpc_answer(app.raft.vote(req).await))
+    let started = Instant::now();
+    let answer = app.raft.vote(req).await;
+    app.metrics.raft_path.handled("vote", started.elapsed());
+    Ok(rpc_answer(answer))
 }
 
 /// A snapshot chunk from the leader. openraft 0.9 writes a chunk at whatever offset it names
@@ -223,14 +231,20 @@ pub struct PeerNetwork {
     pub cluster_secret: Option<String>,
     /// Which peers answer, shared by every client of this node.
     pub reachability: Arc<Reachability>,
+    pub metrics: RaftPathMetrics,
 }
 
 impl PeerNetwork {
-    pub fn new(transport: Arc<dyn Transport>, cluster_secret: Option<String>) -> Self {
+    pub fn new(
+        transport: Arc<dyn Transport>,
+        cluster_secret: Option<String>,
+        metrics: RaftPathMetrics,
+    ) -> Self {
         PeerNetwork {
             transport,
             cluster_secret,
             reachability: Arc::default(),
+            metrics,
         }
     }
 }
@@ -245,6 +259,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             transport: self.transport.clone(),
             cluster_secret: self.cluster_secret.clone(),
             reachability: self.reachability.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -287,6 +302,7 @@ pub struct PeerClient {
     transport: Arc<dyn Transport>,
     cluster_secret: Option<String>,
     reachability: Arc<Reachability>,
+    metrics: RaftPathMetrics,
 }
 
 type RpcResult<T, E> = Result<T, RPCError<NodeId, Node, RaftError<NodeId, E>>>;
@@ -406,7 +422,11 @@ impl RaftNetwork<TypeConfig> for PeerClient {
                 PayloadTooLarge::new_entries_hint(hint),
             ));
         }
-        self.send(APPEND_PATH, body, &option).await
+        let kind = rpc_kind("append", rpc.entries.len());
+        let started = Instant::now();
+        let answer = self.send(APPEND_PATH, body, &option).await;
+        self.metrics.sent(kind, started.elapsed());
+        answer
     }
 
     async fn install_snapshot(
@@ -421,7 +441,10 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             axum::http::HeaderName::from_static(CHUNK_CRC_HEADER),
             crc.to_string(),
         ));
-        self.send_request(req, &option).await
+        let started = Instant::now();
+        let answer = self.send_request(req, &option).await;
+        self.metrics.sent("snapshot", started.elapsed());
+        answer
     }
 
     async fn vote(
@@ -429,6 +452,9 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
-        self.call(VOTE_PATH, &rpc, &option).await
+        let started = Instant::now();
+        let answer = self.call(VOTE_PATH, &rpc, &option).await;
+        self.metrics.sent("vote", started.elapsed());
+        answer
     }
 }

@@ -167,12 +167,14 @@ async fn propose_batch(
         timestamp_ms: crate::app::now_ms(),
         requests,
     };
+    let started = std::time::Instant::now();
     let res = tokio::time::timeout(entry_timeout, raft.client_write(cmd))
         .await
         .map_err(|_| ApiError::outcome_unknown("no commit within the request timeout"))
         .and_then(|r| r.map_err(write_error));
     match res {
         Ok(resp) => {
+            metrics.raft_path.wrote(started.elapsed());
             let index = resp.log_id.index;
             tracing::debug!(log_index = index, "entry committed and applied");
             let mut outcomes = resp.data.outcomes.into_iter();

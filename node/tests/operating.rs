@@ -54,6 +54,7 @@ fn assert_node_series(m: &Metrics, leader: bool) {
         "uniqlog_raft_log_commit_entries",
         "uniqlog_apply_seconds",
         "uniqlog_append_batch_requests",
+        "uniqlog_raft_write_seconds",
     ] {
         assert_eq!(m.kind(family), "histogram", "{family}");
     }
@@ -149,6 +150,20 @@ fn node_metrics_parse_and_move_under_load() {
             &after_via
         ) >= APPENDS as f64
     );
+    // The follower handed the leader's appends with entries to Raft, and timed them apart
+    // from heartbeats.
+    assert_eq!(
+        after_via.kind("uniqlog_peer_rpc_handled_seconds"),
+        "histogram"
+    );
+    assert!(
+        grew(
+            "uniqlog_peer_rpc_handled_seconds_count",
+            &[("rpc", "append")],
+            &before_via,
+            &after_via
+        ) >= 1.0
+    );
     assert!(after_via
         .0
         .iter()
@@ -166,6 +181,34 @@ fn node_metrics_parse_and_move_under_load() {
         grew(
             "uniqlog_append_batch_requests_count",
             &[],
+            &before_leader,
+            &after_leader
+        ) >= 1.0
+    );
+    // The stages of the write path (bench/breakdown.sh): every entry the leader proposed was
+    // timed through Raft, and replicated with appends that carried entries, not heartbeats.
+    assert_eq!(
+        grew(
+            "uniqlog_raft_write_seconds_count",
+            &[],
+            &before_leader,
+            &after_leader
+        ),
+        grew(
+            "uniqlog_append_batch_requests_count",
+            &[],
+            &before_leader,
+            &after_leader
+        )
+    );
+    assert_eq!(
+        after_leader.kind("uniqlog_peer_rpc_sent_seconds"),
+        "histogram"
+    );
+    assert!(
+        grew(
+            "uniqlog_peer_rpc_sent_seconds_count",
+            &[("rpc", "append")],
             &before_leader,
             &after_leader
         ) >= 1.0

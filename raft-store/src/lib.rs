@@ -112,7 +112,15 @@ impl Storage {
             }
         }
         let log_disk = Arc::new(disk::FsDisk::new(&data_dir.join(LOG_DIR))?);
+        // Timed for the start-up line: after a crash, redb's repair of the state file and the
+        // scan of the log are what a restart waits on (bench/restart.sh).
+        let started = std::time::Instant::now();
         let state_db = files::open_file(&state_path, STATE_CACHE_BYTES)?;
+        tracing::info!(
+            ms = started.elapsed().as_millis() as u64,
+            file = %state_path.display(),
+            "opened the state file"
+        );
         let mut storage = Self::with_log(
             log_disk,
             (state_db, &state_path.display().to_string()),
@@ -141,7 +149,14 @@ impl Storage {
         snapshot_dir: PathBuf,
     ) -> Result<Storage, StoreError> {
         files::ensure_format(&state_db, state_name)?;
-        let (log, _recovery) = segments::SegmentLog::open(log_disk)?;
+        let started = std::time::Instant::now();
+        let (log, recovery) = segments::SegmentLog::open(log_disk)?;
+        tracing::info!(
+            ms = started.elapsed().as_millis() as u64,
+            torn_bytes = recovery.torn_bytes,
+            leftover_segments = recovery.leftover_segments,
+            "opened the Raft log"
+        );
         files::check_pair(&log, (&state_db, state_name))?;
         files::verify_state_records(&state_db, false).map_err(|e| e.in_file(state_name))?;
         Self::start(Arc::new(log), Arc::new(state_db), snapshot_dir)
@@ -167,6 +182,7 @@ impl Storage {
             rules: rules.clone(),
             damage: damage.clone(),
             metrics: metrics.clone(),
+            events_since_sync: 0,
         };
         Ok(Storage {
             log: LogStore::new(log, db.clone(), damage.clone(), metrics.clone()),

@@ -50,7 +50,7 @@ impl StoreMetrics {
     pub fn register(&self, registry: &mut Registry) {
         registry.register_with_unit(
             "raft_log_commit",
-            "Durable commits of the Raft log file (redb commit with fsync)",
+            "Durable writes of the Raft log: one segment frame written and fdatasynced",
             Unit::Seconds,
             self.log_commit.clone(),
         );

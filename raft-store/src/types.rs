@@ -52,6 +52,17 @@ impl LogCommand {
             .sum::<usize>()
             + 32
     }
+
+    /// The events this command would append if every request were accepted.
+    pub fn event_count(&self) -> u64 {
+        self.requests
+            .iter()
+            .map(|r| match r {
+                Request::Append(a) => a.events.len() as u64,
+                Request::SetRules(_) => 0,
+            })
+            .sum()
+    }
 }
 
 impl Request {
