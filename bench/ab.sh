@@ -4,6 +4,8 @@
 # one line per run and a markdown table of medians, with the server CPU per request (user +
 # system time of the three node processes over the run, from /proc, divided by the requests).
 # usage: bench/ab.sh OLD_BINARY NEW_BINARY [ROUNDS=3] [REQS_1=1500] [REQS_64=20000]
+# AB_SPREAD=1: the clients spread over all three nodes (two thirds of the writes forwarded)
+# instead of all on node 1, the leader.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OLD=${1:?usage: bench/ab.sh OLD_BINARY NEW_BINARY [ROUNDS] [REQS_1] [REQS_64]}
@@ -30,7 +32,9 @@ run() { # run LABEL BINARY CLIENTS REQUESTS
   local label=$1 bin=$2 clients=$3 reqs=$4 before after j
   start_cluster "${BENCH_TMP:-/tmp/bench-anchors}/uniqlog-ab" "$bin" 2>/dev/null
   before=$(cpu_ticks)
-  j=$("$bin" bench --config "$CONFIG" --addr 127.0.0.51:7001 --json \
+  local target=(--addr 127.0.0.51:7001)
+  [ "${AB_SPREAD:-0}" = 1 ] && target=()
+  j=$("$bin" bench --config "$CONFIG" "${target[@]}" --json \
     --clients "$clients" --requests "$reqs" 2>/dev/null)
   after=$(cpu_ticks)
   stop_cluster

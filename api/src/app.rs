@@ -85,9 +85,10 @@ pub fn password_hashing_slots() -> usize {
     }
 }
 
-/// An operation only the leader can carry out.
+/// An operation only the leader can carry out. Forwarded in the log's binary encoding
+/// (`raft_store::codec`), so externally tagged.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum LeaderOp {
     Write { request: Request },
     ReadIndex,
@@ -195,15 +196,20 @@ impl App {
         if is_write {
             self.check_disk()?;
         }
-        let body = serde_json::to_vec(&Forwarded {
+        // Binary, like the entry the leader will make of it: the events are parsed and
+        // validated once, here, and not encoded as JSON again (issue 25).
+        let body = raft_store::codec::encode(&Forwarded {
             op,
             timeout_ms: left.as_millis() as u64,
-        })
-        .expect("forwarded ops serialize");
+        });
         // A little slack so the leader's own timeout answers first.
         let wait = left + Duration::from_millis(200);
         // The leader serves this on its peer router, which requires the cluster secret.
         let mut req = HttpRequest::post(FORWARD_PATH, body);
+        req.headers.push((
+            http::header::CONTENT_TYPE,
+            crate::peer::RPC_CONTENT_TYPE.to_string(),
+        ));
         crate::cluster_secret::sign(&mut req, self.cluster_secret.as_deref());
         crate::peer_protocol::stamp(&mut req);
         if let Some(id) = crate::request_id::current() {

@@ -36,7 +36,6 @@ use serde::Serialize;
 use crate::app::{Forwarded, SharedApp, FORWARD_PATH};
 use crate::error::ApiError;
 use crate::metrics::{rpc_kind, RaftPathMetrics};
-use crate::extract::parse_json;
 use crate::transport::{HttpRequest, Transport};
 
 pub const APPEND_PATH: &str = "/raft/append";
@@ -214,7 +213,7 @@ async fn snapshot(
 
 /// A follower hands an operation to this node, which must be the leader: one hop only.
 async fn forwarded(State(app): State<SharedApp>, body: Bytes) -> Result<Response, ApiError> {
-    let f: Forwarded = parse_json(&body)?;
+    let f: Forwarded = parse_rpc(&body)?;
     if app.raft.current_leader().await != Some(app.id) {
         return Err(ApiError::unavailable(
             "the forwarded-to node is no longer the leader",

@@ -1,8 +1,8 @@
 //! The peer protocol version: every peer RPC (Raft and forwarding) names the version of the
 //! messages it carries, and a node refuses any other.
 //!
-//! Peer messages are openraft's types (binary, `raft_store::codec`) and our forwarded
-//! operations (JSON), and the log entries inside them decide what apply does. A node of another build could decode them
+//! Peer messages are openraft's types and our forwarded operations (both binary,
+//! `raft_store::codec`), and the log entries inside them decide what apply does. A node of another build could decode them
 //! differently, or apply the same entry to a different result, and the replicas would diverge
 //! without an error. A build that changes the meaning or shape of a peer message, or what apply
 //! does with an entry, bumps [`VERSION`]; the refusal is then loud and immediate. Rolling
@@ -16,9 +16,9 @@ use axum::response::{IntoResponse, Response};
 use crate::error::ApiError;
 use crate::transport::HttpRequest;
 
-/// The peer protocol this build speaks. 2: log entries and Raft messages in a binary
-/// encoding, forwarded requests externally tagged.
-pub const VERSION: u32 = 2;
+/// The peer protocol this build speaks. 2: log entries in a binary encoding. 3: Raft
+/// messages and forwarded operations in that encoding too (2 sent them as JSON).
+pub const VERSION: u32 = 3;
 
 pub const HEADER: HeaderName = HeaderName::from_static("x-uniqlog-peer-protocol");
 

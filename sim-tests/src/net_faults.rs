@@ -30,7 +30,8 @@ use std::time::Duration;
 use api::{HttpRequest, HttpResponse, HyperTransport, Transport, TransportError};
 use futures::future::BoxFuture;
 use madsim::rand::Rng;
-use serde_json::Value;
+use api::app::LeaderOp;
+use raft_store::Request;
 
 /// What a request is, for the odds and the counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -246,13 +247,14 @@ fn duplicable(kind: MsgKind, req: &HttpRequest) -> bool {
         MsgKind::Raft => true,
         MsgKind::Forward => {
             let Some(body) = &req.body else { return false };
-            let Ok(v) = serde_json::from_slice::<Value>(body) else {
+            let Ok(f) = raft_store::codec::decode::<api::app::Forwarded>(body) else {
                 return false;
             };
-            let op = &v["op"];
-            match op["op"].as_str() {
-                Some("read_index") => true,
-                Some("write") => op["request"]["append"]["idempotency"].is_object(),
+            match f.op {
+                LeaderOp::ReadIndex => true,
+                LeaderOp::Write {
+                    request: Request::Append(a),
+                } => a.idempotency.is_some(),
                 _ => false,
             }
         }
@@ -356,6 +358,7 @@ impl Transport for FaultyTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use raft_store::{AppendRequest, IdempotencyKey};
 
     #[test]
     fn kinds_by_path() {
@@ -366,16 +369,31 @@ mod tests {
 
     #[test]
     fn only_keyed_writes_and_read_index_are_duplicated() {
-        let fwd = |body: Value| HttpRequest::post("/internal/v1/leader", body.to_string());
-        let keyed = serde_json::json!({"op": {"op": "write", "request": {"append": {
-            "topic": "t", "events": [], "idempotency": {"key": "k", "fingerprint": "f"}}}},
-            "timeout_ms": 5});
-        let plain = serde_json::json!({"op": {"op": "write", "request": {"append": {
-            "topic": "t", "events": [], "idempotency": null}}}, "timeout_ms": 5});
-        let read = serde_json::json!({"op": {"op": "read_index"}, "timeout_ms": 5});
+        let fwd = |op: LeaderOp| {
+            let body = raft_store::codec::encode(&api::app::Forwarded { op, timeout_ms: 5 });
+            HttpRequest::post("/internal/v1/leader", body)
+        };
+        let write = |idempotency: Option<IdempotencyKey>| LeaderOp::Write {
+            request: Request::Append(AppendRequest {
+                topic: "t".into(),
+                events: Vec::new(),
+                expected_version: Default::default(),
+                idempotency,
+                rules_version: 0,
+                reply: None,
+            }),
+        };
+        let keyed = write(Some(IdempotencyKey {
+            key: "k".into(),
+            fingerprint: "f".into(),
+        }));
         assert!(duplicable(MsgKind::Forward, &fwd(keyed)));
-        assert!(!duplicable(MsgKind::Forward, &fwd(plain)));
-        assert!(duplicable(MsgKind::Forward, &fwd(read)));
+        assert!(!duplicable(MsgKind::Forward, &fwd(write(None))));
+        assert!(duplicable(MsgKind::Forward, &fwd(LeaderOp::ReadIndex)));
+        assert!(!duplicable(
+            MsgKind::Forward,
+            &HttpRequest::post("/internal/v1/leader", "not binary")
+        ));
         assert!(duplicable(
             MsgKind::Raft,
             &HttpRequest::post("/raft/vote", "{}")
