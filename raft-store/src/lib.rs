@@ -1,5 +1,5 @@
-//! uniqlog's replicated storage: the openraft type config, the redb-backed Raft log and state
-//! machine, the command and outcome types, and snapshots.
+//! uniqlog's replicated storage: the openraft type config, the Raft log in segment files, the
+//! state machine in redb, the command and outcome types, and snapshots.
 //!
 //! This crate does no network I/O and knows no HTTP type. Apply is deterministic: it reads no
 //! clock, randomness, environment or local config.
