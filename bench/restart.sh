@@ -14,13 +14,15 @@ source "$ROOT/bench/lib.sh"
 DIR=${BENCH_TMP:-/tmp/bench-anchors}/uniqlog-restart
 trap 'stop_cluster; rm -rf "$DIR"/node?' EXIT
 log() { printf '%s restart: %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+since() { awk -v a="$(date +%s.%N)" -v b="$1" 'BEGIN { printf "%.2f", a - b }'; }
+minus() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a - b }'; }
 
 start_cluster "$DIR" "$UNIQLOG" 2>/dev/null
 log "writing $EVENTS events, 100 per request"
 started=$(date +%s.%N)
 "$UNIQLOG" bench --config "$CONFIG" --addr 127.0.0.51:7001 --clients 16 --batch 100 \
   --requests $((EVENTS / 100)) --warmup 0 --dup-ratio 0 --no-verify --max-seconds 1800 >&2
-log "written in $(echo "$(date +%s.%N) - $started" | bc) s"
+log "written in $(since "$started") s"
 # The last event's offset, as the leader serves it.
 head=$(curl -fsS -u "bench:$TOKEN" "http://127.0.0.51:7001/v1/topics" \
   | python3 -c 'import json,sys; t=json.load(sys.stdin); t=t.get("topics",t); print(next(x for x in t if x["name"]=="users")["length"])')
@@ -58,7 +60,7 @@ restart_once() { # restart_once SIGNAL: stop node 2 with SIGNAL, start it, time 
     kill -0 "${PIDS[1]}" 2>/dev/null || { log "node 2 exited; see $DIR/node2.log"; exit 1; }
     sleep 0.02
   done
-  printf '| %s | %.2f | %.2f |\n' "$sig" "$(echo "$ready_at - $t0" | bc)" "$(echo "$t1 - $t0" | bc)"
+  printf '| %s | %s | %s |\n' "$sig" "$(minus "$ready_at" "$t0")" "$(minus "$t1" "$t0")"
 }
 
 echo "| stopped with | s to /ready | s to serving the last event |"
