@@ -27,10 +27,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use api::app::LeaderOp;
 use api::{HttpRequest, HttpResponse, HyperTransport, Transport, TransportError};
 use futures::future::BoxFuture;
 use madsim::rand::Rng;
-use api::app::LeaderOp;
 use raft_store::Request;
 
 /// What a request is, for the odds and the counters.
