@@ -34,7 +34,7 @@ run() { # run LABEL BINARY CLIENTS REQUESTS
   before=$(cpu_ticks)
   local target=(--addr 127.0.0.51:7001)
   [ "${AB_SPREAD:-0}" = 1 ] && target=()
-  j=$("$bin" bench --config "$CONFIG" "${target[@]}" --json \
+  j=$("$bin" bench --config "$CONFIG" ${target[@]+"${target[@]}"} --json \
     --clients "$clients" --requests "$reqs" 2>/dev/null)
   after=$(cpu_ticks)
   stop_cluster

@@ -12,8 +12,8 @@ REQS=${1:-3000}
 ROUNDS=${2:-3}
 UNIQLOG=${UNIQLOG:-$ROOT/target/release/uniqlog}
 source "$ROOT/bench/lib.sh"
-trap stop_cluster EXIT
 OUT=$(mktemp -d)
+trap 'stop_cluster; rm -rf "$OUT"' EXIT
 
 scrape_all() { # scrape_all TAG: every node's /metrics into $OUT/TAG.N
   local i
@@ -23,7 +23,10 @@ scrape_all() { # scrape_all TAG: every node's /metrics into $OUT/TAG.N
 for r in $(seq "$ROUNDS"); do
   start_cluster "${BENCH_TMP:-/tmp/bench-anchors}/uniqlog-breakdown" "$UNIQLOG" 2>/dev/null
   scrape_all "before$r"
-  "$UNIQLOG" bench --config "$CONFIG" --addr 127.0.0.51:7001 --json \
+  # The load goes to the leader, whichever node that is.
+  leader=$(grep -l '^uniqlog_raft_state{state="leader"} 1' "$OUT"/before$r.? | sed 's/.*\.//')
+  [ -n "$leader" ] || { echo "breakdown: no leader in the nodes' metrics" >&2; exit 1; }
+  "$UNIQLOG" bench --config "$CONFIG" --addr "127.0.0.5$leader:7001" --json \
     --clients 1 --requests "$REQS" > "$OUT/bench$r.json" 2>/dev/null
   scrape_all "after$r"
   stop_cluster
@@ -82,6 +85,9 @@ for r in range(1, rounds + 1):
     st['p50'] = j['p50_ms'] * 1000
     rows.append(st)
 
+missing = sorted({k for r in rows for k, v in r.items() if v is None})
+if missing:
+    sys.exit(f"breakdown: no samples for {', '.join(missing)} (did the load reach the leader?)")
 med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
 lines = [
     ('one append, as the client sees it (mean)', med['client'], 0),

@@ -31,13 +31,16 @@ log "topic users holds $head events"
 
 # Wait until node 2 has applied everything the leader has (so its restart replays nothing
 # the leader still has to send).
+serves_last() { # serves_last: node 2 serves the topic's last event
+  curl -fsS -u "bench:$TOKEN" "http://127.0.0.52:7001/v1/topics/users/events?from=$last&limit=1" \
+    2>/dev/null | grep -q "\"offset\":$last"
+}
+caught_up=""
 for _ in $(seq 600); do
-  [ "$(curl -fsS -o /dev/null -w '%{http_code}' -u "bench:$TOKEN" \
-    "http://127.0.0.52:7001/v1/topics/users/events?from=$last&limit=1")" = 200 ] \
-    && curl -fsS -u "bench:$TOKEN" "http://127.0.0.52:7001/v1/topics/users/events?from=$last&limit=1" \
-      | grep -q "\"offset\":$last" && break
+  serves_last && { caught_up=1; break; }
   sleep 0.5
 done
+[ -n "$caught_up" ] || { log "node 2 did not catch up within 300 s"; exit 1; }
 du -sh "$DIR/node2/log" "$DIR/node2/uniqlog.redb" "$DIR/node2/snapshots" 2>/dev/null | sed "s/^/data: /" >&2 || true
 
 restart_once() { # restart_once SIGNAL: stop node 2 with SIGNAL, start it, time until it serves
@@ -51,13 +54,12 @@ restart_once() { # restart_once SIGNAL: stop node 2 with SIGNAL, start it, time 
     if [ -z "$ready_at" ] && curl -fsS -o /dev/null "http://127.0.0.52:7001/ready" 2>/dev/null; then
       ready_at=$(date +%s.%N)
     fi
-    if [ -n "$ready_at" ] && curl -fsS -u "bench:$TOKEN" \
-      "http://127.0.0.52:7001/v1/topics/users/events?from=$last&limit=1" 2>/dev/null \
-      | grep -q "\"offset\":$last"; then
+    if [ -n "$ready_at" ] && serves_last; then
       t1=$(date +%s.%N)
       break
     fi
     kill -0 "${PIDS[1]}" 2>/dev/null || { log "node 2 exited; see $DIR/node2.log"; exit 1; }
+    [ "$(since "$t0" | cut -d. -f1)" -lt 300 ] || { log "node 2 did not serve within 300 s"; exit 1; }
     sleep 0.02
   done
   printf '| %s | %s | %s |\n' "$sig" "$(minus "$ready_at" "$t0")" "$(minus "$t1" "$t0")"

@@ -179,7 +179,8 @@ impl RaftPathMetrics {
         );
         r.register_with_unit(
             "peer_rpc_sent",
-            "Raft RPCs to a peer, request to answer, as the sender sees them, by kind",
+            "Raft RPCs to a peer that got an answer, request to answer, as the sender sees \
+             them, by kind",
             Unit::Seconds,
             self.sent.clone(),
         );

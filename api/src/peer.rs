@@ -201,7 +201,9 @@ async fn snapshot(
     }
     let end = req.offset + req.data.len() as u64;
     let done = req.done;
+    let started = Instant::now();
     let res = app.raft.install_snapshot(req).await;
+    app.metrics.raft_path.handled("snapshot", started.elapsed());
     *received = match (&res, done) {
         (Ok(_), false) => Some((id, written.max(end))),
         (Ok(_), true) => None,
@@ -424,7 +426,11 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         let kind = rpc_kind("append", rpc.entries.len());
         let started = Instant::now();
         let answer = self.send(APPEND_PATH, body, &option).await;
-        self.metrics.sent(kind, started.elapsed());
+        // Only answers: a refused connection (near 0) or a timeout (the deadline) would
+        // skew the mean that `bench/breakdown.sh` reads as the round trip.
+        if answer.is_ok() {
+            self.metrics.sent(kind, started.elapsed());
+        }
         answer
     }
 
@@ -442,7 +448,11 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         ));
         let started = Instant::now();
         let answer = self.send_request(req, &option).await;
-        self.metrics.sent("snapshot", started.elapsed());
+        // Only answers: a refused connection (near 0) or a timeout (the deadline) would
+        // skew the mean that `bench/breakdown.sh` reads as the round trip.
+        if answer.is_ok() {
+            self.metrics.sent("snapshot", started.elapsed());
+        }
         answer
     }
 
@@ -453,7 +463,11 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
         let started = Instant::now();
         let answer = self.call(VOTE_PATH, &rpc, &option).await;
-        self.metrics.sent("vote", started.elapsed());
+        // Only answers: a refused connection (near 0) or a timeout (the deadline) would
+        // skew the mean that `bench/breakdown.sh` reads as the round trip.
+        if answer.is_ok() {
+            self.metrics.sent("vote", started.elapsed());
+        }
         answer
     }
 }

@@ -70,12 +70,14 @@ impl DiskSpace {
         }
     }
 
-    /// Free space and snapshot size, read at most every [`MEASURE_EVERY`]. `None` when the
-    /// free space cannot be read.
-    fn measure(&self, dir: &Path) -> Option<Space> {
+    /// Free space and snapshot size, read at most every [`MEASURE_EVERY`] while they allow
+    /// writes under `min_free`; a reading that refused them is never reused, so writes resume
+    /// as soon as space is freed. `None` when the free space cannot be read.
+    fn measure(&self, dir: &Path, min_free: u64) -> Option<Space> {
         let mut last = self.last.lock().expect("disk space lock");
         if let Some((at, space)) = *last {
-            if at.elapsed() < MEASURE_EVERY {
+            let allowed = space.is_none_or(|s| s.free >= min_free.saturating_add(s.snapshot));
+            if allowed && at.elapsed() < MEASURE_EVERY {
                 return space;
             }
         }
@@ -94,7 +96,7 @@ impl DiskSpace {
         let Some(dir) = &self.dir else {
             return Ok(());
         };
-        let Some(Space { free, snapshot }) = self.measure(dir) else {
+        let Some(Space { free, snapshot }) = self.measure(dir, min_free) else {
             return Ok(());
         };
         let needed = min_free.saturating_add(snapshot);

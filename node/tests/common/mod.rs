@@ -865,7 +865,6 @@ impl Drop for Killed {
     }
 }
 
-/// POST a JSON text with extra headers (any answer).
 /// POST a binary Raft RPC body (`raft_store::codec`), as a peer does.
 pub fn post_rpc(addr: &str, path: &str, body: &[u8], headers: &[(&str, &str)]) -> Resp {
     let mut req = agent()
@@ -877,6 +876,7 @@ pub fn post_rpc(addr: &str, path: &str, body: &[u8], headers: &[(&str, &str)]) -
     finish(req.send(body)).unwrap()
 }
 
+/// POST a JSON text with extra headers (any answer).
 pub fn post_with_headers(addr: &str, path: &str, json: &str, headers: &[(&str, &str)]) -> Resp {
     let mut req = agent()
         .post(&format!("http://{addr}{path}"))
