@@ -6,7 +6,7 @@
 //! differently, or apply the same entry to a different result, and the replicas would diverge
 //! without an error. A build that changes the meaning or shape of a peer message, or what apply
 //! does with an entry, bumps [`VERSION`]; the refusal is then loud and immediate. Rolling
-//! upgrades between builds of the same version are safe (see README, Operations: upgrades).
+//! upgrades between builds of the same version are safe (see docs/operating.md, Upgrades).
 
 use axum::extract::Request;
 use axum::http::HeaderName;

@@ -220,7 +220,7 @@ fn a_damaged_backup_is_refused_and_restores_nothing() {
     assert!(!r.dir.path().join("node1").join("uniqlog.redb").exists());
 }
 
-/// The way across the change of the log's layout (README, Upgrades): a backup taken by the
+/// The way across the change of the log's layout (docs/operating.md, Upgrades): a backup taken by the
 /// last build with the log in redb restores into this one. `fixtures/before_segments.backup`
 /// was taken from a one-node cluster of commit ffa380e with this harness's config (no
 /// cluster secret, the shipped user_email rules): three accounts, an email change, a keyed

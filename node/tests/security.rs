@@ -2,7 +2,7 @@
 //! node, the query API, the mail consumer and the mail sink refuse to start with; request and
 //! body deadlines; read pages capped in bytes; streams capped per node; anonymous requests
 //! rate-limited per client; activation links bound to the account's address; backups private
-//! and signed; loopback listeners deaf to foreign `Host` names; and the README's list of public
+//! and signed; loopback listeners deaf to foreign `Host` names; and docs/security.md's list of public
 //! routes. (The auth matrix is `auth.rs`.)
 
 mod common;
@@ -545,18 +545,14 @@ fn backups_are_private_and_signed_and_restore_checks_the_mac() {
 }
 
 #[test]
-fn the_readme_security_section_lists_exactly_the_public_routes() {
-    let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+fn the_security_doc_lists_exactly_the_public_routes() {
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/security.md"))
             .unwrap();
-    let section = readme
-        .split("\n## ")
-        .find(|s| s.starts_with("Security"))
-        .expect("README has a Security section");
-    let line = section
+    let line = doc
         .lines()
         .find(|l| l.starts_with("Public with auth on:"))
-        .expect("a line 'Public with auth on: ...' in README's Security section");
+        .expect("a line 'Public with auth on: ...' in docs/security.md");
     let listed: std::collections::BTreeSet<String> = line
         .split('`')
         .skip(1)
@@ -568,5 +564,5 @@ fn the_readme_security_section_lists_exactly_the_public_routes() {
         .filter(|(_, _, a)| *a == api::Access::Public)
         .map(|(m, p, _)| format!("{m} {p}"))
         .collect();
-    assert_eq!(listed, public, "README: {line}");
+    assert_eq!(listed, public, "docs/security.md: {line}");
 }

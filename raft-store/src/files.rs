@@ -213,7 +213,7 @@ pub(crate) fn ensure_format(db: &Database, name: &str) -> Result<(), StoreError>
                 return Err(StoreError::Unsupported(format!(
                     "{name} is in on-disk format {version}, written by {by}; this build reads \
                      format {FORMAT_VERSION} only. Run the build that wrote it, or rebuild this \
-                     node from its peers (see README, Operations: the node gets a new id)"
+                     node from its peers (see docs/operating.md, Damaged data: the node gets a new id)"
                 )));
             }
         }

@@ -95,7 +95,7 @@ impl Storage {
                 "{} is the Raft log of an older uniqlog (a redb file; this version keeps the log \
                  in segment files under {LOG_DIR}/). To move its data: with the old build \
                  running, `uniqlog backup --to FILE`; then, with this build, `uniqlog restore \
-                 --from FILE` into a new data dir (README, Backup and restore)",
+                 --from FILE` into a new data dir (docs/operating.md, Backup and restore)",
                 legacy_log.display()
             )));
         }

@@ -112,7 +112,7 @@ fn repair_steps(config_path: &Path, id: u64) -> String {
          5. uniqlog cluster add-learner --config {c} --id N\n  \
          6. wait until `uniqlog cluster status --config {c}` shows it caught up, then\n     \
             uniqlog cluster promote --config {c} --id N\n\
-         See README, Operations: damaged data."
+         See docs/operating.md, Damaged data."
     )
 }
 

@@ -85,7 +85,7 @@ pub(crate) fn parse_header(file: &str, h: &[u8]) -> Result<u64, StoreError> {
     if version != VERSION {
         return Err(StoreError::Unsupported(format!(
             "{file} is a log segment of format {version}; this build reads format {VERSION} \
-             only. Move the data to a node of this build with a backup and a restore (README, \
+             only. Move the data to a node of this build with a backup and a restore (docs/operating.md, \
              Backup and restore)"
         )));
     }
