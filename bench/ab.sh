@@ -6,6 +6,8 @@
 # usage: bench/ab.sh OLD_BINARY NEW_BINARY [ROUNDS=3] [REQS_1=1500] [REQS_64=20000]
 # AB_SPREAD=1: the clients spread over all three nodes (two thirds of the writes forwarded)
 # instead of all on node 1, the leader.
+# AB_NO_VERIFY=1: skip the bench's read-back check (for experiment binaries that do not serve
+# reads); the CPU figure then counts the writes alone.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OLD=${1:?usage: bench/ab.sh OLD_BINARY NEW_BINARY [ROUNDS] [REQS_1] [REQS_64]}
@@ -34,6 +36,7 @@ run() { # run LABEL BINARY CLIENTS REQUESTS
   before=$(cpu_ticks)
   local target=(--addr 127.0.0.51:7001)
   [ "${AB_SPREAD:-0}" = 1 ] && target=()
+  [ "${AB_NO_VERIFY:-0}" = 1 ] && target+=(--no-verify)
   j=$("$bin" bench --config "$CONFIG" ${target[@]+"${target[@]}"} --json \
     --clients "$clients" --requests "$reqs" 2>/dev/null)
   after=$(cpu_ticks)

@@ -295,9 +295,12 @@ impl From<raft_store::StoreError> for ApiError {
     fn from(e: raft_store::StoreError) -> Self {
         use raft_store::StoreError;
         match e {
-            StoreError::Redb(_) | StoreError::Io(_) | StoreError::Stopped => ApiError::unavailable(
-                format!("this node's storage failed ({e}); it stops serving: ask another node"),
-            ),
+            StoreError::Redb(_)
+            | StoreError::Io(_)
+            | StoreError::Stopped
+            | StoreError::EntryMissing { .. } => ApiError::unavailable(format!(
+                "this node's storage failed ({e}); it stops serving: ask another node"
+            )),
             StoreError::Corrupt { .. } | StoreError::DamagedFile { .. } => ApiError::internal(
                 format!("this node found damaged data ({e}); it stops serving: ask another node"),
             ),

@@ -130,13 +130,26 @@ fn damaged_files_are_refused_by_name_and_the_documented_repair_restores_three_re
     let pristine = c.dir.path().join("node3-pristine");
     copy_dir(&data_dir, &pristine);
 
-    // A stored event: named by table and key (the topic and offset).
-    assert!(damage_text(&state, &uid(5)) > 0);
-    assert_refused(
-        &mut c,
-        &["uniqlog.redb", "table events", "(c, 5)"],
-        &mut seq,
+    // An event behind openraft's purge point: the log keeps it (the log is the event store;
+    // the state file holds no copy) and checks it at start like every other frame.
+    assert!(
+        occurrences(&std::fs::read(&state).unwrap(), uid(5).as_bytes()).is_empty(),
+        "the state file holds a copy of an event"
     );
+    let holding: Vec<PathBuf> = std::fs::read_dir(data_dir.join("log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| !occurrences(&std::fs::read(p).unwrap(), uid(5).as_bytes()).is_empty())
+        .collect();
+    assert_eq!(holding.len(), 1, "one segment holds event 5: {holding:?}");
+    assert!(damage_text(&holding[0], &uid(5)) > 0);
+    let name = holding[0]
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_refused(&mut c, &[name.as_str(), "frame"], &mut seq);
     restore(&pristine, &data_dir);
 
     // A Raft log entry: the newest entries are still in the log. Its frame was written whole

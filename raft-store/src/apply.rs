@@ -33,8 +33,7 @@ pub struct RulesState {
 pub(crate) struct DataTables<'txn> {
     meta: Table<'txn, &'static str, &'static [u8]>,
     topics: Table<'txn, &'static str, Sealed<u64>>,
-    events: Table<'txn, (&'static str, u64), (u32, &'static str)>,
-    secrets: Table<'txn, (&'static str, u64), (u32, &'static str)>,
+    runs: Table<'txn, (&'static str, u64), Sealed<RunValue>>,
     streams: Table<'txn, &'static str, Sealed<(&'static str, u64)>>,
     stream_index: Table<'txn, (&'static str, u64), Sealed<u64>>,
     uniq: UniqTables<'txn>,
@@ -49,8 +48,7 @@ impl<'txn> DataTables<'txn> {
         Ok(DataTables {
             meta,
             topics: txn.open_table(TOPICS)?,
-            events: txn.open_table(EVENTS)?,
-            secrets: txn.open_table(EVENT_SECRETS)?,
+            runs: txn.open_table(EVENT_RUNS)?,
             streams: txn.open_table(STREAMS)?,
             stream_index: txn.open_table(STREAM_INDEX)?,
             uniq: UniqTables {
@@ -100,22 +98,6 @@ pub(crate) fn apply_request(
     }
 }
 
-/// The event as readers see it. Serialized once, at apply, and served verbatim afterwards.
-#[derive(Serialize)]
-struct StoredEvent<'a> {
-    topic: &'a str,
-    offset: u64,
-    log_index: u64,
-    timestamp: u64,
-    #[serde(rename = "type")]
-    event_type: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    stream: Option<&'a str>,
-    data: &'a RawValue,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    metadata: Option<&'a RawValue>,
-}
-
 fn json_object<'a>(text: &'a str, what: &str) -> Result<&'a RawValue, String> {
     let raw: &RawValue =
         serde_json::from_str(text).map_err(|e| format!("{what} is not valid JSON: {e}"))?;
@@ -131,6 +113,13 @@ fn check_events(topic: &str, events: &[NewEvent], rules: &Rules) -> Result<(), R
         return Err(Rejection::InvalidEvent {
             index: 0,
             reason: "an append needs at least one event".into(),
+        });
+    }
+    // A run counts its events in 32 bits (far above any node's per-append limit).
+    if u32::try_from(events.len()).is_err() {
+        return Err(Rejection::InvalidEvent {
+            index: 0,
+            reason: "too many events in one append".into(),
         });
     }
     for (index, e) in events.iter().enumerate() {
@@ -292,32 +281,20 @@ fn decide_append(
         }
     }
 
-    // Every check passed: write.
+    // Every check passed: write. The events stay in the log entry; one row says where.
     pending.write(&mut t.uniq)?;
+    t.runs.insert(
+        (req.topic.as_str(), first),
+        (
+            ctx.log_index,
+            ctx.position,
+            req.events.len() as u32,
+            ctx.log_time_ms,
+        ),
+    )?;
     let mut touched: BTreeSet<&str> = BTreeSet::new();
     for (i, e) in req.events.iter().enumerate() {
         let offset = first + i as u64;
-        let event = StoredEvent {
-            topic: &req.topic,
-            offset,
-            log_index: ctx.log_index,
-            timestamp: ctx.log_time_ms,
-            event_type: &e.event_type,
-            stream: e.stream.as_deref(),
-            data: json_object(&e.data, "data").expect("checked above"),
-            metadata: e
-                .metadata
-                .as_deref()
-                .map(|m| json_object(m, "metadata").expect("checked above")),
-        };
-        let json = serde_json::to_string(&event).expect("events serialize");
-        let topic = req.topic.as_str();
-        let crc = crate::checksum::event_sum(topic, offset, &json);
-        t.events.insert((topic, offset), (crc, json.as_str()))?;
-        if let Some(secret) = &e.secret {
-            let crc = crate::checksum::event_sum(topic, offset, secret);
-            t.secrets.insert((topic, offset), (crc, secret.as_str()))?;
-        }
         if let Some(stream) = e.stream.as_deref() {
             let v = versions.get_mut(stream).expect("collected above");
             *v += 1;

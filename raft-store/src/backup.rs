@@ -155,7 +155,7 @@ impl StateReader {
                 crc: 0,
                 mac: mac_key.map(backup_mac),
             };
-            snapshot::write_snapshot(&txn, &meta, &mut w)?;
+            snapshot::write_snapshot(&txn, &self.entries, &meta, &mut w)?;
             let mac = w.mac.take();
             info.signed = mac.is_some();
             w.write_all(TRAILER_MAGIC)?;
@@ -345,6 +345,10 @@ pub fn restore(
     txn.commit()?;
     // A snapshot of the restored state, for the nodes that join (the log has no entry for
     // them to replay).
-    crate::state_machine::build(&db, &storage.state_machine.snapshots)?;
+    crate::state_machine::build(
+        &db,
+        &storage.state_machine.entries,
+        &storage.state_machine.snapshots,
+    )?;
     Ok(info)
 }

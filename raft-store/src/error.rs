@@ -30,6 +30,10 @@ pub enum StoreError {
     /// The log writer task is gone: the node is shutting down.
     #[error("the raft log writer stopped")]
     Stopped,
+    /// An applied event's entry is not in this node's log (yet): a follower brought back at
+    /// an older log catches up from its leader.
+    #[error("entry {index} is not in this node's log yet; it is catching up")]
+    EntryMissing { index: u64 },
 }
 
 macro_rules! from_redb {

@@ -210,6 +210,16 @@ pub(crate) fn ensure_format(db: &Database, name: &str) -> Result<(), StoreError>
                     Some(v) if v > FORMAT_VERSION => (v, "a newer uniqlog"),
                     Some(v) => (v, "an older uniqlog"),
                 };
+                if found == Some(1) {
+                    return Err(StoreError::Unsupported(format!(
+                        "{name} is in on-disk format 1, written by an older uniqlog that kept a \
+                         copy of every event in the state file; this build reads events from the \
+                         log (format {FORMAT_VERSION}). To move its data: with the old build \
+                         running, `uniqlog backup --to FILE`; then, with this build, `uniqlog \
+                         restore --from FILE` into a new data dir (docs/operating.md, Backup and \
+                         restore)"
+                    )));
+                }
                 return Err(StoreError::Unsupported(format!(
                     "{name} is in on-disk format {version}, written by {by}; this build reads \
                      format {FORMAT_VERSION} only. Run the build that wrote it, or rebuild this \

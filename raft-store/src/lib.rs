@@ -12,6 +12,7 @@ mod damage;
 pub mod disk;
 mod disk_space;
 mod error;
+mod events;
 mod files;
 mod idempotency;
 mod log_store;
@@ -175,7 +176,10 @@ impl Storage {
         let rules = Arc::new(read::RulesCache::default());
         let damage = Damage::default();
         let metrics = StoreMetrics::default();
+        let log = LogStore::new(log, db.clone(), damage.clone(), metrics.clone());
+        let entries = log.entry_reader();
         let state_machine = StateMachine {
+            entries: entries.clone(),
             db: db.clone(),
             snapshots: snapshots.clone(),
             applied: Arc::new(tx),
@@ -185,13 +189,31 @@ impl Storage {
             events_since_sync: 0,
         };
         Ok(Storage {
-            log: LogStore::new(log, db.clone(), damage.clone(), metrics.clone()),
-            reader: StateReader::new(db, rx, rules, damage.clone(), snapshots),
+            log,
+            reader: StateReader::new(db, rx, rules, damage.clone(), snapshots, entries),
             state_machine,
             damage,
             disk: DiskSpace::unlimited(),
             metrics,
         })
+    }
+}
+
+impl Storage {
+    /// What openraft does with committed entries, for tests that drive the state machine by
+    /// hand: write them to the log (durably: the events are read from there), then apply.
+    #[doc(hidden)]
+    pub async fn log_and_apply(
+        &self,
+        entries: Vec<openraft::Entry<TypeConfig>>,
+    ) -> Result<Vec<LogResponse>, openraft::StorageError<NodeId>> {
+        use openraft::storage::RaftStateMachine;
+        let log = self.log.log.clone();
+        let written = entries.clone();
+        blocking(move || log.append(&written, None))
+            .await
+            .map_err(crate::error::logs_write)?;
+        self.state_machine.clone().apply(entries).await
     }
 }
 

@@ -42,6 +42,14 @@ impl LogStore {
             damage,
         }
     }
+
+    /// Reads entries for the event store, which is this log.
+    pub(crate) fn entry_reader(&self) -> crate::events::EntryReader {
+        crate::events::EntryReader {
+            log: self.log.clone(),
+            cache: self.writer.cache.clone(),
+        }
+    }
 }
 
 /// The entries in the range: from the cached tail when it covers the range, else the part

@@ -7,12 +7,12 @@ use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
 use tokio::sync::watch;
 
 use crate::apply::RulesState;
-use crate::checksum::check_event;
 use crate::error::StoreError;
+use crate::events::{EntryReader, Events};
 use crate::snapshot::write_records;
 use crate::tables::*;
 
-/// A page of events, each the JSON text stored at apply.
+/// A page of events, each the JSON text readers are served (`crate::events::render`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page {
     pub events: Vec<String>,
@@ -47,6 +47,8 @@ pub struct StateReader {
     pub(crate) damage: crate::Damage,
     /// Where backups are written before they are sent (`backup.rs`).
     pub(crate) snapshots: Arc<crate::snapshot::SnapshotDir>,
+    /// The log, where the events are.
+    pub(crate) entries: EntryReader,
 }
 
 impl StateReader {
@@ -56,6 +58,7 @@ impl StateReader {
         rules: Arc<RulesCache>,
         damage: crate::Damage,
         snapshots: Arc<crate::snapshot::SnapshotDir>,
+        entries: EntryReader,
     ) -> Self {
         StateReader {
             db,
@@ -63,6 +66,7 @@ impl StateReader {
             rules,
             damage,
             snapshots,
+            entries,
         }
     }
 
@@ -108,18 +112,21 @@ impl StateReader {
     ) -> Result<Page, StoreError> {
         self.guard("read_topic", || {
             let txn = self.txn()?;
-            let events = txn.open_table(EVENTS)?;
-            let mut out = Vec::new();
+            // The topic's length as of this transaction bounds the read: runs and entries
+            // past it may belong to applies this transaction does not see.
+            let len = txn.open_table(TOPICS)?.get(topic)?.map_or(0, |g| g.value());
+            let mut events = Events::open(&txn, &self.entries)?;
+            let mut out: Vec<String> = Vec::new();
             let mut bytes = 0usize;
-            for row in events.range((topic, from)..(topic, u64::MAX))?.take(limit) {
-                let (k, v) = row?;
-                let offset = k.value().1;
-                let event = check_event("events", topic, offset, v.value())?;
+            for offset in (from..len).take(limit) {
+                let event = events
+                    .event(topic, offset)?
+                    .ok_or_else(|| missing(topic, offset))?;
                 bytes = bytes.saturating_add(event.len());
                 if bytes > bytes_max && !out.is_empty() {
                     break;
                 }
-                out.push(event.to_string());
+                out.push(event);
             }
             Ok(Page {
                 next_offset: from + out.len() as u64,
@@ -161,8 +168,8 @@ impl StateReader {
                 });
             };
             let index = txn.open_table(STREAM_INDEX)?;
-            let events = txn.open_table(EVENTS)?;
-            let mut out = Vec::new();
+            let mut events = Events::open(&txn, &self.entries)?;
+            let mut out: Vec<String> = Vec::new();
             let mut bytes = 0usize;
             let start = from.saturating_add(1);
             for row in index
@@ -171,19 +178,18 @@ impl StateReader {
             {
                 let (k, offset) = row?;
                 let offset = offset.value();
-                let ev = events.get((topic.as_str(), offset))?.ok_or_else(|| {
+                let event = events.event(&topic, offset)?.ok_or_else(|| {
                     StoreError::corrupt(
                         "stream_index",
                         format!("{stream}/{}", k.value().1),
                         "event missing",
                     )
                 })?;
-                let event = check_event("events", &topic, offset, ev.value())?;
                 bytes = bytes.saturating_add(event.len());
                 if bytes > bytes_max && !out.is_empty() {
                     break;
                 }
-                out.push(event.to_string());
+                out.push(event);
             }
             Ok(Page {
                 next_offset: from + out.len() as u64,
@@ -319,13 +325,7 @@ impl StateReader {
     pub fn event_secret(&self, topic: &str, offset: u64) -> Result<Option<String>, StoreError> {
         self.guard("event_secret", || {
             let txn = self.txn()?;
-            let t = txn.open_table(EVENT_SECRETS)?;
-            match t.get((topic, offset))? {
-                None => Ok(None),
-                Some(g) => Ok(Some(
-                    check_event("event_secrets", topic, offset, g.value())?.to_string(),
-                )),
-            }
+            Events::open(&txn, &self.entries)?.secret(topic, offset)
         })
     }
 
@@ -344,17 +344,26 @@ impl StateReader {
         self.guard("canonical_dump", || {
             let txn = self.txn()?;
             let mut out = Vec::new();
-            write_records(&txn, &mut out)?;
+            write_records(&txn, &self.entries, &mut out)?;
             Ok(out)
         })
     }
+}
+
+/// An offset below the topic's length that no run or archive row holds.
+fn missing(topic: &str, offset: u64) -> StoreError {
+    StoreError::corrupt(
+        "event_runs",
+        format!("({topic}, {offset})"),
+        "no run holds it",
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A stored event whose checksum fails is never served: the read fails naming the record,
+    /// An archived event whose checksum fails is never served: the read fails naming the record,
     /// and the damage is recorded for the node to stop on.
     #[test]
     fn a_damaged_event_is_refused_and_recorded() {
@@ -368,6 +377,7 @@ mod tests {
                 let crc = crate::checksum::event_sum("t", 0, good);
                 t.insert(("t", 0), (crc, good)).unwrap();
                 t.insert(("t", 1), (crc, r#"{"offset":1}"#)).unwrap();
+                txn.open_table(TOPICS).unwrap().insert("t", 2).unwrap();
             }
             txn.commit().unwrap();
         }

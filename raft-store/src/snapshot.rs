@@ -1,13 +1,19 @@
 //! Snapshots as files: written from one consistent redb read transaction, streamed record by
 //! record, never the whole store in memory.
 //!
-//! Format (version 2): the magic `UQSNAP` and a format byte, the openraft `SnapshotMeta` as
-//! length-prefixed JSON and its CRC-32C, then one record per state-machine row (`table tag`,
+//! Format (version 3): the magic `UQSNAP` and a format byte, the openraft `SnapshotMeta` as
+//! length-prefixed JSON and its CRC-32C (over the magic too), then one record per state-machine
+//! row (`table tag`,
 //! key bytes, value bytes, each length-prefixed, in redb's own encoding of the table's types,
 //! then the record's CRC-32C over tag, key and value), then an end marker with the record
 //! count so a truncated file is detected. A snapshot is checked whole when a node starts on
 //! it, and record by record as it is installed (inside the install's transaction, so a
 //! damaged one changes nothing).
+//!
+//! The events are in the log, not in the state (`crate::events`), so a snapshot carries them
+//! rendered, as rows of the archive tables (`events`, `event_secrets`), beside the runs: a
+//! follower that installs it has every event without the entries. Version 2, from before
+//! `event_runs`, had the same rows and no runs, and is still read (backups).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
@@ -26,12 +32,15 @@ use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, ReadBuf};
 
 use crate::checksum;
 use crate::error::StoreError;
+use crate::events::{EntryReader, Events};
 use crate::tables::state_machine_tables;
 use crate::tables::*;
 use crate::types::{Node, NodeId};
 use crate::well_formed::WellFormed;
 
-const MAGIC: &[u8; 7] = b"UQSNAP\x02";
+const MAGIC: &[u8; 7] = b"UQSNAP\x03";
+/// The format before `event_runs`: read, never written.
+const FORMAT_V2: u8 = 2;
 const END_TAG: u8 = 0xFF;
 /// No key or value of a state-machine row is this large.
 const RECORD_BYTES_MAX: usize = 64 * 1024 * 1024;
@@ -219,11 +228,16 @@ impl SnapshotDir {
     }
 
     /// Write a snapshot of `txn`'s view of the state machine and make it the current one.
-    pub(crate) fn build(&self, txn: &ReadTransaction, meta: &Meta) -> Result<(), StoreError> {
+    pub(crate) fn build(
+        &self,
+        txn: &ReadTransaction,
+        entries: &EntryReader,
+        meta: &Meta,
+    ) -> Result<(), StoreError> {
         let tmp = self.temp_path("build");
         let file = File::create(&tmp)?;
         let mut w = BufWriter::new(file);
-        write_snapshot(txn, meta, &mut w)?;
+        write_snapshot(txn, entries, meta, &mut w)?;
         let file = w.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         self.publish(&tmp, meta)
@@ -289,11 +303,57 @@ fn dump_table<K: Key + 'static, V: Value + 'static>(
         let (k, v) = (K::as_bytes(&kv), V::as_bytes(&vv));
         let (k, v) = (k.as_ref(), v.as_ref());
         verify_row(def.name(), k, v)?;
-        w.write_all(&[tag])?;
-        write_len_prefixed(w, k)?;
-        write_len_prefixed(w, v)?;
-        w.write_all(&checksum::sum(&[&[tag], k, v]).to_le_bytes())?;
+        write_record(w, tag, k, v)?;
         n += 1;
+    }
+    Ok(n)
+}
+
+fn write_record(w: &mut impl Write, tag: u8, k: &[u8], v: &[u8]) -> Result<(), StoreError> {
+    w.write_all(&[tag])?;
+    write_len_prefixed(w, k)?;
+    write_len_prefixed(w, v)?;
+    w.write_all(&checksum::sum(&[&[tag], k, v]).to_le_bytes())?;
+    Ok(())
+}
+
+/// The snapshot tags of `events` and `event_secrets`, whose rows are rendered from the log
+/// (or copied from the archive) rather than dumped.
+const EVENTS_TAG: u8 = 2;
+const EVENT_SECRETS_TAG: u8 = 9;
+
+/// Every event of every topic, and its secret, as archive rows, in key order.
+fn write_events(
+    txn: &ReadTransaction,
+    entries: &EntryReader,
+    w: &mut impl Write,
+) -> Result<u64, StoreError> {
+    let mut events = Events::open(txn, entries)?;
+    let topics = txn.open_table(TOPICS)?;
+    let mut n = 0;
+    for row in topics.iter()? {
+        let (topic, len) = row?;
+        let (topic, len) = (topic.value(), len.value());
+        for offset in 0..len {
+            let key = <(&str, u64) as Value>::as_bytes(&(topic, offset));
+            let text = events.event(topic, offset)?.ok_or_else(|| {
+                StoreError::corrupt(
+                    "event_runs",
+                    format!("({topic}, {offset})"),
+                    "no run holds it",
+                )
+            })?;
+            let crc = checksum::event_sum(topic, offset, &text);
+            let value = <(u32, &str) as Value>::as_bytes(&(crc, text.as_str()));
+            write_record(w, EVENTS_TAG, &key, &value)?;
+            n += 1;
+            if let Some(secret) = events.secret(topic, offset)? {
+                let crc = checksum::event_sum(topic, offset, &secret);
+                let value = <(u32, &str) as Value>::as_bytes(&(crc, secret.as_str()));
+                write_record(w, EVENT_SECRETS_TAG, &key, &value)?;
+                n += 1;
+            }
+        }
     }
     Ok(n)
 }
@@ -315,29 +375,39 @@ fn verify_row(table: &str, k: &[u8], v: &[u8]) -> Result<(), StoreError> {
     }
 }
 
-/// Every state-machine table, each under a stable tag. A table added later gets a new tag;
-/// the end marker's count guards against truncation.
-pub(crate) fn write_records(txn: &ReadTransaction, w: &mut impl Write) -> Result<u64, StoreError> {
+/// Every state-machine table, each under a stable tag, then every event and secret rendered
+/// as archive rows (whether this node reads them from its log or from its archive, the rows
+/// are the same: two nodes that applied the same entries write the same records). A table
+/// added later gets a new tag; the end marker's count guards against truncation.
+pub(crate) fn write_records(
+    txn: &ReadTransaction,
+    entries: &EntryReader,
+    w: &mut impl Write,
+) -> Result<u64, StoreError> {
     let mut n = 0;
     macro_rules! dump {
         ($($tag:literal $table:ident $name:ident),*) => {
-            $( n += dump_table(txn, $table, $tag, w)?; )*
+            $( if $tag != EVENTS_TAG && $tag != EVENT_SECRETS_TAG {
+                n += dump_table(txn, $table, $tag, w)?;
+            } )*
         };
     }
     state_machine_tables!(dump);
+    n += write_events(txn, entries, w)?;
     Ok(n)
 }
 
 pub(crate) fn write_snapshot(
     txn: &ReadTransaction,
+    entries: &EntryReader,
     meta: &Meta,
     w: &mut impl Write,
 ) -> Result<(), StoreError> {
     w.write_all(MAGIC)?;
     let meta = serde_json::to_vec(meta).expect("snapshot meta serializes");
     write_len_prefixed(w, &meta)?;
-    w.write_all(&checksum::sum(&[&meta]).to_le_bytes())?;
-    let n = write_records(txn, w)?;
+    w.write_all(&checksum::sum(&[MAGIC, &meta]).to_le_bytes())?;
+    let n = write_records(txn, entries, w)?;
     w.write_all(&[END_TAG])?;
     w.write_all(&n.to_be_bytes())?;
     w.flush()?;
@@ -377,15 +447,20 @@ fn read_header(r: &mut impl Read) -> Result<Meta, StoreError> {
     if magic[..6] != MAGIC[..6] {
         return Err(damaged("header", "not a uniqlog snapshot"));
     }
-    if magic[6] != MAGIC[6] {
+    if magic[6] != MAGIC[6] && magic[6] != FORMAT_V2 {
         return Err(StoreError::Unsupported(format!(
-            "a snapshot in format {}; this build reads snapshot format {} only",
+            "a snapshot in format {}; this build reads snapshot formats {FORMAT_V2} and {}",
             magic[6], MAGIC[6]
         )));
     }
     let mut buf = Vec::new();
     read_part("header", read_len_prefixed(r, &mut buf))?;
-    if read_crc(r, "header")? != checksum::sum(&[&buf]) {
+    let sum = if magic[6] == FORMAT_V2 {
+        checksum::sum(&[&buf])
+    } else {
+        checksum::sum(&[&magic, &buf])
+    };
+    if read_crc(r, "header")? != sum {
         return Err(damaged("header", "checksum mismatch"));
     }
     serde_json::from_slice(&buf).map_err(|e| damaged("header", e))
@@ -522,7 +597,8 @@ mod tests {
         w.write_all(MAGIC).unwrap();
         let meta = serde_json::to_vec(&Meta::default()).unwrap();
         write_len_prefixed(&mut w, &meta).unwrap();
-        w.write_all(&checksum::sum(&[&meta]).to_le_bytes()).unwrap();
+        w.write_all(&checksum::sum(&[MAGIC, &meta]).to_le_bytes())
+            .unwrap();
         let tag = 1u8;
         w.write_all(&[tag]).unwrap();
         write_len_prefixed(&mut w, key).unwrap();
@@ -585,7 +661,8 @@ mod tests {
         }
         let mut bytes = Vec::new();
         let meta = Meta::default();
-        write_snapshot(&db.begin_read().unwrap(), &meta, &mut bytes).unwrap();
+        let entries = storage.state_machine.entries.clone();
+        write_snapshot(&db.begin_read().unwrap(), &entries, &meta, &mut bytes).unwrap();
         assert_eq!(check(&bytes).unwrap(), meta);
         for i in 0..bytes.len() * 8 {
             let mut bad = bytes.clone();

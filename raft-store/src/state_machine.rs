@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use crate::apply::{apply_request, DataTables, EntryContext};
 use crate::error::{sm_read, sm_write, snapshot_err, StoreError};
+use crate::events::EntryReader;
 use crate::read::RulesCache;
 use crate::runtime::blocking;
 use crate::snapshot::{load_snapshot, Meta, SnapshotDir, SnapshotFile};
@@ -33,6 +34,8 @@ pub struct StateMachine {
     /// Events applied since the state file was last made durable (see
     /// [`EVENTS_BETWEEN_SYNCS_MAX`]).
     pub(crate) events_since_sync: u64,
+    /// The log, where the events are (snapshots render them from it).
+    pub(crate) entries: EntryReader,
 }
 
 type Membership = StoredMembership<NodeId, Node>;
@@ -175,6 +178,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             self.events_since_sync = 0;
         }
         let count = entries.len();
+        // The runs written here point into the log: never let the state file become durable
+        // with entries this node's log could still lose. A follower may hear that an entry is
+        // committed before its own copy is flushed; the flush is under way (it must answer
+        // its leader), so this wait is short, and on a leader it never waits. Blank and
+        // membership entries write no runs.
+        let last_normal = entries
+            .iter()
+            .rev()
+            .find(|e| matches!(e.payload, EntryPayload::Normal(_)))
+            .map(|e| e.log_id.index);
+        if let Some(index) = last_normal {
+            self.entries.durable_upto(index).await;
+        }
         // Timed around apply, never inside it: what apply decides reads no clock.
         let started = std::time::Instant::now();
         let (responses, last_index) = blocking(move || {
@@ -266,9 +282,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
         let db = self.db.clone();
         let snapshots = self.snapshots.clone();
+        let entries = self.entries.clone();
         let meta = blocking(move || {
             crate::files::catching(crate::DATA_FILE, "building a snapshot", || {
-                build(&db, &snapshots)
+                build(&db, &entries, &snapshots)
             })
         })
         .await
@@ -286,7 +303,11 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
 }
 
 /// Write a snapshot of the state machine as it is now and make it the current one.
-pub(crate) fn build(db: &Database, snapshots: &SnapshotDir) -> Result<Meta, StoreError> {
+pub(crate) fn build(
+    db: &Database,
+    entries: &EntryReader,
+    snapshots: &SnapshotDir,
+) -> Result<Meta, StoreError> {
     let txn = db.begin_read()?;
     // The read sees applies that are not fsynced yet. Make them durable before the
     // snapshot file exists, so a snapshot is never ahead of the state machine on disk
@@ -303,6 +324,6 @@ pub(crate) fn build(db: &Database, snapshots: &SnapshotDir) -> Result<Meta, Stor
         last_log_id,
         last_membership,
     };
-    snapshots.build(&txn, &meta)?;
+    snapshots.build(&txn, entries, &meta)?;
     Ok(meta)
 }

@@ -16,8 +16,9 @@ use crate::error::StoreError;
 pub const FORMAT: TableDefinition<&str, u64> = TableDefinition::new("format");
 pub const KEY_FORMAT_VERSION: &str = "version";
 /// The on-disk format this build writes and reads. 1: checksums on every record and a format
-/// table. Files without the table come from an earlier build and are refused.
-pub const FORMAT_VERSION: u64 = 1;
+/// table. 2: events are read from the log (`event_runs`); `events` and `event_secrets` hold
+/// only what a snapshot or a backup brought. Files in another format are refused.
+pub const FORMAT_VERSION: u64 = 2;
 
 /// Raft log: index -> JSON-encoded `openraft::Entry`, sealed under the index.
 /// Raft metadata: `vote`, `committed`, `last_purged` -> JSON, sealed under the key.
@@ -28,10 +29,16 @@ pub const RAFT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_m
 pub const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
 /// topic -> number of events (the next offset).
 pub const TOPICS: TableDefinition<&str, Sealed<u64>> = TableDefinition::new("topics");
-/// (topic, offset) -> (checksum, the event as served to readers, JSON text).
+/// (topic, first offset) -> where the events of one accepted append are in the log: (log
+/// index, position of the request in its entry, number of events, log time). Apply writes
+/// this row, never the events: the log is the event store (`crate::events`).
+pub const EVENT_RUNS: TableDefinition<(&str, u64), Sealed<RunValue>> =
+    TableDefinition::new("event_runs");
+/// The archive: (topic, offset) -> (checksum, the event as served to readers, JSON text), for
+/// events whose entries this node's log does not hold, because a snapshot or a backup brought
+/// them. Apply never writes it.
 pub const EVENTS: TableDefinition<(&str, u64), (u32, &str)> = TableDefinition::new("events");
-/// (topic, offset) -> (checksum, the event's secret fields, JSON text). Never served to
-/// readers.
+/// The archive of the events' secret fields, as [`EVENTS`]. Never served to readers.
 pub const EVENT_SECRETS: TableDefinition<(&str, u64), (u32, &str)> =
     TableDefinition::new("event_secrets");
 /// stream -> (topic it belongs to, version = number of its events).
@@ -58,6 +65,8 @@ pub const IDEMPOTENCY_BY_AGE: TableDefinition<AgeKey, ()> =
 pub type AgeKey = (u64, u64, u32, &'static str, &'static str);
 /// (set, key, claimed offset): the key of `uniq_history`.
 pub type HistoryKey = (&'static str, &'static str, u64);
+/// (log index, position in the entry, event count, log time): the value of `event_runs`.
+pub type RunValue = (u64, u32, u32, u64);
 /// (owner, offset), sealed: the value of `uniq_owners` and `uniq_history`.
 pub type SealedOwner = Sealed<(&'static str, u64)>;
 
@@ -84,7 +93,8 @@ macro_rules! state_machine_tables {
             6 UNIQ_HISTORY uniq_history,
             7 IDEMPOTENCY idempotency,
             8 IDEMPOTENCY_BY_AGE idempotency_by_age,
-            9 EVENT_SECRETS event_secrets
+            9 EVENT_SECRETS event_secrets,
+            10 EVENT_RUNS event_runs
         )
     };
 }

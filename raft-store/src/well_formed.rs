@@ -114,6 +114,7 @@ macro_rules! tuple {
 }
 tuple!(A, B);
 tuple!(A, B, C);
+tuple!(A, B, C, D);
 tuple!(A, B, C, D, E);
 
 #[cfg(test)]

@@ -43,7 +43,7 @@ impl Fixture {
 
     async fn apply(&mut self, timestamp_ms: u64, requests: Vec<Request>) -> Vec<Outcome> {
         let e = self.entry(timestamp_ms, requests);
-        let mut out = self.storage.state_machine.apply([e]).await.unwrap();
+        let mut out = self.storage.log_and_apply(vec![e]).await.unwrap();
         assert_eq!(out.len(), 1, "one response per entry");
         out.pop()
             .unwrap()
@@ -426,10 +426,10 @@ async fn same_entries_on_two_fresh_stores_give_equal_dumps() {
         .enumerate()
         .map(|(i, r)| b.entry(i as u64 * 10, r.clone()))
         .collect();
-    let ra = a.storage.state_machine.apply(entries_a).await.unwrap();
+    let ra = a.storage.log_and_apply(entries_a).await.unwrap();
     let mut rb = Vec::new();
     for chunk in entries_b.chunks(7) {
-        rb.extend(b.storage.state_machine.apply(chunk.to_vec()).await.unwrap());
+        rb.extend(b.storage.log_and_apply(chunk.to_vec()).await.unwrap());
     }
     assert_eq!(ra, rb, "same outcomes");
     let conflicts = ra

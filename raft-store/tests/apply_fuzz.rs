@@ -14,7 +14,6 @@
 
 use std::collections::BTreeMap;
 
-use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
 use proptest::prelude::*;
 use raft_store::rules::{Rules, UniqOp};
@@ -266,7 +265,6 @@ fn apply_all(requests: &[Request], sizes: &[usize], clock: Clock) -> Result<Seen
     rt.block_on(async move {
         let dir = tempfile::TempDir::new().unwrap();
         let storage = Storage::open(dir.path()).unwrap();
-        let mut sm = storage.state_machine.clone();
         let mut outcomes = Vec::new();
         let mut rest = requests;
         for (index, size) in (1..).zip(sizes.iter().cycle()) {
@@ -275,7 +273,9 @@ fn apply_all(requests: &[Request], sizes: &[usize], clock: Clock) -> Result<Seen
             }
             let (now, later) = rest.split_at((*size).clamp(1, rest.len()));
             rest = later;
-            let answers = sm.apply([entry(index, now.to_vec(), clock)]).await;
+            let answers = storage
+                .log_and_apply(vec![entry(index, now.to_vec(), clock)])
+                .await;
             let answers = answers.map_err(|e| TestCaseError::fail(format!("apply failed: {e}")))?;
             prop_assert_eq!(answers.len(), 1);
             prop_assert_eq!(answers[0].outcomes.len(), now.len());

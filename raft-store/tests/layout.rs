@@ -84,10 +84,16 @@ fn a_data_dir_with_the_log_inside_the_state_file_is_refused() {
 
 /// A state file with tables but no `format` table (written before checksums), or stamped
 /// with a format this build does not know, is refused by name; nothing in it is touched.
+/// Format 1 (events copied into the state file) is refused with the way to migrate: backup
+/// with the old build, restore with this one.
 #[test]
 fn files_of_another_on_disk_format_are_refused() {
     let format: TableDefinition<&str, u64> = TableDefinition::new("format");
-    for (file, stamp) in [(DATA_FILE, None), (DATA_FILE, Some(99u64))] {
+    for (file, stamp) in [
+        (DATA_FILE, None),
+        (DATA_FILE, Some(99u64)),
+        (DATA_FILE, Some(1)),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         drop(Storage::open(dir.path()).unwrap());
         let path = dir.path().join(file);
@@ -112,7 +118,12 @@ fn files_of_another_on_disk_format_are_refused() {
                 let version = stamp.unwrap_or(0);
                 assert!(msg.contains(file), "{msg}");
                 assert!(msg.contains(&format!("on-disk format {version}")), "{msg}");
-                assert!(msg.contains("reads format 1 only"), "{msg}");
+                if version == 1 {
+                    assert!(msg.contains("uniqlog backup --to FILE"), "{msg}");
+                    assert!(msg.contains("uniqlog restore --from FILE"), "{msg}");
+                } else {
+                    assert!(msg.contains("reads format 2 only"), "{msg}");
+                }
             }
             Err(e) => panic!("{file} {stamp:?}: wrong error: {e}"),
             Ok(_) => panic!("{file} {stamp:?}: a file of another format was opened"),

@@ -266,13 +266,12 @@ async fn idempotency_and_rule_changes_decide_the_same_on_every_store() {
         Storage::open(db.path()).unwrap(),
     );
     let mut sm_a = a.state_machine.clone();
-    let mut sm_b = b.state_machine.clone();
     // Store a: one entry per apply call. Store b: everything in one batch.
     let mut answers = Vec::new();
     for e in entries() {
-        answers.extend(sm_a.apply([e]).await.unwrap());
+        answers.extend(a.log_and_apply(vec![e]).await.unwrap());
     }
-    let batch = sm_b.apply(entries()).await.unwrap();
+    let batch = b.log_and_apply(entries()).await.unwrap();
     assert_eq!(answers, batch, "the same answers whatever the batching");
     for ((_, _, expect), resp) in scenario().iter().zip(&answers) {
         let answer = &resp.outcomes[0];
@@ -325,8 +324,8 @@ async fn idempotency_and_rule_changes_decide_the_same_on_every_store() {
             requests: vec![append(created("s2", "b@x", None), Some("kb"), "f6", 2)],
         }),
     };
-    let ra = sm_a.apply([retry()]).await.unwrap();
-    let rc = sm_c.apply([retry()]).await.unwrap();
+    let ra = a.log_and_apply(vec![retry()]).await.unwrap();
+    let rc = c.log_and_apply(vec![retry()]).await.unwrap();
     assert_eq!(ra, rc);
     assert!(ra[0].outcomes[0].replayed);
 }
@@ -335,7 +334,6 @@ async fn idempotency_and_rule_changes_decide_the_same_on_every_store() {
 async fn claims_prepared_before_a_set_was_dropped_are_prepared_again() {
     let dir = tempfile::TempDir::new().unwrap();
     let store = Storage::open(dir.path()).unwrap();
-    let mut sm = store.state_machine.clone();
     let entry = |i: u64, req: Request| Entry {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
         payload: EntryPayload::Normal(LogCommand {
@@ -350,11 +348,20 @@ async fn claims_prepared_before_a_set_was_dropped_are_prepared_again() {
             backfill: vec![],
         })
     };
-    sm.apply([entry(1, set(0, EMAIL))]).await.unwrap();
-    sm.apply([entry(2, set(1, ""))]).await.unwrap();
+    store
+        .log_and_apply(vec![entry(1, set(0, EMAIL))])
+        .await
+        .unwrap();
+    store
+        .log_and_apply(vec![entry(2, set(1, ""))])
+        .await
+        .unwrap();
     // Prepared under version 1 (with a claim), applied under version 2 (no set on the topic).
-    let out = sm
-        .apply([entry(3, append(created("s1", "a@x", None), None, "f", 1))])
+    let out = store
+        .log_and_apply(vec![entry(
+            3,
+            append(created("s1", "a@x", None), None, "f", 1),
+        )])
         .await
         .unwrap();
     assert!(

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 
-use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
 use proptest::prelude::*;
 use raft_store::rules::{Rules, UniqOp};
@@ -147,13 +146,12 @@ fn run(requests: Vec<Vec<Ev>>) -> Result<(), TestCaseError> {
     rt.block_on(async move {
         let dir = tempfile::TempDir::new().unwrap();
         let storage = Storage::open(dir.path()).unwrap();
-        let mut sm = storage.state_machine.clone();
         let set = Request::SetRules(SetRules {
             base_version: 0,
             rules: rules(),
             backfill: vec![],
         });
-        let r = sm.apply([entry(1, set)]).await.unwrap();
+        let r = storage.log_and_apply(vec![entry(1, set)]).await.unwrap();
         prop_assert_eq!(&r[0].outcomes[0].outcome, &Outcome::RulesSet { version: 1 });
         let mut model = BTreeMap::new();
         let mut appended = 0u64;
@@ -166,7 +164,10 @@ fn run(requests: Vec<Vec<Ev>>) -> Result<(), TestCaseError> {
                 rules_version: 1,
                 reply: None,
             });
-            let out = sm.apply([entry(i as u64 + 2, append)]).await.unwrap();
+            let out = storage
+                .log_and_apply(vec![entry(i as u64 + 2, append)])
+                .await
+                .unwrap();
             let outcome = &out[0].outcomes[0].outcome;
             match model_apply(&model, req) {
                 Some(next) => {

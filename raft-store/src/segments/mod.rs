@@ -16,8 +16,14 @@
 //!
 //! Nothing durable is ever written over. A truncation removes the segments that start at or
 //! after its index (newest first, each removal synced) and appends a record saying the
-//! entries from that index on are void; purging removes whole segments (the purge point,
-//! recorded first, hides what a partly purged segment still holds).
+//! entries from that index on are void.
+//!
+//! The log is the event store (the state machine's `event_runs` point into it), so openraft's
+//! purge after a snapshot keeps the files: it records the purge point, which only hides the
+//! entries from openraft. Data goes only when the log does not hold the purged entry itself
+//! (a follower that installed a snapshot past its log, whose events the snapshot brought):
+//! then whole segments are removed and `first_kept`, recorded first, hides what a partly
+//! removed segment still holds.
 
 pub(crate) mod format;
 
@@ -69,11 +75,15 @@ impl Segment {
     }
 }
 
-/// The vote and the purge point, in the file `state`.
+/// The vote, the purge point and the first entry kept, in the file `state`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub(crate) struct LogState {
     pub vote: Option<Vote<NodeId>>,
+    /// openraft's purge point: it reads nothing up to here.
     pub last_purged: Option<LogId<NodeId>>,
+    /// Entries before this index are gone (or void), for every reader.
+    #[serde(default)]
+    pub first_kept: u64,
 }
 
 #[derive(Default)]
@@ -182,13 +192,14 @@ impl SegmentLog {
             }
             inner.segments.push(scanned.segment);
         }
-        // Finish a purge that was recorded but not carried out.
-        if let Some(purged) = inner.state.last_purged {
+        // Finish a removal that was recorded but not carried out.
+        if inner.state.first_kept > 0 {
+            let first_kept = inner.state.first_kept;
             let before = inner.segments.len();
             let keep_from = inner
                 .segments
                 .iter()
-                .position(|s| s.end_index() > purged.index + 1)
+                .position(|s| s.end_index() > first_kept)
                 .unwrap_or(inner.segments.len());
             for s in inner.segments.drain(..keep_from) {
                 disk.remove(&s.name).map_err(io_error(s.name.clone()))?;
@@ -411,6 +422,19 @@ impl SegmentLog {
         Ok(out)
     }
 
+    /// The entry at `index` if the files still hold it, purged or not: the event store's read
+    /// (openraft's purge point hides entries from openraft only). `None` before the first
+    /// entry kept, or past the end.
+    pub fn read_kept(&self, index: u64) -> Result<Option<Entry<TypeConfig>>, StoreError> {
+        if index < self.read_lock().state.first_kept {
+            return Ok(None);
+        }
+        match self.locate(index) {
+            Some((file, name, loc)) => read_entry(&*file, &name, index, loc).map(Some),
+            None => Ok(None),
+        }
+    }
+
     fn locate(&self, index: u64) -> Option<(Arc<dyn DiskFile>, String, Loc)> {
         let inner = self.read_lock();
         let s = inner.find(index)?;
@@ -468,23 +492,36 @@ impl SegmentLog {
         Ok(())
     }
 
-    /// Remove the entries up to `log_id`, durably: the purge point first, then the segments
-    /// that hold nothing after it.
+    /// Hide the entries up to `log_id` from openraft, durably. The files are kept when they
+    /// hold `log_id` itself: every entry up to it is then committed and is this node's event
+    /// store. Otherwise (the node installed a snapshot past its log) the entries up to it are
+    /// removed: the purge point and `first_kept` first, then the segments that hold nothing
+    /// after it.
     pub fn purge(&self, log_id: LogId<NodeId>) -> Result<(), StoreError> {
         self.writing(|| self.purge_now(log_id))
     }
 
     fn purge_now(&self, log_id: LogId<NodeId>) -> Result<(), StoreError> {
+        let holds = match self.locate(log_id.index) {
+            Some((file, name, loc)) => {
+                read_entry(&*file, &name, log_id.index, loc)?.log_id == log_id
+            }
+            None => false,
+        };
         let mut inner = self.write_lock();
         let mut state = inner.state.clone();
         state.last_purged = Some(log_id);
+        if !holds {
+            state.first_kept = state.first_kept.max(log_id.index + 1);
+        }
         write_state(&*self.disk, &state)?;
         inner.state = state;
         let mut removed = false;
-        while inner
-            .segments
-            .first()
-            .is_some_and(|s| s.end_index() <= log_id.index + 1)
+        while !holds
+            && inner
+                .segments
+                .first()
+                .is_some_and(|s| s.end_index() <= log_id.index + 1)
         {
             let s = inner.segments.remove(0);
             self.disk

@@ -1,0 +1,303 @@
+//! The event store's read side. The log is the store: apply records where each accepted
+//! append's events are (`event_runs`: topic and first offset -> log index, position of the
+//! request in its entry, count, log time) and never copies them. A read finds the run that
+//! holds an offset, takes the entry from the log (its in-memory tail, else the segment files,
+//! whose records carry CRCs) and renders the event as readers see it.
+//!
+//! Events whose entries this node's log does not hold, because a snapshot or a backup brought
+//! them, are in the archive tables (`events`, `event_secrets`), rendered by the node that
+//! built the snapshot. The archive is looked at first; on a node that never installed a
+//! snapshot it is empty.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use openraft::{Entry, EntryPayload};
+use redb::{ReadOnlyTable, ReadTransaction, ReadableTableMetadata};
+
+use crate::checksum::{check_event, Sealed};
+use crate::error::StoreError;
+use crate::log_writer::LogCache;
+use crate::segments::SegmentLog;
+use crate::tables::{RunValue, EVENTS, EVENT_RUNS, EVENT_SECRETS};
+use crate::types::{NewEvent, Request, TypeConfig};
+
+/// Reads entries for the event store: the log's tail in memory, else its files, purged by
+/// openraft or not.
+#[derive(Clone)]
+pub(crate) struct EntryReader {
+    pub(crate) log: Arc<SegmentLog>,
+    pub(crate) cache: Arc<LogCache>,
+}
+
+impl EntryReader {
+    /// Wait until the log is durable up to `index`.
+    pub(crate) async fn durable_upto(&self, index: u64) {
+        if self.log.last_log_id().is_some_and(|l| l.index >= index) {
+            return;
+        }
+        self.cache.durable_upto(index).await;
+    }
+
+    /// The entry at `index`. Missing means this node's log does not hold it yet (a follower
+    /// restarted behind what it had applied catches up from its leader): not damage.
+    pub(crate) fn entry(&self, index: u64) -> Result<Entry<TypeConfig>, StoreError> {
+        if let Some(e) = self.cache.get(index) {
+            return Ok(e);
+        }
+        // Evicted from the tail only once durable, so the files hold it.
+        self.log
+            .read_kept(index)?
+            .ok_or(StoreError::EntryMissing { index })
+    }
+}
+
+/// An event as readers see it: the JSON object that `GET .../events` serves, built from the
+/// entry that carried it. Field order and text are part of the contract (clients, snapshots
+/// and the archive hold the same bytes), so it is written by hand, once, here; `data` and
+/// `metadata` are the client's JSON as validated at apply, verbatim.
+pub(crate) fn render(
+    topic: &str,
+    offset: u64,
+    log_index: u64,
+    log_time: u64,
+    e: &NewEvent,
+) -> String {
+    let mut out = String::with_capacity(
+        96 + topic.len()
+            + e.event_type.len()
+            + e.stream.as_ref().map_or(0, String::len)
+            + e.data.len()
+            + e.metadata.as_ref().map_or(0, String::len),
+    );
+    out.push_str("{\"topic\":");
+    push_json_string(&mut out, topic);
+    write!(
+        out,
+        ",\"offset\":{offset},\"log_index\":{log_index},\"timestamp\":{log_time},\"type\":"
+    )
+    .expect("writing to a String");
+    push_json_string(&mut out, &e.event_type);
+    if let Some(stream) = &e.stream {
+        out.push_str(",\"stream\":");
+        push_json_string(&mut out, stream);
+    }
+    out.push_str(",\"data\":");
+    out.push_str(json_trim(&e.data));
+    if let Some(m) = &e.metadata {
+        out.push_str(",\"metadata\":");
+        out.push_str(json_trim(m));
+    }
+    out.push('}');
+    out
+}
+
+fn push_json_string(out: &mut String, s: &str) {
+    out.push_str(&serde_json::to_string(s).expect("a string serializes"));
+}
+
+/// A JSON text without the whitespace around its value (what serde's `RawValue` keeps).
+fn json_trim(text: &str) -> &str {
+    text.trim_matches(|c| matches!(c, ' ' | '\t' | '\n' | '\r'))
+}
+
+/// The events of one read transaction: runs and archive as of that transaction, entries from
+/// the log (which never changes below the applied index).
+pub(crate) struct Events<'r> {
+    entries: &'r EntryReader,
+    runs: ReadOnlyTable<(&'static str, u64), Sealed<RunValue>>,
+    archive: ReadOnlyTable<(&'static str, u64), (u32, &'static str)>,
+    secrets: ReadOnlyTable<(&'static str, u64), (u32, &'static str)>,
+    archive_empty: bool,
+    /// The last run found: (topic, first offset, run). Reads go offset by offset.
+    run: Option<(String, u64, RunValue)>,
+    /// The last entry read: a run's events share it.
+    entry: Option<Entry<TypeConfig>>,
+}
+
+impl<'r> Events<'r> {
+    pub(crate) fn open(
+        txn: &ReadTransaction,
+        entries: &'r EntryReader,
+    ) -> Result<Self, StoreError> {
+        let archive = txn.open_table(EVENTS)?;
+        Ok(Events {
+            entries,
+            runs: txn.open_table(EVENT_RUNS)?,
+            archive_empty: archive.is_empty()?,
+            archive,
+            secrets: txn.open_table(EVENT_SECRETS)?,
+            run: None,
+            entry: None,
+        })
+    }
+
+    /// The event at `(topic, offset)` as readers see it, if the topic has that many.
+    pub(crate) fn event(&mut self, topic: &str, offset: u64) -> Result<Option<String>, StoreError> {
+        if let Some(text) = self.archived(topic, offset)? {
+            return Ok(Some(text));
+        }
+        Ok(self.with_new_event(topic, offset, |run, e| {
+            render(topic, offset, run.0, run.3, e)
+        })?)
+    }
+
+    /// The secret fields stored with the event at `(topic, offset)`, if it has any.
+    pub(crate) fn secret(
+        &mut self,
+        topic: &str,
+        offset: u64,
+    ) -> Result<Option<String>, StoreError> {
+        if self.archived(topic, offset)?.is_some() {
+            return match self.secrets.get((topic, offset))? {
+                None => Ok(None),
+                Some(g) => Ok(Some(
+                    check_event("event_secrets", topic, offset, g.value())?.to_string(),
+                )),
+            };
+        }
+        Ok(self
+            .with_new_event(topic, offset, |_, e| e.secret.clone())?
+            .flatten())
+    }
+
+    fn archived(&self, topic: &str, offset: u64) -> Result<Option<String>, StoreError> {
+        if self.archive_empty {
+            return Ok(None);
+        }
+        match self.archive.get((topic, offset))? {
+            None => Ok(None),
+            Some(g) => Ok(Some(
+                check_event("events", topic, offset, g.value())?.to_string(),
+            )),
+        }
+    }
+
+    /// `f` of the event's run and of the event as the client sent it, from its entry.
+    fn with_new_event<T>(
+        &mut self,
+        topic: &str,
+        offset: u64,
+        f: impl FnOnce(&RunValue, &NewEvent) -> T,
+    ) -> Result<Option<T>, StoreError> {
+        let cached = self
+            .run
+            .as_ref()
+            .filter(|(t, first, run)| {
+                t == topic && *first <= offset && offset < first + run.2 as u64
+            })
+            .map(|(_, first, run)| (*first, *run));
+        let (first, run) = match cached {
+            Some(found) => found,
+            None => {
+                let Some(row) = self.runs.range((topic, 0)..=(topic, offset))?.next_back() else {
+                    return Ok(None);
+                };
+                let (k, v) = row?;
+                let (first, run) = (k.value().1, v.value());
+                if offset >= first + run.2 as u64 {
+                    return Ok(None);
+                }
+                self.run = Some((topic.to_string(), first, run));
+                (first, run)
+            }
+        };
+        if self.entry.as_ref().map(|e| e.log_id.index) != Some(run.0) {
+            self.entry = Some(self.entries.entry(run.0)?);
+        }
+        let entry = self.entry.as_ref().expect("read above");
+        let event = match &entry.payload {
+            EntryPayload::Normal(cmd) => match cmd.requests.get(run.1 as usize) {
+                Some(Request::Append(a)) if a.topic == topic => {
+                    a.events.get((offset - first) as usize)
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+        let Some(event) = event else {
+            return Err(StoreError::corrupt(
+                "event_runs",
+                format!("({topic}, {first})"),
+                format!(
+                    "it points at request {} of entry {}, which holds no event {} of {topic}",
+                    run.1,
+                    run.0,
+                    offset - first
+                ),
+            ));
+        };
+        Ok(Some(f(&run, event)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Serialize;
+    use serde_json::value::RawValue;
+
+    /// What apply stored before events were read from the log (serde over `RawValue`): the
+    /// archive and old backups hold these bytes, so the hand-written rendering must match.
+    #[derive(Serialize)]
+    struct StoredEvent<'a> {
+        topic: &'a str,
+        offset: u64,
+        log_index: u64,
+        timestamp: u64,
+        #[serde(rename = "type")]
+        event_type: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        stream: Option<&'a str>,
+        data: &'a RawValue,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        metadata: Option<&'a RawValue>,
+    }
+
+    fn reference(topic: &str, offset: u64, index: u64, time: u64, e: &NewEvent) -> String {
+        serde_json::to_string(&StoredEvent {
+            topic,
+            offset,
+            log_index: index,
+            timestamp: time,
+            event_type: &e.event_type,
+            stream: e.stream.as_deref(),
+            data: serde_json::from_str(&e.data).unwrap(),
+            metadata: e
+                .metadata
+                .as_deref()
+                .map(|m| serde_json::from_str(m).unwrap()),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn rendering_matches_what_apply_used_to_store() {
+        let cases = [
+            ("users", None, " {\"email\":\"a@x\"}\n", None),
+            (
+                "t\"q\\uote",
+                Some("s/1\u{7f}\u{1}"),
+                "{}",
+                Some("\t{\"k\":[1,2.5,\"\\u0000\"]} "),
+            ),
+            ("ünï", Some(""), "{\"nested\":{\"a\":{}}}", Some("{}")),
+        ];
+        for (i, (topic, stream, data, metadata)) in cases.into_iter().enumerate() {
+            let e = NewEvent {
+                event_type: format!("Type\"{i}\n"),
+                stream: stream.map(str::to_string),
+                data: data.into(),
+                metadata: metadata.map(str::to_string),
+                claims: Vec::new(),
+                secret: None,
+            };
+            let got = render(topic, i as u64, 7 + i as u64, u64::MAX - i as u64, &e);
+            assert_eq!(
+                got,
+                reference(topic, i as u64, 7 + i as u64, u64::MAX - i as u64, &e)
+            );
+            serde_json::from_str::<serde_json::Value>(&got).unwrap();
+        }
+    }
+}
