@@ -478,3 +478,47 @@ async fn snapshot_installed_elsewhere_reproduces_the_state() {
     assert_eq!(sm_b.applied_state().await.unwrap().0, snap.meta.last_log_id,);
     assert!(!b.events("a").is_empty());
 }
+
+/// The log is the event store: the state file holds no copy of an event or its secret, and
+/// events stay readable, with their secrets, after openraft purges the log behind a snapshot.
+#[tokio::test]
+async fn events_are_read_from_the_log_even_behind_a_purge() {
+    use openraft::storage::RaftLogStorage;
+    let mut f = Fixture::new();
+    let mut marked = ev("Marked", Some("s1"));
+    marked.data = r#"{"marker":"needle-in-the-log-4711"}"#.into();
+    marked.secret = Some(r#"{"hash":"secret-needle-0815"}"#.into());
+    f.apply_one(append("m", vec![ev("A", None), marked], &[]))
+        .await;
+    for i in 0..20 {
+        f.apply_one(append("m", vec![ev(&format!("N{i}"), None)], &[]))
+            .await;
+    }
+    let before = f.events("m");
+    assert_eq!(before.len(), 22);
+    assert_eq!(before[1]["data"]["marker"], "needle-in-the-log-4711");
+    let last = LogId::new(CommittedLeaderId::new(1, 1), f.next_index - 1);
+    f.storage.log.clone().purge(last).await.unwrap();
+    assert_eq!(f.events("m"), before, "events behind the purge point");
+    assert_eq!(
+        f.storage
+            .reader
+            .read_stream("s1", 0, 10)
+            .unwrap()
+            .events
+            .len(),
+        1
+    );
+    assert_eq!(
+        f.storage.reader.event_secret("m", 1).unwrap().as_deref(),
+        Some(r#"{"hash":"secret-needle-0815"}"#)
+    );
+    assert_eq!(f.storage.reader.event_secret("m", 0).unwrap(), None);
+    let state = std::fs::read(f._dir.path().join(raft_store::DATA_FILE)).unwrap();
+    for needle in ["needle-in-the-log-4711", "secret-needle-0815"] {
+        assert!(
+            !state.windows(needle.len()).any(|w| w == needle.as_bytes()),
+            "the state file holds a copy of {needle}"
+        );
+    }
+}
