@@ -165,8 +165,9 @@ pub struct RaftSettings {
     /// Build a snapshot after this many entries since the last one. A snapshot holds the
     /// whole event store, so this is large: followers normally catch up from the log.
     pub snapshot_every_entries: u64,
-    /// Entries kept in the log behind a snapshot, so a briefly lagging follower catches up
-    /// without a snapshot transfer.
+    /// Entries openraft still replicates from the log behind a snapshot, so a briefly lagging
+    /// follower catches up without a snapshot transfer. Older entries are hidden from openraft,
+    /// not deleted: the log is the event store (docs/architecture/storage.md).
     pub entries_kept_after_snapshot: u64,
     /// Size of one snapshot chunk sent to a peer.
     pub snapshot_chunk_bytes: u64,
