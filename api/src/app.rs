@@ -21,7 +21,7 @@ use tokio::time::Instant;
 
 use crate::error::{ApiError, ErrorBody};
 use crate::limits::Limits;
-use crate::transport::{HttpRequest, Transport};
+use crate::transport::Transport;
 
 pub type SharedApp = Arc<App>;
 
@@ -205,13 +205,7 @@ impl App {
         // A little slack so the leader's own timeout answers first.
         let wait = left + Duration::from_millis(200);
         // The leader serves this on its peer router, which requires the cluster secret.
-        let mut req = HttpRequest::post(FORWARD_PATH, body);
-        req.headers.push((
-            http::header::CONTENT_TYPE,
-            crate::peer::RPC_CONTENT_TYPE.to_string(),
-        ));
-        crate::cluster_secret::sign(&mut req, self.cluster_secret.as_deref());
-        crate::peer_protocol::stamp(&mut req);
+        let mut req = crate::peer::peer_request(FORWARD_PATH, body, self.cluster_secret.as_deref());
         if let Some(id) = crate::request_id::current() {
             req.headers
                 .push((http::HeaderName::from_static(crate::request_id::HEADER), id));

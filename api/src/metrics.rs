@@ -147,15 +147,54 @@ pub struct RaftPathMetrics {
     write: Histogram,
     sent: Family<RpcLabels, Histogram, fn() -> Histogram>,
     handled: Family<RpcLabels, Histogram, fn() -> Histogram>,
+    /// The series of every kind, created once: recording one is on every RPC, and looking a
+    /// label up would allocate its string each time.
+    sent_by_kind: Vec<(&'static str, Histogram)>,
+    handled_by_kind: Vec<(&'static str, Histogram)>,
 }
+
+/// The kinds of peer RPC that [`rpc_kind`] names.
+const RPC_KINDS: [&str; 4] = ["append", "heartbeat", "vote", "snapshot"];
 
 impl Default for RaftPathMetrics {
     fn default() -> Self {
+        let sent: Family<RpcLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(stage);
+        let handled: Family<RpcLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(stage);
+        let each = |family: &Family<RpcLabels, Histogram, fn() -> Histogram>| {
+            RPC_KINDS
+                .iter()
+                .map(|kind| {
+                    let labels = RpcLabels {
+                        rpc: kind.to_string(),
+                    };
+                    (*kind, family.get_or_create(&labels).clone())
+                })
+                .collect()
+        };
         RaftPathMetrics {
             write: stage(),
-            sent: Family::new_with_constructor(stage),
-            handled: Family::new_with_constructor(stage),
+            sent_by_kind: each(&sent),
+            handled_by_kind: each(&handled),
+            sent,
+            handled,
         }
+    }
+}
+
+/// The series of `rpc` among those created up front, else from the family.
+fn observe(
+    by_kind: &[(&'static str, Histogram)],
+    family: &Family<RpcLabels, Histogram, fn() -> Histogram>,
+    rpc: &'static str,
+    took: Duration,
+) {
+    match by_kind.iter().find(|(kind, _)| *kind == rpc) {
+        Some((_, h)) => h.observe(took.as_secs_f64()),
+        None => family
+            .get_or_create(&RpcLabels { rpc: rpc.into() })
+            .observe(took.as_secs_f64()),
     }
 }
 
@@ -198,15 +237,11 @@ impl RaftPathMetrics {
     }
 
     pub fn sent(&self, rpc: &'static str, took: Duration) {
-        self.sent
-            .get_or_create(&RpcLabels { rpc: rpc.into() })
-            .observe(took.as_secs_f64());
+        observe(&self.sent_by_kind, &self.sent, rpc, took);
     }
 
     pub fn handled(&self, rpc: &'static str, took: Duration) {
-        self.handled
-            .get_or_create(&RpcLabels { rpc: rpc.into() })
-            .observe(took.as_secs_f64());
+        observe(&self.handled_by_kind, &self.handled, rpc, took);
     }
 }
 

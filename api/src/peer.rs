@@ -114,14 +114,32 @@ fn json_answer<T: Serialize>(r: T) -> Response {
     (StatusCode::OK, Json(r)).into_response()
 }
 
-/// A Raft RPC's answer, encoded.
-fn rpc_answer<T: Serialize>(r: T) -> Response {
+/// A Raft RPC's answer, encoded: the answer in binary, or openraft's error as JSON text
+/// inside it. The error nests (`AnyError` has a `source`), and postcard has no depth limit, so
+/// a binary one would let whatever answers at a peer's address overflow the caller's stack
+/// with a few bytes per level; serde_json stops at 128 levels. The answers themselves do not
+/// nest.
+fn rpc_answer<T: Serialize, E: Serialize>(r: Result<T, E>) -> Response {
+    let wire: Result<T, String> =
+        r.map_err(|e| serde_json::to_string(&e).expect("openraft's errors serialize"));
     (
         StatusCode::OK,
         [(axum::http::header::CONTENT_TYPE, RPC_CONTENT_TYPE)],
-        raft_store::codec::encode(&r),
+        raft_store::codec::encode(&wire),
     )
         .into_response()
+}
+
+/// The answer of [`rpc_answer`], decoded.
+fn decode_rpc_answer<T: DeserializeOwned, E: DeserializeOwned>(
+    body: &[u8],
+) -> Result<Result<T, E>, String> {
+    match raft_store::codec::decode::<Result<T, String>>(body)? {
+        Ok(answer) => Ok(Ok(answer)),
+        Err(json) => serde_json::from_str(&json)
+            .map(Err)
+            .map_err(|e| format!("a peer's error that does not decode: {e}")),
+    }
 }
 
 /// A Raft RPC request, decoded; a body that is not one is a 400 and reaches nothing.
@@ -391,22 +409,28 @@ impl PeerClient {
             ));
             return Err(RPCError::Network(NetworkError::new(&e)));
         }
-        let answer: Result<Resp, RaftError<NodeId, E>> = raft_store::codec::decode(&resp.body)
+        let answer: Result<Resp, RaftError<NodeId, E>> = decode_rpc_answer(&resp.body)
             .map_err(|e| RPCError::Network(NetworkError::new(&std::io::Error::other(e))))?;
         answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
 
+/// A binary peer request to `path`: the content type, the cluster secret's signature and this
+/// build's protocol version, as every peer route requires them.
+pub(crate) fn peer_request(path: &str, body: Vec<u8>, cluster_secret: Option<&str>) -> HttpRequest {
+    let mut req = HttpRequest::post(path, body);
+    req.headers.push((
+        axum::http::header::CONTENT_TYPE,
+        RPC_CONTENT_TYPE.to_string(),
+    ));
+    crate::cluster_secret::sign(&mut req, cluster_secret);
+    crate::peer_protocol::stamp(&mut req);
+    req
+}
+
 impl PeerClient {
     fn request(&self, path: &str, body: Vec<u8>) -> HttpRequest {
-        let mut req = HttpRequest::post(path, body);
-        req.headers.push((
-            axum::http::header::CONTENT_TYPE,
-            RPC_CONTENT_TYPE.to_string(),
-        ));
-        crate::cluster_secret::sign(&mut req, self.cluster_secret.as_deref());
-        crate::peer_protocol::stamp(&mut req);
-        req
+        peer_request(path, body, self.cluster_secret.as_deref())
     }
 }
 
@@ -469,5 +493,41 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             self.metrics.sent("vote", started.elapsed());
         }
         answer
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::raft::VoteResponse;
+
+    /// An error answer nested far deeper than any real one (what a rogue process at a peer's
+    /// address could send in a few bytes per level) is refused, not decoded until the stack
+    /// overflows; a real error and a real answer decode.
+    #[test]
+    fn a_peer_error_nested_without_end_is_refused_not_followed() {
+        type Answer = Result<VoteResponse<NodeId>, RaftError<NodeId>>;
+        let deep = format!("{}{}", "[".repeat(1_000_000), "]".repeat(1_000_000));
+        let body = raft_store::codec::encode(&Err::<VoteResponse<NodeId>, String>(deep));
+        assert!(decode_rpc_answer::<VoteResponse<NodeId>, RaftError<NodeId>>(&body).is_err());
+
+        let real: Answer = Err(RaftError::Fatal(openraft::error::Fatal::Stopped));
+        let body = rpc_answer(real.clone()).into_body();
+        let bytes = futures_bytes(body);
+        let back: Answer = decode_rpc_answer(&bytes).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{real:?}"));
+
+        let ok: Answer = Ok(VoteResponse::new(openraft::Vote::new(3, 1), None, true));
+        let bytes = futures_bytes(rpc_answer(ok.clone()).into_body());
+        let back: Answer = decode_rpc_answer(&bytes).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{ok:?}"));
+    }
+
+    fn futures_bytes(body: axum::body::Body) -> Bytes {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(axum::body::to_bytes(body, usize::MAX))
+            .unwrap()
     }
 }

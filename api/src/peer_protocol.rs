@@ -17,8 +17,9 @@ use crate::error::ApiError;
 use crate::transport::HttpRequest;
 
 /// The peer protocol this build speaks. 2: log entries in a binary encoding. 3: Raft
-/// messages and forwarded operations in that encoding too (2 sent them as JSON).
-pub const VERSION: u32 = 3;
+/// messages and forwarded operations in that encoding too (2 sent them as JSON). 4: a Raft
+/// RPC's error travels as JSON text inside the binary answer (`peer::rpc_answer`).
+pub const VERSION: u32 = 4;
 
 pub const HEADER: HeaderName = HeaderName::from_static("x-uniqlog-peer-protocol");
 
