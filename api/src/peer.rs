@@ -120,8 +120,9 @@ fn json_answer<T: Serialize>(r: T) -> Response {
 /// with a few bytes per level; serde_json stops at 128 levels. The answers themselves do not
 /// nest.
 fn rpc_answer<T: Serialize, E: Serialize>(r: Result<T, E>) -> Response {
-    let wire: Result<T, String> =
-        r.map_err(|e| serde_json::to_string(&e).expect("openraft's errors serialize"));
+    // An error that does not serialize (none of openraft's should) reaches the caller as an
+    // answer it cannot decode: a network error, never a panic here.
+    let wire: Result<T, String> = r.map_err(|e| serde_json::to_string(&e).unwrap_or_default());
     (
         StatusCode::OK,
         [(axum::http::header::CONTENT_TYPE, RPC_CONTENT_TYPE)],

@@ -176,9 +176,24 @@ impl Storage {
         let rules = Arc::new(read::RulesCache::default());
         let damage = Damage::default();
         let metrics = StoreMetrics::default();
-        let log = LogStore::new(log, db.clone(), damage.clone(), metrics.clone());
+        let purge_gate = Arc::new(
+            watch::channel(state_machine::PurgeGate {
+                applied: last_applied.map_or(0, |l| l.index),
+                receiving: false,
+                install_failed: false,
+            })
+            .0,
+        );
+        let log = LogStore::new(
+            log,
+            db.clone(),
+            damage.clone(),
+            metrics.clone(),
+            purge_gate.subscribe(),
+        );
         let entries = log.entry_reader();
         let state_machine = StateMachine {
+            purge_gate,
             entries: entries.clone(),
             db: db.clone(),
             snapshots: snapshots.clone(),

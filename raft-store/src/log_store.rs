@@ -26,6 +26,8 @@ pub struct LogStore {
     pub(crate) log: Arc<SegmentLog>,
     writer: Arc<LogWriter>,
     damage: crate::Damage,
+    /// How far the state machine holds the entries (`state_machine::PurgeGate`).
+    purge_gate: tokio::sync::watch::Receiver<crate::state_machine::PurgeGate>,
 }
 
 impl LogStore {
@@ -35,11 +37,13 @@ impl LogStore {
         state_db: Arc<Database>,
         damage: crate::Damage,
         metrics: crate::StoreMetrics,
+        purge_gate: tokio::sync::watch::Receiver<crate::state_machine::PurgeGate>,
     ) -> Self {
         LogStore {
             writer: Arc::new(LogWriter::new(log.clone(), state_db, metrics)),
             log,
             damage,
+            purge_gate,
         }
     }
 
@@ -155,8 +159,34 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     /// Durable, and only after the state machine's file is: the log is never purged past what
-    /// the state machine kept (its applies are not fsynced one by one).
+    /// the state machine kept (its applies are not fsynced one by one). First, the state
+    /// machine must hold everything up to `log_id` (a snapshot queued for install right
+    /// before this purge, say), since a purge may remove the entries its runs point at.
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        // A log that holds `log_id` keeps its files (`SegmentLog::purge`): nothing to wait for.
+        let holds = match self.writer.cache.get(log_id.index) {
+            Some(e) => e.log_id == log_id,
+            None => {
+                let log = self.log.clone();
+                blocking(move || log.read_kept(log_id.index))
+                    .await
+                    .map_err(|e| logs_read(self.damage.saw(e)))?
+                    .is_some_and(|e| e.log_id == log_id)
+            }
+        };
+        if !holds {
+            let held = *self
+                .purge_gate
+                .wait_for(|g| g.applied >= log_id.index || g.install_failed || !g.receiving)
+                .await
+                .map_err(|_| logs_write(StoreError::Stopped))?;
+            if held.applied < log_id.index && held.install_failed {
+                return Err(logs_write(StoreError::Snapshot(format!(
+                    "not purging the log up to {}: the snapshot that covers it was not installed",
+                    log_id.index
+                ))));
+            }
+        }
         self.writer
             .purge(log_id)
             .await
@@ -227,6 +257,53 @@ mod tests {
             }
             self.inner.sync_data()
         }
+    }
+
+    /// A purge past what the log holds (a follower's, queued right behind a snapshot install)
+    /// removes nothing until the state machine holds that far; if the install failed it fails
+    /// and the entries stay.
+    #[tokio::test]
+    async fn a_purge_past_the_log_waits_for_the_install_and_fails_with_it() {
+        use crate::state_machine::PurgeGate;
+        let dir = tempfile::tempdir().unwrap();
+        let storage = crate::Storage::open(dir.path()).unwrap();
+        let log = storage.log.log.clone();
+        log.append(&[entry(1), entry(2), entry(3)], None).unwrap();
+        let beyond = LogId::new(openraft::CommittedLeaderId::new(2, 1), 10);
+        let gate = storage.state_machine.purge_gate.clone();
+
+        gate.send_replace(PurgeGate {
+            applied: 3,
+            receiving: true,
+            install_failed: true,
+        });
+        let err = storage.log.clone().purge(beyond).await.unwrap_err();
+        assert!(err.to_string().contains("not installed"), "{err}");
+        assert_eq!(log.read_kept(2).unwrap().unwrap().log_id.index, 2);
+        assert_eq!(log.last_purged(), None);
+
+        gate.send_replace(PurgeGate {
+            applied: 3,
+            receiving: true,
+            install_failed: false,
+        });
+        let purge = tokio::spawn({
+            let mut store = storage.log.clone();
+            async move { store.purge(beyond).await }
+        });
+        gate.send_modify(|g| {
+            g.applied = 10;
+            g.receiving = false;
+        });
+        purge.await.unwrap().unwrap();
+        assert_eq!(log.last_purged(), Some(beyond));
+        assert!(log.read_kept(2).unwrap().is_none(), "removed past the log");
+
+        // Purging an entry the log holds keeps the files, whatever the gate says.
+        log.append(&[entry(11)], None).unwrap();
+        let held = LogId::new(openraft::CommittedLeaderId::new(1, 1), 11);
+        storage.log.clone().purge(held).await.unwrap();
+        assert_eq!(log.read_kept(11).unwrap().unwrap().log_id, held);
     }
 
     fn entry(index: u64) -> Entry<TypeConfig> {

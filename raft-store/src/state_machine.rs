@@ -36,6 +36,23 @@ pub struct StateMachine {
     pub(crate) events_since_sync: u64,
     /// The log, where the events are (snapshots render them from it).
     pub(crate) entries: EntryReader,
+    /// What the log's purge waits for ([`PurgeGate`]).
+    pub(crate) purge_gate: Arc<watch::Sender<PurgeGate>>,
+}
+
+/// How far the state machine holds what the log's entries hold, for the log's purge.
+/// openraft 0.9 queues a follower's purge right after handing a snapshot to the state machine,
+/// without waiting for the install: removing the entries then would leave runs pointing at
+/// nothing until the install commits, and for good if it never does. So the purge waits until
+/// the state machine has applied or installed up to its point (`LogStore::purge`), and fails
+/// if an install failed. Only while a snapshot is being received: no other purge goes past
+/// what the state machine holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct PurgeGate {
+    pub applied: u64,
+    /// A snapshot's first chunk arrived and it is not installed yet.
+    pub receiving: bool,
+    pub install_failed: bool,
 }
 
 type Membership = StoredMembership<NodeId, Node>;
@@ -179,9 +196,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let count = entries.len();
         // The runs written here point into the log: never let the state file become durable
-        // with entries this node's log could still lose. A follower may hear that an entry is
-        // committed before its own copy is flushed; the flush is under way (it must answer
-        // its leader), so this wait is short, and on a leader it never waits. Blank and
+        // with entries this node's log could still lose (after a restart openraft would purge
+        // a log found behind the state, and never send those entries again). openraft 0.9
+        // awaits every append's flush before it runs later commands, so this returns at once;
+        // it keeps the rule should that change (0.10 writes the log asynchronously). Blank and
         // membership entries write no runs.
         let last_normal = entries
             .iter()
@@ -208,6 +226,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             self.rules.invalidate();
         }
         self.applied.send_replace(last_index);
+        self.purge_gate
+            .send_modify(|g| g.applied = g.applied.max(last_index));
         Ok(responses)
     }
 
@@ -218,6 +238,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn begin_receiving_snapshot(
         &mut self,
     ) -> Result<Box<SnapshotFile>, StorageError<NodeId>> {
+        self.purge_gate.send_modify(|g| g.receiving = true);
         self.snapshots
             .receiving()
             .map(Box::new)
@@ -254,8 +275,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .await
         // Not recorded as damage of this node: a bad record here came with the snapshot
         // (the leader checks its file before sending, chunks are checked on the way), and
-        // nothing was changed. Raft stops; a restart fetches the snapshot again.
-        .map_err(snapshot_err)?;
+        // nothing was changed. Raft stops; a restart fetches the snapshot again. The purge
+        // queued behind the install must not remove the entries meanwhile.
+        .map_err(|e| {
+            self.purge_gate.send_modify(|g| g.install_failed = true);
+            snapshot_err(e)
+        })?;
+        self.purge_gate.send_modify(|g| {
+            g.applied = g.applied.max(last_index);
+            g.receiving = false;
+        });
         self.metrics.snapshot_installed();
         self.rules.invalidate();
         self.applied.send_replace(last_index);
@@ -304,6 +333,26 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
 
 /// Write a snapshot of the state machine as it is now and make it the current one.
 pub(crate) fn build(
+    db: &Database,
+    entries: &EntryReader,
+    snapshots: &SnapshotDir,
+) -> Result<Meta, StoreError> {
+    // A snapshot installed meanwhile may have removed entries that this build's older read
+    // transaction still points at (their events are in the archive now, which a fresh
+    // transaction sees): build again rather than fail, which would stop Raft.
+    let mut tries = 0;
+    loop {
+        match build_once(db, entries, snapshots) {
+            Err(StoreError::EntryMissing { index }) if tries < 3 => {
+                tracing::info!(index, "a snapshot install removed entries; building again");
+                tries += 1;
+            }
+            built => return built,
+        }
+    }
+}
+
+fn build_once(
     db: &Database,
     entries: &EntryReader,
     snapshots: &SnapshotDir,
