@@ -22,6 +22,15 @@ use crate::segments::SegmentLog;
 use crate::tables::{RunValue, EVENTS, EVENT_RUNS, EVENT_SECRETS};
 use crate::types::{NewEvent, Request, TypeConfig};
 
+/// An offset below its topic's length that neither a run nor the archive holds.
+pub(crate) fn missing(topic: &str, offset: u64) -> StoreError {
+    StoreError::corrupt(
+        "event_runs",
+        format!("({topic}, {offset})"),
+        "no run holds it",
+    )
+}
+
 /// Reads entries for the event store: the log's tail in memory, else its files, purged by
 /// openraft or not.
 #[derive(Clone)]
@@ -31,12 +40,13 @@ pub(crate) struct EntryReader {
 }
 
 impl EntryReader {
-    /// Wait until the log is durable up to `index`.
-    pub(crate) async fn durable_upto(&self, index: u64) {
-        if self.log.last_log_id().is_some_and(|l| l.index >= index) {
-            return;
+    /// Refuse to go on unless the log's files hold entries up to `index` (the files' last
+    /// entry is updated only after its frame's `fdatasync`).
+    pub(crate) fn check_durable(&self, index: u64) -> Result<(), StoreError> {
+        match self.log.last_log_id() {
+            Some(l) if l.index >= index => Ok(()),
+            _ => Err(StoreError::EntryMissing { index }),
         }
-        self.cache.durable_upto(index).await;
     }
 
     /// The entry at `index`. Missing means this node's log does not hold it yet (a follower
@@ -142,6 +152,29 @@ impl<'r> Events<'r> {
         })?)
     }
 
+    /// The event and its secret fields, found once (a snapshot writes both).
+    pub(crate) fn event_and_secret(
+        &mut self,
+        topic: &str,
+        offset: u64,
+    ) -> Result<Option<(String, Option<String>)>, StoreError> {
+        if let Some(text) = self.archived(topic, offset)? {
+            return Ok(Some((text, self.archived_secret(topic, offset)?)));
+        }
+        self.with_new_event(topic, offset, |run, e| {
+            (render(topic, offset, run.0, run.3, e), e.secret.clone())
+        })
+    }
+
+    fn archived_secret(&self, topic: &str, offset: u64) -> Result<Option<String>, StoreError> {
+        match self.secrets.get((topic, offset))? {
+            None => Ok(None),
+            Some(g) => Ok(Some(
+                check_event("event_secrets", topic, offset, g.value())?.to_string(),
+            )),
+        }
+    }
+
     /// The secret fields stored with the event at `(topic, offset)`, if it has any.
     pub(crate) fn secret(
         &mut self,
@@ -149,12 +182,7 @@ impl<'r> Events<'r> {
         offset: u64,
     ) -> Result<Option<String>, StoreError> {
         if self.archived(topic, offset)?.is_some() {
-            return match self.secrets.get((topic, offset))? {
-                None => Ok(None),
-                Some(g) => Ok(Some(
-                    check_event("event_secrets", topic, offset, g.value())?.to_string(),
-                )),
-            };
+            return self.archived_secret(topic, offset);
         }
         Ok(self
             .with_new_event(topic, offset, |_, e| e.secret.clone())?

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use openraft::storage::LogFlushed;
 use openraft::{Entry, EntryPayload, LogId};
 use redb::Database;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::error::StoreError;
 use crate::runtime::blocking;
@@ -43,21 +43,9 @@ const CACHED_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// and the most recent durable ones. It always holds one contiguous run of indexes, so a read
 /// that starts inside it needs nothing from the file, and nothing is decoded again: followers
 /// apply, and the leader replicates, straight from here.
+#[derive(Default)]
 pub(crate) struct LogCache {
     inner: Mutex<CacheInner>,
-    /// The last index made durable. A follower may be told an entry is committed before its
-    /// own copy is durable; apply waits for this to pass the entries it applies, so the state
-    /// file never becomes durable with events (runs) the log could still lose.
-    durable: watch::Sender<u64>,
-}
-
-impl Default for LogCache {
-    fn default() -> Self {
-        LogCache {
-            inner: Mutex::default(),
-            durable: watch::channel(0).0,
-        }
-    }
 }
 
 #[derive(Default)]
@@ -155,19 +143,6 @@ impl LogCache {
         let mut inner = self.lock();
         inner.flushed_upto = inner.flushed_upto.max(upto);
         inner.evict();
-        drop(inner);
-        self.durable.send_if_modified(|d| {
-            let changed = *d != upto;
-            *d = upto;
-            changed
-        });
-    }
-
-    /// Wait until the log is durable up to `index`.
-    pub(crate) async fn durable_upto(&self, index: u64) {
-        let mut rx = self.durable.subscribe();
-        // The sender lives as long as `self`.
-        let _ = rx.wait_for(|d| *d >= index).await;
     }
 
     /// The entry at `index`, if the tail holds it.
@@ -179,9 +154,6 @@ impl LogCache {
         let mut inner = self.lock();
         inner.remove_from(from);
         inner.flushed_upto = inner.flushed_upto.min(from.saturating_sub(1));
-        drop(inner);
-        self.durable
-            .send_modify(|d| *d = (*d).min(from.saturating_sub(1)));
     }
 
     fn purged(&self, upto: u64) {
@@ -228,15 +200,11 @@ impl LogWriter {
         state_db: Arc<Database>,
         metrics: crate::StoreMetrics,
     ) -> Self {
-        let cache = LogCache::default();
-        cache
-            .durable
-            .send_replace(log.last_log_id().map_or(0, |l| l.index));
         LogWriter {
             log,
             state_db,
             metrics,
-            cache: Arc::new(cache),
+            cache: Arc::default(),
             committed: Arc::default(),
             queue: OnceLock::new(),
         }

@@ -8,7 +8,7 @@ use tokio::sync::watch;
 
 use crate::apply::RulesState;
 use crate::error::StoreError;
-use crate::events::{EntryReader, Events};
+use crate::events::{missing, EntryReader, Events};
 use crate::snapshot::write_records;
 use crate::tables::*;
 
@@ -348,15 +348,6 @@ impl StateReader {
             Ok(out)
         })
     }
-}
-
-/// An offset below the topic's length that no run or archive row holds.
-fn missing(topic: &str, offset: u64) -> StoreError {
-    StoreError::corrupt(
-        "event_runs",
-        format!("({topic}, {offset})"),
-        "no run holds it",
-    )
 }
 
 #[cfg(test)]

@@ -336,18 +336,14 @@ fn write_events(
         let (topic, len) = (topic.value(), len.value());
         for offset in 0..len {
             let key = <(&str, u64) as Value>::as_bytes(&(topic, offset));
-            let text = events.event(topic, offset)?.ok_or_else(|| {
-                StoreError::corrupt(
-                    "event_runs",
-                    format!("({topic}, {offset})"),
-                    "no run holds it",
-                )
-            })?;
+            let (text, secret) = events
+                .event_and_secret(topic, offset)?
+                .ok_or_else(|| crate::events::missing(topic, offset))?;
             let crc = checksum::event_sum(topic, offset, &text);
             let value = <(u32, &str) as Value>::as_bytes(&(crc, text.as_str()));
             write_record(w, EVENTS_TAG, &key, &value)?;
             n += 1;
-            if let Some(secret) = events.secret(topic, offset)? {
+            if let Some(secret) = secret {
                 let crc = checksum::event_sum(topic, offset, &secret);
                 let value = <(u32, &str) as Value>::as_bytes(&(crc, secret.as_str()));
                 write_record(w, EVENT_SECRETS_TAG, &key, &value)?;

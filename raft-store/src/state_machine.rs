@@ -195,19 +195,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             self.events_since_sync = 0;
         }
         let count = entries.len();
-        // The runs written here point into the log: never let the state file become durable
-        // with entries this node's log could still lose (after a restart openraft would purge
-        // a log found behind the state, and never send those entries again). openraft 0.9
-        // awaits every append's flush before it runs later commands, so this returns at once;
-        // it keeps the rule should that change (0.10 writes the log asynchronously). Blank and
-        // membership entries write no runs.
+        // The runs written here point into the log: the state file must never become
+        // durable with entries this node's log could still lose (after a restart openraft
+        // would purge a log found behind the state, and never send those entries again).
+        // openraft 0.9 awaits every append's flush before it runs later commands, so this
+        // holds; checked, not assumed, should that change (0.10 writes the log
+        // asynchronously). Blank and membership entries write no runs.
         let last_normal = entries
             .iter()
             .rev()
             .find(|e| matches!(e.payload, EntryPayload::Normal(_)))
             .map(|e| e.log_id.index);
         if let Some(index) = last_normal {
-            self.entries.durable_upto(index).await;
+            self.entries
+                .check_durable(index)
+                .map_err(|e| sm_write(self.damage.saw(e)))?;
         }
         // Timed around apply, never inside it: what apply decides reads no clock.
         let started = std::time::Instant::now();

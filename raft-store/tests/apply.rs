@@ -522,3 +522,23 @@ async fn events_are_read_from_the_log_even_behind_a_purge() {
         );
     }
 }
+
+/// Apply refuses entries with requests that the log has not made durable: their events would
+/// be read from there, and a state file made durable ahead of the log could point at nothing.
+#[tokio::test]
+async fn apply_refuses_entries_the_log_does_not_hold() {
+    use openraft::storage::RaftStateMachine;
+    let mut f = Fixture::new();
+    let e = f.entry(1_000, vec![append("t", vec![ev("X", None)], &[])]);
+    let err = f
+        .storage
+        .state_machine
+        .clone()
+        .apply([e.clone()])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("entry 1"), "{err}");
+    assert_eq!(f.storage.reader.topic_len("t").unwrap(), 0);
+    f.storage.log_and_apply(vec![e]).await.unwrap();
+    assert_eq!(f.storage.reader.topic_len("t").unwrap(), 1);
+}
