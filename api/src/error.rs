@@ -298,6 +298,7 @@ impl From<raft_store::StoreError> for ApiError {
             StoreError::Redb(_)
             | StoreError::Io(_)
             | StoreError::Stopped
+            | StoreError::Retry
             | StoreError::EntryMissing { .. } => ApiError::unavailable(format!(
                 "this node's storage failed ({e}); it stops serving: ask another node"
             )),

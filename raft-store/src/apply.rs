@@ -8,19 +8,18 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use redb::{ReadableTable, Table, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::checksum::Sealed;
 use crate::error::StoreError;
-use crate::idempotency::{IdempotencyTables, Record};
+use crate::idempotency::Record;
+use crate::live::Working;
 use crate::rules::{Rules, UniqOp};
 use crate::tables::*;
 use crate::types::{
     Answer, AppendRequest, Conflict, NewEvent, Outcome, Rejection, Request, SetRules,
 };
-use crate::uniq::{clear_set, Pending, UniqTables};
+use crate::uniq::{clear_set, Pending};
 
 /// The rules in force and their version, as stored in `sm_meta`.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
@@ -29,42 +28,16 @@ pub struct RulesState {
     pub rules: Rules,
 }
 
-/// The state machine's tables, opened once per apply batch.
-pub(crate) struct DataTables<'txn> {
-    meta: Table<'txn, &'static str, &'static [u8]>,
-    topics: Table<'txn, &'static str, Sealed<u64>>,
-    runs: Table<'txn, (&'static str, u64), Sealed<RunValue>>,
-    streams: Table<'txn, &'static str, Sealed<(&'static str, u64)>>,
-    stream_index: Table<'txn, (&'static str, u64), Sealed<u64>>,
-    uniq: UniqTables<'txn>,
-    idem: IdempotencyTables<'txn>,
+/// The state machine's tables as one apply batch sees and changes them.
+pub(crate) struct DataTables<'a> {
+    pub(crate) w: Working<'a>,
     rules: RulesState,
 }
 
-impl<'txn> DataTables<'txn> {
-    pub(crate) fn open(txn: &'txn WriteTransaction) -> Result<Self, StoreError> {
-        let meta = txn.open_table(SM_META)?;
-        let rules = get_json(&meta, "sm_meta", KEY_RULES)?.unwrap_or_default();
-        Ok(DataTables {
-            meta,
-            topics: txn.open_table(TOPICS)?,
-            runs: txn.open_table(EVENT_RUNS)?,
-            streams: txn.open_table(STREAMS)?,
-            stream_index: txn.open_table(STREAM_INDEX)?,
-            uniq: UniqTables {
-                owners: txn.open_table(UNIQ_OWNERS)?,
-                history: txn.open_table(UNIQ_HISTORY)?,
-            },
-            idem: IdempotencyTables {
-                records: txn.open_table(IDEMPOTENCY)?,
-                by_age: txn.open_table(IDEMPOTENCY_BY_AGE)?,
-            },
-            rules,
-        })
-    }
-
-    pub(crate) fn meta(&mut self) -> &mut Table<'txn, &'static str, &'static [u8]> {
-        &mut self.meta
+impl<'a> DataTables<'a> {
+    pub(crate) fn open(w: Working<'a>) -> Result<Self, StoreError> {
+        let rules = w.stack().meta(KEY_RULES)?.unwrap_or_default();
+        Ok(DataTables { w, rules })
     }
 
     /// Expire idempotency records, before a request with a key looks its key up. Per
@@ -73,7 +46,7 @@ impl<'txn> DataTables<'txn> {
     /// (`tests/apply_fuzz.rs` found that it did).
     fn expire_idempotency(&mut self, ctx: EntryContext) -> Result<(), StoreError> {
         let settings = self.rules.rules.idempotency;
-        self.idem.evict(ctx.log_time_ms, &settings)
+        self.w.evict_idempotency(ctx.log_time_ms, &settings)
     }
 }
 
@@ -166,7 +139,7 @@ fn apply_append(
     // 1. Idempotency: a retry gets the stored answer and appends nothing.
     if let Some(idem) = &req.idempotency {
         t.expire_idempotency(ctx)?;
-        let stored = t.idem.get(&req.topic, &idem.key)?;
+        let stored = t.w.idempotency(&req.topic, &idem.key)?;
         // Planted bug (simulation builds only, `crate::planted`): the lookup is skipped.
         #[cfg(madsim)]
         let stored =
@@ -198,7 +171,7 @@ fn apply_append(
             log_index: ctx.log_index,
             position: ctx.position,
         };
-        t.idem.put(&req.topic, &idem.key, &record)?;
+        t.w.put_idempotency(&req.topic, &idem.key, &record)?;
     }
     Ok(answer)
 }
@@ -239,14 +212,13 @@ fn decide_append(
         if versions.contains_key(stream) {
             continue;
         }
-        let version = match t.streams.get(stream)? {
+        let version = match t.w.stack().stream(stream)? {
             None => 0,
-            Some(g) => {
-                let (topic, version) = g.value();
+            Some((topic, version)) => {
                 if topic != req.topic {
                     return rejected(Rejection::StreamInOtherTopic {
                         stream: stream.to_string(),
-                        topic: topic.to_string(),
+                        topic,
                     });
                 }
                 version
@@ -268,48 +240,50 @@ fn decide_append(
     }
 
     // 3. Uniq claims, against the sets and the earlier events of this request.
-    let first = t.topics.get(req.topic.as_str())?.map_or(0, |g| g.value());
+    let first = t.w.stack().topic_len(&req.topic)?;
     let mut pending = Pending::default();
     for (i, e) in req.events.iter().enumerate() {
         let Some(stream) = e.stream.as_deref() else {
             continue;
         };
         for claim in &e.claims {
-            if let Err(c) = pending.check(&t.uniq, claim, stream, first + i as u64)? {
+            if let Err(c) = pending.check(&t.w, claim, stream, first + i as u64)? {
                 return Ok(answer(Outcome::Conflict(c)));
             }
         }
     }
 
     // Every check passed: write. The events stay in the log entry; one row says where.
-    pending.write(&mut t.uniq)?;
-    t.runs.insert(
-        (req.topic.as_str(), first),
+    pending.write(&mut t.w)?;
+    let batch = &mut t.w.batch;
+    batch.event_runs.insert(
+        (req.topic.clone(), first),
         (
             ctx.log_index,
             ctx.position,
             req.events.len() as u32,
             ctx.log_time_ms,
         ),
-    )?;
+    );
     let mut touched: BTreeSet<&str> = BTreeSet::new();
     for (i, e) in req.events.iter().enumerate() {
         let offset = first + i as u64;
         if let Some(stream) = e.stream.as_deref() {
             let v = versions.get_mut(stream).expect("collected above");
             *v += 1;
-            t.stream_index.insert((stream, *v), offset)?;
+            batch.stream_index.insert((stream.to_string(), *v), offset);
             touched.insert(stream);
         }
     }
     // Only streams that received events are recorded: naming a stream in expected_version
     // alone does not claim it for this topic.
     for stream in touched {
-        t.streams
-            .insert(stream, (req.topic.as_str(), versions[stream]))?;
+        batch
+            .streams
+            .insert(stream.to_string(), (req.topic.clone(), versions[stream]));
     }
     let next = first + req.events.len() as u64;
-    t.topics.insert(req.topic.as_str(), next)?;
+    batch.topics.insert(req.topic.clone(), next);
     Ok(answer(Outcome::Appended {
         first_offset: first,
         last_offset: next.saturating_sub(1),
@@ -343,7 +317,7 @@ fn apply_set_rules(t: &mut DataTables<'_>, s: &SetRules) -> Result<Outcome, Stor
     // Replay every rebuilt set's backfill on a clean view; decide before writing.
     let mut pending = Pending::default();
     for set in &rebuilt {
-        let len = t.topics.get(set.topic.as_str())?.map_or(0, |g| g.value());
+        let len = t.w.stack().topic_len(&set.topic)?;
         let backfill = s.backfill.iter().find(|b| b.set == set.name);
         let (topic_len, claims) = backfill.map_or((0, &[][..]), |b| (b.topic_len, &b.claims[..]));
         if topic_len != len {
@@ -363,7 +337,7 @@ fn apply_set_rules(t: &mut DataTables<'_>, s: &SetRules) -> Result<Outcome, Stor
                     ),
                 }));
             }
-            match pending.check(&t.uniq, &c.claim, &c.stream, c.offset)? {
+            match pending.check(&t.w, &c.claim, &c.stream, c.offset)? {
                 Ok(()) => {}
                 Err(conflict) => {
                     let key = match conflict {
@@ -382,15 +356,15 @@ fn apply_set_rules(t: &mut DataTables<'_>, s: &SetRules) -> Result<Outcome, Stor
     // All rebuilt sets are consistent: write.
     for set in &old.uniq {
         if s.rules.set(&set.name) != Some(set) {
-            clear_set(&mut t.uniq, &set.name)?;
+            clear_set(&mut t.w, &set.name)?;
         }
     }
-    pending.write(&mut t.uniq)?;
+    pending.write(&mut t.w)?;
     let state = RulesState {
         version: current + 1,
         rules: s.rules.clone(),
     };
-    put_json(&mut t.meta, KEY_RULES, &state)?;
+    t.w.put_meta(KEY_RULES, &state);
     t.rules = state;
     Ok(Outcome::RulesSet {
         version: current + 1,

@@ -24,7 +24,6 @@ use std::path::{Path, PathBuf};
 
 use hmac::Mac;
 use openraft::{LogId, Membership, StoredMembership, Vote};
-use redb::{Durability, ReadableDatabase};
 
 use crate::error::StoreError;
 use crate::snapshot::{self, Meta};
@@ -131,7 +130,8 @@ impl StateReader {
     pub fn backup(&self, mac_key: Option<&[u8]>) -> Result<BackupFile, StoreError> {
         let path = self.snapshots.temp_path("backup");
         let written = crate::files::catching(crate::DATA_FILE, "writing a backup", || {
-            let txn = self.db.begin_read()?;
+            // A checkpoint first: the backup reads the state file alone.
+            let txn = self.live.checkpoint()?;
             let (last_log_id, last_membership) = {
                 let t = txn.open_table(SM_META)?;
                 let last: Option<LogId<NodeId>> =
@@ -310,7 +310,7 @@ pub fn restore(
     let name = backup.display().to_string();
     let mut file =
         BufReader::new(File::open(backup).map_err(|e| not_readable(backup, e))?).take(body);
-    let db = storage.state_machine.db.clone();
+    let live = storage.state_machine.live.clone();
     // The log first: empty, everything up to the backup's entry purged and committed, and a
     // vote in the backup's term so the next election starts after it. Interrupted before the
     // state below is committed, the data dir is a purged log beside a state that applied
@@ -325,15 +325,14 @@ pub fn restore(
     log.append(&[], Some(Some(last)))?;
     // The state: the backup's rows, then this node alone as the membership, effective from
     // the backup's last entry on.
-    let txn = crate::files::write_txn(&db, Durability::Immediate)?;
-    let meta = snapshot::load_snapshot_from(&txn, &mut file).map_err(|e| e.in_file(&name))?;
-    if meta.last_log_id != Some(last) {
-        return Err(StoreError::Snapshot(format!(
-            "{name} changed while it was being restored"
-        )));
-    }
-    let alone = Membership::new(vec![BTreeSet::from([id])], BTreeMap::from([(id, node)]));
-    {
+    live.install(|txn| {
+        let meta = snapshot::load_snapshot_from(txn, &mut file).map_err(|e| e.in_file(&name))?;
+        if meta.last_log_id != Some(last) {
+            return Err(StoreError::Snapshot(format!(
+                "{name} changed while it was being restored"
+            )));
+        }
+        let alone = Membership::new(vec![BTreeSet::from([id])], BTreeMap::from([(id, node)]));
         let mut m = txn.open_table(SM_META)?;
         put_json(&mut m, KEY_LAST_APPLIED, &Some(last))?;
         put_json(
@@ -341,12 +340,12 @@ pub fn restore(
             KEY_MEMBERSHIP,
             &StoredMembership::new(Some(last), alone),
         )?;
-    }
-    txn.commit()?;
+        Ok(())
+    })?;
     // A snapshot of the restored state, for the nodes that join (the log has no entry for
     // them to replay).
     crate::state_machine::build(
-        &db,
+        &live,
         &storage.state_machine.entries,
         &storage.state_machine.snapshots,
     )?;

@@ -34,6 +34,10 @@ pub enum StoreError {
     /// an older log catches up from its leader.
     #[error("entry {index} is not in this node's log yet; it is catching up")]
     EntryMissing { index: u64 },
+    /// A read met a checkpoint that dropped changes its view of the state file lacked
+    /// (`crate::live`): read again. Never leaves the storage crate's readers.
+    #[error("the state changed under a read; read again")]
+    Retry,
 }
 
 macro_rules! from_redb {

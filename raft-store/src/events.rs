@@ -13,13 +13,14 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use openraft::{Entry, EntryPayload};
-use redb::{ReadOnlyTable, ReadTransaction, ReadableTableMetadata};
+use redb::{ReadOnlyTable, ReadableTableMetadata};
 
-use crate::checksum::{check_event, Sealed};
+use crate::checksum::check_event;
 use crate::error::StoreError;
+use crate::live::View;
 use crate::log_writer::LogCache;
 use crate::segments::SegmentLog;
-use crate::tables::{RunValue, EVENTS, EVENT_RUNS, EVENT_SECRETS};
+use crate::tables::{RunValue, EVENTS, EVENT_SECRETS};
 use crate::types::{NewEvent, Request, TypeConfig};
 
 /// An offset below its topic's length that neither a run nor the archive holds.
@@ -115,7 +116,8 @@ fn json_trim(text: &str) -> &str {
 /// the log (which never changes below the applied index).
 pub(crate) struct Events<'r> {
     entries: &'r EntryReader,
-    runs: ReadOnlyTable<(&'static str, u64), Sealed<RunValue>>,
+    /// The runs, in the layers of applied changes and the state file (`crate::live`).
+    view: &'r View<'r>,
     archive: ReadOnlyTable<(&'static str, u64), (u32, &'static str)>,
     secrets: ReadOnlyTable<(&'static str, u64), (u32, &'static str)>,
     archive_empty: bool,
@@ -126,14 +128,12 @@ pub(crate) struct Events<'r> {
 }
 
 impl<'r> Events<'r> {
-    pub(crate) fn open(
-        txn: &ReadTransaction,
-        entries: &'r EntryReader,
-    ) -> Result<Self, StoreError> {
+    pub(crate) fn open(view: &'r View<'r>, entries: &'r EntryReader) -> Result<Self, StoreError> {
+        let txn = view.txn();
         let archive = txn.open_table(EVENTS)?;
         Ok(Events {
             entries,
-            runs: txn.open_table(EVENT_RUNS)?,
+            view,
             archive_empty: archive.is_empty()?,
             archive,
             secrets: txn.open_table(EVENT_SECRETS)?,
@@ -147,9 +147,9 @@ impl<'r> Events<'r> {
         if let Some(text) = self.archived(topic, offset)? {
             return Ok(Some(text));
         }
-        Ok(self.with_new_event(topic, offset, |run, e| {
+        self.with_new_event(topic, offset, |run, e| {
             render(topic, offset, run.0, run.3, e)
-        })?)
+        })
     }
 
     /// The event and its secret fields, found once (a snapshot writes both).
@@ -218,11 +218,9 @@ impl<'r> Events<'r> {
         let (first, run) = match cached {
             Some(found) => found,
             None => {
-                let Some(row) = self.runs.range((topic, 0)..=(topic, offset))?.next_back() else {
+                let Some((first, run)) = self.view.with(|s| s.run_at(topic, offset))? else {
                     return Ok(None);
                 };
-                let (k, v) = row?;
-                let (first, run) = (k.value().1, v.value());
                 if offset >= first + run.2 as u64 {
                     return Ok(None);
                 }

@@ -3,11 +3,10 @@
 //! evicts the same records whatever the size of its apply batches and however requests were
 //! grouped into entries.
 
-use redb::{ReadableTable, ReadableTableMetadata, Table};
 use serde::{Deserialize, Serialize};
 
-use crate::checksum::Sealed;
 use crate::error::StoreError;
+use crate::live::Working;
 use crate::rules::IdempotencySettings;
 use crate::types::Answer;
 
@@ -24,61 +23,76 @@ pub struct Record {
     pub position: u32,
 }
 
-pub(crate) struct IdempotencyTables<'txn> {
-    pub records: Table<'txn, (&'static str, &'static str), Sealed<&'static str>>,
-    pub by_age: Table<'txn, crate::tables::AgeKey, ()>,
-}
-
-impl IdempotencyTables<'_> {
+impl Working<'_> {
     /// Drop records older than the window, then the oldest beyond `records_max - 1` so the
     /// request about to be applied has room.
-    pub fn evict(&mut self, now_ms: u64, settings: &IdempotencySettings) -> Result<(), StoreError> {
+    pub fn evict_idempotency(
+        &mut self,
+        now_ms: u64,
+        settings: &IdempotencySettings,
+    ) -> Result<(), StoreError> {
         let cutoff = now_ms.saturating_sub(settings.window_ms);
         let mut doomed = Vec::new();
-        let len = self.records.len()?;
-        let over = (len + 1).saturating_sub(settings.records_max);
-        for (n, row) in self.by_age.iter()?.enumerate() {
-            let (k, _) = row?;
-            let (time, index, position, topic, key) = k.value();
-            if time > cutoff && (n as u64) >= over {
-                break;
+        {
+            let stack = self.stack();
+            let len = stack.idempotency_len()?;
+            let over = (len + 1).saturating_sub(settings.records_max);
+            for (n, row) in stack.by_age(self.by_age_floor.as_ref())?.enumerate() {
+                let (k, ()) = row?;
+                if k.0 > cutoff && (n as u64) >= over {
+                    break;
+                }
+                doomed.push(k);
             }
-            doomed.push((time, index, position, topic.to_string(), key.to_string()));
         }
-        for (time, index, position, topic, key) in doomed {
-            self.by_age
-                .remove((time, index, position, topic.as_str(), key.as_str()))?;
-            self.records.remove((topic.as_str(), key.as_str()))?;
+        for k in doomed {
+            self.batch.idempotency.remove((k.3.clone(), k.4.clone()));
+            self.batch.idempotency_net -= 1;
+            self.batch.idempotency_by_age.remove(k.clone());
+            self.by_age_floor = Some(k);
         }
         Ok(())
     }
 
-    pub fn get(&self, topic: &str, key: &str) -> Result<Option<Record>, StoreError> {
-        match self.records.get((topic, key))? {
+    pub fn idempotency(&self, topic: &str, key: &str) -> Result<Option<Record>, StoreError> {
+        match self.stack().idempotency(topic, key)? {
             None => Ok(None),
-            Some(v) => serde_json::from_str(v.value())
+            Some(v) => serde_json::from_str(&v)
                 .map(Some)
                 .map_err(|e| StoreError::corrupt("idempotency", format!("{topic}/{key}"), e)),
         }
     }
 
-    pub fn put(&mut self, topic: &str, key: &str, record: &Record) -> Result<(), StoreError> {
-        if let Some(old) = self.get(topic, key)? {
-            self.by_age
-                .remove((old.log_time_ms, old.log_index, old.position, topic, key))?;
+    pub fn put_idempotency(
+        &mut self,
+        topic: &str,
+        key: &str,
+        record: &Record,
+    ) -> Result<(), StoreError> {
+        match self.idempotency(topic, key)? {
+            Some(old) => self.batch.idempotency_by_age.remove((
+                old.log_time_ms,
+                old.log_index,
+                old.position,
+                topic.to_string(),
+                key.to_string(),
+            )),
+            None => self.batch.idempotency_net += 1,
         }
         let json = serde_json::to_string(record).expect("idempotency records serialize");
-        self.records.insert((topic, key), json.as_str())?;
-        self.by_age.insert(
+        self.batch
+            .idempotency
+            .insert((topic.to_string(), key.to_string()), json);
+        self.batch.idempotency_by_age.insert(
             (
                 record.log_time_ms,
                 record.log_index,
                 record.position,
-                topic,
-                key,
+                topic.to_string(),
+                key.to_string(),
             ),
             (),
-        )?;
+        );
         Ok(())
     }
 }

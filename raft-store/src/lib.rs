@@ -15,9 +15,11 @@ mod error;
 mod events;
 mod files;
 mod idempotency;
+mod live;
 mod log_store;
 mod log_writer;
 mod metrics;
+mod overlay;
 /// Bugs the simulation can plant on purpose (simulation builds only).
 #[cfg(madsim)]
 pub mod planted;
@@ -27,6 +29,7 @@ pub mod runtime;
 pub mod segments;
 mod snapshot;
 mod state_machine;
+mod state_overlay;
 mod tables;
 mod types;
 mod uniq;
@@ -169,7 +172,8 @@ impl Storage {
         snapshot_dir: PathBuf,
     ) -> Result<Storage, StoreError> {
         create_tables(&db)?;
-        let (last_applied, _) = state_machine::applied_state(&db)?;
+        let live = Arc::new(live::LiveState::open(db)?);
+        let (last_applied, _) = state_machine::applied_state(&live)?;
         let (tx, rx) = watch::channel(last_applied.map_or(0, |l| l.index));
         let snapshots = Arc::new(snapshot::SnapshotDir::open(snapshot_dir)?);
         snapshots.forget_if_older_than(last_applied.map(|l| l.index))?;
@@ -186,7 +190,7 @@ impl Storage {
         );
         let log = LogStore::new(
             log,
-            db.clone(),
+            live.clone(),
             damage.clone(),
             metrics.clone(),
             purge_gate.subscribe(),
@@ -195,17 +199,16 @@ impl Storage {
         let state_machine = StateMachine {
             purge_gate,
             entries: entries.clone(),
-            db: db.clone(),
+            live: live.clone(),
             snapshots: snapshots.clone(),
             applied: Arc::new(tx),
             rules: rules.clone(),
             damage: damage.clone(),
             metrics: metrics.clone(),
-            events_since_sync: 0,
         };
         Ok(Storage {
             log,
-            reader: StateReader::new(db, rx, rules, damage.clone(), snapshots, entries),
+            reader: StateReader::new(live, rx, rules, damage.clone(), snapshots, entries),
             state_machine,
             damage,
             disk: DiskSpace::unlimited(),
@@ -229,6 +232,13 @@ impl Storage {
             .await
             .map_err(crate::error::logs_write)?;
         self.state_machine.clone().apply(entries).await
+    }
+
+    /// Checkpoint the state file every `entries` applied entries (tests: frequent
+    /// checkpoints, in the background of apply as always).
+    #[doc(hidden)]
+    pub fn checkpoint_every(&self, entries: u64) {
+        self.state_machine.live.checkpoint_every(entries);
     }
 }
 

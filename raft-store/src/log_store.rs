@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{Entry, LogId, LogState, OptionalSend, RaftLogReader, StorageError, Vote};
-use redb::Database;
 
 use crate::error::{logs_read, logs_write, vote_read, vote_write, StoreError};
 use crate::log_writer::{LogCache, LogWriter};
@@ -31,16 +30,16 @@ pub struct LogStore {
 }
 
 impl LogStore {
-    /// The log in `log`; `state_db` is the state machine's file, made durable before any purge.
+    /// The log in `log`; `state` is the state machine's, made durable before any purge.
     pub(crate) fn new(
         log: Arc<SegmentLog>,
-        state_db: Arc<Database>,
+        state: Arc<crate::live::LiveState>,
         damage: crate::Damage,
         metrics: crate::StoreMetrics,
         purge_gate: tokio::sync::watch::Receiver<crate::state_machine::PurgeGate>,
     ) -> Self {
         LogStore {
-            writer: Arc::new(LogWriter::new(log.clone(), state_db, metrics)),
+            writer: Arc::new(LogWriter::new(log.clone(), state, metrics)),
             log,
             damage,
             purge_gate,

@@ -23,7 +23,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use openraft::storage::LogFlushed;
 use openraft::{Entry, EntryPayload, LogId};
-use redb::Database;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::StoreError;
@@ -186,7 +185,7 @@ enum Op {
 /// drives the node: under madsim, the node's own, so a killed node's writer dies with it).
 pub(crate) struct LogWriter {
     log: Arc<SegmentLog>,
-    state_db: Arc<Database>,
+    state: Arc<crate::live::LiveState>,
     pub(crate) cache: Arc<LogCache>,
     /// The latest commit marker not yet written; goes out with the next batch.
     committed: Arc<Mutex<Option<Option<LogId<NodeId>>>>>,
@@ -197,12 +196,12 @@ pub(crate) struct LogWriter {
 impl LogWriter {
     pub(crate) fn new(
         log: Arc<SegmentLog>,
-        state_db: Arc<Database>,
+        state: Arc<crate::live::LiveState>,
         metrics: crate::StoreMetrics,
     ) -> Self {
         LogWriter {
             log,
-            state_db,
+            state,
             metrics,
             cache: Arc::default(),
             committed: Arc::default(),
@@ -250,9 +249,9 @@ impl LogWriter {
     /// the state machine's applies are durable: a restart re-applies from the log what the
     /// state file lost, so the log must still hold it.
     pub(crate) async fn purge(&self, log_id: LogId<NodeId>) -> Result<(), StoreError> {
-        let state_db = self.state_db.clone();
+        let state = self.state.clone();
         self.barrier(move |log| {
-            crate::state_machine::make_durable(&state_db)?;
+            state.durable_upto(log_id.index)?;
             log.purge(log_id)
         })
         .await?;

@@ -3,12 +3,12 @@
 
 use std::sync::Arc;
 
-use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
 use tokio::sync::watch;
 
 use crate::apply::RulesState;
 use crate::error::StoreError;
 use crate::events::{missing, EntryReader, Events};
+use crate::live::{LiveState, View};
 use crate::snapshot::write_records;
 use crate::tables::*;
 
@@ -41,7 +41,7 @@ impl RulesCache {
 /// Read-only handle on the state machine. Cheap to clone.
 #[derive(Clone)]
 pub struct StateReader {
-    pub(crate) db: Arc<Database>,
+    pub(crate) live: Arc<LiveState>,
     applied: watch::Receiver<u64>,
     rules: Arc<RulesCache>,
     pub(crate) damage: crate::Damage,
@@ -53,7 +53,7 @@ pub struct StateReader {
 
 impl StateReader {
     pub(crate) fn new(
-        db: Arc<Database>,
+        live: Arc<LiveState>,
         applied: watch::Receiver<u64>,
         rules: Arc<RulesCache>,
         damage: crate::Damage,
@@ -61,7 +61,7 @@ impl StateReader {
         entries: EntryReader,
     ) -> Self {
         StateReader {
-            db,
+            live,
             applied,
             rules,
             damage,
@@ -80,20 +80,18 @@ impl StateReader {
         self.applied.clone()
     }
 
-    fn txn(&self) -> Result<ReadTransaction, StoreError> {
-        Ok(self.db.begin_read()?)
-    }
-
-    /// Run a read, recording damage for the node to stop on. A row redb cannot decode (it
-    /// panics on a damaged length or string) is damage too, not a reason to drop one request
-    /// and go on serving.
+    /// Run a read on a view of the state as of now, recording damage for the node to stop
+    /// on. A row redb cannot decode (it panics on a damaged length or string) is damage too,
+    /// not a reason to drop one request and go on serving.
     fn guard<T>(
         &self,
         what: &str,
-        read: impl FnOnce() -> Result<T, StoreError>,
+        read: impl Fn(&View<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         self.damage
-            .note(crate::files::catching(crate::DATA_FILE, what, read))
+            .note(crate::files::catching(crate::DATA_FILE, what, || {
+                self.live.read(&read)
+            }))
     }
 
     /// Events of `topic` from offset `from`, at most `limit`. An unknown topic is empty.
@@ -110,12 +108,11 @@ impl StateReader {
         limit: usize,
         bytes_max: usize,
     ) -> Result<Page, StoreError> {
-        self.guard("read_topic", || {
-            let txn = self.txn()?;
-            // The topic's length as of this transaction bounds the read: runs and entries
-            // past it may belong to applies this transaction does not see.
-            let len = txn.open_table(TOPICS)?.get(topic)?.map_or(0, |g| g.value());
-            let mut events = Events::open(&txn, &self.entries)?;
+        self.guard("read_topic", |view| {
+            // The topic's length as of this view bounds the read: runs and entries past it
+            // may belong to applies this view does not see.
+            let len = view.with(|s| s.topic_len(topic))?;
+            let mut events = Events::open(view, &self.entries)?;
             let mut out: Vec<String> = Vec::new();
             let mut bytes = 0usize;
             for offset in (from..len).take(limit) {
@@ -142,10 +139,8 @@ impl StateReader {
 
     /// The topic `stream` belongs to, if it has events.
     pub fn stream_topic(&self, stream: &str) -> Result<Option<String>, StoreError> {
-        self.guard("stream_topic", || {
-            let txn = self.txn()?;
-            let streams = txn.open_table(STREAMS)?;
-            Ok(streams.get(stream)?.map(|g| g.value().0.to_string()))
+        self.guard("stream_topic", |view| {
+            view.with(|s| Ok(s.stream(stream)?.map(|(topic, _)| topic)))
         })
     }
 
@@ -158,30 +153,33 @@ impl StateReader {
         limit: usize,
         bytes_max: usize,
     ) -> Result<Page, StoreError> {
-        self.guard("read_stream", || {
-            let txn = self.txn()?;
-            let streams = txn.open_table(STREAMS)?;
-            let Some(topic) = streams.get(stream)?.map(|g| g.value().0.to_string()) else {
+        self.guard("read_stream", |view| {
+            // Where the page's events are, looked up first: the layers are locked for
+            // lookups only, never while entries are read and rendered.
+            let found = view.with(|s| {
+                let Some((topic, _)) = s.stream(stream)? else {
+                    return Ok(None);
+                };
+                let offsets: Vec<((String, u64), u64)> = s
+                    .stream_offsets(stream, from.saturating_add(1))?
+                    .take(limit)
+                    .collect::<Result<_, _>>()?;
+                Ok(Some((topic, offsets)))
+            })?;
+            let Some((topic, offsets)) = found else {
                 return Ok(Page {
                     events: Vec::new(),
                     next_offset: from,
                 });
             };
-            let index = txn.open_table(STREAM_INDEX)?;
-            let mut events = Events::open(&txn, &self.entries)?;
+            let mut events = Events::open(view, &self.entries)?;
             let mut out: Vec<String> = Vec::new();
             let mut bytes = 0usize;
-            let start = from.saturating_add(1);
-            for row in index
-                .range((stream, start)..(stream, u64::MAX))?
-                .take(limit)
-            {
-                let (k, offset) = row?;
-                let offset = offset.value();
+            for ((_, version), offset) in offsets {
                 let event = events.event(&topic, offset)?.ok_or_else(|| {
                     StoreError::corrupt(
                         "stream_index",
-                        format!("{stream}/{}", k.value().1),
+                        format!("{stream}/{version}"),
                         "event missing",
                     )
                 })?;
@@ -200,42 +198,29 @@ impl StateReader {
 
     /// Topics with their lengths, by name.
     pub fn topics(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        self.guard("topics", || {
-            let txn = self.txn()?;
-            let topics = txn.open_table(TOPICS)?;
-            let mut out = Vec::new();
-            for row in topics.iter()? {
-                let (k, v) = row?;
-                out.push((k.value().to_string(), v.value()));
-            }
-            Ok(out)
-        })
+        self.guard("topics", |view| view.with(|s| s.topics().collect()))
     }
 
     /// Streams whose names start with `prefix`, with their versions, by name.
     pub fn streams_with_prefix(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
-        self.guard("streams_with_prefix", || {
-            let txn = self.txn()?;
-            let streams = txn.open_table(STREAMS)?;
-            let mut out = Vec::new();
-            for row in streams.range(prefix..)? {
-                let (k, v) = row?;
-                if !k.value().starts_with(prefix) {
-                    break;
+        self.guard("streams_with_prefix", |view| {
+            view.with(|s| {
+                let mut out = Vec::new();
+                for row in s.streams_from(prefix)? {
+                    let (name, (_, version)) = row?;
+                    if !name.starts_with(prefix) {
+                        break;
+                    }
+                    out.push((name, version));
                 }
-                out.push((k.value().to_string(), v.value().1));
-            }
-            Ok(out)
+                Ok(out)
+            })
         })
     }
 
     /// The length of one topic (0 if unknown).
     pub fn topic_len(&self, topic: &str) -> Result<u64, StoreError> {
-        self.guard("topic_len", || {
-            let txn = self.txn()?;
-            let topics = txn.open_table(TOPICS)?;
-            Ok(topics.get(topic)?.map_or(0, |g| g.value()))
-        })
+        self.guard("topic_len", |view| view.with(|s| s.topic_len(topic)))
     }
 
     /// The replicated rules in force (version 0 and no sets before the first rules entry).
@@ -245,57 +230,42 @@ impl StateReader {
     }
 
     pub fn rules(&self) -> Result<Arc<RulesState>, StoreError> {
-        self.guard("rules", || {
-            let generation = {
-                let inner = self.rules.inner.lock().expect("rules cache lock");
-                if let Some(rules) = &inner.1 {
-                    return Ok(rules.clone());
-                }
-                inner.0
-            };
-            let txn = self.txn()?;
-            let meta = txn.open_table(SM_META)?;
-            let rules: RulesState = get_json(&meta, "sm_meta", KEY_RULES)?.unwrap_or_default();
-            let rules = Arc::new(rules);
-            let mut inner = self.rules.inner.lock().expect("rules cache lock");
-            if inner.0 == generation {
-                inner.1 = Some(rules.clone());
+        let generation = {
+            let inner = self.rules.inner.lock().expect("rules cache lock");
+            if let Some(rules) = &inner.1 {
+                return Ok(rules.clone());
             }
-            Ok(rules)
-        })
+            inner.0
+        };
+        let rules: RulesState = self.guard("rules", |view| {
+            view.with(|s| Ok(s.meta(KEY_RULES)?.unwrap_or_default()))
+        })?;
+        let rules = Arc::new(rules);
+        let mut inner = self.rules.inner.lock().expect("rules cache lock");
+        if inner.0 == generation {
+            inner.1 = Some(rules.clone());
+        }
+        Ok(rules)
     }
 
     /// How many keys each uniq set has an owner for. One pass over every owned key: meant
     /// for a dashboard refreshing every few seconds, not for a hot path.
     pub fn uniq_key_counts(&self) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
-        self.guard("uniq_key_counts", || {
-            let txn = self.txn()?;
-            let owners = txn.open_table(UNIQ_OWNERS)?;
-            let mut counts = std::collections::BTreeMap::<String, u64>::new();
-            for row in owners.iter()? {
-                let (k, _) = row?;
-                let (set, _) = k.value();
-                match counts.get_mut(set) {
-                    Some(n) => *n += 1,
-                    None => {
-                        counts.insert(set.to_string(), 1);
-                    }
+        self.guard("uniq_key_counts", |view| {
+            view.with(|s| {
+                let mut counts = std::collections::BTreeMap::<String, u64>::new();
+                for row in s.owners()? {
+                    let ((set, _), _) = row?;
+                    *counts.entry(set).or_default() += 1;
                 }
-            }
-            Ok(counts)
+                Ok(counts)
+            })
         })
     }
 
     /// The owner of a normalized key and the offset of the event that claimed it.
     pub fn uniq_owner(&self, set: &str, key: &str) -> Result<Option<(String, u64)>, StoreError> {
-        self.guard("uniq_owner", || {
-            let txn = self.txn()?;
-            let owners = txn.open_table(UNIQ_OWNERS)?;
-            Ok(owners.get((set, key))?.map(|g| {
-                let (owner, since) = g.value();
-                (owner.to_string(), since)
-            }))
-        })
+        self.guard("uniq_owner", |view| view.with(|s| s.owner(set, key)))
     }
 
     /// Owners of a key over time: (owner, claimed offset, released offset if released).
@@ -304,49 +274,59 @@ impl StateReader {
         set: &str,
         key: &str,
     ) -> Result<Vec<(String, u64, Option<u64>)>, StoreError> {
-        self.guard("uniq_history", || {
-            let txn = self.txn()?;
-            let history = txn.open_table(UNIQ_HISTORY)?;
-            let mut out = Vec::new();
-            for row in history.range((set, key, 0)..=(set, key, u64::MAX))? {
-                let (k, v) = row?;
-                let (owner, released) = v.value();
-                out.push((
-                    owner.to_string(),
-                    k.value().2,
-                    (released != STILL_OWNED).then_some(released),
-                ));
-            }
-            Ok(out)
+        self.guard("uniq_history", |view| {
+            let rows = view.with(|s| s.key_history(set, key))?;
+            Ok(rows
+                .into_iter()
+                .map(|(claimed, (owner, released))| {
+                    (
+                        owner,
+                        claimed,
+                        (released != STILL_OWNED).then_some(released),
+                    )
+                })
+                .collect())
         })
     }
 
     /// The secret fields stored with an event (for the node's own use, never served).
     pub fn event_secret(&self, topic: &str, offset: u64) -> Result<Option<String>, StoreError> {
-        self.guard("event_secret", || {
-            let txn = self.txn()?;
-            Events::open(&txn, &self.entries)?.secret(topic, offset)
+        self.guard("event_secret", |view| {
+            Events::open(view, &self.entries)?.secret(topic, offset)
         })
     }
 
     /// Number of idempotency records held.
     pub fn idempotency_records(&self) -> Result<u64, StoreError> {
-        self.guard("idempotency_records", || {
-            use redb::ReadableTableMetadata;
-            let txn = self.txn()?;
-            Ok(txn.open_table(IDEMPOTENCY)?.len()?)
+        self.guard("idempotency_records", |view| {
+            view.with(|s| s.idempotency_len())
         })
     }
 
+    /// Write everything applied into the state file now (a clean stop: the next start
+    /// re-applies nothing).
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        self.damage.note(crate::files::catching(
+            crate::DATA_FILE,
+            "a checkpoint",
+            || self.live.checkpoint().map(drop),
+        ))
+    }
+
     /// Every state-machine row in a canonical byte form (the snapshot record encoding). Two
-    /// nodes that applied the same entries have equal dumps.
+    /// nodes that applied the same entries have equal dumps. Writes a checkpoint first: the
+    /// dump reads the state file alone.
     pub fn canonical_dump(&self) -> Result<Vec<u8>, StoreError> {
-        self.guard("canonical_dump", || {
-            let txn = self.txn()?;
-            let mut out = Vec::new();
-            write_records(&txn, &self.entries, &mut out)?;
-            Ok(out)
-        })
+        self.damage.note(crate::files::catching(
+            crate::DATA_FILE,
+            "canonical_dump",
+            || {
+                let txn = self.live.checkpoint()?;
+                let mut out = Vec::new();
+                write_records(&txn, &self.entries, &mut out)?;
+                Ok(out)
+            },
+        ))
     }
 }
 
@@ -361,7 +341,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let storage = crate::Storage::open(dir.path()).unwrap();
         {
-            let txn = storage.state_machine.db.begin_write().unwrap();
+            let txn = storage.state_machine.live.db.begin_write().unwrap();
             {
                 let mut t = txn.open_table(EVENTS).unwrap();
                 let good = r#"{"offset":0}"#;

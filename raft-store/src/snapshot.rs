@@ -328,7 +328,8 @@ fn write_events(
     entries: &EntryReader,
     w: &mut impl Write,
 ) -> Result<u64, StoreError> {
-    let mut events = Events::open(txn, entries)?;
+    let view = crate::live::View::file(txn);
+    let mut events = Events::open(&view, entries)?;
     let topics = txn.open_table(TOPICS)?;
     let mut n = 0;
     for row in topics.iter()? {
@@ -612,7 +613,7 @@ mod tests {
     fn a_record_that_does_not_decode_is_refused_with_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let storage = crate::Storage::open(dir.path()).unwrap();
-        let db = &storage.state_machine.db;
+        let db = &storage.state_machine.live.db;
         let mut sealed = Vec::new();
         let count = 3u64.to_le_bytes();
         sealed.extend_from_slice(&crc32c::crc32c(&count).to_le_bytes());
@@ -641,7 +642,7 @@ mod tests {
     fn every_bit_flip_in_a_snapshot_is_detected() {
         let dir = tempfile::tempdir().unwrap();
         let storage = crate::Storage::open(dir.path()).unwrap();
-        let db = &storage.state_machine.db;
+        let db = &storage.state_machine.live.db;
         {
             let txn = db.begin_write().unwrap();
             {

@@ -7,23 +7,24 @@ use openraft::{
     Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot, StorageError,
     StoredMembership,
 };
-use redb::{Database, Durability, ReadableDatabase};
+
 use tokio::sync::watch;
 
 use crate::apply::{apply_request, DataTables, EntryContext};
 use crate::error::{sm_read, sm_write, snapshot_err, StoreError};
 use crate::events::EntryReader;
+use crate::live::{Layer, LiveState};
 use crate::read::RulesCache;
 use crate::runtime::blocking;
 use crate::snapshot::{load_snapshot, Meta, SnapshotDir, SnapshotFile};
-use crate::tables::get_meta;
 use crate::tables::*;
 use crate::types::{LogResponse, Node, NodeId, TypeConfig};
 
 /// The state machine of one node. Cheap to clone: clones share the database.
 #[derive(Clone)]
 pub struct StateMachine {
-    pub(crate) db: Arc<Database>,
+    /// The state file and the changes applied since its last checkpoint (`crate::live`).
+    pub(crate) live: Arc<LiveState>,
     pub(crate) snapshots: Arc<SnapshotDir>,
     /// Last applied log index, for readers that wait for new events.
     pub(crate) applied: Arc<watch::Sender<u64>>,
@@ -31,9 +32,6 @@ pub struct StateMachine {
     pub(crate) rules: Arc<RulesCache>,
     pub(crate) damage: crate::Damage,
     pub(crate) metrics: crate::StoreMetrics,
-    /// Events applied since the state file was last made durable (see
-    /// [`EVENTS_BETWEEN_SYNCS_MAX`]).
-    pub(crate) events_since_sync: u64,
     /// The log, where the events are (snapshots render them from it).
     pub(crate) entries: EntryReader,
     /// What the log's purge waits for ([`PurgeGate`]).
@@ -58,93 +56,78 @@ pub(crate) struct PurgeGate {
 type Membership = StoredMembership<NodeId, Node>;
 
 pub(crate) fn applied_state(
-    db: &Database,
+    live: &LiveState,
 ) -> Result<(Option<LogId<NodeId>>, Membership), StoreError> {
-    let last: Option<LogId<NodeId>> = get_meta(db, SM_META, KEY_LAST_APPLIED)?;
-    let membership: Option<Membership> = get_meta(db, SM_META, KEY_MEMBERSHIP)?;
-    Ok((last, membership.unwrap_or_default()))
+    live.read(|view| {
+        view.with(|s| {
+            let last: Option<LogId<NodeId>> = s.meta(KEY_LAST_APPLIED)?.flatten();
+            let membership: Option<Membership> = s.meta(KEY_MEMBERSHIP)?;
+            Ok((last, membership.unwrap_or_default()))
+        })
+    })
 }
 
-/// Entries applied between two durable commits of the state file, at most. Bounds what a
-/// restart re-applies, and the space redb cannot reuse until a durable commit.
-const APPLIED_BETWEEN_SYNCS_MAX: u64 = 1024;
+/// Apply's answers, the last index applied, and the layer to checkpoint if one is due.
+pub(crate) type Applied = (Vec<LogResponse>, u64, Option<Arc<Layer>>);
 
-/// Events applied between two durable commits of the state file, at most (give or take one
-/// batch). Entries carry up to 256 requests of many events each, so a bound in entries alone
-/// let a restart after a crash re-apply about 90,000 events (4 s with 100 events per request,
-/// `bench/restart.sh`); this one keeps that under a second, for one extra fsync of the state
-/// file every couple of seconds at full load.
-const EVENTS_BETWEEN_SYNCS_MAX: u64 = 16_384;
-
-/// Make every earlier non-durable commit of the state file durable.
-pub(crate) fn make_durable(db: &Database) -> Result<(), StoreError> {
-    let sync = crate::files::write_txn(db, Durability::Immediate)?;
-    sync.commit()?;
-    Ok(())
-}
-
-/// Apply a batch of committed entries in one write transaction.
+/// Apply a batch of committed entries: decided against the state as it is, written into a
+/// layer in memory (`crate::live`) that readers see whole once the batch is done.
 ///
-/// Fsynced only every [`APPLIED_BETWEEN_SYNCS_MAX`] entries or [`EVENTS_BETWEEN_SYNCS_MAX`]
-/// events (and before the log is purged or
-/// a snapshot is built). After a crash the state machine may come back at an older applied
-/// index and openraft re-applies the committed entries after it from the log, which apply
-/// handles like the first time.
-fn apply_batch(
-    db: &Database,
+/// When a checkpoint is due, the layer of changes since the last one is frozen and returned,
+/// for the caller to write into the state file in the background. After a crash the state
+/// file is at its last checkpoint and openraft re-applies the committed entries after it from
+/// the log, which apply handles like the first time.
+pub(crate) fn apply_batch(
+    live: &LiveState,
     entries: Vec<Entry<TypeConfig>>,
-    durable: bool,
-) -> Result<(Vec<LogResponse>, u64), StoreError> {
-    let txn = crate::files::write_txn(
-        db,
-        if durable {
-            Durability::Immediate
-        } else {
-            Durability::None
-        },
-    )?;
+) -> Result<Applied, StoreError> {
+    let events: u64 = entries
+        .iter()
+        .map(|e| match &e.payload {
+            EntryPayload::Normal(cmd) => cmd.event_count(),
+            _ => 0,
+        })
+        .sum();
     let mut responses = Vec::with_capacity(entries.len());
     let mut last_index = 0;
-    {
-        let mut tables = DataTables::open(&txn)?;
-        let mut log_time: u64 = get_json(tables.meta(), "sm_meta", KEY_LOG_TIME)?.unwrap_or(0);
-        let mut last_applied = None;
-        let mut membership = None;
-        for entry in &entries {
-            last_applied = Some(entry.log_id);
-            last_index = entry.log_id.index;
-            match &entry.payload {
-                EntryPayload::Blank => responses.push(LogResponse::default()),
-                EntryPayload::Membership(m) => {
-                    membership = Some(Membership::new(Some(entry.log_id), m.clone()));
-                    responses.push(LogResponse::default());
-                }
-                EntryPayload::Normal(cmd) => {
-                    log_time = log_time.max(cmd.timestamp_ms);
-                    let ctx = EntryContext {
-                        log_index: entry.log_id.index,
-                        log_time_ms: log_time,
-                        position: 0,
-                    };
-                    let outcomes = (0..)
-                        .zip(&cmd.requests)
-                        .map(|(position, r)| {
-                            apply_request(&mut tables, EntryContext { position, ..ctx }, r)
-                        })
-                        .collect::<Result<_, _>>()?;
-                    responses.push(LogResponse { outcomes });
-                }
+    let mut tables = DataTables::open(live.begin()?)?;
+    let mut log_time: u64 = tables.w.stack().meta(KEY_LOG_TIME)?.unwrap_or(0);
+    let mut last_applied = None;
+    let mut membership = None;
+    for entry in &entries {
+        last_applied = Some(entry.log_id);
+        last_index = entry.log_id.index;
+        match &entry.payload {
+            EntryPayload::Blank => responses.push(LogResponse::default()),
+            EntryPayload::Membership(m) => {
+                membership = Some(Membership::new(Some(entry.log_id), m.clone()));
+                responses.push(LogResponse::default());
+            }
+            EntryPayload::Normal(cmd) => {
+                log_time = log_time.max(cmd.timestamp_ms);
+                let ctx = EntryContext {
+                    log_index: entry.log_id.index,
+                    log_time_ms: log_time,
+                    position: 0,
+                };
+                let outcomes = (0..)
+                    .zip(&cmd.requests)
+                    .map(|(position, r)| {
+                        apply_request(&mut tables, EntryContext { position, ..ctx }, r)
+                    })
+                    .collect::<Result<_, _>>()?;
+                responses.push(LogResponse { outcomes });
             }
         }
-        let meta = tables.meta();
-        put_json(meta, KEY_LAST_APPLIED, &last_applied)?;
-        put_json(meta, KEY_LOG_TIME, &log_time)?;
-        if let Some(m) = &membership {
-            put_json(meta, KEY_MEMBERSHIP, m)?;
-        }
     }
-    txn.commit()?;
-    Ok((responses, last_index))
+    let w = &mut tables.w;
+    w.put_meta(KEY_LAST_APPLIED, &last_applied);
+    w.put_meta(KEY_LOG_TIME, &log_time);
+    if let Some(m) = &membership {
+        w.put_meta(KEY_MEMBERSHIP, m);
+    }
+    let frozen = tables.w.finish(entries.len() as u64, events);
+    Ok((responses, last_index, frozen))
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -153,8 +136,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn applied_state(
         &mut self,
     ) -> Result<(Option<LogId<NodeId>>, Membership), StorageError<NodeId>> {
-        let db = self.db.clone();
-        blocking(move || applied_state(&db))
+        let live = self.live.clone();
+        blocking(move || applied_state(&live))
             .await
             .map_err(|e| sm_read(self.damage.saw(e)))
     }
@@ -175,25 +158,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .any(|r| matches!(r, crate::types::Request::SetRules(_))),
             _ => false,
         });
-        let db = self.db.clone();
+        let live = self.live.clone();
         let first = entries[0].log_id.index;
         let last = entries[entries.len() - 1].log_id.index;
-        // Durable when the batch holds an index one short of a multiple of the bound, or
-        // brings the events applied since the last durable commit to their bound: counted in
-        // the log, not in time, so apply reads no clock.
-        let events: u64 = entries
-            .iter()
-            .map(|e| match &e.payload {
-                EntryPayload::Normal(cmd) => cmd.event_count(),
-                _ => 0,
-            })
-            .sum();
-        self.events_since_sync += events;
-        let durable = first / APPLIED_BETWEEN_SYNCS_MAX != (last + 1) / APPLIED_BETWEEN_SYNCS_MAX
-            || self.events_since_sync >= EVENTS_BETWEEN_SYNCS_MAX;
-        if durable {
-            self.events_since_sync = 0;
-        }
         let count = entries.len();
         // The runs written here point into the log: the state file must never become
         // durable with entries this node's log could still lose (after a restart openraft
@@ -213,14 +180,32 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         // Timed around apply, never inside it: what apply decides reads no clock.
         let started = std::time::Instant::now();
-        let (responses, last_index) = blocking(move || {
-            crate::files::catching_seals(crate::DATA_FILE, "apply", || {
-                apply_batch(&db, entries, durable)
-            })
+        let (responses, last_index, frozen) = blocking(move || {
+            crate::files::catching_seals(crate::DATA_FILE, "apply", || apply_batch(&live, entries))
         })
         .await
         .map_err(|e| sm_write(self.damage.saw(e)))?;
         self.metrics.applied(started, count);
+        if let Some(layer) = frozen {
+            // Not awaited: the write path goes on while the layer is written. A failure
+            // stops the next apply (`LiveState::begin`).
+            let live = self.live.clone();
+            let damage = self.damage.clone();
+            tokio::spawn(async move {
+                let written = blocking({
+                    let live = live.clone();
+                    move || {
+                        crate::files::catching_seals(crate::DATA_FILE, "a checkpoint", || {
+                            live.write_frozen(&layer)
+                        })
+                    }
+                })
+                .await;
+                if let Err(e) = written {
+                    live.failed(damage.saw(e));
+                }
+            });
+        }
         // The end of a write's path on every node: the request's `committed log_index=N`
         // line (api) names the entry applied here.
         tracing::debug!(first, last, entries = count, "applied");
@@ -252,14 +237,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &Meta,
         mut snapshot: Box<SnapshotFile>,
     ) -> Result<(), StorageError<NodeId>> {
-        let db = self.db.clone();
+        let live = self.live.clone();
         let snapshots = self.snapshots.clone();
         let meta = meta.clone();
         let last_index = meta.last_log_id.map_or(0, |l| l.index);
         blocking(move || -> Result<(), StoreError> {
-            let txn = crate::files::write_txn(&db, Durability::Immediate)?;
-            load_snapshot(&txn, &mut snapshot)?;
-            {
+            // State first, file second: a crash in between leaves a file older than the
+            // state, which is dropped at the next open.
+            live.install(|txn| {
+                load_snapshot(txn, &mut snapshot)?;
                 // openraft's meta is authoritative for what the snapshot covers.
                 let mut m = txn.open_table(SM_META)?;
                 put_json(&mut m, KEY_LAST_APPLIED, &meta.last_log_id)?;
@@ -268,10 +254,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 if meta.last_membership != Membership::default() {
                     put_json(&mut m, KEY_MEMBERSHIP, &meta.last_membership)?;
                 }
-            }
-            // State first, file second: a crash in between leaves a file older than the
-            // state, which is dropped at the next open.
-            txn.commit()?;
+                Ok(())
+            })?;
             snapshots.keep(&mut snapshot, &meta)
         })
         .await
@@ -311,12 +295,12 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     /// One read transaction: the snapshot and its meta see the same state, and apply goes on
     /// meanwhile.
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
-        let db = self.db.clone();
+        let live = self.live.clone();
         let snapshots = self.snapshots.clone();
         let entries = self.entries.clone();
         let meta = blocking(move || {
             crate::files::catching(crate::DATA_FILE, "building a snapshot", || {
-                build(&db, &entries, &snapshots)
+                build(&live, &entries, &snapshots)
             })
         })
         .await
@@ -335,7 +319,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
 
 /// Write a snapshot of the state machine as it is now and make it the current one.
 pub(crate) fn build(
-    db: &Database,
+    live: &LiveState,
     entries: &EntryReader,
     snapshots: &SnapshotDir,
 ) -> Result<Meta, StoreError> {
@@ -344,7 +328,7 @@ pub(crate) fn build(
     // transaction sees): build again rather than fail, which would stop Raft.
     let mut tries = 0;
     loop {
-        match build_once(db, entries, snapshots) {
+        match build_once(live, entries, snapshots) {
             Err(StoreError::EntryMissing { index }) if tries < 3 => {
                 tracing::info!(index, "a snapshot install removed entries; building again");
                 tries += 1;
@@ -355,15 +339,14 @@ pub(crate) fn build(
 }
 
 fn build_once(
-    db: &Database,
+    live: &LiveState,
     entries: &EntryReader,
     snapshots: &SnapshotDir,
 ) -> Result<Meta, StoreError> {
-    let txn = db.begin_read()?;
-    // The read sees applies that are not fsynced yet. Make them durable before the
-    // snapshot file exists, so a snapshot is never ahead of the state machine on disk
-    // (openraft requires snapshot <= committed at start-up, and purges by snapshot).
-    make_durable(db)?;
+    // Everything applied goes into the state file first, durably, and the snapshot is of
+    // exactly that: a snapshot is never ahead of the state machine on disk (openraft requires
+    // snapshot <= committed at start-up, and purges by snapshot).
+    let txn = live.checkpoint()?;
     let (last_log_id, last_membership) = {
         let t = txn.open_table(SM_META)?;
         let last: Option<LogId<NodeId>> = get_json(&t, "sm_meta", KEY_LAST_APPLIED)?.flatten();

@@ -3,17 +3,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use redb::{ReadableTable, Table};
-
 use crate::error::StoreError;
+use crate::live::Working;
 use crate::rules::UniqOp;
-use crate::tables::{HistoryKey, SealedOwner, STILL_OWNED};
+use crate::tables::STILL_OWNED;
 use crate::types::{Conflict, UniqClaim};
-
-pub(crate) struct UniqTables<'txn> {
-    pub owners: Table<'txn, (&'static str, &'static str), SealedOwner>,
-    pub history: Table<'txn, HistoryKey, SealedOwner>,
-}
 
 /// A change decided but not yet written.
 #[derive(Debug, Clone)]
@@ -47,19 +41,14 @@ impl Pending {
         self.rebuilding.insert(set.to_string());
     }
 
-    fn owner(
-        &self,
-        t: &UniqTables<'_>,
-        set: &str,
-        key: &str,
-    ) -> Result<Option<String>, StoreError> {
+    fn owner(&self, t: &Working<'_>, set: &str, key: &str) -> Result<Option<String>, StoreError> {
         if let Some(o) = self.view.get(&(set.to_string(), key.to_string())) {
             return Ok(o.clone());
         }
         if self.rebuilding.contains(set) {
             return Ok(None);
         }
-        Ok(t.owners.get((set, key))?.map(|g| g.value().0.to_string()))
+        Ok(t.stack().owner(set, key)?.map(|(owner, _)| owner))
     }
 
     fn claim(&mut self, set: &str, key: &str, owner: &str, offset: u64) {
@@ -85,7 +74,7 @@ impl Pending {
     /// Check one claim of the event at `offset` owned by `stream`, and record its changes.
     pub fn check(
         &mut self,
-        t: &UniqTables<'_>,
+        t: &Working<'_>,
         claim: &UniqClaim,
         stream: &str,
         offset: u64,
@@ -156,7 +145,7 @@ impl Pending {
     }
 
     /// Write the decided changes: owners and their history.
-    pub fn write(self, t: &mut UniqTables<'_>) -> Result<(), StoreError> {
+    pub fn write(self, t: &mut Working<'_>) -> Result<(), StoreError> {
         for change in self.changes {
             match change {
                 Change::Claim {
@@ -165,24 +154,19 @@ impl Pending {
                     owner,
                     offset,
                 } => {
-                    t.owners
-                        .insert((set.as_str(), key.as_str()), (owner.as_str(), offset))?;
-                    t.history.insert(
-                        (set.as_str(), key.as_str(), offset),
-                        (owner.as_str(), STILL_OWNED),
-                    )?;
+                    t.batch.uniq_history.insert(
+                        (set.clone(), key.clone(), offset),
+                        (owner.clone(), STILL_OWNED),
+                    );
+                    t.batch.uniq_owners.insert((set, key), (owner, offset));
                 }
                 Change::Release { set, key, offset } => {
-                    let since = t.owners.remove((set.as_str(), key.as_str()))?.map(|g| {
-                        let (owner, since) = g.value();
-                        (owner.to_string(), since)
-                    });
-                    if let Some((owner, since)) = since {
-                        t.history.insert(
-                            (set.as_str(), key.as_str(), since),
-                            (owner.as_str(), offset),
-                        )?;
+                    if let Some((owner, since)) = t.stack().owner(&set, &key)? {
+                        t.batch
+                            .uniq_history
+                            .insert((set.clone(), key.clone(), since), (owner, offset));
                     }
+                    t.batch.uniq_owners.remove((set, key));
                 }
             }
         }
@@ -191,9 +175,27 @@ impl Pending {
 }
 
 /// Remove a set's owners and history (the set was dropped or is rebuilt).
-pub(crate) fn clear_set(t: &mut UniqTables<'_>, set: &str) -> Result<(), StoreError> {
+pub(crate) fn clear_set(t: &mut Working<'_>, set: &str) -> Result<(), StoreError> {
     // Rare (a rules change), so a full pass is fine.
-    t.owners.retain(|(s, _), _| s != set)?;
-    t.history.retain(|(s, _, _), _| s != set)?;
+    let (owners, history) = {
+        let stack = t.stack();
+        let owners: Vec<_> = stack
+            .owners()?
+            .filter(|row| !matches!(row, Ok(((s, _), _)) if s != set))
+            .map(|row| row.map(|(k, _)| k))
+            .collect::<Result<_, _>>()?;
+        let history: Vec<_> = stack
+            .history()?
+            .filter(|row| !matches!(row, Ok(((s, _, _), _)) if s != set))
+            .map(|row| row.map(|(k, _)| k))
+            .collect::<Result<_, _>>()?;
+        (owners, history)
+    };
+    for k in owners {
+        t.batch.uniq_owners.remove(k);
+    }
+    for k in history {
+        t.batch.uniq_history.remove(k);
+    }
     Ok(())
 }

@@ -9,7 +9,11 @@
 //! - batching changes nothing but log positions: one request per entry, or several, gives
 //!   the same outcomes, events, stream versions and uniq owners (at equal log times: the
 //!   idempotency window is measured in log time, which is per entry);
-//! - every topic's offsets run 0..len without a gap, and no uniq key has two open claims.
+//! - every topic's offsets run 0..len without a gap, and no uniq key has two open claims;
+//! - checkpoints change nothing: checkpointing the state file after every entry or two (in the
+//!   background, as always) gives the same state, and so does a crash after any entry, with
+//!   the entries after the last checkpoint applied again from the log, as openraft does at
+//!   start-up: they give the same answers the second time.
 #![cfg(not(madsim))]
 
 use std::collections::BTreeMap;
@@ -257,14 +261,51 @@ fn entry(index: u64, requests: Vec<Request>, clock: Clock) -> Entry<TypeConfig> 
     }
 }
 
+/// How often the state file is checkpointed, and after which entry the node crashes.
+#[derive(Clone, Copy, Default)]
+struct Checkpoints {
+    every: Option<u64>,
+    crash_after: Option<usize>,
+}
+
+/// Open the store in `dir`, waiting for the last one's background checkpoint to let go of
+/// the state file (a crashed process would have let go at once).
+async fn reopen(dir: &std::path::Path) -> Storage {
+    loop {
+        match Storage::open(dir) {
+            Ok(s) => return s,
+            Err(e) if e.to_string().contains("already open") => {
+                tokio::task::yield_now().await;
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Err(e) => panic!("reopen: {e}"),
+        }
+    }
+}
+
 /// Apply `requests` grouped into entries of `sizes` (cycled), and read everything back.
 fn apply_all(requests: &[Request], sizes: &[usize], clock: Clock) -> Result<Seen, TestCaseError> {
+    apply_all_checkpointed(requests, sizes, clock, Checkpoints::default())
+}
+
+fn apply_all_checkpointed(
+    requests: &[Request],
+    sizes: &[usize],
+    clock: Clock,
+    checkpoints: Checkpoints,
+) -> Result<Seen, TestCaseError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
     rt.block_on(async move {
+        use openraft::storage::RaftStateMachine;
         let dir = tempfile::TempDir::new().unwrap();
-        let storage = Storage::open(dir.path()).unwrap();
+        let mut storage = Storage::open(dir.path()).unwrap();
+        if let Some(every) = checkpoints.every {
+            storage.checkpoint_every(every);
+        }
+        let mut applied = Vec::new();
+        let mut answered = Vec::new();
         let mut outcomes = Vec::new();
         let mut rest = requests;
         for (index, size) in (1..).zip(sizes.iter().cycle()) {
@@ -273,10 +314,28 @@ fn apply_all(requests: &[Request], sizes: &[usize], clock: Clock) -> Result<Seen
             }
             let (now, later) = rest.split_at((*size).clamp(1, rest.len()));
             rest = later;
-            let answers = storage
-                .log_and_apply(vec![entry(index, now.to_vec(), clock)])
-                .await;
+            let e = entry(index, now.to_vec(), clock);
+            applied.push(e.clone());
+            let answers = storage.log_and_apply(vec![e]).await;
             let answers = answers.map_err(|e| TestCaseError::fail(format!("apply failed: {e}")))?;
+            answered.push(answers.clone());
+            if checkpoints.crash_after == Some(applied.len()) {
+                // The layers in memory are lost; the state file is at its last checkpoint.
+                drop(storage);
+                storage = reopen(dir.path()).await;
+                let mut sm = storage.state_machine.clone();
+                let (last, _) = sm.applied_state().await.unwrap();
+                let from = last.map_or(0, |l| l.index as usize);
+                for (e, before) in applied[from..].iter().zip(&answered[from..]) {
+                    let again = sm.apply(vec![e.clone()]).await.unwrap();
+                    prop_assert_eq!(
+                        &again,
+                        before,
+                        "entry {} answered differently",
+                        e.log_id.index
+                    );
+                }
+            }
             prop_assert_eq!(answers.len(), 1);
             prop_assert_eq!(answers[0].outcomes.len(), now.len());
             outcomes.extend(answers[0].outcomes.iter().map(|o| match &o.outcome {
@@ -364,10 +423,20 @@ proptest! {
     fn apply_is_total_deterministic_and_indifferent_to_batching(
         requests in prop::collection::vec(request(), 1..40),
         sizes in prop::collection::vec(1usize..6, 1..5),
+        every in 1u64..4,
+        crash_after in any::<u16>(),
     ) {
         let first = apply_all(&requests, &sizes, Clock::StepPerEntry)?;
         let again = apply_all(&requests, &sizes, Clock::StepPerEntry)?;
         prop_assert_eq!(&first, &again, "the same entries gave different states");
+        let crash_after = (crash_after as usize) % requests.len().max(1) + 1;
+        let checkpointed = apply_all_checkpointed(
+            &requests,
+            &sizes,
+            Clock::StepPerEntry,
+            Checkpoints { every: Some(every), crash_after: Some(crash_after) },
+        )?;
+        prop_assert_eq!(&first, &checkpointed, "checkpoints changed the state");
         let one_each = apply_all(&requests, &[1], Clock::Stopped)?;
         let batched = apply_all(&requests, &sizes, Clock::Stopped)?;
         prop_assert_eq!(&one_each.outcomes, &batched.outcomes);

@@ -1,0 +1,329 @@
+//! Lookups and range reads through the layers of changes and the state file.
+
+use std::ops::Bound;
+
+use redb::{ReadTransaction, ReadableTableMetadata};
+use serde::de::DeserializeOwned;
+
+use super::AgeKeyOwned;
+use crate::checksum;
+use crate::error::StoreError;
+use crate::overlay::{Lookup, Overlay};
+use crate::state_overlay::StateOverlay;
+use crate::tables::*;
+
+/// An owner and the offset of the event that claimed (or, in history, released) a key.
+type Owner = (String, u64);
+/// A history row's key: set, key, claimed offset.
+type HistoryRowKey = (String, String, u64);
+
+/// Rows in key order (or its reverse), as they are now.
+pub(crate) type Rows<'a, K, V> = Box<dyn Iterator<Item = Result<(K, V), StoreError>> + 'a>;
+
+/// The layers that the file lacks, newest first, over the file.
+pub(crate) struct Stack<'a> {
+    pub(super) layers: Vec<&'a StateOverlay>,
+    pub(super) txn: &'a ReadTransaction,
+}
+
+/// The value of `key`: the newest layer's that knows it, else the file's.
+fn get<'a, K: Ord + 'a, V: Clone + 'a>(
+    layers: impl Iterator<Item = &'a Overlay<K, V>>,
+    key: &K,
+    file: impl FnOnce() -> Result<Option<V>, StoreError>,
+) -> Result<Option<V>, StoreError> {
+    for layer in layers {
+        match layer.get(key) {
+            Lookup::Written(v) => return Ok(Some(v.clone())),
+            Lookup::Removed => return Ok(None),
+            Lookup::Unknown => {}
+        }
+    }
+    file()
+}
+
+/// The rows of `range`: the file's with every layer laid over, oldest first.
+fn range<'a, K: Ord + Clone + 'a, V: Clone + 'a>(
+    layers: Vec<&'a Overlay<K, V>>,
+    range: (Bound<K>, Bound<K>),
+    file: Rows<'a, K, V>,
+    descending: bool,
+) -> Rows<'a, K, V> {
+    let mut rows = file;
+    for layer in layers.into_iter().rev() {
+        rows = if descending {
+            Box::new(layer.merge_rev(range.clone(), rows))
+        } else {
+            Box::new(layer.merge(range.clone(), rows))
+        };
+    }
+    rows
+}
+
+/// A file range as owned rows.
+macro_rules! file_rows {
+    ($range:expr, |$k:ident, $v:ident| $row:expr) => {
+        Box::new($range.map(|row| {
+            let (k, v) = row?;
+            let ($k, $v) = (k.value(), v.value());
+            Ok($row)
+        }))
+    };
+}
+
+impl<'a> Stack<'a> {
+    fn each<K, V>(
+        &self,
+        pick: impl Fn(&'a StateOverlay) -> &'a Overlay<K, V>,
+    ) -> Vec<&'a Overlay<K, V>> {
+        self.layers.iter().map(|l| pick(l)).collect()
+    }
+
+    /// The sealed JSON under `key` of `sm_meta`.
+    pub(crate) fn meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
+        let sealed = get(
+            self.layers.iter().map(|l| &l.meta),
+            &key.to_string(),
+            || {
+                Ok(self
+                    .txn
+                    .open_table(SM_META)?
+                    .get(key)?
+                    .map(|g| g.value().to_vec()))
+            },
+        )?;
+        let Some(sealed) = sealed else {
+            return Ok(None);
+        };
+        let json = checksum::open("sm_meta", &key, key.as_bytes(), &sealed)?;
+        serde_json::from_slice(json)
+            .map(Some)
+            .map_err(|e| StoreError::corrupt("sm_meta", key, e))
+    }
+
+    /// The number of events of `topic` (0 if unknown).
+    pub(crate) fn topic_len(&self, topic: &str) -> Result<u64, StoreError> {
+        Ok(get(
+            self.layers.iter().map(|l| &l.topics),
+            &topic.to_string(),
+            || Ok(self.txn.open_table(TOPICS)?.get(topic)?.map(|g| g.value())),
+        )?
+        .unwrap_or(0))
+    }
+
+    /// Every topic with its length, by name.
+    pub(crate) fn topics(&self) -> Rows<'a, String, u64> {
+        let file: Rows<'a, String, u64> = match self.txn.open_table(TOPICS) {
+            Ok(t) => match t.range::<&str>(..) {
+                Ok(r) => file_rows!(r, |k, v| (k.to_string(), v)),
+                Err(e) => Box::new(std::iter::once(Err(e.into()))),
+            },
+            Err(e) => Box::new(std::iter::once(Err(e.into()))),
+        };
+        range(
+            self.each(|l| &l.topics),
+            (Bound::Unbounded, Bound::Unbounded),
+            file,
+            false,
+        )
+    }
+
+    /// The topic and version of `stream`, if it has events.
+    pub(crate) fn stream(&self, stream: &str) -> Result<Option<(String, u64)>, StoreError> {
+        get(
+            self.layers.iter().map(|l| &l.streams),
+            &stream.to_string(),
+            || {
+                Ok(self.txn.open_table(STREAMS)?.get(stream)?.map(|g| {
+                    let (topic, version) = g.value();
+                    (topic.to_string(), version)
+                }))
+            },
+        )
+    }
+
+    /// Streams from `from` on, by name, with their topics and versions.
+    pub(crate) fn streams_from(
+        &self,
+        from: &str,
+    ) -> Result<Rows<'a, String, (String, u64)>, StoreError> {
+        let t = self.txn.open_table(STREAMS)?;
+        let file: Rows<'a, String, (String, u64)> = file_rows!(t.range(from..)?, |k, v| (
+            k.to_string(),
+            (v.0.to_string(), v.1)
+        ));
+        Ok(range(
+            self.each(|l| &l.streams),
+            (Bound::Included(from.to_string()), Bound::Unbounded),
+            file,
+            false,
+        ))
+    }
+
+    /// The topic offsets of `stream`'s events from version `from` on, with their versions.
+    pub(crate) fn stream_offsets(
+        &self,
+        stream: &str,
+        from: u64,
+    ) -> Result<Rows<'a, (String, u64), u64>, StoreError> {
+        let t = self.txn.open_table(STREAM_INDEX)?;
+        let file: Rows<'a, (String, u64), u64> = file_rows!(
+            t.range((stream, from)..=(stream, u64::MAX))?,
+            |k, v| ((k.0.to_string(), k.1), v)
+        );
+        Ok(range(
+            self.each(|l| &l.stream_index),
+            (
+                Bound::Included((stream.to_string(), from)),
+                Bound::Included((stream.to_string(), u64::MAX)),
+            ),
+            file,
+            false,
+        ))
+    }
+
+    /// The run that holds `offset` of `topic`, if any: the last run that starts at or before
+    /// it, as (first offset, run).
+    pub(crate) fn run_at(
+        &self,
+        topic: &str,
+        offset: u64,
+    ) -> Result<Option<(u64, RunValue)>, StoreError> {
+        let t = self.txn.open_table(EVENT_RUNS)?;
+        let file: Rows<'a, (String, u64), RunValue> = file_rows!(
+            t.range((topic, 0)..=(topic, offset))?.rev(),
+            |k, v| ((k.0.to_string(), k.1), v)
+        );
+        let mut rows = range(
+            self.each(|l| &l.event_runs),
+            (
+                Bound::Included((topic.to_string(), 0)),
+                Bound::Included((topic.to_string(), offset)),
+            ),
+            file,
+            true,
+        );
+        rows.next()
+            .transpose()
+            .map(|row| row.map(|((_, first), run)| (first, run)))
+    }
+
+    /// The owner of a key and the offset of the event that claimed it.
+    pub(crate) fn owner(&self, set: &str, key: &str) -> Result<Option<(String, u64)>, StoreError> {
+        get(
+            self.layers.iter().map(|l| &l.uniq_owners),
+            &(set.to_string(), key.to_string()),
+            || {
+                Ok(self.txn.open_table(UNIQ_OWNERS)?.get((set, key))?.map(|g| {
+                    let (owner, since) = g.value();
+                    (owner.to_string(), since)
+                }))
+            },
+        )
+    }
+
+    /// Every owned key, by set and key.
+    pub(crate) fn owners(&self) -> Result<Rows<'a, (String, String), Owner>, StoreError> {
+        let t = self.txn.open_table(UNIQ_OWNERS)?;
+        let file: Rows<'a, (String, String), (String, u64)> = file_rows!(
+            t.range::<(&str, &str)>(..)?,
+            |k, v| ((k.0.to_string(), k.1.to_string()), (v.0.to_string(), v.1))
+        );
+        Ok(range(
+            self.each(|l| &l.uniq_owners),
+            (Bound::Unbounded, Bound::Unbounded),
+            file,
+            false,
+        ))
+    }
+
+    /// Every history row, by set, key and claimed offset.
+    pub(crate) fn history(&self) -> Result<Rows<'a, HistoryRowKey, Owner>, StoreError> {
+        let t = self.txn.open_table(UNIQ_HISTORY)?;
+        let file: Rows<'a, (String, String, u64), (String, u64)> =
+            file_rows!(t.range::<HistoryKey>(..)?, |k, v| (
+                (k.0.to_string(), k.1.to_string(), k.2),
+                (v.0.to_string(), v.1)
+            ));
+        Ok(range(
+            self.each(|l| &l.uniq_history),
+            (Bound::Unbounded, Bound::Unbounded),
+            file,
+            false,
+        ))
+    }
+
+    /// The owners of one key over time: (claimed offset, (owner, released offset or
+    /// [`STILL_OWNED`])).
+    pub(crate) fn key_history(
+        &self,
+        set: &str,
+        key: &str,
+    ) -> Result<Vec<(u64, Owner)>, StoreError> {
+        let t = self.txn.open_table(UNIQ_HISTORY)?;
+        let file: Rows<'a, (String, String, u64), (String, u64)> =
+            file_rows!(t.range((set, key, 0)..=(set, key, u64::MAX))?, |k, v| (
+                (k.0.to_string(), k.1.to_string(), k.2),
+                (v.0.to_string(), v.1)
+            ));
+        range(
+            self.each(|l| &l.uniq_history),
+            (
+                Bound::Included((set.to_string(), key.to_string(), 0)),
+                Bound::Included((set.to_string(), key.to_string(), u64::MAX)),
+            ),
+            file,
+            false,
+        )
+        .map(|row| row.map(|((_, _, claimed), v)| (claimed, v)))
+        .collect()
+    }
+
+    /// The stored answer under an idempotency key (JSON).
+    pub(crate) fn idempotency(&self, topic: &str, key: &str) -> Result<Option<String>, StoreError> {
+        get(
+            self.layers.iter().map(|l| &l.idempotency),
+            &(topic.to_string(), key.to_string()),
+            || {
+                Ok(self
+                    .txn
+                    .open_table(IDEMPOTENCY)?
+                    .get((topic, key))?
+                    .map(|g| g.value().to_string()))
+            },
+        )
+    }
+
+    /// The number of idempotency records.
+    pub(crate) fn idempotency_len(&self) -> Result<u64, StoreError> {
+        let file = self.txn.open_table(IDEMPOTENCY)?.len()?;
+        let net: i64 = self.layers.iter().map(|l| l.idempotency_net).sum();
+        Ok(file.saturating_add_signed(net))
+    }
+
+    /// The idempotency records in eviction order, after `floor`.
+    pub(crate) fn by_age(
+        &self,
+        floor: Option<&AgeKeyOwned>,
+    ) -> Result<Rows<'a, AgeKeyOwned, ()>, StoreError> {
+        let t = self.txn.open_table(IDEMPOTENCY_BY_AGE)?;
+        let file = match floor {
+            None => t.range::<AgeKey>(..)?,
+            Some((a, b, c, d, e)) => t.range::<(u64, u64, u32, &str, &str)>((
+                Bound::Excluded((*a, *b, *c, d.as_str(), e.as_str())),
+                Bound::Unbounded,
+            ))?,
+        };
+        let file: Rows<'a, AgeKeyOwned, ()> = file_rows!(file, |k, _v| (
+            (k.0, k.1, k.2, k.3.to_string(), k.4.to_string()),
+            ()
+        ));
+        let low = floor.map_or(Bound::Unbounded, |f| Bound::Excluded(f.clone()));
+        Ok(range(
+            self.each(|l| &l.idempotency_by_age),
+            (low, Bound::Unbounded),
+            file,
+            false,
+        ))
+    }
+}

@@ -1,0 +1,71 @@
+//! One apply batch's changes, private until the batch is done.
+
+use std::sync::{Arc, MutexGuard, RwLockReadGuard};
+
+use redb::ReadTransaction;
+use serde::Serialize;
+
+use super::{AgeKeyOwned, Layer, Layers, LiveState, Pace, Stack};
+use crate::checksum;
+use crate::state_overlay::StateOverlay;
+
+/// One apply batch: reads see the batch's own changes over the layers and the file; writes go
+/// to the batch, which [`Working::finish`] lays over the active layer in one step.
+pub(crate) struct Working<'a> {
+    pub(super) live: &'a LiveState,
+    pub(super) pace: MutexGuard<'a, Pace>,
+    pub(super) layers: Option<RwLockReadGuard<'a, Layers>>,
+    pub(super) txn: ReadTransaction,
+    pub(super) file_seq: u64,
+    pub(crate) batch: StateOverlay,
+    pub(crate) by_age_floor: Option<AgeKeyOwned>,
+}
+
+impl Working<'_> {
+    pub(crate) fn stack(&self) -> Stack<'_> {
+        let layers = self.layers.as_ref().expect("held until finish");
+        let mut stack = Vec::with_capacity(3);
+        stack.push(&self.batch);
+        if layers.active.seq > self.file_seq {
+            stack.push(&layers.active.state);
+        }
+        if let Some(f) = layers.frozen.as_ref().filter(|f| f.seq > self.file_seq) {
+            stack.push(&f.state);
+        }
+        Stack {
+            layers: stack,
+            txn: &self.txn,
+        }
+    }
+
+    /// Write `value` as sealed JSON under `key` of `sm_meta`.
+    pub(crate) fn put_meta<T: Serialize>(&mut self, key: &str, value: &T) {
+        let json = serde_json::to_vec(value).expect("metadata serializes");
+        self.batch
+            .meta
+            .insert(key.to_string(), checksum::seal(key.as_bytes(), &json));
+    }
+
+    /// Lay the batch of `entries` entries and `events` events over the active layer, where
+    /// readers see it. When a checkpoint is due ([`Pace`]) and none is under way, freeze the
+    /// active layer and return it for [`LiveState::write_frozen`].
+    pub(crate) fn finish(mut self, entries: u64, events: u64) -> Option<Arc<Layer>> {
+        drop(self.layers.take());
+        let mut layers = self.live.write_layers();
+        layers.active.state.absorb(std::mem::take(&mut self.batch));
+        layers.by_age_floor = self.by_age_floor.take();
+        let pace = &mut *self.pace;
+        pace.since = (pace.since.0 + entries, pace.since.1 + events);
+        if (pace.since.0 < pace.every.0 && pace.since.1 < pace.every.1) || layers.frozen.is_some() {
+            return None;
+        }
+        pace.since = (0, 0);
+        let next = Layer {
+            seq: layers.active.seq + 1,
+            state: StateOverlay::default(),
+        };
+        let frozen = Arc::new(std::mem::replace(&mut layers.active, next));
+        layers.frozen = Some(frozen.clone());
+        Some(frozen)
+    }
+}
