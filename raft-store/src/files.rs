@@ -262,6 +262,33 @@ pub(crate) fn check_pair(
             ),
         });
     }
+    // Apply runs only on entries the log holds durably (`EntryReader::check_durable`), and a
+    // checkpoint writes only what was applied: a state file ahead of its log means the log
+    // lost entries after their fsync said they were durable. Except right after a snapshot
+    // install, which commits the state before the log's purge to the snapshot's index.
+    let installed: Option<u64> = {
+        let txn = state_db.begin_read()?;
+        match txn.open_table(FORMAT) {
+            Ok(t) => t.get(crate::live::KEY_INSTALLED)?.map(|g| g.value()),
+            Err(TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    if let Some(applied) = applied.filter(|a| !log_empty && installed != Some(a.index)) {
+        let log_last = log.last_log_id().map(|l| l.index);
+        if log_last.is_none_or(|last| last < applied.index) {
+            return Err(StoreError::DamagedFile {
+                file: log_name.into(),
+                detail: format!(
+                    "it ends at index {}, while {state_name} has applied up to index {}: the \
+                     log lost entries after they were synced (a disk that does not keep what \
+                     it acknowledged), or the two files come from different nodes",
+                    log_last.map_or("none".to_string(), |l| l.to_string()),
+                    applied.index
+                ),
+            });
+        }
+    }
     if let (Some(purged), None) = (log.last_purged(), applied) {
         return Err(StoreError::DamagedFile {
             file: state_name.into(),
@@ -335,15 +362,40 @@ mod tests {
             .log
             .save_vote(openraft::Vote::new(1, 1))
             .unwrap();
+        storage.log.log.purge(log_id(7)).unwrap();
         drop(storage);
         applied(&dir.path().join(DATA_FILE), 7);
         drop(Storage::open(dir.path()).unwrap());
         std::fs::remove_dir_all(dir.path().join(LOG_DIR)).unwrap();
         refused(dir.path(), LOG_DIR);
+        // A log that ends before what the state applied lost synced entries.
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path()).unwrap();
+        storage.log.log.purge(log_id(6)).unwrap();
+        drop(storage);
+        applied(&dir.path().join(DATA_FILE), 7);
+        refused(dir.path(), LOG_DIR);
+        // ...unless a snapshot install put it there, and the crash came before the log's purge.
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path()).unwrap();
+        storage.log.log.purge(log_id(6)).unwrap();
+        storage
+            .state_machine
+            .live
+            .install(|txn| {
+                put_json(
+                    &mut txn.open_table(SM_META)?,
+                    KEY_LAST_APPLIED,
+                    &Some(log_id(7)),
+                )
+            })
+            .unwrap();
+        drop(storage);
+        drop(Storage::open(dir.path()).unwrap());
         // The state lost beside a purged log.
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::open(dir.path()).unwrap();
-        storage.log.log.purge(log_id(5)).unwrap();
+        storage.log.log.purge(log_id(9)).unwrap();
         drop(storage);
         applied(&dir.path().join(DATA_FILE), 9);
         drop(Storage::open(dir.path()).unwrap());

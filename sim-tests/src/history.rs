@@ -310,10 +310,13 @@ pub enum Kind {
     Projection,
     /// The provider holds a message too few or too many, or too many resends.
     Mail,
+    /// A node found its own files damaged although no fault flipped a bit in them: its disk
+    /// lost what it had acknowledged as synced, or a node wrote damage itself.
+    Damage,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::Lost,
         Kind::Phantom,
         Kind::Divergent,
@@ -325,6 +328,7 @@ impl Kind {
         Kind::Liveness,
         Kind::Projection,
         Kind::Mail,
+        Kind::Damage,
     ];
 
     pub fn name(self) -> &'static str {
@@ -340,11 +344,12 @@ impl Kind {
             Kind::Served => "bad_read",
             Kind::Projection => "projection",
             Kind::Mail => "mail",
+            Kind::Damage => "damage",
         }
     }
 
-    /// The checker that reports this kind: a module of `crate::check`, or `liveness` for the
-    /// liveness phase of `run.rs`.
+    /// The checker that reports this kind: a module of `crate::check`, or `liveness` and
+    /// `damage` for the end of a run (`run.rs`).
     pub fn checker(self) -> &'static str {
         match self {
             Kind::Lost => "lost",
@@ -358,6 +363,7 @@ impl Kind {
             Kind::Served => "served",
             Kind::Projection => "projection",
             Kind::Mail => "mail",
+            Kind::Damage => "damage",
         }
     }
 }

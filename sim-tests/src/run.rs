@@ -242,6 +242,16 @@ pub async fn simulate(spec: RunSpec) -> RunResult {
         *report.violations.entry(Kind::Liveness).or_default() += 1;
         violations.push(format!("LIVENESS: {l}"));
     }
+    // The corruption fault replaces the node it damaged; any member still refusing its files
+    // found damage that no fault made.
+    for id in cluster.ids() {
+        if let Some(why) = cluster.damaged(id) {
+            *report.violations.entry(Kind::Damage).or_default() += 1;
+            violations.push(format!(
+                "DAMAGE: node {id} found its own files damaged with no bit flipped in them: {why}"
+            ));
+        }
+    }
     let messages = cluster
         .net_faults()
         .counts()

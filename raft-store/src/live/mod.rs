@@ -35,6 +35,11 @@ pub(crate) use working::Working;
 /// The key of `format` that holds the sequence number of the last layer written.
 const KEY_CHECKPOINT: &str = "checkpoint";
 
+/// The key of `format` that holds the last index of the last snapshot installed: the one
+/// state a state file may be ahead of its log in (`files::check_pair`), until the log's purge
+/// to that index is durable.
+pub(crate) const KEY_INSTALLED: &str = "installed";
+
 /// An owned key of `idempotency_by_age`.
 pub(crate) type AgeKeyOwned = (u64, u64, u32, String, String);
 
@@ -280,6 +285,10 @@ impl LiveState {
         let seq = self.read_layers().active.seq;
         let txn = crate::files::write_txn(&self.db, redb::Durability::Immediate)?;
         load(&txn)?;
+        let installed: Option<openraft::LogId<crate::NodeId>> =
+            get_json(&txn.open_table(SM_META)?, "sm_meta", KEY_LAST_APPLIED)?.flatten();
+        txn.open_table(FORMAT)?
+            .insert(KEY_INSTALLED, installed.map_or(0, |l| l.index))?;
         // Past every layer: readers and a background checkpoint skip them all from now on.
         set_file_seq(&txn, seq)?;
         txn.commit()?;
