@@ -62,8 +62,8 @@ pub const DATA_FILE: &str = "uniqlog.redb";
 /// vote (`segments`).
 ///
 /// The log and the state machine are kept apart so that the log's `fdatasync`, which every
-/// write waits for, carries only the log's own bytes; the state machine is made durable in the
-/// background of the log's guarantees (`state_machine.rs`).
+/// write waits for, carries only the log's own bytes; the state machine is checkpointed in the
+/// background of the log's guarantees (`live`).
 pub use segments::LOG_DIR;
 
 /// The Raft log file of the previous on-disk format (a redb B-tree): a data dir holding one is

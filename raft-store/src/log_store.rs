@@ -157,8 +157,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| logs_write(self.damage.saw(e)))
     }
 
-    /// Durable, and only after the state machine's file is: the log is never purged past what
-    /// the state machine kept (its applies are not fsynced one by one). First, the state
+    /// Durable, and only after the state machine's file holds what was applied up to
+    /// `log_id`: the log is never purged past what the state machine kept (its applies live
+    /// in memory until a checkpoint, `crate::live`). First, the state
     /// machine must hold everything up to `log_id` (a snapshot queued for install right
     /// before this purge, say), since a purge may remove the entries its runs point at.
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {

@@ -7,9 +7,9 @@
 //! [`Lookup::Unknown`] key is read from the file. A range read merges the overlay's range with
 //! the file's, the overlay winning on equal keys and hiding removed ones.
 //!
-//! A checkpoint drains the overlay into one redb transaction, in key order. After a crash the
+//! A checkpoint writes the overlay into one redb transaction, in key order. After a crash the
 //! overlay is gone and openraft re-applies the entries after the checkpoint's `last_applied`,
-//! rebuilding it: the same contract `Durability::None` commits rely on today.
+//! rebuilding it (`crate::live`).
 
 use std::collections::BTreeMap;
 use std::ops::RangeBounds;

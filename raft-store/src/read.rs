@@ -9,6 +9,7 @@ use crate::apply::RulesState;
 use crate::error::StoreError;
 use crate::events::{missing, EntryReader, Events};
 use crate::live::{LiveState, View};
+use crate::state_overlay::StateOverlay;
 use crate::snapshot::write_records;
 use crate::tables::*;
 
@@ -204,7 +205,11 @@ impl StateReader {
     /// Streams whose names start with `prefix`, with their versions, by name.
     pub fn streams_with_prefix(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
         self.guard("streams_with_prefix", |view| {
-            view.with(|s| {
+            let copy = |l: &StateOverlay| StateOverlay {
+                streams: l.streams.clone(),
+                ..StateOverlay::default()
+            };
+            view.scan(copy, |s| {
                 let mut out = Vec::new();
                 for row in s.streams_from(prefix)? {
                     let (name, (_, version)) = row?;
@@ -252,7 +257,11 @@ impl StateReader {
     /// for a dashboard refreshing every few seconds, not for a hot path.
     pub fn uniq_key_counts(&self) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
         self.guard("uniq_key_counts", |view| {
-            view.with(|s| {
+            let copy = |l: &StateOverlay| StateOverlay {
+                uniq_owners: l.uniq_owners.clone(),
+                ..StateOverlay::default()
+            };
+            view.scan(copy, |s| {
                 let mut counts = std::collections::BTreeMap::<String, u64>::new();
                 for row in s.owners()? {
                     let ((set, _), _) = row?;

@@ -144,8 +144,8 @@ struct SimNode {
     handle: NodeHandle,
     /// The Raft log's folder of segments (every write syncs one of them).
     disk: SimFolder,
-    /// The state machine's file (synced every 1024 entries or 16,384 events, before purges and
-    /// snapshots).
+    /// The state machine's file (checkpointed every few entries, see `run_node`, and before
+    /// purges and snapshots).
     state_disk: SimDisk,
     up: bool,
     paused: bool,

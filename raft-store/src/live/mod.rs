@@ -331,11 +331,36 @@ impl<'a> View<'a> {
         &self,
         read: impl FnOnce(&Stack<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let Some(live) = self.live else {
-            return read(&Stack {
-                layers: Vec::new(),
+        self.with_layers(|layers| {
+            read(&Stack {
+                layers,
                 txn: self.txn,
-            });
+            })
+        })
+    }
+
+    /// Run `read` on copies of the layers (`copy` keeps what `read` needs of each), holding
+    /// no lock while it runs: for scans of a whole table, which would stall apply.
+    pub(crate) fn scan<T>(
+        &self,
+        copy: impl Fn(&StateOverlay) -> StateOverlay,
+        read: impl FnOnce(&Stack<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let copies: Vec<StateOverlay> =
+            self.with_layers(|layers| Ok(layers.into_iter().map(&copy).collect()))?;
+        read(&Stack {
+            layers: copies.iter().collect(),
+            txn: self.txn,
+        })
+    }
+
+    /// `f` of the layers this view's file lacks, newest first, under the layers' read lock.
+    fn with_layers<T>(
+        &self,
+        f: impl FnOnce(Vec<&StateOverlay>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let Some(live) = self.live else {
+            return f(Vec::new());
         };
         let layers = live.read_layers();
         let oldest = layers.frozen.as_ref().map_or(layers.active.seq, |f| f.seq);
@@ -347,13 +372,10 @@ impl<'a> View<'a> {
         if layers.active.seq > self.file_seq {
             stack.push(&layers.active.state);
         }
-        if let Some(f) = layers.frozen.as_ref().filter(|f| f.seq > self.file_seq) {
-            stack.push(&f.state);
+        if let Some(frozen) = layers.frozen.as_ref().filter(|f| f.seq > self.file_seq) {
+            stack.push(&frozen.state);
         }
-        read(&Stack {
-            layers: stack,
-            txn: self.txn,
-        })
+        f(stack)
     }
 }
 
