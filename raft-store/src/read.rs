@@ -9,8 +9,8 @@ use crate::apply::RulesState;
 use crate::error::StoreError;
 use crate::events::{missing, EntryReader, Events};
 use crate::live::{LiveState, View};
-use crate::state_overlay::StateOverlay;
 use crate::snapshot::write_records;
+use crate::state_overlay::StateOverlay;
 use crate::tables::*;
 
 /// A page of events, each the JSON text readers are served (`crate::events::render`).

@@ -180,10 +180,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         // Timed around apply, never inside it: what apply decides reads no clock.
         let started = std::time::Instant::now();
-        let (responses, last_index, frozen) = blocking(move || {
+        let (responses, last_index, frozen) = crate::runtime::blocking_in_place(move || {
             crate::files::catching_seals(crate::DATA_FILE, "apply", || apply_batch(&live, entries))
         })
-        .await
         .map_err(|e| sm_write(self.damage.saw(e)))?;
         self.metrics.applied(started, count);
         if let Some(layer) = frozen {
