@@ -88,6 +88,10 @@ impl RunningNode {
         }
         let _ = self.app.raft.shutdown().await;
         let reader = self.app.reader.clone();
+        if reader.damage().is_some() {
+            // Nothing more goes into a file found damaged.
+            return;
+        }
         if let Err(e) = raft_store::blocking(move || reader.checkpoint()).await {
             tracing::warn!(error = %e, "could not write the state file at shutdown; the next start re-applies from the log");
         }

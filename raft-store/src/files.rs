@@ -266,15 +266,21 @@ pub(crate) fn check_pair(
     // checkpoint writes only what was applied: a state file ahead of its log means the log
     // lost entries after their fsync said they were durable. Except right after a snapshot
     // install, which commits the state before the log's purge to the snapshot's index.
-    let installed: Option<u64> = {
+    // A file that no build with checkpoints wrote yet (no `checkpoint` key) may come from one
+    // that recorded no installs: not judged.
+    let (installed, checkpointed): (Option<u64>, bool) = {
         let txn = state_db.begin_read()?;
         match txn.open_table(FORMAT) {
-            Ok(t) => t.get(crate::live::KEY_INSTALLED)?.map(|g| g.value()),
-            Err(TableError::TableDoesNotExist(_)) => None,
+            Ok(t) => (
+                t.get(crate::live::KEY_INSTALLED)?.map(|g| g.value()),
+                t.get(crate::live::KEY_CHECKPOINT)?.is_some(),
+            ),
+            Err(TableError::TableDoesNotExist(_)) => (None, false),
             Err(e) => return Err(e.into()),
         }
     };
-    if let Some(applied) = applied.filter(|a| !log_empty && installed != Some(a.index)) {
+    let judged = |a: &LogId| !log_empty && checkpointed && installed != Some(a.index);
+    if let Some(applied) = applied.filter(judged) {
         let log_last = log.last_log_id().map(|l| l.index);
         if log_last.is_none_or(|last| last < applied.index) {
             return Err(StoreError::DamagedFile {
@@ -374,6 +380,18 @@ mod tests {
         storage.log.log.purge(log_id(6)).unwrap();
         drop(storage);
         applied(&dir.path().join(DATA_FILE), 7);
+        // A file written by a build that keeps checkpoints is judged; one without the key
+        // (an older build, which recorded no snapshot installs) is not.
+        drop(Storage::open(dir.path()).unwrap());
+        {
+            let db = Database::create(dir.path().join(DATA_FILE)).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(FORMAT)
+                .unwrap()
+                .insert(crate::live::KEY_CHECKPOINT, 1)
+                .unwrap();
+            txn.commit().unwrap();
+        }
         refused(dir.path(), LOG_DIR);
         // ...unless a snapshot install put it there, and the crash came before the log's purge.
         let dir = tempfile::tempdir().unwrap();

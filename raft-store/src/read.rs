@@ -199,7 +199,13 @@ impl StateReader {
 
     /// Topics with their lengths, by name.
     pub fn topics(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        self.guard("topics", |view| view.with(|s| s.topics().collect()))
+        self.guard("topics", |view| {
+            let copy = |l: &StateOverlay| StateOverlay {
+                topics: l.topics.clone(),
+                ..StateOverlay::default()
+            };
+            view.scan(copy, |s| s.topics().collect())
+        })
     }
 
     /// Streams whose names start with `prefix`, with their versions, by name.

@@ -167,7 +167,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // would purge a log found behind the state, and never send those entries again).
         // openraft 0.9 awaits every append's flush before it runs later commands, so this
         // holds; checked, not assumed, should that change (0.10 writes the log
-        // asynchronously). Blank and membership entries write no runs.
+        // asynchronously). Blank and membership entries write no runs (and openraft's storage
+        // suite applies some that were never appended).
         let last_normal = entries
             .iter()
             .rev()
@@ -176,6 +177,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if let Some(index) = last_normal {
             self.entries
                 .check_durable(index)
+                .map_err(|e| sm_write(self.damage.saw(e)))?;
+        }
+        if self.live.lagging() {
+            let live = self.live.clone();
+            blocking(move || live.checkpoint().map(drop))
+                .await
                 .map_err(|e| sm_write(self.damage.saw(e)))?;
         }
         // Timed around apply, never inside it: what apply decides reads no clock.

@@ -33,7 +33,7 @@ pub(crate) use stack::Stack;
 pub(crate) use working::Working;
 
 /// The key of `format` that holds the sequence number of the last layer written.
-const KEY_CHECKPOINT: &str = "checkpoint";
+pub(crate) const KEY_CHECKPOINT: &str = "checkpoint";
 
 /// The key of `format` that holds the last index of the last snapshot installed: the one
 /// state a state file may be ahead of its log in (`files::check_pair`), until the log's purge
@@ -160,6 +160,16 @@ impl LiveState {
         lock(&self.writer).every = (entries.max(1), EVENTS_BETWEEN_CHECKPOINTS);
     }
 
+    /// Whether the changes since the last checkpoint have grown past twice their bound while
+    /// a background checkpoint is still writing: apply then waits for the file
+    /// ([`LiveState::checkpoint`]) rather than let memory and a restart's re-apply grow
+    /// without limit on a slow disk.
+    pub(crate) fn lagging(&self) -> bool {
+        let pace = *lock(&self.writer);
+        let behind = pace.since.0 >= 2 * pace.every.0 || pace.since.1 >= 2 * pace.every.1;
+        behind && self.read_layers().frozen.is_some()
+    }
+
     /// Record that a background checkpoint failed with `e`.
     pub(crate) fn failed(&self, e: StoreError) {
         tracing::error!(error = %e, "a checkpoint of the state file failed; apply stops");
@@ -212,6 +222,11 @@ impl LiveState {
     pub(crate) fn write_frozen(&self, layer: &Arc<Layer>) -> Result<(), StoreError> {
         {
             let _filling = lock(&self.filling);
+            let current = self.read_layers().frozen.clone();
+            if !current.is_some_and(|f| Arc::ptr_eq(&f, layer)) {
+                // A checkpoint of everything (or an install) came first.
+                return Ok(());
+            }
             let txn = crate::files::write_txn(&self.db, redb::Durability::Immediate)?;
             // A checkpoint of everything or a snapshot install may have come first.
             if file_seq_w(&txn)? < layer.seq {
@@ -236,8 +251,10 @@ impl LiveState {
     /// state: for snapshots, backups and canonical dumps, which read the file alone. Waits for
     /// the apply batch under way.
     pub(crate) fn checkpoint(&self) -> Result<ReadTransaction, StoreError> {
-        let _writer = lock(&self.writer);
+        // `filling` first: a background checkpoint under way finishes its write without
+        // stalling apply meanwhile (nothing holds `writer` while it waits for `filling`).
         let _filling = lock(&self.filling);
+        let mut writer = lock(&self.writer);
         let next = {
             let layers = self.read_layers();
             let frozen = layers.frozen.as_ref();
@@ -260,6 +277,7 @@ impl LiveState {
             seq: next,
             state: StateOverlay::default(),
         };
+        writer.since = (0, 0);
         Ok(self.db.begin_read()?)
     }
 
@@ -280,8 +298,8 @@ impl LiveState {
         &self,
         load: impl FnOnce(&WriteTransaction) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        let _writer = lock(&self.writer);
         let _filling = lock(&self.filling);
+        let _writer = lock(&self.writer);
         let seq = self.read_layers().active.seq;
         let txn = crate::files::write_txn(&self.db, redb::Durability::Immediate)?;
         load(&txn)?;
@@ -438,12 +456,19 @@ mod tests {
             "the active layer is read over the frozen one"
         );
 
+        // Twice the pace behind with the checkpoint still writing: apply must wait for it.
+        assert!(!live.lagging());
+        let (_, _, third) = crate::state_machine::apply_batch(live, vec![append(3, "t")]).unwrap();
+        assert!(third.is_none());
+        assert!(live.lagging());
+
         live.write_frozen(&frozen).unwrap();
+        assert!(!live.lagging(), "no checkpoint under way");
         assert!(
             matches!(len(&old), Err(StoreError::Retry)),
             "a view whose file lacks a dropped layer reads again"
         );
-        assert_eq!(live.read(len).unwrap(), 2);
+        assert_eq!(live.read(len).unwrap(), 3);
         let file_alone = View::file(&live.db.begin_read().unwrap()).with(|s| s.topic_len("t"));
         assert_eq!(
             file_alone.unwrap(),
@@ -451,12 +476,12 @@ mod tests {
             "the file holds the frozen layer only"
         );
 
-        // A checkpoint of everything: the file alone holds both entries.
+        // A checkpoint of everything: the file alone holds every entry.
         let txn = live.checkpoint().unwrap();
-        assert_eq!(len(&View::file(&txn)).unwrap(), 2);
-        assert_eq!(live.read(len).unwrap(), 2);
+        assert_eq!(len(&View::file(&txn)).unwrap(), 3);
+        assert_eq!(live.read(len).unwrap(), 3);
         // Writing the frozen layer again (a checkpoint raced it) changes nothing.
         live.write_frozen(&frozen).unwrap();
-        assert_eq!(live.read(len).unwrap(), 2);
+        assert_eq!(live.read(len).unwrap(), 3);
     }
 }
