@@ -165,7 +165,13 @@ impl LiveState {
     /// ([`LiveState::checkpoint`]) rather than let memory and a restart's re-apply grow
     /// without limit on a slow disk.
     pub(crate) fn lagging(&self) -> bool {
-        let pace = *lock(&self.writer);
+        // Called from async code: never wait for a checkpoint that holds `writer` (it is
+        // writing the file, so apply is not behind it).
+        let pace = match self.writer.try_lock() {
+            Ok(pace) => *pace,
+            Err(std::sync::TryLockError::Poisoned(p)) => *p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return false,
+        };
         let behind = pace.since.0 >= 2 * pace.every.0 || pace.since.1 >= 2 * pace.every.1;
         behind && self.read_layers().frozen.is_some()
     }
