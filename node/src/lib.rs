@@ -116,7 +116,7 @@ pub async fn start(
         metrics.raft_path.clone(),
     );
     // Raft::new re-applies the committed entries after the state file's last checkpoint (at
-    // most 1024 entries or about 16,384 events; none after a clean stop): with the state
+    // most 256 entries or about 2,048 events; none after a clean stop): with the state
     // file's repair, what a restart after a crash waits on.
     let applied_before = *storage.reader.applied_watch().borrow();
     let started = std::time::Instant::now();
@@ -133,7 +133,7 @@ pub async fn start(
         "started Raft"
     );
     // After `Raft::new`, which re-applied the committed entries the state file had not kept
-    // yet (it is checkpointed every 1024 entries or 16,384 events, and at a clean stop): the
+    // yet (it is checkpointed every 256 entries or 2,048 events, and at a clean stop): the
     // rules compared are the latest this node knows committed.
     if let Err(e) = check_rules(config, &storage.reader) {
         let _ = raft.shutdown().await;

@@ -884,7 +884,7 @@ async fn run_node(
         }
         Err(e) => panic!("node {id}: opening its storage failed: {e}"),
     };
-    // Checkpoints of the state file far more often than the node's default (1024 entries),
+    // Checkpoints of the state file more often than the node's default (256 entries),
     // at a pace that differs between nodes and seeds: crashes then meet layers being written
     // and restarts re-apply a few entries or a few hundred.
     let seed = madsim::runtime::Handle::current().seed();

@@ -84,13 +84,14 @@ pub(crate) struct Pace {
 
 /// Entries applied between two checkpoints of the state file, at most. Bounds what a restart
 /// re-applies, and the memory the changes since the last checkpoint hold.
-pub(crate) const ENTRIES_BETWEEN_CHECKPOINTS: u64 = 1024;
+pub(crate) const ENTRIES_BETWEEN_CHECKPOINTS: u64 = 256;
 
 /// Events applied between two checkpoints, at most (give or take one batch). Entries carry up
-/// to 256 requests of many events each, so a bound in entries alone let a restart after a
-/// crash re-apply about 90,000 events (4 s with 100 events per request, `bench/restart.sh`);
-/// this one keeps that under a second.
-pub(crate) const EVENTS_BETWEEN_CHECKPOINTS: u64 = 16_384;
+/// to 256 requests of many events each, so a bound in entries alone could let a restart after
+/// a crash re-apply tens of thousands of events. Small checkpoints also keep each one's burst
+/// of redb work short: against 16,384, p99 at 64 clients fell from about 21 to 18 ms in two
+/// `bench/ab.sh` runs (bench/README.md, step 4).
+pub(crate) const EVENTS_BETWEEN_CHECKPOINTS: u64 = 2_048;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one is reported as damage (`files::catching`) and stops the node.
