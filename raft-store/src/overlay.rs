@@ -40,7 +40,11 @@ impl<K, V> Default for Overlay<K, V> {
 }
 
 impl<K: Ord, V> Overlay<K, V> {
-    pub(crate) fn get(&self, key: &K) -> Lookup<&V> {
+    /// What the overlay knows of `key` (a `&str` for a `String` key: no allocation).
+    pub(crate) fn get<Q: Ord + ?Sized>(&self, key: &Q) -> Lookup<&V>
+    where
+        K: std::borrow::Borrow<Q>,
+    {
         match self.changes.get(key) {
             Some(Some(v)) => Lookup::Written(v),
             Some(None) => Lookup::Removed,
@@ -94,11 +98,12 @@ impl<K: Ord, V> Overlay<K, V> {
     }
 
     /// The rows of `range` as they are now: `base` (the file's rows of the same range, in key
-    /// order) with the overlay's changes laid over it.
+    /// order, or in reverse with `descending`) with the overlay's changes laid over it.
     pub(crate) fn merge<'a, R, I, E>(
         &'a self,
         range: R,
         base: I,
+        descending: bool,
     ) -> impl Iterator<Item = Result<(K, V), E>> + 'a
     where
         R: RangeBounds<K>,
@@ -106,30 +111,16 @@ impl<K: Ord, V> Overlay<K, V> {
         K: Clone,
         V: Clone,
     {
+        let changes = self.changes.range(range);
+        let overlay: Changes<'a, K, V> = if descending {
+            Box::new(changes.rev())
+        } else {
+            Box::new(changes)
+        };
         Merge {
-            overlay: (Box::new(self.changes.range(range)) as Changes<'a, K, V>).peekable(),
+            overlay: overlay.peekable(),
             base: base.peekable(),
-            descending: false,
-        }
-    }
-
-    /// [`Overlay::merge`] from the last key of `range` down: `base` must be in descending
-    /// key order too.
-    pub(crate) fn merge_rev<'a, R, I, E>(
-        &'a self,
-        range: R,
-        base: I,
-    ) -> impl Iterator<Item = Result<(K, V), E>> + 'a
-    where
-        R: RangeBounds<K>,
-        I: Iterator<Item = Result<(K, V), E>> + 'a,
-        K: Clone,
-        V: Clone,
-    {
-        Merge {
-            overlay: (Box::new(self.changes.range(range).rev()) as Changes<'a, K, V>).peekable(),
-            base: base.peekable(),
-            descending: true,
+            descending,
         }
     }
 }
@@ -252,7 +243,7 @@ mod tests {
                 let hi = lo.saturating_add(len);
                 let base = file.range(lo..hi).map(|(k, v)| Ok::<_, ()>((*k, *v)));
                 let merged: Vec<(u8, u16)> = batch
-                    .merge(lo..hi, layer.merge(lo..hi, base))
+                    .merge(lo..hi, layer.merge(lo..hi, base, false), false)
                     .collect::<Result<_, _>>()
                     .unwrap();
                 let expected: Vec<(u8, u16)> =
@@ -260,7 +251,7 @@ mod tests {
                 prop_assert_eq!(merged, expected.clone());
                 let base_rev = file.range(lo..hi).rev().map(|(k, v)| Ok::<_, ()>((*k, *v)));
                 let merged_rev: Vec<(u8, u16)> = batch
-                    .merge_rev(lo..hi, layer.merge_rev(lo..hi, base_rev))
+                    .merge(lo..hi, layer.merge(lo..hi, base_rev, true), true)
                     .collect::<Result<_, _>>()
                     .unwrap();
                 let expected_rev: Vec<(u8, u16)> = expected.into_iter().rev().collect();
@@ -274,7 +265,7 @@ mod tests {
         let mut overlay: Overlay<u8, u8> = Overlay::default();
         overlay.insert(1, 10);
         let base = vec![Ok((0, 0)), Err("damaged"), Ok((2, 2))].into_iter();
-        let got: Vec<_> = overlay.merge(.., base).collect();
+        let got: Vec<_> = overlay.merge(.., base, false).collect();
         assert_eq!(
             got,
             vec![Ok((0, 0)), Err("damaged"), Ok((1, 10)), Ok((2, 2))]

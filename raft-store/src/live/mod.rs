@@ -23,7 +23,7 @@ mod working;
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
 
-use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction};
+use redb::{Database, ReadTransaction, ReadableDatabase, WriteTransaction};
 
 use crate::error::StoreError;
 use crate::state_overlay::StateOverlay;
@@ -44,10 +44,18 @@ pub(crate) const KEY_INSTALLED: &str = "installed";
 pub(crate) type AgeKeyOwned = (u64, u64, u32, String, String);
 
 /// One layer of changes and its place in the sequence of checkpoints.
-#[derive(Default)]
 pub(crate) struct Layer {
     pub(crate) seq: u64,
     pub(crate) state: StateOverlay,
+}
+
+impl Layer {
+    pub(crate) fn empty(seq: u64) -> Self {
+        Layer {
+            seq,
+            state: StateOverlay::default(),
+        }
+    }
 }
 
 pub(crate) struct Layers {
@@ -58,6 +66,31 @@ pub(crate) struct Layers {
     /// removed rows (without it every eviction would step over all the removals since the
     /// last checkpoint).
     pub(crate) by_age_floor: Option<AgeKeyOwned>,
+}
+
+impl Layers {
+    /// The layers a file at checkpoint `file_seq` lacks, newest first; `None` if one of them
+    /// was written and dropped since (whoever asked must read the file again).
+    pub(crate) fn missing_from(&self, file_seq: u64) -> Option<Vec<&StateOverlay>> {
+        let oldest = self.frozen.as_ref().map_or(self.active.seq, |f| f.seq);
+        if oldest > file_seq + 1 {
+            return None;
+        }
+        let frozen = self.frozen.as_deref().filter(|f| f.seq > file_seq);
+        Some(
+            std::iter::once(&self.active)
+                .filter(|a| a.seq > file_seq)
+                .chain(frozen)
+                .map(|l| &l.state)
+                .collect(),
+        )
+    }
+
+    /// Every layer is in the file, which holds checkpoint `seq`.
+    fn all_written(&mut self, seq: u64) {
+        self.frozen = None;
+        self.active = Layer::empty(seq + 1);
+    }
 }
 
 /// The state file with the layers over it. Shared by the state machine, its snapshot builder,
@@ -107,13 +140,6 @@ fn file_seq(txn: &ReadTransaction) -> Result<u64, StoreError> {
     }
 }
 
-fn file_seq_w(txn: &WriteTransaction) -> Result<u64, StoreError> {
-    Ok(txn
-        .open_table(FORMAT)?
-        .get(KEY_CHECKPOINT)?
-        .map_or(0, |g| g.value()))
-}
-
 fn set_file_seq(txn: &WriteTransaction, seq: u64) -> Result<(), StoreError> {
     txn.open_table(FORMAT)?.insert(KEY_CHECKPOINT, seq)?;
     Ok(())
@@ -125,10 +151,7 @@ impl LiveState {
         Ok(LiveState {
             db,
             layers: RwLock::new(Layers {
-                active: Layer {
-                    seq: seq + 1,
-                    state: StateOverlay::default(),
-                },
+                active: Layer::empty(seq + 1),
                 frozen: None,
                 by_age_floor: None,
             }),
@@ -227,30 +250,20 @@ impl LiveState {
     /// background of apply; a failure leaves the layer in place (readers stay right) and is
     /// the caller's to report.
     pub(crate) fn write_frozen(&self, layer: &Arc<Layer>) -> Result<(), StoreError> {
-        {
-            let _filling = lock(&self.filling);
-            let current = self.read_layers().frozen.clone();
-            if !current.is_some_and(|f| Arc::ptr_eq(&f, layer)) {
-                // A checkpoint of everything (or an install) came first.
-                return Ok(());
-            }
-            let txn = crate::files::write_txn(&self.db, redb::Durability::Immediate)?;
-            // A checkpoint of everything or a snapshot install may have come first.
-            if file_seq_w(&txn)? < layer.seq {
-                layer.state.flush(&txn)?;
-                set_file_seq(&txn, layer.seq)?;
-                txn.commit()?;
-            }
+        // Under `filling` from the check to the drop: a frozen layer still there is not in
+        // the file yet (checkpoints and installs take `filling` too, and drop it).
+        let _filling = lock(&self.filling);
+        let current = self.read_layers().frozen.clone();
+        if !current.is_some_and(|f| Arc::ptr_eq(&f, layer)) {
+            // A checkpoint of everything (or an install) came first.
+            return Ok(());
         }
+        let txn = crate::files::write_txn(&self.db, redb::Durability::Immediate)?;
+        layer.state.flush(&txn)?;
+        set_file_seq(&txn, layer.seq)?;
+        txn.commit()?;
         let _writer = lock(&self.writer);
-        let mut layers = self.write_layers();
-        if layers
-            .frozen
-            .as_ref()
-            .is_some_and(|f| Arc::ptr_eq(f, layer))
-        {
-            layers.frozen = None;
-        }
+        self.write_layers().frozen = None;
         Ok(())
     }
 
@@ -262,28 +275,22 @@ impl LiveState {
         // stalling apply meanwhile (nothing holds `writer` while it waits for `filling`).
         let _filling = lock(&self.filling);
         let mut writer = lock(&self.writer);
-        let next = {
+        let written = {
             let layers = self.read_layers();
-            let frozen = layers.frozen.as_ref();
-            if layers.active.state.is_empty() && frozen.is_none() {
+            if layers.active.state.is_empty() && layers.frozen.is_none() {
                 return Ok(self.db.begin_read()?);
             }
             let txn = crate::files::write_txn(&self.db, redb::Durability::Immediate)?;
-            let in_file = file_seq_w(&txn)?;
-            if let Some(f) = frozen.filter(|f| f.seq > in_file) {
+            // A frozen layer still there is not in the file (`write_frozen`).
+            if let Some(f) = &layers.frozen {
                 f.state.flush(&txn)?;
             }
             layers.active.state.flush(&txn)?;
             set_file_seq(&txn, layers.active.seq)?;
             txn.commit()?;
-            layers.active.seq + 1
+            layers.active.seq
         };
-        let mut layers = self.write_layers();
-        layers.frozen = None;
-        layers.active = Layer {
-            seq: next,
-            state: StateOverlay::default(),
-        };
+        self.write_layers().all_written(written);
         writer.since = (0, 0);
         Ok(self.db.begin_read()?)
     }
@@ -318,11 +325,7 @@ impl LiveState {
         set_file_seq(&txn, seq)?;
         txn.commit()?;
         let mut layers = self.write_layers();
-        layers.frozen = None;
-        layers.active = Layer {
-            seq: seq + 1,
-            state: StateOverlay::default(),
-        };
+        layers.all_written(seq);
         layers.by_age_floor = None;
         Ok(())
     }
@@ -388,18 +391,10 @@ impl<'a> View<'a> {
             return f(Vec::new());
         };
         let layers = live.read_layers();
-        let oldest = layers.frozen.as_ref().map_or(layers.active.seq, |f| f.seq);
-        if oldest > self.file_seq + 1 {
-            // A layer this transaction's file lacks was written and dropped meanwhile.
-            return Err(StoreError::Retry);
-        }
-        let mut stack = Vec::with_capacity(2);
-        if layers.active.seq > self.file_seq {
-            stack.push(&layers.active.state);
-        }
-        if let Some(frozen) = layers.frozen.as_ref().filter(|f| f.seq > self.file_seq) {
-            stack.push(&frozen.state);
-        }
+        // `None`: a layer this transaction's file lacks was written and dropped meanwhile.
+        let stack = layers
+            .missing_from(self.file_seq)
+            .ok_or(StoreError::Retry)?;
         f(stack)
     }
 }

@@ -27,11 +27,16 @@ pub(crate) struct Stack<'a> {
 }
 
 /// The value of `key`: the newest layer's that knows it, else the file's.
-fn get<'a, K: Ord + 'a, V: Clone + 'a>(
+fn get<'a, K, V, Q>(
     layers: impl Iterator<Item = &'a Overlay<K, V>>,
-    key: &K,
+    key: &Q,
     file: impl FnOnce() -> Result<Option<V>, StoreError>,
-) -> Result<Option<V>, StoreError> {
+) -> Result<Option<V>, StoreError>
+where
+    K: Ord + std::borrow::Borrow<Q> + 'a,
+    V: Clone + 'a,
+    Q: Ord + ?Sized,
+{
     for layer in layers {
         match layer.get(key) {
             Lookup::Written(v) => return Ok(Some(v.clone())),
@@ -51,11 +56,7 @@ fn range<'a, K: Ord + Clone + 'a, V: Clone + 'a>(
 ) -> Rows<'a, K, V> {
     let mut rows = file;
     for layer in layers.into_iter().rev() {
-        rows = if descending {
-            Box::new(layer.merge_rev(range.clone(), rows))
-        } else {
-            Box::new(layer.merge(range.clone(), rows))
-        };
+        rows = Box::new(layer.merge(range.clone(), rows, descending));
     }
     rows
 }
@@ -81,17 +82,13 @@ impl<'a> Stack<'a> {
 
     /// The sealed JSON under `key` of `sm_meta`.
     pub(crate) fn meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
-        let sealed = get(
-            self.layers.iter().map(|l| &l.meta),
-            &key.to_string(),
-            || {
-                Ok(self
-                    .txn
-                    .open_table(SM_META)?
-                    .get(key)?
-                    .map(|g| g.value().to_vec()))
-            },
-        )?;
+        let sealed = get(self.layers.iter().map(|l| &l.meta), key, || {
+            Ok(self
+                .txn
+                .open_table(SM_META)?
+                .get(key)?
+                .map(|g| g.value().to_vec()))
+        })?;
         let Some(sealed) = sealed else {
             return Ok(None);
         };
@@ -103,11 +100,9 @@ impl<'a> Stack<'a> {
 
     /// The number of events of `topic` (0 if unknown).
     pub(crate) fn topic_len(&self, topic: &str) -> Result<u64, StoreError> {
-        Ok(get(
-            self.layers.iter().map(|l| &l.topics),
-            &topic.to_string(),
-            || Ok(self.txn.open_table(TOPICS)?.get(topic)?.map(|g| g.value())),
-        )?
+        Ok(get(self.layers.iter().map(|l| &l.topics), topic, || {
+            Ok(self.txn.open_table(TOPICS)?.get(topic)?.map(|g| g.value()))
+        })?
         .unwrap_or(0))
     }
 
@@ -130,16 +125,12 @@ impl<'a> Stack<'a> {
 
     /// The topic and version of `stream`, if it has events.
     pub(crate) fn stream(&self, stream: &str) -> Result<Option<(String, u64)>, StoreError> {
-        get(
-            self.layers.iter().map(|l| &l.streams),
-            &stream.to_string(),
-            || {
-                Ok(self.txn.open_table(STREAMS)?.get(stream)?.map(|g| {
-                    let (topic, version) = g.value();
-                    (topic.to_string(), version)
-                }))
-            },
-        )
+        get(self.layers.iter().map(|l| &l.streams), stream, || {
+            Ok(self.txn.open_table(STREAMS)?.get(stream)?.map(|g| {
+                let (topic, version) = g.value();
+                (topic.to_string(), version)
+            }))
+        })
     }
 
     /// Streams from `from` on, by name, with their topics and versions.

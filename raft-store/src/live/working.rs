@@ -24,14 +24,12 @@ pub(crate) struct Working<'a> {
 impl Working<'_> {
     pub(crate) fn stack(&self) -> Stack<'_> {
         let layers = self.layers.as_ref().expect("held until finish");
+        let below = layers
+            .missing_from(self.file_seq)
+            .expect("no layer is dropped while apply holds the writer lock");
         let mut stack = Vec::with_capacity(3);
         stack.push(&self.batch);
-        if layers.active.seq > self.file_seq {
-            stack.push(&layers.active.state);
-        }
-        if let Some(f) = layers.frozen.as_ref().filter(|f| f.seq > self.file_seq) {
-            stack.push(&f.state);
-        }
+        stack.extend(below);
         Stack {
             layers: stack,
             txn: &self.txn,
@@ -60,10 +58,7 @@ impl Working<'_> {
             return None;
         }
         pace.since = (0, 0);
-        let next = Layer {
-            seq: layers.active.seq + 1,
-            state: StateOverlay::default(),
-        };
+        let next = Layer::empty(layers.active.seq + 1);
         let frozen = Arc::new(std::mem::replace(&mut layers.active, next));
         layers.frozen = Some(frozen.clone());
         Some(frozen)
