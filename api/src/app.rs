@@ -29,6 +29,8 @@ pub struct App {
     pub id: NodeId,
     pub raft: Raft<TypeConfig>,
     pub reader: StateReader,
+    /// Whether this node's log still takes writes (a failed fsync ends it).
+    pub log_durable: raft_store::LocalDurable,
     /// The free space writes need on this node's data disk.
     pub disk: raft_store::DiskSpace,
     pub transport: Arc<dyn Transport>,
@@ -413,6 +415,11 @@ impl App {
         }
         if let Some(removed) = self.removed.get() {
             return Some(removed.clone());
+        }
+        // A leader learns of its own failed fsync only here: it reported the append flushed
+        // before (`raft_store::LocalDurable`).
+        if self.log_durable.has_failed() {
+            return Some("writing the Raft log failed; restart the node".into());
         }
         self.raft
             .metrics()

@@ -29,7 +29,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use raft_store::{Node, NodeId, TypeConfig};
+use raft_store::{LocalDurable, Node, NodeId, TypeConfig};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -252,19 +252,27 @@ pub struct PeerNetwork {
     /// Which peers answer, shared by every client of this node.
     pub reachability: Arc<Reachability>,
     pub metrics: RaftPathMetrics,
+    /// This node's own log's durable mark, which every follower's answer to an append waits
+    /// for (`raft_store::LocalDurable`).
+    pub durable: LocalDurable,
 }
 
 impl PeerNetwork {
+    /// `durable` comes from `LogStore::overlap_leader_fsync`: the leader reports its own
+    /// appends flushed before its fsync, and this network keeps that from counting by
+    /// holding each follower's answer until the leader's log is durable as far.
     pub fn new(
         transport: Arc<dyn Transport>,
         cluster_secret: Option<String>,
         metrics: RaftPathMetrics,
+        durable: LocalDurable,
     ) -> Self {
         PeerNetwork {
             transport,
             cluster_secret,
             reachability: Arc::default(),
             metrics,
+            durable,
         }
     }
 }
@@ -280,6 +288,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             cluster_secret: self.cluster_secret.clone(),
             reachability: self.reachability.clone(),
             metrics: self.metrics.clone(),
+            durable: self.durable.clone(),
         }
     }
 }
@@ -323,6 +332,7 @@ pub struct PeerClient {
     cluster_secret: Option<String>,
     reachability: Arc<Reachability>,
     metrics: RaftPathMetrics,
+    durable: LocalDurable,
 }
 
 type RpcResult<T, E> = Result<T, RPCError<NodeId, Node, RaftError<NodeId, E>>>;
@@ -449,14 +459,32 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             ));
         }
         let kind = rpc_kind("append", rpc.entries.len());
+        let last = rpc
+            .entries
+            .last()
+            .map(|e| e.log_id)
+            .or(rpc.prev_log_id)
+            .map(|l| l.index);
         let started = Instant::now();
-        let answer = self.send(APPEND_PATH, body, &option).await;
+        let answer = self.send(APPEND_PATH, body, &option).await?;
         // Only answers: a refused connection (near 0) or a timeout (the deadline) would
         // skew the mean that `bench/breakdown.sh` reads as the round trip.
-        if answer.is_ok() {
-            self.metrics.sent(kind, started.elapsed());
+        self.metrics.sent(kind, started.elapsed());
+        // What the answer tells openraft the follower holds counts toward a quorum that
+        // includes this leader, which reported its own appends flushed before its fsync
+        // ended: so it reaches openraft only once this log is durable as far.
+        let confirmed = match &answer {
+            AppendEntriesResponse::Success => last,
+            AppendEntriesResponse::PartialSuccess(matching) => matching.map(|l| l.index),
+            AppendEntriesResponse::Conflict | AppendEntriesResponse::HigherVote(_) => None,
+        };
+        if let Some(index) = confirmed {
+            self.durable
+                .through(index)
+                .await
+                .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
         }
-        answer
+        Ok(answer)
     }
 
     async fn install_snapshot(

@@ -110,10 +110,13 @@ pub async fn start(
     let tls = config.server_tls()?;
     let raft_config = Arc::new(config.openraft().validate().map_err(Box::new)?);
     let metrics = Arc::new(api::metrics::NodeMetrics::new(&storage.metrics));
+    // The leader's fsync runs beside its followers' (raft_store::LocalDurable).
+    let log_durable = storage.log.overlap_leader_fsync(id);
     let network = PeerNetwork::new(
         transport.clone(),
         config.cluster_secret(),
         metrics.raft_path.clone(),
+        log_durable.clone(),
     );
     // Raft::new re-applies the committed entries after the state file's last checkpoint (at
     // most 256 entries or about 2,048 events; none after a clean stop): with the state
@@ -148,6 +151,7 @@ pub async fn start(
         id,
         raft: raft.clone(),
         reader: storage.reader,
+        log_durable,
         disk: storage.disk,
         transport,
         limits: config.limits.clone(),

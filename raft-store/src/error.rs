@@ -107,9 +107,6 @@ pub(crate) fn logs_read(e: StoreError) -> StorageError<NodeId> {
 pub(crate) fn logs_write(e: StoreError) -> StorageError<NodeId> {
     StorageIOError::write_logs(&e).into()
 }
-pub(crate) fn vote_read(e: StoreError) -> StorageError<NodeId> {
-    StorageIOError::read_vote(&e).into()
-}
 pub(crate) fn vote_write(e: StoreError) -> StorageError<NodeId> {
     StorageIOError::write_vote(&e).into()
 }

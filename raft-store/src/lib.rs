@@ -16,6 +16,7 @@ mod events;
 mod files;
 mod idempotency;
 mod live;
+mod local_durable;
 mod log_store;
 mod log_writer;
 mod metrics;
@@ -47,6 +48,7 @@ pub use damage::Damage;
 pub use disk_space::{DiskSpace, LowDisk};
 pub use error::StoreError;
 pub use idempotency::Record as IdempotencyRecord;
+pub use local_durable::LocalDurable;
 pub use log_store::LogStore;
 pub use metrics::StoreMetrics;
 pub use read::{Page, StateReader};
@@ -188,16 +190,25 @@ impl Storage {
             })
             .0,
         );
+        // Everything the log holds at open is durable (the segments' last entry moves only
+        // after its frame's fsync), and so is what was purged.
+        let durable = local_durable::DurableMark::new(
+            log.last_log_id()
+                .or(log.last_purged())
+                .map_or(0, |l| l.index + 1),
+        );
         let log = LogStore::new(
             log,
             live.clone(),
             damage.clone(),
             metrics.clone(),
             purge_gate.subscribe(),
+            durable.clone(),
         );
         let entries = log.entry_reader();
         let state_machine = StateMachine {
             purge_gate,
+            durable,
             entries: entries.clone(),
             live: live.clone(),
             snapshots: snapshots.clone(),

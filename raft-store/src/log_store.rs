@@ -2,7 +2,10 @@
 //! and the commit marker.
 //!
 //! Every append is written and `fdatasync`ed before openraft is told it is flushed: nothing is
-//! acknowledged to a leader (and so to a client) before it is on disk. Appends are
+//! acknowledged to a leader (and so to a client) before it is on disk. The one exception is a
+//! leader's own appends once the node overlaps its fsync with its followers'
+//! ([`LogStore::overlap_leader_fsync`], `crate::local_durable`): openraft hears of those at
+//! once, and what it counts is held back elsewhere until they are durable. Appends are
 //! group-committed by [`crate::log_writer`]; reads see appended entries at once, flushed or
 //! not.
 
@@ -13,7 +16,8 @@ use std::sync::Arc;
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{Entry, LogId, LogState, OptionalSend, RaftLogReader, StorageError, Vote};
 
-use crate::error::{logs_read, logs_write, vote_read, vote_write, StoreError};
+use crate::error::{logs_read, logs_write, vote_write, StoreError};
+use crate::local_durable::{DurableMark, LocalDurable};
 use crate::log_writer::{LogCache, LogWriter};
 use crate::runtime::blocking;
 use crate::segments::SegmentLog;
@@ -27,6 +31,8 @@ pub struct LogStore {
     damage: crate::Damage,
     /// How far the state machine holds the entries (`state_machine::PurgeGate`).
     purge_gate: tokio::sync::watch::Receiver<crate::state_machine::PurgeGate>,
+    /// The vote last saved: whether this node leads, for [`LogStore::overlap_leader_fsync`].
+    vote: Arc<std::sync::Mutex<Option<Vote<NodeId>>>>,
 }
 
 impl LogStore {
@@ -37,13 +43,45 @@ impl LogStore {
         damage: crate::Damage,
         metrics: crate::StoreMetrics,
         purge_gate: tokio::sync::watch::Receiver<crate::state_machine::PurgeGate>,
+        durable: Arc<DurableMark>,
     ) -> Self {
         LogStore {
-            writer: Arc::new(LogWriter::new(log.clone(), state, metrics)),
+            writer: Arc::new(LogWriter::new(log.clone(), state, metrics, durable)),
             log,
             damage,
             purge_gate,
+            vote: Arc::default(),
         }
+    }
+
+    /// Let this node, as leader, send its entries to its followers while its own fsync of
+    /// them runs, instead of after it (`crate::local_durable`). The answer must go to the peer
+    /// network, which holds each follower's answer back until this log is durable that far:
+    /// without that, an index could commit on fewer synced copies than a quorum.
+    pub fn overlap_leader_fsync(&self, me: NodeId) -> LocalDurable {
+        self.writer.durable.enable(me);
+        LocalDurable {
+            mark: self.writer.durable.clone(),
+        }
+    }
+
+    /// Whether `entries` are this node's own, appended as the leader of the vote it last
+    /// saved, with early reports enabled: only those are reported flushed before the fsync.
+    /// A follower's appends never are, whoever created the entries: its answer to the leader
+    /// is its promise that they are on its disk.
+    fn leaders_own(&self, entries: &[Entry<TypeConfig>]) -> bool {
+        let Some(me) = self.writer.durable.early_leader() else {
+            return false;
+        };
+        let Some(vote) = *self.vote.lock().expect("vote lock") else {
+            return false;
+        };
+        vote.is_committed()
+            && vote.leader_id().voted_for() == Some(me)
+            && !entries.is_empty()
+            && entries
+                .iter()
+                .all(|e| e.log_id.leader_id == *vote.leader_id())
     }
 
     /// Reads entries for the event store, which is this log.
@@ -116,11 +154,28 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.writer
             .barrier(move |log| log.save_vote(vote))
             .await
-            .map_err(|e| vote_write(self.damage.saw(e)))
+            .map_err(|e| vote_write(self.damage.saw(e)))?;
+        *self.vote.lock().expect("vote lock") = Some(vote);
+        Ok(())
     }
 
+    /// A node that overlaps its fsync as leader reads its own leadership back as a mere vote
+    /// for itself. openraft 0.9 resumes a leader whose committed vote it reads at start, in
+    /// the same term, from the end of its log; but the followers may hold entries of that
+    /// term the leader sent before its crash cut their fsync short here, and new entries at
+    /// the same indexes would carry the same log ids: the followers would take them for the
+    /// ones they hold, and the logs would diverge. A vote for itself still refuses any other
+    /// candidate of that term; leading again takes an election, in a new term.
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
-        Ok::<_, StoreError>(self.log.vote()).map_err(|e| vote_read(self.damage.saw(e)))
+        Ok(self
+            .log
+            .vote()
+            .map(|v| match self.writer.durable.early_leader() {
+                Some(me) if v.is_committed() && v.leader_id().voted_for() == Some(me) => {
+                    Vote::new(v.leader_id().get_term(), me)
+                }
+                _ => v,
+            }))
     }
 
     /// Advisory (openraft re-derives the commit index on election), so it costs no commit of
@@ -146,7 +201,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        self.writer.append(entries.into_iter().collect(), callback);
+        let entries: Vec<_> = entries.into_iter().collect();
+        let early = self.leaders_own(&entries);
+        self.writer.append(entries, callback, early);
         Ok(())
     }
 

@@ -11,6 +11,10 @@
 //! Nothing is reported flushed before it is durable: a failed write fails every append in it,
 //! and the log refuses every later write (openraft stops Raft on the first error).
 //!
+//! A leader enabled to overlap its fsync with its followers' (`crate::local_durable`) is told
+//! flushed at once for its own appends; the writer still syncs them in order, and moves the
+//! durable mark that its quorum waits on.
+//!
 //! Truncate, purge and vote go through the same queue as barriers: they run after every
 //! append queued before them, and their callers wait for them.
 //!
@@ -26,6 +30,7 @@ use openraft::{Entry, EntryPayload, LogId};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::StoreError;
+use crate::local_durable::DurableMark;
 use crate::runtime::blocking;
 use crate::segments::SegmentLog;
 use crate::types::{NodeId, TypeConfig};
@@ -173,7 +178,8 @@ type BarrierFn = Box<dyn FnOnce(&SegmentLog) -> Result<(), StoreError> + Send>;
 enum Op {
     Append {
         entries: Vec<Entry<TypeConfig>>,
-        callback: LogFlushed<TypeConfig>,
+        /// None when openraft was told at once (a leader's own append).
+        callback: Option<LogFlushed<TypeConfig>>,
     },
     Barrier {
         run: BarrierFn,
@@ -191,6 +197,7 @@ pub(crate) struct LogWriter {
     committed: Arc<Mutex<Option<Option<LogId<NodeId>>>>>,
     queue: OnceLock<mpsc::UnboundedSender<Op>>,
     metrics: crate::StoreMetrics,
+    pub(crate) durable: Arc<DurableMark>,
 }
 
 impl LogWriter {
@@ -198,11 +205,13 @@ impl LogWriter {
         log: Arc<SegmentLog>,
         state: Arc<crate::live::LiveState>,
         metrics: crate::StoreMetrics,
+        durable: Arc<DurableMark>,
     ) -> Self {
         LogWriter {
             log,
             state,
             metrics,
+            durable,
             cache: Arc::default(),
             committed: Arc::default(),
             queue: OnceLock::new(),
@@ -217,6 +226,7 @@ impl LogWriter {
                 cache: self.cache.clone(),
                 committed: self.committed.clone(),
                 metrics: self.metrics.clone(),
+                durable: self.durable.clone(),
             };
             tokio::spawn(writer.run(rx));
             tx
@@ -228,13 +238,39 @@ impl LogWriter {
         *self.committed.lock().expect("committed lock") = Some(committed);
     }
 
-    /// Make `entries` readable now and durable soon; `callback` hears which.
-    pub(crate) fn append(&self, entries: Vec<Entry<TypeConfig>>, callback: LogFlushed<TypeConfig>) {
+    /// Make `entries` readable now and durable soon; `callback` hears once they are durable,
+    /// or at once if `early` (a leader's own entries, `crate::local_durable`).
+    pub(crate) fn append(
+        &self,
+        entries: Vec<Entry<TypeConfig>>,
+        callback: LogFlushed<TypeConfig>,
+        early: bool,
+    ) {
+        if self.durable.has_failed() {
+            callback.log_io_completed(Err(std::io::Error::other("writing the log failed")));
+            return;
+        }
         self.cache.appended(&entries);
-        if let Err(mpsc::error::SendError(Op::Append { callback, .. })) =
-            self.queue().send(Op::Append { entries, callback })
-        {
-            callback.log_io_completed(Err(std::io::Error::other("the log writer stopped")));
+        let (callback, told) = if early {
+            (None, Some(callback))
+        } else {
+            (Some(callback), None)
+        };
+        match self.queue().send(Op::Append { entries, callback }) {
+            Ok(()) => {
+                if let Some(cb) = told {
+                    cb.log_io_completed(Ok(()));
+                }
+            }
+            Err(mpsc::error::SendError(op)) => {
+                let callback = match op {
+                    Op::Append { callback, .. } => callback.or(told),
+                    Op::Barrier { .. } => told,
+                };
+                if let Some(cb) = callback {
+                    cb.log_io_completed(Err(std::io::Error::other("the log writer stopped")));
+                }
+            }
         }
     }
 
@@ -242,6 +278,7 @@ impl LogWriter {
     pub(crate) async fn truncate(&self, index: u64) -> Result<(), StoreError> {
         self.barrier(move |log| log.truncate(index)).await?;
         self.cache.truncated(index);
+        self.durable.truncated(index);
         Ok(())
     }
 
@@ -282,6 +319,7 @@ struct Writer {
     cache: Arc<LogCache>,
     committed: Arc<Mutex<Option<Option<LogId<NodeId>>>>>,
     metrics: crate::StoreMetrics,
+    durable: Arc<DurableMark>,
 }
 
 impl Writer {
@@ -297,7 +335,7 @@ impl Writer {
                 match op {
                     Op::Append { entries, callback } => {
                         batch.extend(entries);
-                        callbacks.push(callback);
+                        callbacks.extend(callback);
                     }
                     Op::Barrier { run, done } => {
                         self.commit(std::mem::take(&mut batch), &mut callbacks)
@@ -318,7 +356,7 @@ impl Writer {
         batch: Vec<Entry<TypeConfig>>,
         callbacks: &mut Vec<LogFlushed<TypeConfig>>,
     ) {
-        if callbacks.is_empty() {
+        if callbacks.is_empty() && batch.is_empty() {
             return;
         }
         let upto = batch.last().map(|e| e.log_id.index);
@@ -326,12 +364,15 @@ impl Writer {
         let log = self.log.clone();
         let count = batch.len();
         let started = std::time::Instant::now();
+        #[cfg(madsim)]
+        crate::runtime::simulated_sync_time().await;
         let res = blocking(move || log.append(&batch, committed)).await;
         match res {
             Ok(()) => {
                 self.metrics.log_committed(started, count);
                 if let Some(upto) = upto {
                     self.cache.flushed(upto);
+                    self.durable.synced_through(upto);
                 }
                 for cb in callbacks.drain(..) {
                     cb.log_io_completed(Ok(()));
@@ -339,6 +380,7 @@ impl Writer {
             }
             Err(e) => {
                 tracing::error!(error = %e, "writing the raft log failed");
+                self.durable.failed();
                 for cb in callbacks.drain(..) {
                     cb.log_io_completed(Err(std::io::Error::other(e.to_string())));
                 }

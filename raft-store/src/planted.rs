@@ -9,6 +9,11 @@
 //! The hooks are one `if planted::is(Bug::X)` branch each, at the real code sites:
 //! - [`Bug::AckBeforeDurable`]: the segment log (`segments/mod.rs`, `sync_frame`) skips the
 //!   `fdatasync` of a frame of entries, and the writer tells openraft they are flushed;
+//! - [`Bug::LeaderCountsItselfEarly`]: nothing waits for the leader's own fsync
+//!   (`local_durable.rs`): the peer network hands openraft a follower's answer, and apply runs,
+//!   while the leader's log is not yet durable that far, though the leader already reported
+//!   its appends flushed: an index commits, and is acknowledged, on fewer synced copies than a
+//!   quorum;
 //! - [`Bug::UniqInHandler`]: `api::App::append` refuses a taken key from the receiving node's
 //!   own (possibly stale) state, [`uniq_conflict_here`], and apply (`uniq.rs`) lets a claim
 //!   take a key another stream owns;
@@ -35,6 +40,9 @@ pub enum Bug {
     /// A frame of log entries is written without its `fdatasync` and reported flushed: an
     /// acknowledged entry can vanish on a power cut.
     AckBeforeDurable,
+    /// The leader, which reports its own appends flushed before its fsync, counts a follower's
+    /// answer before its own log is durable that far: a commit can rest on one synced copy.
+    LeaderCountsItselfEarly,
     /// Uniqueness is decided by the HTTP side against the receiving node's local state, and
     /// apply no longer refuses a claim on a key another stream owns.
     UniqInHandler,
@@ -50,8 +58,9 @@ pub enum Bug {
 }
 
 impl Bug {
-    pub const ALL: [Bug; 6] = [
+    pub const ALL: [Bug; 7] = [
         Bug::AckBeforeDurable,
+        Bug::LeaderCountsItselfEarly,
         Bug::UniqInHandler,
         Bug::NoIdempotencyCheck,
         Bug::StaleLinearizableRead,
@@ -63,6 +72,7 @@ impl Bug {
     pub fn name(self) -> &'static str {
         match self {
             Bug::AckBeforeDurable => "ack-before-durable",
+            Bug::LeaderCountsItselfEarly => "leader-counts-itself-early",
             Bug::UniqInHandler => "uniq-in-handler",
             Bug::NoIdempotencyCheck => "no-idempotency-check",
             Bug::StaleLinearizableRead => "stale-linearizable-read",
@@ -78,6 +88,7 @@ impl Bug {
     fn code(self) -> u8 {
         match self {
             Bug::AckBeforeDurable => 1,
+            Bug::LeaderCountsItselfEarly => 5,
             Bug::UniqInHandler => 2,
             Bug::NoIdempotencyCheck => 3,
             Bug::StaleLinearizableRead => 4,

@@ -172,3 +172,21 @@ pub fn blocking_in_place<T>(f: impl FnOnce() -> T) -> T {
 pub fn rng() -> <UniqRuntime as AsyncRuntime>::ThreadLocalRng {
     UniqRuntime::thread_rng()
 }
+
+/// How long the simulated disk takes to make a frame of the log durable (simulation builds
+/// only). The simulated disk itself syncs in no time; a real one takes from a tenth of a
+/// millisecond to a few, and now and then stalls for tens (another writer, the journal).
+/// A leader that overlaps its fsync with its followers' (`crate::local_durable`) is only
+/// tested by a simulator in which its own fsync can still be running when a follower's
+/// answer arrives (madsim's network takes 1-10 ms a message), and be cut short by a crash.
+#[cfg(madsim)]
+pub(crate) async fn simulated_sync_time() {
+    use madsim::rand::Rng;
+    let mut rng = madsim::rand::thread_rng();
+    let us = if rng.gen_bool(0.2) {
+        rng.gen_range(5_000..40_000)
+    } else {
+        rng.gen_range(200..3_000)
+    };
+    tokio::time::sleep(std::time::Duration::from_micros(us)).await;
+}

@@ -36,6 +36,9 @@ pub struct StateMachine {
     pub(crate) entries: EntryReader,
     /// What the log's purge waits for ([`PurgeGate`]).
     pub(crate) purge_gate: Arc<watch::Sender<PurgeGate>>,
+    /// How far this node's log is durable: a leader's own entries may commit before (with
+    /// a single voter) or just as its fsync ends (`crate::local_durable`).
+    pub(crate) durable: Arc<crate::local_durable::DurableMark>,
 }
 
 /// How far the state machine holds what the log's entries hold, for the log's purge.
@@ -165,15 +168,24 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // The runs written here point into the log: the state file must never become
         // durable with entries this node's log could still lose (after a restart openraft
         // would purge a log found behind the state, and never send those entries again).
-        // openraft 0.9 awaits every append's flush before it runs later commands, so this
-        // holds; checked, not assumed, should that change (0.10 writes the log
-        // asynchronously). Blank and membership entries write no runs (and openraft's storage
-        // suite applies some that were never appended).
+        // A follower's entries are durable before they can commit; a leader that overlaps its
+        // fsync with its followers' may see an entry committed first, so apply waits for the
+        // log's durable mark (at once when overlap is off), then checks what the files hold.
+        // Blank and membership entries write no runs (and openraft's storage suite applies
+        // some that were never appended).
+        self.durable
+            .wait_through(last)
+            .await
+            .map_err(|e| sm_write(self.damage.saw(e)))?;
         let last_normal = entries
             .iter()
             .rev()
             .find(|e| matches!(e.payload, EntryPayload::Normal(_)))
             .map(|e| e.log_id.index);
+        // Planted bug (simulation builds only): neither the wait above nor this check.
+        #[cfg(madsim)]
+        let last_normal = last_normal
+            .filter(|_| !crate::planted::is(crate::planted::Bug::LeaderCountsItselfEarly));
         if let Some(index) = last_normal {
             self.entries
                 .check_durable(index)

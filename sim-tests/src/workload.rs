@@ -230,6 +230,16 @@ impl Load {
         self.keep_going(Duration::ZERO, n, within).await;
     }
 
+    /// Wait until `n` more appends were acknowledged (201), bounded by `within` of simulated
+    /// time: progress after a fault, however long the election it takes.
+    pub async fn wait_acknowledged(&self, n: usize, within: Duration) {
+        let start = now_ms();
+        let target = self.acknowledged() + n;
+        while self.acknowledged() < target && now_ms() - start < within.as_millis() as u64 {
+            sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Let the load run for at least `at_least` and until `n` more appends were answered,
     /// but no longer than `at_most` (simulated time).
     pub async fn keep_going(&self, at_least: Duration, n: usize, at_most: Duration) {
