@@ -10,6 +10,7 @@ use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::load::{assert_acked_present, Load};
 use common::*;
 use serde_json::{json, Value};
 
@@ -585,4 +586,23 @@ fn a_flood_of_writers_past_the_queue_gets_429_and_every_201_is_durable() {
         .map(|e| e["data"]["uid"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(kept, accepted, "the log differs from the 201s");
+}
+
+/// A single voter, whose leader reports its own appends flushed before the fsync ends
+/// (raft_store::LocalDurable), killed with -9 in the middle of a load three times: it must
+/// start again each time and hold every write it acknowledged, where the answer said. (kill -9
+/// keeps what reached the kernel; the simulator's power cuts test what the disk loses:
+/// `sim-tests/tests/basic.rs`, a single voter power-cut under load.)
+#[test]
+fn a_single_node_killed_under_load_restarts_with_every_201() {
+    let mut c = Cluster::start(1, Tuning::default());
+    for _ in 0..3 {
+        let load = Load::start(vec![c.addr(1)], "solo", 16);
+        load.wait_more(300);
+        c.kill(1);
+        let (acks, _) = load.stop();
+        c.restart(1);
+        c.wait_leader(&[1]);
+        assert_acked_present(&c, &[1], "solo", &acks);
+    }
 }

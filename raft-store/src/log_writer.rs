@@ -360,7 +360,13 @@ impl Writer {
             return;
         }
         let upto = batch.last().map(|e| e.log_id.index);
-        let committed = self.committed.lock().expect("committed lock").take();
+        let committed = {
+            let end = batch.last().map(|e| e.log_id).or(self.log.last_log_id());
+            let mut pending = self.committed.lock().expect("committed lock");
+            let (write, keep) = marker_for(*pending, end);
+            *pending = keep;
+            write
+        };
         let log = self.log.clone();
         let count = batch.len();
         let started = std::time::Instant::now();
@@ -386,6 +392,25 @@ impl Writer {
                 }
             }
         }
+    }
+}
+
+/// The commit marker to write with a frame that ends the log at `end`, and what stays pending
+/// for a later frame. A leader that reports its appends flushed before its fsync
+/// (`crate::local_durable`) can learn, with a single voter, that an entry is committed before
+/// the writer has taken it into a frame; a marker past the log's end would make a restart
+/// after a crash re-apply entries the log never got (openraft's `reapply_committed` fails and
+/// the node cannot start). So the marker written never passes the frame's end, and the rest
+/// waits for the frame that holds it.
+#[allow(clippy::type_complexity)]
+fn marker_for(
+    pending: Option<Option<LogId<NodeId>>>,
+    end: Option<LogId<NodeId>>,
+) -> (Option<Option<LogId<NodeId>>>, Option<Option<LogId<NodeId>>>) {
+    match (pending, end) {
+        (Some(Some(c)), Some(end)) if c.index > end.index => (Some(Some(end)), pending),
+        (Some(Some(_)), None) => (None, pending),
+        _ => (pending, None),
     }
 }
 
@@ -432,6 +457,28 @@ mod tests {
         assert_eq!(cache.last().map(|l| l.index), Some(20));
         cache.purged(20);
         assert_eq!(cache.last(), None);
+    }
+
+    #[test]
+    fn the_commit_marker_never_passes_the_end_of_its_frame() {
+        let id = |i| entry(1, i).log_id;
+        // Within the frame: written as is, nothing left.
+        assert_eq!(
+            marker_for(Some(Some(id(5))), Some(id(7))),
+            (Some(Some(id(5))), None)
+        );
+        // Past it: the frame's end is written, the marker waits for a later frame.
+        assert_eq!(
+            marker_for(Some(Some(id(9))), Some(id(7))),
+            (Some(Some(id(7))), Some(Some(id(9))))
+        );
+        // An empty log writes none; no marker, or an empty one, goes out as it is.
+        assert_eq!(
+            marker_for(Some(Some(id(1))), None),
+            (None, Some(Some(id(1))))
+        );
+        assert_eq!(marker_for(None, Some(id(7))), (None, None));
+        assert_eq!(marker_for(Some(None), None), (Some(None), None));
     }
 
     #[test]
