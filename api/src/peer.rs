@@ -426,6 +426,21 @@ impl PeerClient {
     }
 }
 
+/// The last log id of `rpc` (its entries, or the entry before them) below `end`, the end of
+/// what this leader's log holds durably: what a follower's answer may confirm to openraft
+/// when the leader's own fsync lags. None when not even `rpc`'s first position is durable.
+fn durable_prefix(
+    rpc: &AppendEntriesRequest<TypeConfig>,
+    end: u64,
+) -> Option<openraft::LogId<NodeId>> {
+    rpc.entries
+        .iter()
+        .map(|e| e.log_id)
+        .rev()
+        .chain(rpc.prev_log_id)
+        .find(|id| id.index < end)
+}
+
 /// A binary peer request to `path`: the content type, the cluster secret's signature and this
 /// build's protocol version, as every peer route requires them.
 pub(crate) fn peer_request(path: &str, body: Vec<u8>, cluster_secret: Option<&str>) -> HttpRequest {
@@ -465,11 +480,18 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             .map(|e| e.log_id)
             .or(rpc.prev_log_id)
             .map(|l| l.index);
+        let unreachable = |e: raft_store::StoreError| RPCError::Unreachable(Unreachable::new(&e));
         let started = Instant::now();
+        // No follower or learner hears of a commit this leader's log does not hold durably:
+        // a single voter commits on its own early report, before its fsync ends.
+        if let Some(c) = rpc.leader_commit {
+            self.durable.through(c.index).await.map_err(unreachable)?;
+        }
+        let sent = Instant::now();
         let answer = self.send(APPEND_PATH, body, &option).await?;
         // Only answers: a refused connection (near 0) or a timeout (the deadline) would
         // skew the mean that `bench/breakdown.sh` reads as the round trip.
-        self.metrics.sent(kind, started.elapsed());
+        self.metrics.sent(kind, sent.elapsed());
         // What the answer tells openraft the follower holds counts toward a quorum that
         // includes this leader, which reported its own appends flushed before its fsync
         // ended: so it reaches openraft only once this log is durable as far.
@@ -478,13 +500,20 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             AppendEntriesResponse::PartialSuccess(matching) => matching.map(|l| l.index),
             AppendEntriesResponse::Conflict | AppendEntriesResponse::HigherVote(_) => None,
         };
-        if let Some(index) = confirmed {
-            self.durable
-                .through(index)
-                .await
-                .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let Some(index) = confirmed else {
+            return Ok(answer);
+        };
+        // openraft drops the whole answer if this call outlives its deadline; a leader whose
+        // fsync is slower than that would then never commit under steady load. So wait at
+        // most until the soft deadline, then confirm only what this log holds by then.
+        let budget = option.soft_ttl().saturating_sub(started.elapsed());
+        match tokio::time::timeout(budget, self.durable.through(index)).await {
+            Ok(done) => done.map_err(unreachable).map(|()| answer),
+            Err(_) => match durable_prefix(&rpc, self.durable.end()) {
+                Some(held) => Ok(AppendEntriesResponse::PartialSuccess(Some(held))),
+                None => Err(unreachable(raft_store::StoreError::Stopped)),
+            },
         }
-        Ok(answer)
     }
 
     async fn install_snapshot(
@@ -550,6 +579,35 @@ mod tests {
         let bytes = futures_bytes(rpc_answer(ok.clone()).into_body());
         let back: Answer = decode_rpc_answer(&bytes).unwrap();
         assert_eq!(format!("{back:?}"), format!("{ok:?}"));
+    }
+
+    /// A follower's answer is confirmed to openraft only as far as the leader's own log is
+    /// durable: the last position of the request below the durable end.
+    #[test]
+    fn an_answer_confirms_no_more_than_the_leader_holds_durably() {
+        use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
+        let id = |i| LogId::new(CommittedLeaderId::new(2, 1), i);
+        let rpc = AppendEntriesRequest::<TypeConfig> {
+            vote: Vote::new_committed(2, 1),
+            prev_log_id: Some(id(4)),
+            entries: (5..=8)
+                .map(|i| Entry {
+                    log_id: id(i),
+                    payload: EntryPayload::Blank,
+                })
+                .collect(),
+            leader_commit: None,
+        };
+        assert_eq!(durable_prefix(&rpc, 100), Some(id(8)));
+        assert_eq!(durable_prefix(&rpc, 7), Some(id(6)));
+        assert_eq!(durable_prefix(&rpc, 5), Some(id(4)), "only the match point");
+        assert_eq!(durable_prefix(&rpc, 4), None);
+        let from_start = AppendEntriesRequest::<TypeConfig> {
+            prev_log_id: None,
+            entries: Vec::new(),
+            ..rpc
+        };
+        assert_eq!(durable_prefix(&from_start, 0), None);
     }
 
     fn futures_bytes(body: axum::body::Body) -> Bytes {

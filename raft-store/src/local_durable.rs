@@ -140,6 +140,11 @@ impl LocalDurable {
     pub fn has_failed(&self) -> bool {
         self.mark.has_failed()
     }
+
+    /// One past the last index this node's log holds durably.
+    pub fn end(&self) -> u64 {
+        self.mark.get().end
+    }
 }
 
 #[cfg(test)]

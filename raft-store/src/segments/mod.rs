@@ -693,6 +693,14 @@ fn scan(disk: &dyn Disk, name: &str, last: bool) -> Result<Scanned, StoreError> 
             Err(why) => return Err(frame_damage(name, pos, &why)),
         }
     }
+    // What the last segment holds may be in the page cache only: a process killed between a
+    // frame's write and its fdatasync leaves the frame readable and not durable. Everything
+    // the log holds at open counts as durable (a leader's durable mark starts there,
+    // `crate::local_durable`), so make it so.
+    if last {
+        file.sync_data()
+            .map_err(io_error(format!("syncing {name}")))?;
+    }
     Ok(Scanned {
         segment,
         last_id,
