@@ -44,7 +44,7 @@ impl Churn {
 const STEP: Duration = Duration::from_secs(15);
 
 /// POST `body` to `path` on the members in turn until one answers 200, within [`STEP`].
-async fn post_until_ok(
+pub async fn post_until_ok(
     cluster: &SimCluster,
     path: &str,
     body: serde_json::Value,
