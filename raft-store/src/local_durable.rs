@@ -104,6 +104,14 @@ impl DurableMark {
         if crate::planted::is(crate::planted::Bug::LeaderCountsItselfEarly) {
             return Ok(());
         }
+        // The common case on every append answer and apply: already durable, no waiter.
+        let mark = self.get();
+        if mark.failed {
+            return Err(StoreError::Stopped);
+        }
+        if mark.end > index {
+            return Ok(());
+        }
         loop {
             // Registered before the mark is read: a move in between still wakes this.
             let moved = self.moved.notified();

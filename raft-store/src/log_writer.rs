@@ -361,7 +361,10 @@ impl Writer {
         }
         let upto = batch.last().map(|e| e.log_id.index);
         let committed = {
-            let end = batch.last().map(|e| e.log_id).or(self.log.last_log_id());
+            let end = batch
+                .last()
+                .map(|e| e.log_id)
+                .or_else(|| self.log.last_log_id());
             let mut pending = self.committed.lock().expect("committed lock");
             let (write, keep) = marker_for(*pending, end);
             *pending = keep;
