@@ -165,7 +165,7 @@ async fn propose_batch(
         batch.into_iter().map(|q| (q.request, q.reply)).unzip();
     let cmd = LogCommand {
         timestamp_ms: crate::app::now_ms(),
-        requests,
+        requests: requests.into(),
     };
     let started = std::time::Instant::now();
     let res = tokio::time::timeout(entry_timeout, raft.client_write(cmd))

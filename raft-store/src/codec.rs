@@ -88,7 +88,8 @@ mod tests {
                             rules: Rules::default(),
                             backfill: vec![],
                         }),
-                    ],
+                    ]
+                    .into(),
                 }),
             },
             Entry {
@@ -106,6 +107,11 @@ mod tests {
             assert!(bytes.len() < serde_json::to_vec(e).unwrap().len());
             assert!(decode::<Entry<TypeConfig>>(&bytes[..bytes.len() - 1]).is_err());
         }
+        // The requests are shared (`Arc<[Request]>`) but encoded as the plain sequence they
+        // were before: logs written either way read the same.
+        let requests = vec![append(ExpectedVersion::Any)];
+        let shared: std::sync::Arc<[Request]> = requests.clone().into();
+        assert_eq!(encode(&shared), encode(&requests));
         let committed: Option<LogId<NodeId>> = Some(log_id);
         assert_eq!(
             decode::<Option<LogId<NodeId>>>(&encode(&committed)).unwrap(),

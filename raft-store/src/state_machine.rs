@@ -114,7 +114,7 @@ pub(crate) fn apply_batch(
                     position: 0,
                 };
                 let outcomes = (0..)
-                    .zip(&cmd.requests)
+                    .zip(cmd.requests.iter())
                     .map(|(position, r)| {
                         apply_request(&mut tables, EntryContext { position, ..ctx }, r)
                     })

@@ -50,7 +50,9 @@ pub const STREAM_INDEX: TableDefinition<(&str, u64), Sealed<u64>> =
 /// (set, key) -> (owner stream, offset of the event that claimed it).
 pub const UNIQ_OWNERS: TableDefinition<(&str, &str), Sealed<(&str, u64)>> =
     TableDefinition::new("uniq_owners");
-/// (set, key, claimed offset) -> (owner, released offset, or [`STILL_OWNED`]).
+/// (set, key, claimed offset) -> (owner, released offset): the claims that were released.
+/// The current claim is the `uniq_owners` row; files written before issue 25's step 6 hold it
+/// here too, released at [`STILL_OWNED`] (`live::Stack::key_history` reads both).
 pub const UNIQ_HISTORY: TableDefinition<HistoryKey, SealedOwner> =
     TableDefinition::new("uniq_history");
 /// (topic, idempotency key) -> the stored answer (JSON [`crate::idempotency::Record`]).

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -40,7 +41,9 @@ pub struct LogCommand {
     /// The proposing leader's wall clock in milliseconds since the Unix epoch. Apply never
     /// reads a clock: it uses `max(timestamp_ms, previous log time)` as the log time.
     pub timestamp_ms: u64,
-    pub requests: Vec<Request>,
+    /// Shared, not copied: openraft clones an entry for each follower it sends it to and
+    /// for apply, and the log keeps one in its cache. Encoded as a plain sequence.
+    pub requests: Arc<[Request]>,
 }
 
 impl LogCommand {

@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::error::StoreError;
 use crate::live::Working;
 use crate::rules::UniqOp;
-use crate::tables::STILL_OWNED;
 use crate::types::{Conflict, UniqClaim};
 
 /// A change decided but not yet written.
@@ -144,7 +143,10 @@ impl Pending {
         Ok(Ok(()))
     }
 
-    /// Write the decided changes: owners and their history.
+    /// Write the decided changes: owners, and the history of released keys. A key's current
+    /// owner is its history's last row (`Stack::key_history`), so a claim writes one row, not
+    /// two: most keys are never released, and every row costs apply and the checkpoint on
+    /// every node.
     pub fn write(self, t: &mut Working<'_>) -> Result<(), StoreError> {
         for change in self.changes {
             match change {
@@ -154,10 +156,6 @@ impl Pending {
                     owner,
                     offset,
                 } => {
-                    t.batch.uniq_history.insert(
-                        (set.clone(), key.clone(), offset),
-                        (owner.clone(), STILL_OWNED),
-                    );
                     t.batch.uniq_owners.insert((set, key), (owner, offset));
                 }
                 Change::Release { set, key, offset } => {

@@ -36,7 +36,7 @@ impl Fixture {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
             payload: EntryPayload::Normal(LogCommand {
                 timestamp_ms,
-                requests,
+                requests: requests.into(),
             }),
         }
     }

@@ -256,7 +256,7 @@ fn entry(index: u64, requests: Vec<Request>, clock: Clock) -> Entry<TypeConfig> 
         log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
         payload: EntryPayload::Normal(LogCommand {
             timestamp_ms,
-            requests,
+            requests: requests.into(),
         }),
     }
 }

@@ -249,7 +249,7 @@ fn entries() -> Vec<Entry<TypeConfig>> {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), i as u64 + 1),
             payload: EntryPayload::Normal(LogCommand {
                 timestamp_ms: ts,
-                requests: vec![req],
+                requests: vec![req].into(),
             }),
         })
         .collect()
@@ -321,7 +321,7 @@ async fn idempotency_and_rule_changes_decide_the_same_on_every_store() {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), next),
         payload: EntryPayload::Normal(LogCommand {
             timestamp_ms: 1870,
-            requests: vec![append(created("s2", "b@x", None), Some("kb"), "f6", 2)],
+            requests: vec![append(created("s2", "b@x", None), Some("kb"), "f6", 2)].into(),
         }),
     };
     let ra = a.log_and_apply(vec![retry()]).await.unwrap();
@@ -338,7 +338,7 @@ async fn claims_prepared_before_a_set_was_dropped_are_prepared_again() {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
         payload: EntryPayload::Normal(LogCommand {
             timestamp_ms: i,
-            requests: vec![req],
+            requests: vec![req].into(),
         }),
     };
     let set = |base, sets: &str| {

@@ -134,7 +134,7 @@ fn entry(index: u64, req: Request) -> Entry<TypeConfig> {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
         payload: EntryPayload::Normal(LogCommand {
             timestamp_ms: index,
-            requests: vec![req],
+            requests: vec![req].into(),
         }),
     }
 }

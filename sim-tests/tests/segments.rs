@@ -30,7 +30,8 @@ fn entry(term: u64, index: u64, size: usize) -> Entry<TypeConfig> {
                 idempotency: None,
                 rules_version: 0,
                 reply: None,
-            })],
+            })]
+            .into(),
         }),
     }
 }

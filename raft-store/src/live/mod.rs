@@ -29,7 +29,7 @@ use crate::error::StoreError;
 use crate::state_overlay::StateOverlay;
 use crate::tables::*;
 
-pub(crate) use stack::Stack;
+pub(crate) use stack::{Opened, Stack};
 pub(crate) use working::Working;
 
 /// The key of `format` that holds the sequence number of the last layer written.
@@ -240,6 +240,7 @@ impl LiveState {
             pace: writer,
             layers: Some(layers),
             txn,
+            opened: Opened::default(),
             file_seq,
             batch: StateOverlay::default(),
             by_age_floor,
@@ -363,6 +364,7 @@ impl<'a> View<'a> {
             read(&Stack {
                 layers,
                 txn: self.txn,
+                opened: None,
             })
         })
     }
@@ -379,6 +381,7 @@ impl<'a> View<'a> {
         read(&Stack {
             layers: copies.iter().collect(),
             txn: self.txn,
+            opened: None,
         })
     }
 
@@ -425,7 +428,8 @@ mod tests {
                     idempotency: None,
                     rules_version: 0,
                     reply: None,
-                })],
+                })]
+                .into(),
             }),
         }
     }

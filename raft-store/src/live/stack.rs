@@ -1,8 +1,9 @@
 //! Lookups and range reads through the layers of changes and the state file.
 
+use std::cell::OnceCell;
 use std::ops::Bound;
 
-use redb::{ReadTransaction, ReadableTableMetadata};
+use redb::{Key, ReadOnlyTable, ReadTransaction, ReadableTableMetadata, TableDefinition, Value};
 use serde::de::DeserializeOwned;
 
 use super::AgeKeyOwned;
@@ -24,6 +25,35 @@ pub(crate) type Rows<'a, K, V> = Box<dyn Iterator<Item = Result<(K, V), StoreErr
 pub(crate) struct Stack<'a> {
     pub(super) layers: Vec<&'a StateOverlay>,
     pub(super) txn: &'a ReadTransaction,
+    /// Apply's tables, kept open for its whole batch; `None`: each lookup opens its table.
+    pub(super) opened: Option<&'a Opened>,
+}
+
+/// The file's tables that apply looks up for every event (a key's owner, a stream's
+/// version), opened once per batch: redb checks a table's name and types at every open, which
+/// cost as much as the lookup itself (about 5 % of a follower's CPU, bench/README.md, issue
+/// 25 step 6).
+#[derive(Default)]
+pub(crate) struct Opened {
+    owners: OnceCell<ReadOnlyTable<(&'static str, &'static str), SealedOwner>>,
+    streams: OnceCell<ReadOnlyTable<&'static str, checksum::Sealed<(&'static str, u64)>>>,
+}
+
+/// `f` of `table` of `txn`: the table kept in `cell`, opened there first if need be, or
+/// opened for this call alone.
+fn with_table<K: Key + 'static, V: Value + 'static, T>(
+    cell: Option<&OnceCell<ReadOnlyTable<K, V>>>,
+    txn: &ReadTransaction,
+    table: TableDefinition<'static, K, V>,
+    f: impl FnOnce(&ReadOnlyTable<K, V>) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let Some(cell) = cell else {
+        return f(&txn.open_table(table)?);
+    };
+    if cell.get().is_none() {
+        let _ = cell.set(txn.open_table(table)?);
+    }
+    f(cell.get().expect("opened above"))
 }
 
 /// The value of `key`: the newest layer's that knows it, else the file's.
@@ -126,10 +156,13 @@ impl<'a> Stack<'a> {
     /// The topic and version of `stream`, if it has events.
     pub(crate) fn stream(&self, stream: &str) -> Result<Option<(String, u64)>, StoreError> {
         get(self.layers.iter().map(|l| &l.streams), stream, || {
-            Ok(self.txn.open_table(STREAMS)?.get(stream)?.map(|g| {
-                let (topic, version) = g.value();
-                (topic.to_string(), version)
-            }))
+            let cell = self.opened.map(|o| &o.streams);
+            with_table(cell, self.txn, STREAMS, |t| {
+                Ok(t.get(stream)?.map(|g| {
+                    let (topic, version) = g.value();
+                    (topic.to_string(), version)
+                }))
+            })
         })
     }
 
@@ -205,10 +238,13 @@ impl<'a> Stack<'a> {
             self.layers.iter().map(|l| &l.uniq_owners),
             &(set.to_string(), key.to_string()),
             || {
-                Ok(self.txn.open_table(UNIQ_OWNERS)?.get((set, key))?.map(|g| {
-                    let (owner, since) = g.value();
-                    (owner.to_string(), since)
-                }))
+                let cell = self.opened.map(|o| &o.owners);
+                with_table(cell, self.txn, UNIQ_OWNERS, |t| {
+                    Ok(t.get((set, key))?.map(|g| {
+                        let (owner, since) = g.value();
+                        (owner.to_string(), since)
+                    }))
+                })
             },
         )
     }
@@ -244,13 +280,27 @@ impl<'a> Stack<'a> {
         ))
     }
 
-    /// The owners of one key over time: (claimed offset, (owner, released offset or
-    /// [`STILL_OWNED`])).
+    /// The owners of one key over time, oldest first: (claimed offset, (owner, released
+    /// offset or [`STILL_OWNED`])). `uniq_history` holds the released claims; the current
+    /// owner is the last row. Files written before issue 25's step 6 also hold the current
+    /// claim in `uniq_history`, as [`STILL_OWNED`]: it is the same row.
     pub(crate) fn key_history(
         &self,
         set: &str,
         key: &str,
     ) -> Result<Vec<(u64, Owner)>, StoreError> {
+        let mut rows = self.released(set, key)?;
+        if let Some((owner, claimed)) = self.owner(set, key)? {
+            if !rows.iter().any(|(c, _)| *c == claimed) {
+                rows.push((claimed, (owner, STILL_OWNED)));
+                rows.sort_by_key(|(c, _)| *c);
+            }
+        }
+        Ok(rows)
+    }
+
+    /// The rows of `uniq_history` for one key, by claimed offset.
+    fn released(&self, set: &str, key: &str) -> Result<Vec<(u64, Owner)>, StoreError> {
         let t = self.txn.open_table(UNIQ_HISTORY)?;
         let file: Rows<'a, (String, String, u64), (String, u64)> =
             file_rows!(t.range((set, key, 0)..=(set, key, u64::MAX))?, |k, v| (

@@ -5,7 +5,7 @@ use std::sync::{Arc, MutexGuard, RwLockReadGuard};
 use redb::ReadTransaction;
 use serde::Serialize;
 
-use super::{AgeKeyOwned, Layer, Layers, LiveState, Pace, Stack};
+use super::{AgeKeyOwned, Layer, Layers, LiveState, Opened, Pace, Stack};
 use crate::checksum;
 use crate::state_overlay::StateOverlay;
 
@@ -16,6 +16,8 @@ pub(crate) struct Working<'a> {
     pub(super) pace: MutexGuard<'a, Pace>,
     pub(super) layers: Option<RwLockReadGuard<'a, Layers>>,
     pub(super) txn: ReadTransaction,
+    /// Tables of `txn` that apply keeps open for the batch.
+    pub(super) opened: Opened,
     pub(super) file_seq: u64,
     pub(crate) batch: StateOverlay,
     pub(crate) by_age_floor: Option<AgeKeyOwned>,
@@ -33,6 +35,7 @@ impl Working<'_> {
         Stack {
             layers: stack,
             txn: &self.txn,
+            opened: Some(&self.opened),
         }
     }
 

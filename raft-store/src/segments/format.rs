@@ -108,30 +108,55 @@ impl FrameBuilder {
 
     /// Add a record; returns its offset within the frame (where its header starts).
     pub(crate) fn record(&mut self, kind: Kind, payload: &[u8]) -> u32 {
-        let at = self.buf.len() as u32;
+        self.record_with(kind, |buf| buf.extend_from_slice(payload))
+            .0
+    }
+
+    /// Add a record whose payload `write` appends to the frame itself (an entry is encoded
+    /// in place, not into a buffer of its own and then copied); returns its offset within
+    /// the frame and its payload's length.
+    pub(crate) fn record_with(
+        &mut self,
+        kind: Kind,
+        write: impl FnOnce(&mut Vec<u8>),
+    ) -> (u32, u32) {
+        let at = self.buf.len();
+        self.buf.extend_from_slice(&[0u8; RECORD_HEADER_BYTES]);
+        write(&mut self.buf);
+        let payload = &self.buf[at + RECORD_HEADER_BYTES..];
         let len = u32::try_from(payload.len()).expect("a record under 4 GiB");
         let mut crc = crc32c::crc32c(&[kind as u8]);
         crc = crc32c::crc32c_append(crc, &len.to_le_bytes());
         crc = crc32c::crc32c_append(crc, payload);
-        self.buf.push(kind as u8);
-        self.buf.extend_from_slice(&len.to_le_bytes());
-        self.buf.extend_from_slice(&crc.to_le_bytes());
-        self.buf.extend_from_slice(payload);
-        at
+        let header = &mut self.buf[at..at + RECORD_HEADER_BYTES];
+        header[0] = kind as u8;
+        header[1..5].copy_from_slice(&len.to_le_bytes());
+        header[5..9].copy_from_slice(&crc.to_le_bytes());
+        (at as u32, len)
     }
 
     pub(crate) fn is_empty(&self) -> bool {
         self.buf.len() == FRAME_HEADER_BYTES
     }
 
-    /// The frame's bytes, header and trailer filled in.
-    pub(crate) fn seal(self) -> Vec<u8> {
-        let body = self.buf[FRAME_HEADER_BYTES..].to_vec();
-        frame_of(&body)
+    /// The frame's bytes, header and trailer filled in (in place: a frame is not copied).
+    pub(crate) fn seal(mut self) -> Vec<u8> {
+        let body = &self.buf[FRAME_HEADER_BYTES..];
+        let body_len = body.len() as u32;
+        let body_crc = crc32c::crc32c(body);
+        self.buf[0..4].copy_from_slice(&FRAME_MAGIC.to_le_bytes());
+        self.buf[4..8].copy_from_slice(&body_len.to_le_bytes());
+        self.buf[8..12].copy_from_slice(&body_crc.to_le_bytes());
+        let header_crc = crc32c::crc32c(&self.buf[..FRAME_HEADER_BYTES]);
+        self.buf.extend_from_slice(&body_len.to_le_bytes());
+        self.buf.extend_from_slice(&header_crc.to_le_bytes());
+        self.buf
     }
 }
 
-/// A whole frame holding `body`.
+/// A whole frame holding `body`, built around a copy of it (tests compare
+/// [`FrameBuilder::seal`] with it).
+#[cfg(test)]
 pub(crate) fn frame_of(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(FRAME_HEADER_BYTES + body.len() + FRAME_TRAILER_BYTES);
     let body_len = body.len() as u32;
@@ -282,9 +307,17 @@ mod tests {
         let mut f = FrameBuilder::new();
         let a = f.record(Kind::Entry, b"first entry");
         let b = f.record(Kind::Committed, b"c");
+        let (c, c_len) = f.record_with(Kind::Entry, |buf| buf.extend_from_slice(b"in place"));
         let frame = f.seal();
         let (len, crc) = parse_frame_header(frame[..12].try_into().unwrap()).unwrap();
         let body = &frame[12..frame.len() - FRAME_TRAILER_BYTES];
+        // Sealed in place, the frame is the one built around a copy of its body.
+        assert_eq!(frame, frame_of(body));
+        assert_eq!(c_len, 8);
+        assert_eq!(
+            record_at(body, c as usize - FRAME_HEADER_BYTES).unwrap(),
+            (Kind::Entry, &b"in place"[..])
+        );
         // Every flip in a frame written whole says so; a frame cut short does not.
         for bit in 0..frame.len() * 8 {
             let mut bad = frame.clone();
@@ -317,7 +350,7 @@ mod tests {
         assert!(written_whole(&after));
         assert_eq!((len, crc), (body.len(), crc32c::crc32c(body)));
         let rs = records(body).unwrap();
-        assert_eq!(rs.len(), 2);
+        assert_eq!(rs.len(), 3);
         assert_eq!(
             (rs[0].kind, rs[0].payload),
             (Kind::Entry, &b"first entry"[..])

@@ -308,12 +308,8 @@ impl SegmentLog {
     ) -> Result<(), StoreError> {
         let mut frame = FrameBuilder::new();
         let mut locs = Vec::with_capacity(entries.len());
-        let mut payload = Vec::new();
         for e in entries {
-            payload.clear();
-            crate::codec::encode_into(e, &mut payload);
-            let record = frame.record(Kind::Entry, &payload);
-            locs.push((record, payload.len() as u32));
+            locs.push(frame.record_with(Kind::Entry, |buf| crate::codec::encode_into(e, buf)));
         }
         if let Some(c) = committed {
             frame.record(Kind::Committed, &crate::codec::encode(&c));
