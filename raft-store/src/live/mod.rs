@@ -490,4 +490,38 @@ mod tests {
         live.write_frozen(&frozen).unwrap();
         assert_eq!(live.read(len).unwrap(), 3);
     }
+
+    /// Since step 6 of issue 25 a claim writes its owner row only, and `uniq_history` gets a
+    /// row at release; files written before also hold the current claim in `uniq_history`,
+    /// released at `STILL_OWNED`. A key's history reads the same from both.
+    #[test]
+    fn a_key_s_history_reads_the_same_whether_or_not_its_open_claim_has_a_history_row() {
+        let history = |old_file: bool| {
+            let dir = tempfile::tempdir().unwrap();
+            let storage = crate::Storage::open(dir.path()).unwrap();
+            let db = &storage.state_machine.live.db;
+            let txn = db.begin_write().unwrap();
+            {
+                let mut owners = txn.open_table(UNIQ_OWNERS).unwrap();
+                owners.insert(("email", "a@x"), ("s2", 5)).unwrap();
+                let mut history = txn.open_table(UNIQ_HISTORY).unwrap();
+                history.insert(("email", "a@x", 1), ("s1", 3)).unwrap();
+                if old_file {
+                    history
+                        .insert(("email", "a@x", 5), ("s2", STILL_OWNED))
+                        .unwrap();
+                }
+            }
+            txn.commit().unwrap();
+            View::file(&db.begin_read().unwrap())
+                .with(|s| s.key_history("email", "a@x"))
+                .unwrap()
+        };
+        let expected = vec![
+            (1, ("s1".to_string(), 3)),
+            (5, ("s2".to_string(), STILL_OWNED)),
+        ];
+        assert_eq!(history(true), expected);
+        assert_eq!(history(false), expected);
+    }
 }
