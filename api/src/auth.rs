@@ -12,8 +12,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use axum::extract::{MatchedPath, RawPathParams, Request, State};
-use axum::middleware::Next;
+use axum::extract::{RawPathParams, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::RequestExt;
 use base64::Engine;
@@ -368,15 +367,16 @@ impl Token {
     }
 }
 
-/// Middleware of the client routes: the route's access from the route table, the token from
-/// the `Authorization` header, the topic from the decoded path.
-pub async fn require(State(app): State<SharedApp>, mut req: Request, next: Next) -> Response {
-    let path = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_string());
+/// Whom a client route's request comes from, and whether it may: the route's access from the
+/// route table (`path`, the matched route), the token from the `Authorization` header, the
+/// topic from the decoded path. Puts the caller in `req`'s extensions, or returns the answer
+/// that refuses it. Part of the client routes' one middleware (`crate::edge`).
+pub(crate) async fn admit(
+    app: &SharedApp,
+    path: Option<&str>,
+    req: &mut Request,
+) -> Result<(), Response> {
     let access = path
-        .as_deref()
         .and_then(|p| crate::access_of(req.method(), p))
         .unwrap_or(Access::Role(Role::Admin));
     let topic = match req.extract_parts::<RawPathParams>().await {
@@ -385,14 +385,14 @@ pub async fn require(State(app): State<SharedApp>, mut req: Request, next: Next)
             .find(|(k, _)| *k == "topic")
             .map(|(_, v)| v.to_string()),
         Err(_) => {
-            return ApiError::bad_request("a path segment is not valid UTF-8").into_response()
+            return Err(ApiError::bad_request("a path segment is not valid UTF-8").into_response())
         }
     };
     let bearer = bearer(req.headers()).map(Cow::into_owned);
     // EventSource cannot send headers: the event stream also takes a short-lived read token
     // in its query (see `stream_token`).
-    let on_stream = bearer.is_none() && path.as_deref() == Some(STREAM_ROUTE) && app.auth.enabled();
-    let decided = match stream_access_token(&req) {
+    let on_stream = bearer.is_none() && path == Some(STREAM_ROUTE) && app.auth.enabled();
+    let decided = match stream_access_token(req) {
         Some(token) if on_stream => app
             .auth
             .check_stream_token(token, crate::app::now_ms())
@@ -409,10 +409,7 @@ pub async fn require(State(app): State<SharedApp>, mut req: Request, next: Next)
             .auth
             .authorize(access, topic.as_deref(), bearer.as_deref()),
     };
-    let caller = match decided {
-        Ok(caller) => caller,
-        Err(e) => return e.into_response(),
-    };
+    let caller = decided.map_err(IntoResponse::into_response)?;
     // Anonymous sign-up and its resends are limited per client address, so one client cannot
     // fill the log with accounts or a mailbox with activation emails.
     if matches!(access, Access::Users { anonymous: true }) && caller.role.is_none() {
@@ -420,12 +417,12 @@ pub async fn require(State(app): State<SharedApp>, mut req: Request, next: Next)
             .extensions()
             .get::<crate::server::ClientAddr>()
             .map(|c| c.0.ip());
-        if let Err(e) = app.anonymous_limiter.check(client) {
-            return e.into_response();
-        }
+        app.anonymous_limiter
+            .check(client)
+            .map_err(IntoResponse::into_response)?;
     }
     req.extensions_mut().insert(caller);
-    next.run(req).await
+    Ok(())
 }
 
 fn stream_access_token(req: &Request) -> Option<&str> {

@@ -9,8 +9,7 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::middleware::Next;
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
@@ -56,15 +55,11 @@ impl RecentConflicts {
     }
 }
 
-/// Route layer: remember every 409 this node answers.
-pub async fn record(State(app): State<SharedApp>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(String::new, |m| m.as_str().to_owned());
-    let resp = next.run(req).await;
+/// Remember `resp` if it is a 409 (`route`: the matched route it answers). Part of the client
+/// routes' one middleware (`crate::edge`).
+pub(crate) fn note(app: &SharedApp, route: &str, resp: &Response) {
     if let Some(ConflictSeen(body)) = resp.extensions().get::<ConflictSeen>() {
-        app.recent_conflicts.record(&route, body);
+        app.recent_conflicts.record(route, body);
         // Counted where it is listed, so the dashboard's count and list agree.
         let set = match body.error.as_str() {
             "uniq_conflict" => body.details.get("set").and_then(|s| s.as_str()),
@@ -75,7 +70,6 @@ pub async fn record(State(app): State<SharedApp>, req: Request, next: Next) -> R
             app.metrics.uniq_conflict(set);
         }
     }
-    resp
 }
 
 /// `GET /v1/conflicts/recent` (admin role: a refused write's key is in no event).

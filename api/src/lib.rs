@@ -8,6 +8,7 @@ pub mod app;
 pub mod auth;
 pub mod cluster_secret;
 pub mod conflicts;
+mod edge;
 pub mod error;
 pub mod extract;
 pub mod host_check;
@@ -210,24 +211,14 @@ pub fn client_router(app: SharedApp) -> Router {
     let router = by_path
         .into_iter()
         .fold(Router::new(), |r, (path, h)| r.route(path, h));
-    let router = router
-        .route_layer(axum::middleware::from_fn_with_state(
-            app.clone(),
-            auth::require,
-        ))
-        .route_layer(axum::middleware::from_fn_with_state(
-            app.clone(),
-            conflicts::record,
-        ))
-        .route_layer(axum::middleware::from_fn_with_state(
-            std::sync::Arc::new(request_timeouts(&app.limits)),
-            timeouts::bound,
-        ))
-        // Outside auth, so refusals are counted too.
-        .route_layer(axum::middleware::from_fn_with_state(
-            app.metrics.http.clone(),
-            metrics::track,
-        ));
+    let edge = edge::Edge {
+        app: app.clone(),
+        timeouts: std::sync::Arc::new(request_timeouts(&app.limits)),
+    };
+    let router = router.route_layer(axum::middleware::from_fn_with_state(
+        edge,
+        edge::client_route,
+    ));
     // Open to whoever reaches it: then only for requests addressed to loopback.
     let router = if app.loopback_hosts_only {
         router.route_layer(axum::middleware::from_fn(host_check::loopback_hosts_only))

@@ -94,7 +94,7 @@ impl HttpMetrics {
         );
     }
 
-    fn observe(&self, method: &str, route: &str, status: u16, took: Duration) {
+    pub(crate) fn observe(&self, method: &str, route: &str, status: u16, took: Duration) {
         let (method, route) = (method.to_owned(), route.to_owned());
         self.request_seconds
             .get_or_create(&RouteLabels {

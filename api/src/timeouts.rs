@@ -40,19 +40,37 @@ impl RequestTimeouts {
     }
 }
 
-/// Middleware: set the body deadline and bound the whole request.
+/// Middleware: set the body deadline and bound the whole request. (The client routes do the
+/// same inside their one middleware, `crate::edge`.)
 pub async fn bound(
     State(timeouts): State<std::sync::Arc<RequestTimeouts>>,
     mut req: Request,
     next: Next,
 ) -> Response {
-    let start = Instant::now();
-    req.extensions_mut()
-        .insert(BodyDeadline(start + timeouts.request));
-    let path = req.extensions().get::<MatchedPath>().map(|p| p.as_str());
-    let budget = timeouts.budget(req.method(), path);
-    let reads_only = req.method() == Method::GET || req.method() == Method::HEAD;
-    match tokio::time::timeout(budget, next.run(req)).await {
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let budget = timeouts.arm(&mut req, route.as_ref().map(MatchedPath::as_str));
+    let method = req.method().clone();
+    within(budget, &method, next.run(req)).await
+}
+
+impl RequestTimeouts {
+    /// Set `req`'s body deadline; returns how long the whole request may take (`route`: the
+    /// matched route).
+    pub(crate) fn arm(&self, req: &mut Request, route: Option<&str>) -> Duration {
+        req.extensions_mut()
+            .insert(BodyDeadline(Instant::now() + self.request));
+        self.budget(req.method(), route)
+    }
+}
+
+/// `answer`, or the error that says it took longer than `budget`.
+pub(crate) async fn within(
+    budget: Duration,
+    method: &Method,
+    answer: impl std::future::Future<Output = Response>,
+) -> Response {
+    let reads_only = method == Method::GET || method == Method::HEAD;
+    match tokio::time::timeout(budget, answer).await {
         Ok(resp) => resp,
         Err(_) if reads_only => ApiError::unavailable(format!(
             "the request took longer than its {} ms",
