@@ -3,7 +3,8 @@
 //! Basic) and stored only as its SHA-256. Roles nest: `admin` includes `write`, which includes
 //! `read`.
 //!
-//! Every decision is made here, once per request, by [`require`]: the route's [`Access`] from
+//! Every decision is made here, once per request, by [`admit`] (in the client routes' one
+//! middleware, `crate::edge`): the route's [`Access`] from
 //! the route table, the token, and the route's `{topic}` **as axum decodes it** (deciding on
 //! the raw path let `%5F%5Fcheckpoints` pass for an ordinary topic). The result, a [`Caller`],
 //! goes into the request's extensions for the handlers that touch topics the path does not
@@ -122,7 +123,7 @@ impl Scope {
     }
 }
 
-/// Who is calling, as [`require`] decided.
+/// Who is calling, as [`admit`] decided.
 #[derive(Debug, Clone)]
 pub struct Caller {
     /// `None`: no token (a public route, or anonymous sign-up).

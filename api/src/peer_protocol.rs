@@ -18,8 +18,11 @@ use crate::transport::HttpRequest;
 
 /// The peer protocol this build speaks. 2: log entries in a binary encoding. 3: Raft
 /// messages and forwarded operations in that encoding too (2 sent them as JSON). 4: a Raft
-/// RPC's error travels as JSON text inside the binary answer (`peer::rpc_answer`).
-pub const VERSION: u32 = 4;
+/// RPC's error travels as JSON text inside the binary answer (`peer::rpc_answer`). 5: apply
+/// writes a key's history row when the key is released, not when it is claimed (issue 25
+/// step 6): the state files of two builds would differ, and an older node would read no
+/// current owner in the history of a key claimed by a newer one.
+pub const VERSION: u32 = 5;
 
 pub const HEADER: HeaderName = HeaderName::from_static("x-uniqlog-peer-protocol");
 

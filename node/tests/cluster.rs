@@ -270,6 +270,7 @@ fn a_peer_of_another_protocol_version_is_refused_and_the_cluster_keeps_working()
         None,
     ));
     let header = "x-uniqlog-peer-protocol";
+    let ours = api::peer_protocol::VERSION.to_string();
     for (sent, named) in [
         (Some("3"), "the request peer protocol 3"),
         (Some("x"), "the request peer protocol x"),
@@ -281,7 +282,7 @@ fn a_peer_of_another_protocol_version_is_refused_and_the_cluster_keeps_working()
         assert_eq!(r.body["error"], "peer_protocol_mismatch");
         let message = r.body["message"].as_str().unwrap();
         assert!(
-            message.contains("this node speaks peer protocol 4"),
+            message.contains(&format!("this node speaks peer protocol {ours}")),
             "{message}"
         );
         assert!(message.contains(named), "{message}");
@@ -290,16 +291,26 @@ fn a_peer_of_another_protocol_version_is_refused_and_the_cluster_keeps_working()
         .log(leader)
         .contains("refused a peer speaking another protocol version"));
     // This build's version passes the check and reaches Raft, which answers the stale vote.
-    let r = post_rpc(&c.addr(leader), "/raft/vote", &vote, &[(header, "4")]);
+    let r = post_rpc(
+        &c.addr(leader),
+        "/raft/vote",
+        &vote,
+        &[(header, ours.as_str())],
+    );
     assert_eq!(r.status, 200, "{}", r.text);
-    // An error would be openraft's as JSON text (protocol 4).
+    // An error would be openraft's as JSON text (since protocol 4).
     let answer: Result<openraft::raft::VoteResponse<u64>, String> =
         raft_store::codec::decode(&r.bytes).unwrap();
     assert!(!answer.unwrap().vote_granted, "a stale vote is not granted");
     // A JSON body, as builds before protocol 3 sent, is refused before it reaches Raft.
     let json =
         r#"{"vote":{"leader_id":{"term":0,"node_id":2},"committed":false},"last_log_id":null}"#;
-    let r = post_with_headers(&c.addr(leader), "/raft/vote", json, &[(header, "4")]);
+    let r = post_with_headers(
+        &c.addr(leader),
+        "/raft/vote",
+        json,
+        &[(header, ours.as_str())],
+    );
     assert_eq!(r.status, 400, "{}", r.text);
     // The cluster never noticed.
     assert_eq!(c.wait_leader(&[1, 2, 3]), leader);
