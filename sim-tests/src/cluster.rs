@@ -414,9 +414,12 @@ impl SimCluster {
             .expect("a client task was cancelled")
     }
 
-    /// Why node `id` refused to start or stopped on damaged data, if it did.
+    /// Why node `id` refused to start or stopped on damaged data, if it did, with its files
+    /// named under `<run>`: the run directory's name holds the process id, and what a run
+    /// reports must be the same for the same seed (`same_seed_same_trace_hash`).
     pub fn damaged(&self, id: NodeId) -> Option<String> {
-        self.node(id).damaged.lock().unwrap().clone()
+        let why = self.node(id).damaged.lock().unwrap().clone()?;
+        Some(why.replace(&self.run_dir.display().to_string(), "<run>"))
     }
 
     /// The current snapshot file of node `id`, if it has one.
