@@ -120,6 +120,9 @@ pub enum LeaderReply {
 pub struct Forwarded {
     pub op: LeaderOp,
     pub timeout_ms: u64,
+    /// The term in which the forwarding node saw the receiver lead: the receiver runs the
+    /// operation only as that term's leader (`App::leads_term`).
+    pub term: u64,
 }
 
 pub const FORWARD_PATH: &str = "/internal/v1/leader";
@@ -154,23 +157,24 @@ impl App {
     /// Run `op` on the leader, here or one hop away.
     pub async fn execute(&self, op: LeaderOp, timeout: Duration) -> Result<LeaderReply, ApiError> {
         let deadline = Instant::now() + timeout;
-        let (leader, addr) = self.wait_for_leader(deadline).await?;
+        let (leader, addr, term) = self.wait_for_leader(deadline).await?;
         let left = deadline.saturating_duration_since(Instant::now());
         if leader == self.id {
             return self.execute_local(op, left).await;
         }
-        self.forward(&addr, op, left).await
+        self.forward(&addr, term, op, left).await
     }
 
-    /// Wait (bounded) until this node knows a leader and its address.
-    async fn wait_for_leader(&self, deadline: Instant) -> Result<(NodeId, String), ApiError> {
+    /// Wait (bounded) until this node knows a leader and its address; returns them with the
+    /// term it leads.
+    async fn wait_for_leader(&self, deadline: Instant) -> Result<(NodeId, String, u64), ApiError> {
         let mut metrics = self.raft.metrics();
         loop {
             {
                 let m = metrics.borrow_and_update();
                 if let Some(leader) = m.current_leader {
                     if let Some(node) = m.membership_config.membership().get_node(&leader) {
-                        return Ok((leader, node.addr.clone()));
+                        return Ok((leader, node.addr.clone(), m.current_term));
                     }
                 }
             }
@@ -188,9 +192,49 @@ impl App {
         }
     }
 
+    /// Whether this node leads `term`, in which a forwarding node saw it lead: wait (bounded)
+    /// until its own view reaches that term, then answer. Refusing means it has moved past
+    /// that term for good (terms only grow), so a copy of the same forwarded request arriving
+    /// later is refused too: an answer of "not applied" stays true. Without the term, a node
+    /// that refused a request as a follower could run a late copy of it once leader again
+    /// (simulation seed 184 of five nodes, with forwarded requests delivered twice).
+    pub(crate) async fn leads_term(&self, term: u64, wait: Duration) -> Result<(), ApiError> {
+        let deadline = Instant::now() + wait;
+        let mut metrics = self.raft.metrics();
+        loop {
+            {
+                let m = metrics.borrow_and_update();
+                let reached =
+                    m.current_term > term || (m.current_term == term && m.current_leader.is_some());
+                if reached {
+                    return if m.current_term == term && m.current_leader == Some(self.id) {
+                        Ok(())
+                    } else {
+                        Err(ApiError::unavailable(
+                            "the forwarded-to node is no longer the leader",
+                        ))
+                    };
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, metrics.changed()).await {
+                Ok(Ok(())) => continue,
+                // Raft stopped here: nothing will run on this node.
+                Ok(Err(_)) => return Err(ApiError::unavailable("this node is shutting down")),
+                // It may still reach that term as its leader and then run a late copy.
+                Err(_) => {
+                    return Err(ApiError::outcome_unknown(format!(
+                        "the forwarded-to node did not reach term {term} in time"
+                    )))
+                }
+            }
+        }
+    }
+
     async fn forward(
         &self,
         addr: &str,
+        term: u64,
         op: LeaderOp,
         left: Duration,
     ) -> Result<LeaderReply, ApiError> {
@@ -203,6 +247,7 @@ impl App {
         let body = raft_store::codec::encode(&Forwarded {
             op,
             timeout_ms: left.as_millis() as u64,
+            term,
         });
         // A little slack so the leader's own timeout answers first.
         let wait = left + Duration::from_millis(200);

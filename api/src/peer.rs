@@ -235,13 +235,11 @@ async fn snapshot(
 /// A follower hands an operation to this node, which must be the leader: one hop only.
 async fn forwarded(State(app): State<SharedApp>, body: Bytes) -> Result<Response, ApiError> {
     let f: Forwarded = parse_rpc(&body)?;
-    if app.raft.current_leader().await != Some(app.id) {
-        return Err(ApiError::unavailable(
-            "the forwarded-to node is no longer the leader",
-        ));
-    }
     let timeout = Duration::from_millis(f.timeout_ms.min(app.limits.request_timeout_ms));
-    let reply = app.execute_local(f.op, timeout).await?;
+    let started = Instant::now();
+    app.leads_term(f.term, timeout).await?;
+    let left = timeout.saturating_sub(started.elapsed());
+    let reply = app.execute_local(f.op, left).await?;
     Ok(json_answer(reply))
 }
 
