@@ -370,7 +370,11 @@ mod tests {
     #[test]
     fn only_keyed_writes_and_read_index_are_duplicated() {
         let fwd = |op: LeaderOp| {
-            let body = raft_store::codec::encode(&api::app::Forwarded { op, timeout_ms: 5 });
+            let body = raft_store::codec::encode(&api::app::Forwarded {
+                op,
+                timeout_ms: 5,
+                term: 1,
+            });
             HttpRequest::post("/internal/v1/leader", body)
         };
         let write = |idempotency: Option<IdempotencyKey>| LeaderOp::Write {
