@@ -21,7 +21,8 @@ use crate::transport::HttpRequest;
 /// RPC's error travels as JSON text inside the binary answer (`peer::rpc_answer`). 5: apply
 /// writes a key's history row when the key is released, not when it is claimed (issue 25
 /// step 6): the state files of two builds would differ, and an older node would read no
-/// current owner in the history of a key claimed by a newer one.
+/// current owner in the history of a key claimed by a newer one; and a forwarded operation
+/// names the term its sender saw the leader in (`App::leads_term`).
 pub const VERSION: u32 = 5;
 
 pub const HEADER: HeaderName = HeaderName::from_static("x-uniqlog-peer-protocol");

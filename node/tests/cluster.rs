@@ -316,3 +316,58 @@ fn a_peer_of_another_protocol_version_is_refused_and_the_cluster_keeps_working()
     assert_eq!(c.wait_leader(&[1, 2, 3]), leader);
     append_ok(&c.addr(leader), "p", "after", None);
 }
+
+/// A forwarded request runs on the leader only in the term in which its sender saw that node
+/// lead: one from an earlier term is refused as not applied (a copy of it arriving late must
+/// not run once the node leads again), one from a term the node has not reached waits for it
+/// and then answers that its outcome is unknown.
+#[test]
+fn a_forwarded_request_runs_only_in_the_term_its_sender_saw() {
+    let c = Cluster::start(3, Tuning::default());
+    let leader = c.wait_leader(&[1, 2, 3]);
+    let header = "x-uniqlog-peer-protocol";
+    let ours = api::peer_protocol::VERSION.to_string();
+    let forward = |op: api::app::LeaderOp, term: u64| {
+        let body = raft_store::codec::encode(&api::app::Forwarded {
+            op,
+            timeout_ms: 300,
+            term,
+        });
+        post_rpc(
+            &c.addr(leader),
+            "/internal/v1/leader",
+            &body,
+            &[(header, ours.as_str())],
+        )
+    };
+    let write = api::app::LeaderOp::Write {
+        request: raft_store::Request::Append(raft_store::AppendRequest {
+            topic: "late".into(),
+            events: vec![raft_store::NewEvent {
+                event_type: "E".into(),
+                stream: None,
+                data: "{}".into(),
+                metadata: None,
+                claims: vec![],
+                secret: None,
+            }],
+            expected_version: Default::default(),
+            idempotency: None,
+            rules_version: 0,
+            reply: None,
+        }),
+    };
+    // The cluster has elected at least once: term 0 is behind the leader's.
+    let r = forward(write, 0);
+    assert_eq!(r.status, 503, "{}", r.text);
+    assert_eq!(r.body["error"], "unavailable", "{}", r.text);
+    assert!(r.text.contains("no longer the leader"), "{}", r.text);
+    let r = forward(api::app::LeaderOp::ReadIndex, u64::MAX);
+    assert_eq!(r.body["error"], "outcome_unknown", "{}", r.text);
+    // Nothing was appended, and writes through any node go on.
+    for n in [1, 2, 3] {
+        assert!(c.read_topic(n, "late").is_empty());
+    }
+    append_ok(&c.addr(1), "late", "after", None);
+    assert_eq!(c.read_topic(leader, "late").len(), 1);
+}
