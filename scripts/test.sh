@@ -73,8 +73,8 @@ simulation_tests() {
 
 # SIM_SEEDS whole runs of 3 nodes and SIM_SEEDS_5 of 5 nodes, one process each.
 simulation_seeds() {
-  MADSIM_TARGET_DIR="$MADSIM_TARGET_DIR" ./scripts/simulate.sh --seeds "1..$((${SIM_SEEDS:-1000} + 1))" --jobs 2
-  MADSIM_TARGET_DIR="$MADSIM_TARGET_DIR" ./scripts/simulate.sh --seeds "1..$((${SIM_SEEDS_5:-250} + 1))" --nodes 5 --jobs 2
+  MADSIM_TARGET_DIR="$MADSIM_TARGET_DIR" ./scripts/simulate.sh --seeds "1..$((${SIM_SEEDS:-2000} + 1))" --jobs 2
+  MADSIM_TARGET_DIR="$MADSIM_TARGET_DIR" ./scripts/simulate.sh --seeds "1..$((${SIM_SEEDS_5:-500} + 1))" --nodes 5 --jobs 2
 }
 
 stage "install tools" install_tools
