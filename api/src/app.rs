@@ -127,6 +127,28 @@ pub struct Forwarded {
 
 pub const FORWARD_PATH: &str = "/internal/v1/leader";
 
+/// What `decide` makes of `rx`'s value, as soon as it makes something of it: `None` if
+/// `deadline` passes first; 503 if the sender is gone (Raft stopped: this node is shutting
+/// down, and nothing more will run on it).
+async fn watch_until<V, T>(
+    rx: &mut tokio::sync::watch::Receiver<V>,
+    deadline: Instant,
+    mut decide: impl FnMut(&V) -> Option<T>,
+) -> Result<Option<T>, ApiError> {
+    loop {
+        if let Some(found) = decide(&rx.borrow_and_update()) {
+            return Ok(Some(found));
+        }
+        // madsim's tokio has no `timeout_at`: wait for what is left until the deadline.
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, rx.changed()).await {
+            Ok(Ok(())) => continue,
+            Ok(Err(_)) => return Err(ApiError::unavailable("this node is shutting down")),
+            Err(_) => return Ok(None),
+        }
+    }
+}
+
 /// How many times a request is prepared again when the rules change under it.
 const RULES_RETRIES_MAX: usize = 5;
 
@@ -168,28 +190,17 @@ impl App {
     /// Wait (bounded) until this node knows a leader and its address; returns them with the
     /// term it leads.
     async fn wait_for_leader(&self, deadline: Instant) -> Result<(NodeId, String, u64), ApiError> {
-        let mut metrics = self.raft.metrics();
-        loop {
-            {
-                let m = metrics.borrow_and_update();
-                if let Some(leader) = m.current_leader {
-                    if let Some(node) = m.membership_config.membership().get_node(&leader) {
-                        return Ok((leader, node.addr.clone(), m.current_term));
-                    }
-                }
-            }
-            // madsim's tokio has no `timeout_at`: wait for what is left until the deadline.
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, metrics.changed()).await {
-                Ok(Ok(())) => continue,
-                Ok(Err(_)) => return Err(ApiError::unavailable("this node is shutting down")),
-                Err(_) => {
-                    return Err(ApiError::unavailable(
-                        "no leader is known: the cluster is electing, not initialized, or this node is cut off",
-                    ))
-                }
-            }
-        }
+        let known = watch_until(&mut self.raft.metrics(), deadline, |m| {
+            let leader = m.current_leader?;
+            let node = m.membership_config.membership().get_node(&leader)?;
+            Some((leader, node.addr.clone(), m.current_term))
+        })
+        .await?;
+        known.ok_or_else(|| {
+            ApiError::unavailable(
+                "no leader is known: the cluster is electing, not initialized, or this node is cut off",
+            )
+        })
     }
 
     /// Whether this node leads `term`, in which a forwarding node saw it lead: wait (bounded)
@@ -199,35 +210,21 @@ impl App {
     /// that refused a request as a follower could run a late copy of it once leader again
     /// (simulation seed 184 of five nodes, with forwarded requests delivered twice).
     pub(crate) async fn leads_term(&self, term: u64, wait: Duration) -> Result<(), ApiError> {
-        let deadline = Instant::now() + wait;
-        let mut metrics = self.raft.metrics();
-        loop {
-            {
-                let m = metrics.borrow_and_update();
-                let reached =
-                    m.current_term > term || (m.current_term == term && m.current_leader.is_some());
-                if reached {
-                    return if m.current_term == term && m.current_leader == Some(self.id) {
-                        Ok(())
-                    } else {
-                        Err(ApiError::unavailable(
-                            "the forwarded-to node is no longer the leader",
-                        ))
-                    };
-                }
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, metrics.changed()).await {
-                Ok(Ok(())) => continue,
-                // Raft stopped here: nothing will run on this node.
-                Ok(Err(_)) => return Err(ApiError::unavailable("this node is shutting down")),
-                // It may still reach that term as its leader and then run a late copy.
-                Err(_) => {
-                    return Err(ApiError::outcome_unknown(format!(
-                        "the forwarded-to node did not reach term {term} in time"
-                    )))
-                }
-            }
+        let leads = watch_until(&mut self.raft.metrics(), Instant::now() + wait, |m| {
+            let reached =
+                m.current_term > term || (m.current_term == term && m.current_leader.is_some());
+            reached.then(|| m.current_term == term && m.current_leader == Some(self.id))
+        })
+        .await?;
+        match leads {
+            Some(true) => Ok(()),
+            Some(false) => Err(ApiError::unavailable(
+                "the forwarded-to node is no longer the leader",
+            )),
+            // It may still reach that term as its leader and then run a late copy.
+            None => Err(ApiError::outcome_unknown(format!(
+                "the forwarded-to node did not reach term {term} in time"
+            ))),
         }
     }
 
@@ -433,22 +430,13 @@ impl App {
 
     /// Wait (bounded) until this node has applied `index`.
     pub async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), ApiError> {
-        let mut rx = self.reader.applied_watch();
-        loop {
-            if *rx.borrow_and_update() >= index {
-                return Ok(());
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, rx.changed()).await {
-                Ok(Ok(())) => continue,
-                Ok(Err(_)) => return Err(ApiError::unavailable("this node is shutting down")),
-                Err(_) => {
-                    return Err(ApiError::NotYetApplied {
-                        message: format!("this node has not applied log index {index} yet"),
-                    })
-                }
-            }
-        }
+        let applied = watch_until(&mut self.reader.applied_watch(), deadline, |a| {
+            (*a >= index).then_some(())
+        })
+        .await?;
+        applied.ok_or_else(|| ApiError::NotYetApplied {
+            message: format!("this node has not applied log index {index} yet"),
+        })
     }
 
     /// Why this node must stop, if it must: damaged data found while serving, or a fatal

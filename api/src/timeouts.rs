@@ -30,6 +30,14 @@ pub struct RequestTimeouts {
 }
 
 impl RequestTimeouts {
+    /// Set `req`'s body deadline; returns how long the whole request may take (`route`: the
+    /// matched route).
+    pub(crate) fn arm(&self, req: &mut Request, route: Option<&str>) -> Duration {
+        req.extensions_mut()
+            .insert(BodyDeadline(Instant::now() + self.request));
+        self.budget(req.method(), route)
+    }
+
     fn budget(&self, method: &Method, path: Option<&str>) -> Duration {
         let extra = self
             .waits
@@ -51,16 +59,6 @@ pub async fn bound(
     let budget = timeouts.arm(&mut req, route.as_ref().map(MatchedPath::as_str));
     let method = req.method().clone();
     within(budget, &method, next.run(req)).await
-}
-
-impl RequestTimeouts {
-    /// Set `req`'s body deadline; returns how long the whole request may take (`route`: the
-    /// matched route).
-    pub(crate) fn arm(&self, req: &mut Request, route: Option<&str>) -> Duration {
-        req.extensions_mut()
-            .insert(BodyDeadline(Instant::now() + self.request));
-        self.budget(req.method(), route)
-    }
 }
 
 /// `answer`, or the error that says it took longer than `budget`.
