@@ -5,6 +5,7 @@
 //! proposing commands to Raft.
 
 pub mod app;
+mod append_link;
 pub mod auth;
 pub mod cluster_secret;
 pub mod conflicts;
@@ -14,6 +15,7 @@ pub mod extract;
 pub mod host_check;
 mod json_check;
 pub mod limits;
+pub mod link;
 pub mod metrics;
 pub mod openapi;
 pub mod peer;

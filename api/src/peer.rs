@@ -18,7 +18,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
@@ -36,7 +36,8 @@ use serde::Serialize;
 use crate::app::{Forwarded, SharedApp, FORWARD_PATH};
 use crate::error::ApiError;
 use crate::metrics::{rpc_kind, RaftPathMetrics};
-use crate::transport::{HttpRequest, Transport};
+use crate::link::{FrameLink, Opened};
+use crate::transport::{HttpRequest, HttpResponse, Transport, TransportError};
 
 pub const APPEND_PATH: &str = "/raft/append";
 pub const VOTE_PATH: &str = "/raft/vote";
@@ -72,7 +73,7 @@ pub fn is_peer_path(path: &str) -> bool {
 /// The routes peers call. No client limits apply here.
 pub fn peer_router(app: SharedApp) -> Router {
     Router::new()
-        .route(APPEND_PATH, post(append))
+        .route(APPEND_PATH, get(crate::append_link::open))
         .route(VOTE_PATH, post(vote))
         .route(SNAPSHOT_PATH, post(snapshot))
         .route(
@@ -120,15 +121,20 @@ fn json_answer<T: Serialize>(r: T) -> Response {
 /// with a few bytes per level; serde_json stops at 128 levels. The answers themselves do not
 /// nest.
 fn rpc_answer<T: Serialize, E: Serialize>(r: Result<T, E>) -> Response {
-    // An error that does not serialize (none of openraft's should) reaches the caller as an
-    // answer it cannot decode: a network error, never a panic here.
-    let wire: Result<T, String> = r.map_err(|e| serde_json::to_string(&e).unwrap_or_default());
     (
         StatusCode::OK,
         [(axum::http::header::CONTENT_TYPE, RPC_CONTENT_TYPE)],
-        raft_store::codec::encode(&wire),
+        rpc_answer_body(r),
     )
         .into_response()
+}
+
+/// The body of [`rpc_answer`], which is also what a link answers an append with.
+pub(crate) fn rpc_answer_body<T: Serialize, E: Serialize>(r: Result<T, E>) -> Vec<u8> {
+    // An error that does not serialize (none of openraft's should) reaches the caller as an
+    // answer it cannot decode: a network error, never a panic here.
+    let wire: Result<T, String> = r.map_err(|e| serde_json::to_string(&e).unwrap_or_default());
+    raft_store::codec::encode(&wire)
 }
 
 /// The answer of [`rpc_answer`], decoded.
@@ -147,15 +153,6 @@ fn decode_rpc_answer<T: DeserializeOwned, E: DeserializeOwned>(
 fn parse_rpc<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     raft_store::codec::decode(body)
         .map_err(|e| ApiError::bad_request(format!("not a peer request of this build: {e}")))
-}
-
-async fn append(State(app): State<SharedApp>, body: Bytes) -> Result<Response, ApiError> {
-    let req: AppendEntriesRequest<TypeConfig> = parse_rpc(&body)?;
-    let kind = rpc_kind("append", req.entries.len());
-    let started = Instant::now();
-    let answer = app.raft.append_entries(req).await;
-    app.metrics.raft_path.handled(kind, started.elapsed());
-    Ok(rpc_answer(answer))
 }
 
 async fn vote(State(app): State<SharedApp>, body: Bytes) -> Result<Response, ApiError> {
@@ -287,6 +284,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             reachability: self.reachability.clone(),
             metrics: self.metrics.clone(),
             durable: self.durable.clone(),
+            link: Default::default(),
         }
     }
 }
@@ -331,6 +329,10 @@ pub struct PeerClient {
     reachability: Arc<Reachability>,
     metrics: RaftPathMetrics,
     durable: LocalDurable,
+    /// The link appends travel on (`crate::link`), opened at the first append and again after
+    /// any call on it failed. In a mutex only to make the client `Sync` as openraft wants (an
+    /// upgraded connection is not); it is reached through `&mut self`, never locked.
+    link: std::sync::Mutex<Option<Box<dyn FrameLink>>>,
 }
 
 type RpcResult<T, E> = Result<T, RPCError<NodeId, Node, RaftError<NodeId, E>>>;
@@ -378,19 +380,74 @@ impl PeerClient {
             .send(&self.addr, req, option.hard_ttl())
             .await
         {
-            Ok(resp) => {
-                self.reachability.answered(self.target, &self.addr);
-                resp
-            }
-            Err(e) => {
-                self.reachability.failed(self.target, &self.addr, &e);
-                return Err(if e.nothing_sent() {
-                    RPCError::Unreachable(Unreachable::new(&e))
-                } else {
-                    RPCError::Network(NetworkError::new(&e))
-                });
+            Ok(resp) => resp,
+            Err(e) => return Err(self.lost(e)),
+        };
+        self.reachability.answered(self.target, &self.addr);
+        if resp.status != 200 {
+            return Err(self.refused(resp));
+        }
+        self.decode(&resp.body)
+    }
+
+    /// An append over the link, opened first if there is none. The link is put back only
+    /// after a whole call: a call that failed, or that openraft gave up on before it ended,
+    /// leaves the link's bytes in an unknown state, and the link goes with it.
+    async fn append_over_link<Resp, E>(
+        &mut self,
+        body: Vec<u8>,
+        option: &RPCOption,
+    ) -> RpcResult<Resp, E>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let started = Instant::now();
+        let held = self.link.get_mut().unwrap_or_else(|p| p.into_inner()).take();
+        let mut link = match held {
+            Some(link) => link,
+            None => {
+                let req = link_request(self.cluster_secret.as_deref());
+                match self.transport.open_link(&self.addr, req, option.hard_ttl()).await {
+                    Ok(Opened::Link(link)) => link,
+                    Ok(Opened::Refused(resp)) => {
+                        self.reachability.answered(self.target, &self.addr);
+                        return Err(self.refused(resp));
+                    }
+                    Err(e) => return Err(self.lost(e)),
+                }
             }
         };
+        let left = option.hard_ttl().saturating_sub(started.elapsed());
+        match link.call(body, left).await {
+            Ok(answer) => {
+                *self.link.get_mut().unwrap_or_else(|p| p.into_inner()) = Some(link);
+                self.reachability.answered(self.target, &self.addr);
+                self.decode(&answer)
+            }
+            Err(e) => Err(self.lost(e)),
+        }
+    }
+
+    /// A call that got no answer: unreachable if nothing was sent, a network error otherwise.
+    fn lost<E>(&self, e: TransportError) -> RPCError<NodeId, Node, RaftError<NodeId, E>>
+    where
+        E: std::error::Error,
+    {
+        self.reachability.failed(self.target, &self.addr, &e);
+        if e.nothing_sent() {
+            RPCError::Unreachable(Unreachable::new(&e))
+        } else {
+            RPCError::Network(NetworkError::new(&e))
+        }
+    }
+
+    /// A peer's HTTP answer other than 200, with a line for the operator when it names a
+    /// wrong cluster secret or another peer protocol.
+    fn refused<E: std::error::Error>(
+        &self,
+        resp: HttpResponse,
+    ) -> RPCError<NodeId, Node, RaftError<NodeId, E>> {
         if resp.status == 401 {
             tracing::error!(
                 peer = self.target,
@@ -409,16 +466,22 @@ impl PeerClient {
                 "peer refused our peer protocol version: run the same uniqlog build on every node"
             );
         }
-        if resp.status != 200 {
-            let e = std::io::Error::other(format!(
-                "peer {} answered {}: {}",
-                self.target,
-                resp.status,
-                String::from_utf8_lossy(&resp.body)
-            ));
-            return Err(RPCError::Network(NetworkError::new(&e)));
-        }
-        let answer: Result<Resp, RaftError<NodeId, E>> = decode_rpc_answer(&resp.body)
+        let e = std::io::Error::other(format!(
+            "peer {} answered {}: {}",
+            self.target,
+            resp.status,
+            String::from_utf8_lossy(&resp.body)
+        ));
+        RPCError::Network(NetworkError::new(&e))
+    }
+
+    /// A Raft answer's body, decoded ([`rpc_answer_body`]).
+    fn decode<Resp, E>(&self, body: &[u8]) -> RpcResult<Resp, E>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let answer: Result<Resp, RaftError<NodeId, E>> = decode_rpc_answer(body)
             .map_err(|e| RPCError::Network(NetworkError::new(&std::io::Error::other(e))))?;
         answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
@@ -447,6 +510,14 @@ pub(crate) fn peer_request(path: &str, body: Vec<u8>, cluster_secret: Option<&st
         axum::http::header::CONTENT_TYPE,
         RPC_CONTENT_TYPE.to_string(),
     ));
+    crate::cluster_secret::sign(&mut req, cluster_secret);
+    crate::peer_protocol::stamp(&mut req);
+    req
+}
+
+/// The upgrade that opens an append link: a peer request like any other, without a body.
+fn link_request(cluster_secret: Option<&str>) -> HttpRequest {
+    let mut req = HttpRequest::get(APPEND_PATH);
     crate::cluster_secret::sign(&mut req, cluster_secret);
     crate::peer_protocol::stamp(&mut req);
     req
@@ -486,7 +557,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             self.durable.through(c.index).await.map_err(unreachable)?;
         }
         let sent = Instant::now();
-        let answer = self.send(APPEND_PATH, body, &option).await?;
+        let answer = self.append_over_link(body, &option).await?;
         // Only answers: a refused connection (near 0) or a timeout (the deadline) would
         // skew the mean that `bench/breakdown.sh` reads as the round trip.
         self.metrics.sent(kind, sent.elapsed());

@@ -22,8 +22,10 @@ use crate::transport::HttpRequest;
 /// writes a key's history row when the key is released, not when it is claimed (issue 25
 /// step 6): the state files of two builds would differ, and an older node would read no
 /// current owner in the history of a key claimed by a newer one; and a forwarded operation
-/// names the term its sender saw the leader in (`App::leads_term`).
-pub const VERSION: u32 = 5;
+/// names the term its sender saw the leader in (`App::leads_term`). 6: appends travel on a
+/// link, a connection upgraded from `GET /raft/append` to a stream of frames (`crate::link`),
+/// not one `POST` each.
+pub const VERSION: u32 = 6;
 
 pub const HEADER: HeaderName = HeaderName::from_static("x-uniqlog-peer-protocol");
 

@@ -169,6 +169,8 @@ async fn serve_connection<S, R>(
         .keep_alive(true);
     if let Err(e) = builder
         .serve_connection(TokioIo::new(stream), service)
+        // A peer's append route hands its connection over to a link (`crate::link`).
+        .with_upgrades()
         .await
     {
         tracing::debug!(error = %e, "connection ended with an error");

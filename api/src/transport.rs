@@ -17,6 +17,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
+use crate::link::{IoLink, Opened, UPGRADE_PROTOCOL};
 use crate::tls::ClientTls;
 
 /// An HTTP answer, body fully read.
@@ -85,6 +86,15 @@ pub trait Transport: Send + Sync + 'static {
         req: HttpRequest,
         timeout: Duration,
     ) -> BoxFuture<'static, Result<HttpResponse, TransportError>>;
+
+    /// Send `req` as an upgrade to a link (`crate::link`) on a connection of its own, within
+    /// `timeout`.
+    fn open_link(
+        &self,
+        addr: &str,
+        req: HttpRequest,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<Opened, TransportError>>;
 }
 
 type Sender = SendRequest<Full<Bytes>>;
@@ -148,6 +158,11 @@ impl HyperTransport {
     /// A new connection; with TLS, after a completed handshake. Any failure here is
     /// `Connect`: no request was written.
     async fn connect(&self, addr: &str) -> Result<Sender, TransportError> {
+        self.connect_for(addr, false).await
+    }
+
+    /// [`Self::connect`]; with `upgrades`, the connection can be handed over to a link.
+    async fn connect_for(&self, addr: &str, upgrades: bool) -> Result<Sender, TransportError> {
         let connect_err = |reason: String| TransportError::Connect {
             addr: addr.to_string(),
             reason,
@@ -157,23 +172,64 @@ impl HyperTransport {
             .map_err(|e| connect_err(e.to_string()))?;
         let _ = stream.set_nodelay(true);
         match &self.tls {
-            None => Self::handshake(flush_after_write(stream)).await,
+            None => Self::handshake(flush_after_write(stream), upgrades).await,
             Some(tls) => {
-                Self::handshake(tls.connect(addr, stream).await.map_err(connect_err)?).await
+                Self::handshake(tls.connect(addr, stream).await.map_err(connect_err)?, upgrades)
+                    .await
             }
         }
         .map_err(|e| connect_err(e.to_string()))
     }
 
-    async fn handshake<S>(stream: S) -> Result<Sender, hyper::Error>
+    async fn handshake<S>(stream: S, upgrades: bool) -> Result<Sender, hyper::Error>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        if upgrades {
+            tokio::spawn(async move {
+                let _ = conn.with_upgrades().await;
+            });
+        } else {
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+        }
         Ok(sender)
+    }
+
+    async fn open_link_inner(self, addr: String, req: HttpRequest) -> Result<Opened, TransportError> {
+        let mut sender = self.connect_for(&addr, true).await?;
+        let broken = |reason: String| TransportError::Broken {
+            addr: addr.clone(),
+            reason,
+        };
+        let mut request = http_request(&addr, req).map_err(|e| broken(e.to_string()))?;
+        let headers = request.headers_mut();
+        headers.insert(http::header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+        headers.insert(http::header::UPGRADE, http::HeaderValue::from_static(UPGRADE_PROTOCOL));
+        let resp = sender
+            .send_request(request)
+            .await
+            .map_err(|e| broken(e.to_string()))?;
+        if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+            let status = resp.status().as_u16();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| broken(e.to_string()))?
+                .to_bytes();
+            return Ok(Opened::Refused(HttpResponse { status, body }));
+        }
+        let io = hyper::upgrade::on(resp)
+            .await
+            .map_err(|e| broken(e.to_string()))?;
+        Ok(Opened::Link(Box::new(IoLink::new(
+            addr.clone(),
+            TokioIo::new(io),
+            crate::peer::PEER_BODY_BYTES_MAX,
+        ))))
     }
 
     async fn send_inner(
@@ -269,6 +325,25 @@ impl Transport for HyperTransport {
             }
         })
     }
+
+    fn open_link(
+        &self,
+        addr: &str,
+        req: HttpRequest,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<Opened, TransportError>> {
+        let this = self.clone();
+        let addr = addr.to_string();
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, this.open_link_inner(addr.clone(), req)).await {
+                Ok(r) => r,
+                Err(_) => Err(TransportError::Timeout {
+                    addr,
+                    timeout_ms: timeout.as_millis() as u64,
+                }),
+            }
+        })
+    }
 }
 
 /// The stream hyper gets: the TCP stream itself, or under madsim a wrapper that drops empty
@@ -356,18 +431,33 @@ pub struct BearerTransport<T> {
     pub token: String,
 }
 
-impl<T: Transport> Transport for BearerTransport<T> {
-    fn send(
-        &self,
-        addr: &str,
-        mut req: HttpRequest,
-        timeout: Duration,
-    ) -> BoxFuture<'static, Result<HttpResponse, TransportError>> {
+impl<T> BearerTransport<T> {
+    fn bearing(&self, mut req: HttpRequest) -> HttpRequest {
         req.headers.push((
             http::header::AUTHORIZATION,
             format!("Bearer {}", self.token),
         ));
-        self.inner.send(addr, req, timeout)
+        req
+    }
+}
+
+impl<T: Transport> Transport for BearerTransport<T> {
+    fn send(
+        &self,
+        addr: &str,
+        req: HttpRequest,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<HttpResponse, TransportError>> {
+        self.inner.send(addr, self.bearing(req), timeout)
+    }
+
+    fn open_link(
+        &self,
+        addr: &str,
+        req: HttpRequest,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<Opened, TransportError>> {
+        self.inner.open_link(addr, self.bearing(req), timeout)
     }
 }
 

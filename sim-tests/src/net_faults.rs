@@ -20,6 +20,12 @@
 //!   index, and forwarded writes that carry an idempotency key. A plain append sent twice is
 //!   two appends by definition (TCP does not duplicate an HTTP request; only a retrying
 //!   client does, and it must use a key).
+//!
+//! Raft's appends travel on links (`api::link`), one connection carrying one call at a time.
+//! A link's calls get the same faults as requests, as a connection's traffic can meet them:
+//! a lost request or answer breaks the link (the caller opens another), a delay holds the
+//! call back; nothing on a link is duplicated, as TCP does not duplicate. Opening a link is a
+//! request like any other.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -28,7 +34,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use api::app::LeaderOp;
+use api::link::{FrameLink, Opened};
 use api::{HttpRequest, HttpResponse, HyperTransport, Transport, TransportError};
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use madsim::rand::Rng;
 use raft_store::Request;
@@ -327,33 +335,99 @@ impl Transport for FaultyTransport {
                 }
                 r
             };
-            match plan {
-                Plan::Pass => note(inner.send(&addr, req, left).await),
-                Plan::LoseRequest => {
-                    tokio::time::sleep(left).await;
-                    Err(timed_out(&addr))
-                }
-                Plan::LoseAnswer(broken) => {
-                    let start = tokio::time::Instant::now();
-                    let r = note(inner.send(&addr, req, left).await);
-                    if r.is_err() {
-                        return r;
-                    }
-                    if broken {
-                        Err(TransportError::Broken {
-                            addr,
-                            reason: "simulated: the answer was lost".into(),
-                        })
-                    } else {
-                        let spent = start.elapsed();
-                        tokio::time::sleep(left.saturating_sub(spent)).await;
-                        Err(timed_out(&addr))
-                    }
-                }
-            }
+            let to = addr.clone();
+            faulted(&addr, plan, Duration::ZERO, left, |left| {
+                Box::pin(async move { note(inner.send(&to, req, left).await) })
+            })
+            .await
+        })
+    }
+
+    fn open_link(
+        &self,
+        addr: &str,
+        req: HttpRequest,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<Opened, TransportError>> {
+        let (inner, faults, addr) = (self.inner.clone(), self.faults.clone(), addr.to_string());
+        Box::pin(async move {
+            let (plan, delay, _) = faults.decide(MsgKind::Raft, false);
+            let opened = faulted(&addr, plan, delay, timeout, |left| {
+                inner.open_link(&addr, req, left)
+            })
+            .await?;
+            Ok(match opened {
+                Opened::Link(link) => Opened::Link(Box::new(FaultyLink { link, faults, addr })),
+                refused => refused,
+            })
         })
     }
 }
+
+/// A link whose calls meet [`NetFaults`] (Raft's kind).
+struct FaultyLink {
+    link: Box<dyn FrameLink>,
+    faults: NetFaults,
+    addr: String,
+}
+
+impl FrameLink for FaultyLink {
+    fn call(
+        &mut self,
+        frame: Vec<u8>,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<Bytes, TransportError>> {
+        Box::pin(async move {
+            let (plan, delay, _) = self.faults.decide(MsgKind::Raft, false);
+            let link = &mut self.link;
+            faulted(&self.addr, plan, delay, timeout, |left| link.call(frame, left)).await
+        })
+    }
+}
+
+/// Run `call` (given the time it has left) under `plan` and `delay`, as [`FaultyTransport`]
+/// runs a request but with no duplicate.
+async fn faulted<'a, T>(
+    addr: &str,
+    plan: Plan,
+    delay: Duration,
+    timeout: Duration,
+    call: impl FnOnce(Duration) -> BoxFuture<'a, Result<T, TransportError>>,
+) -> Result<T, TransportError> {
+    let timed_out = || TransportError::Timeout {
+        addr: addr.to_string(),
+        timeout_ms: timeout.as_millis() as u64,
+    };
+    if delay >= timeout {
+        tokio::time::sleep(timeout).await;
+        return Err(timed_out());
+    }
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let left = timeout - delay;
+    match plan {
+        Plan::Pass => call(left).await,
+        Plan::LoseRequest => {
+            tokio::time::sleep(left).await;
+            Err(timed_out())
+        }
+        Plan::LoseAnswer(broken) => {
+            let start = tokio::time::Instant::now();
+            call(left).await?;
+            if broken {
+                Err(TransportError::Broken {
+                    addr: addr.to_string(),
+                    reason: "simulated: the answer was lost".into(),
+                })
+            } else {
+                tokio::time::sleep(left.saturating_sub(start.elapsed())).await;
+                Err(timed_out())
+            }
+        }
+    }
+}
+
 
 #[cfg(test)]
 mod tests {
