@@ -317,6 +317,77 @@ fn a_peer_of_another_protocol_version_is_refused_and_the_cluster_keeps_working()
     append_ok(&c.addr(leader), "p", "after", None);
 }
 
+/// Appends travel on a link: `GET /raft/append` upgraded to a stream of length-prefixed
+/// frames. The upgrade passes the peer routes' checks like any peer request; a link answers
+/// each append with a frame, and is closed by the node on a frame that is not an append.
+#[test]
+fn an_append_link_answers_frame_by_frame_and_closes_on_a_frame_that_is_not_one() {
+    use std::io::{Read, Write};
+    let c = Cluster::start(3, Tuning::default());
+    let leader = c.wait_leader(&[1, 2, 3]);
+    let follower = [1, 2, 3].into_iter().find(|&n| n != leader).unwrap();
+    let addr = c.addr(follower);
+    let header = "x-uniqlog-peer-protocol";
+    let ours = api::peer_protocol::VERSION.to_string();
+    // Without the upgrade: a 400 that names it.
+    let r = get_with_headers(&addr, "/raft/append", &[(header, ours.as_str())]);
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(r.text.contains("Upgrade: uniqlog-link"), "{}", r.text);
+    // Without this build's protocol: refused as any peer request is.
+    let r = get_with_headers(&addr, "/raft/append", &[]);
+    assert_eq!(r.body["error"], "peer_protocol_mismatch", "{}", r.text);
+
+    // The upgrade, by hand.
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /raft/append HTTP/1.1\r\nhost: {addr}\r\nconnection: upgrade\r\n\
+         upgrade: uniqlog-link\r\n{header}: {ours}\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).unwrap();
+        head.push(b[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let frame = |body: &[u8]| [&(body.len() as u32).to_le_bytes()[..], body].concat();
+    // A stale append (term 0, from a node that does not exist): answered, not taken.
+    let stale = openraft::raft::AppendEntriesRequest::<raft_store::TypeConfig> {
+        vote: openraft::Vote::new(0, 9),
+        prev_log_id: None,
+        entries: Vec::new(),
+        leader_commit: None,
+    };
+    for _ in 0..2 {
+        s.write_all(&frame(&raft_store::codec::encode(&stale))).unwrap();
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).unwrap();
+        let mut answer = vec![0u8; u32::from_le_bytes(len) as usize];
+        s.read_exact(&mut answer).unwrap();
+        let answer: Result<openraft::raft::AppendEntriesResponse<u64>, String> =
+            raft_store::codec::decode(&answer).unwrap();
+        assert!(
+            matches!(
+                answer,
+                Ok(openraft::raft::AppendEntriesResponse::HigherVote(_))
+            ),
+            "{answer:?}"
+        );
+    }
+    // Not an append: the node closes the link.
+    s.write_all(&frame(b"not an append")).unwrap();
+    let mut rest = Vec::new();
+    assert_eq!(s.read_to_end(&mut rest).unwrap(), 0, "{rest:?}");
+    // The cluster never noticed.
+    assert_eq!(c.wait_leader(&[1, 2, 3]), leader);
+    append_ok(&c.addr(leader), "p", "after", None);
+    c.wait_converged(&[1, 2, 3]);
+}
+
 /// A forwarded request runs on the leader only in the term in which its sender saw that node
 /// lead: one from an earlier term is refused as not applied (a copy of it arriving late must
 /// not run once the node leads again), one from a term the node has not reached waits for it
