@@ -39,7 +39,7 @@ fn a_segment_of_another_format_version_is_refused_with_the_way_out() {
     drop(Storage::open(dir.path()).unwrap());
     let mut header = Vec::new();
     header.extend_from_slice(b"UQLOGSEG");
-    header.extend_from_slice(&2u32.to_le_bytes());
+    header.extend_from_slice(&3u32.to_le_bytes());
     header.extend_from_slice(&1u64.to_le_bytes());
     let crc = crc32c::crc32c(&header);
     header.extend_from_slice(&crc.to_le_bytes());
@@ -47,7 +47,7 @@ fn a_segment_of_another_format_version_is_refused_with_the_way_out() {
     std::fs::write(&segment, &header).unwrap();
     match Storage::open(dir.path()) {
         Err(StoreError::Unsupported(msg)) => {
-            assert!(msg.contains("format 2") && msg.contains("backup"), "{msg}")
+            assert!(msg.contains("format 3") && msg.contains("backup"), "{msg}")
         }
         Err(e) => panic!("wrong error: {e}"),
         Ok(_) => panic!("a segment of another format was opened"),

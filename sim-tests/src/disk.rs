@@ -226,6 +226,18 @@ impl SimDisk {
         self.lock().durable.len() as u64
     }
 
+    /// [`Faults::flippable_len`] of a single file: all of it (a redb file's free pages are
+    /// fair game).
+    pub fn flippable_len(&self) -> u64 {
+        self.durable_len()
+    }
+
+    /// [`Self::durable_len`] without the zeros it ends in.
+    pub fn data_len(&self) -> u64 {
+        let s = self.lock();
+        s.durable.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1) as u64
+    }
+
     /// A redb file spares nothing: its checksums tell any flip from a torn commit.
     pub fn spared(&self) -> Option<std::ops::Range<usize>> {
         None
@@ -600,7 +612,9 @@ pub trait Faults {
     fn fail_syncs(&self, n: u64);
     fn stats(&self) -> DiskStats;
     fn flip_bit(&self, at: usize, bit: u8);
-    fn durable_len(&self) -> u64;
+    /// Bytes `flip_bit` reaches: a log folder's files without the zeros written ahead of
+    /// their frames (rot there is harmless, and would leave the frames almost untouched).
+    fn flippable_len(&self) -> u64;
     /// Bytes bit rot must spare (offsets as `flip_bit` counts them): the log's last frame.
     fn spared(&self) -> Option<std::ops::Range<usize>>;
 }
@@ -626,8 +640,8 @@ macro_rules! faults {
             fn flip_bit(&self, at: usize, bit: u8) {
                 <$t>::flip_bit(self, at, bit)
             }
-            fn durable_len(&self) -> u64 {
-                <$t>::durable_len(self)
+            fn flippable_len(&self) -> u64 {
+                <$t>::flippable_len(self)
             }
             fn spared(&self) -> Option<std::ops::Range<usize>> {
                 <$t>::spared(self)

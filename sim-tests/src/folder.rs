@@ -149,11 +149,12 @@ impl SimFolder {
     }
 
     /// Flip bit `bit` of byte `at` of what survived the last sync, counting through the
-    /// durable files in name order. Only on a crashed folder.
+    /// durable files in name order, each without the zeros it ends in. Only on a crashed
+    /// folder.
     pub fn flip_bit(&self, at: usize, bit: u8) {
         let mut at = at;
         for f in self.files_durable() {
-            let len = f.durable_len() as usize;
+            let len = f.data_len() as usize;
             if at < len {
                 f.flip_bit(at, bit);
                 return;
@@ -175,14 +176,14 @@ impl SimFolder {
                 let r = f.last_synced_write()?;
                 return Some(before + r.start..before + r.end);
             }
-            before += f.durable_len() as usize;
+            before += f.data_len() as usize;
         }
         None
     }
 
-    /// Bytes of every durable file together.
-    pub fn durable_len(&self) -> u64 {
-        self.files_durable().iter().map(SimDisk::durable_len).sum()
+    /// Bytes `flip_bit` counts through: every durable file without the zeros it ends in.
+    pub fn flippable_len(&self) -> u64 {
+        self.files_durable().iter().map(SimDisk::data_len).sum()
     }
 
     pub fn unsynced_pages(&self) -> usize {

@@ -483,7 +483,7 @@ async fn corruption(cluster: &mut SimCluster, log: &mut FaultLog) {
         }
         (which, _) => {
             let disk = cluster.disks(victim)[which % 2];
-            let len = disk.durable_len() as usize;
+            let len = disk.flippable_len() as usize;
             let spared = disk.spared().unwrap_or(0..0);
             if len > HEADER + spared.len() {
                 for _ in 0..flips {

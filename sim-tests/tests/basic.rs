@@ -534,7 +534,7 @@ fn a_damaged_leader_refuses_to_start_and_the_repair_loses_no_acknowledged_write(
         let victim = cluster.wait_for_leader().await;
         cluster.kill(victim);
         let disk = cluster.disk(victim);
-        let len = disk.durable_len() as usize;
+        let len = disk.flippable_len() as usize;
         for _ in 0..32 {
             let at = madsim::rand::thread_rng().gen_range(4096..len);
             disk.flip_bit(at, madsim::rand::thread_rng().gen_range(0..8));

@@ -18,8 +18,12 @@
 use crate::error::StoreError;
 
 pub(crate) const MAGIC: &[u8; 8] = b"UQLOGSEG";
-/// The segment format this build writes and reads.
-pub(crate) const VERSION: u32 = 1;
+/// The segment format this build writes. 2: zeros follow the last frame (`segments`,
+/// `ZEROS_AHEAD`), where 1 ended at the last frame; a build of format 1 would take them for
+/// damage in a segment that is not the last.
+pub(crate) const VERSION: u32 = 2;
+/// The oldest segment format this build reads: 1's segments read as 2's without zeros.
+pub(crate) const READS_FROM: u32 = 1;
 pub(crate) const HEADER_BYTES: usize = 24;
 
 pub(crate) const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"UQFR");
@@ -82,10 +86,10 @@ pub(crate) fn parse_header(file: &str, h: &[u8]) -> Result<u64, StoreError> {
         return Err(damaged("checksum mismatch"));
     }
     let version = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
-    if version != VERSION {
+    if !(READS_FROM..=VERSION).contains(&version) {
         return Err(StoreError::Unsupported(format!(
-            "{file} is a log segment of format {version}; this build reads format {VERSION} \
-             only. Move the data to a node of this build with a backup and a restore (docs/operating.md, \
+            "{file} is a log segment of format {version}; this build reads formats {READS_FROM} \
+             to {VERSION}. Move the data to a node of this build with a backup and a restore (docs/operating.md, \
              Backup and restore)"
         )));
     }
@@ -171,21 +175,116 @@ pub(crate) fn frame_of(body: &[u8]) -> Vec<u8> {
 }
 
 /// Whether a frame that failed its checks at the start of `rest` (which runs to the end of
-/// the file) was written whole, so that it is damage and not what a power cut left of the last
-/// write. It was written whole when the trailer at the very end of the file names a frame that
-/// starts exactly here, or a later frame whose header it matches, or when its header and body
-/// are intact and its trailer, there in full, is not, or when a later frame's header and body
-/// are intact: a power cut tears the last write only, so nothing was written after it.
+/// the file, from offset `at`) was written whole, so that it is damage and not what a power cut
+/// left of the last write. The file may end in zeros written ahead of the frames, so a power
+/// cut tears the last write into the sectors that landed and zeros where they did not, in any
+/// order, and leaves nothing but zeros after it. The frame was written whole when:
+/// - a later frame's header and body are intact: nothing is written after a torn write;
+/// - a byte past the frame's end is not zero (its end as its header says, or else as a trailer
+///   that names it says, or else where the bytes that are not zeros end);
+/// - otherwise not if a sector of the frame up to where the bytes that are not zeros end is
+///   all zeros: a sector of the last write that never landed (frames hold no such run: events
+///   are JSON text, which has no zero byte);
+/// - its header and body are intact and its trailer is not what a torn sector leaves (the
+///   right bytes up to a sector boundary, zeros from there);
+/// - or, header or body hit, a trailer names it.
 ///
-/// The last test scans byte by byte, because damage may have hit the very lengths that would
-/// say where the next frame starts. It errs one way only: an event payload that embeds a frame,
-/// torn by a power cut, makes the node refuse to start (an operator repairs it by replacing
-/// the node), and so does a scan that would hash more than a few times the bytes left; it
-/// never makes damage pass for a torn write, which would drop acknowledged entries silently.
-pub(crate) fn written_whole(rest: &[u8]) -> bool {
-    if intact_at_end(rest) {
+/// A trailer that names the frame is looked for where the bytes that are not zeros end, and up
+/// to a trailer's length after (its own last bytes may be zeros); one with a zero length or a
+/// zero checksum does not count. The first test scans byte by byte, because damage may have
+/// hit the very lengths that would say where the next frame starts. It errs one way: an event
+/// payload that embeds a frame, torn by a power cut, makes the node refuse to start (an
+/// operator repairs it by replacing the node), and so does a scan that would hash more than a
+/// few times the bytes left. Damage reads as a torn write only where it looks exactly like one
+/// (a last frame's sector turned to zeros), or, with odds of 2^-32, in a frame hit in its
+/// header whose header's CRC-32C is zero; a torn write drops only what was never acknowledged.
+pub(crate) fn written_whole(rest: &[u8], at: u64) -> bool {
+    if later_frame(rest) {
         return true;
     }
+    let data_end = rest.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    let named_end = (data_end..=(data_end + FRAME_TRAILER_BYTES).min(rest.len())).find(|&end| {
+        end >= FRAME_TRAILER_BYTES && {
+            let t = &rest[end - FRAME_TRAILER_BYTES..end];
+            t[..4] != [0; 4] && t[4..] != [0; 4] && trailer_names_frame(rest, end)
+        }
+    });
+    let header_end = rest
+        .get(..FRAME_HEADER_BYTES)
+        .and_then(|h| parse_frame_header(h.try_into().expect("12 bytes")).ok())
+        .map(|(len, _)| FRAME_HEADER_BYTES + len + FRAME_TRAILER_BYTES);
+    let frame_end = header_end.or(named_end).unwrap_or(data_end);
+    if data_end > frame_end {
+        return true;
+    }
+    if zero_sector(&rest[..data_end], at) {
+        return false;
+    }
+    if let Some(whole) = trailer_after_intact_frame(rest, at) {
+        return whole;
+    }
+    named_end.is_some()
+}
+
+/// Whether `bytes` (from offset `at` of their file) hold a sector that is all zeros, or a part
+/// of one from their start or to their end.
+fn zero_sector(bytes: &[u8], at: u64) -> bool {
+    let mut start = 0;
+    while start < bytes.len() {
+        let boundary = ((at + start as u64) / SECTOR + 1) * SECTOR;
+        let stop = ((boundary - at) as usize).min(bytes.len());
+        if bytes[start..stop].iter().all(|&b| b == 0) {
+            return true;
+        }
+        start = stop;
+    }
+    false
+}
+
+/// The unit a power cut tears a write in: the smallest sector (larger ones are multiples).
+const SECTOR: u64 = 512;
+
+/// The first test of [`written_whole`]: `None` unless the frame at the start of
+/// `rest` (offset `at` of its file) has its header and body intact and room for its trailer;
+/// then whether its trailer shows it written whole.
+fn trailer_after_intact_frame(rest: &[u8], at: u64) -> Option<bool> {
+    let header = rest.get(..FRAME_HEADER_BYTES)?;
+    let (len, crc) = parse_frame_header(header.try_into().expect("12 bytes")).ok()?;
+    let body_end = FRAME_HEADER_BYTES + len;
+    let body = rest.get(FRAME_HEADER_BYTES..body_end)?;
+    let trailer = rest.get(body_end..body_end + FRAME_TRAILER_BYTES)?;
+    if crc32c::crc32c(body) != crc {
+        return None;
+    }
+    let mut expected = [0u8; FRAME_TRAILER_BYTES];
+    expected[..4].copy_from_slice(&(len as u32).to_le_bytes());
+    expected[4..].copy_from_slice(&crc32c::crc32c(header).to_le_bytes());
+    // Where the trailer's sector may end: before it (no byte of it landed) or inside it.
+    let trailer_at = at + body_end as u64;
+    let torn = (0..FRAME_TRAILER_BYTES)
+        .filter(|&k| k == 0 || (trailer_at + k as u64) % SECTOR == 0)
+        .any(|k| trailer[..k] == expected[..k] && trailer[k..].iter().all(|&b| b == 0));
+    Some(!torn)
+}
+
+/// The trailer that ends at `end` of `rest` names a frame that starts at its beginning, or a
+/// later frame whose header it matches: the second of [`written_whole`]'s tests.
+fn trailer_names_frame(rest: &[u8], end: usize) -> bool {
+    let Some(trailer) = end.checked_sub(FRAME_TRAILER_BYTES).map(|t| &rest[t..end]) else {
+        return false;
+    };
+    let body_len = u32::from_le_bytes(trailer[..4].try_into().expect("4 bytes")) as usize;
+    let header_crc = u32::from_le_bytes(trailer[4..].try_into().expect("4 bytes"));
+    match end.checked_sub(FRAME_TRAILER_BYTES + FRAME_HEADER_BYTES + body_len) {
+        Some(0) => true,
+        Some(start) => crc32c::crc32c(&rest[start..start + FRAME_HEADER_BYTES]) == header_crc,
+        None => false,
+    }
+}
+
+/// A frame whose header and body are intact starts after the beginning of `rest`: the last of
+/// [`written_whole`]'s tests, byte by byte within a budget of bytes to hash.
+fn later_frame(rest: &[u8]) -> bool {
     let mut budget = 4 * rest.len() + (1 << 20);
     (1..rest.len()).any(|q| frame_started_at(rest, q, &mut budget))
 }
@@ -213,34 +312,6 @@ fn frame_started_at(bytes: &[u8], at: usize, budget: &mut usize) -> bool {
     crc32c::crc32c(body) == crc
 }
 
-/// The first three tests of [`written_whole`]: the frame at the start of `rest` or the last one.
-fn intact_at_end(rest: &[u8]) -> bool {
-    let end = rest.len();
-    if let Some(trailer) = end.checked_sub(FRAME_TRAILER_BYTES).map(|t| &rest[t..]) {
-        let body_len = u32::from_le_bytes(trailer[..4].try_into().expect("4 bytes")) as usize;
-        let header_crc = u32::from_le_bytes(trailer[4..].try_into().expect("4 bytes"));
-        let start = end.checked_sub(FRAME_TRAILER_BYTES + FRAME_HEADER_BYTES + body_len);
-        match start {
-            Some(0) => return true,
-            Some(start) => {
-                let header = &rest[start..start + FRAME_HEADER_BYTES];
-                if crc32c::crc32c(header) == header_crc {
-                    return true;
-                }
-            }
-            None => {}
-        }
-    }
-    let Some(header) = rest.get(..FRAME_HEADER_BYTES) else {
-        return false;
-    };
-    let Ok((len, crc)) = parse_frame_header(header.try_into().expect("12 bytes")) else {
-        return false;
-    };
-    rest.len() >= FRAME_HEADER_BYTES + len + FRAME_TRAILER_BYTES
-        && crc32c::crc32c(&rest[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + len]) == crc
-}
-
 /// A frame header as read: the body length and its CRC, or why it is not one.
 pub(crate) fn parse_frame_header(h: &[u8; FRAME_HEADER_BYTES]) -> Result<(usize, u32), String> {
     let magic = u32::from_le_bytes(h[..4].try_into().expect("4 bytes"));
@@ -250,6 +321,11 @@ pub(crate) fn parse_frame_header(h: &[u8; FRAME_HEADER_BYTES]) -> Result<(usize,
     let len = u32::from_le_bytes(h[4..8].try_into().expect("4 bytes")) as usize;
     if len > FRAME_BYTES_MAX {
         return Err(format!("a frame of {len} bytes"));
+    }
+    // Every frame holds a record; zeros written ahead of the frames must not read as an empty
+    // one whose checksum (of nothing: zero) matches.
+    if len < RECORD_HEADER_BYTES {
+        return Err(format!("a frame of {len} bytes, too short for a record"));
     }
     Ok((
         len,
@@ -322,10 +398,10 @@ mod tests {
         for bit in 0..frame.len() * 8 {
             let mut bad = frame.clone();
             bad[bit / 8] ^= 1 << (bit % 8);
-            assert!(written_whole(&bad), "bit {bit}");
+            assert!(written_whole(&bad, 0), "bit {bit}");
         }
         for len in 0..frame.len() {
-            assert!(!written_whole(&frame[..len]), "cut to {len}");
+            assert!(!written_whole(&frame[..len], 0), "cut to {len}");
         }
         // Damage in an earlier frame is damage even when the last frame's own header and
         // trailer are hit as well, so that the end of the file names no frame.
@@ -336,10 +412,10 @@ mod tests {
         let end = two.len();
         two[end - 2] ^= 0x01;
         two[2 * frame.len() + 5] ^= 0x04;
-        assert!(written_whole(&two));
+        assert!(written_whole(&two, 0));
         // A torn last frame is torn, even with its header and body in: the scan starts
         // inside it.
-        assert!(!written_whole(&frame[..frame.len() - 3]));
+        assert!(!written_whole(&frame[..frame.len() - 3], 0));
         // Damage followed by a frame whose trailer is hit too is damage: that frame's header
         // and body say it was written after.
         let mut after = frame.clone();
@@ -347,7 +423,7 @@ mod tests {
         after[0] ^= 0x01;
         let end = after.len();
         after[end - 2] ^= 0x20;
-        assert!(written_whole(&after));
+        assert!(written_whole(&after, 0));
         assert_eq!((len, crc), (body.len(), crc32c::crc32c(body)));
         let rs = records(body).unwrap();
         assert_eq!(rs.len(), 3);
@@ -367,16 +443,83 @@ mod tests {
         }
     }
 
+    /// Zeros written ahead of the frames change nothing about what is damage: a frame written
+    /// whole and then hit is damage with zeros after it, even when its trailer's last bytes are
+    /// zeros themselves; a torn one stays torn.
+    #[test]
+    fn zeros_after_the_last_frame_hide_neither_damage_nor_a_torn_write() {
+        let zeros = [0u8; 64];
+        // A frame whose trailer ends in a zero byte (its header's CRC has a zero top byte).
+        let frame = (0u32..)
+            .map(|i| {
+                let mut f = FrameBuilder::new();
+                f.record(Kind::Entry, &(i | 0x8080_8080).to_le_bytes());
+                f.seal()
+            })
+            .find(|f| f[f.len() - 1] == 0)
+            .unwrap();
+        for bit in 0..frame.len() * 8 {
+            let mut hit = frame.clone();
+            hit[bit / 8] ^= 1 << (bit % 8);
+            hit.extend_from_slice(&zeros);
+            assert!(written_whole(&hit, 0), "bit {bit}");
+        }
+        // Cut at every byte, each time placed so that the cut is a sector boundary, except
+        // where what is cut off is zeros: that is the whole frame.
+        for len in (1..frame.len()).filter(|&l| frame[l..].iter().any(|&b| b != 0)) {
+            let mut torn = frame[..len].to_vec();
+            torn.extend_from_slice(&zeros);
+            let at = (SECTOR - len as u64 % SECTOR) % SECTOR;
+            assert!(!written_whole(&torn, at), "cut to {len}");
+        }
+        // A long frame torn with its trailer's sector landed and one before it not (sectors
+        // land in any order): torn, whichever sector it was; with all of them in, a flip
+        // anywhere is damage.
+        let mut f = FrameBuilder::new();
+        f.record(Kind::Entry, &[b'x'; 3 * SECTOR as usize]);
+        let long = f.seal();
+        for lost in 0..4 {
+            let mut torn = long.clone();
+            let end = ((lost + 1) * SECTOR as usize).min(torn.len());
+            torn[lost * SECTOR as usize..end].fill(0);
+            torn.extend_from_slice(&zeros);
+            assert!(!written_whole(&torn, 0), "sector {lost} lost");
+        }
+        let mut hit = long.clone();
+        hit[700] ^= 0x08;
+        hit.extend_from_slice(&zeros);
+        assert!(written_whole(&hit, 0));
+        // A trailer cut where no sector ends was not torn: it is damage.
+        let mut cut = frame[..frame.len() - 2].to_vec();
+        cut.extend_from_slice(&zeros);
+        assert!(written_whole(&cut, 0));
+        // Without zeros, as format 1 wrote: the same answers as `written_whole`.
+        let mut hit = frame.clone();
+        hit[FRAME_HEADER_BYTES] ^= 1;
+        assert!(written_whole(&hit, 0));
+        assert!(!written_whole(&frame[..frame.len() - 1], 0));
+    }
+
     #[test]
     fn headers_name_their_first_index_and_refuse_other_versions() {
         let h = header(42);
         assert_eq!(parse_header("s", &h).unwrap(), 42);
-        let mut other = h;
-        other[8..12].copy_from_slice(&2u32.to_le_bytes());
-        let crc = crc32c::crc32c(&other[..20]);
-        other[20..].copy_from_slice(&crc.to_le_bytes());
-        let e = parse_header("s", &other).unwrap_err().to_string();
-        assert!(e.contains("format 2") && e.contains("backup"), "{e}");
+        let with_version = |v: u32| {
+            let mut other = h;
+            other[8..12].copy_from_slice(&v.to_le_bytes());
+            let crc = crc32c::crc32c(&other[..20]);
+            other[20..].copy_from_slice(&crc.to_le_bytes());
+            other
+        };
+        // Format 1's segments are read: they are format 2's without zeros after the frames.
+        assert_eq!(parse_header("s", &with_version(1)).unwrap(), 42);
+        for v in [0, 3] {
+            let e = parse_header("s", &with_version(v)).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("format {v}")) && e.contains("backup"),
+                "{e}"
+            );
+        }
         let mut flipped = h;
         flipped[13] ^= 1;
         assert!(parse_header("s", &flipped).unwrap_err().is_damage());
