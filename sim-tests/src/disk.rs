@@ -60,8 +60,6 @@ struct State {
     dirty: BTreeSet<usize>,
     /// The last write since the last sync (offset, bytes), for a torn crash.
     last_write: Option<(usize, Vec<u8>)>,
-    /// The bytes of the last write a sync made durable (see [`SimDisk::last_synced_write`]).
-    last_synced: Option<std::ops::Range<usize>>,
     /// How many coming `sync_data` calls fail.
     failing_syncs: u64,
     /// A power cut waiting for the next `sync_data` (see [`SimDisk::tear_at_next_sync`]).
@@ -214,13 +212,6 @@ impl SimDisk {
         s.volatile[at] ^= 1 << (bit % 8);
     }
 
-    /// Where the last write that a sync made durable landed. In a segment of the log that is
-    /// its last frame, which the log cannot tell from a torn write if its bits rot (see
-    /// `nemesis.rs`, corruption).
-    pub fn last_synced_write(&self) -> Option<std::ops::Range<usize>> {
-        self.lock().last_synced.clone()
-    }
-
     /// Length of the file as a crash now would leave it.
     pub fn durable_len(&self) -> u64 {
         self.lock().durable.len() as u64
@@ -236,11 +227,6 @@ impl SimDisk {
     pub fn data_len(&self) -> u64 {
         let s = self.lock();
         s.durable.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1) as u64
-    }
-
-    /// A redb file spares nothing: its checksums tell any flip from a torn commit.
-    pub fn spared(&self) -> Option<std::ops::Range<usize>> {
-        None
     }
 
     /// Bytes written since the last sync (at page granularity).
@@ -346,9 +332,7 @@ impl StorageBackend for DiskHandle {
             }
         }
         s.dirty.clear();
-        if let Some((start, data)) = s.last_write.take() {
-            s.last_synced = Some(start..start + data.len());
-        }
+        s.last_write = None;
         s.stats.syncs += 1;
         Ok(())
     }
@@ -615,8 +599,6 @@ pub trait Faults {
     /// Bytes `flip_bit` reaches: a log folder's files without the zeros written ahead of
     /// their frames (rot there is harmless, and would leave the frames almost untouched).
     fn flippable_len(&self) -> u64;
-    /// Bytes bit rot must spare (offsets as `flip_bit` counts them): the log's last frame.
-    fn spared(&self) -> Option<std::ops::Range<usize>>;
 }
 
 macro_rules! faults {
@@ -642,9 +624,6 @@ macro_rules! faults {
             }
             fn flippable_len(&self) -> u64 {
                 <$t>::flippable_len(self)
-            }
-            fn spared(&self) -> Option<std::ops::Range<usize>> {
-                <$t>::spared(self)
             }
         }
     };

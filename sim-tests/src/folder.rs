@@ -163,24 +163,6 @@ impl SimFolder {
         }
     }
 
-    /// The log's last frame (the last synced write of the last segment), as `flip_bit`
-    /// counts offsets: a flip there looks exactly like a power cut that tore it, and the log
-    /// cuts it off at open as never acknowledged (etcd's WAL and Kafka's recovery do the
-    /// same). The corruption fault spares it; docs/architecture/storage.md states the limit.
-    pub fn spared(&self) -> Option<std::ops::Range<usize>> {
-        let files = self.lock().durable.clone();
-        let last_segment = files.keys().filter(|n| n.ends_with(".seg")).max()?.clone();
-        let mut before = 0;
-        for (name, f) in &files {
-            if *name == last_segment {
-                let r = f.last_synced_write()?;
-                return Some(before + r.start..before + r.end);
-            }
-            before += f.data_len() as usize;
-        }
-        None
-    }
-
     /// Bytes `flip_bit` counts through: every durable file without the zeros it ends in.
     pub fn flippable_len(&self) -> u64 {
         self.files_durable().iter().map(SimDisk::data_len).sum()

@@ -484,16 +484,9 @@ async fn corruption(cluster: &mut SimCluster, log: &mut FaultLog) {
         (which, _) => {
             let disk = cluster.disks(victim)[which % 2];
             let len = disk.flippable_len() as usize;
-            let spared = disk.spared().unwrap_or(0..0);
-            if len > HEADER + spared.len() {
+            if len > HEADER {
                 for _ in 0..flips {
-                    let at = loop {
-                        let at = rng.gen_range(HEADER..len);
-                        if !spared.contains(&at) {
-                            break at;
-                        }
-                    };
-                    disk.flip_bit(at, rng.gen_range(0..8));
+                    disk.flip_bit(rng.gen_range(HEADER..len), rng.gen_range(0..8));
                 }
             }
             disk.name().to_string()

@@ -550,7 +550,6 @@ impl SegmentLog {
 
 /// Write a frame at `at` of a file that holds `written` bytes, after [`ZEROS_AHEAD`] of zeros
 /// past its end when it reaches beyond them, for the caller's sync to make durable with it.
-/// The frame is the last write (the simulator's bit rot spares the last write of a log).
 /// Returns what the file then holds.
 fn put_frame(
     file: &dyn DiskFile,
