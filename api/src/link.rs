@@ -47,6 +47,9 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, body: &[u8]) -> io::R
     w.flush().await
 }
 
+/// What a reader reserves at a time while a frame arrives.
+const READ_STEP: usize = 64 * 1024;
+
 /// Reads frames from a stream, buffering what arrived past the current one.
 #[derive(Default)]
 pub struct FrameReader {
@@ -74,7 +77,8 @@ impl FrameReader {
                     self.buf.advance(4);
                     return Ok(Some(self.buf.split_to(len).freeze()));
                 }
-                self.buf.reserve(4 + len - self.buf.len());
+                // In steps: a length alone must not make the reader hold its bound in memory.
+                self.buf.reserve((4 + len - self.buf.len()).min(READ_STEP));
             }
             if r.read_buf(&mut self.buf).await? == 0 {
                 return if self.buf.is_empty() {

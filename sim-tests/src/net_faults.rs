@@ -24,8 +24,9 @@
 //! Raft's appends travel on links (`api::link`), one connection carrying one call at a time.
 //! A link's calls get the same faults as requests, as a connection's traffic can meet them:
 //! a lost request or answer breaks the link (the caller opens another), a delay holds the
-//! call back; nothing on a link is duplicated, as TCP does not duplicate. Opening a link is a
-//! request like any other.
+//! call back, and a duplicate is the same frame sent again later on a link of its own, as a
+//! leader's retry meets the first copy still on its way. Opening a link is a request like any
+//! other.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -350,6 +351,7 @@ impl Transport for FaultyTransport {
         timeout: Duration,
     ) -> BoxFuture<'static, Result<Opened, TransportError>> {
         let (inner, faults, addr) = (self.inner.clone(), self.faults.clone(), addr.to_string());
+        let req_copy = req.clone();
         Box::pin(async move {
             let (plan, delay, _) = faults.decide(MsgKind::Raft, false);
             let opened = faulted(&addr, plan, delay, timeout, |left| {
@@ -357,7 +359,13 @@ impl Transport for FaultyTransport {
             })
             .await?;
             Ok(match opened {
-                Opened::Link(link) => Opened::Link(Box::new(FaultyLink { link, faults, addr })),
+                Opened::Link(link) => Opened::Link(Box::new(FaultyLink {
+                    link,
+                    faults,
+                    inner,
+                    addr,
+                    open: req_copy,
+                })),
                 refused => refused,
             })
         })
@@ -368,7 +376,10 @@ impl Transport for FaultyTransport {
 struct FaultyLink {
     link: Box<dyn FrameLink>,
     faults: NetFaults,
+    /// What opens another link, for a duplicate.
+    inner: HyperTransport,
     addr: String,
+    open: HttpRequest,
 }
 
 impl FrameLink for FaultyLink {
@@ -378,7 +389,17 @@ impl FrameLink for FaultyLink {
         timeout: Duration,
     ) -> BoxFuture<'_, Result<Bytes, TransportError>> {
         Box::pin(async move {
-            let (plan, delay, _) = self.faults.decide(MsgKind::Raft, false);
+            let (plan, delay, duplicate) = self.faults.decide(MsgKind::Raft, true);
+            if let Some(after) = duplicate {
+                let (inner, addr, open) = (self.inner.clone(), self.addr.clone(), self.open.clone());
+                let copy = frame.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(after).await;
+                    if let Ok(Opened::Link(mut link)) = inner.open_link(&addr, open, timeout).await {
+                        let _ = link.call(copy, timeout).await;
+                    }
+                });
+            }
             let link = &mut self.link;
             faulted(&self.addr, plan, delay, timeout, |left| link.call(frame, left)).await
         })

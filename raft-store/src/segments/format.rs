@@ -196,8 +196,9 @@ pub(crate) fn frame_of(body: &[u8]) -> Vec<u8> {
 /// payload that embeds a frame, torn by a power cut, makes the node refuse to start (an
 /// operator repairs it by replacing the node), and so does a scan that would hash more than a
 /// few times the bytes left. Damage reads as a torn write only where it looks exactly like one
-/// (a last frame's sector turned to zeros), or, with odds of 2^-32, in a frame hit in its
-/// header whose header's CRC-32C is zero; a torn write drops only what was never acknowledged.
+/// (a last frame's sector turned to zeros, or the bytes of its header after a sector
+/// boundary), or, with odds of 2^-32, in a frame hit in its header whose header's CRC-32C is
+/// zero; a torn write drops only what was never acknowledged.
 pub(crate) fn written_whole(rest: &[u8], at: u64) -> bool {
     if later_frame(rest) {
         return true;
@@ -209,8 +210,14 @@ pub(crate) fn written_whole(rest: &[u8], at: u64) -> bool {
             t[..4] != [0; 4] && t[4..] != [0; 4] && trailer_names_frame(rest, end)
         }
     });
+    // A header cut by a sector boundary, zeros after it, may be a torn one whose length is
+    // part zeros: it does not say where the frame ends.
+    let header_torn = (1..FRAME_HEADER_BYTES).any(|k| {
+        (at + k as u64) % SECTOR == 0 && rest[k..FRAME_HEADER_BYTES].iter().all(|&b| b == 0)
+    });
     let header_end = rest
         .get(..FRAME_HEADER_BYTES)
+        .filter(|_| !header_torn)
         .and_then(|h| parse_frame_header(h.try_into().expect("12 bytes")).ok())
         .map(|(len, _)| FRAME_HEADER_BYTES + len + FRAME_TRAILER_BYTES);
     let frame_end = header_end.or(named_end).unwrap_or(data_end);
@@ -268,7 +275,8 @@ fn trailer_after_intact_frame(rest: &[u8], at: u64) -> Option<bool> {
 }
 
 /// The trailer that ends at `end` of `rest` names a frame that starts at its beginning, or a
-/// later frame whose header it matches: the second of [`written_whole`]'s tests.
+/// later frame whose header it matches or whose body is whole records, each with its CRC (a
+/// frame written after the one at the beginning, even with its header hit too).
 fn trailer_names_frame(rest: &[u8], end: usize) -> bool {
     let Some(trailer) = end.checked_sub(FRAME_TRAILER_BYTES).map(|t| &rest[t..end]) else {
         return false;
@@ -277,7 +285,11 @@ fn trailer_names_frame(rest: &[u8], end: usize) -> bool {
     let header_crc = u32::from_le_bytes(trailer[4..].try_into().expect("4 bytes"));
     match end.checked_sub(FRAME_TRAILER_BYTES + FRAME_HEADER_BYTES + body_len) {
         Some(0) => true,
-        Some(start) => crc32c::crc32c(&rest[start..start + FRAME_HEADER_BYTES]) == header_crc,
+        Some(start) => {
+            crc32c::crc32c(&rest[start..start + FRAME_HEADER_BYTES]) == header_crc
+                || records(&rest[start + FRAME_HEADER_BYTES..end - FRAME_TRAILER_BYTES])
+                    .is_ok_and(|r| !r.is_empty())
+        }
         None => false,
     }
 }
@@ -489,6 +501,24 @@ mod tests {
         hit[700] ^= 0x08;
         hit.extend_from_slice(&zeros);
         assert!(written_whole(&hit, 0));
+        // A header cut by a sector boundary: the sector after it lost, the trailer's landed.
+        // The header still parses, with a length cut to its low byte: torn all the same.
+        for offset in [505u64, 506, 507] {
+            let at = offset;
+            let mut torn = long.clone();
+            let boundary = (SECTOR - at) as usize;
+            torn[boundary..boundary + SECTOR as usize].fill(0);
+            torn.extend_from_slice(&zeros);
+            assert!(!written_whole(&torn, at), "header cut at {offset}");
+        }
+        // Two frames, the last one's header hit and the one before's magic: the last one's
+        // records, each with its CRC, show it was written after: damage, not a torn write.
+        let mut two = frame.clone();
+        two.extend_from_slice(&frame);
+        two[0] ^= 0x01;
+        two[frame.len() + 5] ^= 0x10;
+        two.extend_from_slice(&zeros);
+        assert!(written_whole(&two, 0));
         // A trailer cut where no sector ends was not torn: it is damage.
         let mut cut = frame[..frame.len() - 2].to_vec();
         cut.extend_from_slice(&zeros);
