@@ -29,10 +29,10 @@ const IDLE_MAX: Duration = Duration::from_secs(30);
 
 /// `GET /raft/append` with `Upgrade: uniqlog-link`: switch the connection to a link.
 pub(crate) async fn open(State(app): State<SharedApp>, mut req: Request) -> Response {
-    let asks = req
-        .headers()
-        .get(header::UPGRADE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(UPGRADE_PROTOCOL.as_bytes()));
+    let asks = req.headers().get(header::UPGRADE).is_some_and(|v| {
+        v.as_bytes()
+            .eq_ignore_ascii_case(UPGRADE_PROTOCOL.as_bytes())
+    });
     if !asks {
         return ApiError::bad_request(format!(
             "appends travel on a link: send Connection: upgrade and Upgrade: {UPGRADE_PROTOCOL}"
@@ -64,20 +64,19 @@ pub(crate) async fn open(State(app): State<SharedApp>, mut req: Request) -> Resp
 async fn serve<S: AsyncRead + AsyncWrite + Unpin>(app: SharedApp, mut io: S) {
     let mut reader = FrameReader::default();
     loop {
-        let frame = match tokio::time::timeout(IDLE_MAX, reader.next(&mut io, PEER_BODY_BYTES_MAX))
-            .await
-        {
-            Ok(Ok(Some(frame))) => frame,
-            Ok(Ok(None)) => return,
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "append link broken");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!("append link idle: closed");
-                return;
-            }
-        };
+        let frame =
+            match tokio::time::timeout(IDLE_MAX, reader.next(&mut io, PEER_BODY_BYTES_MAX)).await {
+                Ok(Ok(Some(frame))) => frame,
+                Ok(Ok(None)) => return,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "append link broken");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!("append link idle: closed");
+                    return;
+                }
+            };
         let req: AppendEntriesRequest<TypeConfig> = match raft_store::codec::decode(&frame) {
             Ok(req) => req,
             Err(e) => {
@@ -90,7 +89,11 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(app: SharedApp, mut io: S) {
         let answer = app.raft.append_entries(req).await;
         app.metrics.raft_path.handled(kind, started.elapsed());
         let stopped = matches!(answer, Err(openraft::error::RaftError::Fatal(_)));
-        if write_frame(&mut io, &rpc_answer_body(answer)).await.is_err() || stopped {
+        if write_frame(&mut io, &rpc_answer_body(answer))
+            .await
+            .is_err()
+            || stopped
+        {
             return;
         }
     }

@@ -25,8 +25,11 @@ pub const UPGRADE_PROTOCOL: &str = "uniqlog-link";
 
 /// One call at a time over an open link: write a frame, read the frame that answers it.
 pub trait FrameLink: Send + 'static {
-    fn call(&mut self, frame: Vec<u8>, timeout: Duration)
-        -> BoxFuture<'_, Result<Bytes, TransportError>>;
+    fn call(
+        &mut self,
+        frame: Vec<u8>,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<Bytes, TransportError>>;
 }
 
 /// What an upgrade request got: the link, or the HTTP answer of a peer that refused it (a wrong

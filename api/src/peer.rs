@@ -35,8 +35,8 @@ use serde::Serialize;
 
 use crate::app::{Forwarded, SharedApp, FORWARD_PATH};
 use crate::error::ApiError;
-use crate::metrics::{rpc_kind, RaftPathMetrics};
 use crate::link::{FrameLink, Opened};
+use crate::metrics::{rpc_kind, RaftPathMetrics};
 use crate::transport::{HttpRequest, HttpResponse, Transport, TransportError};
 
 pub const APPEND_PATH: &str = "/raft/append";
@@ -403,12 +403,20 @@ impl PeerClient {
         E: std::error::Error + DeserializeOwned,
     {
         let started = Instant::now();
-        let held = self.link.get_mut().unwrap_or_else(|p| p.into_inner()).take();
+        let held = self
+            .link
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         let mut link = match held {
             Some(link) => link,
             None => {
                 let req = link_request(self.cluster_secret.as_deref());
-                match self.transport.open_link(&self.addr, req, option.hard_ttl()).await {
+                match self
+                    .transport
+                    .open_link(&self.addr, req, option.hard_ttl())
+                    .await
+                {
                     Ok(Opened::Link(link)) => link,
                     Ok(Opened::Refused(resp)) => {
                         self.reachability.answered(self.target, &self.addr);

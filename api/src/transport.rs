@@ -174,8 +174,11 @@ impl HyperTransport {
         match &self.tls {
             None => Self::handshake(flush_after_write(stream), upgrades).await,
             Some(tls) => {
-                Self::handshake(tls.connect(addr, stream).await.map_err(connect_err)?, upgrades)
-                    .await
+                Self::handshake(
+                    tls.connect(addr, stream).await.map_err(connect_err)?,
+                    upgrades,
+                )
+                .await
             }
         }
         .map_err(|e| connect_err(e.to_string()))
@@ -198,7 +201,11 @@ impl HyperTransport {
         Ok(sender)
     }
 
-    async fn open_link_inner(self, addr: String, req: HttpRequest) -> Result<Opened, TransportError> {
+    async fn open_link_inner(
+        self,
+        addr: String,
+        req: HttpRequest,
+    ) -> Result<Opened, TransportError> {
         let mut sender = self.connect_for(&addr, true).await?;
         let broken = |reason: String| TransportError::Broken {
             addr: addr.clone(),
@@ -206,8 +213,14 @@ impl HyperTransport {
         };
         let mut request = http_request(&addr, req).map_err(|e| broken(e.to_string()))?;
         let headers = request.headers_mut();
-        headers.insert(http::header::CONNECTION, http::HeaderValue::from_static("upgrade"));
-        headers.insert(http::header::UPGRADE, http::HeaderValue::from_static(UPGRADE_PROTOCOL));
+        headers.insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("upgrade"),
+        );
+        headers.insert(
+            http::header::UPGRADE,
+            http::HeaderValue::from_static(UPGRADE_PROTOCOL),
+        );
         let resp = sender
             .send_request(request)
             .await

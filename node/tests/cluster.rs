@@ -363,7 +363,8 @@ fn an_append_link_answers_frame_by_frame_and_closes_on_a_frame_that_is_not_one()
         leader_commit: None,
     };
     for _ in 0..2 {
-        s.write_all(&frame(&raft_store::codec::encode(&stale))).unwrap();
+        s.write_all(&frame(&raft_store::codec::encode(&stale)))
+            .unwrap();
         let mut len = [0u8; 4];
         s.read_exact(&mut len).unwrap();
         let mut answer = vec![0u8; u32::from_le_bytes(len) as usize];

@@ -391,17 +391,22 @@ impl FrameLink for FaultyLink {
         Box::pin(async move {
             let (plan, delay, duplicate) = self.faults.decide(MsgKind::Raft, true);
             if let Some(after) = duplicate {
-                let (inner, addr, open) = (self.inner.clone(), self.addr.clone(), self.open.clone());
+                let (inner, addr, open) =
+                    (self.inner.clone(), self.addr.clone(), self.open.clone());
                 let copy = frame.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(after).await;
-                    if let Ok(Opened::Link(mut link)) = inner.open_link(&addr, open, timeout).await {
+                    if let Ok(Opened::Link(mut link)) = inner.open_link(&addr, open, timeout).await
+                    {
                         let _ = link.call(copy, timeout).await;
                     }
                 });
             }
             let link = &mut self.link;
-            faulted(&self.addr, plan, delay, timeout, |left| link.call(frame, left)).await
+            faulted(&self.addr, plan, delay, timeout, |left| {
+                link.call(frame, left)
+            })
+            .await
         })
     }
 }
@@ -448,7 +453,6 @@ async fn faulted<'a, T>(
         }
     }
 }
-
 
 #[cfg(test)]
 mod tests {
