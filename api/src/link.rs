@@ -17,7 +17,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::transport::TransportError;
+use crate::transport::{within, TransportError};
 
 /// The protocol a link upgrade asks for (the `Upgrade` header), with the peer protocol's
 /// version in the route's own header as for any peer request.
@@ -120,25 +120,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> FrameLink for IoLink<S>
         frame: Vec<u8>,
         timeout: Duration,
     ) -> BoxFuture<'_, Result<Bytes, TransportError>> {
-        Box::pin(async move {
+        let addr = self.addr.clone();
+        let exchange = async move {
             let broken = |reason: String| TransportError::Broken {
                 addr: self.addr.clone(),
                 reason,
             };
-            let exchange = async {
+            let answer = async {
                 write_frame(&mut self.io, &frame).await?;
                 self.reader.next(&mut self.io, self.max).await
             };
-            match tokio::time::timeout(timeout, exchange).await {
-                Ok(Ok(Some(answer))) => Ok(answer),
-                Ok(Ok(None)) => Err(broken("the peer closed the link".into())),
-                Ok(Err(e)) => Err(broken(e.to_string())),
-                Err(_) => Err(TransportError::Timeout {
-                    addr: self.addr.clone(),
-                    timeout_ms: timeout.as_millis() as u64,
-                }),
+            match answer.await {
+                Ok(Some(answer)) => Ok(answer),
+                Ok(None) => Err(broken("the peer closed the link".into())),
+                Err(e) => Err(broken(e.to_string())),
             }
-        })
+        };
+        Box::pin(within(addr, timeout, exchange))
     }
 }
 

@@ -300,6 +300,21 @@ impl HyperTransport {
     }
 }
 
+/// `call`, or [`TransportError::Timeout`] if it takes longer than `timeout`.
+pub(crate) async fn within<T>(
+    addr: String,
+    timeout: Duration,
+    call: impl std::future::Future<Output = Result<T, TransportError>>,
+) -> Result<T, TransportError> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(r) => r,
+        Err(_) => Err(TransportError::Timeout {
+            addr,
+            timeout_ms: timeout.as_millis() as u64,
+        }),
+    }
+}
+
 fn http_request(addr: &str, req: HttpRequest) -> http::Result<http::Request<Full<Bytes>>> {
     let mut builder = http::Request::builder()
         .method(req.method)
@@ -328,15 +343,7 @@ impl Transport for HyperTransport {
     ) -> BoxFuture<'static, Result<HttpResponse, TransportError>> {
         let this = self.clone();
         let addr = addr.to_string();
-        Box::pin(async move {
-            match tokio::time::timeout(timeout, this.send_inner(addr.clone(), req)).await {
-                Ok(r) => r,
-                Err(_) => Err(TransportError::Timeout {
-                    addr,
-                    timeout_ms: timeout.as_millis() as u64,
-                }),
-            }
-        })
+        Box::pin(within(addr.clone(), timeout, this.send_inner(addr, req)))
     }
 
     fn open_link(
@@ -347,15 +354,11 @@ impl Transport for HyperTransport {
     ) -> BoxFuture<'static, Result<Opened, TransportError>> {
         let this = self.clone();
         let addr = addr.to_string();
-        Box::pin(async move {
-            match tokio::time::timeout(timeout, this.open_link_inner(addr.clone(), req)).await {
-                Ok(r) => r,
-                Err(_) => Err(TransportError::Timeout {
-                    addr,
-                    timeout_ms: timeout.as_millis() as u64,
-                }),
-            }
-        })
+        Box::pin(within(
+            addr.clone(),
+            timeout,
+            this.open_link_inner(addr, req),
+        ))
     }
 }
 
