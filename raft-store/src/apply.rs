@@ -32,12 +32,78 @@ pub struct RulesState {
 pub(crate) struct DataTables<'a> {
     pub(crate) w: Working<'a>,
     rules: RulesState,
+    /// The runs of events still open in the entry being applied, one per topic: the entry's
+    /// next append to a topic joins its run.
+    runs: Vec<OpenRun>,
+}
+
+/// An `event_runs` row still growing: (topic, first) is its key. Runs span the accepted
+/// appends of one topic that follow each other in one entry (requests to other topics may sit
+/// between them; readers skip those), so leader batching writes one row per entry and topic,
+/// not one per request (issue 25: a fourth of the rows a sign-up wrote). A request of the
+/// topic that appended nothing (a conflict, a rejection, a replayed answer) ends the run:
+/// readers count every request of the topic from the run's position as appended.
+struct OpenRun {
+    log_index: u64,
+    /// (topic, first offset): the row's key.
+    key: (String, u64),
+    count: u32,
 }
 
 impl<'a> DataTables<'a> {
     pub(crate) fn open(w: Working<'a>) -> Result<Self, StoreError> {
         let rules = w.stack().meta(KEY_RULES)?.unwrap_or_default();
-        Ok(DataTables { w, rules })
+        Ok(DataTables {
+            w,
+            rules,
+            runs: Vec::new(),
+        })
+    }
+
+    /// Record where the `count` events of the request at `ctx`, appended to `topic` from
+    /// offset `first`, are: the open run grows, or a new run starts here.
+    fn record_run(&mut self, ctx: EntryContext, topic: &str, first: u64, count: u32) {
+        if self
+            .runs
+            .first()
+            .is_some_and(|r| r.log_index != ctx.log_index)
+        {
+            self.runs.clear();
+        }
+        let open = self
+            .runs
+            .iter_mut()
+            .position(|r| r.key.0 == topic && r.key.1 + u64::from(r.count) == first);
+        if let Some(i) = open {
+            let run = &mut self.runs[i];
+            if let Some(grown) = run.count.checked_add(count) {
+                let row = self
+                    .w
+                    .batch
+                    .event_runs
+                    .written_mut(&run.key)
+                    .expect("an open run's row is in its batch");
+                row.2 = grown;
+                run.count = grown;
+                return;
+            }
+            self.runs.swap_remove(i);
+        }
+        self.end_run(topic);
+        self.w.batch.event_runs.insert(
+            (topic.to_string(), first),
+            (ctx.log_index, ctx.position, count, ctx.log_time_ms),
+        );
+        self.runs.push(OpenRun {
+            log_index: ctx.log_index,
+            key: (topic.to_string(), first),
+            count,
+        });
+    }
+
+    /// A request of `topic` appended nothing: the open run of `topic` ends before it.
+    fn end_run(&mut self, topic: &str) {
+        self.runs.retain(|r| r.key.0 != topic);
     }
 
     /// Expire idempotency records, before a request with a key looks its key up. Per
@@ -132,6 +198,18 @@ fn check_events(topic: &str, events: &[NewEvent], rules: &Rules) -> Result<(), R
 }
 
 fn apply_append(
+    t: &mut DataTables<'_>,
+    ctx: EntryContext,
+    req: &AppendRequest,
+) -> Result<Answer, StoreError> {
+    let answer = answer_append(t, ctx, req)?;
+    if answer.replayed || !matches!(answer.outcome, Outcome::Appended { .. }) {
+        t.end_run(&req.topic);
+    }
+    Ok(answer)
+}
+
+fn answer_append(
     t: &mut DataTables<'_>,
     ctx: EntryContext,
     req: &AppendRequest,
@@ -255,16 +333,8 @@ fn decide_append(
 
     // Every check passed: write. The events stay in the log entry; one row says where.
     pending.write(&mut t.w)?;
+    t.record_run(ctx, &req.topic, first, req.events.len() as u32);
     let batch = &mut t.w.batch;
-    batch.event_runs.insert(
-        (req.topic.clone(), first),
-        (
-            ctx.log_index,
-            ctx.position,
-            req.events.len() as u32,
-            ctx.log_time_ms,
-        ),
-    );
     let mut touched: BTreeSet<&str> = BTreeSet::new();
     for (i, e) in req.events.iter().enumerate() {
         let offset = first + i as u64;
@@ -369,4 +439,102 @@ fn apply_set_rules(t: &mut DataTables<'_>, s: &SetRules) -> Result<Outcome, Stor
     Ok(Outcome::RulesSet {
         version: current + 1,
     })
+}
+
+#[cfg(all(test, not(madsim)))]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+    use redb::ReadableTableMetadata;
+
+    use crate::tables::EVENT_RUNS;
+    use crate::types::{
+        AppendRequest, ExpectedVersion, LogCommand, NewEvent, Outcome, Request, TypeConfig,
+    };
+
+    fn append(topic: &str, types: &[&str], expected: Option<ExpectedVersion>) -> Request {
+        Request::Append(AppendRequest {
+            topic: topic.into(),
+            events: types
+                .iter()
+                .map(|t| NewEvent {
+                    event_type: t.to_string(),
+                    stream: Some(topic.into()),
+                    data: "{}".into(),
+                    metadata: None,
+                    claims: Vec::new(),
+                    secret: None,
+                })
+                .collect(),
+            expected_version: expected
+                .map(|v| (topic.to_string(), v))
+                .into_iter()
+                .collect::<BTreeMap<_, _>>(),
+            idempotency: None,
+            rules_version: 0,
+            reply: None,
+        })
+    }
+
+    /// The appends of one entry share `event_runs` rows: one per stretch of a topic's appends
+    /// that nothing in between failed, however many requests it holds. Every event reads back
+    /// at its offset, whatever sat between the requests of its run.
+    #[tokio::test]
+    async fn the_appends_of_an_entry_share_runs_and_read_back_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = crate::Storage::open(dir.path()).unwrap();
+        let entry = |index, requests: Vec<Request>| Entry::<TypeConfig> {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(LogCommand {
+                timestamp_ms: 1,
+                requests: requests.into(),
+            }),
+        };
+        let stale = Some(ExpectedVersion::Exact(0));
+        let applied = storage
+            .log_and_apply(vec![
+                // One run of three appends, the other topic between them skipped.
+                entry(
+                    1,
+                    vec![
+                        append("t", &["a"], None),
+                        append("u", &["x"], None),
+                        append("t", &["b", "c"], None),
+                        append("t", &["d"], None),
+                    ],
+                ),
+                // A conflict ends the run; the next append starts one, in the same entry.
+                entry(
+                    2,
+                    vec![
+                        append("t", &["e"], None),
+                        append("t", &["never"], stale),
+                        append("t", &["f"], None),
+                        append("t", &["g", "h"], None),
+                    ],
+                ),
+            ])
+            .await
+            .unwrap();
+        let outcomes: Vec<bool> = applied
+            .iter()
+            .flat_map(|r| r.outcomes.iter())
+            .map(|a| matches!(a.outcome, Outcome::Appended { .. }))
+            .collect();
+        assert_eq!(outcomes, [true, true, true, true, true, false, true, true]);
+        let page = storage.reader.read_topic("t", 0, 100).unwrap();
+        let types: Vec<String> = page
+            .events
+            .iter()
+            .map(|e| serde_json::from_str::<serde_json::Value>(e).unwrap()["type"].to_string())
+            .collect();
+        assert_eq!(
+            types,
+            ["a", "b", "c", "d", "e", "f", "g", "h"].map(|t| format!("\"{t}\""))
+        );
+        let txn = storage.state_machine.live.checkpoint().unwrap();
+        // t: (a b c d) in entry 1, (e) and (f g h) in entry 2; u: (x).
+        assert_eq!(txn.open_table(EVENT_RUNS).unwrap().len().unwrap(), 4);
+    }
 }

@@ -1,6 +1,7 @@
-//! The event store's read side. The log is the store: apply records where each accepted
-//! append's events are (`event_runs`: topic and first offset -> log index, position of the
-//! request in its entry, count, log time) and never copies them. A read finds the run that
+//! The event store's read side. The log is the store: apply records where accepted appends'
+//! events are (`event_runs`: topic and first offset -> log index, position of the first
+//! request in its entry, count, log time; a run spans the appends of one topic that follow
+//! each other in an entry) and never copies them. A read finds the run that
 //! holds an offset, takes the entry from the log (its in-memory tail, else the segment files,
 //! whose records carry CRCs) and renders the event as readers see it.
 //!
@@ -233,12 +234,9 @@ impl<'r> Events<'r> {
         }
         let entry = self.entry.as_ref().expect("read above");
         let event = match &entry.payload {
-            EntryPayload::Normal(cmd) => match cmd.requests.get(run.1 as usize) {
-                Some(Request::Append(a)) if a.topic == topic => {
-                    a.events.get((offset - first) as usize)
-                }
-                _ => None,
-            },
+            EntryPayload::Normal(cmd) => {
+                nth_event(&cmd.requests[..], run.1 as usize, topic, offset - first)
+            }
             _ => None,
         };
         let Some(event) = event else {
@@ -255,6 +253,31 @@ impl<'r> Events<'r> {
         };
         Ok(Some(f(&run, event)))
     }
+}
+
+/// The `nth` event appended to `topic` by the requests of an entry from `position` on: a
+/// run's events (`apply::OpenRun`). Every append to `topic` in a run appended all its events;
+/// requests to other topics sit between them and are skipped.
+fn nth_event<'e>(
+    requests: &'e [Request],
+    position: usize,
+    topic: &str,
+    mut nth: u64,
+) -> Option<&'e NewEvent> {
+    for request in requests.get(position..)? {
+        let Request::Append(a) = request else {
+            continue;
+        };
+        if a.topic != topic {
+            continue;
+        }
+        let len = a.events.len() as u64;
+        if nth < len {
+            return a.events.get(nth as usize);
+        }
+        nth -= len;
+    }
+    None
 }
 
 #[cfg(test)]

@@ -201,6 +201,15 @@ pub(crate) fn ensure_format(db: &Database, name: &str) -> Result<(), StoreError>
         let found = t.get(KEY_FORMAT_VERSION)?.map(|g| g.value());
         match found {
             Some(FORMAT_VERSION) => {}
+            Some(FORMAT_UPGRADED_IN_PLACE) => {
+                tracing::info!(
+                    file = name,
+                    from = FORMAT_UPGRADED_IN_PLACE,
+                    to = FORMAT_VERSION,
+                    "on-disk format upgraded in place; builds before it refuse this file from now on"
+                );
+                t.insert(KEY_FORMAT_VERSION, FORMAT_VERSION)?;
+            }
             None if fresh => {
                 t.insert(KEY_FORMAT_VERSION, FORMAT_VERSION)?;
             }

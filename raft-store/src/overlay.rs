@@ -73,6 +73,14 @@ impl<K: Ord, V> Overlay<K, V> {
         self.changes.insert(key, Some(value));
     }
 
+    /// The value written under `key` in this overlay, to change in place (no new key).
+    pub(crate) fn written_mut<Q: Ord + ?Sized>(&mut self, key: &Q) -> Option<&mut V>
+    where
+        K: std::borrow::Borrow<Q>,
+    {
+        self.changes.get_mut(key).and_then(Option::as_mut)
+    }
+
     pub(crate) fn remove(&mut self, key: K) {
         self.changes.insert(key, None);
     }

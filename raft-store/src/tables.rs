@@ -17,8 +17,13 @@ pub const FORMAT: TableDefinition<&str, u64> = TableDefinition::new("format");
 pub const KEY_FORMAT_VERSION: &str = "version";
 /// The on-disk format this build writes and reads. 1: checksums on every record and a format
 /// table. 2: events are read from the log (`event_runs`); `events` and `event_secrets` hold
-/// only what a snapshot or a backup brought. Files in another format are refused.
-pub const FORMAT_VERSION: u64 = 2;
+/// only what a snapshot or a backup brought. 3: a run may span several appends of an entry
+/// (`crate::apply`), which a format-2 reader would misread. A format-2 file is read as it is
+/// (each of its runs is one append, which is a run of format 3) and stamped 3 at open, so an
+/// older build refuses it from then on. Files in another format are refused.
+pub const FORMAT_VERSION: u64 = 3;
+/// The format that this build upgrades in place by stamping it [`FORMAT_VERSION`].
+pub const FORMAT_UPGRADED_IN_PLACE: u64 = 2;
 
 /// Raft log: index -> JSON-encoded `openraft::Entry`, sealed under the index.
 /// Raft metadata: `vote`, `committed`, `last_purged` -> JSON, sealed under the key.
@@ -29,9 +34,11 @@ pub const RAFT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_m
 pub const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
 /// topic -> number of events (the next offset).
 pub const TOPICS: TableDefinition<&str, Sealed<u64>> = TableDefinition::new("topics");
-/// (topic, first offset) -> where the events of one accepted append are in the log: (log
-/// index, position of the request in its entry, number of events, log time). Apply writes
-/// this row, never the events: the log is the event store (`crate::events`).
+/// (topic, first offset) -> where a run of accepted appends' events is in the log: (log
+/// index, position of the run's first request in its entry, number of events, log time). A
+/// run is the appends of one topic that follow each other in one entry, each appending all
+/// its events (requests to other topics may sit between). Apply writes this row, never the
+/// events: the log is the event store (`crate::events`).
 pub const EVENT_RUNS: TableDefinition<(&str, u64), Sealed<RunValue>> =
     TableDefinition::new("event_runs");
 /// The archive: (topic, offset) -> (checksum, the event as served to readers, JSON text), for

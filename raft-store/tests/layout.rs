@@ -82,6 +82,35 @@ fn a_data_dir_with_the_log_inside_the_state_file_is_refused() {
     assert!(!dir.path().join(LOG_DIR).exists(), "nothing was created");
 }
 
+/// Format 2 differs from format 3 only in what a run may span (format 3 joins the appends of
+/// an entry): this build reads a format-2 file as it is and stamps it 3 at open, so the build
+/// that wrote it refuses it from then on rather than misread a joined run.
+#[test]
+fn a_format_2_state_file_is_upgraded_in_place_at_open() {
+    let format: TableDefinition<&str, u64> = TableDefinition::new("format");
+    let dir = tempfile::tempdir().unwrap();
+    drop(Storage::open(dir.path()).unwrap());
+    let path = dir.path().join(DATA_FILE);
+    let stamp = |version: Option<u64>| {
+        use redb::ReadableTable;
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        let found = {
+            let mut t = txn.open_table(format).unwrap();
+            if let Some(v) = version {
+                t.insert("version", v).unwrap();
+            }
+            let found = t.get("version").unwrap().map(|g| g.value());
+            found
+        };
+        txn.commit().unwrap();
+        found
+    };
+    assert_eq!(stamp(Some(2)), Some(2));
+    drop(Storage::open(dir.path()).expect("a format-2 file opens"));
+    assert_eq!(stamp(None), Some(3), "stamped with this build's format");
+}
+
 /// A state file with tables but no `format` table (written before checksums), or stamped
 /// with a format this build does not know, is refused by name; nothing in it is touched.
 /// Format 1 (events copied into the state file) is refused with the way to migrate: backup
@@ -122,7 +151,7 @@ fn files_of_another_on_disk_format_are_refused() {
                     assert!(msg.contains("uniqlog backup --to FILE"), "{msg}");
                     assert!(msg.contains("uniqlog restore --from FILE"), "{msg}");
                 } else {
-                    assert!(msg.contains("reads format 2 only"), "{msg}");
+                    assert!(msg.contains("reads format 3 only"), "{msg}");
                 }
             }
             Err(e) => panic!("{file} {stamp:?}: wrong error: {e}"),
