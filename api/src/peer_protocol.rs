@@ -24,8 +24,10 @@ use crate::transport::HttpRequest;
 /// current owner in the history of a key claimed by a newer one; and a forwarded operation
 /// names the term its sender saw the leader in (`App::leads_term`). 6: appends travel on a
 /// link, a connection upgraded from `GET /raft/append` to a stream of frames (`crate::link`),
-/// not one `POST` each.
-pub const VERSION: u32 = 6;
+/// not one `POST` each. 7: apply writes state format 3 (one run per entry and topic, a
+/// stream's first offset in `stream_heads`), so two builds' state files would differ, and a
+/// snapshot carries `stream_heads` rows, which an older node cannot install.
+pub const VERSION: u32 = 7;
 
 pub const HEADER: HeaderName = HeaderName::from_static("x-uniqlog-peer-protocol");
 

@@ -280,7 +280,8 @@ fn decide_append(
     }
 
     // Current version of every stream the request names; a stream of another topic is a 400.
-    let mut versions: BTreeMap<&str, u64> = BTreeMap::new();
+    // stream -> (version, offset of its first event if it has one).
+    let mut versions: BTreeMap<&str, (u64, Option<u64>)> = BTreeMap::new();
     let named = req
         .expected_version
         .keys()
@@ -290,24 +291,24 @@ fn decide_append(
         if versions.contains_key(stream) {
             continue;
         }
-        let version = match t.w.stack().stream(stream)? {
-            None => 0,
-            Some((topic, version)) => {
+        let head = match t.w.stack().stream(stream)? {
+            None => (0, None),
+            Some((topic, version, first)) => {
                 if topic != req.topic {
                     return rejected(Rejection::StreamInOtherTopic {
                         stream: stream.to_string(),
                         topic,
                     });
                 }
-                version
+                (version, Some(first))
             }
         };
-        versions.insert(stream, version);
+        versions.insert(stream, head);
     }
 
     // 2. expected_version, for every stream it names.
     for (stream, expected) in &req.expected_version {
-        let actual = versions[stream.as_str()];
+        let actual = versions[stream.as_str()].0;
         if !expected.matches(actual) {
             return Ok(answer(Outcome::Conflict(Conflict::Version {
                 stream: stream.clone(),
@@ -339,18 +340,27 @@ fn decide_append(
     for (i, e) in req.events.iter().enumerate() {
         let offset = first + i as u64;
         if let Some(stream) = e.stream.as_deref() {
-            let v = versions.get_mut(stream).expect("collected above");
-            *v += 1;
-            batch.stream_index.insert((stream.to_string(), *v), offset);
+            let (version, first) = versions.get_mut(stream).expect("collected above");
+            *version += 1;
+            // A stream's first event is in its head row, the others in `stream_index`.
+            if first.is_some() {
+                batch
+                    .stream_index
+                    .insert((stream.to_string(), *version), offset);
+            } else {
+                *first = Some(offset);
+            }
             touched.insert(stream);
         }
     }
     // Only streams that received events are recorded: naming a stream in expected_version
     // alone does not claim it for this topic.
     for stream in touched {
+        let (version, first) = versions[stream];
+        let first = first.expect("a stream that received events has a first");
         batch
             .streams
-            .insert(stream.to_string(), (req.topic.clone(), versions[stream]));
+            .insert(stream.to_string(), (req.topic.clone(), version, first));
     }
     let next = first + req.events.len() as u64;
     batch.topics.insert(req.topic.clone(), next);

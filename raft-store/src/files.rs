@@ -202,10 +202,12 @@ pub(crate) fn ensure_format(db: &Database, name: &str) -> Result<(), StoreError>
         match found {
             Some(FORMAT_VERSION) => {}
             Some(FORMAT_UPGRADED_IN_PLACE) => {
+                let streams = move_streams_to_heads(&txn)?;
                 tracing::info!(
                     file = name,
                     from = FORMAT_UPGRADED_IN_PLACE,
                     to = FORMAT_VERSION,
+                    streams,
                     "on-disk format upgraded in place; builds before it refuse this file from now on"
                 );
                 t.insert(KEY_FORMAT_VERSION, FORMAT_VERSION)?;

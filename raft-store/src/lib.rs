@@ -236,12 +236,29 @@ impl Storage {
         &self,
         entries: Vec<openraft::Entry<TypeConfig>>,
     ) -> Result<Vec<LogResponse>, openraft::StorageError<NodeId>> {
-        use openraft::storage::RaftStateMachine;
+        self.log_only(entries.clone()).await?;
+        self.apply_only(entries).await
+    }
+
+    /// The first half of [`Storage::log_and_apply`]: write entries to the log, durably.
+    #[doc(hidden)]
+    pub async fn log_only(
+        &self,
+        entries: Vec<openraft::Entry<TypeConfig>>,
+    ) -> Result<(), openraft::StorageError<NodeId>> {
         let log = self.log.log.clone();
-        let written = entries.clone();
-        blocking(move || log.append(&written, None))
+        blocking(move || log.append(&entries, None))
             .await
-            .map_err(crate::error::logs_write)?;
+            .map_err(crate::error::logs_write)
+    }
+
+    /// The second half of [`Storage::log_and_apply`]: apply entries the log holds.
+    #[doc(hidden)]
+    pub async fn apply_only(
+        &self,
+        entries: Vec<openraft::Entry<TypeConfig>>,
+    ) -> Result<Vec<LogResponse>, openraft::StorageError<NodeId>> {
+        use openraft::storage::RaftStateMachine;
         self.state_machine.clone().apply(entries).await
     }
 

@@ -141,7 +141,7 @@ impl StateReader {
     /// The topic `stream` belongs to, if it has events.
     pub fn stream_topic(&self, stream: &str) -> Result<Option<String>, StoreError> {
         self.guard("stream_topic", |view| {
-            view.with(|s| Ok(s.stream(stream)?.map(|(topic, _)| topic)))
+            view.with(|s| Ok(s.stream(stream)?.map(|(topic, _, _)| topic)))
         })
     }
 
@@ -158,7 +158,7 @@ impl StateReader {
             // Where the page's events are, looked up first: the layers are locked for
             // lookups only, never while entries are read and rendered.
             let found = view.with(|s| {
-                let Some((topic, _)) = s.stream(stream)? else {
+                let Some((topic, _, _)) = s.stream(stream)? else {
                     return Ok(None);
                 };
                 let offsets: Vec<((String, u64), u64)> = s
@@ -218,7 +218,7 @@ impl StateReader {
             view.scan(copy, |s| {
                 let mut out = Vec::new();
                 for row in s.streams_from(prefix)? {
-                    let (name, (_, version)) = row?;
+                    let (name, (_, version, _)) = row?;
                     if !name.starts_with(prefix) {
                         break;
                     }

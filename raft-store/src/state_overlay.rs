@@ -18,9 +18,9 @@ pub(crate) struct StateOverlay {
     /// events: the log holds them (`crate::events`); the archive tables change only with a
     /// snapshot install, which replaces the file's tables outright.
     pub event_runs: Overlay<(String, u64), RunValue>,
-    /// stream -> (topic, version).
-    pub streams: Overlay<String, (String, u64)>,
-    /// (stream, version) -> offset.
+    /// `stream_heads`: stream -> (topic, version, first offset).
+    pub streams: Overlay<String, (String, u64, u64)>,
+    /// (stream, version) -> offset, for versions from 2 on.
     pub stream_index: Overlay<(String, u64), u64>,
     /// (set, key) -> (owner, offset).
     pub uniq_owners: Overlay<(String, String), (String, u64)>,
@@ -91,9 +91,10 @@ impl StateOverlay {
         flush!(self.meta, SM_META, |k| k.as_str(), |v| v.as_slice());
         flush!(self.topics, TOPICS, |k| k.as_str(), |v| *v);
         flush!(self.event_runs, EVENT_RUNS, |k| (k.0.as_str(), k.1), |v| *v);
-        flush!(self.streams, STREAMS, |k| k.as_str(), |v| (
+        flush!(self.streams, STREAM_HEADS, |k| k.as_str(), |v| (
             v.0.as_str(),
-            v.1
+            v.1,
+            v.2
         ));
         flush!(
             self.stream_index,
@@ -141,18 +142,18 @@ mod tests {
         // A row that the overlay will remove, written by an earlier checkpoint.
         {
             let txn = db.begin_write().unwrap();
-            txn.open_table(STREAMS)
+            txn.open_table(STREAM_HEADS)
                 .unwrap()
-                .insert("gone", ("t", 1))
+                .insert("gone", ("t", 1, 0))
                 .unwrap();
             txn.commit().unwrap();
         }
         let mut o = StateOverlay::default();
         o.topics.insert("t".into(), 2);
-        o.streams.insert("s".into(), ("t".into(), 2));
+        o.streams.insert("s".into(), ("t".into(), 3, 0));
         o.streams.remove("gone".into());
-        o.stream_index.insert(("s".into(), 1), 0);
         o.stream_index.insert(("s".into(), 2), 1);
+        o.stream_index.insert(("s".into(), 3), 4);
         o.uniq_owners
             .insert(("email".into(), "a@x".into()), ("s".into(), 0));
         o.uniq_history
@@ -169,9 +170,9 @@ mod tests {
         txn.commit().unwrap();
 
         let r = db.begin_read().unwrap();
-        let streams = r.open_table(STREAMS).unwrap();
+        let streams = r.open_table(STREAM_HEADS).unwrap();
         assert!(streams.get("gone").unwrap().is_none());
-        assert_eq!(streams.get("s").unwrap().unwrap().value(), ("t", 2));
+        assert_eq!(streams.get("s").unwrap().unwrap().value(), ("t", 3, 0));
         assert_eq!(
             r.open_table(TOPICS)
                 .unwrap()
@@ -191,7 +192,7 @@ mod tests {
                 (k.value().1, v.value())
             })
             .collect();
-        assert_eq!(index, [(1, 0), (2, 1)]);
+        assert_eq!(index, [(2, 1), (3, 4)]);
         let owner = r.open_table(UNIQ_OWNERS).unwrap();
         assert_eq!(
             owner.get(("email", "a@x")).unwrap().unwrap().value(),

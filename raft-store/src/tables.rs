@@ -5,7 +5,7 @@
 //! byte strings sealed under their key, events are `(checksum, text)` over key and text, and
 //! the other state tables hold `Sealed<V>` values.
 
-use redb::{ReadableTable, Table, TableDefinition};
+use redb::{ReadableTable, ReadableTableMetadata, Table, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -18,9 +18,11 @@ pub const KEY_FORMAT_VERSION: &str = "version";
 /// The on-disk format this build writes and reads. 1: checksums on every record and a format
 /// table. 2: events are read from the log (`event_runs`); `events` and `event_secrets` hold
 /// only what a snapshot or a backup brought. 3: a run may span several appends of an entry
-/// (`crate::apply`), which a format-2 reader would misread. A format-2 file is read as it is
-/// (each of its runs is one append, which is a run of format 3) and stamped 3 at open, so an
-/// older build refuses it from then on. Files in another format are refused.
+/// (`crate::apply`), which a format-2 reader would misread, and a stream's first offset is in
+/// `stream_heads`, not in `stream_index`. A format-2 file is upgraded at open, in one
+/// transaction: its runs are read as they are (each is one append, a run of format 3), its
+/// `streams` rows move into `stream_heads` ([`move_streams_to_heads`]), and it is stamped 3,
+/// so an older build refuses it from then on. Files in another format are refused.
 pub const FORMAT_VERSION: u64 = 3;
 /// The format that this build upgrades in place by stamping it [`FORMAT_VERSION`].
 pub const FORMAT_UPGRADED_IN_PLACE: u64 = 2;
@@ -48,9 +50,18 @@ pub const EVENTS: TableDefinition<(&str, u64), (u32, &str)> = TableDefinition::n
 /// The archive of the events' secret fields, as [`EVENTS`]. Never served to readers.
 pub const EVENT_SECRETS: TableDefinition<(&str, u64), (u32, &str)> =
     TableDefinition::new("event_secrets");
-/// stream -> (topic it belongs to, version = number of its events).
+/// Format 2 only: stream -> (topic it belongs to, version = number of its events). Its rows
+/// move into [`STREAM_HEADS`] when a format-2 file is opened or a snapshot written by a
+/// format-2 node is installed ([`move_streams_to_heads`]); nothing else writes it.
 pub const STREAMS: TableDefinition<&str, Sealed<(&str, u64)>> = TableDefinition::new("streams");
-/// (stream, version) -> topic offset of the stream's `version`-th event (1-based).
+/// stream -> (topic it belongs to, version = number of its events, topic offset of its first
+/// event). The first event's offset lives here rather than in a `stream_index` row: most
+/// streams (a user's) get one event from a hot path, and a row costs apply and every
+/// checkpoint on every node (issue 25).
+pub const STREAM_HEADS: TableDefinition<&str, Sealed<(&str, u64, u64)>> =
+    TableDefinition::new("stream_heads");
+/// (stream, version) -> topic offset of the stream's `version`-th event, for versions from 2
+/// on (version 1 is in [`STREAM_HEADS`]).
 pub const STREAM_INDEX: TableDefinition<(&str, u64), Sealed<u64>> =
     TableDefinition::new("stream_index");
 
@@ -103,7 +114,8 @@ macro_rules! state_machine_tables {
             7 IDEMPOTENCY idempotency,
             8 IDEMPOTENCY_BY_AGE idempotency_by_age,
             9 EVENT_SECRETS event_secrets,
-            10 EVENT_RUNS event_runs
+            10 EVENT_RUNS event_runs,
+            11 STREAM_HEADS stream_heads
         )
     };
 }
@@ -149,4 +161,209 @@ pub(crate) fn get_meta<T: serde::de::DeserializeOwned>(
         Err(e) => return Err(e.into()),
     };
     get_json(&t, table.name(), key)
+}
+
+/// Move every `streams` row (format 2) into `stream_heads` (format 3), taking the stream's
+/// first offset out of its `stream_index` row for version 1. Returns how many moved. Runs in
+/// the transaction that upgrades a file or installs a snapshot, so a crash leaves either
+/// format whole.
+pub(crate) fn move_streams_to_heads(txn: &redb::WriteTransaction) -> Result<u64, StoreError> {
+    let mut old = txn.open_table(STREAMS)?;
+    if old.is_empty()? {
+        return Ok(0);
+    }
+    let mut heads = txn.open_table(STREAM_HEADS)?;
+    let mut index = txn.open_table(STREAM_INDEX)?;
+    let mut moved = 0;
+    for row in old.iter()? {
+        let (stream, value) = row?;
+        let (stream, (topic, version)) = (stream.value(), value.value());
+        let first = index.remove((stream, 1))?.map(|g| g.value());
+        let Some(first) = first else {
+            return Err(StoreError::corrupt(
+                "stream_index",
+                format!("{stream}/1"),
+                "a stream with events has no offset for its first event",
+            ));
+        };
+        heads.insert(stream, (topic, version, first))?;
+        moved += 1;
+    }
+    old.retain(|_, _| false)?;
+    Ok(moved)
+}
+
+#[cfg(all(test, not(madsim)))]
+mod tests {
+    use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+    use redb::{ReadableDatabase, ReadableTableMetadata};
+
+    use super::*;
+    use crate::types::{AppendRequest, LogCommand, NewEvent, Request, TypeConfig};
+
+    fn append(stream: &str, n: usize) -> Request {
+        Request::Append(AppendRequest {
+            topic: "t".into(),
+            events: (0..n)
+                .map(|i| NewEvent {
+                    event_type: format!("{stream}-{i}"),
+                    stream: Some(stream.into()),
+                    data: "{}".into(),
+                    metadata: None,
+                    claims: Vec::new(),
+                    secret: None,
+                })
+                .collect(),
+            expected_version: Default::default(),
+            idempotency: None,
+            rules_version: 0,
+            reply: None,
+        })
+    }
+
+    fn stream_types(storage: &crate::Storage, stream: &str) -> Vec<String> {
+        let page = storage.reader.read_stream(stream, 0, 100).unwrap();
+        page.events
+            .iter()
+            .map(|e| serde_json::from_str::<serde_json::Value>(e).unwrap()["type"].to_string())
+            .collect()
+    }
+
+    /// Rewrite a format-3 state file the way format 2 held streams: `streams` rows, and the
+    /// first event's offset in `stream_index`.
+    fn as_format_2(db: &redb::Database) {
+        let txn = db.begin_write().unwrap();
+        {
+            let mut heads = txn.open_table(STREAM_HEADS).unwrap();
+            let mut streams = txn.open_table(STREAMS).unwrap();
+            let mut index = txn.open_table(STREAM_INDEX).unwrap();
+            for row in heads.iter().unwrap() {
+                let (k, v) = row.unwrap();
+                let (topic, version, first) = v.value();
+                streams.insert(k.value(), (topic, version)).unwrap();
+                index.insert((k.value(), 1), first).unwrap();
+            }
+            heads.retain(|_, _| false).unwrap();
+            txn.open_table(FORMAT)
+                .unwrap()
+                .insert(KEY_FORMAT_VERSION, 2)
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+
+    fn heads_and_index(db: &redb::Database) -> (Vec<(String, (String, u64, u64))>, u64, u64) {
+        let txn = db.begin_read().unwrap();
+        let heads = txn
+            .open_table(STREAM_HEADS)
+            .unwrap()
+            .iter()
+            .unwrap()
+            .map(|row| {
+                let (k, v) = row.unwrap();
+                let (topic, version, first) = v.value();
+                (k.value().to_string(), (topic.to_string(), version, first))
+            })
+            .collect();
+        let index = txn.open_table(STREAM_INDEX).unwrap().len().unwrap();
+        let streams = txn.open_table(STREAMS).unwrap().len().unwrap();
+        (heads, index, streams)
+    }
+
+    /// A state file and a snapshot of format 2 (streams in `streams`, first offsets in
+    /// `stream_index`) are both moved to `stream_heads` when this build opens or installs
+    /// them, and every stream reads back as it was.
+    #[tokio::test]
+    async fn format_2_streams_move_to_heads_at_open_and_at_install() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = crate::Storage::open(dir.path()).unwrap();
+        let entry = |index, requests: Vec<Request>| Entry::<TypeConfig> {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(LogCommand {
+                timestamp_ms: 1,
+                requests: requests.into(),
+            }),
+        };
+        storage
+            .log_and_apply(vec![
+                entry(1, vec![append("one", 1), append("three", 2)]),
+                entry(2, vec![append("three", 1)]),
+            ])
+            .await
+            .unwrap();
+        let expected = [
+            ("one", vec!["\"one-0\""]),
+            ("three", vec!["\"three-0\"", "\"three-1\"", "\"three-0\""]),
+        ];
+        let heads = vec![
+            ("one".to_string(), ("t".to_string(), 1, 0)),
+            ("three".to_string(), ("t".to_string(), 3, 1)),
+        ];
+        for (stream, types) in &expected {
+            assert_eq!(stream_types(&storage, stream), *types);
+        }
+        let db = storage.state_machine.live.db.clone();
+        storage.state_machine.live.checkpoint().unwrap();
+        // Versions 2 and 3 of "three" only: a first event needs no index row.
+        assert_eq!(heads_and_index(&db), (heads.clone(), 2, 0));
+
+        // A snapshot of the format-2 shape, installed on a fresh store.
+        as_format_2(&db);
+        assert_eq!(heads_and_index(&db), (Vec::new(), 4, 2));
+        let snap = storage
+            .state_machine
+            .clone()
+            .build_snapshot()
+            .await
+            .unwrap();
+        let other_dir = tempfile::tempdir().unwrap();
+        let other = crate::Storage::open(other_dir.path()).unwrap();
+        let mut sm = other.state_machine.clone();
+        let mut rx = sm.begin_receiving_snapshot().await.unwrap();
+        let mut src = snap.snapshot;
+        tokio::io::copy(&mut src, &mut rx).await.unwrap();
+        sm.install_snapshot(&snap.meta, rx).await.unwrap();
+        assert_eq!(
+            heads_and_index(&other.state_machine.live.db),
+            (heads.clone(), 2, 0)
+        );
+        for (stream, types) in &expected {
+            assert_eq!(stream_types(&other, stream), *types);
+        }
+
+        // The format-2 file itself, opened again.
+        drop((storage, db));
+        let storage = loop {
+            match crate::Storage::open(dir.path()) {
+                Ok(s) => break s,
+                // A background checkpoint may still hold the file for a moment.
+                Err(e) if e.to_string().contains("already open") => {
+                    std::thread::sleep(std::time::Duration::from_millis(5))
+                }
+                Err(e) => panic!("reopen: {e}"),
+            }
+        };
+        assert_eq!(
+            heads_and_index(&storage.state_machine.live.db),
+            (heads, 2, 0)
+        );
+        for (stream, types) in &expected {
+            assert_eq!(stream_types(&storage, stream), *types);
+        }
+    }
+
+    /// A format-2 stream whose first offset is missing is damage, named, not a guess.
+    #[test]
+    fn a_format_2_stream_without_its_first_offset_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = redb::Database::create(dir.path().join("s.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(STREAMS)
+            .unwrap()
+            .insert("s", ("t", 1))
+            .unwrap();
+        let err = move_streams_to_heads(&txn).unwrap_err();
+        assert!(err.to_string().contains("s/1"), "{err}");
+    }
 }

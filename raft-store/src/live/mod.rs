@@ -318,6 +318,8 @@ impl LiveState {
         let seq = self.read_layers().active.seq;
         let txn = crate::files::write_txn(&self.db, redb::Durability::Immediate)?;
         load(&txn)?;
+        // A snapshot or backup written by a format-2 node carries `streams` rows.
+        move_streams_to_heads(&txn)?;
         let installed: Option<openraft::LogId<crate::NodeId>> =
             get_json(&txn.open_table(SM_META)?, "sm_meta", KEY_LAST_APPLIED)?.flatten();
         txn.open_table(FORMAT)?

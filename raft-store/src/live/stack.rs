@@ -15,6 +15,8 @@ use crate::tables::*;
 
 /// An owner and the offset of the event that claimed (or, in history, released) a key.
 type Owner = (String, u64);
+/// A stream's topic, version (its number of events) and first event's offset.
+pub(crate) type StreamHead = (String, u64, u64);
 /// A history row's key: set, key, claimed offset.
 type HistoryRowKey = (String, String, u64);
 
@@ -36,7 +38,7 @@ pub(crate) struct Stack<'a> {
 #[derive(Default)]
 pub(crate) struct Opened {
     owners: OnceCell<ReadOnlyTable<(&'static str, &'static str), SealedOwner>>,
-    streams: OnceCell<ReadOnlyTable<&'static str, checksum::Sealed<(&'static str, u64)>>>,
+    streams: OnceCell<ReadOnlyTable<&'static str, checksum::Sealed<(&'static str, u64, u64)>>>,
 }
 
 /// `f` of `table` of `txn`: the table kept in `cell`, opened there first if need be, or
@@ -63,9 +65,9 @@ fn get<'a, K, V, Q>(
     file: impl FnOnce() -> Result<Option<V>, StoreError>,
 ) -> Result<Option<V>, StoreError>
 where
-    K: Ord + std::borrow::Borrow<Q> + 'a,
+    K: Ord + std::hash::Hash + std::borrow::Borrow<Q> + 'a,
     V: Clone + 'a,
-    Q: Ord + ?Sized,
+    Q: Ord + std::hash::Hash + ?Sized,
 {
     for layer in layers {
         match layer.get(key) {
@@ -78,7 +80,7 @@ where
 }
 
 /// The rows of `range`: the file's with every layer laid over, oldest first.
-fn range<'a, K: Ord + Clone + 'a, V: Clone + 'a>(
+fn range<'a, K: Ord + std::hash::Hash + Clone + 'a, V: Clone + 'a>(
     layers: Vec<&'a Overlay<K, V>>,
     range: (Bound<K>, Bound<K>),
     file: Rows<'a, K, V>,
@@ -153,28 +155,28 @@ impl<'a> Stack<'a> {
         )
     }
 
-    /// The topic and version of `stream`, if it has events.
-    pub(crate) fn stream(&self, stream: &str) -> Result<Option<(String, u64)>, StoreError> {
+    /// The topic, version and first event's offset of `stream`, if it has events.
+    pub(crate) fn stream(&self, stream: &str) -> Result<Option<StreamHead>, StoreError> {
         get(self.layers.iter().map(|l| &l.streams), stream, || {
             let cell = self.opened.map(|o| &o.streams);
-            with_table(cell, self.txn, STREAMS, |t| {
+            with_table(cell, self.txn, STREAM_HEADS, |t| {
                 Ok(t.get(stream)?.map(|g| {
-                    let (topic, version) = g.value();
-                    (topic.to_string(), version)
+                    let (topic, version, first) = g.value();
+                    (topic.to_string(), version, first)
                 }))
             })
         })
     }
 
-    /// Streams from `from` on, by name, with their topics and versions.
+    /// Streams from `from` on, by name, with their topics, versions and first offsets.
     pub(crate) fn streams_from(
         &self,
         from: &str,
-    ) -> Result<Rows<'a, String, (String, u64)>, StoreError> {
-        let t = self.txn.open_table(STREAMS)?;
-        let file: Rows<'a, String, (String, u64)> = file_rows!(t.range(from..)?, |k, v| (
+    ) -> Result<Rows<'a, String, StreamHead>, StoreError> {
+        let t = self.txn.open_table(STREAM_HEADS)?;
+        let file: Rows<'a, String, StreamHead> = file_rows!(t.range(from..)?, |k, v| (
             k.to_string(),
-            (v.0.to_string(), v.1)
+            (v.0.to_string(), v.1, v.2)
         ));
         Ok(range(
             self.each(|l| &l.streams),
@@ -184,25 +186,34 @@ impl<'a> Stack<'a> {
         ))
     }
 
-    /// The topic offsets of `stream`'s events from version `from` on, with their versions.
+    /// The topic offsets of `stream`'s events from version `from` on, with their versions:
+    /// the first from the stream's head, the others from `stream_index`.
     pub(crate) fn stream_offsets(
         &self,
         stream: &str,
         from: u64,
     ) -> Result<Rows<'a, (String, u64), u64>, StoreError> {
+        let later = from.max(2);
         let t = self.txn.open_table(STREAM_INDEX)?;
         let file: Rows<'a, (String, u64), u64> = file_rows!(
-            t.range((stream, from)..=(stream, u64::MAX))?,
+            t.range((stream, later)..=(stream, u64::MAX))?,
             |k, v| ((k.0.to_string(), k.1), v)
         );
-        Ok(range(
+        let rest = range(
             self.each(|l| &l.stream_index),
             (
-                Bound::Included((stream.to_string(), from)),
+                Bound::Included((stream.to_string(), later)),
                 Bound::Included((stream.to_string(), u64::MAX)),
             ),
             file,
             false,
+        );
+        let first = match self.stream(stream)? {
+            Some((_, _, first)) if from <= 1 => first,
+            _ => return Ok(rest),
+        };
+        Ok(Box::new(
+            std::iter::once(Ok(((stream.to_string(), 1), first))).chain(rest),
         ))
     }
 
