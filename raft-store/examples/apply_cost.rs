@@ -9,6 +9,7 @@
 //! count) over the apply phase, per request.
 //!
 //! usage: cargo run --release -p raft-store --example apply_cost [ENTRIES=5000] [PER_ENTRY=19]
+//! [ENTRIES_PER_BATCH=4]
 
 use std::time::Instant;
 
@@ -85,6 +86,7 @@ async fn main() {
         .map(|a| a.parse::<u64>().expect("a number"));
     let entries = args.next().unwrap_or(5_000);
     let per_entry = args.next().unwrap_or(19);
+    let per_batch = args.next().unwrap_or(4) as usize;
     let dir = tempfile::tempdir().unwrap();
     let storage = Storage::open(dir.path()).unwrap();
 
@@ -114,7 +116,7 @@ async fn main() {
     let (cpu, wall) = (cpu_seconds(), Instant::now());
     let mut appended = 0u64;
     // Batches of a few entries, as openraft hands them to apply under load.
-    for batch in all.chunks(4) {
+    for batch in all.chunks(per_batch) {
         for response in storage.apply_only(batch.to_vec()).await.unwrap() {
             appended += response
                 .outcomes

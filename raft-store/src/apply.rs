@@ -13,7 +13,7 @@ use serde_json::value::RawValue;
 
 use crate::error::StoreError;
 use crate::idempotency::Record;
-use crate::live::Working;
+use crate::live::{Carried, Working};
 use crate::rules::{Rules, UniqOp};
 use crate::tables::*;
 use crate::types::{
@@ -51,13 +51,33 @@ struct OpenRun {
 }
 
 impl<'a> DataTables<'a> {
-    pub(crate) fn open(w: Working<'a>) -> Result<Self, StoreError> {
-        let rules = w.stack().meta(KEY_RULES)?.unwrap_or_default();
-        Ok(DataTables {
+    /// Open a batch's tables, with the rules and log time that the last batch ended with
+    /// (read from `sm_meta` when no batch left them: after a start or an install).
+    pub(crate) fn open(mut w: Working<'a>) -> Result<(Self, u64), StoreError> {
+        let carried = match w.take_carried() {
+            Some(c) => c,
+            None => Carried {
+                rules: w.stack().meta(KEY_RULES)?.unwrap_or_default(),
+                log_time_ms: w.stack().meta(KEY_LOG_TIME)?.unwrap_or(0),
+            },
+        };
+        let tables = DataTables {
             w,
-            rules,
+            rules: carried.rules,
             runs: Vec::new(),
-        })
+        };
+        Ok((tables, carried.log_time_ms))
+    }
+
+    /// End the batch: leave the rules and `log_time_ms` (both written in `sm_meta` by now)
+    /// for the next one, and hand back the batch.
+    pub(crate) fn close(self, log_time_ms: u64) -> Working<'a> {
+        let mut w = self.w;
+        w.carry(Carried {
+            rules: self.rules,
+            log_time_ms,
+        });
+        w
     }
 
     /// Record where the `count` events of the request at `ctx`, appended to `topic` from

@@ -93,8 +93,7 @@ pub(crate) fn apply_batch(
         .sum();
     let mut responses = Vec::with_capacity(entries.len());
     let mut last_index = 0;
-    let mut tables = DataTables::open(live.begin()?)?;
-    let mut log_time: u64 = tables.w.stack().meta(KEY_LOG_TIME)?.unwrap_or(0);
+    let (mut tables, mut log_time) = DataTables::open(live.begin()?)?;
     let mut last_applied = None;
     let mut membership = None;
     for entry in &entries {
@@ -129,7 +128,7 @@ pub(crate) fn apply_batch(
     if let Some(m) = &membership {
         w.put_meta(KEY_MEMBERSHIP, m);
     }
-    let frozen = tables.w.finish(entries.len() as u64, events);
+    let frozen = tables.close(log_time).finish(entries.len() as u64, events);
     Ok((responses, last_index, frozen))
 }
 

@@ -99,12 +99,40 @@ pub(crate) struct LiveState {
     pub(crate) db: Arc<Database>,
     layers: RwLock<Layers>,
     /// Held by apply for a whole batch, and by whatever drops a layer: a batch sees the file
-    /// and the layers of one moment. Holds apply's pace of checkpoints.
-    writer: Mutex<Pace>,
+    /// and the layers of one moment. Holds what apply keeps from batch to batch.
+    writer: Mutex<Writer>,
     /// Held while a write transaction fills the file (checkpoints, snapshot installs).
     filling: Mutex<()>,
     /// A background checkpoint failed: apply must not go on as if the file were keeping up.
     failed: Mutex<Option<String>>,
+}
+
+/// What apply keeps from one batch to the next, under [`LiveState`]'s `writer` lock.
+pub(crate) struct Writer {
+    pub(crate) pace: Pace,
+    /// Apply's read transaction of the file and the tables it keeps open, reused by every
+    /// batch until a checkpoint or an install changes the file (each of them drops it, in
+    /// the same step as the layers the file now holds). A follower's batch is often one
+    /// entry, and beginning a transaction and opening its tables cost a fifth of its apply
+    /// (bench/README.md, issue 25 step 8).
+    pub(crate) file: Option<FileView>,
+    /// The rules and the log time that the last batch ended with: the next batch starts from
+    /// them instead of decoding them from `sm_meta` again. Dropped by an install.
+    pub(crate) carried: Option<Carried>,
+}
+
+/// A read transaction of the state file, as apply reads it.
+pub(crate) struct FileView {
+    pub(crate) txn: ReadTransaction,
+    pub(crate) opened: Opened,
+    /// The sequence number of the last layer the file holds, as `txn` sees it.
+    pub(crate) seq: u64,
+}
+
+/// State that apply carries from batch to batch; exactly what it wrote in `sm_meta`.
+pub(crate) struct Carried {
+    pub(crate) rules: crate::apply::RulesState,
+    pub(crate) log_time_ms: u64,
 }
 
 /// When apply freezes the active layer for a checkpoint: after so many entries or events,
@@ -155,9 +183,13 @@ impl LiveState {
                 frozen: None,
                 by_age_floor: None,
             }),
-            writer: Mutex::new(Pace {
-                since: (0, 0),
-                every: (ENTRIES_BETWEEN_CHECKPOINTS, EVENTS_BETWEEN_CHECKPOINTS),
+            writer: Mutex::new(Writer {
+                pace: Pace {
+                    since: (0, 0),
+                    every: (ENTRIES_BETWEEN_CHECKPOINTS, EVENTS_BETWEEN_CHECKPOINTS),
+                },
+                file: None,
+                carried: None,
             }),
             filling: Mutex::new(()),
             failed: Mutex::new(None),
@@ -181,7 +213,7 @@ impl LiveState {
 
     /// Checkpoint every `entries` applied entries instead (tests: frequent checkpoints).
     pub(crate) fn checkpoint_every(&self, entries: u64) {
-        lock(&self.writer).every = (entries.max(1), EVENTS_BETWEEN_CHECKPOINTS);
+        lock(&self.writer).pace.every = (entries.max(1), EVENTS_BETWEEN_CHECKPOINTS);
     }
 
     /// Whether the changes since the last checkpoint have grown past twice their bound while
@@ -192,8 +224,8 @@ impl LiveState {
         // Called from async code: never wait for a checkpoint that holds `writer` (it is
         // writing the file, so apply is not behind it).
         let pace = match self.writer.try_lock() {
-            Ok(pace) => *pace,
-            Err(std::sync::TryLockError::Poisoned(p)) => *p.into_inner(),
+            Ok(writer) => writer.pace,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner().pace,
             Err(std::sync::TryLockError::WouldBlock) => return false,
         };
         let behind = pace.since.0 >= 2 * pace.every.0 || pace.since.1 >= 2 * pace.every.1;
@@ -230,18 +262,21 @@ impl LiveState {
                 "a checkpoint of the state file failed: {e}"
             ))));
         }
-        let writer = lock(&self.writer);
-        let txn = self.db.begin_read()?;
-        let file_seq = file_seq(&txn)?;
+        let mut writer = lock(&self.writer);
+        if writer.file.is_none() {
+            let txn = self.db.begin_read()?;
+            writer.file = Some(FileView {
+                seq: file_seq(&txn)?,
+                txn,
+                opened: Opened::default(),
+            });
+        }
         let layers = self.read_layers();
         let by_age_floor = layers.by_age_floor.clone();
         Ok(Working {
             live: self,
-            pace: writer,
+            writer,
             layers: Some(layers),
-            txn,
-            opened: Opened::default(),
-            file_seq,
             batch: StateOverlay::default(),
             by_age_floor,
         })
@@ -263,7 +298,8 @@ impl LiveState {
         layer.state.flush(&txn)?;
         set_file_seq(&txn, layer.seq)?;
         txn.commit()?;
-        let _writer = lock(&self.writer);
+        let mut writer = lock(&self.writer);
+        writer.file = None;
         self.write_layers().frozen = None;
         Ok(())
     }
@@ -292,7 +328,8 @@ impl LiveState {
             layers.active.seq
         };
         self.write_layers().all_written(written);
-        writer.since = (0, 0);
+        writer.pace.since = (0, 0);
+        writer.file = None;
         Ok(self.db.begin_read()?)
     }
 
@@ -314,7 +351,9 @@ impl LiveState {
         load: impl FnOnce(&WriteTransaction) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         let _filling = lock(&self.filling);
-        let _writer = lock(&self.writer);
+        let mut writer = lock(&self.writer);
+        writer.file = None;
+        writer.carried = None;
         let seq = self.read_layers().active.seq;
         let txn = crate::files::write_txn(&self.db, redb::Durability::Immediate)?;
         load(&txn)?;

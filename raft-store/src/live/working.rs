@@ -2,10 +2,9 @@
 
 use std::sync::{Arc, MutexGuard, RwLockReadGuard};
 
-use redb::ReadTransaction;
 use serde::Serialize;
 
-use super::{AgeKeyOwned, Layer, Layers, LiveState, Opened, Pace, Stack};
+use super::{AgeKeyOwned, Carried, Layer, Layers, LiveState, Stack, Writer};
 use crate::checksum;
 use crate::state_overlay::StateOverlay;
 
@@ -13,12 +12,9 @@ use crate::state_overlay::StateOverlay;
 /// to the batch, which [`Working::finish`] lays over the active layer in one step.
 pub(crate) struct Working<'a> {
     pub(super) live: &'a LiveState,
-    pub(super) pace: MutexGuard<'a, Pace>,
+    /// Holds the file's view (`Writer::file`, set by `LiveState::begin`).
+    pub(super) writer: MutexGuard<'a, Writer>,
     pub(super) layers: Option<RwLockReadGuard<'a, Layers>>,
-    pub(super) txn: ReadTransaction,
-    /// Tables of `txn` that apply keeps open for the batch.
-    pub(super) opened: Opened,
-    pub(super) file_seq: u64,
     pub(crate) batch: StateOverlay,
     pub(crate) by_age_floor: Option<AgeKeyOwned>,
 }
@@ -26,17 +22,28 @@ pub(crate) struct Working<'a> {
 impl Working<'_> {
     pub(crate) fn stack(&self) -> Stack<'_> {
         let layers = self.layers.as_ref().expect("held until finish");
+        let file = self.writer.file.as_ref().expect("set by LiveState::begin");
         let below = layers
-            .missing_from(self.file_seq)
+            .missing_from(file.seq)
             .expect("no layer is dropped while apply holds the writer lock");
         let mut stack = Vec::with_capacity(3);
         stack.push(&self.batch);
         stack.extend(below);
         Stack {
             layers: stack,
-            txn: &self.txn,
-            opened: Some(&self.opened),
+            txn: &file.txn,
+            opened: Some(&file.opened),
         }
+    }
+
+    /// What the previous batch ended with, if nothing changed it since.
+    pub(crate) fn take_carried(&mut self) -> Option<Carried> {
+        self.writer.carried.take()
+    }
+
+    /// Leave `carried` for the next batch (what this one wrote in `sm_meta`).
+    pub(crate) fn carry(&mut self, carried: Carried) {
+        self.writer.carried = Some(carried);
     }
 
     /// Write `value` as sealed JSON under `key` of `sm_meta`.
@@ -55,7 +62,7 @@ impl Working<'_> {
         let mut layers = self.live.write_layers();
         layers.active.state.absorb(std::mem::take(&mut self.batch));
         layers.by_age_floor = self.by_age_floor.take();
-        let pace = &mut *self.pace;
+        let pace = &mut self.writer.pace;
         pace.since = (pace.since.0 + entries, pace.since.1 + events);
         if (pace.since.0 < pace.every.0 && pace.since.1 < pace.every.1) || layers.frozen.is_some() {
             return None;
