@@ -237,6 +237,17 @@ fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
+/// `raw` in Unicode's composed form (NFC). ASCII text is its own NFC, and most keys are
+/// ASCII: composing them anyway was two thirds of normalizing an email, and 2 % of a leader's
+/// CPU at 64 clients (bench/README.md, issue 25 step 8).
+fn nfc(raw: &str) -> String {
+    if raw.is_ascii() {
+        raw.to_string()
+    } else {
+        raw.nfc().collect()
+    }
+}
+
 /// Normalize a key as its set says. Runs on the receiving node only.
 pub fn normalize_key(normalize: Normalize, raw: &str) -> Result<String, String> {
     if raw.chars().any(|c| c.is_control() || is_bidi_control(c)) {
@@ -244,9 +255,9 @@ pub fn normalize_key(normalize: Normalize, raw: &str) -> Result<String, String> 
     }
     match normalize {
         Normalize::None => Ok(raw.to_string()),
-        Normalize::Lowercase => Ok(raw.nfc().collect::<String>().trim().to_lowercase()),
+        Normalize::Lowercase => Ok(nfc(raw).trim().to_lowercase()),
         Normalize::Email => {
-            let s: String = raw.nfc().collect::<String>().trim().to_lowercase();
+            let s: String = nfc(raw).trim().to_lowercase();
             let (local, domain) = s
                 .rsplit_once('@')
                 .ok_or("is not an email address (no '@')")?;
@@ -269,16 +280,17 @@ fn key_at(
     field_prefix: &str,
     normalize: Normalize,
 ) -> Result<String, KeyError> {
-    let field = format!("{field_prefix}{pointer}");
-    let raw = data.pointer(pointer).ok_or_else(|| KeyError {
-        field: field.clone(),
-        message: "is required by a uniq rule".into(),
-    })?;
-    let raw = raw.as_str().ok_or_else(|| KeyError {
-        field: field.clone(),
-        message: "must be a string (it is a uniq key)".into(),
-    })?;
-    normalize_key(normalize, raw).map_err(|message| KeyError { field, message })
+    let error = |message: String| KeyError {
+        field: format!("{field_prefix}{pointer}"),
+        message,
+    };
+    let raw = data
+        .pointer(pointer)
+        .ok_or_else(|| error("is required by a uniq rule".into()))?;
+    let raw = raw
+        .as_str()
+        .ok_or_else(|| error("must be a string (it is a uniq key)".into()))?;
+    normalize_key(normalize, raw).map_err(error)
 }
 
 /// The claims of one event under `rules`, with normalized keys. `field_prefix` names the
@@ -309,6 +321,14 @@ pub fn claims_for(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The ASCII shortcut of `nfc` is what composing would give.
+        #[test]
+        fn ascii_is_its_own_nfc(s in "[\\x00-\\x7f]{0,40}") {
+            proptest::prop_assert_eq!(nfc(&s), s.nfc().collect::<String>());
+        }
+    }
 
     #[test]
     fn email_normalization_folds_case_space_unicode_and_idna() {
