@@ -200,9 +200,17 @@ pub(crate) fn ensure_format(db: &Database, name: &str) -> Result<(), StoreError>
         let mut t = txn.open_table(FORMAT)?;
         let found = t.get(KEY_FORMAT_VERSION)?.map(|g| g.value());
         match found {
-            Some(FORMAT_VERSION) => {}
+            // Moves nothing unless `streams` still has rows (an unreleased build of issue 25's
+            // step 8 stamped 3 before it moved them); one emptiness check otherwise.
+            Some(FORMAT_VERSION) => {
+                catching_seals(name, "moving streams to stream_heads", || {
+                    move_streams_to_heads(&txn)
+                })?;
+            }
             Some(FORMAT_UPGRADED_IN_PLACE) => {
-                let streams = move_streams_to_heads(&txn)?;
+                let streams = catching_seals(name, "moving streams to stream_heads", || {
+                    move_streams_to_heads(&txn)
+                })?;
                 tracing::info!(
                     file = name,
                     from = FORMAT_UPGRADED_IN_PLACE,

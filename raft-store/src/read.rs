@@ -178,11 +178,13 @@ impl StateReader {
             let mut bytes = 0usize;
             for ((_, version), offset) in offsets {
                 let event = events.event(&topic, offset)?.ok_or_else(|| {
-                    StoreError::corrupt(
-                        "stream_index",
-                        format!("{stream}/{version}"),
-                        "event missing",
-                    )
+                    // A stream's first offset is in its head, the others in the index.
+                    let table = if version == 1 {
+                        "stream_heads"
+                    } else {
+                        "stream_index"
+                    };
+                    StoreError::corrupt(table, format!("{stream}/{version}"), "event missing")
                 })?;
                 bytes = bytes.saturating_add(event.len());
                 if bytes > bytes_max && !out.is_empty() {

@@ -1,7 +1,8 @@
 //! Snapshots as files: written from one consistent redb read transaction, streamed record by
 //! record, never the whole store in memory.
 //!
-//! Format (version 3): the magic `UQSNAP` and a format byte, the openraft `SnapshotMeta` as
+//! Format (version 4, which carries `stream_heads`; 3 carried format 2's `streams`): the
+//! magic `UQSNAP` and a format byte, the openraft `SnapshotMeta` as
 //! length-prefixed JSON and its CRC-32C (over the magic too), then one record per state-machine
 //! row (`table tag`,
 //! key bytes, value bytes, each length-prefixed, in redb's own encoding of the table's types,
@@ -38,9 +39,13 @@ use crate::tables::*;
 use crate::types::{Node, NodeId};
 use crate::well_formed::WellFormed;
 
-const MAGIC: &[u8; 7] = b"UQSNAP\x03";
+const MAGIC: &[u8; 7] = b"UQSNAP\x04";
 /// The format before `event_runs`: read, never written.
 const FORMAT_V2: u8 = 2;
+/// The format of state format 2's tables (`streams`, a `stream_index` row for every version):
+/// read, never written; its rows are converted as they are installed
+/// (`tables::move_streams_to_heads`). Its header is checked as format 4's.
+const FORMAT_V3: u8 = 3;
 const END_TAG: u8 = 0xFF;
 /// No key or value of a state-machine row is this large.
 const RECORD_BYTES_MAX: usize = 64 * 1024 * 1024;
@@ -374,7 +379,10 @@ fn verify_row(table: &str, k: &[u8], v: &[u8]) -> Result<(), StoreError> {
 
 /// Every state-machine table, each under a stable tag, then every event and secret rendered
 /// as archive rows (whether this node reads them from its log or from its archive, the rows
-/// are the same: two nodes that applied the same entries write the same records). A table
+/// are the same: two nodes that applied the same entries in the same state format write the
+/// same records; after an upgrade in place, `event_runs` rows written before it are one per
+/// append, and those after it one per entry and topic, on each node from its own last
+/// checkpoint, so the runs of two upgraded nodes may differ while every event reads alike). A table
 /// added later gets a new tag; the end marker's count guards against truncation.
 pub(crate) fn write_records(
     txn: &ReadTransaction,
@@ -444,9 +452,9 @@ fn read_header(r: &mut impl Read) -> Result<Meta, StoreError> {
     if magic[..6] != MAGIC[..6] {
         return Err(damaged("header", "not a uniqlog snapshot"));
     }
-    if magic[6] != MAGIC[6] && magic[6] != FORMAT_V2 {
+    if ![FORMAT_V2, FORMAT_V3, MAGIC[6]].contains(&magic[6]) {
         return Err(StoreError::Unsupported(format!(
-            "a snapshot in format {}; this build reads snapshot formats {FORMAT_V2} and {}",
+            "a snapshot in format {}; this build reads snapshot formats {FORMAT_V2} to {}",
             magic[6], MAGIC[6]
         )));
     }

@@ -232,7 +232,7 @@ mod tests {
 
     /// Rewrite a format-3 state file the way format 2 held streams: `streams` rows, and the
     /// first event's offset in `stream_index`.
-    fn as_format_2(db: &redb::Database) {
+    fn as_format_2(db: &redb::Database, stamp: u64) {
         let txn = db.begin_write().unwrap();
         {
             let mut heads = txn.open_table(STREAM_HEADS).unwrap();
@@ -247,7 +247,7 @@ mod tests {
             heads.retain(|_, _| false).unwrap();
             txn.open_table(FORMAT)
                 .unwrap()
-                .insert(KEY_FORMAT_VERSION, 2)
+                .insert(KEY_FORMAT_VERSION, stamp)
                 .unwrap();
         }
         txn.commit().unwrap();
@@ -309,7 +309,7 @@ mod tests {
         assert_eq!(heads_and_index(&db), (heads.clone(), 2, 0));
 
         // A snapshot of the format-2 shape, installed on a fresh store.
-        as_format_2(&db);
+        as_format_2(&db, 2);
         assert_eq!(heads_and_index(&db), (Vec::new(), 4, 2));
         let snap = storage
             .state_machine
@@ -332,9 +332,10 @@ mod tests {
             assert_eq!(stream_types(&other, stream), *types);
         }
 
-        // The format-2 file itself, opened again.
+        // The format-2 file itself, opened again; then the same rows stamped 3, as an
+        // unreleased build of this change left them.
         drop((storage, db));
-        let storage = loop {
+        let reopen = || loop {
             match crate::Storage::open(dir.path()) {
                 Ok(s) => break s,
                 // A background checkpoint may still hold the file for a moment.
@@ -344,12 +345,16 @@ mod tests {
                 Err(e) => panic!("reopen: {e}"),
             }
         };
-        assert_eq!(
-            heads_and_index(&storage.state_machine.live.db),
-            (heads, 2, 0)
-        );
-        for (stream, types) in &expected {
-            assert_eq!(stream_types(&storage, stream), *types);
+        for stamp in [2, 3] {
+            let storage = reopen();
+            let db = storage.state_machine.live.db.clone();
+            assert_eq!(heads_and_index(&db), (heads.clone(), 2, 0), "stamp {stamp}");
+            for (stream, types) in &expected {
+                assert_eq!(stream_types(&storage, stream), *types);
+            }
+            if stamp == 2 {
+                as_format_2(&db, 3);
+            }
         }
     }
 
