@@ -473,38 +473,16 @@ fn apply_set_rules(t: &mut DataTables<'_>, s: &SetRules) -> Result<Outcome, Stor
 
 #[cfg(all(test, not(madsim)))]
 mod tests {
-    use std::collections::BTreeMap;
-
-    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
     use redb::ReadableTableMetadata;
 
     use crate::tables::EVENT_RUNS;
-    use crate::types::{
-        AppendRequest, ExpectedVersion, LogCommand, NewEvent, Outcome, Request, TypeConfig,
-    };
+    use crate::test_entries::entry;
+    use crate::types::{ExpectedVersion, Outcome, Request};
 
+    /// An append to `topic`, in the stream of the same name, of one event per type.
     fn append(topic: &str, types: &[&str], expected: Option<ExpectedVersion>) -> Request {
-        Request::Append(AppendRequest {
-            topic: topic.into(),
-            events: types
-                .iter()
-                .map(|t| NewEvent {
-                    event_type: t.to_string(),
-                    stream: Some(topic.into()),
-                    data: "{}".into(),
-                    metadata: None,
-                    claims: Vec::new(),
-                    secret: None,
-                })
-                .collect(),
-            expected_version: expected
-                .map(|v| (topic.to_string(), v))
-                .into_iter()
-                .collect::<BTreeMap<_, _>>(),
-            idempotency: None,
-            rules_version: 0,
-            reply: None,
-        })
+        let types: Vec<String> = types.iter().map(|t| t.to_string()).collect();
+        crate::test_entries::append(topic, topic, &types, expected)
     }
 
     /// The appends of one entry share `event_runs` rows: one per stretch of a topic's appends
@@ -514,13 +492,6 @@ mod tests {
     async fn the_appends_of_an_entry_share_runs_and_read_back_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let storage = crate::Storage::open(dir.path()).unwrap();
-        let entry = |index, requests: Vec<Request>| Entry::<TypeConfig> {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(LogCommand {
-                timestamp_ms: 1,
-                requests: requests.into(),
-            }),
-        };
         let stale = Some(ExpectedVersion::Exact(0));
         let applied = storage
             .log_and_apply(vec![

@@ -32,6 +32,8 @@ mod snapshot;
 mod state_machine;
 mod state_overlay;
 mod tables;
+#[cfg(all(test, not(madsim)))]
+mod test_entries;
 mod types;
 mod uniq;
 mod well_formed;

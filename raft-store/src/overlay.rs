@@ -110,28 +110,9 @@ impl<K: Ord + Hash, V> Overlay<K, V> {
         self.changes.insert(key, Some(value));
     }
 
-    /// The value written under `key` in this overlay, to change in place (no new key).
-    pub(crate) fn written_mut<Q: Ord + ?Sized>(&mut self, key: &Q) -> Option<&mut V>
-    where
-        K: std::borrow::Borrow<Q>,
-    {
-        self.changes.get_mut(key).and_then(Option::as_mut)
-    }
-
     pub(crate) fn remove(&mut self, key: K) {
         self.hashes.insert(key_hash(&key));
         self.changes.insert(key, None);
-    }
-
-    /// Keys changed since the checkpoint.
-    pub(crate) fn len(&self) -> usize {
-        self.changes.len()
-    }
-
-    /// Every change in key order, leaving the overlay as it is: what a checkpoint of a frozen
-    /// layer writes.
-    pub(crate) fn changes(&self) -> impl Iterator<Item = (&K, Option<&V>)> {
-        self.changes.iter().map(|(k, v)| (k, v.as_ref()))
     }
 
     /// Lay `newer`'s changes over this overlay's (a batch merged into the layer below it).
@@ -143,6 +124,28 @@ impl<K: Ord + Hash, V> Overlay<K, V> {
             self.changes.extend(newer.changes);
             self.hashes.extend(newer.hashes);
         }
+    }
+}
+
+/// What needs no key hashes: reads in key order and changes in place.
+impl<K: Ord, V> Overlay<K, V> {
+    /// Keys changed since the checkpoint.
+    pub(crate) fn len(&self) -> usize {
+        self.changes.len()
+    }
+
+    /// Every change in key order, leaving the overlay as it is: what a checkpoint of a frozen
+    /// layer writes.
+    pub(crate) fn changes(&self) -> impl Iterator<Item = (&K, Option<&V>)> {
+        self.changes.iter().map(|(k, v)| (k, v.as_ref()))
+    }
+
+    /// The value written under `key` in this overlay, to change in place (no new key).
+    pub(crate) fn written_mut<Q: Ord + ?Sized>(&mut self, key: &Q) -> Option<&mut V>
+    where
+        K: std::borrow::Borrow<Q>,
+    {
+        self.changes.get_mut(key).and_then(Option::as_mut)
     }
 
     /// The rows of `range` as they are now: `base` (the file's rows of the same range, in key

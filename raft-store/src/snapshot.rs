@@ -615,6 +615,26 @@ mod tests {
         w
     }
 
+    /// Snapshots of format 3 (written by builds before `stream_heads`, and their backups) are
+    /// read; a format this build does not know is refused by number, not as damage.
+    #[test]
+    fn older_snapshot_formats_are_read_and_unknown_ones_refused_by_number() {
+        let with_format = |format: u8| {
+            let mut bytes = with_record(b"t", &[0; 12]);
+            bytes[6] = format;
+            let meta = serde_json::to_vec(&Meta::default()).unwrap();
+            let at = 7 + 4 + meta.len();
+            let sum = checksum::sum(&[&bytes[..7], &meta]);
+            bytes[at..at + 4].copy_from_slice(&sum.to_le_bytes());
+            read_header(&mut io::Cursor::new(bytes))
+        };
+        assert_eq!(with_format(3).unwrap(), Meta::default());
+        assert_eq!(with_format(MAGIC[6]).unwrap(), Meta::default());
+        let err = with_format(MAGIC[6] + 1).unwrap_err();
+        assert!(matches!(err, StoreError::Unsupported(_)), "{err}");
+        assert!(err.to_string().contains("format 5"), "{err}");
+    }
+
     /// A record whose checksum passes but whose key is not UTF-8 is refused as damage, not a
     /// panic in redb's decoder: a snapshot from a peer and a backup file are input.
     #[test]

@@ -196,30 +196,16 @@ pub(crate) fn move_streams_to_heads(txn: &redb::WriteTransaction) -> Result<u64,
 #[cfg(all(test, not(madsim)))]
 mod tests {
     use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
-    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
     use redb::{ReadableDatabase, ReadableTableMetadata};
 
     use super::*;
-    use crate::types::{AppendRequest, LogCommand, NewEvent, Request, TypeConfig};
+    use crate::test_entries::entry;
+    use crate::types::Request;
 
+    /// An append to topic `t` of `n` events in `stream`, typed `<stream>-<i>`.
     fn append(stream: &str, n: usize) -> Request {
-        Request::Append(AppendRequest {
-            topic: "t".into(),
-            events: (0..n)
-                .map(|i| NewEvent {
-                    event_type: format!("{stream}-{i}"),
-                    stream: Some(stream.into()),
-                    data: "{}".into(),
-                    metadata: None,
-                    claims: Vec::new(),
-                    secret: None,
-                })
-                .collect(),
-            expected_version: Default::default(),
-            idempotency: None,
-            rules_version: 0,
-            reply: None,
-        })
+        let types: Vec<String> = (0..n).map(|i| format!("{stream}-{i}")).collect();
+        crate::test_entries::append("t", stream, &types, None)
     }
 
     fn stream_types(storage: &crate::Storage, stream: &str) -> Vec<String> {
@@ -278,13 +264,6 @@ mod tests {
     async fn format_2_streams_move_to_heads_at_open_and_at_install() {
         let dir = tempfile::tempdir().unwrap();
         let storage = crate::Storage::open(dir.path()).unwrap();
-        let entry = |index, requests: Vec<Request>| Entry::<TypeConfig> {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(LogCommand {
-                timestamp_ms: 1,
-                requests: requests.into(),
-            }),
-        };
         storage
             .log_and_apply(vec![
                 entry(1, vec![append("one", 1), append("three", 2)]),

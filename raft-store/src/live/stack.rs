@@ -80,7 +80,7 @@ where
 }
 
 /// The rows of `range`: the file's with every layer laid over, oldest first.
-fn range<'a, K: Ord + std::hash::Hash + Clone + 'a, V: Clone + 'a>(
+fn range<'a, K: Ord + Clone + 'a, V: Clone + 'a>(
     layers: Vec<&'a Overlay<K, V>>,
     range: (Bound<K>, Bound<K>),
     file: Rows<'a, K, V>,
