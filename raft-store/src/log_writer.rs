@@ -1,10 +1,10 @@
-//! Group commit of the Raft log: one task owns every write to the log and fsyncs many appends
-//! at once.
+//! Group commit of the Raft log: one writer owns every write to the log and fsyncs many
+//! appends at once.
 //!
 //! openraft's `append` is meant to return once the entries are readable and to report
 //! durability later through its callback. [`LogWriter::append`] does exactly that: the entries
 //! go into an in-memory tail ([`LogCache`]) that readers consult, and onto a queue. The writer
-//! task takes everything queued, writes it as one frame of the active segment with one
+//! takes everything queued, writes it as one frame of the active segment with one
 //! `fdatasync` (`crate::segments`), and only then reports each append flushed, in order. While
 //! one fsync runs the next batch builds up, so the number of fsyncs per second stays near what
 //! the disk does, not what clients send.
@@ -20,6 +20,12 @@
 //!
 //! Recent entries stay in memory after they are durable ([`LogCache`]), so replicating them
 //! costs no read of the file.
+//!
+//! In real builds the writer is an OS thread of its own that sleeps on the queue: its work is
+//! a blocking write and fsync, and a tokio task that handed each frame to the blocking pool
+//! cost two more thread wake-ups a frame (a quarter of a follower's CPU went to switching
+//! threads, bench/README.md step 9). madsim has no OS threads, so simulated builds drive the
+//! same [`Writer::write_ops`] from a task and sleep the simulated fsync time before each batch.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -31,7 +37,6 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::StoreError;
 use crate::local_durable::DurableMark;
-use crate::runtime::blocking;
 use crate::segments::SegmentLog;
 use crate::types::{NodeId, TypeConfig};
 
@@ -187,8 +192,9 @@ enum Op {
     },
 }
 
-/// The queue in front of the writer task, started on first use (inside the runtime that
-/// drives the node: under madsim, the node's own, so a killed node's writer dies with it).
+/// The queue in front of the writer, started on first use (under madsim inside the node's own
+/// runtime, so a killed node's writer dies with it; in real builds its thread ends when this
+/// queue is dropped).
 pub(crate) struct LogWriter {
     log: Arc<SegmentLog>,
     state: Arc<crate::live::LiveState>,
@@ -228,7 +234,19 @@ impl LogWriter {
                 metrics: self.metrics.clone(),
                 durable: self.durable.clone(),
             };
-            tokio::spawn(writer.run(rx));
+            #[cfg(not(madsim))]
+            {
+                let started = std::thread::Builder::new()
+                    .name("raft-log-writer".into())
+                    .spawn(move || writer.run_on_thread(rx));
+                // Without its thread the queue is closed (the receiver is gone): every append
+                // fails, and openraft stops Raft on the first error.
+                if let Err(e) = started {
+                    tracing::error!(error = %e, "starting the raft log writer thread failed");
+                }
+            }
+            #[cfg(madsim)]
+            tokio::spawn(writer.run_in_simulation(rx));
             tx
         })
     }
@@ -313,7 +331,7 @@ impl LogWriter {
     }
 }
 
-/// The writer task's side.
+/// The writer's side.
 struct Writer {
     log: Arc<SegmentLog>,
     cache: Arc<LogCache>,
@@ -323,39 +341,58 @@ struct Writer {
 }
 
 impl Writer {
-    async fn run(self, mut rx: mpsc::UnboundedReceiver<Op>) {
+    /// Real builds: sleep on the queue, then write everything queued by then.
+    #[cfg(not(madsim))]
+    fn run_on_thread(self, mut rx: mpsc::UnboundedReceiver<Op>) {
         let mut ops = Vec::new();
-        loop {
-            if rx.recv_many(&mut ops, APPENDS_PER_COMMIT_MAX).await == 0 {
-                return;
-            }
-            let mut batch: Vec<Entry<TypeConfig>> = Vec::new();
-            let mut callbacks = Vec::new();
-            for op in ops.drain(..) {
-                match op {
-                    Op::Append { entries, callback } => {
-                        batch.extend(entries);
-                        callbacks.extend(callback);
-                    }
-                    Op::Barrier { run, done } => {
-                        self.commit(std::mem::take(&mut batch), &mut callbacks)
-                            .await;
-                        let log = self.log.clone();
-                        let _ = done.send(blocking(move || run(&log)).await);
-                    }
+        while let Some(op) = rx.blocking_recv() {
+            ops.push(op);
+            while ops.len() < APPENDS_PER_COMMIT_MAX {
+                match rx.try_recv() {
+                    Ok(op) => ops.push(op),
+                    Err(_) => break,
                 }
             }
-            self.commit(batch, &mut callbacks).await;
+            self.write_ops(&mut ops);
         }
+    }
+
+    /// Simulated builds: the same, on a task, after the simulated disk's fsync time when
+    /// there are appends to write.
+    #[cfg(madsim)]
+    async fn run_in_simulation(self, mut rx: mpsc::UnboundedReceiver<Op>) {
+        let mut ops = Vec::new();
+        while rx.recv_many(&mut ops, APPENDS_PER_COMMIT_MAX).await > 0 {
+            if ops.iter().any(|op| matches!(op, Op::Append { .. })) {
+                crate::runtime::simulated_sync_time().await;
+            }
+            self.write_ops(&mut ops);
+        }
+    }
+
+    /// The appends in `ops` as one frame, or as one frame before and one after each barrier,
+    /// which runs once everything before it is durable.
+    fn write_ops(&self, ops: &mut Vec<Op>) {
+        let mut batch: Vec<Entry<TypeConfig>> = Vec::new();
+        let mut callbacks = Vec::new();
+        for op in ops.drain(..) {
+            match op {
+                Op::Append { entries, callback } => {
+                    batch.extend(entries);
+                    callbacks.extend(callback);
+                }
+                Op::Barrier { run, done } => {
+                    self.commit(std::mem::take(&mut batch), &mut callbacks);
+                    let _ = done.send(run(&self.log));
+                }
+            }
+        }
+        self.commit(batch, &mut callbacks);
     }
 
     /// One durable frame for `batch` (with the latest commit marker), then every callback
     /// hears the result, in order.
-    async fn commit(
-        &self,
-        batch: Vec<Entry<TypeConfig>>,
-        callbacks: &mut Vec<LogFlushed<TypeConfig>>,
-    ) {
+    fn commit(&self, batch: Vec<Entry<TypeConfig>>, callbacks: &mut Vec<LogFlushed<TypeConfig>>) {
         if callbacks.is_empty() && batch.is_empty() {
             return;
         }
@@ -370,15 +407,10 @@ impl Writer {
             *pending = keep;
             write
         };
-        let log = self.log.clone();
-        let count = batch.len();
         let started = std::time::Instant::now();
-        #[cfg(madsim)]
-        crate::runtime::simulated_sync_time().await;
-        let res = blocking(move || log.append(&batch, committed)).await;
-        match res {
+        match self.log.append(&batch, committed) {
             Ok(()) => {
-                self.metrics.log_committed(started, count);
+                self.metrics.log_committed(started, batch.len());
                 if let Some(upto) = upto {
                     self.cache.flushed(upto);
                     self.durable.synced_through(upto);
