@@ -4,6 +4,7 @@
 //! uniq set and mail another. Such values are refused, as are values serde_json cannot hold
 //! (numbers beyond f64, lone surrogates, nesting past its recursion limit).
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
 
@@ -59,10 +60,25 @@ impl<'de> Visitor<'de> for CheckedVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
-        let mut seen = HashSet::new();
-        while let Some(key) = map.next_key::<String>()? {
+        // Most objects have a few keys, and most keys borrow from the body (no escapes): a
+        // scan of a short list costs less than hashing an owned copy of each key.
+        let mut seen: Vec<Key<'de>> = Vec::new();
+        let mut many: Option<HashSet<Key<'de>>> = None;
+        while let Some(key) = map.next_key::<Key<'de>>()? {
             map.next_value::<Checked>()?;
-            if !seen.insert(key) {
+            let fresh = match &mut many {
+                Some(set) => set.insert(key),
+                None if seen.len() < SCANNED_KEYS_MAX => {
+                    let fresh = !seen.contains(&key);
+                    seen.push(key);
+                    fresh
+                }
+                None => {
+                    let set = many.insert(seen.drain(..).collect());
+                    set.insert(key)
+                }
+            };
+            if !fresh {
                 return Err(A::Error::custom("duplicate object key"));
             }
         }
@@ -70,9 +86,47 @@ impl<'de> Visitor<'de> for CheckedVisitor {
     }
 }
 
+/// Keys an object may have before they are kept in a hash set rather than scanned.
+const SCANNED_KEYS_MAX: usize = 16;
+
+/// An object key, borrowed from the input when it has no escapes.
+#[derive(PartialEq, Eq, Hash)]
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+struct KeyVisitor;
+
+impl<'de> Visitor<'de> for KeyVisitor {
+    type Value = Key<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object key")
+    }
+    fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Key<'de>, E> {
+        Ok(Key(Cow::Borrowed(s)))
+    }
+    fn visit_str<E>(self, s: &str) -> Result<Key<'de>, E> {
+        Ok(Key(Cow::Owned(s.to_owned())))
+    }
+    fn visit_string<E>(self, s: String) -> Result<Key<'de>, E> {
+        Ok(Key(Cow::Owned(s)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::unambiguous;
+
+    /// An object of 20 keys, k0 to k19, then `last`.
+    fn many_keys_and(last: &str) -> String {
+        let keys: Vec<String> = (0..20).map(|i| format!("\"k{i}\":{i}")).collect();
+        format!("{{{},\"{last}\":0}}", keys.join(","))
+    }
 
     #[test]
     fn refuses_what_readers_could_read_differently() {
@@ -85,6 +139,7 @@ mod tests {
         }
         let deep_ok = format!("{}1{}", "[".repeat(100), "]".repeat(100));
         assert_eq!(unambiguous(&deep_ok), Ok(()));
+        assert_eq!(unambiguous(&many_keys_and("k40")), Ok(()));
         let bad = [
             (
                 r#"{"email":"a@x.io","email":"b@x.io"}"#.to_string(),
@@ -92,6 +147,9 @@ mod tests {
             ),
             (r#"{"a":{"k":1,"k":1}}"#.to_string(), "duplicate"),
             (r#"{"a":[{"k":1,"k":2}]}"#.to_string(), "duplicate"),
+            // The same key spelled with an escape, and a duplicate past the scanned keys.
+            (r#"{"k":1,"\u006b":2}"#.to_string(), "duplicate"),
+            (many_keys_and("k0"), "duplicate"),
             (r#"{"n":1e400}"#.to_string(), "out of range"),
             (r#"{"s":"\ud800"}"#.to_string(), "escape"),
             (
