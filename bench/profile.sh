@@ -5,6 +5,7 @@
 # Writes OUT/leader.txt and OUT/follower.txt (perf script) and prints each one's summary
 # (bench/perf_top.py: the functions by share of samples, inclusive and self).
 # usage: bench/profile.sh [BINARY=target/profiling/uniqlog] [CLIENTS=64] [SECONDS=10] [OUT=/tmp/uniqlog-profile]
+# WARMUP=N: first write N requests (unprofiled), to see a cluster that holds data.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${1:-$ROOT/target/profiling/uniqlog}
@@ -15,6 +16,10 @@ source "$ROOT/bench/lib.sh"
 trap stop_cluster EXIT
 mkdir -p "$OUT"
 start_cluster "$OUT/cluster" "$BIN" 2>/dev/null
+if [ "${WARMUP:-0}" -gt 0 ]; then
+  "$BIN" bench --config "$CONFIG" --addr 127.0.0.51:7001 --json --clients "$CLIENTS" \
+    --requests "$WARMUP" --no-verify > "$OUT/warmup.json" 2>/dev/null
+fi
 "$BIN" bench --config "$CONFIG" --addr 127.0.0.51:7001 --json --clients "$CLIENTS" \
   --requests $((100000 + SECS * 20000)) --no-verify > "$OUT/bench.json" 2>/dev/null &
 LOAD=$!
