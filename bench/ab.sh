@@ -18,17 +18,6 @@ REQS_64=${5:-20000}
 source "$ROOT/bench/lib.sh"
 trap stop_cluster EXIT
 OUT=$(mktemp -d)
-TICKS=$(getconf CLK_TCK)
-
-# cpu_ticks: user + system ticks of the cluster's node processes so far.
-cpu_ticks() {
-  local p sum=0
-  for p in "${PIDS[@]}"; do
-    # Fields 14 and 15 of /proc/PID/stat, counted after the command name's closing paren.
-    sum=$((sum + $(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')))
-  done
-  echo "$sum"
-}
 
 run() { # run LABEL BINARY CLIENTS REQUESTS
   local label=$1 bin=$2 clients=$3 reqs=$4 before after j

@@ -13,17 +13,6 @@ shift 2
 [ $# -gt 0 ] || { echo "usage: bench/fill.sh ROUNDS REQUESTS BINARY..." >&2; exit 2; }
 source "$ROOT/bench/lib.sh"
 trap stop_cluster EXIT
-TICKS=$(getconf CLK_TCK)
-
-cpu_ticks() {
-  local p sum=0
-  for p in "${PIDS[@]}"; do
-    # Fields 14 and 15 of /proc/PID/stat, counted after the command name's closing paren.
-    sum=$((sum + $(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')))
-  done
-  echo "$sum"
-}
-
 echo "| binary | run | requests so far | ops/s | p99 ms | server CPU µs/request | leader RSS MiB |"
 echo "|---|---|---|---|---|---|---|"
 for bin in "$@"; do

@@ -1,8 +1,20 @@
 # Start and stop a fresh three-node uniqlog cluster on 127.0.0.51-53:7001, auth on.
 # Source it, then: start_cluster DIR BINARY; it sets PIDS, TOKEN and CONFIG. stop_cluster stops
-# the nodes by PID (TERM, bounded wait, KILL).
+# the nodes by PID (TERM, bounded wait, KILL). cpu_ticks: their CPU so far, in TICKS a second.
 
 PIDS=()
+TICKS=$(getconf CLK_TCK)
+
+# cpu_ticks: user + system ticks of the cluster's node processes so far.
+cpu_ticks() {
+  local p sum=0
+  for p in "${PIDS[@]}"; do
+    # Fields 14 and 15 of /proc/PID/stat, counted after the command name's closing paren.
+    sum=$((sum + $(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')))
+  done
+  echo "$sum"
+}
+
 stop_cluster() {
   local p
   for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done

@@ -23,7 +23,7 @@
 //!
 //! In real builds the writer is an OS thread of its own that sleeps on the queue: its work is
 //! a blocking write and fsync, and a tokio task that handed each frame to the blocking pool
-//! cost two more thread wake-ups a frame (a quarter of a follower's CPU went to switching
+//! cost two more thread wake-ups a frame (a sixth of a follower's CPU went to switching
 //! threads, bench/README.md step 9). madsim has no OS threads, so simulated builds drive the
 //! same [`Writer::write_ops`] from a task and sleep the simulated fsync time before each batch.
 
@@ -44,9 +44,9 @@ use crate::types::{NodeId, TypeConfig};
 const APPENDS_PER_COMMIT_MAX: usize = 1024;
 
 /// Flushed entries kept in memory at most (count and bytes): replication of recent entries,
-/// the steady state, never reads the file. Small on purpose: each append evicts as many
-/// entries as it adds, and dropping entries that have gone cold in the CPU's caches cost a
-/// third more CPU a request at 8,192 (bench/README.md, issue 25 step 9).
+/// the steady state, never reads the file. Small on purpose: once full, each append evicts
+/// as many entries as it adds, and at 8,192 those had gone cold in the CPU's caches (a
+/// follower's malloc and free went from 8 to 14 % of its CPU; bench/README.md, step 9).
 const CACHED_ENTRIES_MAX: usize = 1024;
 const CACHED_BYTES_MAX: usize = 16 * 1024 * 1024;
 

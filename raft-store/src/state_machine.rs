@@ -215,8 +215,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         // A batch at full load (a few entries of about twenty requests: some hundred µs) runs
         // on the task's thread as it is; handing the worker's other tasks to a thread of the
-        // blocking pool first costs two thread switches, a tenth of a follower's CPU. Only a
-        // long batch (catching up, a restart's replay) pays for the hand-off.
+        // blocking pool first costs two thread switches a batch. Only a long batch (catching
+        // up, a restart's replay) pays for the hand-off.
         let (responses, last_index, frozen) = if requests > APPLY_INLINE_REQUESTS_MAX {
             crate::runtime::blocking_in_place(work)
         } else {
