@@ -87,3 +87,17 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for PathPar
             .map_err(|e| ApiError::bad_request(format!("invalid path: {}", e.body_text())))
     }
 }
+
+/// The `Idempotency-Key` header, if sent. An extractor of its own because `HeaderMap` as an
+/// extractor copies every header of the request, on the path of every append.
+pub struct IdempotencyKeyHeader(pub Option<axum::http::HeaderValue>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKeyHeader {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(IdempotencyKeyHeader(
+            parts.headers.get("idempotency-key").cloned(),
+        ))
+    }
+}

@@ -194,12 +194,11 @@ impl AppendBody {
         for (i, e) in self.events.iter().enumerate() {
             let mut claims = Vec::new();
             if rules.rules.rules_for(topic, &e.event_type).next().is_some() {
-                let data: Value = serde_json::from_str(e.data.get()).unwrap_or(Value::Null);
                 match claims_for(
                     &rules.rules,
                     topic,
                     &e.event_type,
-                    &data,
+                    &*e.data,
                     &format!("events[{i}].data"),
                 ) {
                     Ok(c) => claims = c,

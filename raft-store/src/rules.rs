@@ -9,9 +9,9 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use unicode_normalization::UnicodeNormalization;
 
+use crate::pointer::{Found, KeySource};
 use crate::types::UniqClaim;
 
 /// Everything apply needs to decide uniqueness and idempotency.
@@ -237,14 +237,15 @@ fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
-/// `raw` in Unicode's composed form (NFC). ASCII text is its own NFC, and most keys are
-/// ASCII: composing them anyway was two thirds of normalizing an email, and 2 % of a leader's
-/// CPU at 64 clients (bench/README.md, issue 25 step 8).
-fn nfc(raw: &str) -> String {
+/// `raw` in Unicode's composed form (NFC), trimmed and lowercase. ASCII text is its own NFC
+/// and lowercases byte by byte, and most keys are ASCII: composing them anyway was two thirds
+/// of normalizing an email, and 2 % of a leader's CPU at 64 clients (bench/README.md, issue
+/// 25 step 8); the shortcut also makes one string where the general path makes three.
+fn folded(raw: &str) -> String {
     if raw.is_ascii() {
-        raw.to_string()
+        raw.trim().to_ascii_lowercase()
     } else {
-        raw.nfc().collect()
+        raw.nfc().collect::<String>().trim().to_lowercase()
     }
 }
 
@@ -255,27 +256,30 @@ pub fn normalize_key(normalize: Normalize, raw: &str) -> Result<String, String> 
     }
     match normalize {
         Normalize::None => Ok(raw.to_string()),
-        Normalize::Lowercase => Ok(nfc(raw).trim().to_lowercase()),
+        Normalize::Lowercase => Ok(folded(raw)),
         Normalize::Email => {
-            let s: String = nfc(raw).trim().to_lowercase();
+            let s = folded(raw);
             let (local, domain) = s
                 .rsplit_once('@')
                 .ok_or("is not an email address (no '@')")?;
             if local.is_empty() || domain.is_empty() {
                 return Err("is not an email address".into());
             }
-            let domain =
+            let ascii =
                 idna::domain_to_ascii(domain).map_err(|_| "has an invalid domain".to_string())?;
-            if domain.is_empty() {
+            if ascii.is_empty() {
                 return Err("has an invalid domain".into());
             }
-            Ok(format!("{local}@{domain}"))
+            if ascii == domain {
+                return Ok(s);
+            }
+            Ok(format!("{local}@{ascii}"))
         }
     }
 }
 
-fn key_at(
-    data: &Value,
+fn key_at<D: KeySource + ?Sized>(
+    data: &D,
     pointer: &str,
     field_prefix: &str,
     normalize: Normalize,
@@ -284,22 +288,20 @@ fn key_at(
         field: format!("{field_prefix}{pointer}"),
         message,
     };
-    let raw = data
-        .pointer(pointer)
-        .ok_or_else(|| error("is required by a uniq rule".into()))?;
-    let raw = raw
-        .as_str()
-        .ok_or_else(|| error("must be a string (it is a uniq key)".into()))?;
-    normalize_key(normalize, raw).map_err(error)
+    match data.string_at(pointer) {
+        Found::Missing => Err(error("is required by a uniq rule".into())),
+        Found::NotString => Err(error("must be a string (it is a uniq key)".into())),
+        Found::Str(raw) => normalize_key(normalize, &raw).map_err(error),
+    }
 }
 
 /// The claims of one event under `rules`, with normalized keys. `field_prefix` names the
 /// event in errors (for example `events[0].data`).
-pub fn claims_for(
+pub fn claims_for<D: KeySource + ?Sized>(
     rules: &Rules,
     topic: &str,
     event_type: &str,
-    data: &Value,
+    data: &D,
     field_prefix: &str,
 ) -> Result<Vec<UniqClaim>, KeyError> {
     rules
@@ -323,10 +325,10 @@ mod tests {
     use super::*;
 
     proptest::proptest! {
-        /// The ASCII shortcut of `nfc` is what composing would give.
+        /// The ASCII shortcut of `folded` is what composing, trimming and lowercasing give.
         #[test]
-        fn ascii_is_its_own_nfc(s in "[\\x00-\\x7f]{0,40}") {
-            proptest::prop_assert_eq!(nfc(&s), s.nfc().collect::<String>());
+        fn ascii_folds_as_unicode_does(s in "[\\x00-\\x7f]{0,40}|\\PC{0,20}") {
+            proptest::prop_assert_eq!(folded(&s), s.nfc().collect::<String>().trim().to_lowercase());
         }
     }
 

@@ -17,18 +17,18 @@ use tokio::time::Instant;
 use crate::app::SharedApp;
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::extract::{JsonBody, PathParams, QueryParams};
+use crate::extract::{IdempotencyKeyHeader, JsonBody, PathParams, QueryParams};
 use crate::wire::{idempotency_key, validate_topic, AppendBody, AppendCreated};
 
 #[tracing::instrument(level = "debug", skip_all, fields(topic = %topic))]
 pub async fn append(
     State(app): State<SharedApp>,
     PathParams(topic): PathParams<String>,
-    headers: HeaderMap,
+    IdempotencyKeyHeader(key): IdempotencyKeyHeader,
     JsonBody(body): JsonBody<AppendBody>,
 ) -> Result<Response, ApiError> {
     body.validate(&topic, &app.limits)?;
-    let header = match headers.get("idempotency-key") {
+    let header = match &key {
         None => None,
         Some(v) => Some(v.to_str().map_err(|_| {
             ApiError::bad_request("the Idempotency-Key header must be visible ASCII")
