@@ -305,7 +305,9 @@ impl From<raft_store::StoreError> for ApiError {
             StoreError::Corrupt { .. } | StoreError::DamagedFile { .. } => ApiError::internal(
                 format!("this node found damaged data ({e}); it stops serving: ask another node"),
             ),
-            StoreError::Snapshot(_) | StoreError::Unsupported(_) => ApiError::internal(e),
+            StoreError::Snapshot(_) | StoreError::Unsupported(_) | StoreError::Bug { .. } => {
+                ApiError::internal(e)
+            }
         }
     }
 }

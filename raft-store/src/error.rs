@@ -24,6 +24,10 @@ pub enum StoreError {
     DamagedFile { file: String, detail: String },
     #[error("snapshot: {0}")]
     Snapshot(String),
+    /// A panic in uniqlog's own code while it read its files: a bug to report, not damage
+    /// (the data on disk is not known to be bad). Damage is what a checksum or a decoder says.
+    #[error("a bug in uniqlog while {what}: {detail}; the data on disk is not known to be damaged, please report this")]
+    Bug { what: String, detail: String },
     /// The data on disk is in a layout or format this version does not read.
     #[error("{0}")]
     Unsupported(String),

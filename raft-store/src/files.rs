@@ -51,41 +51,101 @@ fn is_corrupted(e: &DatabaseError) -> bool {
     matches!(e, DatabaseError::Storage(redb::StorageError::Corrupted(_)))
 }
 
-/// Run `f`, which reads rows of `file`, turning a panic into damage: redb decodes a key or a
-/// value before our checksum can look at it, and a damaged length or string makes it panic.
+/// Run `f`, which reads rows of `file`. A panic in it is damage when a decoder raised it
+/// (redb decodes a key or a value before our checksum can look at it, and a damaged length or
+/// string makes it panic; a broken [`crate::checksum::Sealed`] value says so), and a bug in
+/// uniqlog otherwise ([`StoreError::Bug`]): a read that trips over its own logic must not
+/// tell the operator to wipe a node whose data is fine.
 pub(crate) fn catching<T>(
     file: &str,
     what: &str,
     f: impl FnOnce() -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
+    watch_panics();
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
-        Err(StoreError::DamagedFile {
-            file: file.into(),
-            detail: format!(
-                "{what}: redb could not decode a stored row ({})",
-                panic_text(&*panic)
-            ),
+        Err(match Panicked::classify(&*panic) {
+            Panicked::Damage(detail) => StoreError::DamagedFile {
+                file: file.into(),
+                detail: format!("{what}: {detail}"),
+            },
+            Panicked::Bug(detail) => StoreError::Bug {
+                what: what.into(),
+                detail,
+            },
         })
     })
 }
 
-/// [`catching`] for code whose other panics are bugs, not damage (apply): only a broken
-/// [`crate::checksum::Sealed`] value becomes damage; any other panic goes on.
+/// [`catching`] for apply, where a bug must not be survived: the state machine cannot go on
+/// from a half-applied batch. Damage becomes the error that stops the node; any other panic
+/// goes on as a panic.
 pub(crate) fn catching_seals<T>(
     file: &str,
     what: &str,
     f: impl FnOnce() -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
+    watch_panics();
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(result) => result,
-        Err(panic) if panic_text(&*panic).contains(crate::checksum::SEAL_BROKEN) => {
-            Err(StoreError::DamagedFile {
+        Err(panic) => match Panicked::classify(&*panic) {
+            Panicked::Damage(detail) => Err(StoreError::DamagedFile {
                 file: file.into(),
-                detail: format!("{what}: {}", panic_text(&*panic)),
-            })
-        }
-        Err(panic) => std::panic::resume_unwind(panic),
+                detail: format!("{what}: {detail}"),
+            }),
+            Panicked::Bug(_) => std::panic::resume_unwind(panic),
+        },
     }
+}
+
+/// What a caught panic stands for.
+enum Panicked {
+    Damage(String),
+    Bug(String),
+}
+
+impl Panicked {
+    /// Read where the panic was raised (recorded by [`watch_panics`]'s hook on this thread):
+    /// inside redb's source, it is redb failing to decode a stored row.
+    fn classify(payload: &(dyn std::any::Any + Send)) -> Panicked {
+        let text = panic_text(payload);
+        let at = LAST_PANIC.with(|p| p.borrow_mut().take());
+        if text.contains(crate::checksum::SEAL_BROKEN) {
+            return Panicked::Damage(text);
+        }
+        match at {
+            Some((file, _)) if in_redb(&file) => {
+                Panicked::Damage(format!("redb could not decode a stored row ({text})"))
+            }
+            Some((file, line)) => Panicked::Bug(format!("{text} (at {file}:{line})")),
+            None => Panicked::Bug(text),
+        }
+    }
+}
+
+/// Whether a source path is redb's own (`.../redb-4.6.0/src/...`, from the registry or git).
+fn in_redb(file: &str) -> bool {
+    file.split(['/', '\\'])
+        .any(|part| part.starts_with("redb-"))
+}
+
+thread_local! {
+    /// File and line of the last panic raised on this thread.
+    static LAST_PANIC: std::cell::RefCell<Option<(String, u32)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Install, once per process, a panic hook that records where each panic is raised for
+/// [`Panicked::classify`], then runs the hook that was there before (which prints it).
+fn watch_panics() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if let Some(at) = info.location() {
+                LAST_PANIC.with(|p| *p.borrow_mut() = Some((at.file().to_owned(), at.line())));
+            }
+            previous(info);
+        }));
+    });
 }
 
 fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
@@ -353,12 +413,55 @@ mod tests {
             let e = result.unwrap_err();
             assert!(e.is_damage() && e.to_string().contains("checksum"), "{e}");
         }
-        // A read that panics on anything is damage (redb panics on damaged rows it decodes).
+        // A panic of uniqlog's own code in a read is a bug: named as one, with where it was.
         let other = || -> Result<(), StoreError> { panic!("index out of range") };
-        assert!(catching("f", "read", other).unwrap_err().is_damage());
-        // In apply, a panic that is not a broken seal is a bug and goes on as a panic.
+        let e = catching("f", "read", other).unwrap_err();
+        assert!(matches!(e, StoreError::Bug { .. }) && !e.is_damage(), "{e}");
+        assert!(e.to_string().contains("files.rs"), "{e}");
+        // In apply, it goes on as a panic.
         let bug = std::panic::catch_unwind(|| catching_seals("f", "apply", other));
         assert!(bug.is_err());
+    }
+
+    /// A row that redb cannot decode (its bytes damaged after the file was opened, so no
+    /// check at open saw them) makes redb panic; that panic is damage, in reads and in apply.
+    #[test]
+    fn a_row_redb_cannot_decode_is_damage() {
+        const PROBE: TableDefinition<u64, &str> = TableDefinition::new("probe");
+        const TEXT: &str = "uniqlog-panic-probe-0123456789";
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(PROBE).unwrap().insert(1, TEXT).unwrap();
+            txn.commit().unwrap();
+        }
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = bytes
+            .windows(TEXT.len())
+            .position(|w| w == TEXT.as_bytes())
+            .expect("the row's text is in the file");
+        bytes[at..at + TEXT.len()].fill(0xff);
+        std::fs::write(&path, &bytes).unwrap();
+        let db = Database::builder()
+            .set_check_integrity_on_open(false)
+            .create(&path)
+            .unwrap();
+        let read = || -> Result<(), StoreError> {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(PROBE)?;
+            let row = table.get(1)?.map(|v| v.value().len());
+            assert!(row.is_some());
+            Ok(())
+        };
+        for e in [
+            catching("f", "read", read).unwrap_err(),
+            catching_seals("f", "apply", read).unwrap_err(),
+        ] {
+            assert!(e.is_damage(), "{e}");
+            assert!(e.to_string().contains("redb could not decode"), "{e}");
+        }
     }
 
     fn applied(path: &Path, index: u64) {
