@@ -229,12 +229,14 @@ fn apply_append(
     Ok(answer)
 }
 
+/// An append's answer: the stored one for a retry, else decided, written if accepted, and
+/// stored under its idempotency key.
 fn answer_append(
     t: &mut DataTables<'_>,
     ctx: EntryContext,
     req: &AppendRequest,
 ) -> Result<Answer, StoreError> {
-    // 1. Idempotency: a retry gets the stored answer and appends nothing.
+    // Idempotency first: a retry gets the stored answer and appends nothing.
     if let Some(idem) = &req.idempotency {
         t.expire_idempotency(ctx)?;
         let stored = t.w.idempotency(&req.topic, &idem.key)?;
@@ -256,7 +258,15 @@ fn answer_append(
             });
         }
     }
-    let answer = decide_append(t, ctx, req)?;
+    let outcome = match decide_append(t, req)? {
+        Decision::Refused(outcome) => outcome,
+        Decision::Accepted(accepted) => write_append(t, ctx, req, accepted)?,
+    };
+    let answer = Answer {
+        outcome,
+        reply: req.reply.clone(),
+        replayed: false,
+    };
     // Created and conflict answers are stored under the key; rejections (400s) are not:
     // they changed nothing and say nothing about the state.
     if let (Some(idem), Outcome::Appended { .. } | Outcome::Conflict(_)) =
@@ -274,93 +284,134 @@ fn answer_append(
     Ok(answer)
 }
 
-fn decide_append(
-    t: &mut DataTables<'_>,
-    ctx: EntryContext,
-    req: &AppendRequest,
-) -> Result<Answer, StoreError> {
-    let answer = |outcome| Answer {
-        outcome,
-        reply: req.reply.clone(),
-        replayed: false,
-    };
-    let rejected = |r| Ok(answer(Outcome::Rejected(r)));
+/// The decision on an append, made from reads alone ([`decide_append`] cannot write: it
+/// borrows the tables shared), so a conflict or a rejection leaves nothing behind.
+enum Decision<'r> {
+    /// A conflict or a rejection: the answer, and nothing to write.
+    Refused(Outcome),
+    Accepted(Accepted<'r>),
+}
 
+/// What an accepted append writes ([`write_append`]).
+struct Accepted<'r> {
+    /// The topic's offset of the request's first event.
+    first: u64,
+    /// Every stream the request names: its version and the offset of its first event.
+    heads: Heads<'r>,
+    /// The uniq claims' changes, checked against the sets and each other.
+    claims: Pending,
+}
+
+/// stream -> (version, offset of its first event if it has one).
+type Heads<'r> = BTreeMap<&'r str, (u64, Option<u64>)>;
+
+/// Decide an append: the rules it was prepared under, the shape of its events, the streams it
+/// names, `expected_version`, then its uniq claims, in that order.
+fn decide_append<'r>(
+    t: &DataTables<'_>,
+    req: &'r AppendRequest,
+) -> Result<Decision<'r>, StoreError> {
     // Claims prepared under other rules than those in force are prepared again.
     // Claims prepared under rules that have since dropped the topic's sets count as well.
     let covered = t.rules.rules.uniq.iter().any(|s| s.topic == req.topic)
         || req.events.iter().any(|e| !e.claims.is_empty());
     if covered && req.rules_version != t.rules.version {
-        return rejected(Rejection::RulesChanged {
-            current_version: t.rules.version,
-        });
+        return Ok(Decision::Refused(Outcome::Rejected(
+            Rejection::RulesChanged {
+                current_version: t.rules.version,
+            },
+        )));
     }
     if let Err(r) = check_events(&req.topic, &req.events, &t.rules.rules) {
-        return rejected(r);
+        return Ok(Decision::Refused(Outcome::Rejected(r)));
     }
-
-    // Current version of every stream the request names; a stream of another topic is a 400.
-    // stream -> (version, offset of its first event if it has one).
-    let mut versions: BTreeMap<&str, (u64, Option<u64>)> = BTreeMap::new();
-    let named = req
-        .expected_version
-        .keys()
-        .map(String::as_str)
-        .chain(req.events.iter().filter_map(|e| e.stream.as_deref()));
-    for stream in named {
-        if versions.contains_key(stream) {
-            continue;
-        }
-        let head = match t.w.stack().stream(stream)? {
-            None => (0, None),
-            Some((topic, version, first)) => {
-                if topic != req.topic {
-                    return rejected(Rejection::StreamInOtherTopic {
-                        stream: stream.to_string(),
-                        topic,
-                    });
-                }
-                (version, Some(first))
-            }
-        };
-        versions.insert(stream, head);
-    }
-
-    // 2. expected_version, for every stream it names.
+    let heads = match stream_heads(t, req)? {
+        Ok(heads) => heads,
+        Err(r) => return Ok(Decision::Refused(Outcome::Rejected(r))),
+    };
     for (stream, expected) in &req.expected_version {
-        let actual = versions[stream.as_str()].0;
+        let actual = heads[stream.as_str()].0;
         if !expected.matches(actual) {
-            return Ok(answer(Outcome::Conflict(Conflict::Version {
+            return Ok(Decision::Refused(Outcome::Conflict(Conflict::Version {
                 stream: stream.clone(),
                 expected: *expected,
                 actual,
             })));
         }
     }
-
-    // 3. Uniq claims, against the sets and the earlier events of this request.
+    // Uniq claims, against the sets and the earlier events of this request.
     let first = t.w.stack().topic_len(&req.topic)?;
-    let mut pending = Pending::default();
+    let mut claims = Pending::default();
     for (i, e) in req.events.iter().enumerate() {
         let Some(stream) = e.stream.as_deref() else {
             continue;
         };
         for claim in &e.claims {
-            if let Err(c) = pending.check(&t.w, claim, stream, first + i as u64)? {
-                return Ok(answer(Outcome::Conflict(c)));
+            if let Err(c) = claims.check(&t.w, claim, stream, first + i as u64)? {
+                return Ok(Decision::Refused(Outcome::Conflict(c)));
             }
         }
     }
+    Ok(Decision::Accepted(Accepted {
+        first,
+        heads,
+        claims,
+    }))
+}
 
-    // Every check passed: write. The events stay in the log entry; one row says where.
-    pending.write(&mut t.w)?;
+/// The current head of every stream the request names (in `expected_version` or on an
+/// event); a stream of another topic is a rejection.
+fn stream_heads<'r>(
+    t: &DataTables<'_>,
+    req: &'r AppendRequest,
+) -> Result<Result<Heads<'r>, Rejection>, StoreError> {
+    let mut heads = Heads::new();
+    let named = req
+        .expected_version
+        .keys()
+        .map(String::as_str)
+        .chain(req.events.iter().filter_map(|e| e.stream.as_deref()));
+    for stream in named {
+        if heads.contains_key(stream) {
+            continue;
+        }
+        let head = match t.w.stack().stream(stream)? {
+            None => (0, None),
+            Some((topic, _, _)) if topic != req.topic => {
+                return Ok(Err(Rejection::StreamInOtherTopic {
+                    stream: stream.to_string(),
+                    topic,
+                }));
+            }
+            Some((_, version, first)) => (version, Some(first)),
+        };
+        heads.insert(stream, head);
+    }
+    Ok(Ok(heads))
+}
+
+/// Write an accepted append: its claims, where its events are (they stay in the log entry;
+/// one run row says where), the heads of the streams that received events, the topic's
+/// length.
+fn write_append(
+    t: &mut DataTables<'_>,
+    ctx: EntryContext,
+    req: &AppendRequest,
+    accepted: Accepted<'_>,
+) -> Result<Outcome, StoreError> {
+    let Accepted {
+        first,
+        mut heads,
+        claims,
+    } = accepted;
+    claims.write(&mut t.w)?;
     t.record_run(ctx, &req.topic, first, req.events.len() as u32);
     let batch = &mut t.w.batch;
     let mut touched: BTreeSet<&str> = BTreeSet::new();
     for (i, e) in req.events.iter().enumerate() {
         let offset = first + i as u64;
         if let Some(stream) = e.stream.as_deref() {
-            let (version, first) = versions.get_mut(stream).expect("collected above");
+            let (version, first) = heads.get_mut(stream).expect("decided with every stream");
             *version += 1;
             // A stream's first event is in its head row, the others in `stream_index`.
             if first.is_some() {
@@ -376,7 +427,7 @@ fn decide_append(
     // Only streams that received events are recorded: naming a stream in expected_version
     // alone does not claim it for this topic.
     for stream in touched {
-        let (version, first) = versions[stream];
+        let (version, first) = heads[stream];
         let first = first.expect("a stream that received events has a first");
         batch
             .streams
@@ -384,11 +435,11 @@ fn decide_append(
     }
     let next = first + req.events.len() as u64;
     batch.topics.insert(req.topic.clone(), next);
-    Ok(answer(Outcome::Appended {
+    Ok(Outcome::Appended {
         first_offset: first,
         last_offset: next.saturating_sub(1),
         log_index: ctx.log_index,
-    }))
+    })
 }
 
 /// Replace the rules. Sets that are new or changed are rebuilt from the backfill (the claims
