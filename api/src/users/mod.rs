@@ -3,6 +3,7 @@
 //! leader, then appends one event with that stream version under the uniq rules.
 
 pub mod config;
+pub mod events;
 pub mod password;
 pub mod state;
 pub mod token;
@@ -20,6 +21,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use self::events::UserEvent;
 use self::state::{fold, stream_of, Status, UserState, EMAIL_SET, TOPIC};
 use self::validate::{validate_email_change, validate_signup, EmailBody, SignupBody};
 use crate::app::{now_ms, SharedApp};
@@ -37,33 +39,42 @@ pub const MAIL_HEARTBEAT_MS: u64 = 30_000;
 /// A mail consumer that has not reported for this long is taken for not running.
 pub const MAIL_SILENT_MAX_MS: u64 = 3 * MAIL_HEARTBEAT_MS;
 
-/// One event for a user's stream.
-struct UserEvent {
-    event_type: &'static str,
-    data: Value,
+/// One event for a user's stream, and what it keeps out of the served data.
+struct Command {
+    event: UserEvent,
     secret: Option<Value>,
+}
+
+impl From<UserEvent> for Command {
+    fn from(event: UserEvent) -> Self {
+        Command {
+            event,
+            secret: None,
+        }
+    }
 }
 
 fn prepare(
     id: Uuid,
-    ev: &UserEvent,
+    cmd: &Command,
     expected: ExpectedVersion,
     rules: &RulesState,
     idempotency: Option<IdempotencyKey>,
     reply: Option<String>,
 ) -> Result<AppendRequest, ApiError> {
     let stream = stream_of(id);
-    let claims = claims_for(&rules.rules, TOPIC, ev.event_type, &ev.data, "")
+    let (event_type, data) = cmd.event.to_parts();
+    let claims = claims_for(&rules.rules, TOPIC, &event_type, &data, "")
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     Ok(AppendRequest {
         topic: TOPIC.into(),
         events: vec![NewEvent {
-            event_type: ev.event_type.into(),
+            event_type,
             stream: Some(stream.clone()),
-            data: ev.data.to_string(),
+            data: data.to_string(),
             metadata: None,
             claims,
-            secret: ev.secret.as_ref().map(Value::to_string),
+            secret: cmd.secret.as_ref().map(Value::to_string),
         }],
         expected_version: [(stream, expected)].into_iter().collect(),
         idempotency,
@@ -112,7 +123,7 @@ fn not_found(id: Uuid) -> ApiError {
 async fn command(
     app: &SharedApp,
     id: Uuid,
-    decide: impl Fn(&UserState) -> Result<Option<UserEvent>, ApiError>,
+    decide: impl Fn(&UserState) -> Result<Option<Command>, ApiError>,
 ) -> Result<(UserState, u64), ApiError> {
     for _ in 0..VERSION_RETRIES_MAX {
         let state = current(app, id)
@@ -184,9 +195,12 @@ pub async fn signup(
     let mut bytes = [0u8; 16];
     rand::RngCore::fill_bytes(&mut raft_store::runtime::rng(), &mut bytes);
     let id = uuid::Builder::from_random_bytes(bytes).into_uuid();
-    let ev = UserEvent {
-        event_type: "AccountCreated",
-        data: json!({ "id": id, "username": signup.username, "email": signup.email }),
+    let ev = Command {
+        event: UserEvent::AccountCreated {
+            id,
+            username: signup.username.clone(),
+            email: signup.email.clone(),
+        },
         secret: Some(json!({ "password_hash": hash })),
     };
     let answer = app
@@ -226,11 +240,14 @@ pub async fn change_email(
     let id = path_id(&id)?;
     let email = validate_email_change(&body)?;
     let (_, offset) = command(&app, id, |s| {
-        Ok(Some(UserEvent {
-            event_type: "EmailChanged",
-            data: json!({ "id": id, "old_email": s.email, "new_email": email }),
-            secret: None,
-        }))
+        Ok(Some(
+            UserEvent::EmailChanged {
+                id,
+                old_email: s.email.clone(),
+                new_email: email.clone(),
+            }
+            .into(),
+        ))
     })
     .await?;
     Ok(Json(json!({ "id": id, "email": email, "offset": offset })).into_response())
@@ -243,11 +260,13 @@ pub async fn delete(
 ) -> Result<Response, ApiError> {
     let id = path_id(&id)?;
     let (_, offset) = command(&app, id, |s| {
-        Ok(Some(UserEvent {
-            event_type: "AccountDeleted",
-            data: json!({ "id": id, "email": s.email }),
-            secret: None,
-        }))
+        Ok(Some(
+            UserEvent::AccountDeleted {
+                id,
+                email: s.email.clone(),
+            }
+            .into(),
+        ))
     })
     .await?;
     Ok(Json(json!({ "id": id, "offset": offset })).into_response())
@@ -342,11 +361,7 @@ async fn activate_account(
         token
             .verify(secret, &s.email)
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        Ok((s.status == Status::Pending).then(|| UserEvent {
-            event_type: "AccountActivated",
-            data: json!({ "id": id }),
-            secret: None,
-        }))
+        Ok((s.status == Status::Pending).then(|| UserEvent::AccountActivated { id }.into()))
     })
     .await;
     let (_, offset) = result.map_err(|e| match e {
@@ -404,11 +419,14 @@ pub async fn resend_activation(
                 retry_after_s: (next_ms - now).div_ceil(1000),
             });
         }
-        Ok(Some(UserEvent {
-            event_type: "ActivationRequested",
-            data: json!({ "id": id, "username": s.username, "email": s.email }),
-            secret: None,
-        }))
+        Ok(Some(
+            UserEvent::ActivationRequested {
+                id,
+                username: s.username.clone(),
+                email: s.email.clone(),
+            }
+            .into(),
+        ))
     })
     .await?;
     Ok((

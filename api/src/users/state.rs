@@ -4,6 +4,8 @@
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::events::UserEvent;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     Pending,
@@ -38,27 +40,32 @@ pub fn stream_of(id: Uuid) -> String {
 pub fn fold(id: Uuid, events: &[Value]) -> Option<UserState> {
     let mut state: Option<UserState> = None;
     for (i, e) in events.iter().enumerate() {
-        let data = &e["data"];
-        let text = |k: &str| data[k].as_str().unwrap_or_default().to_string();
-        match (e["type"].as_str().unwrap_or_default(), state.as_mut()) {
-            ("AccountCreated", _) => {
+        match (UserEvent::of(e), state.as_mut()) {
+            (
+                Some(UserEvent::AccountCreated {
+                    username, email, ..
+                }),
+                _,
+            ) => {
                 state = Some(UserState {
                     id,
-                    username: text("username"),
-                    email: text("email"),
+                    username,
+                    email,
                     status: Status::Pending,
                     version: 0,
                     activated_offset: None,
                     last_mail_ms: e["timestamp"].as_u64(),
                 })
             }
-            ("ActivationRequested", Some(s)) => s.last_mail_ms = e["timestamp"].as_u64(),
-            ("EmailChanged", Some(s)) => s.email = text("new_email"),
-            ("AccountActivated", Some(s)) => {
+            (Some(UserEvent::ActivationRequested { .. }), Some(s)) => {
+                s.last_mail_ms = e["timestamp"].as_u64()
+            }
+            (Some(UserEvent::EmailChanged { new_email, .. }), Some(s)) => s.email = new_email,
+            (Some(UserEvent::AccountActivated { .. }), Some(s)) => {
                 s.status = Status::Active;
                 s.activated_offset = e["offset"].as_u64();
             }
-            ("AccountDeleted", Some(s)) => s.status = Status::Deleted,
+            (Some(UserEvent::AccountDeleted { .. }), Some(s)) => s.status = Status::Deleted,
             _ => {}
         }
         if let Some(s) = state.as_mut() {

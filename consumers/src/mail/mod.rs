@@ -163,8 +163,7 @@ impl MailConsumer {
     /// `ActivationRequested` must not be able to send a valid link elsewhere. The link's
     /// token is bound to that address ([`api::users::token`]).
     pub async fn message_for(&self, topic: &str, event: &Value) -> Option<Outgoing> {
-        let kind = event["type"].as_str()?;
-        if kind != "AccountCreated" && kind != "ActivationRequested" {
+        if !api::users::events::UserEvent::of(event)?.asks_for_mail() {
             return None;
         }
         let stream = event["stream"].as_str()?;

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use api::users::events::UserEvent;
 use raft_store::rules::{normalize_key, Normalize};
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction,
@@ -277,10 +278,11 @@ fn apply_event(
     meta: &mut Table<'_, &str, u64>,
     e: &Value,
 ) -> Result<(), StoreError> {
-    let data = &e["data"];
-    let Some(id) = data["id"].as_str() else {
+    let Some(event) = UserEvent::of(e) else {
         return Ok(());
     };
+    let id = event.id().to_string();
+    let id = id.as_str();
     let offset = e["offset"].as_u64().unwrap_or(0);
     let ts = e["timestamp"].as_u64().unwrap_or(0);
     let mut docs = txn.open_table(DOCS)?;
@@ -291,11 +293,10 @@ fn apply_event(
         Some(g) => serde_json::from_str(g.value()).map_err(|_| StoreError::Corrupt(id.into()))?,
         None => Value::Null,
     };
-    let text = |k: &str| data[k].as_str().unwrap_or_default().to_string();
-    match e["type"].as_str().unwrap_or_default() {
-        "AccountCreated" => {
-            let email = text("email");
-            let username = text("username");
+    match event {
+        UserEvent::AccountCreated {
+            username, email, ..
+        } => {
             doc = json!({"id": id, "username": username, "email": email, "status": "pending",
                          "created_at": ts, "updated_at": ts, "version": 0});
             by_email.insert((norm_email(&email).as_str(), id), ())?;
@@ -306,18 +307,17 @@ fn apply_event(
             }
         }
         _ if doc.is_null() => return Ok(()), // an event for an account we never saw created
-        "EmailChanged" => {
+        UserEvent::EmailChanged { new_email, .. } => {
             let old = doc["email"].as_str().unwrap_or_default().to_string();
             by_email.remove((norm_email(&old).as_str(), id))?;
-            let new = text("new_email");
-            by_email.insert((norm_email(&new).as_str(), id), ())?;
-            doc["email"] = new.into();
+            by_email.insert((norm_email(&new_email).as_str(), id), ())?;
+            doc["email"] = new_email.into();
         }
-        "AccountActivated" => {
+        UserEvent::AccountActivated { .. } => {
             doc["status"] = "active".into();
             bump(meta, "activated", 1)?;
         }
-        "AccountDeleted" => {
+        UserEvent::AccountDeleted { .. } => {
             let email = norm_email(doc["email"].as_str().unwrap_or_default());
             by_email.remove((email.as_str(), id))?;
             by_username.remove((doc["username"].as_str().unwrap_or_default(), id))?;
@@ -326,7 +326,7 @@ fn apply_event(
             doc["status"] = "deleted".into();
             bump(meta, "deleted", 1)?;
         }
-        _ => {}
+        UserEvent::ActivationRequested { .. } => {}
     }
     doc["version"] = (doc["version"].as_u64().unwrap_or(0) + 1).into();
     doc["updated_at"] = ts.into();
@@ -343,10 +343,17 @@ fn apply_event(
 mod tests {
     use super::*;
 
-    fn created(offset: u64, id: &str) -> Value {
-        json!({"topic": "users", "offset": offset, "timestamp": 7, "type": "AccountCreated",
-               "stream": format!("user-{id}"),
-               "data": {"id": id, "username": "ann", "email": "Ann@Example.com"}})
+    /// User `n`'s sign-up, served at `offset`.
+    fn created(offset: u64, n: u128) -> Value {
+        let id = uuid::Uuid::from_u128(n);
+        let (name, data) = UserEvent::AccountCreated {
+            id,
+            username: "ann".into(),
+            email: "Ann@Example.com".into(),
+        }
+        .to_parts();
+        json!({"topic": "users", "offset": offset, "timestamp": 7, "type": name,
+               "stream": format!("user-{id}"), "data": data})
     }
 
     /// The read model's file names its format; another one is refused with the way out.
@@ -356,7 +363,7 @@ mod tests {
         let path = dir.path().join("users.redb");
         QueryStore::open(&path)
             .unwrap()
-            .apply(&[created(0, "a")], 1)
+            .apply(&[created(0, 1)], 1)
             .unwrap();
         {
             // Unversioned (as written before the stamp) is this format: stamped at open.
@@ -389,11 +396,12 @@ mod tests {
         let store =
             QueryStore::open_with_backend(redb::backends::InMemoryBackend::new()).expect("open");
         assert_eq!(store.next_offset().unwrap(), 0);
-        store.apply(&[created(0, "a")], 1).unwrap();
+        store.apply(&[created(0, 1)], 1).unwrap();
         // The same page again (a tail that re-read it): nothing applied twice.
-        store.apply(&[created(0, "a"), created(1, "b")], 2).unwrap();
+        store.apply(&[created(0, 1), created(1, 2)], 2).unwrap();
         assert_eq!(store.next_offset().unwrap(), 2);
-        assert_eq!(store.doc("a").unwrap().unwrap()["version"], 1);
+        let a = uuid::Uuid::from_u128(1).to_string();
+        assert_eq!(store.doc(&a).unwrap().unwrap()["version"], 1);
         assert_eq!(store.by_email("ann@example.com").unwrap().len(), 2);
         assert_eq!(store.stats().unwrap()["created"], 2);
     }

@@ -1,0 +1,140 @@
+//! The events of the `users` topic: each type's name and data, once. The command side writes
+//! them, and the fold of a user's stream, the query read model, the mail consumer and the
+//! simulator's checkers read them through this type, so no one spells an event's name or
+//! fields on their own.
+//!
+//! An event is stored as the log serves it: `type` is the variant's name and `data` its
+//! fields (`{"type": "EmailChanged", "data": {"id": ..., "old_email": ..., "new_email": ...}}`,
+//! beside the offset, timestamp and stream the node adds). Text fields default to empty, as
+//! the readers always read a missing one.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum UserEvent {
+    /// A sign-up: claims the email in the `user_email` set, and asks for an activation email.
+    AccountCreated {
+        id: Uuid,
+        #[serde(default)]
+        username: String,
+        #[serde(default)]
+        email: String,
+    },
+    /// The activation email again (the mail consumer sends to the account's address as of
+    /// this event, never to one an event names).
+    ActivationRequested {
+        id: Uuid,
+        #[serde(default)]
+        username: String,
+        #[serde(default)]
+        email: String,
+    },
+    /// Moves the claim from `old_email` to `new_email`.
+    EmailChanged {
+        id: Uuid,
+        #[serde(default)]
+        old_email: String,
+        #[serde(default)]
+        new_email: String,
+    },
+    AccountActivated {
+        id: Uuid,
+    },
+    /// Releases the email.
+    AccountDeleted {
+        id: Uuid,
+        #[serde(default)]
+        email: String,
+    },
+}
+
+impl UserEvent {
+    /// The event of a served event (`{"type", "data", "offset", ...}`), or `None` for a type
+    /// this build does not know or data that does not fit it.
+    pub fn of(served: &Value) -> Option<UserEvent> {
+        UserEvent::deserialize(served).ok()
+    }
+
+    /// The event's type name and data, as an append carries them.
+    pub fn to_parts(&self) -> (String, Value) {
+        let Ok(Value::Object(mut fields)) = serde_json::to_value(self) else {
+            unreachable!("a user event serializes to an object");
+        };
+        let name = match fields.remove("type") {
+            Some(Value::String(name)) => name,
+            _ => unreachable!("a user event has a type name"),
+        };
+        (name, fields.remove("data").unwrap_or(Value::Null))
+    }
+
+    /// The type name alone (what a uniq rule names).
+    pub fn type_name(&self) -> String {
+        self.to_parts().0
+    }
+
+    pub fn id(&self) -> Uuid {
+        match self {
+            UserEvent::AccountCreated { id, .. }
+            | UserEvent::ActivationRequested { id, .. }
+            | UserEvent::EmailChanged { id, .. }
+            | UserEvent::AccountActivated { id }
+            | UserEvent::AccountDeleted { id, .. } => *id,
+        }
+    }
+
+    /// Whether the mail consumer sends an activation email for it.
+    pub fn asks_for_mail(&self) -> bool {
+        matches!(
+            self,
+            UserEvent::AccountCreated { .. } | UserEvent::ActivationRequested { .. }
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn served_events_read_back_as_written() {
+        let id = Uuid::from_u128(7);
+        let ev = UserEvent::EmailChanged {
+            id,
+            old_email: "a@x.io".into(),
+            new_email: "b@x.io".into(),
+        };
+        let (name, data) = ev.to_parts();
+        assert_eq!(name, "EmailChanged");
+        assert_eq!(
+            data,
+            json!({"id": id, "old_email": "a@x.io", "new_email": "b@x.io"})
+        );
+        let served = json!({"topic": "users", "offset": 4, "timestamp": 9, "type": name,
+                            "stream": format!("user-{id}"), "data": data});
+        assert_eq!(UserEvent::of(&served), Some(ev));
+    }
+
+    #[test]
+    fn unknown_types_and_missing_ids_are_not_user_events_and_text_defaults_to_empty() {
+        let id = Uuid::from_u128(1);
+        assert_eq!(
+            UserEvent::of(&json!({"type": "Renamed", "data": {"id": id}})),
+            None
+        );
+        assert_eq!(
+            UserEvent::of(&json!({"type": "AccountActivated", "data": {}})),
+            None
+        );
+        assert_eq!(
+            UserEvent::of(&json!({"type": "AccountDeleted", "data": {"id": id}})),
+            Some(UserEvent::AccountDeleted {
+                id,
+                email: String::new()
+            })
+        );
+    }
+}
