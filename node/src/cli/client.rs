@@ -5,6 +5,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use std::sync::Arc;
 
+use api::wire::ClusterStatus;
 use api::{HttpRequest, Transport};
 use serde_json::Value;
 use uniqlog_node::Config;
@@ -48,6 +49,13 @@ impl Client {
 
     pub async fn get(&self, addr: &str, path: &str) -> Result<Value> {
         self.ok(addr, HttpRequest::get(path)).await
+    }
+
+    /// `GET /v1/cluster/status` of one node, in the type the node answers with.
+    pub async fn status(&self, addr: &str) -> Result<ClusterStatus> {
+        let body = self.get(addr, "/v1/cluster/status").await?;
+        serde_json::from_value(body)
+            .with_context(|| format!("{addr} answered a cluster status this build does not read"))
     }
 }
 

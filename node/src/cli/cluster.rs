@@ -6,11 +6,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Subcommand;
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::json;
 use uniqlog_node::Config;
 
 use super::client::{write_targets, Client};
 use super::progress::Progress;
+use api::wire::ClusterStatus;
 use api::HttpRequest;
 
 #[derive(Subcommand)]
@@ -167,7 +169,7 @@ async fn follow_catch_up(config: &Config, id: u64, upto: u64) -> Result<()> {
         let matched = leader_status(config)
             .await
             .ok()
-            .and_then(|s| s["replication"][id.to_string()].as_u64())
+            .and_then(|s| s.replication?.get(&id).copied().flatten())
             .unwrap_or(0);
         progress.set(matched, upto);
         if matched >= upto {
@@ -193,8 +195,8 @@ pub(super) async fn leader_or_any(config: &Config) -> Result<(u64, String)> {
     let client = Client::for_config(config)?;
     let mut first = None;
     for n in &config.nodes {
-        if let Ok(s) = client.get(&n.addr, "/v1/cluster/status").await {
-            if s["role"] == "leader" {
+        if let Ok(s) = client.status(&n.addr).await {
+            if s.role == LEADER {
                 return Ok((n.id, n.addr.clone()));
             }
             first.get_or_insert((n.id, n.addr.clone()));
@@ -204,46 +206,35 @@ pub(super) async fn leader_or_any(config: &Config) -> Result<(u64, String)> {
 }
 
 /// The status of the leader, found through any node.
-pub(super) async fn leader_status(config: &Config) -> Result<Value> {
-    let any = any_node(config, |c, a| async move {
-        c.get(&a, "/v1/cluster/status").await
-    })
-    .await?;
-    if any["role"] == "leader" {
+pub(super) async fn leader_status(config: &Config) -> Result<ClusterStatus> {
+    let any = any_node(config, |c, a| async move { c.status(&a).await }).await?;
+    if any.role == LEADER {
         return Ok(any);
     }
-    let leader = any["leader"]
-        .as_u64()
-        .ok_or_else(|| anyhow!("no leader is known"))?;
+    let leader = any.leader.ok_or_else(|| anyhow!("no leader is known"))?;
     let addr = config
         .nodes
         .iter()
         .find(|n| n.id == leader)
         .map(|n| n.addr.clone())
         .or_else(|| {
-            any["members"]
-                .as_array()?
-                .iter()
-                .find(|m| m["id"] == leader)?["addr"]
-                .as_str()
-                .map(str::to_string)
+            let m = any.members.iter().find(|m| m.id == leader)?;
+            Some(m.addr.clone())
         })
         .ok_or_else(|| anyhow!("the leader {leader} has no known address"))?;
-    let status = Client::for_config(config)?
-        .get(&addr, "/v1/cluster/status")
-        .await?;
+    let status = Client::for_config(config)?.status(&addr).await?;
     // Others may still name a leader that has just restarted and is no longer one.
-    if status["role"] != "leader" {
+    if status.role != LEADER {
         bail!("node {leader} is not the leader any more");
     }
     Ok(status)
 }
 
 /// Try each configured node in turn until one answers.
-pub(super) async fn any_node<F, Fut>(config: &Config, f: F) -> Result<Value>
+pub(super) async fn any_node<T, F, Fut>(config: &Config, f: F) -> Result<T>
 where
     F: Fn(&'static Client, String) -> Fut,
-    Fut: std::future::Future<Output = Result<Value>>,
+    Fut: std::future::Future<Output = Result<T>>,
 {
     static CLIENT: std::sync::OnceLock<Client> = std::sync::OnceLock::new();
     let client = Client::for_config(config)?;
@@ -275,9 +266,58 @@ pub(super) async fn init(config: &Config, node: Option<u64>) -> Result<()> {
     Ok(())
 }
 
+/// The role a node's status names when it leads.
+const LEADER: &str = "leader";
+
+/// One node in `cluster status`: its own view (or why there is none), its replication lag as
+/// the leader sees it, and whether it is ready. `--json` prints these: the node's status
+/// fields with `addr`, `replication_lag` and `health` beside them.
+#[derive(Serialize)]
+struct Row {
+    #[serde(flatten)]
+    seen: Seen,
+    addr: String,
+    replication_lag: Option<u64>,
+    health: String,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Seen {
+    Up(ClusterStatus),
+    Down {
+        id: u64,
+        /// Always `down`.
+        role: &'static str,
+        error: String,
+    },
+}
+
+impl Row {
+    fn id(&self) -> u64 {
+        match &self.seen {
+            Seen::Up(s) => s.id,
+            Seen::Down { id, .. } => *id,
+        }
+    }
+
+    fn status(&self) -> Option<&ClusterStatus> {
+        match &self.seen {
+            Seen::Up(s) => Some(s),
+            Seen::Down { .. } => None,
+        }
+    }
+
+    fn error(&self) -> Option<&str> {
+        match &self.seen {
+            Seen::Up(_) => None,
+            Seen::Down { error, .. } => Some(error),
+        }
+    }
+}
+
 /// One row per node: the configured ones, and members the config does not list (a learner
-/// added with `--addr`), each with its own view, its replication lag as the leader sees it
-/// and whether it is ready.
+/// added with `--addr`).
 async fn status(config: &Config, as_json: bool) -> Result<()> {
     let client = Client::for_config(config)?;
     let mut nodes: Vec<(u64, String)> = config
@@ -290,41 +330,47 @@ async fn status(config: &Config, as_json: bool) -> Result<()> {
     while i < nodes.len() {
         let (id, addr) = nodes[i].clone();
         i += 1;
-        let mut row = match client.get(&addr, "/v1/cluster/status").await {
-            Ok(s) => s,
-            Err(e) => json!({ "id": id, "addr": addr, "role": "down", "error": e.to_string() }),
+        let seen = match client.status(&addr).await {
+            Ok(s) => Seen::Up(s),
+            Err(e) => Seen::Down {
+                id,
+                role: "down",
+                error: format!("{e:#}"),
+            },
         };
-        row["addr"] = json!(addr);
         // Members outside the config are reached at the address the membership holds (a
         // node's peer address, which is its client address unless `peer_addr` is set).
-        for m in row["members"].as_array().into_iter().flatten() {
-            if let (Some(mid), Some(maddr)) = (m["id"].as_u64(), m["addr"].as_str()) {
-                if !nodes.iter().any(|(n, _)| *n == mid) {
-                    nodes.push((mid, maddr.to_string()));
+        if let Seen::Up(s) = &seen {
+            for m in &s.members {
+                if !nodes.iter().any(|(n, _)| *n == m.id) {
+                    nodes.push((m.id, m.addr.clone()));
                 }
             }
         }
-        rows.push(row);
+        rows.push(Row {
+            seen,
+            addr,
+            replication_lag: None,
+            health: "down".into(),
+        });
     }
     let leader = rows
         .iter()
-        .filter(|r| r["role"] == "leader")
-        .max_by_key(|r| r["term"].as_u64())
+        .filter_map(Row::status)
+        .filter(|s| s.role == LEADER)
+        .max_by_key(|s| s.term)
         .cloned();
     for row in &mut rows {
-        row["replication_lag"] = replication_lag(leader.as_ref(), row);
-        if row["error"].is_null() {
-            let addr = row["addr"].as_str().unwrap_or_default().to_string();
-            row["health"] = match client.call(&addr, HttpRequest::get("/ready")).await {
-                Ok((200, _)) => json!("ready"),
-                Ok((_, body)) => json!(format!(
+        row.replication_lag = replication_lag(leader.as_ref(), row.id());
+        if row.status().is_some() {
+            row.health = match client.call(&row.addr, HttpRequest::get("/ready")).await {
+                Ok((200, _)) => "ready".into(),
+                Ok((_, body)) => format!(
                     "not ready: {}",
                     body["message"].as_str().unwrap_or("no reason given")
-                )),
-                Err(e) => json!(format!("down: {e}")),
+                ),
+                Err(e) => format!("down: {e}"),
             };
-        } else {
-            row["health"] = json!("down");
         }
     }
     if as_json {
@@ -334,97 +380,77 @@ async fn status(config: &Config, as_json: bool) -> Result<()> {
     print!("{}", status_table(&rows));
     // When none answers, the error alone says it; otherwise name each node that did not.
     all_down(&rows)?;
-    for r in rows.iter().filter(|r| r["error"].is_string()) {
-        eprintln!("node {}: {}", r["id"], r["error"].as_str().unwrap_or(""));
+    for r in &rows {
+        if let Some(error) = r.error() {
+            eprintln!("node {}: {error}", r.id());
+        }
     }
     Ok(())
 }
 
-/// Entries the leader has that `row`'s node is not known to hold: from the leader's
-/// replication view, which is what Raft acts on. `null` for the leader itself, and when no
-/// leader answered or it does not know yet.
-fn replication_lag(leader: Option<&Value>, row: &Value) -> Value {
-    let Some(leader) = leader else {
-        return Value::Null;
-    };
-    if leader["id"] == row["id"] {
-        return Value::Null;
-    }
-    let id = row["id"].to_string();
-    match (
-        leader["last_log_index"].as_u64(),
-        leader["replication"][&id].as_u64(),
-    ) {
-        (Some(last), Some(matched)) => json!(last.saturating_sub(matched)),
-        _ => Value::Null,
-    }
+/// Entries the leader has that node `id` is not known to hold: from the leader's replication
+/// view, which is what Raft acts on. `None` for the leader itself, and when no leader
+/// answered or it does not know yet.
+fn replication_lag(leader: Option<&ClusterStatus>, id: u64) -> Option<u64> {
+    let leader = leader.filter(|l| l.id != id)?;
+    let matched = leader.replication.as_ref()?.get(&id).copied().flatten()?;
+    Some(leader.last_log_index.saturating_sub(matched))
 }
 
-fn status_table(rows: &[Value]) -> String {
+fn status_table(rows: &[Row]) -> String {
     let mut out = format!(
         "{:<4} {:<22} {:<10} {:<7} {:>6} {:>7} {:>10} {:>10} {:>9}  {}\n",
         "ID", "ADDR", "ROLE", "MEMBER", "TERM", "LEADER", "COMMIT", "APPLIED", "REPL-LAG", "HEALTH"
     );
     // The membership as the leader (or else the first node that answered) holds it.
-    let view = rows
-        .iter()
-        .find(|r| r["role"] == "leader")
-        .or_else(|| rows.iter().find(|r| r["members"].is_array()));
+    let statuses = || rows.iter().filter_map(Row::status);
+    let view = statuses()
+        .find(|s| s.role == LEADER)
+        .or_else(|| statuses().next());
+    let dash = || "-".to_string();
+    let num = |v: Option<u64>| v.map_or_else(dash, |v| v.to_string());
     for r in rows {
-        let dash = || "-".to_string();
-        let num = |k: &str| r[k].as_u64().map_or_else(dash, |v| v.to_string());
+        let s = r.status();
         let member = view
-            .and_then(|v| v["members"].as_array())
-            .map(|ms| match ms.iter().find(|m| m["id"] == r["id"]) {
-                Some(m) if m["voter"] == true => "voter",
+            .map(|v| match v.members.iter().find(|m| m.id == r.id()) {
+                Some(m) if m.voter => "voter",
                 Some(_) => "learner",
                 None => "no",
             })
             .unwrap_or("?");
         out.push_str(&format!(
             "{:<4} {:<22} {:<10} {:<7} {:>6} {:>7} {:>10} {:>10} {:>9}  {}\n",
-            r["id"].to_string(),
-            r["addr"].as_str().unwrap_or("?"),
-            r["role"].as_str().unwrap_or("?"),
+            r.id(),
+            r.addr,
+            s.map_or("down", |s| s.role.as_str()),
             member,
-            num("term"),
-            num("leader"),
-            num("commit_index"),
-            num("applied_index"),
-            num("replication_lag"),
-            r["health"].as_str().unwrap_or("?"),
+            num(s.map(|s| s.term)),
+            num(s.and_then(|s| s.leader)),
+            num(s.map(|s| s.commit_index)),
+            num(s.map(|s| s.applied_index)),
+            num(r.replication_lag),
+            r.health,
         ));
     }
     out
 }
 
 /// An error when no node answered (a wrong address, CA or token everywhere).
-fn all_down(rows: &[Value]) -> Result<()> {
-    if rows.iter().all(|r| r["error"].is_string()) {
+fn all_down(rows: &[Row]) -> Result<()> {
+    if rows.iter().all(|r| r.error().is_some()) {
         bail!(
             "no node gave its status: {}",
-            rows.first()
-                .and_then(|r| r["error"].as_str())
-                .unwrap_or("no nodes")
+            rows.first().and_then(Row::error).unwrap_or("no nodes")
         );
     }
     Ok(())
 }
 
 async fn change_voters(config: &Config, id: u64, add: bool, node: Option<u64>) -> Result<()> {
-    let status = any_node(config, |c, a| async move {
-        c.get(&a, "/v1/cluster/status").await
-    })
-    .await?;
-    let members = status["members"]
-        .as_array()
-        .ok_or_else(|| anyhow!("cluster status has no members"))?;
-    let mut voters: BTreeSet<u64> = members
-        .iter()
-        .filter(|m| m["voter"] == true)
-        .filter_map(|m| m["id"].as_u64())
-        .collect();
-    let known = members.iter().any(|m| m["id"] == id);
+    let status = any_node(config, |c, a| async move { c.status(&a).await }).await?;
+    let members = &status.members;
+    let mut voters: BTreeSet<u64> = members.iter().filter(|m| m.voter).map(|m| m.id).collect();
+    let known = members.iter().any(|m| m.id == id);
     if add {
         if !known {
             bail!("node {id} is not a member: add it with `cluster add-learner` first");

@@ -20,12 +20,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use uniqlog_node::Config;
 
 use super::client::Client;
 use super::progress::Progress;
 use super::supervise::Supervisor;
+use api::wire::ClusterStatus;
 
 /// How long one node may take to come back and catch up.
 const NODE_BACK_MAX: Duration = Duration::from_secs(120);
@@ -227,21 +227,20 @@ pub async fn restart(config_path: &Path, node: Option<u64>) -> Result<()> {
 /// (`targets` keeps that index): under writes the leader's last index keeps moving, so "all
 /// of it right now" may never be seen. The leader itself always holds its log.
 fn caught_up(
-    leader: Option<&Value>,
-    node: &Value,
+    leader: Option<&ClusterStatus>,
+    node: &ClusterStatus,
     targets: &mut std::collections::BTreeMap<u64, u64>,
     id: u64,
 ) -> bool {
     let Some(leader) = leader else { return false };
-    if leader["id"] == node["id"] {
+    if leader.id == node.id {
         return true;
     }
-    let Some(last) = leader["last_log_index"].as_u64() else {
-        return false;
-    };
-    let target = *targets.entry(id).or_insert(last);
-    leader["replication"][id.to_string()]
-        .as_u64()
+    let target = *targets.entry(id).or_insert(leader.last_log_index);
+    leader
+        .replication
+        .as_ref()
+        .and_then(|r| r.get(&id).copied().flatten())
         .is_some_and(|matched| matched >= target)
 }
 
@@ -344,7 +343,7 @@ async fn wait_back(
         sup.tend();
         let ready = client.get(&addr, "/ready").await.is_ok();
         let leader_view = super::cluster::leader_status(config).await.ok();
-        let me = client.get(&addr, "/v1/cluster/status").await.ok();
+        let me = client.status(&addr).await.ok();
         if ready && me.is_some_and(|me| caught_up(leader_view.as_ref(), &me, &mut targets, id)) {
             return true;
         }
