@@ -18,6 +18,7 @@ pub mod limits;
 pub mod link;
 pub mod metrics;
 pub mod openapi;
+pub mod parking;
 pub mod peer;
 pub mod peer_protocol;
 pub mod propose;

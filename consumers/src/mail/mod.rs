@@ -14,7 +14,7 @@ use std::time::Duration;
 use api::users::config::UsersConfig;
 use api::{HttpRequest, Transport};
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::time::Instant;
 
 pub use self::config::MailConfig;
@@ -23,10 +23,11 @@ use crate::backoff::Backoff;
 use crate::breaker::Breaker;
 use crate::checkpoint::CheckpointReporter;
 use crate::tail::Tailer;
+use api::parking::{retry_topic, Parked, Record, Retry};
+use api::users::state::TOPIC as USERS;
 
 pub const NAME: &str = "mail";
-pub const RETRY_TOPIC: &str = "__retry.mail";
-pub const PARKED_TOPIC: &str = "__parked";
+pub use api::parking::PARKED_TOPIC;
 
 /// The configured provider.
 enum Provider {
@@ -315,10 +316,14 @@ impl MailConsumer {
                 Delivery::Sent => return,
                 Delivery::Permanent(reason) => {
                     tracing::warn!(key = %msg.idempotency_key, reason = %reason, "parking an email the provider refused");
-                    let parked = json!({"events": [{"type": "Parked", "data": {
-                        "consumer": NAME, "reason": reason, "idempotency_key": msg.idempotency_key, "event": source,
-                    }}]});
-                    self.append_until_done(PARKED_TOPIC, parked).await;
+                    let parked = Parked {
+                        consumer: NAME.into(),
+                        reason,
+                        idempotency_key: msg.idempotency_key.clone(),
+                        event: source.clone(),
+                    };
+                    self.append_until_done(PARKED_TOPIC, parked.append_body(None))
+                        .await;
                     return;
                 }
                 Delivery::Transient { reason, .. } => {
@@ -384,7 +389,7 @@ impl MailConsumer {
         let mut main = Tailer::new(
             self.nodes.clone(),
             self.transport.clone(),
-            "users",
+            USERS,
             self.resume_offset(NAME).await,
             self.stale_after,
         )
@@ -392,7 +397,7 @@ impl MailConsumer {
         let mut retry = Tailer::new(
             self.nodes.clone(),
             self.transport.clone(),
-            RETRY_TOPIC,
+            &retry_topic(NAME),
             self.resume_offset(&retry_name).await,
             self.stale_after,
         )
@@ -400,7 +405,7 @@ impl MailConsumer {
         let every = Duration::from_millis(self.config.checkpoint_every_ms);
         let mut main_cp = CheckpointReporter::new(
             NAME,
-            "users",
+            USERS,
             self.nodes.clone(),
             self.transport.clone(),
             self.config.checkpoint_every_events,
@@ -409,7 +414,7 @@ impl MailConsumer {
         .with_heartbeat(Duration::from_millis(api::users::MAIL_HEARTBEAT_MS));
         let mut retry_cp = CheckpointReporter::new(
             &retry_name,
-            RETRY_TOPIC,
+            &retry_topic(NAME),
             self.nodes.clone(),
             self.transport.clone(),
             self.config.checkpoint_every_events,
@@ -431,7 +436,7 @@ impl MailConsumer {
                         .maybe_report(e["offset"].as_u64().map_or(offset + 1, |o| o + 1))
                         .await;
                 }
-                if let Some(msg) = self.message_for("users", e).await {
+                if let Some(msg) = self.message_for(USERS, e).await {
                     let at = (&mut main_cp, offset);
                     self.deliver(&provider, &mut breaker, &backoff, &msg, e, at)
                         .await;
@@ -450,12 +455,12 @@ impl MailConsumer {
             // Replayed parked events keep their original idempotency key.
             let retried = retry.next_batch().await.unwrap_or_default();
             for r in &retried {
-                let original = &r["data"]["event"];
-                let topic = r["data"]["topic"].as_str().unwrap_or("users");
-                if let Some(msg) = self.message_for(topic, original).await {
-                    let at = (&mut main_cp, main.next_offset);
-                    self.deliver(&provider, &mut breaker, &backoff, &msg, original, at)
-                        .await;
+                if let Some(Retry { topic, event, .. }) = Retry::of(r) {
+                    if let Some(msg) = self.message_for(&topic, &event).await {
+                        let at = (&mut main_cp, main.next_offset);
+                        self.deliver(&provider, &mut breaker, &backoff, &msg, &event, at)
+                            .await;
+                    }
                 }
                 retry_cp
                     .maybe_report(r["offset"].as_u64().unwrap_or(0) + 1)

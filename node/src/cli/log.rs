@@ -11,6 +11,7 @@ use uniqlog_node::Config;
 
 use super::client::{path_segment, write_targets, Client};
 use super::cluster::any_node;
+use api::parking::{retry_topic, Parked, Record, Retry, PARKED_TOPIC};
 use api::HttpRequest;
 
 /// Events per page read.
@@ -159,8 +160,9 @@ async fn replay_parked(config: &Config, targets: &[(u64, String)], consumer: &st
     let mut from = 0;
     let mut queued = 0;
     loop {
-        let path =
-            format!("/v1/topics/__parked/events?from={from}&limit=1000&consistency=linearizable");
+        let path = format!(
+            "/v1/topics/{PARKED_TOPIC}/events?from={from}&limit=1000&consistency=linearizable"
+        );
         let page = any_node(config, |c, a| {
             let path = path.clone();
             async move { c.get(&a, &path).await }
@@ -171,25 +173,30 @@ async fn replay_parked(config: &Config, targets: &[(u64, String)], consumer: &st
             break;
         }
         for p in &events {
-            from = p["offset"].as_u64().unwrap_or(from) + 1;
-            if p["data"]["consumer"] != consumer {
+            let offset = p["offset"].as_u64().unwrap_or(from);
+            from = offset + 1;
+            let Some(parked) = Parked::of(p).filter(|parked| parked.consumer == consumer) else {
                 continue;
-            }
-            let original: &Value = &p["data"]["event"];
-            let body = json!({
-                "events": [{"type": "Retry", "data": {"topic": original["topic"], "offset": original["offset"], "event": original}}],
-                // One re-queue per parked event, however often this runs (within the window).
-                "idempotency_key": format!("replay:{}", p["offset"]),
-            });
+            };
+            let retry = Retry {
+                topic: parked.event["topic"].as_str().unwrap_or_default().into(),
+                offset: parked.event["offset"].as_u64().unwrap_or_default(),
+                event: parked.event,
+            };
+            // One re-queue per parked event, however often this runs (within the window).
+            let body = retry.append_body(Some(format!("replay:{offset}")));
             let req = HttpRequest::post(
-                format!("/v1/topics/__retry.{consumer}/events"),
+                format!("/v1/topics/{}/events", retry_topic(consumer)),
                 serde_json::to_vec(&body)?,
             );
             client.write(targets, req, true).await?;
             queued += 1;
         }
     }
-    println!("re-queued {queued} parked event(s) of {consumer} to __retry.{consumer}");
+    println!(
+        "re-queued {queued} parked event(s) of {consumer} to {}",
+        retry_topic(consumer)
+    );
     Ok(())
 }
 
