@@ -1,94 +1,44 @@
-//! TLS for the client API and peer RPC (rustls on ring), from PEM files.
-//!
-//! [`ServerTls`] is a node's certificate and key; [`ClientTls`] trusts exactly the CA bundle it
-//! is given (no system roots) and checks the node's certificate against the host part of the
-//! address it connects to (an IP address needs an IP SAN). No client certificates: peers prove
-//! themselves with the cluster secret, clients with their token.
-//!
-//! TLS exists in real builds only. Under `--cfg madsim` the types remain, so the code using
-//! them compiles unchanged, but they cannot be built: loading one is an error.
+//! TLS in real builds: rustls on ring.
 
-use std::path::{Path, PathBuf};
-#[cfg(not(madsim))]
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
 
-/// Which file a [`TlsError`] is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TlsFile {
-    Cert,
-    Key,
-    Ca,
-}
-
-/// A TLS file that cannot be used, with the reason.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{message}")]
-pub struct TlsError {
-    pub file: TlsFile,
-    pub path: PathBuf,
-    pub message: String,
-}
-
-impl TlsError {
-    fn new(file: TlsFile, path: &Path, message: impl Into<String>) -> Self {
-        TlsError {
-            file,
-            path: path.to_path_buf(),
-            message: message.into(),
-        }
-    }
-}
+use super::{TlsError, TlsFile};
 
 /// A node's certificate chain and key: the server side of the handshake.
 #[derive(Clone)]
 pub struct ServerTls {
-    #[cfg(not(madsim))]
     acceptor: tokio_rustls::TlsAcceptor,
-    #[cfg(madsim)]
-    never: std::convert::Infallible,
 }
 
 /// The CA bundle clients trust: the client side of the handshake.
 #[derive(Clone)]
 pub struct ClientTls {
-    #[cfg(not(madsim))]
     connector: tokio_rustls::TlsConnector,
-    #[cfg(madsim)]
-    never: std::convert::Infallible,
 }
 
 /// What the server loop serves HTTP over after the handshake.
-#[cfg(not(madsim))]
 pub(crate) type ServerStream = tokio_rustls::server::TlsStream<TcpStream>;
-#[cfg(madsim)]
-pub(crate) type ServerStream = TcpStream;
 
 /// What the client speaks HTTP over after the handshake.
-#[cfg(not(madsim))]
 pub(crate) type ClientStream = tokio_rustls::client::TlsStream<TcpStream>;
-#[cfg(madsim)]
-pub(crate) type ClientStream = TcpStream;
 
-#[cfg(not(madsim))]
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// HTTP/1.1 is all either side speaks.
-#[cfg(not(madsim))]
 const ALPN_HTTP1: &[u8] = b"http/1.1";
 
-#[cfg(not(madsim))]
 fn read(file: TlsFile, path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path)
         .map_err(|e| TlsError::new(file, path, format!("cannot read {}: {e}", path.display())))
 }
 
 /// Every `CERTIFICATE` section of a PEM file; at least one.
-#[cfg(not(madsim))]
 fn read_certs(
     file: TlsFile,
     path: &Path,
@@ -118,20 +68,10 @@ fn read_certs(
     Ok(certs)
 }
 
-#[cfg(madsim)]
-fn unsupported(file: TlsFile, path: &Path) -> TlsError {
-    TlsError::new(
-        file,
-        path,
-        "TLS is not available in simulation builds (--cfg madsim)",
-    )
-}
-
 impl ServerTls {
     /// Load a certificate chain (leaf first) and its private key (PKCS#8, PKCS#1 or SEC1),
     /// both PEM. Fails when a file is unreadable, holds no such item, or the key does not
     /// belong to the certificate.
-    #[cfg(not(madsim))]
     pub fn from_pem_files(cert: &Path, key: &Path) -> Result<ServerTls, TlsError> {
         use rustls::pki_types::pem::PemObject;
         use rustls::pki_types::PrivateKeyDer;
@@ -168,11 +108,6 @@ impl ServerTls {
         })
     }
 
-    #[cfg(madsim)]
-    pub fn from_pem_files(cert: &Path, _key: &Path) -> Result<ServerTls, TlsError> {
-        Err(unsupported(TlsFile::Cert, cert))
-    }
-
     /// The server side of the handshake, given at most `timeout`: a client that connects and
     /// stalls cannot hold the connection.
     pub(crate) async fn accept(
@@ -180,25 +115,16 @@ impl ServerTls {
         stream: TcpStream,
         timeout: Duration,
     ) -> Result<ServerStream, String> {
-        #[cfg(not(madsim))]
-        {
-            match tokio::time::timeout(timeout, self.acceptor.accept(stream)).await {
-                Ok(Ok(s)) => Ok(s),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err(format!("no handshake within {} ms", timeout.as_millis())),
-            }
-        }
-        #[cfg(madsim)]
-        {
-            let _ = (stream, timeout);
-            match self.never {}
+        match tokio::time::timeout(timeout, self.acceptor.accept(stream)).await {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no handshake within {} ms", timeout.as_millis())),
         }
     }
 }
 
 impl ClientTls {
     /// Trust exactly the certificates of a PEM CA bundle.
-    #[cfg(not(madsim))]
     pub fn from_ca_file(ca: &Path) -> Result<ClientTls, TlsError> {
         let mut roots = rustls::RootCertStore::empty();
         for cert in read_certs(TlsFile::Ca, ca)? {
@@ -217,7 +143,6 @@ impl ClientTls {
     }
 
     /// A client that trusts `roots` (read from `source`, for errors) and speaks HTTP/1.1.
-    #[cfg(not(madsim))]
     fn trusting(roots: rustls::RootCertStore, source: &Path) -> Result<ClientTls, TlsError> {
         let mut config = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
@@ -230,24 +155,13 @@ impl ClientTls {
         })
     }
 
-    #[cfg(madsim)]
-    pub fn from_ca_file(ca: &Path) -> Result<ClientTls, TlsError> {
-        Err(unsupported(TlsFile::Ca, ca))
-    }
-
     /// Trust the public web's CAs (Mozilla's list, built in): for services outside the
     /// cluster, such as an email provider's webhook.
-    #[cfg(not(madsim))]
     pub fn public_roots() -> Result<ClientTls, TlsError> {
         let roots = rustls::RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };
         Self::trusting(roots, Path::new("(built-in roots)"))
-    }
-
-    #[cfg(madsim)]
-    pub fn public_roots() -> Result<ClientTls, TlsError> {
-        Err(unsupported(TlsFile::Ca, Path::new("(built-in roots)")))
     }
 
     /// The client side of the handshake with the node at `addr` (`host:port`): its certificate
@@ -257,25 +171,16 @@ impl ClientTls {
         addr: &str,
         stream: TcpStream,
     ) -> Result<ClientStream, String> {
-        #[cfg(not(madsim))]
-        {
-            let name = server_name(addr)?;
-            self.connector
-                .connect(name, stream)
-                .await
-                .map_err(|e| handshake_error(&e))
-        }
-        #[cfg(madsim)]
-        {
-            let _ = (addr, stream);
-            match self.never {}
-        }
+        let name = server_name(addr)?;
+        self.connector
+            .connect(name, stream)
+            .await
+            .map_err(|e| handshake_error(&e))
     }
 }
 
 /// The name the node's certificate must carry: the host part of `host:port`, an IP address
 /// (`127.0.0.1`, `[::1]`) or a DNS name.
-#[cfg(not(madsim))]
 fn server_name(addr: &str) -> Result<rustls::pki_types::ServerName<'static>, String> {
     let host = addr.rsplit_once(':').map_or(addr, |(host, _port)| host);
     let host = host
@@ -287,7 +192,6 @@ fn server_name(addr: &str) -> Result<rustls::pki_types::ServerName<'static>, Str
 }
 
 /// The handshake's error, with what it usually means.
-#[cfg(not(madsim))]
 fn handshake_error(e: &std::io::Error) -> String {
     use rustls::{CertificateError, Error};
     let hint = match e.get_ref().and_then(|inner| inner.downcast_ref::<Error>()) {
@@ -303,7 +207,7 @@ fn handshake_error(e: &std::io::Error) -> String {
     format!("TLS handshake failed: {e}{hint}")
 }
 
-#[cfg(all(test, not(madsim)))]
+#[cfg(test)]
 mod tests {
     use super::*;
 
