@@ -1,7 +1,7 @@
 //! The accept loop: hyper's `serve_connection` around the axum Router, with a header-read
 //! timeout so a slow client cannot hold a connection. `axum::serve` installs no such timer
 //! and needs the real tokio runtime; this loop runs in production and under madsim alike.
-//! With a [`ServerTls`] every connection is TLS (real builds only, see `tls.rs`).
+//! With a [`ServerTls`] every connection is TLS (real builds only, see `crate::tls`).
 
 use std::future::Future;
 use std::pin::Pin;

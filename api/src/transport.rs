@@ -3,7 +3,7 @@
 //!
 //! [`HyperTransport`] is hyper's low-level client over `tokio::net::TcpStream`, which under
 //! madsim is simulated TCP: the same client runs in production and in the simulator. Given a
-//! [`ClientTls`] it speaks TLS to every address (real builds only, see `tls.rs`).
+//! [`ClientTls`] it speaks TLS to every address (real builds only, see `crate::tls`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
