@@ -223,223 +223,271 @@ async fn episode(
     kind: FaultKind,
     log: &mut FaultLog,
 ) {
-    let ids = cluster.ids();
-    let n = ids.len();
     match kind {
-        FaultKind::Crash => {
-            let victim = leader_or_any(cluster).await;
-            let down = ms(200..6000);
-            log.note(
-                kind,
-                format!("node {victim} down for {} ms", down.as_millis()),
-            );
-            cluster.kill(victim);
-            sleep(down).await;
-            cluster.restart(victim);
-        }
-        FaultKind::TornWrite => {
-            let victim = leader_or_any(cluster).await;
-            // The power cut strikes when the victim next makes a commit of one of its files
-            // durable (the log's, or now and then the state's): its writes are issued, none
-            // synced, the last one torn (each sector landed with odds 1/2).
-            let which = madsim::rand::thread_rng().gen_range(0..2);
-            let disk = || cluster.disks(victim)[which];
-            let mut bits: u64 = madsim::rand::thread_rng().gen();
-            disk().tear_at_next_sync(Box::new(move |_| {
-                bits = bits
-                    .wrapping_mul(6_364_136_223_846_793_005)
-                    .wrapping_add(1_442_695_040_888_963_407);
-                bits >> 63 == 1
-            }));
-            let start = now_ms();
-            while disk().tear_pending() && now_ms() - start < 10_000 {
-                sleep(ms(20..100)).await;
-            }
-            let torn = !disk().tear_pending();
-            let down = ms(200..4000);
-            log.note(
-                kind,
-                format!(
-                    "node {victim} power-cut {} ({}) after {} ms, down for {} ms",
-                    if torn {
-                        "mid-commit, its last write torn"
-                    } else {
-                        "(it never synced)"
-                    },
-                    disk().name(),
-                    now_ms() - start,
-                    down.as_millis()
-                ),
-            );
-            cluster.kill(victim);
-            sleep(down).await;
-            cluster.restart(victim);
-        }
-        FaultKind::FsyncError => {
-            let victim = leader_or_any(cluster).await;
-            let fails = madsim::rand::thread_rng().gen_range(1..4);
-            let which = madsim::rand::thread_rng().gen_range(0..2);
-            let disk = cluster.disks(victim)[which];
-            disk.fail_syncs(fails);
-            // The node stops at its next fsync; the load makes one soon, on a leader or a
-            // follower alike. A node that did not sync within the bound is cut anyway.
-            let start = now_ms();
-            let mut stopped = false;
-            while now_ms() - start < 10_000 {
-                sleep(ms(100..300)).await;
-                if disk.stats().sync_errors > 0 && !cluster.healthy(victim).await {
-                    stopped = true;
-                    break;
-                }
-            }
-            let down = ms(100..3000);
-            log.note(
-                kind,
-                format!(
-                    "node {victim}: next {fails} fsyncs of {} fail; {} after {} ms; power cut, \
-                     down for {} ms",
-                    disk.name(),
-                    if stopped { "stopped" } else { "still serving" },
-                    now_ms() - start,
-                    down.as_millis()
-                ),
-            );
-            cluster.kill(victim);
-            sleep(down).await;
-            cluster.restart(victim);
-        }
+        FaultKind::Crash => crash(cluster, log).await,
+        FaultKind::TornWrite => torn_write(cluster, log).await,
+        FaultKind::FsyncError => fsync_error(cluster, log).await,
         FaultKind::Corruption => corruption(cluster, log).await,
-        FaultKind::Membership => {
-            let churn = crate::membership::churn(cluster).await;
-            log.note(kind, churn.lines.join("; "));
-            for (what, n) in churn.counts {
-                *log.counts.entry(what).or_default() += n;
-            }
-        }
-        FaultKind::PowerCut => {
-            let down = ms(100..2000);
-            log.note(kind, format!("every node down for {} ms", down.as_millis()));
-            for &id in &ids {
-                cluster.kill(id);
-            }
-            sleep(down).await;
-            for &id in &ids {
-                cluster.restart(id);
-            }
-        }
-        FaultKind::Pause => {
-            let victim = leader_or_any(cluster).await;
-            // A follower that knows a leader waits the leader lease (openraft 0.9: the largest election
-            // timeout) plus an election timeout before it stands, so a pause has to outlast both
-            // for the others to elect a new leader in the meantime.
-            let paused = spec.election_timeout_max * 2 + ms(100..3000);
-            log.note(
-                kind,
-                format!("node {victim} paused for {} ms", paused.as_millis()),
-            );
-            cluster.pause(victim);
-            sleep(paused).await;
-            cluster.resume(victim);
-        }
-        FaultKind::Minority => {
-            let size = madsim::rand::thread_rng().gen_range(1..=(n - 1) / 2);
-            let mut side = ids.clone();
-            side.shuffle(&mut madsim::rand::thread_rng());
-            side.truncate(size);
-            side.sort();
-            let hold = ms(500..6000);
-            log.note(
-                kind,
-                format!("{side:?} cut off for {} ms", hold.as_millis()),
-            );
-            cluster.partition(&side);
-            sleep(hold).await;
-            cluster.heal();
-        }
-        FaultKind::IsolatedLeader => {
-            let Some(leader) = cluster.leader_now().await else {
-                log.note(kind, "no leader to isolate".into());
-                return;
-            };
-            let hold = ms(500..6000);
-            log.note(
-                kind,
-                format!("leader {leader} cut off for {} ms", hold.as_millis()),
-            );
-            cluster.partition(&[leader]);
-            sleep(hold).await;
-            cluster.heal();
-        }
-        FaultKind::NoQuorum => {
-            // Sides of at most (n - 1) / 2 nodes: 3 nodes all alone, 5 nodes 2 + 2 + 1.
-            let mut order = ids.clone();
-            order.shuffle(&mut madsim::rand::thread_rng());
-            let sides: Vec<Vec<NodeId>> = order.chunks((n - 1) / 2).map(|c| c.to_vec()).collect();
-            let hold = ms(500..4000);
-            log.note(kind, format!("sides {sides:?} for {} ms", hold.as_millis()));
-            for side in &sides {
-                cluster.partition(side);
-            }
-            sleep(hold).await;
-            cluster.heal();
-        }
-        FaultKind::Asymmetric => {
-            let leader = cluster.leader_now().await.unwrap_or_else(|| pick(&ids));
-            let others: Vec<NodeId> = ids.iter().copied().filter(|&i| i != leader).collect();
-            let hold = ms(500..6000);
-            let how = madsim::rand::thread_rng().gen_range(0..3);
-            match how {
-                0 => {
-                    // The leader hears everyone but nobody hears it.
-                    log.note(
-                        kind,
-                        format!("leader {leader} -> all cut for {} ms", hold.as_millis()),
-                    );
-                    for &o in &others {
-                        cluster.clog_link(leader, o);
-                    }
-                }
-                1 => {
-                    let f = pick(&others);
-                    log.note(
-                        kind,
-                        format!("leader {leader} -> {f} cut for {} ms", hold.as_millis()),
-                    );
-                    cluster.clog_link(leader, f);
-                }
-                _ => {
-                    let f = pick(&others);
-                    log.note(
-                        kind,
-                        format!("{f} -> leader {leader} cut for {} ms", hold.as_millis()),
-                    );
-                    cluster.clog_link(f, leader);
-                }
-            }
-            sleep(hold).await;
-            cluster.heal();
-        }
-        FaultKind::Flapping => {
-            let victim = leader_or_any(cluster).await;
-            let total = ms(1000..8000);
-            log.note(
-                kind,
-                format!("node {victim} flapping for {} ms", total.as_millis()),
-            );
-            let until = now_ms() + total.as_millis() as u64;
-            let mut cut = false;
-            while now_ms() < until {
-                if cut {
-                    cluster.heal();
-                } else {
-                    cluster.partition(&[victim]);
-                }
-                cut = !cut;
-                sleep(ms(50..800)).await;
-            }
-            cluster.heal();
+        FaultKind::Membership => membership(cluster, log).await,
+        FaultKind::PowerCut => power_cut(cluster, log).await,
+        FaultKind::Pause => pause(cluster, spec, log).await,
+        FaultKind::Minority => minority(cluster, log).await,
+        FaultKind::IsolatedLeader => isolated_leader(cluster, log).await,
+        FaultKind::NoQuorum => no_quorum(cluster, log).await,
+        FaultKind::Asymmetric => asymmetric(cluster, log).await,
+        FaultKind::Flapping => flapping(cluster, log).await,
+    }
+}
+
+/// [`FaultKind::Crash`].
+async fn crash(cluster: &mut SimCluster, log: &mut FaultLog) {
+    let kind = FaultKind::Crash;
+    let victim = leader_or_any(cluster).await;
+    let down = ms(200..6000);
+    log.note(
+        kind,
+        format!("node {victim} down for {} ms", down.as_millis()),
+    );
+    cluster.kill(victim);
+    sleep(down).await;
+    cluster.restart(victim);
+}
+
+/// [`FaultKind::TornWrite`].
+async fn torn_write(cluster: &mut SimCluster, log: &mut FaultLog) {
+    let kind = FaultKind::TornWrite;
+    let victim = leader_or_any(cluster).await;
+    // The power cut strikes when the victim next makes a commit of one of its files
+    // durable (the log's, or now and then the state's): its writes are issued, none
+    // synced, the last one torn (each sector landed with odds 1/2).
+    let which = madsim::rand::thread_rng().gen_range(0..2);
+    let disk = || cluster.disks(victim)[which];
+    let mut bits: u64 = madsim::rand::thread_rng().gen();
+    disk().tear_at_next_sync(Box::new(move |_| {
+        bits = bits
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        bits >> 63 == 1
+    }));
+    let start = now_ms();
+    while disk().tear_pending() && now_ms() - start < 10_000 {
+        sleep(ms(20..100)).await;
+    }
+    let torn = !disk().tear_pending();
+    let down = ms(200..4000);
+    log.note(
+        kind,
+        format!(
+            "node {victim} power-cut {} ({}) after {} ms, down for {} ms",
+            if torn {
+                "mid-commit, its last write torn"
+            } else {
+                "(it never synced)"
+            },
+            disk().name(),
+            now_ms() - start,
+            down.as_millis()
+        ),
+    );
+    cluster.kill(victim);
+    sleep(down).await;
+    cluster.restart(victim);
+}
+
+/// [`FaultKind::FsyncError`].
+async fn fsync_error(cluster: &mut SimCluster, log: &mut FaultLog) {
+    let kind = FaultKind::FsyncError;
+    let victim = leader_or_any(cluster).await;
+    let fails = madsim::rand::thread_rng().gen_range(1..4);
+    let which = madsim::rand::thread_rng().gen_range(0..2);
+    let disk = cluster.disks(victim)[which];
+    disk.fail_syncs(fails);
+    // The node stops at its next fsync; the load makes one soon, on a leader or a
+    // follower alike. A node that did not sync within the bound is cut anyway.
+    let start = now_ms();
+    let mut stopped = false;
+    while now_ms() - start < 10_000 {
+        sleep(ms(100..300)).await;
+        if disk.stats().sync_errors > 0 && !cluster.healthy(victim).await {
+            stopped = true;
+            break;
         }
     }
+    let down = ms(100..3000);
+    log.note(
+        kind,
+        format!(
+            "node {victim}: next {fails} fsyncs of {} fail; {} after {} ms; power cut, \
+                 down for {} ms",
+            disk.name(),
+            if stopped { "stopped" } else { "still serving" },
+            now_ms() - start,
+            down.as_millis()
+        ),
+    );
+    cluster.kill(victim);
+    sleep(down).await;
+    cluster.restart(victim);
+}
+
+/// [`FaultKind::Membership`].
+async fn membership(cluster: &mut SimCluster, log: &mut FaultLog) {
+    let kind = FaultKind::Membership;
+    let churn = crate::membership::churn(cluster).await;
+    log.note(kind, churn.lines.join("; "));
+    for (what, n) in churn.counts {
+        *log.counts.entry(what).or_default() += n;
+    }
+}
+
+/// [`FaultKind::PowerCut`].
+async fn power_cut(cluster: &mut SimCluster, log: &mut FaultLog) {
+    let kind = FaultKind::PowerCut;
+    let ids = cluster.ids();
+    let down = ms(100..2000);
+    log.note(kind, format!("every node down for {} ms", down.as_millis()));
+    for &id in &ids {
+        cluster.kill(id);
+    }
+    sleep(down).await;
+    for &id in &ids {
+        cluster.restart(id);
+    }
+}
+
+/// [`FaultKind::Pause`].
+async fn pause(cluster: &mut SimCluster, spec: &NemesisSpec, log: &mut FaultLog) {
+    let kind = FaultKind::Pause;
+    let victim = leader_or_any(cluster).await;
+    // A follower that knows a leader waits the leader lease (openraft 0.9: the largest election
+    // timeout) plus an election timeout before it stands, so a pause has to outlast both
+    // for the others to elect a new leader in the meantime.
+    let paused = spec.election_timeout_max * 2 + ms(100..3000);
+    log.note(
+        kind,
+        format!("node {victim} paused for {} ms", paused.as_millis()),
+    );
+    cluster.pause(victim);
+    sleep(paused).await;
+    cluster.resume(victim);
+}
+
+/// [`FaultKind::Minority`].
+async fn minority(cluster: &mut SimCluster, log: &mut FaultLog) {
+    let kind = FaultKind::Minority;
+    let ids = cluster.ids();
+    let n = ids.len();
+    let size = madsim::rand::thread_rng().gen_range(1..=(n - 1) / 2);
+    let mut side = ids.clone();
+    side.shuffle(&mut madsim::rand::thread_rng());
+    side.truncate(size);
+    side.sort();
+    let hold = ms(500..6000);
+    log.note(
+        kind,
+        format!("{side:?} cut off for {} ms", hold.as_millis()),
+    );
+    cluster.partition(&side);
+    sleep(hold).await;
+    cluster.heal();
+}
+
+/// [`FaultKind::IsolatedLeader`].
+async fn isolated_leader(cluster: &mut SimCluster, log: &mut FaultLog) {
+    let kind = FaultKind::IsolatedLeader;
+    let Some(leader) = cluster.leader_now().await else {
+        log.note(kind, "no leader to isolate".into());
+        return;
+    };
+    let hold = ms(500..6000);
+    log.note(
+        kind,
+        format!("leader {leader} cut off for {} ms", hold.as_millis()),
+    );
+    cluster.partition(&[leader]);
+    sleep(hold).await;
+    cluster.heal();
+}
+
+/// [`FaultKind::NoQuorum`].
+async fn no_quorum(cluster: &mut SimCluster, log: &mut FaultLog) {
+    let kind = FaultKind::NoQuorum;
+    let ids = cluster.ids();
+    let n = ids.len();
+    // Sides of at most (n - 1) / 2 nodes: 3 nodes all alone, 5 nodes 2 + 2 + 1.
+    let mut order = ids.clone();
+    order.shuffle(&mut madsim::rand::thread_rng());
+    let sides: Vec<Vec<NodeId>> = order.chunks((n - 1) / 2).map(|c| c.to_vec()).collect();
+    let hold = ms(500..4000);
+    log.note(kind, format!("sides {sides:?} for {} ms", hold.as_millis()));
+    for side in &sides {
+        cluster.partition(side);
+    }
+    sleep(hold).await;
+    cluster.heal();
+}
+
+/// [`FaultKind::Asymmetric`].
+async fn asymmetric(cluster: &mut SimCluster, log: &mut FaultLog) {
+    let kind = FaultKind::Asymmetric;
+    let ids = cluster.ids();
+    let leader = cluster.leader_now().await.unwrap_or_else(|| pick(&ids));
+    let others: Vec<NodeId> = ids.iter().copied().filter(|&i| i != leader).collect();
+    let hold = ms(500..6000);
+    let how = madsim::rand::thread_rng().gen_range(0..3);
+    match how {
+        0 => {
+            // The leader hears everyone but nobody hears it.
+            log.note(
+                kind,
+                format!("leader {leader} -> all cut for {} ms", hold.as_millis()),
+            );
+            for &o in &others {
+                cluster.clog_link(leader, o);
+            }
+        }
+        1 => {
+            let f = pick(&others);
+            log.note(
+                kind,
+                format!("leader {leader} -> {f} cut for {} ms", hold.as_millis()),
+            );
+            cluster.clog_link(leader, f);
+        }
+        _ => {
+            let f = pick(&others);
+            log.note(
+                kind,
+                format!("{f} -> leader {leader} cut for {} ms", hold.as_millis()),
+            );
+            cluster.clog_link(f, leader);
+        }
+    }
+    sleep(hold).await;
+    cluster.heal();
+}
+
+/// [`FaultKind::Flapping`].
+async fn flapping(cluster: &mut SimCluster, log: &mut FaultLog) {
+    let kind = FaultKind::Flapping;
+    let victim = leader_or_any(cluster).await;
+    let total = ms(1000..8000);
+    log.note(
+        kind,
+        format!("node {victim} flapping for {} ms", total.as_millis()),
+    );
+    let until = now_ms() + total.as_millis() as u64;
+    let mut cut = false;
+    while now_ms() < until {
+        if cut {
+            cluster.heal();
+        } else {
+            cluster.partition(&[victim]);
+        }
+        cut = !cut;
+        sleep(ms(50..800)).await;
+    }
+    cluster.heal();
 }
 
 /// [`FaultKind::Corruption`]: damage one voter's files while it is down.
