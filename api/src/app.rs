@@ -208,7 +208,8 @@ impl App {
     /// that term for good (terms only grow), so a copy of the same forwarded request arriving
     /// later is refused too: an answer of "not applied" stays true. Without the term, a node
     /// that refused a request as a follower could run a late copy of it once leader again
-    /// (simulation seed 184 of five nodes, with forwarded requests delivered twice).
+    /// (found by the simulation at 7499e2f, five nodes, forwarded requests delivered twice;
+    /// `node/tests/cluster.rs` keeps the case).
     pub(crate) async fn leads_term(&self, term: u64, wait: Duration) -> Result<(), ApiError> {
         let leads = watch_until(&mut self.raft.metrics(), Instant::now() + wait, |m| {
             let reached =
@@ -308,8 +309,8 @@ impl App {
                 // openraft's read index is max(committed, this leader's first entry). A leader
                 // re-established at start-up from its committed vote knows only the commit
                 // index it had made durable, which can be behind what its previous life
-                // committed and acknowledged (simulation seed 310: a full power cut right
-                // after an ack). Every acknowledged write is in the leader's log, so its last
+                // committed and acknowledged (found by the simulation at 556fade: a full
+                // power cut right after an ack). Every acknowledged write is in the leader's log, so its last
                 // index is a safe read index; it costs waiting for entries in flight.
                 let last_log = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
                 Ok(LeaderReply::ReadIndex {

@@ -169,7 +169,7 @@ async fn vote(State(app): State<SharedApp>, body: Bytes) -> Result<Response, Api
 /// restarted) can then land after a new attempt's first chunks, leave a hole of zeros and
 /// complete the snapshot: this node would install garbage. So a chunk that would leave a hole
 /// is refused as a mismatch, and the leader starts the stream again from offset 0
-/// (simulation seed 143 found it).
+/// (found by the simulation at de64f83).
 ///
 /// Each chunk carries the CRC-32C of its data (`x-uniqlog-chunk-crc32c`); a chunk damaged on
 /// the way is refused before it is written, and the leader sends it again.

@@ -297,7 +297,7 @@ pub enum Kind {
     Duplicate,
     /// A uniq key with two owners, a wrong owner served, an unexplained 409.
     Uniq,
-    /// Raft state went backwards, or two leaders in one term.
+    /// Raft state or a node's leader id went backwards, or a leader named another node.
     Raft,
     /// An answer that breaks the API's promises: a 409 that wrote, a partial append, a 500.
     Answer,

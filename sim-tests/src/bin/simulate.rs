@@ -10,10 +10,9 @@
 //! Options: `--seeds A..B` (B excluded) or `--seeds N`; `--nodes 3|5`; `--safety-s S` (length
 //! of the safety phase, default 30); `--faults K,K,..` (only these episode kinds: crash,
 //! power_cut, pause, minority, isolated_leader, no_quorum, asymmetric, flapping, torn_write,
-//! fsync_error, membership); `--jobs J`
-//! (runs at once, default: the number of cores); `--verbose` (every run's fault episodes);
-//! `--fail-fast`; `--plant <bug>` (plant a known bug, `raft_store::planted`:
-//! ack-before-durable, uniq-in-handler, no-idempotency-check; each failing run then names the
+//! fsync_error, corruption, membership); `--jobs J` (runs at once, default: the number of
+//! cores); `--verbose` (every run's fault episodes); `--fail-fast`; `--plant <bug>` (plant a
+//! known bug, `raft_store::planted`; `--help` lists them; each failing run then names the
 //! checkers that caught it, and the totals say whether the bug was caught at all).
 //!
 //! Every seed runs in its own child process (this binary with `--child`): tokio's `select!`

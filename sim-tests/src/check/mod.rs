@@ -10,7 +10,7 @@
 //! | [`idempotency`] | no request's events present twice; one answer per idempotency key |
 //! | [`answers`] | a 409 wrote nothing; appends are atomic; no 5xx but 503; no 404 for a live user |
 //! | [`uniq`] | at most one owner per key; owners served = owners the topic implies; every `email_taken` explained |
-//! | [`raft_state`] | term, commit and applied never go back (applied and commit may after a crash); one leader per term |
+//! | [`raft_state`] | term, commit and applied never go back (applied and commit may after a crash); a node's leader id (term, node) never goes back; a leader names itself (not one leader per term: openraft 0.9 allows several) |
 //! | [`served`] | every event a node served is the committed event at that offset; a linearizable page misses no earlier acknowledged write |
 //! | [`consumers`] | the read model equals a replay of `users`; one email per emailing event, resends bounded; consumers caught up (kinds `projection`, `mail`, `liveness`) |
 

@@ -8,8 +8,9 @@
 //! Not checked: one leader per term. openraft 0.9 without its `single-term-leader` feature
 //! (this project's build) orders leader ids by (term, node id) and lets a node vote for a
 //! higher node id in the same term, so two leaders in one term are by design; log ids carry
-//! the whole leader id, which keeps their entries apart. Seed 369 of the first runner showed
-//! it: node 1 led term 7, was paused, and node 3 became leader of term 7 too.
+//! the whole leader id, which keeps their entries apart. The simulation showed it at commit
+//! 0bf2aa4 (its seed 369; seeds do not replay across code changes): node 1 led term 7, was
+//! paused, and node 3 became leader of term 7 too.
 
 use std::collections::BTreeMap;
 
