@@ -22,8 +22,11 @@
 //! node's memory holds at most that many waiting requests, and those that are admitted still
 //! commit within the request timeout instead of all timing out together.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures::FutureExt;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::Raft;
@@ -139,7 +142,17 @@ async fn batcher(
                 Err(_) => break,
             }
         }
-        propose_batch(&raft, batch, entry_timeout, &metrics).await;
+        // A panic in one entry's proposal (a bug) must not end the batcher, and with it every
+        // later write on this node: its requests' replies are dropped, which answers them
+        // `outcome_unknown`, and the batcher goes on.
+        let proposed = AssertUnwindSafe(propose_batch(&raft, batch, entry_timeout, &metrics))
+            .catch_unwind()
+            .await;
+        if proposed.is_err() {
+            tracing::error!(
+                "proposing an entry panicked (a bug); its requests' outcome is unknown"
+            );
+        }
     }
 }
 

@@ -269,7 +269,8 @@ pub fn idempotency_key(
     }
 }
 
-/// `GET /v1/cluster/status`.
+/// `GET /v1/cluster/status`. Fields added after its first release default when absent, so a
+/// CLI of one build reads the status of a node of another (a rolling upgrade runs both).
 #[derive(Debug, Serialize, Deserialize, Clone, PartialEq, utoipa::ToSchema)]
 pub struct ClusterStatus {
     pub id: NodeId,
@@ -292,12 +293,14 @@ pub struct ClusterStatus {
     #[serde(default)]
     pub uptime_ms: u64,
     /// Version of the replicated rules this node has applied.
+    #[serde(default)]
     pub rules_version: u64,
     /// The idempotency window in force and the records held.
+    #[serde(default)]
     pub idempotency: IdempotencyStatus,
 }
 
-#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, Eq, utoipa::ToSchema)]
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, Eq, Default, utoipa::ToSchema)]
 pub struct IdempotencyStatus {
     pub window_ms: u64,
     pub records_max: u64,

@@ -62,6 +62,7 @@ pub(crate) fn catching<T>(
     f: impl FnOnce() -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
     watch_panics();
+    forget_last_panic();
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
         Err(match Panicked::classify(&*panic) {
             Panicked::Damage(detail) => StoreError::DamagedFile {
@@ -85,6 +86,7 @@ pub(crate) fn catching_seals<T>(
     f: impl FnOnce() -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
     watch_panics();
+    forget_last_panic();
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(result) => result,
         Err(panic) => match Panicked::classify(&*panic) {
@@ -105,10 +107,15 @@ enum Panicked {
 
 impl Panicked {
     /// Read where the panic was raised (recorded by [`watch_panics`]'s hook on this thread):
-    /// inside redb's source, it is redb failing to decode a stored row.
+    /// inside redb's source, it is redb failing to decode a stored row (or one of its own
+    /// assertions about its pages, which is counted as damage too: redb's pages are not ours
+    /// to judge). A hook set later that does not run ours makes every panic a bug here.
     fn classify(payload: &(dyn std::any::Any + Send)) -> Panicked {
         let text = panic_text(payload);
-        let at = LAST_PANIC.with(|p| p.borrow_mut().take());
+        let at = LAST_PANIC
+            .try_with(|p| p.borrow_mut().take())
+            .ok()
+            .flatten();
         if text.contains(crate::checksum::SEAL_BROKEN) {
             return Panicked::Damage(text);
         }
@@ -122,15 +129,27 @@ impl Panicked {
     }
 }
 
-/// Whether a source path is redb's own (`.../redb-4.6.0/src/...`, from the registry or git).
+/// Whether a source path is redb's own: `.../redb-4.6.0/src/...` from the registry, or
+/// `.../checkouts/redb-<hash>/...` from git. Other components that start with `redb-` (a user
+/// named so) do not count.
 fn in_redb(file: &str) -> bool {
-    file.split(['/', '\\'])
-        .any(|part| part.starts_with("redb-"))
+    let parts: Vec<&str> = file.split(['/', '\\']).collect();
+    parts.iter().enumerate().any(|(i, part)| {
+        part.strip_prefix("redb-").is_some_and(|rest| {
+            rest.starts_with(|c: char| c.is_ascii_digit()) || (i > 0 && parts[i - 1] == "checkouts")
+        })
+    })
 }
 
 thread_local! {
     /// File and line of the last panic raised on this thread.
     static LAST_PANIC: std::cell::RefCell<Option<(String, u32)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// A panic resumed without the hook (`resume_unwind`) must not be judged by an older one's
+/// place.
+fn forget_last_panic() {
+    let _ = LAST_PANIC.try_with(|p| p.borrow_mut().take());
 }
 
 /// Install, once per process, a panic hook that records where each panic is raised for
@@ -141,7 +160,10 @@ fn watch_panics() {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             if let Some(at) = info.location() {
-                LAST_PANIC.with(|p| *p.borrow_mut() = Some((at.file().to_owned(), at.line())));
+                // `try_with`: a panic while this thread's locals are torn down must not panic
+                // again inside the hook (that would abort the process).
+                let _ = LAST_PANIC
+                    .try_with(|p| *p.borrow_mut() = Some((at.file().to_owned(), at.line())));
             }
             previous(info);
         }));
@@ -421,6 +443,18 @@ mod tests {
         // In apply, it goes on as a panic.
         let bug = std::panic::catch_unwind(|| catching_seals("f", "apply", other));
         assert!(bug.is_err());
+    }
+
+    #[test]
+    fn only_redbs_own_sources_are_redb() {
+        let registry =
+            "/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/redb-4.6.0/src/types.rs";
+        assert!(in_redb(registry));
+        assert!(in_redb(
+            "/root/.cargo/git/checkouts/redb-5d2b8e0c1f/abc123/src/db.rs"
+        ));
+        assert!(!in_redb("/home/redb-ci/uniqlog/raft-store/src/files.rs"));
+        assert!(!in_redb("raft-store/src/read.rs"));
     }
 
     /// A row that redb cannot decode (its bytes damaged after the file was opened, so no

@@ -327,7 +327,7 @@ mod tests {
     proptest::proptest! {
         /// The ASCII shortcut of `folded` is what composing, trimming and lowercasing give.
         #[test]
-        fn ascii_folds_as_unicode_does(s in "[\\x00-\\x7f]{0,40}|\\PC{0,20}") {
+        fn ascii_folds_as_unicode_does(s in "[\\x00-\\x7f]{0,40}") {
             proptest::prop_assert_eq!(folded(&s), s.nfc().collect::<String>().trim().to_lowercase());
         }
     }

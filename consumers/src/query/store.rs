@@ -278,11 +278,11 @@ fn apply_event(
     meta: &mut Table<'_, &str, u64>,
     e: &Value,
 ) -> Result<(), StoreError> {
-    let Some(event) = UserEvent::of(e) else {
+    // Every event of the account counts in its version (a document's version is its
+    // stream's length), whether or not this build knows its type.
+    let Some(id) = e["data"]["id"].as_str() else {
         return Ok(());
     };
-    let id = event.id().to_string();
-    let id = id.as_str();
     let offset = e["offset"].as_u64().unwrap_or(0);
     let ts = e["timestamp"].as_u64().unwrap_or(0);
     let mut docs = txn.open_table(DOCS)?;
@@ -293,10 +293,10 @@ fn apply_event(
         Some(g) => serde_json::from_str(g.value()).map_err(|_| StoreError::Corrupt(id.into()))?,
         None => Value::Null,
     };
-    match event {
-        UserEvent::AccountCreated {
+    match UserEvent::of(e) {
+        Some(UserEvent::AccountCreated {
             username, email, ..
-        } => {
+        }) => {
             doc = json!({"id": id, "username": username, "email": email, "status": "pending",
                          "created_at": ts, "updated_at": ts, "version": 0});
             by_email.insert((norm_email(&email).as_str(), id), ())?;
@@ -307,17 +307,17 @@ fn apply_event(
             }
         }
         _ if doc.is_null() => return Ok(()), // an event for an account we never saw created
-        UserEvent::EmailChanged { new_email, .. } => {
+        Some(UserEvent::EmailChanged { new_email, .. }) => {
             let old = doc["email"].as_str().unwrap_or_default().to_string();
             by_email.remove((norm_email(&old).as_str(), id))?;
             by_email.insert((norm_email(&new_email).as_str(), id), ())?;
             doc["email"] = new_email.into();
         }
-        UserEvent::AccountActivated { .. } => {
+        Some(UserEvent::AccountActivated { .. }) => {
             doc["status"] = "active".into();
             bump(meta, "activated", 1)?;
         }
-        UserEvent::AccountDeleted { .. } => {
+        Some(UserEvent::AccountDeleted { .. }) => {
             let email = norm_email(doc["email"].as_str().unwrap_or_default());
             by_email.remove((email.as_str(), id))?;
             by_username.remove((doc["username"].as_str().unwrap_or_default(), id))?;
@@ -326,7 +326,7 @@ fn apply_event(
             doc["status"] = "deleted".into();
             bump(meta, "deleted", 1)?;
         }
-        UserEvent::ActivationRequested { .. } => {}
+        Some(UserEvent::ActivationRequested { .. }) | None => {}
     }
     doc["version"] = (doc["version"].as_u64().unwrap_or(0) + 1).into();
     doc["updated_at"] = ts.into();
