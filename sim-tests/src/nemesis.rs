@@ -239,6 +239,13 @@ async fn episode(
     }
 }
 
+/// Kill `victim`, and bring it back after `down`.
+async fn down_for(cluster: &mut SimCluster, victim: NodeId, down: Duration) {
+    cluster.kill(victim);
+    sleep(down).await;
+    cluster.restart(victim);
+}
+
 /// [`FaultKind::Crash`].
 async fn crash(cluster: &mut SimCluster, log: &mut FaultLog) {
     let kind = FaultKind::Crash;
@@ -248,9 +255,7 @@ async fn crash(cluster: &mut SimCluster, log: &mut FaultLog) {
         kind,
         format!("node {victim} down for {} ms", down.as_millis()),
     );
-    cluster.kill(victim);
-    sleep(down).await;
-    cluster.restart(victim);
+    down_for(cluster, victim, down).await;
 }
 
 /// [`FaultKind::TornWrite`].
@@ -289,9 +294,7 @@ async fn torn_write(cluster: &mut SimCluster, log: &mut FaultLog) {
             down.as_millis()
         ),
     );
-    cluster.kill(victim);
-    sleep(down).await;
-    cluster.restart(victim);
+    down_for(cluster, victim, down).await;
 }
 
 /// [`FaultKind::FsyncError`].
@@ -325,9 +328,7 @@ async fn fsync_error(cluster: &mut SimCluster, log: &mut FaultLog) {
             down.as_millis()
         ),
     );
-    cluster.kill(victim);
-    sleep(down).await;
-    cluster.restart(victim);
+    down_for(cluster, victim, down).await;
 }
 
 /// [`FaultKind::Membership`].
