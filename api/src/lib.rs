@@ -59,125 +59,236 @@ async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
-/// Every client route: method, path, who may call it. The router is built from this table
-/// and the auth middleware reads it, so a route cannot exist without a decision on access.
-pub const ROUTES: &[(&str, &str, Access)] = &[
-    ("GET", "/v1/topics", Access::Role(Role::Read)),
-    ("POST", "/v1/topics/{topic}/events", Access::Append),
-    ("GET", "/v1/topics/{topic}/events", Access::ReadTopic),
-    ("GET", "/v1/topics/{topic}/stream", Access::ReadTopic),
-    (
-        "GET",
-        "/v1/streams/{stream}/events",
-        Access::Role(Role::Read),
-    ),
-    ("GET", "/v1/cluster/status", Access::Role(Role::Read)),
-    ("GET", "/v1/cluster/nodes", Access::Role(Role::Read)),
-    ("POST", "/v1/cluster/init", Access::Role(Role::Admin)),
-    ("POST", "/v1/cluster/learners", Access::Role(Role::Admin)),
-    ("POST", "/v1/cluster/membership", Access::Role(Role::Admin)),
-    ("POST", "/v1/cluster/uniq-rules", Access::Role(Role::Admin)),
+/// Every client route: method, path, who may call it, and its handler. The router is built
+/// from this table and the auth middleware reads it, so a route cannot exist without a
+/// decision on access, nor be listed without a handler.
+pub struct Route {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub access: Access,
+    /// The handler as axum routes it (a function, so the table can be a constant).
+    pub handler: fn() -> MethodRouter<SharedApp>,
+}
+
+pub const ROUTES: &[Route] = &[
+    Route {
+        method: "GET",
+        path: "/v1/topics",
+        access: Access::Role(Role::Read),
+        handler: || get(log::topics),
+    },
+    Route {
+        method: "POST",
+        path: "/v1/topics/{topic}/events",
+        access: Access::Append,
+        handler: || post(log::append),
+    },
+    Route {
+        method: "GET",
+        path: "/v1/topics/{topic}/events",
+        access: Access::ReadTopic,
+        handler: || get(log::read),
+    },
+    Route {
+        method: "GET",
+        path: "/v1/topics/{topic}/stream",
+        access: Access::ReadTopic,
+        handler: || get(log::sse),
+    },
+    Route {
+        method: "GET",
+        path: "/v1/streams/{stream}/events",
+        access: Access::Role(Role::Read),
+        handler: || get(log::stream_events),
+    },
+    Route {
+        method: "GET",
+        path: "/v1/cluster/status",
+        access: Access::Role(Role::Read),
+        handler: || get(cluster::status),
+    },
+    Route {
+        method: "GET",
+        path: "/v1/cluster/nodes",
+        access: Access::Role(Role::Read),
+        handler: || get(routes::ui::nodes),
+    },
+    Route {
+        method: "POST",
+        path: "/v1/cluster/init",
+        access: Access::Role(Role::Admin),
+        handler: || post(cluster::init),
+    },
+    Route {
+        method: "POST",
+        path: "/v1/cluster/learners",
+        access: Access::Role(Role::Admin),
+        handler: || post(cluster::add_learner),
+    },
+    Route {
+        method: "POST",
+        path: "/v1/cluster/membership",
+        access: Access::Role(Role::Admin),
+        handler: || post(cluster::change_membership),
+    },
+    Route {
+        method: "POST",
+        path: "/v1/cluster/uniq-rules",
+        access: Access::Role(Role::Admin),
+        handler: || post(uniq::set_rules),
+    },
     // Admin: a backup holds every event, password hashes included.
-    ("GET", "/v1/backup", Access::Role(Role::Admin)),
-    ("GET", "/v1/cluster/uniq-rules", Access::Role(Role::Read)),
-    ("GET", "/v1/uniq", Access::Role(Role::Read)),
-    ("GET", "/v1/uniq/{set}/{key}", Access::Role(Role::Read)),
-    (
-        "GET",
-        "/v1/uniq/{set}/{key}/history",
-        Access::Role(Role::Read),
-    ),
-    ("POST", "/v1/users", Access::Users { anonymous: true }),
-    (
-        "GET",
-        "/v1/users/activate",
-        Access::Users { anonymous: true },
-    ),
-    (
-        "PATCH",
-        "/v1/users/{id}",
-        Access::Users { anonymous: false },
-    ),
-    (
-        "DELETE",
-        "/v1/users/{id}",
-        Access::Users { anonymous: false },
-    ),
-    (
-        "POST",
-        "/v1/users/{id}/activation-email",
-        Access::Users { anonymous: true },
-    ),
-    ("GET", "/v1/consumers", Access::Role(Role::Read)),
+    Route {
+        method: "GET",
+        path: "/v1/backup",
+        access: Access::Role(Role::Admin),
+        handler: || get(routes::backup::backup),
+    },
+    Route {
+        method: "GET",
+        path: "/v1/cluster/uniq-rules",
+        access: Access::Role(Role::Read),
+        handler: || get(uniq::get_rules),
+    },
+    Route {
+        method: "GET",
+        path: "/v1/uniq",
+        access: Access::Role(Role::Read),
+        handler: || get(uniq::sets),
+    },
+    Route {
+        method: "GET",
+        path: "/v1/uniq/{set}/{key}",
+        access: Access::Role(Role::Read),
+        handler: || get(uniq::owner),
+    },
+    Route {
+        method: "GET",
+        path: "/v1/uniq/{set}/{key}/history",
+        access: Access::Role(Role::Read),
+        handler: || get(uniq::history),
+    },
+    Route {
+        method: "POST",
+        path: "/v1/users",
+        access: Access::Users { anonymous: true },
+        handler: || post(users::signup),
+    },
+    Route {
+        method: "GET",
+        path: "/v1/users/activate",
+        access: Access::Users { anonymous: true },
+        handler: || get(users::activate),
+    },
+    Route {
+        method: "PATCH",
+        path: "/v1/users/{id}",
+        access: Access::Users { anonymous: false },
+        handler: || patch(users::change_email),
+    },
+    Route {
+        method: "DELETE",
+        path: "/v1/users/{id}",
+        access: Access::Users { anonymous: false },
+        handler: || delete(users::delete),
+    },
+    Route {
+        method: "POST",
+        path: "/v1/users/{id}/activation-email",
+        access: Access::Users { anonymous: true },
+        handler: || post(users::resend_activation),
+    },
+    Route {
+        method: "GET",
+        path: "/v1/consumers",
+        access: Access::Role(Role::Read),
+        handler: || get(consumers::list),
+    },
     // Admin: the keys of refused writes are in no event a reader could read.
-    ("GET", "/v1/conflicts/recent", Access::Role(Role::Admin)),
-    (
-        "GET",
-        "/v1/consumers/{name}/checkpoint",
-        Access::Role(Role::Read),
-    ),
-    ("POST", "/v1/auth/stream-token", Access::Role(Role::Read)),
-    ("GET", "/v1/auth/whoami", Access::Role(Role::Read)),
-    ("GET", "/health", Access::Public),
-    ("GET", "/ready", Access::Public),
-    ("GET", "/openapi.json", Access::Public),
+    Route {
+        method: "GET",
+        path: "/v1/conflicts/recent",
+        access: Access::Role(Role::Admin),
+        handler: || get(conflicts::recent),
+    },
+    Route {
+        method: "GET",
+        path: "/v1/consumers/{name}/checkpoint",
+        access: Access::Role(Role::Read),
+        handler: || get(consumers::checkpoint),
+    },
+    Route {
+        method: "POST",
+        path: "/v1/auth/stream-token",
+        access: Access::Role(Role::Read),
+        handler: || post(auth::stream_token),
+    },
+    Route {
+        method: "GET",
+        path: "/v1/auth/whoami",
+        access: Access::Role(Role::Read),
+        handler: || get(auth::whoami),
+    },
+    Route {
+        method: "GET",
+        path: "/health",
+        access: Access::Public,
+        handler: || get(cluster::health),
+    },
+    Route {
+        method: "GET",
+        path: "/ready",
+        access: Access::Public,
+        handler: || get(cluster::ready),
+    },
+    Route {
+        method: "GET",
+        path: "/openapi.json",
+        access: Access::Public,
+        handler: || get(|| async { axum::Json(openapi::spec()) }),
+    },
     // Public like etcd's and NATS's: scrapers carry no token, and the series hold no data of
     // the log (routes are templates, uniq sets are names from the config).
-    ("GET", "/metrics", Access::Public),
+    Route {
+        method: "GET",
+        path: "/metrics",
+        access: Access::Public,
+        handler: || get(metrics::scrape),
+    },
     // The dashboard's page and assets hold no data; what it shows, it fetches with the
     // token the user gives it.
-    ("GET", "/", Access::Public),
-    ("GET", "/ui", Access::Public),
-    ("GET", "/ui/app.js", Access::Public),
-    ("GET", "/ui/style.css", Access::Public),
+    Route {
+        method: "GET",
+        path: "/",
+        access: Access::Public,
+        handler: || get(|| async { axum::response::Redirect::to("/ui") }),
+    },
+    Route {
+        method: "GET",
+        path: "/ui",
+        access: Access::Public,
+        handler: || get(routes::ui::index),
+    },
+    Route {
+        method: "GET",
+        path: "/ui/app.js",
+        access: Access::Public,
+        handler: || get(routes::ui::app_js),
+    },
+    Route {
+        method: "GET",
+        path: "/ui/style.css",
+        access: Access::Public,
+        handler: || get(routes::ui::style),
+    },
 ];
 
 /// The access a (method, matched path) asks for.
 pub fn access_of(method: &http::Method, path: &str) -> Option<Access> {
     ROUTES
         .iter()
-        .find(|(m, p, _)| *p == path && method.as_str() == *m)
-        .map(|(_, _, a)| *a)
-}
-
-fn handler(method: &str, path: &str) -> MethodRouter<SharedApp> {
-    match (method, path) {
-        ("GET", "/v1/topics") => get(log::topics),
-        ("POST", "/v1/topics/{topic}/events") => post(log::append),
-        ("GET", "/v1/topics/{topic}/events") => get(log::read),
-        ("GET", "/v1/topics/{topic}/stream") => get(log::sse),
-        ("GET", "/v1/streams/{stream}/events") => get(log::stream_events),
-        ("GET", "/v1/cluster/status") => get(cluster::status),
-        ("GET", "/v1/cluster/nodes") => get(routes::ui::nodes),
-        ("POST", "/v1/cluster/init") => post(cluster::init),
-        ("POST", "/v1/cluster/learners") => post(cluster::add_learner),
-        ("POST", "/v1/cluster/membership") => post(cluster::change_membership),
-        ("POST", "/v1/cluster/uniq-rules") => post(uniq::set_rules),
-        ("GET", "/v1/backup") => get(routes::backup::backup),
-        ("GET", "/v1/cluster/uniq-rules") => get(uniq::get_rules),
-        ("GET", "/v1/uniq") => get(uniq::sets),
-        ("GET", "/v1/uniq/{set}/{key}") => get(uniq::owner),
-        ("GET", "/v1/uniq/{set}/{key}/history") => get(uniq::history),
-        ("POST", "/v1/users") => post(users::signup),
-        ("GET", "/v1/users/activate") => get(users::activate),
-        ("PATCH", "/v1/users/{id}") => patch(users::change_email),
-        ("DELETE", "/v1/users/{id}") => delete(users::delete),
-        ("POST", "/v1/users/{id}/activation-email") => post(users::resend_activation),
-        ("GET", "/v1/consumers") => get(consumers::list),
-        ("GET", "/v1/conflicts/recent") => get(conflicts::recent),
-        ("GET", "/v1/consumers/{name}/checkpoint") => get(consumers::checkpoint),
-        ("POST", "/v1/auth/stream-token") => post(auth::stream_token),
-        ("GET", "/v1/auth/whoami") => get(auth::whoami),
-        ("GET", "/health") => get(cluster::health),
-        ("GET", "/ready") => get(cluster::ready),
-        ("GET", "/openapi.json") => get(|| async { axum::Json(openapi::spec()) }),
-        ("GET", "/metrics") => get(metrics::scrape),
-        ("GET", "/") => get(|| async { axum::response::Redirect::to("/ui") }),
-        ("GET", "/ui") => get(routes::ui::index),
-        ("GET", "/ui/app.js") => get(routes::ui::app_js),
-        ("GET", "/ui/style.css") => get(routes::ui::style),
-        (m, p) => unreachable!("route {m} {p} is in ROUTES but has no handler"),
-    }
+        .find(|r| r.path == path && method.as_str() == r.method)
+        .map(|r| r.access)
 }
 
 /// What the client routes may take: `request_timeout_ms`, plus `wait_ms_max` for a long-poll.
@@ -204,8 +315,8 @@ fn request_timeouts(limits: &Limits) -> timeouts::RequestTimeouts {
 /// The client API. Built without a socket so tests can call it directly.
 pub fn client_router(app: SharedApp) -> Router {
     let mut by_path: Vec<(&str, MethodRouter<SharedApp>)> = Vec::new();
-    for (method, path, _) in ROUTES {
-        let h = handler(method, path);
+    for Route { path, handler, .. } in ROUTES {
+        let h = handler();
         match by_path.iter_mut().find(|(p, _)| p == path) {
             Some((_, existing)) => *existing = std::mem::take(existing).merge(h),
             None => by_path.push((path, h)),

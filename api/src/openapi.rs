@@ -518,8 +518,8 @@ fn build() -> Spec {
         for (method, op) in operations_mut(item) {
             let access = ROUTES
                 .iter()
-                .find(|(m, p, _)| *m == method && p == path)
-                .map(|(_, _, a)| *a);
+                .find(|r| r.method == method && r.path == path)
+                .map(|r| r.access);
             op.security = Some(match access {
                 Some(Access::Public) | None => vec![SecurityRequirement::default()],
                 // Anonymous when the config opens sign-up, else a token with `write`.
@@ -608,7 +608,7 @@ mod tests {
             .collect();
         let routed: BTreeSet<(String, String)> = ROUTES
             .iter()
-            .map(|(m, p, _)| (m.to_string(), p.to_string()))
+            .map(|r| (r.method.to_string(), r.path.to_string()))
             .collect();
         assert_eq!(documented, routed);
     }

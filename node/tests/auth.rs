@@ -126,7 +126,13 @@ fn every_route_checks_tokens_roles_and_topics_on_decoded_paths_and_nothing_lands
     let mut creds: Vec<(Option<&str>, Option<Held>)> =
         vec![(None, None), (Some("wrong-token"), None)];
     creds.extend(TOKENS.iter().map(|(t, r, s)| (Some(*t), Some((*r, *s)))));
-    for (method, pattern, access) in ROUTES {
+    for api::Route {
+        method,
+        path: pattern,
+        access,
+        ..
+    } in ROUTES
+    {
         let topics: &[&str] = if pattern.contains("{topic}") {
             &TOPICS
         } else {

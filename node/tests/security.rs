@@ -561,8 +561,8 @@ fn the_security_doc_lists_exactly_the_public_routes() {
         .collect();
     let public: std::collections::BTreeSet<String> = api::ROUTES
         .iter()
-        .filter(|(_, _, a)| *a == api::Access::Public)
-        .map(|(m, p, _)| format!("{m} {p}"))
+        .filter(|r| r.access == api::Access::Public)
+        .map(|r| format!("{} {}", r.method, r.path))
         .collect();
     assert_eq!(listed, public, "docs/security.md: {line}");
 }
