@@ -6,21 +6,21 @@
 //!
 //! An event is stored as the log serves it: `type` is the variant's name and `data` its
 //! fields (`{"type": "EmailChanged", "data": {"id": ..., "old_email": ..., "new_email": ...}}`,
-//! beside the offset, timestamp and stream the node adds). A text field that is missing, null
-//! or not a string reads as empty, as the readers always read it (the topic also takes raw
-//! appends from tokens allowed to write it); an event without a UUID `id`, or of a type this
-//! build does not know, is not a user event.
+//! beside the offset, timestamp and stream the node adds). A field that is missing, null or not
+//! a string reads as empty, as the readers always read it: the topic also takes raw appends
+//! from tokens allowed to write it, and an account is its stream (`user-<uuid>`), whatever an
+//! event's `id` says. An event of a type this build does not know is not a user event.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use uuid::Uuid;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data")]
 pub enum UserEvent {
     /// A sign-up: claims the email in the `user_email` set, and asks for an activation email.
     AccountCreated {
-        id: Uuid,
+        #[serde(default, deserialize_with = "text")]
+        id: String,
         #[serde(default, deserialize_with = "text")]
         username: String,
         #[serde(default, deserialize_with = "text")]
@@ -29,7 +29,8 @@ pub enum UserEvent {
     /// The activation email again (the mail consumer sends to the account's address as of
     /// this event, never to one an event names).
     ActivationRequested {
-        id: Uuid,
+        #[serde(default, deserialize_with = "text")]
+        id: String,
         #[serde(default, deserialize_with = "text")]
         username: String,
         #[serde(default, deserialize_with = "text")]
@@ -37,18 +38,21 @@ pub enum UserEvent {
     },
     /// Moves the claim from `old_email` to `new_email`.
     EmailChanged {
-        id: Uuid,
+        #[serde(default, deserialize_with = "text")]
+        id: String,
         #[serde(default, deserialize_with = "text")]
         old_email: String,
         #[serde(default, deserialize_with = "text")]
         new_email: String,
     },
     AccountActivated {
-        id: Uuid,
+        #[serde(default, deserialize_with = "text")]
+        id: String,
     },
     /// Releases the email.
     AccountDeleted {
-        id: Uuid,
+        #[serde(default, deserialize_with = "text")]
+        id: String,
         #[serde(default, deserialize_with = "text")]
         email: String,
     },
@@ -86,13 +90,13 @@ impl UserEvent {
         self.to_parts().0
     }
 
-    pub fn id(&self) -> Uuid {
+    pub fn id(&self) -> &str {
         match self {
             UserEvent::AccountCreated { id, .. }
             | UserEvent::ActivationRequested { id, .. }
             | UserEvent::EmailChanged { id, .. }
             | UserEvent::AccountActivated { id }
-            | UserEvent::AccountDeleted { id, .. } => *id,
+            | UserEvent::AccountDeleted { id, .. } => id,
         }
     }
 
@@ -112,9 +116,9 @@ mod tests {
 
     #[test]
     fn served_events_read_back_as_written() {
-        let id = Uuid::from_u128(7);
+        let id = uuid::Uuid::from_u128(7).to_string();
         let ev = UserEvent::EmailChanged {
-            id,
+            id: id.clone(),
             old_email: "a@x.io".into(),
             new_email: "b@x.io".into(),
         };
@@ -130,33 +134,25 @@ mod tests {
     }
 
     #[test]
-    fn unknown_types_and_missing_ids_are_not_user_events_and_odd_text_reads_as_empty() {
-        let id = Uuid::from_u128(1);
+    fn unknown_types_are_not_user_events_and_odd_fields_read_as_empty() {
         assert_eq!(
-            UserEvent::of(&json!({"type": "Renamed", "data": {"id": id}})),
+            UserEvent::of(&json!({"type": "Renamed", "data": {"id": "u"}})),
             None
         );
         assert_eq!(
             UserEvent::of(&json!({"type": "AccountActivated", "data": {}})),
-            None
+            Some(UserEvent::AccountActivated { id: String::new() })
         );
-        for email in [json!(null), json!(7)] {
+        for odd in [json!(null), json!(7)] {
             assert_eq!(
                 UserEvent::of(
-                    &json!({"type": "AccountDeleted", "data": {"id": id, "email": email}})
+                    &json!({"type": "AccountDeleted", "data": {"id": odd, "email": odd}})
                 ),
                 Some(UserEvent::AccountDeleted {
-                    id,
+                    id: String::new(),
                     email: String::new()
                 })
             );
         }
-        assert_eq!(
-            UserEvent::of(&json!({"type": "AccountDeleted", "data": {"id": id}})),
-            Some(UserEvent::AccountDeleted {
-                id,
-                email: String::new()
-            })
-        );
     }
 }

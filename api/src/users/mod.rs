@@ -197,7 +197,7 @@ pub async fn signup(
     let id = uuid::Builder::from_random_bytes(bytes).into_uuid();
     let ev = Command {
         event: UserEvent::AccountCreated {
-            id,
+            id: id.to_string(),
             username: signup.username.clone(),
             email: signup.email.clone(),
         },
@@ -242,7 +242,7 @@ pub async fn change_email(
     let (_, offset) = command(&app, id, |s| {
         Ok(Some(
             UserEvent::EmailChanged {
-                id,
+                id: id.to_string(),
                 old_email: s.email.clone(),
                 new_email: email.clone(),
             }
@@ -262,7 +262,7 @@ pub async fn delete(
     let (_, offset) = command(&app, id, |s| {
         Ok(Some(
             UserEvent::AccountDeleted {
-                id,
+                id: id.to_string(),
                 email: s.email.clone(),
             }
             .into(),
@@ -361,7 +361,8 @@ async fn activate_account(
         token
             .verify(secret, &s.email)
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        Ok((s.status == Status::Pending).then(|| UserEvent::AccountActivated { id }.into()))
+        Ok((s.status == Status::Pending)
+            .then(|| UserEvent::AccountActivated { id: id.to_string() }.into()))
     })
     .await;
     let (_, offset) = result.map_err(|e| match e {
@@ -421,7 +422,7 @@ pub async fn resend_activation(
         }
         Ok(Some(
             UserEvent::ActivationRequested {
-                id,
+                id: id.to_string(),
                 username: s.username.clone(),
                 email: s.email.clone(),
             }

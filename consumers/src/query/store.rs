@@ -347,7 +347,7 @@ mod tests {
     fn created(offset: u64, n: u128) -> Value {
         let id = uuid::Uuid::from_u128(n);
         let (name, data) = UserEvent::AccountCreated {
-            id,
+            id: id.to_string(),
             username: "ann".into(),
             email: "Ann@Example.com".into(),
         }
