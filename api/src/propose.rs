@@ -7,34 +7,33 @@
 //! cost per request (one entry, one encoding, one replication message, one apply), never the
 //! result. With a single client nothing waits: a request is proposed as soon as it arrives.
 //!
-//! One entry is in flight at a time: the batcher proposes an entry and waits for its outcome
-//! before it takes the next batch. That is what makes batches grow under load (requests gather
-//! while the entry is out) and keeps the pipeline from holding more than one entry's work.
-//! Since issue 25 step 9: on the segment log, with the leader's fsync beside its followers', a
-//! second entry in flight bought no throughput and made smaller entries (17.8 requests an
-//! entry at 64 clients, 29.2 with one), and every entry costs an append RPC, a frame and an
-//! fdatasync on each follower and a turn of Raft's core: `bench/ab.sh` at 64 clients 1.05×,
-//! CPU a request 95 → 88 µs. On the redb log two had been the best. The batcher proposes
-//! itself (step 10) rather than through a task per entry: one hand-off fewer per write.
+//! At most [`IN_FLIGHT_MAX`] entries are in flight at once. That bound is what makes batches
+//! grow under load (requests gather while the pipeline is full) and keeps the pipeline from
+//! holding more than a few entries' worth of work.
 //!
 //! The queue itself is bounded (`[limits] write_queue_max`): a request that finds it full is
 //! refused at once with 429 and `Retry-After`, before anything is proposed. Under a flood the
 //! node's memory holds at most that many waiting requests, and those that are admitted still
 //! commit within the request timeout instead of all timing out together.
 
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
-
-use futures::FutureExt;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::Raft;
 use raft_store::{Answer, LogCommand, Request, TypeConfig};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::error::ApiError;
 use crate::metrics::NodeMetrics;
+
+/// Entries proposed and not yet answered, at most. One since issue 25 step 9: on the
+/// segment log, with the leader's fsync beside its followers', a second entry in flight
+/// bought no throughput and made smaller entries (17.8 requests an entry at 64 clients, 29.2
+/// with one), and every entry costs an append RPC, a frame and an fdatasync on each follower
+/// and a turn of Raft's core: `bench/ab.sh` at 64 clients 1.05×, CPU a request 95 → 88 µs.
+/// On the redb log two had been the best.
+const IN_FLIGHT_MAX: usize = 1;
 
 /// Requests in one entry, at most.
 const REQUESTS_PER_ENTRY_MAX: usize = 256;
@@ -62,9 +61,9 @@ pub struct Proposer {
 
 impl Proposer {
     /// Start the batcher for `raft` (on the current runtime). An entry whose outcome has not
-    /// come back within `entry_timeout` is answered `outcome_unknown` and the batcher moves
-    /// on: a `client_write` that never resolves must not hold the pipeline for good. At most
-    /// `queue_max` requests wait for their entry.
+    /// come back within `entry_timeout` frees its slot and answers `outcome_unknown`: a
+    /// `client_write` that never resolves must not hold the pipeline for good. At most
+    /// `queue_max` requests wait for a slot.
     pub fn start(
         raft: Raft<TypeConfig>,
         entry_timeout: Duration,
@@ -117,8 +116,12 @@ async fn batcher(
     entry_timeout: Duration,
     metrics: Arc<NodeMetrics>,
 ) {
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT_MAX));
     let mut carried: Option<Queued> = None;
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let first = match carried.take() {
             Some(q) => q,
             None => match rx.recv().await {
@@ -142,17 +145,12 @@ async fn batcher(
                 Err(_) => break,
             }
         }
-        // A panic in one entry's proposal (a bug) must not end the batcher, and with it every
-        // later write on this node: its requests' replies are dropped, which answers them
-        // `outcome_unknown`, and the batcher goes on.
-        let proposed = AssertUnwindSafe(propose_batch(&raft, batch, entry_timeout, &metrics))
-            .catch_unwind()
-            .await;
-        if proposed.is_err() {
-            tracing::error!(
-                "proposing an entry panicked (a bug); its requests' outcome is unknown"
-            );
-        }
+        let raft = raft.clone();
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            propose_batch(&raft, batch, entry_timeout, &metrics).await;
+            drop(slot);
+        });
     }
 }
 
