@@ -7,6 +7,7 @@
 pub mod app;
 mod append_link;
 pub mod auth;
+pub mod claims;
 pub mod cluster_secret;
 pub mod conflicts;
 mod edge;

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use raft_store::rules::{claims_for, KeyError};
+use crate::claims::{claims_for, KeyError};
 use raft_store::{AppendRequest, ExpectedVersion, IdempotencyKey, NewEvent, NodeId, RulesState};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;

@@ -4,6 +4,7 @@
 //! point: normalizing a key again gives the same key.
 #![cfg(not(madsim))]
 
+use api::claims::normalize_key;
 use api::error::ApiError;
 use api::extract::parse_json;
 use api::limits::Limits;
@@ -11,7 +12,7 @@ use api::users::validate::check_email;
 use api::wire::AppendBody;
 use axum::body::Bytes;
 use proptest::prelude::*;
-use raft_store::rules::{normalize_key, Normalize, Rules};
+use raft_store::rules::{Normalize, Rules};
 use raft_store::RulesState;
 
 fn rules() -> RulesState {

@@ -24,7 +24,6 @@ mod overlay;
 /// Bugs the simulation can plant on purpose (simulation builds only).
 #[cfg(madsim)]
 pub mod planted;
-pub mod pointer;
 mod read;
 pub mod rules;
 pub mod runtime;

@@ -1,10 +1,11 @@
 //! Uniq look-ups and the rules endpoint.
 
+use crate::claims::{claims_for, normalize_key};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use axum::Json;
-use raft_store::rules::{claims_for, normalize_key, Rules, UniqSet};
+use raft_store::rules::{Rules, UniqSet};
 use raft_store::{
     Backfill, BackfillClaim, Outcome, Rejection, Request, RulesState, SetRules, StateReader,
     StoreError,

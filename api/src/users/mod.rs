@@ -9,11 +9,11 @@ pub mod state;
 pub mod token;
 pub mod validate;
 
+use crate::claims::claims_for;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use raft_store::rules::claims_for;
 use raft_store::{
     Answer, AppendRequest, Conflict, ExpectedVersion, IdempotencyKey, NewEvent, Outcome, RulesState,
 };

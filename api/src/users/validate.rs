@@ -2,7 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use raft_store::rules::{normalize_key, Normalize};
+use crate::claims::normalize_key;
+use raft_store::rules::Normalize;
 use serde::Deserialize;
 use serde_json::Value;
 

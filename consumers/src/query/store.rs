@@ -4,8 +4,9 @@
 
 use std::path::Path;
 
+use api::claims::normalize_key;
 use api::users::events::UserEvent;
-use raft_store::rules::{normalize_key, Normalize};
+use raft_store::rules::Normalize;
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction,
 };
