@@ -593,6 +593,22 @@ mod tests {
 
     use super::*;
 
+    /// The CLI reads a status leniently (fields added later default), but a node always sends
+    /// them: the document keeps them required.
+    #[test]
+    fn status_fields_a_reader_may_default_stay_required() {
+        let json = serde_json::to_value(spec()).unwrap();
+        let required = &json["components"]["schemas"]["ClusterStatus"]["required"];
+        for field in ["rules_version", "idempotency", "id", "role"] {
+            assert!(
+                required
+                    .as_array()
+                    .is_some_and(|r| r.iter().any(|f| f == field)),
+                "{field} not required: {required}"
+            );
+        }
+    }
+
     #[test]
     fn the_document_has_exactly_the_routes_of_the_route_table() {
         let mut spec = spec().clone();

@@ -294,9 +294,11 @@ pub struct ClusterStatus {
     pub uptime_ms: u64,
     /// Version of the replicated rules this node has applied.
     #[serde(default)]
+    #[schema(required = true)]
     pub rules_version: u64,
     /// The idempotency window in force and the records held.
     #[serde(default)]
+    #[schema(required = true)]
     pub idempotency: IdempotencyStatus,
 }
 

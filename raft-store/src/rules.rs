@@ -224,21 +224,17 @@ fn json(v: &impl Serialize) -> String {
 mod tests {
     use super::*;
 
-    fn users() -> Rules {
+    /// One set with one update rule: what validation looks at.
+    fn one_update_rule() -> Rules {
         let toml = r#"
             [[uniq]]
-            name = "user_email"
-            topic = "users"
-            normalize = "email"
+            name = "s"
+            topic = "t"
             [[uniq.rule]]
-            event = "AccountCreated"
-            op = "create"
-            key = "/email"
-            [[uniq.rule]]
-            event = "EmailChanged"
+            event = "U"
             op = "update"
-            old_key = "/old_email"
-            key = "/new_email"
+            old_key = "/old"
+            key = "/new"
         "#;
         let r: Rules = toml::from_str(toml).unwrap();
         r.validate().unwrap();
@@ -247,13 +243,13 @@ mod tests {
 
     #[test]
     fn validation_names_the_rule() {
-        let mut r = users();
-        r.uniq[0].rules[1].old_key = None;
+        let mut r = one_update_rule();
+        r.uniq[0].rules[0].old_key = None;
         assert!(r
             .validate()
             .unwrap_err()
-            .contains("uniq[0] (\"user_email\").rule[1]"));
-        let mut r = users();
+            .contains("uniq[0] (\"s\").rule[0]"));
+        let mut r = one_update_rule();
         r.uniq.push(r.uniq[0].clone());
         assert!(r.validate().unwrap_err().contains("used twice"));
     }

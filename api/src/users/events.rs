@@ -85,21 +85,6 @@ impl UserEvent {
         (name, fields.remove("data").unwrap_or(Value::Null))
     }
 
-    /// The type name alone (what a uniq rule names).
-    pub fn type_name(&self) -> String {
-        self.to_parts().0
-    }
-
-    pub fn id(&self) -> &str {
-        match self {
-            UserEvent::AccountCreated { id, .. }
-            | UserEvent::ActivationRequested { id, .. }
-            | UserEvent::EmailChanged { id, .. }
-            | UserEvent::AccountActivated { id }
-            | UserEvent::AccountDeleted { id, .. } => id,
-        }
-    }
-
     /// Whether the mail consumer sends an activation email for it.
     pub fn asks_for_mail(&self) -> bool {
         matches!(
