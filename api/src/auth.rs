@@ -3,9 +3,9 @@
 //! Basic) and stored only as its SHA-256. Roles nest: `admin` includes `write`, which includes
 //! `read`.
 //!
-//! Every decision is made here, once per request, by [`admit`] (in the client routes' one
-//! middleware, `crate::edge`): the route's [`Access`] from
-//! the route table, the token, and the route's `{topic}` **as axum decodes it** (deciding on
+//! Every decision is made once per request, by the node's `auth::admit` (in the client
+//! routes' one middleware) and the query process's, from these pieces: the route's [`Access`]
+//! from the route table, the token, and the route's `{topic}` **as axum decodes it** (deciding on
 //! the raw path let `%5F%5Fcheckpoints` pass for an ordinary topic). The result, a [`Caller`],
 //! goes into the request's extensions for the handlers that touch topics the path does not
 //! name (a stream's events, uniq sets, the topic list).
@@ -13,14 +13,10 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use axum::extract::{RawPathParams, Request, State};
-use axum::response::{IntoResponse, Response};
-use axum::RequestExt;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::app::SharedApp;
 use crate::error::ApiError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
@@ -317,7 +313,7 @@ impl Auth {
         let digest = token_digest(token);
         let mut found = None;
         for t in &self.tokens {
-            if crate::cluster_secret::same_secret(&digest, &t.sha256) {
+            if crate::secret::same_secret(&digest, &t.sha256) {
                 found = Some(t);
             }
         }
@@ -368,71 +364,6 @@ impl Token {
     }
 }
 
-/// Whom a client route's request comes from, and whether it may: the route's access from the
-/// route table (`path`, the matched route), the token from the `Authorization` header, the
-/// topic from the decoded path. Puts the caller in `req`'s extensions, or returns the answer
-/// that refuses it. Part of the client routes' one middleware (`crate::edge`).
-pub(crate) async fn admit(
-    app: &SharedApp,
-    path: Option<&str>,
-    req: &mut Request,
-) -> Result<(), Response> {
-    let access = path
-        .and_then(|p| crate::access_of(req.method(), p))
-        .unwrap_or(Access::Role(Role::Admin));
-    let topic = match req.extract_parts::<RawPathParams>().await {
-        Ok(params) => params
-            .iter()
-            .find(|(k, _)| *k == "topic")
-            .map(|(_, v)| v.to_string()),
-        Err(_) => {
-            return Err(ApiError::bad_request("a path segment is not valid UTF-8").into_response())
-        }
-    };
-    let bearer = bearer(req.headers()).map(Cow::into_owned);
-    // EventSource cannot send headers: the event stream also takes a short-lived read token
-    // in its query (see `stream_token`).
-    let on_stream = bearer.is_none() && path == Some(STREAM_ROUTE) && app.auth.enabled();
-    let decided = match stream_access_token(req) {
-        Some(token) if on_stream => app
-            .auth
-            .check_stream_token(token, crate::app::now_ms())
-            .and_then(|caller| {
-                caller.check_read(topic.as_deref().unwrap_or_default())?;
-                Ok(caller)
-            }),
-        None if on_stream => Err(ApiError::Unauthorized {
-            message:
-                "a bearer token or an access_token from POST /v1/auth/stream-token is required"
-                    .into(),
-        }),
-        _ => app
-            .auth
-            .authorize(access, topic.as_deref(), bearer.as_deref()),
-    };
-    let caller = decided.map_err(IntoResponse::into_response)?;
-    // Anonymous sign-up and its resends are limited per client address, so one client cannot
-    // fill the log with accounts or a mailbox with activation emails.
-    if matches!(access, Access::Users { anonymous: true }) && caller.role.is_none() {
-        let client = req
-            .extensions()
-            .get::<crate::server::ClientAddr>()
-            .map(|c| c.0.ip());
-        app.anonymous_limiter
-            .check(client)
-            .map_err(IntoResponse::into_response)?;
-    }
-    req.extensions_mut().insert(caller);
-    Ok(())
-}
-
-fn stream_access_token(req: &Request) -> Option<&str> {
-    req.uri()
-        .query()?
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("access_token="))
-}
-
 /// The token a request presents: `Authorization: Bearer <token>`, or HTTP Basic with the token
 /// as the password (any user name), so that `curl -u :TOKEN` and clients that only take
 /// credentials in the URL (`http://any:TOKEN@host/...`) work too.
@@ -451,22 +382,6 @@ pub fn bearer(headers: &axum::http::HeaderMap) -> Option<Cow<'_, str>> {
     let text = String::from_utf8(decoded).ok()?;
     let (_user, password) = text.split_once(':')?;
     Some(Cow::Owned(password.to_string()))
-}
-
-/// `GET /v1/auth/whoami` (read role): the role and topics of the presented token, so a
-/// consumer can refuse to start with a token too weak for what it must write, instead of
-/// failing later. With auth off everyone is `admin`.
-pub async fn whoami(
-    State(app): State<SharedApp>,
-    axum::Extension(caller): axum::Extension<Caller>,
-) -> Response {
-    let topics = caller.scope.as_ref().map(|s| s.patterns().to_vec());
-    axum::Json(serde_json::json!({
-        "auth_enabled": app.auth.enabled(),
-        "role": caller.role.unwrap_or(Role::Admin),
-        "topics": topics,
-    }))
-    .into_response()
 }
 
 /// The route that accepts `?access_token=`.
@@ -521,9 +436,7 @@ impl Auth {
             .ok()
             .and_then(|n| String::from_utf8(n).ok())
             .ok_or_else(bad)?;
-        if now_ms >= expires
-            || !crate::cluster_secret::same_secret(mac, &self.stream_mac(&name, expires))
-        {
+        if now_ms >= expires || !crate::secret::same_secret(mac, &self.stream_mac(&name, expires)) {
             return Err(bad());
         }
         let scope = if self.enabled() {
@@ -542,16 +455,6 @@ impl Auth {
             token: Some(name),
         })
     }
-}
-
-/// `POST /v1/auth/stream-token` (read role): `{"access_token", "expires_at"}` for
-/// `GET /v1/topics/{topic}/stream?access_token=...`.
-pub async fn stream_token(
-    State(app): State<SharedApp>,
-    axum::Extension(caller): axum::Extension<Caller>,
-) -> Response {
-    let (token, expires) = app.auth.make_stream_token(&caller, crate::app::now_ms());
-    axum::Json(serde_json::json!({ "access_token": token, "expires_at": expires })).into_response()
 }
 
 #[cfg(test)]

@@ -99,6 +99,11 @@ pub struct ErrorBody {
     pub details: Map<String, Value>,
 }
 
+/// A 409's body, attached to the response by `ApiError::into_response` (the node lists
+/// recent ones for its dashboard).
+#[derive(Clone, Debug)]
+pub struct ConflictSeen(pub ErrorBody);
+
 impl ApiError {
     pub fn bad_request(message: impl Into<String>) -> Self {
         ApiError::BadRequest {
@@ -272,8 +277,7 @@ impl IntoResponse for ApiError {
         let conflict = (status == StatusCode::CONFLICT).then(|| body.clone());
         let mut resp = (status, axum::Json(body)).into_response();
         if let Some(body) = conflict {
-            resp.extensions_mut()
-                .insert(crate::conflicts::ConflictSeen(body));
+            resp.extensions_mut().insert(ConflictSeen(body));
         }
         let busy =
             status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS;

@@ -6,7 +6,6 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
-use crate::app::SharedApp;
 use crate::error::ApiError;
 
 /// A JSON body: `application/json` (415 otherwise), at most `body_bytes_max` (413), arrived
@@ -19,9 +18,9 @@ pub trait BodyLimit {
     fn body_bytes_max(&self) -> usize;
 }
 
-impl BodyLimit for SharedApp {
+impl<T: BodyLimit> BodyLimit for std::sync::Arc<T> {
     fn body_bytes_max(&self) -> usize {
-        self.limits.body_bytes_max
+        (**self).body_bytes_max()
     }
 }
 

@@ -23,6 +23,11 @@ use crate::transport::{within, TransportError};
 /// version in the route's own header as for any peer request.
 pub const UPGRADE_PROTOCOL: &str = "uniqlog-link";
 
+/// Largest peer RPC body. Client bodies are bounded by `[limits] body_bytes_max`, so one entry
+/// always fits; a batch that does not is split (openraft retries with fewer entries when told
+/// the payload is too large).
+pub const PEER_BODY_BYTES_MAX: usize = 64 * 1024 * 1024;
+
 /// One call at a time over an open link: write a frame, read the frame that answers it.
 pub trait FrameLink: Send + 'static {
     fn call(

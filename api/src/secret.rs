@@ -3,6 +3,7 @@
 //! away. Reading it takes an explicit [`Secret::expose`].
 
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 #[derive(Clone, PartialEq, Eq, Default, Deserialize)]
 #[serde(transparent)]
@@ -48,6 +49,16 @@ impl From<String> for Secret {
     fn from(s: String) -> Self {
         Secret(s)
     }
+}
+
+/// Constant-time equality of two secrets (compared as SHA-256 digests, so lengths leak
+/// nothing either).
+pub fn same_secret(a: &str, b: &str) -> bool {
+    let (da, db) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
+    da.iter()
+        .zip(db.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 #[cfg(test)]

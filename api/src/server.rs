@@ -63,19 +63,24 @@ pub async fn serve(listener: TcpListener, router: Router, header_read_timeout: D
 /// `header_read_timeout` too; a connection whose handshake fails or stalls is closed and
 /// logged at debug level, and never affects the others.
 ///
-/// With `connections_max`, connections past that many still get served, but only on peer
-/// routes, `/health` and `/ready`: every other request is answered 429 with `Retry-After` and
-/// the connection is closed. Refusing at accept would also refuse a peer that shares the client address, and
-/// client limits never apply to peers.
+/// With a [`ConnectionCap`], connections past its `max` still get served, but only on
+/// `/health`, `/ready` and the paths it exempts: every other request is answered 429 with
+/// `Retry-After` and the connection is closed. Refusing at accept would also refuse a peer
+/// that shares the client address, and client limits never apply to peers.
 pub async fn serve_with(
     listener: TcpListener,
     router: Router,
     header_read_timeout: Duration,
     tls: Option<ServerTls>,
-    connections_max: Option<usize>,
+    cap: Option<ConnectionCap>,
 ) {
-    let slots = connections_max.map(|n| Arc::new(Semaphore::new(n)));
-    let over_cap = router.clone().layer(axum::middleware::from_fn(peers_only));
+    let slots = cap.map(|c| Arc::new(Semaphore::new(c.max)));
+    let exempt = cap.map_or(no_path as fn(&str) -> bool, |c| c.exempt);
+    let over_cap = router
+        .clone()
+        .layer(axum::middleware::from_fn(move |req, next| {
+            exempt_only(exempt, req, next)
+        }));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -130,12 +135,24 @@ pub async fn serve_with(
     }
 }
 
+/// A cap on a listener's connections, and the paths still served past it.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionCap {
+    pub max: usize,
+    /// Paths served on connections over the cap, besides `/health` and `/ready` (the node's
+    /// peer routes: peers are never refused by a client limit).
+    pub exempt: fn(&str) -> bool,
+}
+
+fn no_path(_: &str) -> bool {
+    false
+}
+
 /// The middleware of a connection over the cap.
-async fn peers_only(req: Request, next: Next) -> Response {
-    // Peers are never refused by a client limit, and a supervisor probing a busy node must
-    // not take it for a dead one.
+async fn exempt_only(exempt: fn(&str) -> bool, req: Request, next: Next) -> Response {
+    // A supervisor probing a busy node must not take it for a dead one.
     let path = req.uri().path();
-    if crate::peer::is_peer_path(path) || path == "/health" || path == "/ready" {
+    if exempt(path) || path == "/health" || path == "/ready" {
         return next.run(req).await;
     }
     let mut resp = ApiError::overloaded(

@@ -32,7 +32,7 @@ pub struct RequestTimeouts {
 impl RequestTimeouts {
     /// Set `req`'s body deadline; returns how long the whole request may take (`route`: the
     /// matched route).
-    pub(crate) fn arm(&self, req: &mut Request, route: Option<&str>) -> Duration {
+    pub fn arm(&self, req: &mut Request, route: Option<&str>) -> Duration {
         req.extensions_mut()
             .insert(BodyDeadline(Instant::now() + self.request));
         self.budget(req.method(), route)
@@ -62,7 +62,7 @@ pub async fn bound(
 }
 
 /// `answer`, or the error that says it took longer than `budget`.
-pub(crate) async fn within(
+pub async fn within(
     budget: Duration,
     method: &Method,
     answer: impl std::future::Future<Output = Response>,

@@ -241,7 +241,7 @@ impl HyperTransport {
         Ok(Opened::Link(Box::new(IoLink::new(
             addr.clone(),
             TokioIo::new(io),
-            crate::peer::PEER_BODY_BYTES_MAX,
+            crate::link::PEER_BODY_BYTES_MAX,
         ))))
     }
 

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use api::app::now_ms;
 use api::extract::JsonBody;
+use api::time::now_ms;
 use api::ApiError;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};

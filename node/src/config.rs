@@ -5,7 +5,9 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use api::{Limits, Secret};
+use api::Secret;
+
+use crate::limits::Limits;
 use raft_store::rules::{IdempotencySettings, Rules, UniqSet};
 use raft_store::NodeId;
 use serde::Deserialize;

@@ -1,16 +1,39 @@
 //! The node assembly shared by the `uniqlog` binary and the simulator: open storage, start
 //! openraft, serve the client API and peer RPC.
 
+pub mod app;
+mod append_link;
+pub mod auth;
+pub mod claims;
+pub mod cluster_secret;
 pub mod config;
+pub mod conflicts;
+mod edge;
+pub mod limits;
+pub mod metrics;
+pub mod openapi;
+pub mod peer;
+pub mod peer_protocol;
+pub mod propose;
+pub mod rate_limit;
+pub mod removal;
+pub mod router;
+pub mod routes;
+pub mod users;
+pub mod wire;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use api::peer::{peer_router, PeerNetwork};
-use api::{client_router, router, App, SharedApp, Transport};
+use api::Transport;
+pub use app::{App, SharedApp};
+pub use limits::Limits;
 use openraft::Raft;
+use peer::{peer_router, PeerNetwork};
+pub use propose::Proposer;
 use raft_store::{Node, NodeId, Storage, TypeConfig};
+use router::{client_router, router};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -109,7 +132,7 @@ pub async fn start(
     config.check_exposure(id)?;
     let tls = config.server_tls()?;
     let raft_config = Arc::new(config.openraft().validate().map_err(Box::new)?);
-    let metrics = Arc::new(api::metrics::NodeMetrics::new(&storage.metrics));
+    let metrics = Arc::new(metrics::NodeMetrics::new(&storage.metrics));
     // The leader's fsync runs beside its followers' (raft_store::LocalDurable).
     let log_durable = storage.log.overlap_leader_fsync(id);
     let network = PeerNetwork::new(
@@ -160,13 +183,13 @@ pub async fn start(
         users: config.users.clone(),
         cluster_secret: config.cluster_secret(),
         auth: config.client_auth(),
-        proposer: api::Proposer::start(
+        proposer: Proposer::start(
             raft.clone(),
             Duration::from_millis(config.limits.request_timeout_ms),
             config.limits.write_queue_max,
             metrics.clone(),
         ),
-        password_hashing: tokio::sync::Semaphore::new(api::app::password_hashing_slots()),
+        password_hashing: tokio::sync::Semaphore::new(app::password_hashing_slots()),
         snapshot_received: tokio::sync::Mutex::new(None),
         metrics,
         removed: std::sync::OnceLock::new(),
@@ -174,7 +197,7 @@ pub async fn start(
         backup_slot: Arc::new(tokio::sync::Semaphore::new(1)),
         recent_conflicts: Default::default(),
         uniq_counts: Default::default(),
-        anonymous_limiter: api::rate_limit::RateLimiter::new(
+        anonymous_limiter: rate_limit::RateLimiter::new(
             config.limits.anonymous_requests_per_minute,
         ),
         streams: Arc::new(tokio::sync::Semaphore::new(config.limits.streams_max)),
@@ -186,7 +209,10 @@ pub async fn start(
     });
     let header_timeout = Duration::from_millis(config.limits.header_read_timeout_ms);
     let mut servers = Vec::new();
-    let connections_max = Some(config.limits.connections_max);
+    let connections_max = Some(api::server::ConnectionCap {
+        max: config.limits.connections_max,
+        exempt: peer::is_peer_path,
+    });
     match &me.peer_addr {
         None => servers.push(
             listen(
@@ -215,7 +241,7 @@ pub async fn start(
     // Every two election timeouts: long enough that an election in progress is not taken for
     // silence.
     let period = Duration::from_millis(2 * config.raft.election_timeout_ms_max);
-    servers.push(tokio::spawn(api::removal::watch(app.clone(), period)));
+    servers.push(tokio::spawn(removal::watch(app.clone(), period)));
     tracing::info!(id, addr = %me.addr, peer_addr = %me.peer_addr(), tls = tls.is_some(), "node serving");
     Ok(RunningNode { app, servers })
 }
@@ -226,7 +252,7 @@ async fn listen(
     router: axum::Router,
     header_timeout: Duration,
     tls: &Option<api::ServerTls>,
-    connections_max: Option<usize>,
+    connections_max: Option<api::server::ConnectionCap>,
 ) -> Result<JoinHandle<()>, NodeError> {
     let listener = TcpListener::bind(addr)
         .await

@@ -9,8 +9,9 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use api::{Access, Role, ROUTES};
+use api::{Access, Role};
 use common::*;
+use uniqlog_node::router::ROUTES;
 
 /// (token, role, topics it may read and append to).
 const TOKENS: [(&str, Role, Option<&[&str]>); 5] = [
@@ -126,7 +127,7 @@ fn every_route_checks_tokens_roles_and_topics_on_decoded_paths_and_nothing_lands
     let mut creds: Vec<(Option<&str>, Option<Held>)> =
         vec![(None, None), (Some("wrong-token"), None)];
     creds.extend(TOKENS.iter().map(|(t, r, s)| (Some(*t), Some((*r, *s)))));
-    for api::Route {
+    for uniqlog_node::router::Route {
         method,
         path: pattern,
         access,

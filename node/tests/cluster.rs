@@ -270,7 +270,7 @@ fn a_peer_of_another_protocol_version_is_refused_and_the_cluster_keeps_working()
         None,
     ));
     let header = "x-uniqlog-peer-protocol";
-    let ours = api::peer_protocol::VERSION.to_string();
+    let ours = uniqlog_node::peer_protocol::VERSION.to_string();
     for (sent, named) in [
         (Some("3"), "the request peer protocol 3"),
         (Some("x"), "the request peer protocol x"),
@@ -328,7 +328,7 @@ fn an_append_link_answers_frame_by_frame_and_closes_on_a_frame_that_is_not_one()
     let follower = [1, 2, 3].into_iter().find(|&n| n != leader).unwrap();
     let addr = c.addr(follower);
     let header = "x-uniqlog-peer-protocol";
-    let ours = api::peer_protocol::VERSION.to_string();
+    let ours = uniqlog_node::peer_protocol::VERSION.to_string();
     // Without the upgrade: a 400 that names it.
     let r = get_with_headers(&addr, "/raft/append", &[(header, ours.as_str())]);
     assert_eq!(r.status, 400, "{}", r.text);
@@ -398,9 +398,9 @@ fn a_forwarded_request_runs_only_in_the_term_its_sender_saw() {
     let c = Cluster::start(3, Tuning::default());
     let leader = c.wait_leader(&[1, 2, 3]);
     let header = "x-uniqlog-peer-protocol";
-    let ours = api::peer_protocol::VERSION.to_string();
-    let forward = |op: api::app::LeaderOp, term: u64| {
-        let body = raft_store::codec::encode(&api::app::Forwarded {
+    let ours = uniqlog_node::peer_protocol::VERSION.to_string();
+    let forward = |op: uniqlog_node::app::LeaderOp, term: u64| {
+        let body = raft_store::codec::encode(&uniqlog_node::app::Forwarded {
             op,
             timeout_ms: 300,
             term,
@@ -412,7 +412,7 @@ fn a_forwarded_request_runs_only_in_the_term_its_sender_saw() {
             &[(header, ours.as_str())],
         )
     };
-    let write = api::app::LeaderOp::Write {
+    let write = uniqlog_node::app::LeaderOp::Write {
         request: raft_store::Request::Append(raft_store::AppendRequest {
             topic: "late".into(),
             events: vec![raft_store::NewEvent {
@@ -434,7 +434,7 @@ fn a_forwarded_request_runs_only_in_the_term_its_sender_saw() {
     assert_eq!(r.status, 503, "{}", r.text);
     assert_eq!(r.body["error"], "unavailable", "{}", r.text);
     assert!(r.text.contains("no longer the leader"), "{}", r.text);
-    let r = forward(api::app::LeaderOp::ReadIndex, u64::MAX);
+    let r = forward(uniqlog_node::app::LeaderOp::ReadIndex, u64::MAX);
     assert_eq!(r.body["error"], "outcome_unknown", "{}", r.text);
     // Nothing was appended, and writes through any node go on.
     for n in [1, 2, 3] {

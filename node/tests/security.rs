@@ -559,7 +559,7 @@ fn the_security_doc_lists_exactly_the_public_routes() {
         .step_by(2)
         .map(str::to_string)
         .collect();
-    let public: std::collections::BTreeSet<String> = api::ROUTES
+    let public: std::collections::BTreeSet<String> = uniqlog_node::router::ROUTES
         .iter()
         .filter(|r| r.access == api::Access::Public)
         .map(|r| format!("{} {}", r.method, r.path))

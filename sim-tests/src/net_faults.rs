@@ -34,13 +34,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use api::app::LeaderOp;
 use api::link::{FrameLink, Opened};
 use api::{HttpRequest, HttpResponse, HyperTransport, Transport, TransportError};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use madsim::rand::Rng;
 use raft_store::Request;
+use uniqlog_node::app::LeaderOp;
 
 /// What a request is, for the odds and the counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -57,7 +57,7 @@ impl MsgKind {
     pub fn of(path: &str) -> MsgKind {
         if path.starts_with("/raft/") {
             MsgKind::Raft
-        } else if path.starts_with(api::app::FORWARD_PATH) {
+        } else if path.starts_with(uniqlog_node::app::FORWARD_PATH) {
             MsgKind::Forward
         } else {
             MsgKind::Other
@@ -256,7 +256,7 @@ fn duplicable(kind: MsgKind, req: &HttpRequest) -> bool {
         MsgKind::Raft => true,
         MsgKind::Forward => {
             let Some(body) = &req.body else { return false };
-            let Ok(f) = raft_store::codec::decode::<api::app::Forwarded>(body) else {
+            let Ok(f) = raft_store::codec::decode::<uniqlog_node::app::Forwarded>(body) else {
                 return false;
             };
             match f.op {
@@ -469,7 +469,7 @@ mod tests {
     #[test]
     fn only_keyed_writes_and_read_index_are_duplicated() {
         let fwd = |op: LeaderOp| {
-            let body = raft_store::codec::encode(&api::app::Forwarded {
+            let body = raft_store::codec::encode(&uniqlog_node::app::Forwarded {
                 op,
                 timeout_ms: 5,
                 term: 1,

@@ -132,7 +132,7 @@ pub struct MailConsumer {
 }
 
 fn now_s() -> u64 {
-    api::app::now_ms() / 1000
+    api::time::now_ms() / 1000
 }
 
 impl MailConsumer {
@@ -475,7 +475,7 @@ impl MailConsumer {
         s.checkpoint = checkpoint;
         s.head = s.head.max(checkpoint);
         s.lag_events = s.head - checkpoint;
-        s.lag_seconds = event_ms.map_or(0, |t| api::app::now_ms().saturating_sub(t) / 1000);
+        s.lag_seconds = event_ms.map_or(0, |t| api::time::now_ms().saturating_sub(t) / 1000);
     }
 
     fn note_head(&self, head: u64, checkpoint: u64) {

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use api::app::now_ms;
 use api::extract::{PathParams, QueryParams};
+use api::time::now_ms;
 use api::ApiError;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use api::claims::normalize_key;
+use api::keys::normalize_key;
 use api::users::events::UserEvent;
 use raft_store::rules::Normalize;
 use redb::{

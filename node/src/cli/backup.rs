@@ -4,10 +4,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use api::routes::backup::{CRC_HEADER, INDEX_HEADER};
 use api::HttpRequest;
 use http_body_util::BodyExt;
 use raft_store::Node;
+use uniqlog_node::routes::backup::{CRC_HEADER, INDEX_HEADER};
 use uniqlog_node::Config;
 
 use super::cluster::leader_or_any;

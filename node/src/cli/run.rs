@@ -132,7 +132,7 @@ pub async fn dev(port_base: u16, data_dir: &Path, reset: bool) -> Result<()> {
     let config = dev_config(port_base, &data_dir)?;
     let storage = open(&config, 1).await?;
     let node = start(&config, 1, storage, Arc::new(HyperTransport::new())).await?;
-    api::routes::cluster::init_cluster(&node.app)
+    uniqlog_node::routes::cluster::init_cluster(&node.app)
         .await
         .map_err(|e| anyhow::anyhow!("initializing the dev cluster: {e}"))?;
     let sink = consumers::mail_sink::MailSink::default();
@@ -314,7 +314,10 @@ pub async fn serve_query(config: &Config, rebuild: bool) -> Result<()> {
         routes,
         header_timeout,
         server_tls,
-        Some(config.limits.connections_max),
+        Some(api::server::ConnectionCap {
+            max: config.limits.connections_max,
+            exempt: |_| false,
+        }),
     ));
     let nodes = config.nodes.iter().map(|n| n.addr.clone()).collect();
     let stale_after = std::time::Duration::from_millis(config.raft.election_timeout_ms_max);

@@ -36,7 +36,7 @@ impl Telemetry {
 /// The lines shown without RUST_LOG. openraft's own lines are off: at warn and error it
 /// reports every failed heartbeat to a peer that is down (ten a second) and vote changes at
 /// every clean start. What an operator needs of them is logged by uniqlog: a peer going away
-/// and coming back (`api::peer::Reachability`), and a stopped Raft (the node exits with the
+/// and coming back (`uniqlog_node::peer::Reachability`), and a stopped Raft (the node exits with the
 /// error). `RUST_LOG=info,openraft=info` shows them again.
 pub const DEFAULT_FILTER: &str = "info,openraft=off";
 

@@ -1,4 +1,4 @@
-//! The follower's end of a leader's append link (`crate::link`): the route that accepts the
+//! The follower's end of a leader's append link (`api::link`): the route that accepts the
 //! upgrade, then a loop that hands each append to Raft and answers it on the same connection.
 //!
 //! The upgrade request passes the peer routes' layers (cluster secret, peer protocol) like any
@@ -16,11 +16,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::Instrument;
 
 use crate::app::SharedApp;
-use crate::error::ApiError;
-use crate::link::{write_frame, FrameReader, UPGRADE_PROTOCOL};
 use crate::metrics::rpc_kind;
 use crate::peer::{rpc_answer_body, PEER_BODY_BYTES_MAX};
-use crate::server::ClientAddr;
+use api::error::ApiError;
+use api::link::{write_frame, FrameReader, UPGRADE_PROTOCOL};
+use api::server::ClientAddr;
 
 /// A link with no append for this long is closed. A leader sends heartbeats many times a
 /// second; a link this quiet lost its leader without a goodbye (a crash, a partition), and

@@ -34,10 +34,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::app::{Forwarded, SharedApp, FORWARD_PATH};
-use crate::error::ApiError;
-use crate::link::{FrameLink, Opened};
 use crate::metrics::{rpc_kind, RaftPathMetrics};
-use crate::transport::{HttpRequest, HttpResponse, Transport, TransportError};
+use api::error::ApiError;
+use api::link::{FrameLink, Opened};
+use api::transport::{HttpRequest, HttpResponse, Transport, TransportError};
 
 pub const APPEND_PATH: &str = "/raft/append";
 pub const VOTE_PATH: &str = "/raft/vote";
@@ -47,10 +47,7 @@ pub const RPC_CONTENT_TYPE: &str = "application/x-uniqlog-raft";
 /// The CRC-32C of a snapshot chunk's data, in decimal.
 pub const CHUNK_CRC_HEADER: &str = "x-uniqlog-chunk-crc32c";
 
-/// Largest peer RPC body. Client bodies are bounded by `[limits] body_bytes_max`, so one entry
-/// always fits; a batch that does not is split (openraft retries with fewer entries when told
-/// the payload is too large).
-pub const PEER_BODY_BYTES_MAX: usize = 64 * 1024 * 1024;
+pub use api::link::PEER_BODY_BYTES_MAX;
 
 /// Append-entries batches above this are split: openraft 0.9 gives each call only the
 /// heartbeat interval and retries the same batch on a timeout, so a batch too large to send
@@ -93,7 +90,7 @@ pub fn peer_router(app: SharedApp) -> Router {
         // The forwarded client request keeps the id the receiving node gave it.
         .route(
             FORWARD_PATH,
-            post(forwarded).layer(axum::middleware::from_fn(crate::request_id::middleware)),
+            post(forwarded).layer(axum::middleware::from_fn(api::request_id::middleware)),
         )
         .layer(axum::extract::DefaultBodyLimit::max(PEER_BODY_BYTES_MAX))
         // Inside the secret check: a caller without the secret learns nothing, a peer of
@@ -329,7 +326,7 @@ pub struct PeerClient {
     reachability: Arc<Reachability>,
     metrics: RaftPathMetrics,
     durable: LocalDurable,
-    /// The link appends travel on (`crate::link`), opened at the first append and again after
+    /// The link appends travel on (`api::link`), opened at the first append and again after
     /// any call on it failed. In a mutex only to make the client `Sync` as openraft wants (an
     /// upgraded connection is not); it is reached through `&mut self`, never locked.
     link: std::sync::Mutex<Option<Box<dyn FrameLink>>>,

@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::app::SharedApp;
-use crate::transport::HttpRequest;
+use api::transport::HttpRequest;
 
 pub const MEMBERSHIP_PATH: &str = "/raft/membership";
 

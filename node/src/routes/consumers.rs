@@ -7,8 +7,8 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use crate::app::SharedApp;
-use crate::error::ApiError;
-use crate::extract::{PathParams, QueryParams};
+use api::error::ApiError;
+use api::extract::{PathParams, QueryParams};
 
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -12,8 +12,8 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use crate::app::SharedApp;
-use crate::error::ApiError;
-use crate::transport::HttpRequest;
+use api::error::ApiError;
+use api::transport::HttpRequest;
 
 const INDEX: &str = include_str!("../ui/index.html");
 const APP_JS: &str = include_str!("../ui/app.js");

@@ -24,8 +24,8 @@ use openraft::Raft;
 use raft_store::{Answer, LogCommand, Request, TypeConfig};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::error::ApiError;
 use crate::metrics::NodeMetrics;
+use api::error::ApiError;
 
 /// Entries proposed and not yet answered, at most. One since issue 25 step 9: on the
 /// segment log, with the leader's fsync beside its followers', a second entry in flight

@@ -16,9 +16,12 @@ use tokio::time::Instant;
 
 use crate::app::SharedApp;
 use crate::auth::Caller;
-use crate::error::ApiError;
-use crate::extract::{IdempotencyKeyHeader, JsonBody, PathParams, QueryParams};
-use crate::wire::{idempotency_key, validate_topic, AppendBody, AppendCreated};
+use crate::wire::{
+    append_fingerprint, check_append, idempotency_key, to_request, validate_topic, AppendBody,
+    AppendCreated,
+};
+use api::error::ApiError;
+use api::extract::{IdempotencyKeyHeader, JsonBody, PathParams, QueryParams};
 
 #[tracing::instrument(level = "debug", skip_all, fields(topic = %topic))]
 pub async fn append(
@@ -27,7 +30,7 @@ pub async fn append(
     IdempotencyKeyHeader(key): IdempotencyKeyHeader,
     JsonBody(body): JsonBody<AppendBody>,
 ) -> Result<Response, ApiError> {
-    body.validate(&topic, &app.limits)?;
+    check_append(&body, &topic, &app.limits)?;
     let header = match &key {
         None => None,
         Some(v) => Some(v.to_str().map_err(|_| {
@@ -37,10 +40,10 @@ pub async fn append(
     let idempotency =
         idempotency_key(header, body.idempotency_key.as_deref())?.map(|key| IdempotencyKey {
             key,
-            fingerprint: body.fingerprint(&topic),
+            fingerprint: append_fingerprint(&body, &topic),
         });
     let answer = app
-        .append(|rules| body.prepare(&topic, rules, idempotency.clone()))
+        .append(|rules| to_request(&body, &topic, rules, idempotency.clone()))
         .await?;
     answer_response(answer)
 }

@@ -1,6 +1,7 @@
 //! Uniq look-ups and the rules endpoint.
 
-use crate::claims::{claims_for, normalize_key};
+use crate::claims::claims_for;
+use api::keys::normalize_key;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
@@ -14,8 +15,8 @@ use serde_json::{json, Value};
 
 use crate::app::SharedApp;
 use crate::auth::Caller;
-use crate::error::ApiError;
-use crate::extract::{JsonBody, PathParams};
+use api::error::ApiError;
+use api::extract::{JsonBody, PathParams};
 
 /// Normalize `key` as its set says (like writes), then read with it from the state. The set's
 /// owners are streams of its topic: a caller must be allowed to read that topic.

@@ -13,8 +13,8 @@ use axum::http::HeaderName;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::error::ApiError;
-use crate::transport::HttpRequest;
+use api::error::ApiError;
+use api::transport::HttpRequest;
 
 /// The peer protocol this build speaks. 2: log entries in a binary encoding. 3: Raft
 /// messages and forwarded operations in that encoding too (2 sent them as JSON). 4: a Raft
@@ -23,7 +23,7 @@ use crate::transport::HttpRequest;
 /// step 6): the state files of two builds would differ, and an older node would read no
 /// current owner in the history of a key claimed by a newer one; and a forwarded operation
 /// names the term its sender saw the leader in (`App::leads_term`). 6: appends travel on a
-/// link, a connection upgraded from `GET /raft/append` to a stream of frames (`crate::link`),
+/// link, a connection upgraded from `GET /raft/append` to a stream of frames (`api::link`),
 /// not one `POST` each. 7: apply writes state format 3 (one run per entry and topic, a
 /// stream's first offset in `stream_heads`), so two builds' state files would differ, and a
 /// snapshot carries `stream_heads` rows, which an older node cannot install.

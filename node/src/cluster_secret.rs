@@ -5,23 +5,14 @@ use axum::extract::{Request, State};
 use axum::http::HeaderName;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use sha2::{Digest, Sha256};
 
 use crate::app::SharedApp;
-use crate::error::ApiError;
-use crate::transport::HttpRequest;
+use api::error::ApiError;
+use api::transport::HttpRequest;
 
 pub const HEADER: HeaderName = HeaderName::from_static("x-uniqlog-cluster-secret");
 
-/// Constant-time equality of two secrets (compared as SHA-256 digests, so lengths leak
-/// nothing either).
-pub fn same_secret(a: &str, b: &str) -> bool {
-    let (da, db) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
-    da.iter()
-        .zip(db.iter())
-        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-        == 0
-}
+pub use api::secret::same_secret;
 
 /// Add the secret to an outgoing peer request.
 pub fn sign(req: &mut HttpRequest, secret: Option<&str>) {

@@ -1,5 +1,5 @@
 //! The client routes' own middleware, in one layer: the timing and count of every request
-//! (`crate::metrics`), its deadlines (`crate::timeouts`), the dashboard's list of conflicts
+//! (`crate::metrics`), its deadlines (`api::timeouts`), the dashboard's list of conflicts
 //! (`crate::conflicts`) and who may call it (`crate::auth`), outermost first.
 //!
 //! One layer, not four: each axum `from_fn` layer clones its inner service and boxes a future
@@ -15,7 +15,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use crate::app::SharedApp;
-use crate::timeouts::{self, RequestTimeouts};
+use api::timeouts::{self, RequestTimeouts};
 
 /// What the layer needs: the node, and the client listener's deadlines.
 #[derive(Clone)]

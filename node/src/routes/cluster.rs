@@ -11,10 +11,10 @@ use openraft::ServerState;
 use serde_json::json;
 
 use crate::app::{LeaderOp, LeaderReply, SharedApp};
-use crate::error::ApiError;
-use crate::extract::JsonBody;
 use crate::routes::uniq;
 use crate::wire::{AddLearnerBody, ClusterStatus, IdempotencyStatus, Member, MembershipBody};
+use api::error::ApiError;
+use api::extract::JsonBody;
 
 pub async fn status(State(app): State<SharedApp>) -> Result<Json<ClusterStatus>, ApiError> {
     Ok(Json(cluster_status(&app).await?))

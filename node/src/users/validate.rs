@@ -2,13 +2,13 @@
 
 use std::collections::BTreeMap;
 
-use crate::claims::normalize_key;
+use api::keys::normalize_key;
 use raft_store::rules::Normalize;
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::config::UsersConfig;
-use crate::error::ApiError;
+use api::error::ApiError;
 
 /// Fields as JSON values, so a wrong type is a field error like a blank one.
 #[derive(Debug, Deserialize)]

@@ -4,23 +4,20 @@
 //! point: normalizing a key again gives the same key.
 #![cfg(not(madsim))]
 
-use api::claims::normalize_key;
 use api::error::ApiError;
 use api::extract::parse_json;
-use api::limits::Limits;
-use api::users::validate::check_email;
-use api::wire::AppendBody;
+use api::keys::normalize_key;
 use axum::body::Bytes;
 use proptest::prelude::*;
 use raft_store::rules::{Normalize, Rules};
 use raft_store::RulesState;
+use uniqlog_node::limits::Limits;
+use uniqlog_node::users::validate::check_email;
+use uniqlog_node::wire::{append_fingerprint, check_append, to_request, AppendBody};
 
 fn rules() -> RulesState {
     // The reference application's rules, as the integration tests use them.
-    let rules: Rules = toml::from_str(include_str!(
-        "../../node/tests/common/user_email_rules.toml"
-    ))
-    .unwrap();
+    let rules: Rules = toml::from_str(include_str!("common/user_email_rules.toml")).unwrap();
     RulesState { version: 1, rules }
 }
 
@@ -65,7 +62,7 @@ fn decode(bytes: Vec<u8>, topic: &str) -> Result<(), TestCaseError> {
         Ok(b) => b,
         Err(e) => return refusal_is_a_client_error(&e),
     };
-    if let Err(e) = body.validate(topic, &limits) {
+    if let Err(e) = check_append(&body, topic, &limits) {
         return refusal_is_a_client_error(&e);
     }
     prop_assert!(!body.events.is_empty() && body.events.len() <= limits.events_per_append_max);
@@ -73,8 +70,8 @@ fn decode(bytes: Vec<u8>, topic: &str) -> Result<(), TestCaseError> {
         prop_assert!(e.event_type.len() <= limits.name_bytes_max);
         prop_assert!(e.data.get().starts_with('{'), "data is an object");
     }
-    let _ = body.fingerprint(topic);
-    match body.prepare(topic, &rules(), None) {
+    let _ = append_fingerprint(&body, topic);
+    match to_request(&body, topic, &rules(), None) {
         Ok(req) => {
             prop_assert_eq!(req.events.len(), body.events.len());
             for ev in &req.events {

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::raft::ClientWriteResponse;
@@ -19,9 +19,9 @@ use raft_store::{
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::error::{ApiError, ErrorBody};
 use crate::limits::Limits;
-use crate::transport::Transport;
+use api::error::{ApiError, ErrorBody};
+use api::transport::Transport;
 
 pub type SharedApp = Arc<App>;
 
@@ -70,7 +70,7 @@ pub struct App {
     /// Event streams and long-polls open at once, at most `limits.streams_max`.
     pub streams: Arc<tokio::sync::Semaphore>,
     /// Every listener is loopback and auth is off: answer only requests addressed to a
-    /// loopback name ([`crate::host_check`]).
+    /// loopback name ([`api::host_check`]).
     pub loopback_hosts_only: bool,
 }
 
@@ -152,12 +152,13 @@ async fn watch_until<V, T>(
 /// How many times a request is prepared again when the rules change under it.
 const RULES_RETRIES_MAX: usize = 5;
 
-/// The leader's wall clock, stamped on each proposed entry. Under madsim this is the
-/// simulated clock.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+/// The leader's wall clock, stamped on each proposed entry (the simulated clock under madsim).
+pub use api::time::now_ms;
+
+impl api::extract::BodyLimit for App {
+    fn body_bytes_max(&self) -> usize {
+        self.limits.body_bytes_max
+    }
 }
 
 impl App {
@@ -251,9 +252,9 @@ impl App {
         let wait = left + Duration::from_millis(200);
         // The leader serves this on its peer router, which requires the cluster secret.
         let mut req = crate::peer::peer_request(FORWARD_PATH, body, self.cluster_secret.as_deref());
-        if let Some(id) = crate::request_id::current() {
+        if let Some(id) = api::request_id::current() {
             req.headers
-                .push((http::HeaderName::from_static(crate::request_id::HEADER), id));
+                .push((http::HeaderName::from_static(api::request_id::HEADER), id));
         }
         match self.transport.send(addr, req, wait).await {
             Ok(resp) if resp.status == 200 => {
@@ -261,7 +262,7 @@ impl App {
                     .map_err(|e| ApiError::internal(format!("bad answer from the leader: {e}")))?;
                 if let LeaderReply::Written { log_index, .. } = &reply {
                     tracing::debug!(
-                        target: crate::request_id::TARGET,
+                        target: api::request_id::TARGET,
                         leader = addr,
                         log_index,
                         "committed by the leader"
@@ -336,7 +337,7 @@ impl App {
         let (answer, log_index) = self.proposer.propose(request, timeout).await?;
         // In the request's span: with the request id, this joins the receiving node's log to
         // the leader's, and both to the entry every node applies.
-        tracing::debug!(target: crate::request_id::TARGET, log_index, "committed");
+        tracing::debug!(target: api::request_id::TARGET, log_index, "committed");
         Ok(LeaderReply::Written { answer, log_index })
     }
 

@@ -14,7 +14,7 @@ use raft_store::BackupFile;
 use std::io::Read;
 
 use crate::app::SharedApp;
-use crate::error::ApiError;
+use api::error::ApiError;
 
 /// The last log index the backup holds.
 pub const INDEX_HEADER: &str = "x-uniqlog-backup-index";

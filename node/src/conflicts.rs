@@ -15,13 +15,9 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use crate::app::SharedApp;
-use crate::error::ErrorBody;
+use api::error::{ConflictSeen, ErrorBody};
 
 const KEPT: usize = 50;
-
-/// A 409's body, attached to the response by `ApiError::into_response`.
-#[derive(Clone, Debug)]
-pub struct ConflictSeen(pub ErrorBody);
 
 #[derive(Default)]
 pub struct RecentConflicts(Mutex<VecDeque<Value>>);

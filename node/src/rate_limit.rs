@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::error::ApiError;
+use api::error::ApiError;
 
 /// Clients remembered at most; past it, the buckets that are full again are forgotten first.
 const CLIENTS_MAX: usize = 100_000;
