@@ -2,7 +2,6 @@
 //! applied on the node that receives a write and by readers that look a key up. Never inside
 //! apply: Unicode and IDNA tables may differ between builds, and apply must not depend on them.
 
-use raft_store::rules::Normalize;
 use unicode_normalization::UnicodeNormalization;
 
 /// Bidirectional formatting characters: they make two keys look alike.
@@ -22,33 +21,44 @@ fn folded(raw: &str) -> String {
     }
 }
 
-/// Normalize a key as its set says. Runs on the receiving node only.
-pub fn normalize_key(normalize: Normalize, raw: &str) -> Result<String, String> {
+fn refuse_invisible(raw: &str) -> Result<(), String> {
     if raw.chars().any(|c| c.is_control() || is_bidi_control(c)) {
         return Err("must not contain control or bidirectional formatting characters".into());
     }
-    match normalize {
-        Normalize::None => Ok(raw.to_string()),
-        Normalize::Lowercase => Ok(folded(raw)),
-        Normalize::Email => {
-            let s = folded(raw);
-            let (local, domain) = s
-                .rsplit_once('@')
-                .ok_or("is not an email address (no '@')")?;
-            if local.is_empty() || domain.is_empty() {
-                return Err("is not an email address".into());
-            }
-            let ascii =
-                idna::domain_to_ascii(domain).map_err(|_| "has an invalid domain".to_string())?;
-            if ascii.is_empty() {
-                return Err("has an invalid domain".into());
-            }
-            if ascii == domain {
-                return Ok(s);
-            }
-            Ok(format!("{local}@{ascii}"))
-        }
+    Ok(())
+}
+
+/// A key of a set with `normalize = "none"`: as sent.
+pub fn plain(raw: &str) -> Result<String, String> {
+    refuse_invisible(raw)?;
+    Ok(raw.to_string())
+}
+
+/// A key of a set with `normalize = "lowercase"`: composed (NFC), trimmed, lowercase.
+pub fn lowercase(raw: &str) -> Result<String, String> {
+    refuse_invisible(raw)?;
+    Ok(folded(raw))
+}
+
+/// A key of a set with `normalize = "email"`: folded like `lowercase`, the domain in its
+/// ASCII (IDNA) form.
+pub fn email(raw: &str) -> Result<String, String> {
+    refuse_invisible(raw)?;
+    let s = folded(raw);
+    let (local, domain) = s
+        .rsplit_once('@')
+        .ok_or("is not an email address (no '@')")?;
+    if local.is_empty() || domain.is_empty() {
+        return Err("is not an email address".into());
     }
+    let ascii = idna::domain_to_ascii(domain).map_err(|_| "has an invalid domain".to_string())?;
+    if ascii.is_empty() {
+        return Err("has an invalid domain".into());
+    }
+    if ascii == domain {
+        return Ok(s);
+    }
+    Ok(format!("{local}@{ascii}"))
 }
 
 #[cfg(test)]
@@ -65,7 +75,7 @@ mod tests {
 
     #[test]
     fn email_normalization_folds_case_space_unicode_and_idna() {
-        let n = |s| normalize_key(Normalize::Email, s);
+        let n = email;
         assert_eq!(n("  Ada@Example.COM ").unwrap(), "ada@example.com");
         // NFC: a decomposed é equals the composed one.
         assert_eq!(n("e\u{301}@x.org").unwrap(), n("\u{e9}@x.org").unwrap());
@@ -84,7 +94,7 @@ mod tests {
 
     #[test]
     fn lowercase_and_none() {
-        assert_eq!(normalize_key(Normalize::Lowercase, " ÄBC ").unwrap(), "äbc");
-        assert_eq!(normalize_key(Normalize::None, " ÄBC ").unwrap(), " ÄBC ");
+        assert_eq!(lowercase(" ÄBC ").unwrap(), "äbc");
+        assert_eq!(plain(" ÄBC ").unwrap(), " ÄBC ");
     }
 }

@@ -44,7 +44,7 @@ fn usable(value: &HeaderValue) -> Option<String> {
 fn fresh() -> String {
     format!(
         "{:016x}",
-        rand::RngCore::next_u64(&mut raft_store::runtime::rng())
+        rand::RngCore::next_u64(&mut crate::runtime::rng())
     )
 }
 

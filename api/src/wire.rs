@@ -4,9 +4,13 @@
 
 use std::collections::BTreeMap;
 
-use raft_store::{ExpectedVersion, NodeId};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+use utoipa::openapi::RefOr;
+
+/// A node's id in the cluster.
+pub type NodeId = u64;
 
 /// `POST /v1/topics/{topic}/events`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -15,7 +19,6 @@ pub struct AppendBody {
     pub events: Vec<EventBody>,
     /// Per stream: a number of events, `"no_stream"` or `"any"`.
     #[serde(default)]
-    #[schema(value_type = BTreeMap<String, ExpectedVersionDoc>)]
     pub expected_version: BTreeMap<String, ExpectedVersion>,
     /// Alternative to the `Idempotency-Key` header.
     #[serde(default)]
@@ -37,22 +40,74 @@ pub struct EventBody {
     pub metadata: Option<Box<RawValue>>,
 }
 
-/// How `expected_version` is written (the type itself lives in `raft-store`).
-#[derive(utoipa::ToSchema)]
-#[serde(untagged)]
-#[allow(dead_code)]
-pub enum ExpectedVersionDoc {
+/// Optimistic concurrency on a stream, as in EventStoreDB. In JSON: a number of events,
+/// `"no_stream"` or `"any"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectedVersion {
+    /// No check.
+    Any,
+    /// The stream has no event yet (version 0).
+    NoStream,
+    /// The stream has exactly this many events.
     Exact(u64),
-    Named(NamedVersion),
 }
 
-#[derive(utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-#[allow(dead_code)]
-pub enum NamedVersion {
-    NoStream,
-    Any,
+impl Serialize for ExpectedVersion {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ExpectedVersion::Any => s.serialize_str("any"),
+            ExpectedVersion::NoStream => s.serialize_str("no_stream"),
+            ExpectedVersion::Exact(v) => s.serialize_u64(*v),
+        }
+    }
 }
+
+impl<'de> Deserialize<'de> for ExpectedVersion {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = ExpectedVersion;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(r#"a non-negative integer, "no_stream" or "any""#)
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(ExpectedVersion::Exact(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                u64::try_from(v)
+                    .map(ExpectedVersion::Exact)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                match v {
+                    "any" => Ok(ExpectedVersion::Any),
+                    "no_stream" => Ok(ExpectedVersion::NoStream),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl utoipa::PartialSchema for ExpectedVersion {
+    fn schema() -> RefOr<Schema> {
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(0)),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some(["no_stream", "any"])),
+            )
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ExpectedVersion {}
 
 /// 201 answer of an append.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]

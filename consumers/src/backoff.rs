@@ -21,7 +21,7 @@ impl Backoff {
     /// The wait before attempt `n + 1`.
     pub fn delay(&self, attempt: u32) -> Duration {
         let ceiling = self.ceiling(attempt).as_millis() as u64;
-        Duration::from_millis(raft_store::runtime::rng().gen_range(0..=ceiling))
+        Duration::from_millis(api::runtime::rng().gen_range(0..=ceiling))
     }
 }
 

@@ -12,5 +12,7 @@ pub mod checkpoint;
 pub mod mail;
 pub mod mail_sink;
 pub mod metrics;
+#[cfg(madsim)]
+pub mod planted;
 pub mod query;
 pub mod tail;

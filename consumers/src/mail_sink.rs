@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use api::extract::JsonBody;
-use api::time::now_ms;
+use api::runtime::now_ms;
 use api::ApiError;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -146,7 +146,7 @@ async fn send(
         {
             Verdict::Reject
         } else if s.faults.fail_rate > 0.0
-            && raft_store::runtime::rng().gen_bool(s.faults.fail_rate.clamp(0.0, 1.0))
+            && api::runtime::rng().gen_bool(s.faults.fail_rate.clamp(0.0, 1.0))
         {
             Verdict::Fail
         } else {

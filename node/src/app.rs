@@ -153,7 +153,7 @@ async fn watch_until<V, T>(
 const RULES_RETRIES_MAX: usize = 5;
 
 /// The leader's wall clock, stamped on each proposed entry (the simulated clock under madsim).
-pub use api::time::now_ms;
+pub use api::runtime::now_ms;
 
 impl api::extract::BodyLimit for App {
     fn body_bytes_max(&self) -> usize {
@@ -354,7 +354,7 @@ impl App {
         let reader = self.reader.clone();
         raft_store::blocking(move || reader.rules())
             .await
-            .map_err(ApiError::from)
+            .map_err(crate::errors::api_error)
     }
 
     /// Refuse a write while this node's disk is nearly full: better a 503 now than a commit
@@ -427,7 +427,7 @@ impl App {
         let (reader, request) = (self.reader.clone(), request.clone());
         raft_store::blocking(move || raft_store::planted::uniq_conflict_here(&reader, &request))
             .await
-            .map_err(ApiError::from)
+            .map_err(crate::errors::api_error)
     }
 
     /// Wait (bounded) until this node has applied `index`.

@@ -41,7 +41,7 @@ pub(crate) async fn admit(
     let decided = match stream_access_token(req) {
         Some(token) if on_stream => app
             .auth
-            .check_stream_token(token, api::time::now_ms())
+            .check_stream_token(token, api::runtime::now_ms())
             .and_then(|caller| {
                 caller.check_read(topic.as_deref().unwrap_or_default())?;
                 Ok(caller)
@@ -100,6 +100,6 @@ pub async fn stream_token(
     State(app): State<SharedApp>,
     axum::Extension(caller): axum::Extension<Caller>,
 ) -> Response {
-    let (token, expires) = app.auth.make_stream_token(&caller, api::time::now_ms());
+    let (token, expires) = app.auth.make_stream_token(&caller, api::runtime::now_ms());
     axum::Json(serde_json::json!({ "access_token": token, "expires_at": expires })).into_response()
 }

@@ -584,7 +584,7 @@ impl Config {
             Some(secret) => api::auth::Auth::stream_key_from_secret(secret.expose()),
             None => {
                 let mut key = vec![0u8; 32];
-                rand::RngCore::fill_bytes(&mut raft_store::runtime::rng(), &mut key);
+                rand::RngCore::fill_bytes(&mut api::runtime::rng(), &mut key);
                 key
             }
         };

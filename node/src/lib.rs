@@ -9,6 +9,7 @@ pub mod cluster_secret;
 pub mod config;
 pub mod conflicts;
 mod edge;
+pub mod errors;
 pub mod limits;
 pub mod metrics;
 pub mod openapi;

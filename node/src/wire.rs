@@ -172,7 +172,11 @@ pub fn to_request(
     Ok(AppendRequest {
         topic: topic.to_string(),
         events,
-        expected_version: body.expected_version.clone(),
+        expected_version: body
+            .expected_version
+            .iter()
+            .map(|(stream, v)| (stream.clone(), log_version(*v)))
+            .collect(),
         idempotency,
         rules_version: rules.version,
         reply: None,
@@ -209,5 +213,14 @@ pub fn idempotency_key(
             Ok(Some(k.to_string()))
         }
         (None, None) => Ok(None),
+    }
+}
+
+/// A stream's expected version as the log encodes it.
+fn log_version(v: ExpectedVersion) -> raft_store::ExpectedVersion {
+    match v {
+        ExpectedVersion::Any => raft_store::ExpectedVersion::Any,
+        ExpectedVersion::NoStream => raft_store::ExpectedVersion::NoStream,
+        ExpectedVersion::Exact(n) => raft_store::ExpectedVersion::Exact(n),
     }
 }

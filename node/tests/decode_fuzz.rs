@@ -6,10 +6,9 @@
 
 use api::error::ApiError;
 use api::extract::parse_json;
-use api::keys::normalize_key;
 use axum::body::Bytes;
 use proptest::prelude::*;
-use raft_store::rules::{Normalize, Rules};
+use raft_store::rules::Rules;
 use raft_store::RulesState;
 use uniqlog_node::limits::Limits;
 use uniqlog_node::users::validate::check_email;
@@ -77,10 +76,7 @@ fn decode(bytes: Vec<u8>, topic: &str) -> Result<(), TestCaseError> {
             for ev in &req.events {
                 for claim in &ev.claims {
                     // A claimed key is already normalized: normalizing again changes nothing.
-                    prop_assert_eq!(
-                        normalize_key(Normalize::Email, &claim.key),
-                        Ok(claim.key.clone())
-                    );
+                    prop_assert_eq!(api::keys::email(&claim.key), Ok(claim.key.clone()));
                 }
             }
             Ok(())
@@ -114,10 +110,10 @@ proptest! {
         ],
     ) {
         if let Ok(email) = check_email(&raw) {
-            let key = normalize_key(Normalize::Email, &email);
+            let key = api::keys::email(&email);
             prop_assert!(key.is_ok(), "{:?} passed check_email but not normalization", email);
             let key = key.unwrap();
-            prop_assert_eq!(normalize_key(Normalize::Email, &key), Ok(key.clone()), "{:?}", email);
+            prop_assert_eq!(api::keys::email(&key), Ok(key.clone()), "{:?}", email);
         }
     }
 }

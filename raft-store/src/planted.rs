@@ -21,11 +21,10 @@
 //!   retry is appended again;
 //! - [`Bug::StaleLinearizableRead`]: `api::App::linearize` returns at once, so a read asked
 //!   with `consistency=linearizable` is served from whatever the node has applied;
-//! - [`Bug::MailCheckpointBeforeSend`]: the mail consumer (`consumers/src/mail/mod.rs`) reports
-//!   its checkpoint past an event before delivering it, so a crash in between skips the email;
-//! - [`Bug::ProjectionOutsideTxn`]: the query store (`consumers/src/query/store.rs`) commits a
-//!   page's documents and its checkpoint in two transactions, the checkpoint's not durable, so a
-//!   crash between them applies the page twice.
+//!
+//! These are the bugs planted in storage, apply and the node on top of them. The consumers
+//! plant theirs through their own switch (`consumers::planted`); the simulator names both
+//! (`sim_tests::planted`).
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -51,21 +50,15 @@ pub enum Bug {
     /// Linearizable reads skip the read index: a lagging or cut-off node serves a page that
     /// misses writes acknowledged before the read was sent.
     StaleLinearizableRead,
-    /// The mail consumer reports its checkpoint past an event before it delivers the email.
-    MailCheckpointBeforeSend,
-    /// The query read model applies a page outside the transaction of its checkpoint.
-    ProjectionOutsideTxn,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 7] = [
+    pub const ALL: [Bug; 5] = [
         Bug::AckBeforeDurable,
         Bug::LeaderCountsItselfEarly,
         Bug::UniqInHandler,
         Bug::NoIdempotencyCheck,
         Bug::StaleLinearizableRead,
-        Bug::MailCheckpointBeforeSend,
-        Bug::ProjectionOutsideTxn,
     ];
 
     /// The name on the command line (`simulate --plant <name>`).
@@ -76,8 +69,6 @@ impl Bug {
             Bug::UniqInHandler => "uniq-in-handler",
             Bug::NoIdempotencyCheck => "no-idempotency-check",
             Bug::StaleLinearizableRead => "stale-linearizable-read",
-            Bug::MailCheckpointBeforeSend => "mail-checkpoint-before-send",
-            Bug::ProjectionOutsideTxn => "projection-outside-txn",
         }
     }
 
@@ -92,8 +83,6 @@ impl Bug {
             Bug::UniqInHandler => 2,
             Bug::NoIdempotencyCheck => 3,
             Bug::StaleLinearizableRead => 4,
-            Bug::MailCheckpointBeforeSend => 20,
-            Bug::ProjectionOutsideTxn => 21,
         }
     }
 }

@@ -167,12 +167,6 @@ pub fn blocking_in_place<T>(f: impl FnOnce() -> T) -> T {
     }
 }
 
-/// The random source for everything outside apply (ids, salts, jitter): rand's thread
-/// generator in real builds, madsim's seeded generator in simulation, so a seed replays.
-pub fn rng() -> <UniqRuntime as AsyncRuntime>::ThreadLocalRng {
-    UniqRuntime::thread_rng()
-}
-
 /// How long the simulated disk takes to make a frame of the log durable (simulation builds
 /// only). The simulated disk itself syncs in no time; a real one takes from a tenth of a
 /// millisecond to a few, and now and then stalls for tens (another writer, the journal).

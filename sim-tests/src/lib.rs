@@ -37,6 +37,8 @@ pub mod nemesis;
 #[cfg(madsim)]
 pub mod net_faults;
 #[cfg(madsim)]
+pub mod planted;
+#[cfg(madsim)]
 pub mod run;
 #[cfg(madsim)]
 pub mod workload;

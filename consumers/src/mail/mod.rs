@@ -132,7 +132,7 @@ pub struct MailConsumer {
 }
 
 fn now_s() -> u64 {
-    api::time::now_ms() / 1000
+    api::runtime::now_ms() / 1000
 }
 
 impl MailConsumer {
@@ -431,7 +431,7 @@ impl MailConsumer {
             let mut offset = main.next_offset - events.len() as u64;
             for e in &events {
                 #[cfg(madsim)]
-                if raft_store::planted::is(raft_store::planted::Bug::MailCheckpointBeforeSend) {
+                if crate::planted::is(crate::planted::Bug::MailCheckpointBeforeSend) {
                     main_cp
                         .maybe_report(e["offset"].as_u64().map_or(offset + 1, |o| o + 1))
                         .await;
@@ -475,7 +475,7 @@ impl MailConsumer {
         s.checkpoint = checkpoint;
         s.head = s.head.max(checkpoint);
         s.lag_events = s.head - checkpoint;
-        s.lag_seconds = event_ms.map_or(0, |t| api::time::now_ms().saturating_sub(t) / 1000);
+        s.lag_seconds = event_ms.map_or(0, |t| api::runtime::now_ms().saturating_sub(t) / 1000);
     }
 
     fn note_head(&self, head: u64, checkpoint: u64) {

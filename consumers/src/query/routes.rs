@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use api::extract::{PathParams, QueryParams};
-use api::time::now_ms;
+use api::runtime::now_ms;
 use api::ApiError;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};

@@ -4,9 +4,7 @@
 
 use std::path::Path;
 
-use api::keys::normalize_key;
 use api::users::events::UserEvent;
-use raft_store::rules::Normalize;
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction,
 };
@@ -64,7 +62,7 @@ pub struct QueryStore {
 }
 
 fn norm_email(e: &str) -> String {
-    normalize_key(Normalize::Email, e).unwrap_or_else(|_| e.trim().to_lowercase())
+    api::keys::email(e).unwrap_or_else(|_| e.trim().to_lowercase())
 }
 
 fn bump(meta: &mut Table<'_, &str, u64>, key: &str, by: u64) -> Result<(), StoreError> {
@@ -137,7 +135,7 @@ impl QueryStore {
     /// in one durable transaction.
     pub fn apply(&self, events: &[Value], next_offset: u64) -> Result<(), StoreError> {
         #[cfg(madsim)]
-        if raft_store::planted::is(raft_store::planted::Bug::ProjectionOutsideTxn) {
+        if crate::planted::is(crate::planted::Bug::ProjectionOutsideTxn) {
             return self.apply_outside_txn(events, next_offset);
         }
         let mut txn = self.db.begin_write()?;
@@ -168,7 +166,7 @@ impl QueryStore {
         Ok(())
     }
 
-    /// [`raft_store::planted::Bug::ProjectionOutsideTxn`]: the page's documents commit durably
+    /// [`crate::planted::Bug::ProjectionOutsideTxn`]: the page's documents commit durably
     /// in one transaction, the checkpoint in another that is not durable, so a crash after the
     /// first keeps the documents and loses the checkpoint, and the page is applied again.
     #[cfg(madsim)]

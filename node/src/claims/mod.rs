@@ -5,7 +5,6 @@
 
 mod pointer;
 
-use api::keys::normalize_key;
 use raft_store::rules::{Normalize, Rules};
 use raft_store::UniqClaim;
 
@@ -17,6 +16,15 @@ pub use self::pointer::{Found, KeySource};
 pub struct KeyError {
     pub field: String,
     pub message: String,
+}
+
+/// Normalize a key as its set says (`api::keys`). Runs on the receiving node only.
+pub fn normalize_key(normalize: Normalize, raw: &str) -> Result<String, String> {
+    match normalize {
+        Normalize::None => api::keys::plain(raw),
+        Normalize::Lowercase => api::keys::lowercase(raw),
+        Normalize::Email => api::keys::email(raw),
+    }
 }
 
 fn key_at<D: KeySource + ?Sized>(

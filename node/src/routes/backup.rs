@@ -43,8 +43,9 @@ pub async fn backup(State(app): State<SharedApp>) -> Result<Response, ApiError> 
         })?;
     let reader = app.reader.clone();
     let key = app.cluster_secret.clone();
-    let file =
-        raft_store::blocking(move || reader.backup(key.as_deref().map(str::as_bytes))).await?;
+    let file = raft_store::blocking(move || reader.backup(key.as_deref().map(str::as_bytes)))
+        .await
+        .map_err(crate::errors::api_error)?;
     tracing::info!(
         log_index = file.info.log_index,
         bytes = file.bytes,

@@ -31,7 +31,7 @@ pub async fn cluster_status(app: &SharedApp) -> Result<ClusterStatus, ApiError> 
     let reader = app.reader.clone();
     let idempotency_records = raft_store::blocking(move || reader.idempotency_records())
         .await
-        .map_err(ApiError::from)?;
+        .map_err(crate::errors::api_error)?;
     let membership = m.membership_config.membership();
     let voters: BTreeSet<_> = membership.voter_ids().collect();
     let members = membership

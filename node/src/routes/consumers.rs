@@ -23,7 +23,7 @@ async fn latest(app: &SharedApp, stream: String, version: u64) -> Result<Option<
     let page =
         raft_store::blocking(move || reader.read_stream(&stream, version.saturating_sub(1), 1))
             .await
-            .map_err(ApiError::from)?;
+            .map_err(crate::errors::api_error)?;
     let Some(text) = page.events.first() else {
         return Ok(None);
     };
@@ -56,7 +56,7 @@ pub async fn list(State(app): State<SharedApp>) -> Result<Response, ApiError> {
     let reader = app.reader.clone();
     let streams = raft_store::blocking(move || reader.streams_with_prefix(PREFIX))
         .await
-        .map_err(ApiError::from)?;
+        .map_err(crate::errors::api_error)?;
     let mut out = Vec::new();
     for (stream, version) in streams {
         if let Some(c) = latest(&app, stream, version).await? {
@@ -96,7 +96,7 @@ pub async fn latest_of(app: &SharedApp, name: &str) -> Result<Option<Value>, Api
     let s = stream.clone();
     let version = raft_store::blocking(move || reader.streams_with_prefix(&s))
         .await
-        .map_err(ApiError::from)?
+        .map_err(crate::errors::api_error)?
         .into_iter()
         .find(|(n, _)| *n == stream)
         .map(|(_, v)| v);

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use crate::app::SharedApp;
 use crate::auth::Caller;
+use crate::errors::IntoApiError;
 use crate::wire::{
     append_fingerprint, check_append, idempotency_key, to_request, validate_topic, AppendBody,
     AppendCreated,
@@ -74,8 +75,8 @@ pub fn answer_response(answer: Answer) -> Result<Response, ApiError> {
             }
             Ok(resp)
         }
-        Outcome::Conflict(c) => Err(c.into()),
-        Outcome::Rejected(r) => Err(r.into()),
+        Outcome::Conflict(c) => Err(c.into_api()),
+        Outcome::Rejected(r) => Err(r.into_api()),
         Outcome::RulesSet { .. } => Err(ApiError::internal(
             "an append was answered as a rules change",
         )),
@@ -159,7 +160,7 @@ async fn read_page(
     let bytes_max = app.limits.read_bytes_max;
     raft_store::blocking(move || reader.read_topic_within(&topic, from, limit, bytes_max))
         .await
-        .map_err(ApiError::from)
+        .map_err(crate::errors::api_error)
 }
 
 #[tracing::instrument(level = "debug", skip_all, fields(topic = %topic))]
@@ -317,7 +318,7 @@ pub async fn stream_events(
         Ok::<_, raft_store::StoreError>((topic, page))
     })
     .await
-    .map_err(ApiError::from)?;
+    .map_err(crate::errors::api_error)?;
     if let Some(topic) = topic {
         caller.check_read(&topic)?;
     }
@@ -332,7 +333,7 @@ pub async fn topics(
     let reader = app.reader.clone();
     let topics = raft_store::blocking(move || reader.topics())
         .await
-        .map_err(ApiError::from)?;
+        .map_err(crate::errors::api_error)?;
     let topics: Vec<_> = topics
         .into_iter()
         .filter(|(name, _)| caller.may_read(name))

@@ -1,7 +1,7 @@
 //! Uniq look-ups and the rules endpoint.
 
-use crate::claims::claims_for;
-use api::keys::normalize_key;
+use crate::claims::{claims_for, normalize_key};
+use crate::errors::IntoApiError;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
@@ -39,7 +39,7 @@ async fn read_key<T: Send + 'static>(
     let (s, k) = (set.to_string(), key.clone());
     let value = raft_store::blocking(move || read(&reader, &s, &k))
         .await
-        .map_err(ApiError::from)?;
+        .map_err(crate::errors::api_error)?;
     Ok((key, value))
 }
 
@@ -61,7 +61,7 @@ pub async fn sets(
             let reader = app.reader.clone();
             let counts = raft_store::blocking(move || reader.uniq_key_counts())
                 .await
-                .map_err(ApiError::from)?;
+                .map_err(crate::errors::api_error)?;
             let at = tokio::time::Instant::now();
             *cache = Some((at, counts.clone()));
             (at, counts)
@@ -131,7 +131,7 @@ async fn backfill(app: &SharedApp, set: &UniqSet) -> Result<Backfill, ApiError> 
         let topic = set.topic.clone();
         let page = raft_store::blocking(move || reader.read_topic(&topic, from, 1000))
             .await
-            .map_err(ApiError::from)?;
+            .map_err(crate::errors::api_error)?;
         if page.events.is_empty() {
             break;
         }
@@ -205,8 +205,8 @@ pub async fn propose_rules(app: &SharedApp, rules: Rules) -> Result<u64, ApiErro
         match answer.outcome {
             Outcome::RulesSet { version } => return Ok(version),
             Outcome::Rejected(Rejection::RulesChanged { .. }) => continue,
-            Outcome::Conflict(c) => return Err(c.into()),
-            Outcome::Rejected(r) => return Err(r.into()),
+            Outcome::Conflict(c) => return Err(c.into_api()),
+            Outcome::Rejected(r) => return Err(r.into_api()),
             Outcome::Appended { .. } => {
                 return Err(ApiError::internal(
                     "a rules change was answered as an append",

@@ -8,6 +8,7 @@ pub mod validate;
 pub use api::users::{config, events, state, token, MAIL_HEARTBEAT_MS, MAIL_SILENT_MAX_MS};
 
 use crate::claims::claims_for;
+use crate::errors::IntoApiError;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -81,8 +82,8 @@ fn appended(answer: &Answer) -> Result<u64, ApiError> {
         Outcome::Conflict(Conflict::Uniq { set, .. }) if set == EMAIL_SET => {
             Err(ApiError::EmailTaken)
         }
-        Outcome::Conflict(c) => Err(c.clone().into()),
-        Outcome::Rejected(r) => Err(r.clone().into()),
+        Outcome::Conflict(c) => Err(c.clone().into_api()),
+        Outcome::Rejected(r) => Err(r.clone().into_api()),
         Outcome::RulesSet { .. } => Err(ApiError::internal(
             "a user command was answered as a rules change",
         )),
@@ -96,7 +97,7 @@ async fn current(app: &SharedApp, id: Uuid) -> Result<Option<UserState>, ApiErro
     let stream = stream_of(id);
     let page = raft_store::blocking(move || reader.read_stream(&stream, 0, usize::MAX))
         .await
-        .map_err(ApiError::from)?;
+        .map_err(crate::errors::api_error)?;
     let events: Vec<Value> = page
         .events
         .iter()
@@ -184,7 +185,7 @@ pub async fn signup(
             .map_err(ApiError::internal)?
     };
     let mut bytes = [0u8; 16];
-    rand::RngCore::fill_bytes(&mut raft_store::runtime::rng(), &mut bytes);
+    rand::RngCore::fill_bytes(&mut api::runtime::rng(), &mut bytes);
     let id = uuid::Builder::from_random_bytes(bytes).into_uuid();
     let ev = Command {
         event: UserEvent::AccountCreated {

@@ -17,7 +17,7 @@ pub fn hash_password(config: &UsersConfig, password: &str) -> Result<String, Str
     )
     .map_err(|e| e.to_string())?;
     let mut salt = [0u8; 16];
-    raft_store::runtime::rng().fill_bytes(&mut salt);
+    api::runtime::rng().fill_bytes(&mut salt);
     let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
         .hash_password(password.as_bytes(), &salt)

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use api::keys::normalize_key;
+use crate::claims::normalize_key;
 use raft_store::rules::Normalize;
 use serde::Deserialize;
 use serde_json::Value;

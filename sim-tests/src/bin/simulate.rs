@@ -12,7 +12,7 @@
 //! power_cut, pause, minority, isolated_leader, no_quorum, asymmetric, flapping, torn_write,
 //! fsync_error, corruption, membership); `--jobs J` (runs at once, default: the number of
 //! cores); `--verbose` (every run's fault episodes); `--fail-fast`; `--plant <bug>` (plant a
-//! known bug, `raft_store::planted`; `--help` lists them; each failing run then names the
+//! known bug, `sim_tests::planted`; `--help` lists them; each failing run then names the
 //! checkers that caught it, and the totals say whether the bug was caught at all).
 //!
 //! Every seed runs in its own child process (this binary with `--child`): tokio's `select!`
@@ -42,9 +42,9 @@ mod runner {
     use std::sync::mpsc;
     use std::time::{Duration, Instant};
 
-    use raft_store::planted::{self, Bug};
     use serde_json::{json, Value};
     use sim_tests::nemesis::FaultKind;
+    use sim_tests::planted::{self, Bug};
     use sim_tests::run::{simulate, RunResult, RunSpec};
 
     /// The line a child prints last, with its figures as JSON.
@@ -69,7 +69,7 @@ mod runner {
              [--faults K,K,..] [--jobs J] [--verbose] [--fail-fast] [--plant BUG]\n  \
              fault kinds: {}\n  bugs: {}",
             FaultKind::ALL.map(FaultKind::name).join(" "),
-            Bug::ALL.map(Bug::name).join(" ")
+            Bug::all().map(Bug::name).collect::<Vec<_>>().join(" ")
         );
         std::process::exit(2);
     }
@@ -430,7 +430,7 @@ mod runner {
         }
         if let Some(bug) = args.plant {
             println!(
-                "PLANTED BUG: {} (raft_store::planted): every failing run below is the bug \
+                "PLANTED BUG: {} (sim_tests::planted): every failing run below is the bug \
                  being caught",
                 bug.name()
             );
