@@ -40,6 +40,21 @@ build() {
   cargo build --workspace --all-targets
 }
 
+# The crates' layering (ARCHITECTURE.md, docs/decisions/0042): the contract links no Raft
+# and no storage, and the consumers reach nodes only over HTTP.
+crate_layering() {
+  local bad=0
+  for spec in "api:raft-store openraft redb" "consumers:raft-store openraft"; do
+    local crate=${spec%%:*}
+    for dep in ${spec#*:}; do
+      if cargo tree -p "$crate" -e normal --prefix none | grep -q "^$dep v"; then
+        echo "$crate links $dep"; bad=1
+      fi
+    done
+  done
+  return $bad
+}
+
 unit_and_integration() {
   cargo nextest run --workspace --no-fail-fast
 }
@@ -79,6 +94,7 @@ simulation_seeds() {
 
 stage "install tools" install_tools
 stage "build" build
+stage "crate layering" crate_layering
 stage "unit + integration tests" unit_and_integration
 stage "README walkthrough" readme_walkthrough
 stage "schemathesis (node + query API)" schemathesis

@@ -14,12 +14,12 @@
 //!   while the leader's log is not yet durable that far, though the leader already reported
 //!   its appends flushed: an index commits, and is acknowledged, on fewer synced copies than a
 //!   quorum;
-//! - [`Bug::UniqInHandler`]: `api::App::append` refuses a taken key from the receiving node's
+//! - [`Bug::UniqInHandler`]: `node::app::App::append` refuses a taken key from the receiving node's
 //!   own (possibly stale) state, [`uniq_conflict_here`], and apply (`uniq.rs`) lets a claim
 //!   take a key another stream owns;
 //! - [`Bug::NoIdempotencyCheck`]: apply (`apply.rs`) does not look the idempotency key up, so a
 //!   retry is appended again;
-//! - [`Bug::StaleLinearizableRead`]: `api::App::linearize` returns at once, so a read asked
+//! - [`Bug::StaleLinearizableRead`]: `node::app::App::linearize` returns at once, so a read asked
 //!   with `consistency=linearizable` is served from whatever the node has applied;
 //!
 //! These are the bugs planted in storage, apply and the node on top of them. The consumers

@@ -1,7 +1,7 @@
 //! The replicated rules: uniq sets with their rules, and the idempotency window.
 //!
 //! The definitions here are replicated data that apply reads. The preparation of claims
-//! (normalized keys from an event's data) lives in `api::claims`, on the node that receives a
+//! (normalized keys from an event's data) lives in `node::claims`, on the node that receives a
 //! request and never inside apply: Unicode tables may differ between builds, and apply must
 //! not depend on them, so this crate does not link them.
 
