@@ -8,6 +8,8 @@
 //! The server itself (routes, Raft, peer RPC) is the `node` crate's.
 
 pub mod auth;
+pub mod checkpoints;
+pub mod client;
 pub mod error;
 pub mod extract;
 pub mod host_check;

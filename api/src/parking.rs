@@ -4,7 +4,8 @@
 //! here once, for the consumer that writes and reads them and the CLI in between.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+
+use crate::wire::{AppendBody, Event, EventBody};
 
 /// The topic of parked events, all consumers together.
 pub const PARKED_TOPIC: &str = "__parked";
@@ -23,7 +24,7 @@ pub struct Parked {
     /// it after all does not send it twice.
     pub idempotency_key: String,
     /// The event as served.
-    pub event: Value,
+    pub event: Event,
 }
 
 /// A parked event put back for its consumer.
@@ -33,7 +34,7 @@ pub struct Retry {
     pub topic: String,
     pub offset: u64,
     /// The event as served.
-    pub event: Value,
+    pub event: Event,
 }
 
 /// A record of a system topic: its event type, and how it is read back from a served event.
@@ -42,19 +43,17 @@ pub trait Record: Serialize + for<'de> Deserialize<'de> {
 
     /// The record of a served event of its topic, or `None` for another type or data that
     /// does not fit.
-    fn of(served: &Value) -> Option<Self> {
-        if served["type"] != Self::TYPE {
+    fn of(served: &Event) -> Option<Self> {
+        if served.event_type != Self::TYPE {
             return None;
         }
-        Self::deserialize(&served["data"]).ok()
+        Self::deserialize(&served.data).ok()
     }
 
     /// The append body of this record alone, under `idempotency_key` if given.
-    fn append_body(&self, idempotency_key: Option<String>) -> Value {
-        let mut body = json!({ "events": [{ "type": Self::TYPE, "data": self }] });
-        if let Some(key) = idempotency_key {
-            body["idempotency_key"] = key.into();
-        }
+    fn append_body(&self, idempotency_key: Option<String>) -> AppendBody {
+        let mut body = AppendBody::of(vec![EventBody::new(Self::TYPE, None, self)]);
+        body.idempotency_key = idempotency_key;
         body
     }
 }
@@ -73,16 +72,34 @@ mod tests {
 
     #[test]
     fn records_read_back_from_what_their_append_serves() {
-        let event = json!({"topic": "users", "offset": 3, "type": "AccountCreated"});
+        let event = Event {
+            topic: "users".into(),
+            offset: 3,
+            log_index: 8,
+            timestamp: 5,
+            event_type: "AccountCreated".into(),
+            stream: Some("user-1".into()),
+            data: serde_json::json!({"email": "a@x.io"}),
+            metadata: None,
+        };
         let retry = Retry {
             topic: "users".into(),
             offset: 3,
             event,
         };
         let body = retry.append_body(Some("replay:9".into()));
-        assert_eq!(body["idempotency_key"], "replay:9");
-        let mut served = body["events"][0].clone();
-        served["offset"] = 0.into();
+        assert_eq!(body.idempotency_key.as_deref(), Some("replay:9"));
+        let sent = &body.events[0];
+        let served = Event {
+            topic: "__retry.mail".into(),
+            offset: 0,
+            log_index: 9,
+            timestamp: 6,
+            event_type: sent.event_type.clone(),
+            stream: sent.stream.clone(),
+            data: serde_json::from_str(sent.data.get()).unwrap(),
+            metadata: None,
+        };
         assert_eq!(Retry::of(&served), Some(retry));
         assert_eq!(Parked::of(&served), None);
     }

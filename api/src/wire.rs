@@ -13,31 +13,116 @@ use utoipa::openapi::RefOr;
 pub type NodeId = u64;
 
 /// `POST /v1/topics/{topic}/events`.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppendBody {
     pub events: Vec<EventBody>,
     /// Per stream: a number of events, `"no_stream"` or `"any"`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub expected_version: BTreeMap<String, ExpectedVersion>,
     /// Alternative to the `Idempotency-Key` header.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
 }
 
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+impl AppendBody {
+    /// An append of `events`, with no version check and no idempotency key.
+    pub fn of(events: Vec<EventBody>) -> AppendBody {
+        AppendBody {
+            events,
+            expected_version: BTreeMap::new(),
+            idempotency_key: None,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventBody {
     #[serde(rename = "type")]
     pub event_type: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<String>,
     /// A JSON object, stored as sent.
     #[schema(value_type = Object)]
     pub data: Box<RawValue>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Box<RawValue>>,
+}
+
+impl EventBody {
+    /// An event of `event_type` on `stream` with `data`, which must serialize to an object.
+    pub fn new(event_type: &str, stream: Option<&str>, data: &impl Serialize) -> EventBody {
+        EventBody {
+            event_type: event_type.to_string(),
+            stream: stream.map(str::to_string),
+            data: serde_json::value::to_raw_value(data).expect("event data serializes"),
+            metadata: None,
+        }
+    }
+}
+
+/// One stored event as readers get it (pages, streams, the event stream's frames).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Event {
+    pub topic: String,
+    pub offset: u64,
+    pub log_index: u64,
+    /// Log time in milliseconds since the Unix epoch.
+    pub timestamp: u64,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    #[schema(value_type = Object)]
+    pub data: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// A page of a topic or a stream. The node writes it by hand from events rendered once
+/// (`node::routes::log`); a test holds that text to this type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Page {
+    pub events: Vec<Event>,
+    /// Where the next read starts: a topic offset, or for a stream the number of its events
+    /// already returned.
+    pub next_offset: u64,
+}
+
+/// `GET /v1/topics`: the topics the caller may read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Topics {
+    pub topics: Vec<Topic>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Topic {
+    pub name: String,
+    /// Its number of events: the offset its next event gets.
+    pub length: u64,
+}
+
+/// `GET /ready`, when the node is ready (else a 503 error).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Ready {
+    /// `ready`.
+    pub status: String,
+    pub leader: Option<NodeId>,
+    pub applied_index: u64,
+}
+
+/// `GET /v1/auth/whoami`: the role and topics of the presented token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Whoami {
+    pub auth_enabled: bool,
+    pub role: crate::auth::Role,
+    /// The topic patterns the token is limited to, or null for every topic.
+    pub topics: Option<Vec<String>>,
 }
 
 /// Optimistic concurrency on a stream, as in EventStoreDB. In JSON: a number of events,

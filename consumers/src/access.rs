@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use api::{HttpRequest, Role, Transport};
-use serde::Deserialize;
+use api::client::Client;
+use api::{Role, Transport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AccessError {
@@ -17,32 +17,22 @@ pub enum AccessError {
     Refused { status: u16 },
 }
 
-#[derive(Deserialize)]
-struct WhoAmI {
-    role: Role,
-}
-
 /// The role of the transport's token (`admin` when auth is off), from the first node that
 /// answers. Waits for the cluster while no node answers.
 pub async fn token_role(
     nodes: &[String],
     transport: &Arc<dyn Transport>,
 ) -> Result<Role, AccessError> {
+    let client = Client::new(transport.clone());
     let mut tries = 0u32;
     loop {
         for addr in nodes {
-            let req = HttpRequest::get("/v1/auth/whoami");
-            match transport.send(addr, req, Duration::from_secs(5)).await {
-                Ok(r) if r.status == 200 => {
-                    if let Ok(w) = serde_json::from_slice::<WhoAmI>(&r.body) {
-                        return Ok(w.role);
-                    }
-                }
-                Ok(r) if r.status == 401 || r.status == 403 => {
-                    return Err(AccessError::Refused { status: r.status })
-                }
-                Ok(r) => tracing::debug!(addr = %addr, status = r.status, "whoami refused"),
-                Err(e) => tracing::debug!(addr = %addr, error = %e, "whoami failed"),
+            match client.whoami(addr, Duration::from_secs(5)).await {
+                Ok(w) => return Ok(w.role),
+                Err(e) => match e.status() {
+                    Some(status @ (401 | 403)) => return Err(AccessError::Refused { status }),
+                    _ => tracing::debug!(addr = %addr, error = %e, "whoami failed"),
+                },
             }
         }
         tries += 1;

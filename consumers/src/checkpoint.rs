@@ -6,17 +6,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use api::{HttpRequest, Transport};
-use serde_json::json;
+use api::checkpoints::Report;
+use api::client::Client;
+use api::wire::{AppendBody, EventBody};
+use api::Transport;
 use tokio::time::Instant;
 
-pub const TOPIC: &str = "__checkpoints";
+pub use api::checkpoints::TOPIC;
 
 pub struct CheckpointReporter {
     consumer: String,
     topic: String,
     nodes: Vec<String>,
-    transport: Arc<dyn Transport>,
+    client: Client,
     every_events: u64,
     every: Duration,
     reported: Option<u64>,
@@ -45,7 +47,7 @@ impl CheckpointReporter {
             consumer: consumer.to_string(),
             topic: topic.to_string(),
             nodes,
-            transport,
+            client: Client::new(transport),
             every_events,
             every,
             reported: None,
@@ -97,27 +99,29 @@ impl CheckpointReporter {
         if !(due_by_count || due_by_time || breaker_changed || heartbeat_due) {
             return;
         }
-        let mut data = json!({"consumer": self.consumer, "topic": self.topic, "offset": offset});
-        if let Some(breaker) = self.breaker {
-            data["breaker"] = json!(breaker);
-        }
-        let body = json!({"events": [{
-            "type": "ConsumerCheckpoint",
-            "stream": format!("checkpoint-{}", self.consumer),
-            "data": data,
-        }]})
-        .to_string();
+        let report = Report {
+            consumer: self.consumer.clone(),
+            topic: Some(self.topic.clone()),
+            offset,
+            breaker: self.breaker.map(str::to_string),
+        };
+        let stream = api::checkpoints::stream_of(&self.consumer);
+        let body = AppendBody::of(vec![EventBody::new(
+            api::checkpoints::EVENT,
+            Some(&stream),
+            &report,
+        )]);
         for addr in &self.nodes {
-            let req = HttpRequest::post(format!("/v1/topics/{TOPIC}/events"), body.clone());
-            match self.transport.send(addr, req, Duration::from_secs(5)).await {
-                Ok(r) if r.status == 201 => {
+            match self
+                .client
+                .append(addr, TOPIC, &body, Duration::from_secs(5))
+                .await
+            {
+                Ok(_) => {
                     self.reported = Some(offset);
                     self.reported_breaker = self.breaker;
                     self.last_report = Some(Instant::now());
                     return;
-                }
-                Ok(r) => {
-                    tracing::debug!(addr = %addr, status = r.status, "checkpoint report refused")
                 }
                 Err(e) => tracing::debug!(addr = %addr, error = %e, "checkpoint report failed"),
             }

@@ -4,9 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use api::{HttpRequest, Transport};
-use serde::Deserialize;
-use serde_json::Value;
+use api::client::{Client, ClientError, ReadTopic};
+use api::error::ErrorBody;
+use api::wire::Event;
+use api::Transport;
 use tokio::time::Instant;
 
 #[derive(Debug, thiserror::Error)]
@@ -17,19 +18,13 @@ pub enum TailError {
     BadAnswer { addr: String, reason: String },
 }
 
-#[derive(Debug, Deserialize)]
-struct Page {
-    events: Vec<Value>,
-    next_offset: u64,
-}
-
 /// Reads pages of one topic from a position, long-polling when caught up. Sticks to one node
 /// while it answers and has a leader; moves on when it fails or has reported no leader for
 /// longer than `stale_after` (a partitioned follower is alive but stale).
 pub struct Tailer {
     nodes: Vec<String>,
     current: usize,
-    transport: Arc<dyn Transport>,
+    client: Client,
     topic: String,
     /// The next offset to read.
     pub next_offset: u64,
@@ -51,7 +46,7 @@ impl Tailer {
         Tailer {
             nodes,
             current: 0,
-            transport,
+            client: Client::new(transport),
             topic: topic.to_string(),
             next_offset: from,
             page_events_max: 500,
@@ -80,29 +75,22 @@ impl Tailer {
 
     /// The next events (possibly none after a long-poll ran out). Transport failures move to
     /// the next node and are retried here, with a short pause after a full round.
-    pub async fn next_batch(&mut self) -> Result<Vec<Value>, TailError> {
+    pub async fn next_batch(&mut self) -> Result<Vec<Event>, TailError> {
         let mut failures = 0;
         loop {
-            let path = format!(
-                "/v1/topics/{}/events?from={}&limit={}&wait_ms={}",
-                self.topic,
-                self.next_offset,
-                self.page_events_max,
-                self.wait.as_millis()
-            );
+            let read = ReadTopic {
+                from: self.next_offset,
+                limit: self.page_events_max,
+                wait_ms: self.wait.as_millis() as u64,
+            };
             let addr = self.node().to_string();
-            let timeout = self.wait + Duration::from_secs(5);
+            let slack = Duration::from_secs(5);
             match self
-                .transport
-                .send(&addr, HttpRequest::get(path), timeout)
+                .client
+                .read_topic(&addr, &self.topic, read, slack)
                 .await
             {
-                Ok(resp) if resp.status == 200 => {
-                    let page: Page =
-                        serde_json::from_slice(&resp.body).map_err(|e| TailError::BadAnswer {
-                            addr: addr.clone(),
-                            reason: e.to_string(),
-                        })?;
+                Ok(page) => {
                     if page.events.is_empty() {
                         self.check_leader().await;
                     } else {
@@ -111,17 +99,21 @@ impl Tailer {
                     self.next_offset = page.next_offset.max(self.next_offset);
                     return Ok(page.events);
                 }
+                Err(ClientError::BadAnswer {
+                    status: 200,
+                    reason,
+                    ..
+                }) => return Err(TailError::BadAnswer { addr, reason }),
                 // A node with a smaller `read_events_max` or `wait_ms_max` refuses the page size
                 // or the wait, and says which and its limit: ask again within it.
-                Ok(resp) if resp.status == 400 => {
-                    if self.fit_limit(&resp.body) {
+                Err(e) if e.status() == Some(400) => {
+                    if e.body().is_some_and(|body| self.fit_limit(body)) {
                         tracing::info!(addr = %addr, page_events = self.page_events_max,
                             wait_ms = self.wait.as_millis() as u64, "read refused; asking within the node's limits");
                         continue;
                     }
-                    tracing::warn!(addr = %addr, body = %String::from_utf8_lossy(&resp.body), "read refused");
+                    tracing::warn!(addr = %addr, error = %e, "read refused");
                 }
-                Ok(resp) => tracing::warn!(addr = %addr, status = resp.status, "read failed"),
                 Err(e) => tracing::warn!(addr = %addr, error = %e, "read failed"),
             }
             self.switch("read failed");
@@ -134,14 +126,11 @@ impl Tailer {
 
     /// Lower the page size or the wait to the limit a 400 names (`{"param", "max"}`). False
     /// when the answer names no limit this tailer exceeds: asking again would not help.
-    fn fit_limit(&mut self, body: &[u8]) -> bool {
-        let Ok(err) = serde_json::from_slice::<Value>(body) else {
+    fn fit_limit(&mut self, err: &ErrorBody) -> bool {
+        let Some(max) = err.details.get("max").and_then(|m| m.as_u64()) else {
             return false;
         };
-        let Some(max) = err["max"].as_u64() else {
-            return false;
-        };
-        match err["param"].as_str() {
+        match err.details.get("param").and_then(|p| p.as_str()) {
             Some("limit") if (self.page_events_max as u64) > max && max >= 1 => {
                 self.page_events_max = max as usize;
                 true
@@ -158,10 +147,11 @@ impl Tailer {
     /// than `stale_after`.
     async fn check_leader(&mut self) {
         let addr = self.node().to_string();
-        let ready = matches!(
-            self.transport.send(&addr, HttpRequest::get("/ready"), Duration::from_secs(2)).await,
-            Ok(r) if r.status == 200
-        );
+        let ready = self
+            .client
+            .ready(&addr, Duration::from_secs(2))
+            .await
+            .is_ok();
         if ready {
             self.leaderless_since = None;
             return;
@@ -174,23 +164,17 @@ impl Tailer {
 
     /// The topic's length as one of the nodes reports it.
     pub async fn head(&self) -> Option<u64> {
-        let resp = self
-            .transport
-            .send(
-                self.node(),
-                HttpRequest::get("/v1/topics"),
-                Duration::from_secs(2),
-            )
+        let topics = self
+            .client
+            .topics(self.node(), Duration::from_secs(2))
             .await
             .ok()?;
-        let v: Value = serde_json::from_slice(&resp.body).ok()?;
-        let topics = v["topics"].as_array()?;
         Some(
             topics
+                .topics
                 .iter()
-                .find(|t| t["name"] == self.topic.as_str())
-                .and_then(|t| t["length"].as_u64())
-                .unwrap_or(0),
+                .find(|t| t.name == self.topic)
+                .map_or(0, |t| t.length),
         )
     }
 }

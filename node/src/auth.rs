@@ -85,12 +85,11 @@ pub async fn whoami(
     State(app): State<SharedApp>,
     axum::Extension(caller): axum::Extension<Caller>,
 ) -> Response {
-    let topics = caller.scope.as_ref().map(|s| s.patterns().to_vec());
-    axum::Json(serde_json::json!({
-        "auth_enabled": app.auth.enabled(),
-        "role": caller.role.unwrap_or(Role::Admin),
-        "topics": topics,
-    }))
+    axum::Json(api::wire::Whoami {
+        auth_enabled: app.auth.enabled(),
+        role: caller.role.unwrap_or(Role::Admin),
+        topics: caller.scope.as_ref().map(|s| s.patterns().to_vec()),
+    })
     .into_response()
 }
 

@@ -23,45 +23,11 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 use crate::auth::Access;
 use crate::router::ROUTES;
 use crate::wire::{
-    AddLearnerBody, AppendBody, AppendCreated, ClusterStatus, EventBody, IdempotencyStatus, Member,
-    MembershipBody,
+    AddLearnerBody, AppendBody, AppendCreated, ClusterStatus, Event, EventBody, IdempotencyStatus,
+    Member, MembershipBody, Page, Ready, Topic, Topics, Whoami,
 };
+use api::checkpoints::{Checkpoint, Consumers};
 use api::openapi::{document_errors, operations_mut, ErrorDoc};
-
-/// One stored event as readers get it.
-#[derive(Serialize, ToSchema)]
-struct EventDoc {
-    topic: String,
-    offset: u64,
-    log_index: u64,
-    /// Log time in milliseconds since the Unix epoch.
-    timestamp: u64,
-    #[serde(rename = "type")]
-    event_type: String,
-    stream: Option<String>,
-    #[schema(value_type = Object)]
-    data: serde_json::Value,
-    #[schema(value_type = Option<Object>)]
-    metadata: Option<serde_json::Value>,
-}
-
-#[derive(Serialize, ToSchema)]
-struct PageDoc {
-    events: Vec<EventDoc>,
-    /// Where the next read starts.
-    next_offset: u64,
-}
-
-#[derive(Serialize, ToSchema)]
-struct TopicDoc {
-    name: String,
-    length: u64,
-}
-
-#[derive(Serialize, ToSchema)]
-struct TopicsDoc {
-    topics: Vec<TopicDoc>,
-}
 
 #[derive(Serialize, ToSchema)]
 struct OwnerDoc {
@@ -119,13 +85,6 @@ struct HealthDoc {
 }
 
 #[derive(Serialize, ToSchema)]
-struct ReadyDoc {
-    status: String,
-    leader: Option<u64>,
-    applied_index: u64,
-}
-
-#[derive(Serialize, ToSchema)]
 struct SignedUpDoc {
     id: String,
     username: String,
@@ -147,37 +106,10 @@ struct UserEventDoc {
     offset: u64,
 }
 
-/// A consumer's latest checkpoint in `__checkpoints`.
-#[derive(Serialize, ToSchema)]
-struct CheckpointDoc {
-    consumer: String,
-    /// The topic the consumer follows (absent from checkpoints reported before it was named).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    topic: Option<String>,
-    /// The next offset the consumer will handle in that topic.
-    offset: u64,
-    /// Log time of the report, in milliseconds since the Unix epoch.
-    reported_at: u64,
-}
-
-#[derive(Serialize, ToSchema)]
-struct ConsumersDoc {
-    consumers: Vec<CheckpointDoc>,
-}
-
 #[derive(Serialize, ToSchema)]
 struct StreamTokenDoc {
     access_token: String,
     expires_at: u64,
-}
-
-#[derive(Serialize, ToSchema)]
-struct WhoamiDoc {
-    auth_enabled: bool,
-    /// `read`, `write` or `admin`.
-    role: String,
-    /// The topic patterns the token is limited to; null: every topic its role allows.
-    topics: Option<Vec<String>>,
 }
 
 /// A sign-up: every field is checked, and all field errors come back at once.
@@ -240,7 +172,7 @@ struct ActivateQuery {
 }
 
 #[utoipa::path(get, path = "/v1/topics", tag = "log",
-    responses((status = 200, description = "every topic and its length", body = TopicsDoc)))]
+    responses((status = 200, description = "every topic and its length", body = Topics)))]
 fn topics() {}
 
 #[utoipa::path(post, path = "/v1/topics/{topic}/events", tag = "log",
@@ -252,7 +184,7 @@ fn append() {}
 
 #[utoipa::path(get, path = "/v1/topics/{topic}/events", tag = "log",
     params(("topic" = String, Path), ReadQuery),
-    responses((status = 200, description = "a page of events", body = PageDoc)))]
+    responses((status = 200, description = "a page of events", body = Page)))]
 fn read() {}
 
 #[utoipa::path(get, path = "/v1/topics/{topic}/stream", tag = "log",
@@ -263,7 +195,7 @@ fn stream() {}
 
 #[utoipa::path(get, path = "/v1/streams/{stream}/events", tag = "log",
     params(("stream" = String, Path), ReadQuery),
-    responses((status = 200, description = "a page of the stream's events", body = PageDoc)))]
+    responses((status = 200, description = "a page of the stream's events", body = Page)))]
 fn stream_events() {}
 
 #[utoipa::path(get, path = "/v1/cluster/status", tag = "cluster",
@@ -331,12 +263,12 @@ fn delete_user() {}
 fn resend_activation() {}
 
 #[utoipa::path(get, path = "/v1/consumers", tag = "consumers",
-    responses((status = 200, description = "every consumer with its latest checkpoint", body = ConsumersDoc)))]
+    responses((status = 200, description = "every consumer with its latest checkpoint", body = Consumers)))]
 fn consumers() {}
 
 #[utoipa::path(get, path = "/v1/consumers/{name}/checkpoint", tag = "consumers",
     params(("name" = String, Path), ConsistencyQuery),
-    responses((status = 200, description = "the consumer's latest checkpoint", body = CheckpointDoc)))]
+    responses((status = 200, description = "the consumer's latest checkpoint", body = Checkpoint)))]
 fn checkpoint() {}
 
 #[utoipa::path(post, path = "/v1/auth/stream-token", tag = "auth",
@@ -344,7 +276,7 @@ fn checkpoint() {}
 fn stream_token() {}
 
 #[utoipa::path(get, path = "/v1/auth/whoami", tag = "auth",
-    responses((status = 200, description = "the presented token's role and topics", body = WhoamiDoc)))]
+    responses((status = 200, description = "the presented token's role and topics", body = Whoami)))]
 fn whoami() {}
 
 #[utoipa::path(get, path = "/health", tag = "cluster",
@@ -352,7 +284,7 @@ fn whoami() {}
 fn health() {}
 
 #[utoipa::path(get, path = "/ready", tag = "cluster",
-    responses((status = 200, description = "a leader is known and this node applied its commit index", body = ReadyDoc)))]
+    responses((status = 200, description = "a leader is known and this node applied its commit index", body = Ready)))]
 fn ready() {}
 
 #[utoipa::path(get, path = "/openapi.json", tag = "cluster",
@@ -445,7 +377,15 @@ fn metrics() {}
         ui_css,
         root
     ),
-    components(schemas(ErrorDoc, EventBody, Member, IdempotencyStatus))
+    components(schemas(
+        ErrorDoc,
+        EventBody,
+        Event,
+        Topic,
+        Checkpoint,
+        Member,
+        IdempotencyStatus
+    ))
 )]
 struct NodeApi;
 

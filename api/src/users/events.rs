@@ -14,6 +14,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::wire::Event;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data")]
 pub enum UserEvent {
@@ -67,10 +69,14 @@ fn text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
 }
 
 impl UserEvent {
-    /// The event of a served event (`{"type", "data", "offset", ...}`), or `None` for a type
-    /// this build does not know or data that does not fit it.
-    pub fn of(served: &Value) -> Option<UserEvent> {
-        UserEvent::deserialize(served).ok()
+    /// The user event a served event is, or `None` for a type this build does not know or
+    /// data that does not fit it.
+    pub fn of(served: &Event) -> Option<UserEvent> {
+        UserEvent::deserialize(serde_json::json!({
+            "type": served.event_type,
+            "data": served.data,
+        }))
+        .ok()
     }
 
     /// The event's type name and data, as an append carries them.
@@ -99,6 +105,19 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn served(event_type: &str, data: Value) -> Event {
+        Event {
+            topic: "users".into(),
+            offset: 4,
+            log_index: 2,
+            timestamp: 9,
+            event_type: event_type.into(),
+            stream: Some("user-1".into()),
+            data,
+            metadata: None,
+        }
+    }
+
     #[test]
     fn served_events_read_back_as_written() {
         let id = uuid::Uuid::from_u128(7).to_string();
@@ -113,26 +132,19 @@ mod tests {
             data,
             json!({"id": id, "old_email": "a@x.io", "new_email": "b@x.io"})
         );
-        let served = json!({"topic": "users", "offset": 4, "timestamp": 9, "type": name,
-                            "stream": format!("user-{id}"), "data": data});
-        assert_eq!(UserEvent::of(&served), Some(ev));
+        assert_eq!(UserEvent::of(&served(&name, data)), Some(ev));
     }
 
     #[test]
     fn unknown_types_are_not_user_events_and_odd_fields_read_as_empty() {
+        assert_eq!(UserEvent::of(&served("Renamed", json!({"id": "u"}))), None);
         assert_eq!(
-            UserEvent::of(&json!({"type": "Renamed", "data": {"id": "u"}})),
-            None
-        );
-        assert_eq!(
-            UserEvent::of(&json!({"type": "AccountActivated", "data": {}})),
+            UserEvent::of(&served("AccountActivated", json!({}))),
             Some(UserEvent::AccountActivated { id: String::new() })
         );
         for odd in [json!(null), json!(7)] {
             assert_eq!(
-                UserEvent::of(
-                    &json!({"type": "AccountDeleted", "data": {"id": odd, "email": odd}})
-                ),
+                UserEvent::of(&served("AccountDeleted", json!({"id": odd, "email": odd}))),
                 Some(UserEvent::AccountDeleted {
                     id: String::new(),
                     email: String::new()

@@ -1,7 +1,7 @@
 //! The current state of one user, folded from the events of its stream. The command side
 //! reads this on the leader (after a linearizable barrier), never from the query read model.
 
-use serde_json::Value;
+use crate::wire::Event;
 use uuid::Uuid;
 
 use super::events::UserEvent;
@@ -37,7 +37,7 @@ pub fn stream_of(id: Uuid) -> String {
 
 /// Fold a stream's events (as served: `{type, data, offset, ...}`) into the user's state.
 /// `None` when the stream has no `AccountCreated`.
-pub fn fold(id: Uuid, events: &[Value]) -> Option<UserState> {
+pub fn fold(id: Uuid, events: &[Event]) -> Option<UserState> {
     let mut state: Option<UserState> = None;
     for (i, e) in events.iter().enumerate() {
         match (UserEvent::of(e), state.as_mut()) {
@@ -54,16 +54,16 @@ pub fn fold(id: Uuid, events: &[Value]) -> Option<UserState> {
                     status: Status::Pending,
                     version: 0,
                     activated_offset: None,
-                    last_mail_ms: e["timestamp"].as_u64(),
+                    last_mail_ms: Some(e.timestamp),
                 })
             }
             (Some(UserEvent::ActivationRequested { .. }), Some(s)) => {
-                s.last_mail_ms = e["timestamp"].as_u64()
+                s.last_mail_ms = Some(e.timestamp)
             }
             (Some(UserEvent::EmailChanged { new_email, .. }), Some(s)) => s.email = new_email,
             (Some(UserEvent::AccountActivated { .. }), Some(s)) => {
                 s.status = Status::Active;
-                s.activated_offset = e["offset"].as_u64();
+                s.activated_offset = Some(e.offset);
             }
             (Some(UserEvent::AccountDeleted { .. }), Some(s)) => s.status = Status::Deleted,
             _ => {}

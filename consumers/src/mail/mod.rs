@@ -11,10 +11,11 @@ mod smtp;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use api::client::{Client, ClientError, ReadStream};
 use api::users::config::UsersConfig;
-use api::{HttpRequest, Transport};
+use api::wire::{AppendBody, Event};
+use api::Transport;
 use serde::Serialize;
-use serde_json::Value;
 use tokio::time::Instant;
 
 pub use self::config::MailConfig;
@@ -138,20 +139,17 @@ fn now_s() -> u64 {
 impl MailConsumer {
     /// Where `users` and `__retry.mail` were left, from `__checkpoints` (0 when never written).
     async fn resume_offset(&self, name: &str) -> u64 {
+        let client = Client::new(self.transport.clone());
         loop {
             for addr in &self.nodes {
-                let path = format!("/v1/consumers/{name}/checkpoint?consistency=linearizable");
-                match self
-                    .transport
-                    .send(addr, HttpRequest::get(path), Duration::from_secs(5))
+                match client
+                    .checkpoint(addr, name, true, Duration::from_secs(5))
                     .await
                 {
-                    Ok(r) if r.status == 200 => {
-                        let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
-                        return v["offset"].as_u64().unwrap_or(0);
+                    Ok(checkpoint) => return checkpoint.map_or(0, |c| c.offset),
+                    Err(e) => {
+                        tracing::debug!(addr = %addr, error = %e, "reading a checkpoint failed")
                     }
-                    Ok(r) if r.status == 404 => return 0,
-                    _ => {}
                 }
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -163,13 +161,13 @@ impl MailConsumer {
     /// event itself names: an event is not proof of a mailbox, and an appended
     /// `ActivationRequested` must not be able to send a valid link elsewhere. The link's
     /// token is bound to that address ([`api::users::token`]).
-    pub async fn message_for(&self, topic: &str, event: &Value) -> Option<Outgoing> {
+    pub async fn message_for(&self, topic: &str, event: &Event) -> Option<Outgoing> {
         if !api::users::events::UserEvent::of(event)?.asks_for_mail() {
             return None;
         }
-        let stream = event["stream"].as_str()?;
+        let stream = event.stream.as_deref()?;
         let id = stream.strip_prefix("user-")?.parse().ok()?;
-        let offset = event["offset"].as_u64()?;
+        let offset = event.offset;
         let account = self.account_at(stream, id, offset).await?;
         let token = api::users::token::make_token(
             self.users.activation_secret.expose(),
@@ -228,28 +226,23 @@ impl MailConsumer {
         stream: &str,
         offset: u64,
         linearizable: bool,
-    ) -> Result<Option<Vec<Value>>, String> {
-        let mut events: Vec<Value> = Vec::new();
+    ) -> Result<Option<Vec<Event>>, ClientError> {
+        let client = Client::new(self.transport.clone());
+        let mut events: Vec<Event> = Vec::new();
         loop {
-            let mut path = format!("/v1/streams/{stream}/events?from={}", events.len());
-            if linearizable {
-                path.push_str("&consistency=linearizable");
-            }
-            let r = self
-                .transport
-                .send(addr, HttpRequest::get(path), Duration::from_secs(10))
-                .await
-                .map_err(|e| e.to_string())?;
-            if r.status != 200 {
-                return Err(format!("answered {}", r.status));
-            }
-            let page: Value = serde_json::from_slice(&r.body).map_err(|e| e.to_string())?;
-            let got = page["events"].as_array().cloned().unwrap_or_default();
-            if got.is_empty() {
+            let read = ReadStream {
+                from: events.len() as u64,
+                limit: None,
+                linearizable,
+            };
+            let page = client
+                .read_stream(addr, stream, read, Duration::from_secs(10))
+                .await?;
+            if page.events.is_empty() {
                 return Ok(None);
             }
-            for e in got {
-                let at = e["offset"].as_u64().unwrap_or(u64::MAX);
+            for e in page.events {
+                let at = e.offset;
                 if at > offset {
                     return Ok(None);
                 }
@@ -261,21 +254,18 @@ impl MailConsumer {
         }
     }
 
-    /// Append `event` to `topic` on any node, retrying until it is acknowledged: parking must
+    /// Append `body` to `topic` on any node, retrying until it is acknowledged: parking must
     /// not be skipped.
-    async fn append_until_done(&self, topic: &str, body: Value) {
-        let body = body.to_string();
+    async fn append_until_done(&self, topic: &str, body: AppendBody) {
+        let client = Client::new(self.transport.clone());
         loop {
             for addr in &self.nodes {
-                let req = HttpRequest::post(format!("/v1/topics/{topic}/events"), body.clone());
-                if let Ok(r) = self
-                    .transport
-                    .send(addr, req, Duration::from_secs(10))
+                match client
+                    .append(addr, topic, &body, Duration::from_secs(10))
                     .await
                 {
-                    if r.status == 201 {
-                        return;
-                    }
+                    Ok(_) => return,
+                    Err(e) => tracing::debug!(addr = %addr, error = %e, "append failed"),
                 }
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -292,7 +282,7 @@ impl MailConsumer {
         breaker: &mut Breaker,
         backoff: &Backoff,
         msg: &Outgoing,
-        source: &Value,
+        source: &Event,
         (cp, at): (&mut CheckpointReporter, u64),
     ) {
         let mut attempt = 0;
@@ -432,19 +422,17 @@ impl MailConsumer {
             for e in &events {
                 #[cfg(madsim)]
                 if crate::planted::is(crate::planted::Bug::MailCheckpointBeforeSend) {
-                    main_cp
-                        .maybe_report(e["offset"].as_u64().map_or(offset + 1, |o| o + 1))
-                        .await;
+                    main_cp.maybe_report(e.offset + 1).await;
                 }
                 if let Some(msg) = self.message_for(USERS, e).await {
                     let at = (&mut main_cp, offset);
                     self.deliver(&provider, &mut breaker, &backoff, &msg, e, at)
                         .await;
                 }
-                offset = e["offset"].as_u64().map_or(offset + 1, |o| o + 1);
+                offset = e.offset + 1;
                 // The checkpoint is the next offset to read: only past fully handled events.
                 main_cp.maybe_report(offset).await;
-                self.note_position(offset, e["timestamp"].as_u64());
+                self.note_position(offset, Some(e.timestamp));
             }
             main_cp.maybe_report(main.next_offset).await;
             if events.is_empty() {
@@ -462,9 +450,7 @@ impl MailConsumer {
                             .await;
                     }
                 }
-                retry_cp
-                    .maybe_report(r["offset"].as_u64().unwrap_or(0) + 1)
-                    .await;
+                retry_cp.maybe_report(r.offset + 1).await;
             }
             retry_cp.maybe_report(retry.next_offset).await;
         }

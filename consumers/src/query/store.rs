@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use api::users::events::UserEvent;
+use api::wire::Event;
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction,
 };
@@ -133,7 +134,7 @@ impl QueryStore {
 
     /// Apply a page of events (offsets from `next_offset()` on) and advance the checkpoint,
     /// in one durable transaction.
-    pub fn apply(&self, events: &[Value], next_offset: u64) -> Result<(), StoreError> {
+    pub fn apply(&self, events: &[Event], next_offset: u64) -> Result<(), StoreError> {
         #[cfg(madsim)]
         if crate::planted::is(crate::planted::Bug::ProjectionOutsideTxn) {
             return self.apply_outside_txn(events, next_offset);
@@ -145,7 +146,7 @@ impl QueryStore {
             let from = meta.get("next_offset")?.map_or(0, |g| g.value());
             let mut expected = from;
             for e in events {
-                let offset = e["offset"].as_u64().unwrap_or(0);
+                let offset = e.offset;
                 if offset < from {
                     continue; // already applied before a crash
                 }
@@ -158,7 +159,7 @@ impl QueryStore {
                 }
                 expected += 1;
                 apply_event(&txn, &mut meta, e)?;
-                meta.insert("last_event_ms", e["timestamp"].as_u64().unwrap_or(0))?;
+                meta.insert("last_event_ms", e.timestamp)?;
             }
             meta.insert("next_offset", next_offset.max(from))?;
         }
@@ -170,14 +171,14 @@ impl QueryStore {
     /// in one transaction, the checkpoint in another that is not durable, so a crash after the
     /// first keeps the documents and loses the checkpoint, and the page is applied again.
     #[cfg(madsim)]
-    fn apply_outside_txn(&self, events: &[Value], next_offset: u64) -> Result<(), StoreError> {
+    fn apply_outside_txn(&self, events: &[Event], next_offset: u64) -> Result<(), StoreError> {
         let from = self.next_offset()?;
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         {
             let mut meta = txn.open_table(META)?;
             for e in events {
-                if e["offset"].as_u64().unwrap_or(0) >= from {
+                if e.offset >= from {
                     apply_event(&txn, &mut meta, e)?;
                 }
             }
@@ -275,15 +276,14 @@ impl QueryStore {
 fn apply_event(
     txn: &WriteTransaction,
     meta: &mut Table<'_, &str, u64>,
-    e: &Value,
+    e: &Event,
 ) -> Result<(), StoreError> {
     // Every event of the account counts in its version (a document's version is its
     // stream's length), whether or not this build knows its type.
-    let Some(id) = e["data"]["id"].as_str() else {
+    let Some(id) = e.data["id"].as_str() else {
         return Ok(());
     };
-    let offset = e["offset"].as_u64().unwrap_or(0);
-    let ts = e["timestamp"].as_u64().unwrap_or(0);
+    let (offset, ts) = (e.offset, e.timestamp);
     let mut docs = txn.open_table(DOCS)?;
     let mut by_email = txn.open_table(BY_EMAIL)?;
     let mut by_username = txn.open_table(BY_USERNAME)?;
@@ -333,8 +333,12 @@ fn apply_event(
     docs.insert(id, text_doc.as_str())?;
     txn.open_table(VERSIONS)?
         .insert((id, offset), text_doc.as_str())?;
-    txn.open_table(EVENTS)?
-        .insert((id, offset), e.to_string().as_str())?;
+    txn.open_table(EVENTS)?.insert(
+        (id, offset),
+        serde_json::to_string(e)
+            .expect("an event serializes")
+            .as_str(),
+    )?;
     Ok(())
 }
 
@@ -343,7 +347,7 @@ mod tests {
     use super::*;
 
     /// User `n`'s sign-up, served at `offset`.
-    fn created(offset: u64, n: u128) -> Value {
+    fn created(offset: u64, n: u128) -> Event {
         let id = uuid::Uuid::from_u128(n);
         let (name, data) = UserEvent::AccountCreated {
             id: id.to_string(),
@@ -351,8 +355,16 @@ mod tests {
             email: "Ann@Example.com".into(),
         }
         .to_parts();
-        json!({"topic": "users", "offset": offset, "timestamp": 7, "type": name,
-               "stream": format!("user-{id}"), "data": data})
+        Event {
+            topic: "users".into(),
+            offset,
+            log_index: offset + 1,
+            timestamp: 7,
+            event_type: name,
+            stream: Some(format!("user-{id}")),
+            data,
+            metadata: None,
+        }
     }
 
     /// The read model's file names its format; another one is refused with the way out.

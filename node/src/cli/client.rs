@@ -112,13 +112,4 @@ impl Client {
     }
 }
 
-/// `segment` made safe as one segment of a URL path (an email's `+`, a `/` in a key...).
-pub fn path_segment(segment: &str) -> String {
-    use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-    const KEEP: &AsciiSet = &NON_ALPHANUMERIC
-        .remove(b'-')
-        .remove(b'.')
-        .remove(b'_')
-        .remove(b'~');
-    utf8_percent_encode(segment, KEEP).to_string()
-}
+pub use api::client::path_segment;

@@ -168,19 +168,20 @@ async fn replay_parked(config: &Config, targets: &[(u64, String)], consumer: &st
             async move { c.get(&a, &path).await }
         })
         .await?;
-        let events = page["events"].as_array().cloned().unwrap_or_default();
-        if events.is_empty() {
+        let page: api::wire::Page = serde_json::from_value(page)
+            .context("a node answered a page this build does not read")?;
+        if page.events.is_empty() {
             break;
         }
-        for p in &events {
-            let offset = p["offset"].as_u64().unwrap_or(from);
+        for p in &page.events {
+            let offset = p.offset;
             from = offset + 1;
             let Some(parked) = Parked::of(p).filter(|parked| parked.consumer == consumer) else {
                 continue;
             };
             let retry = Retry {
-                topic: parked.event["topic"].as_str().unwrap_or_default().into(),
-                offset: parked.event["offset"].as_u64().unwrap_or_default(),
+                topic: parked.event.topic.clone(),
+                offset: parked.event.offset,
                 event: parked.event,
             };
             // One re-queue per parked event, however often this runs (within the window).

@@ -12,7 +12,9 @@ use serde_json::json;
 
 use crate::app::{LeaderOp, LeaderReply, SharedApp};
 use crate::routes::uniq;
-use crate::wire::{AddLearnerBody, ClusterStatus, IdempotencyStatus, Member, MembershipBody};
+use crate::wire::{
+    AddLearnerBody, ClusterStatus, IdempotencyStatus, Member, MembershipBody, Ready,
+};
 use api::error::ApiError;
 use api::extract::JsonBody;
 
@@ -167,7 +169,7 @@ pub async fn health(State(app): State<SharedApp>) -> Response {
 }
 
 /// Ready: a leader is known and this node has applied everything it knows to be committed.
-pub async fn ready(State(app): State<SharedApp>) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn ready(State(app): State<SharedApp>) -> Result<Json<Ready>, ApiError> {
     let s = cluster_status(&app).await?;
     if s.leader.is_none() {
         return Err(ApiError::unavailable("no leader is known"));
@@ -178,7 +180,9 @@ pub async fn ready(State(app): State<SharedApp>) -> Result<Json<serde_json::Valu
             s.applied_index, s.commit_index
         )));
     }
-    Ok(Json(
-        json!({ "status": "ready", "leader": s.leader, "applied_index": s.applied_index }),
-    ))
+    Ok(Json(Ready {
+        status: "ready".into(),
+        leader: s.leader,
+        applied_index: s.applied_index,
+    }))
 }

@@ -1,10 +1,11 @@
 //! Consumer positions as reported to `__checkpoints`: one stream `checkpoint-<name>` per
 //! consumer; its last event is the latest checkpoint.
 
+use api::checkpoints::{Checkpoint, Consumers, Report, STREAM_PREFIX};
+use api::wire::Event;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Value};
 
 use crate::app::SharedApp;
 use api::error::ApiError;
@@ -16,9 +17,11 @@ pub struct CheckpointParams {
     consistency: Option<String>,
 }
 
-const PREFIX: &str = "checkpoint-";
-
-async fn latest(app: &SharedApp, stream: String, version: u64) -> Result<Option<Value>, ApiError> {
+async fn latest(
+    app: &SharedApp,
+    stream: String,
+    version: u64,
+) -> Result<Option<Checkpoint>, ApiError> {
     let reader = app.reader.clone();
     let page =
         raft_store::blocking(move || reader.read_stream(&stream, version.saturating_sub(1), 1))
@@ -27,43 +30,34 @@ async fn latest(app: &SharedApp, stream: String, version: u64) -> Result<Option<
     let Some(text) = page.events.first() else {
         return Ok(None);
     };
-    let e: Value = serde_json::from_str(text).map_err(ApiError::internal)?;
+    let e: Event = serde_json::from_str(text).map_err(ApiError::internal)?;
     // `__checkpoints` is an ordinary (admin-only) topic: an event there that is not a
     // checkpoint (no consumer name, no offset) is not reported as one.
-    let (Some(consumer), Some(offset)) =
-        (e["data"]["consumer"].as_str(), e["data"]["offset"].as_u64())
-    else {
+    let Ok(report) = serde_json::from_value::<Report>(e.data) else {
         return Ok(None);
     };
-    let mut checkpoint = json!({
-        "consumer": consumer,
-        "offset": offset,
-        "reported_at": e["timestamp"],
-    });
-    // Reported since the checkpoints name their topic; older ones do not.
-    if let Some(topic) = e["data"]["topic"].as_str() {
-        checkpoint["topic"] = json!(topic);
-    }
-    // A consumer with a circuit breaker reports its state with its position.
-    if let Some(breaker) = e["data"]["breaker"].as_str() {
-        checkpoint["breaker"] = json!(breaker);
-    }
-    Ok(Some(checkpoint))
+    Ok(Some(Checkpoint {
+        consumer: report.consumer,
+        topic: report.topic,
+        offset: report.offset,
+        reported_at: e.timestamp,
+        breaker: report.breaker,
+    }))
 }
 
 /// `GET /v1/consumers`.
 pub async fn list(State(app): State<SharedApp>) -> Result<Response, ApiError> {
     let reader = app.reader.clone();
-    let streams = raft_store::blocking(move || reader.streams_with_prefix(PREFIX))
+    let streams = raft_store::blocking(move || reader.streams_with_prefix(STREAM_PREFIX))
         .await
         .map_err(crate::errors::api_error)?;
-    let mut out = Vec::new();
+    let mut consumers = Vec::new();
     for (stream, version) in streams {
         if let Some(c) = latest(&app, stream, version).await? {
-            out.push(c);
+            consumers.push(c);
         }
     }
-    Ok(Json(json!({ "consumers": out })).into_response())
+    Ok(Json(Consumers { consumers }).into_response())
 }
 
 /// `GET /v1/consumers/{name}/checkpoint`.
@@ -90,8 +84,8 @@ pub async fn checkpoint(
 }
 
 /// The latest checkpoint consumer `name` reported, as this node has applied it.
-pub async fn latest_of(app: &SharedApp, name: &str) -> Result<Option<Value>, ApiError> {
-    let stream = format!("{PREFIX}{name}");
+pub async fn latest_of(app: &SharedApp, name: &str) -> Result<Option<Checkpoint>, ApiError> {
+    let stream = api::checkpoints::stream_of(name);
     let reader = app.reader.clone();
     let s = stream.clone();
     let version = raft_store::blocking(move || reader.streams_with_prefix(&s))

@@ -11,7 +11,6 @@ use axum::Extension;
 use axum::Json;
 use raft_store::{Answer, IdempotencyKey, Outcome, Page};
 use serde::Deserialize;
-use serde_json::json;
 use tokio::time::Instant;
 
 use crate::app::SharedApp;
@@ -19,7 +18,7 @@ use crate::auth::Caller;
 use crate::errors::IntoApiError;
 use crate::wire::{
     append_fingerprint, check_append, idempotency_key, to_request, validate_topic, AppendBody,
-    AppendCreated,
+    AppendCreated, Topic, Topics,
 };
 use api::error::ApiError;
 use api::extract::{IdempotencyKeyHeader, JsonBody, PathParams, QueryParams};
@@ -337,14 +336,44 @@ pub async fn topics(
     let topics: Vec<_> = topics
         .into_iter()
         .filter(|(name, _)| caller.may_read(name))
-        .map(|(name, length)| json!({ "name": name, "length": length }))
+        .map(|(name, length)| Topic { name, length })
         .collect();
-    Ok(Json(json!({ "topics": topics })).into_response())
+    Ok(Json(Topics { topics }).into_response())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::sse_frames;
+    use super::{page_response, sse_frames};
+
+    /// The page the node writes by hand is `api::wire::Page`, field for field.
+    #[tokio::test]
+    async fn a_page_written_by_hand_is_the_contracts_page() {
+        use http_body_util::BodyExt;
+        let event = |offset: u64, stream: Option<&str>, metadata: Option<&str>| {
+            serde_json::json!({
+                "topic": "t", "offset": offset, "log_index": 3, "timestamp": 17,
+                "type": "Made", "stream": stream, "data": {"a": [1, "x"]},
+                "metadata": metadata.map(|m| serde_json::json!({"m": m})),
+            })
+        };
+        let mut events = Vec::new();
+        for e in [event(0, Some("s-1"), Some("meta")), event(1, None, None)] {
+            let mut e = e;
+            let fields = e.as_object_mut().unwrap();
+            fields.retain(|_, v| !v.is_null());
+            events.push(serde_json::to_string(&e).unwrap());
+        }
+        for (events, next) in [(events, 2), (Vec::new(), 9)] {
+            let want = events.len();
+            let resp = page_response(raft_store::Page {
+                events,
+                next_offset: next,
+            });
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            let page: api::wire::Page = serde_json::from_slice(&body).unwrap();
+            assert_eq!((page.events.len(), page.next_offset), (want, next));
+        }
+    }
 
     #[test]
     fn a_lone_carriage_return_ends_a_data_line_as_eventsource_reads_it() {

@@ -98,7 +98,7 @@ async fn current(app: &SharedApp, id: Uuid) -> Result<Option<UserState>, ApiErro
     let page = raft_store::blocking(move || reader.read_stream(&stream, 0, usize::MAX))
         .await
         .map_err(crate::errors::api_error)?;
-    let events: Vec<Value> = page
+    let events: Vec<api::wire::Event> = page
         .events
         .iter()
         .map(|e| serde_json::from_str(e))
@@ -371,7 +371,7 @@ async fn activate_account(
 /// not accepted and forgotten.
 async fn mail_consumer_runs(app: &SharedApp) -> Result<(), ApiError> {
     let latest = crate::routes::consumers::latest_of(app, "mail").await?;
-    let reported = latest.and_then(|c| c["reported_at"].as_u64());
+    let reported = latest.map(|c| c.reported_at);
     match reported {
         Some(at) if now_ms().saturating_sub(at) <= MAIL_SILENT_MAX_MS => Ok(()),
         Some(at) => Err(ApiError::unavailable(format!(

@@ -177,7 +177,7 @@ pub fn check_mail(users: &[Value], c: &ConsumerState, found: &mut Found) {
     // key -> recipient, for the events that send an email.
     let mut due: BTreeMap<String, String> = BTreeMap::new();
     // The events so far of each stream, to fold.
-    let mut streams: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
+    let mut streams: BTreeMap<&str, Vec<api::wire::Event>> = BTreeMap::new();
     for (offset, e) in users.iter().enumerate() {
         let offset = e
             .get("offset")
@@ -186,9 +186,15 @@ pub fn check_mail(users: &[Value], c: &ConsumerState, found: &mut Found) {
         let Some(stream) = e.get("stream").and_then(Value::as_str) else {
             continue;
         };
+        let Ok(mut event) = serde_json::from_value::<api::wire::Event>(e.clone()) else {
+            found.push(
+                Kind::Mail,
+                format!("users event {offset} is not an event: {e}"),
+            );
+            continue;
+        };
+        event.offset = offset;
         let so_far = streams.entry(stream).or_default();
-        let mut event = e.clone();
-        event["offset"] = offset.into();
         so_far.push(event);
         let ty = event_type(e).unwrap_or_default();
         if ty != "AccountCreated" && ty != "ActivationRequested" {
