@@ -36,17 +36,17 @@ pub struct Report {
 /// A consumer's latest checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Checkpoint {
-    pub consumer: String,
-    /// The topic the consumer follows (absent from checkpoints reported before it was named).
+    /// `closed`, `open` or `half_open`, for a consumer with a circuit breaker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub topic: Option<String>,
+    pub breaker: Option<String>,
+    pub consumer: String,
     /// The next offset the consumer will handle in that topic.
     pub offset: u64,
     /// Log time of the report, in milliseconds since the Unix epoch.
     pub reported_at: u64,
-    /// `closed`, `open` or `half_open`, for a consumer with a circuit breaker.
+    /// The topic the consumer follows (absent from checkpoints reported before it was named).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub breaker: Option<String>,
+    pub topic: Option<String>,
 }
 
 /// `GET /v1/consumers`.

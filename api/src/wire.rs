@@ -1,6 +1,9 @@
 //! The JSON shapes clients send and receive. Their checks and conversion to the internal
 //! command types are the node's (`node::wire`), kept apart from `raft-store` so the log
 //! format and the API can change independently.
+//!
+//! Answers the node once built as JSON maps keep their fields in alphabetical order, the
+//! order those maps wrote them: what a client reads did not change when they became types.
 
 use std::collections::BTreeMap;
 
@@ -102,18 +105,18 @@ pub struct Topics {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Topic {
-    pub name: String,
     /// Its number of events: the offset its next event gets.
     pub length: u64,
+    pub name: String,
 }
 
 /// `GET /ready`, when the node is ready (else a 503 error).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Ready {
+    pub applied_index: u64,
+    pub leader: Option<NodeId>,
     /// `ready`.
     pub status: String,
-    pub leader: Option<NodeId>,
-    pub applied_index: u64,
 }
 
 /// `GET /v1/auth/whoami`: the role and topics of the presented token.

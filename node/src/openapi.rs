@@ -27,6 +27,9 @@ use crate::wire::{
     Member, MembershipBody, Page, Ready, Topic, Topics, Whoami,
 };
 use api::checkpoints::{Checkpoint, Consumers};
+use api::users::commands::{
+    CommandDone, EmailChangeRequest, EmailChanged, SignedUp, SignupRequest,
+};
 use api::openapi::{document_errors, operations_mut, ErrorDoc};
 
 #[derive(Serialize, ToSchema)]
@@ -85,44 +88,9 @@ struct HealthDoc {
 }
 
 #[derive(Serialize, ToSchema)]
-struct SignedUpDoc {
-    id: String,
-    username: String,
-    email: String,
-    status: String,
-    offset: u64,
-}
-
-#[derive(Serialize, ToSchema)]
-struct EmailChangedDoc {
-    id: String,
-    email: String,
-    offset: u64,
-}
-
-#[derive(Serialize, ToSchema)]
-struct UserEventDoc {
-    id: String,
-    offset: u64,
-}
-
-#[derive(Serialize, ToSchema)]
 struct StreamTokenDoc {
     access_token: String,
     expires_at: u64,
-}
-
-/// A sign-up: every field is checked, and all field errors come back at once.
-#[derive(Serialize, ToSchema)]
-struct SignupDoc {
-    username: String,
-    email: String,
-    password: String,
-}
-
-#[derive(Serialize, ToSchema)]
-struct EmailDoc {
-    email: String,
 }
 
 /// `local` reads this node's applied state; `linearizable` first confirms leadership and
@@ -237,29 +205,29 @@ fn history() {}
 
 #[utoipa::path(post, path = "/v1/users", tag = "users",
     params(("Idempotency-Key" = Option<String>, Header)),
-    request_body = SignupDoc,
-    responses((status = 201, description = "signed up, pending activation", body = SignedUpDoc)))]
+    request_body = SignupRequest,
+    responses((status = 201, description = "signed up, pending activation", body = SignedUp)))]
 fn signup() {}
 
 #[utoipa::path(get, path = "/v1/users/activate", tag = "users",
     params(ActivateQuery),
-    responses((status = 200, description = "activated", body = UserEventDoc)))]
+    responses((status = 200, description = "activated", body = CommandDone)))]
 fn activate() {}
 
 #[utoipa::path(patch, path = "/v1/users/{id}", tag = "users",
     params(("id" = String, Path, description = "the user's UUID")),
-    request_body = EmailDoc,
-    responses((status = 200, description = "the email changed", body = EmailChangedDoc)))]
+    request_body = EmailChangeRequest,
+    responses((status = 200, description = "the email changed", body = EmailChanged)))]
 fn change_email() {}
 
 #[utoipa::path(delete, path = "/v1/users/{id}", tag = "users",
     params(("id" = String, Path)),
-    responses((status = 200, description = "deleted; the email is free again", body = UserEventDoc)))]
+    responses((status = 200, description = "deleted; the email is free again", body = CommandDone)))]
 fn delete_user() {}
 
 #[utoipa::path(post, path = "/v1/users/{id}/activation-email", tag = "users",
     params(("id" = String, Path)),
-    responses((status = 202, description = "a new activation email is requested", body = UserEventDoc)))]
+    responses((status = 202, description = "a new activation email is requested", body = CommandDone)))]
 fn resend_activation() {}
 
 #[utoipa::path(get, path = "/v1/consumers", tag = "consumers",

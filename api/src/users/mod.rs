@@ -1,7 +1,8 @@
 //! The sign-up flow's contract: its config, the `users` topic's events and what a user's
-//! stream folds to, and the activation tokens the mail consumer sends. The command handlers
+//! stream folds to, the commands' requests and answers, and the activation tokens the mail consumer sends. The command handlers
 //! are the node's (`node::users`).
 
+pub mod commands;
 pub mod config;
 pub mod events;
 pub mod state;

@@ -5,7 +5,10 @@
 pub mod password;
 pub mod validate;
 
-pub use api::users::{config, events, state, token, MAIL_HEARTBEAT_MS, MAIL_SILENT_MAX_MS};
+pub use api::users::{
+    commands, config, events, state, token, MAIL_HEARTBEAT_MS, MAIL_SILENT_MAX_MS,
+};
+use commands::{CommandDone, EmailChanged, SignedUp};
 
 use crate::claims::claims_for;
 use crate::errors::IntoApiError;
@@ -214,7 +217,13 @@ pub async fn signup(
         .as_deref()
         .and_then(|r| r.parse().ok())
         .unwrap_or(id);
-    let body = json!({ "id": id, "username": signup.username, "email": signup.email, "status": "pending", "offset": offset });
+    let body = SignedUp {
+        id: id.to_string(),
+        username: signup.username,
+        email: signup.email,
+        status: "pending".into(),
+        offset,
+    };
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, format!("/v1/users/{id}"))],
@@ -242,7 +251,12 @@ pub async fn change_email(
         ))
     })
     .await?;
-    Ok(Json(json!({ "id": id, "email": email, "offset": offset })).into_response())
+    Ok(Json(EmailChanged {
+        id: id.to_string(),
+        email,
+        offset,
+    })
+    .into_response())
 }
 
 /// `DELETE /v1/users/{id}`: releases the email.
@@ -261,7 +275,11 @@ pub async fn delete(
         ))
     })
     .await?;
-    Ok(Json(json!({ "id": id, "offset": offset })).into_response())
+    Ok(Json(CommandDone {
+        id: id.to_string(),
+        offset,
+    })
+    .into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -363,7 +381,11 @@ async fn activate_account(
         }
         e => e,
     })?;
-    Ok(Json(json!({ "id": id, "offset": offset })).into_response())
+    Ok(Json(CommandDone {
+        id: id.to_string(),
+        offset,
+    })
+    .into_response())
 }
 
 /// 503 unless the mail consumer reported within [`MAIL_SILENT_MAX_MS`] (it reports every
@@ -424,7 +446,10 @@ pub async fn resend_activation(
     .await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "id": id, "offset": offset })),
+        Json(CommandDone {
+            id: id.to_string(),
+            offset,
+        }),
     )
         .into_response())
 }
