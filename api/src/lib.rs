@@ -26,6 +26,7 @@ pub mod server;
 pub mod timeouts;
 pub mod tls;
 pub mod transport;
+pub mod uniq;
 pub mod users;
 pub mod wire;
 

@@ -266,3 +266,36 @@ pub struct AddLearnerBody {
 pub struct MembershipBody {
     pub voters: Vec<NodeId>,
 }
+
+/// `POST /v1/cluster/init`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Initialized {
+    /// False when the cluster already was.
+    pub initialized: bool,
+    pub message: String,
+    /// The version of the uniq rules in force: the config's, proposed at initialization.
+    pub rules_version: u64,
+}
+
+/// The answer of a membership change: the log index of its entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LogIndex {
+    pub log_index: u64,
+}
+
+/// `GET /health`: `ok`, or `failed` with the error that stopped Raft (a 503).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Health {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub status: String,
+}
+
+/// `POST /v1/auth/stream-token`: a short-lived read token for
+/// `GET /v1/topics/{topic}/stream?access_token=...` (EventSource cannot send headers).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct StreamToken {
+    pub access_token: String,
+    /// Milliseconds since the Unix epoch.
+    pub expires_at: u64,
+}

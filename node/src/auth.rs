@@ -100,5 +100,9 @@ pub async fn stream_token(
     axum::Extension(caller): axum::Extension<Caller>,
 ) -> Response {
     let (token, expires) = app.auth.make_stream_token(&caller, api::runtime::now_ms());
-    axum::Json(serde_json::json!({ "access_token": token, "expires_at": expires })).into_response()
+    axum::Json(api::wire::StreamToken {
+        access_token: token,
+        expires_at: expires,
+    })
+    .into_response()
 }

@@ -23,36 +23,16 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 use crate::auth::Access;
 use crate::router::ROUTES;
 use crate::wire::{
-    AddLearnerBody, AppendBody, AppendCreated, ClusterStatus, Event, EventBody, IdempotencyStatus,
-    Member, MembershipBody, Page, Ready, Topic, Topics, Whoami,
+    AddLearnerBody, AppendBody, AppendCreated, ClusterStatus, Event, EventBody, Health,
+    IdempotencyStatus, Initialized, LogIndex, Member, MembershipBody, Page, Ready, StreamToken,
+    Topic, Topics, Whoami,
 };
 use api::checkpoints::{Checkpoint, Consumers};
+use api::openapi::{document_errors, operations_mut, ErrorDoc};
+use api::uniq::{History, Owner, RulesVersion, Sets};
 use api::users::commands::{
     CommandDone, EmailChangeRequest, EmailChanged, SignedUp, SignupRequest,
 };
-use api::openapi::{document_errors, operations_mut, ErrorDoc};
-
-#[derive(Serialize, ToSchema)]
-struct OwnerDoc {
-    set: String,
-    key: String,
-    owner: String,
-    since_offset: u64,
-}
-
-#[derive(Serialize, ToSchema)]
-struct ClaimDoc {
-    owner: String,
-    claimed_offset: u64,
-    released_offset: Option<u64>,
-}
-
-#[derive(Serialize, ToSchema)]
-struct HistoryDoc {
-    set: String,
-    key: String,
-    history: Vec<ClaimDoc>,
-}
 
 #[derive(Serialize, ToSchema)]
 struct RulesDoc {
@@ -61,36 +41,6 @@ struct RulesDoc {
     uniq: Vec<serde_json::Value>,
     #[schema(value_type = Object)]
     idempotency: serde_json::Value,
-}
-
-#[derive(Serialize, ToSchema)]
-struct VersionDoc {
-    version: u64,
-}
-
-#[derive(Serialize, ToSchema)]
-struct InitDoc {
-    initialized: bool,
-    rules_version: u64,
-    message: String,
-}
-
-#[derive(Serialize, ToSchema)]
-struct LogIndexDoc {
-    log_index: u64,
-}
-
-#[derive(Serialize, ToSchema)]
-struct HealthDoc {
-    /// `ok`, or `failed` with `error`.
-    status: String,
-    error: Option<String>,
-}
-
-#[derive(Serialize, ToSchema)]
-struct StreamTokenDoc {
-    access_token: String,
-    expires_at: u64,
 }
 
 /// `local` reads this node's applied state; `linearizable` first confirms leadership and
@@ -171,22 +121,22 @@ fn stream_events() {}
 fn status() {}
 
 #[utoipa::path(post, path = "/v1/cluster/init", tag = "cluster",
-    responses((status = 200, description = "initialized, or already was", body = InitDoc)))]
+    responses((status = 200, description = "initialized, or already was", body = Initialized)))]
 fn init() {}
 
 #[utoipa::path(post, path = "/v1/cluster/learners", tag = "cluster",
     request_body = AddLearnerBody,
-    responses((status = 200, description = "the learner was added and caught up", body = LogIndexDoc)))]
+    responses((status = 200, description = "the learner was added and caught up", body = LogIndex)))]
 fn add_learner() {}
 
 #[utoipa::path(post, path = "/v1/cluster/membership", tag = "cluster",
     request_body = MembershipBody,
-    responses((status = 200, description = "the voters are now these", body = LogIndexDoc)))]
+    responses((status = 200, description = "the voters are now these", body = LogIndex)))]
 fn change_membership() {}
 
 #[utoipa::path(post, path = "/v1/cluster/uniq-rules", tag = "uniq",
     request_body(content = Object, description = "the whole rules: `uniq` sets and `idempotency`"),
-    responses((status = 200, description = "the new rules are in force", body = VersionDoc)))]
+    responses((status = 200, description = "the new rules are in force", body = RulesVersion)))]
 fn set_rules() {}
 
 #[utoipa::path(get, path = "/v1/cluster/uniq-rules", tag = "uniq",
@@ -195,12 +145,12 @@ fn get_rules() {}
 
 #[utoipa::path(get, path = "/v1/uniq/{set}/{key}", tag = "uniq",
     params(("set" = String, Path), ("key" = String, Path, description = "normalized as the set says")),
-    responses((status = 200, description = "the key's owner", body = OwnerDoc)))]
+    responses((status = 200, description = "the key's owner", body = Owner)))]
 fn owner() {}
 
 #[utoipa::path(get, path = "/v1/uniq/{set}/{key}/history", tag = "uniq",
     params(("set" = String, Path), ("key" = String, Path)),
-    responses((status = 200, description = "every claim of the key", body = HistoryDoc)))]
+    responses((status = 200, description = "every claim of the key", body = History)))]
 fn history() {}
 
 #[utoipa::path(post, path = "/v1/users", tag = "users",
@@ -240,7 +190,7 @@ fn consumers() {}
 fn checkpoint() {}
 
 #[utoipa::path(post, path = "/v1/auth/stream-token", tag = "auth",
-    responses((status = 200, description = "a short-lived token for the event stream", body = StreamTokenDoc)))]
+    responses((status = 200, description = "a short-lived token for the event stream", body = StreamToken)))]
 fn stream_token() {}
 
 #[utoipa::path(get, path = "/v1/auth/whoami", tag = "auth",
@@ -248,7 +198,7 @@ fn stream_token() {}
 fn whoami() {}
 
 #[utoipa::path(get, path = "/health", tag = "cluster",
-    responses((status = 200, description = "the process serves", body = HealthDoc)))]
+    responses((status = 200, description = "the process serves", body = Health)))]
 fn health() {}
 
 #[utoipa::path(get, path = "/ready", tag = "cluster",
@@ -274,7 +224,7 @@ fn recent_conflicts() {}
 
 #[utoipa::path(get, path = "/v1/uniq", tag = "uniq",
     responses((status = 200, description = "the uniq sets of the rules in force, each with \
-        the number of keys owned (`{version, sets: [{name, topic, normalize, keys}]}`)", body = Object)))]
+        the number of keys owned", body = Sets)))]
 fn uniq_sets() {}
 
 #[utoipa::path(get, path = "/v1/cluster/nodes", tag = "cluster",
@@ -460,6 +410,36 @@ mod tests {
                     .as_array()
                     .is_some_and(|r| r.iter().any(|f| f == field)),
                 "{field} not required: {required}"
+            );
+        }
+    }
+
+    /// Every schema the document refers to is in it: an answer type's nested types too.
+    #[test]
+    fn every_reference_resolves() {
+        fn refs(v: &serde_json::Value, out: &mut BTreeSet<String>) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    if let Some(r) = m.get("$ref").and_then(|r| r.as_str()) {
+                        out.insert(r.to_string());
+                    }
+                    m.values().for_each(|v| refs(v, out));
+                }
+                serde_json::Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+                _ => {}
+            }
+        }
+        let json = serde_json::to_value(spec()).unwrap();
+        let mut found = BTreeSet::new();
+        refs(&json, &mut found);
+        assert!(found.contains("#/components/schemas/Claim"), "{found:?}");
+        for r in found {
+            let name = r
+                .strip_prefix("#/components/schemas/")
+                .expect("a schema ref");
+            assert!(
+                json["components"]["schemas"].get(name).is_some(),
+                "{r} does not resolve"
             );
         }
     }

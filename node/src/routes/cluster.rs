@@ -8,12 +8,12 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use openraft::error::{InitializeError, RaftError};
 use openraft::ServerState;
-use serde_json::json;
 
 use crate::app::{LeaderOp, LeaderReply, SharedApp};
 use crate::routes::uniq;
 use crate::wire::{
-    AddLearnerBody, ClusterStatus, IdempotencyStatus, Member, MembershipBody, Ready,
+    AddLearnerBody, ClusterStatus, Health, IdempotencyStatus, Initialized, LogIndex, Member,
+    MembershipBody, Ready,
 };
 use api::error::ApiError;
 use api::extract::JsonBody;
@@ -91,7 +91,7 @@ pub async fn init(State(app): State<SharedApp>) -> Result<Response, ApiError> {
 }
 
 /// What `POST /v1/cluster/init` (and `uniqlog dev`) does.
-pub async fn init_cluster(app: &SharedApp) -> Result<serde_json::Value, ApiError> {
+pub async fn init_cluster(app: &SharedApp) -> Result<Initialized, ApiError> {
     let initialized = match app.raft.initialize(app.initial_members.clone()).await {
         Ok(()) => true,
         Err(RaftError::APIError(InitializeError::NotAllowed(_))) => false,
@@ -116,13 +116,17 @@ pub async fn init_cluster(app: &SharedApp) -> Result<serde_json::Value, ApiError
     } else {
         "the cluster was already initialized"
     };
-    Ok(json!({ "initialized": initialized, "rules_version": rules_version, "message": message }))
+    Ok(Initialized {
+        initialized,
+        message: message.into(),
+        rules_version,
+    })
 }
 
 fn membership_answer(reply: LeaderReply) -> Result<Response, ApiError> {
     match reply {
         LeaderReply::Membership { log_index } => {
-            Ok((StatusCode::OK, Json(json!({ "log_index": log_index }))).into_response())
+            Ok((StatusCode::OK, Json(LogIndex { log_index })).into_response())
         }
         other => Err(ApiError::internal(format!("unexpected reply {other:?}"))),
     }
@@ -159,10 +163,17 @@ pub async fn change_membership(
 /// that failed) answers 503 until it is restarted, so a supervisor or load balancer sees it.
 pub async fn health(State(app): State<SharedApp>) -> Response {
     match app.fatal() {
-        None => Json(json!({ "status": "ok" })).into_response(),
+        None => Json(Health {
+            error: None,
+            status: "ok".into(),
+        })
+        .into_response(),
         Some(error) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "failed", "error": error })),
+            Json(Health {
+                error: Some(error),
+                status: "failed".into(),
+            }),
         )
             .into_response(),
     }

@@ -17,6 +17,7 @@ use crate::app::SharedApp;
 use crate::auth::Caller;
 use api::error::ApiError;
 use api::extract::{JsonBody, PathParams};
+use api::uniq::{Claim, History, Owner, RulesVersion, SetSize, Sets};
 
 /// Normalize `key` as its set says (like writes), then read with it from the state. The set's
 /// owners are streams of its topic: a caller must be allowed to read that topic.
@@ -74,19 +75,22 @@ pub async fn sets(
         .uniq
         .iter()
         .filter(|s| caller.may_read(&s.topic))
-        .map(|s| {
-            json!({
-                "name": s.name,
-                "topic": s.topic,
-                "normalize": s.normalize,
-                "keys": counts.get(&s.name).copied().unwrap_or(0),
-            })
+        .map(|s| SetSize {
+            keys: counts.get(&s.name).copied().unwrap_or(0),
+            name: s.name.clone(),
+            normalize: serde_json::to_value(s.normalize)
+                .ok()
+                .and_then(|n| n.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            topic: s.topic.clone(),
         })
         .collect();
-    Ok(
-        Json(json!({ "version": rules.version, "counted_at": counted_at, "sets": sets }))
-            .into_response(),
-    )
+    Ok(Json(Sets {
+        counted_at,
+        sets,
+        version: rules.version,
+    })
+    .into_response())
 }
 
 /// `GET /v1/uniq/{set}/{key}`.
@@ -98,10 +102,13 @@ pub async fn owner(
     let (key, owner) = read_key(&app, &caller, &set, &key, |r, s, k| r.uniq_owner(s, k)).await?;
     let (owner, since) = owner
         .ok_or_else(|| ApiError::not_found(format!("key {key:?} of uniq set {set} is free")))?;
-    Ok(
-        Json(json!({ "set": set, "key": key, "owner": owner, "since_offset": since }))
-            .into_response(),
-    )
+    Ok(Json(Owner {
+        key,
+        owner,
+        set,
+        since_offset: since,
+    })
+    .into_response())
 }
 
 /// `GET /v1/uniq/{set}/{key}/history`: owners over time, oldest first.
@@ -111,11 +118,15 @@ pub async fn history(
     PathParams((set, key)): PathParams<(String, String)>,
 ) -> Result<Response, ApiError> {
     let (key, rows) = read_key(&app, &caller, &set, &key, |r, s, k| r.uniq_history(s, k)).await?;
-    let history: Vec<Value> = rows
+    let history = rows
         .into_iter()
-        .map(|(owner, claimed, released)| json!({ "owner": owner, "claimed_offset": claimed, "released_offset": released }))
+        .map(|(owner, claimed_offset, released_offset)| Claim {
+            claimed_offset,
+            owner,
+            released_offset,
+        })
         .collect();
-    Ok(Json(json!({ "set": set, "key": key, "history": history })).into_response())
+    Ok(Json(History { history, key, set }).into_response())
 }
 
 /// The claims of `set` for every event already in its topic, read from this node's state.
@@ -225,7 +236,7 @@ pub async fn set_rules(
     JsonBody(rules): JsonBody<Rules>,
 ) -> Result<Response, ApiError> {
     let version = propose_rules(&app, rules).await?;
-    Ok(Json(json!({ "version": version })).into_response())
+    Ok(Json(RulesVersion { version }).into_response())
 }
 
 /// `GET /v1/cluster/uniq-rules`: the rules in force on this node.
