@@ -9,10 +9,15 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
-use crate::checkpoints::Checkpoint;
+use crate::checkpoints::{Checkpoint, Consumers};
 use crate::error::ErrorBody;
 use crate::transport::{HttpRequest, HttpResponse, Transport, TransportError};
-use crate::wire::{AppendBody, AppendCreated, Page, Ready, Topics, Whoami};
+use crate::uniq::{History, Owner};
+use crate::users::commands::{SignedUp, SignupRequest};
+use crate::wire::{
+    AddLearnerBody, AppendBody, AppendCreated, ClusterStatus, Health, Initialized, LogIndex,
+    MembershipBody, Page, Ready, Topics, Whoami,
+};
 
 /// Why a call got no answer of the type it asked for.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -61,12 +66,14 @@ impl ClientError {
 }
 
 /// Where a page of a topic starts, how long it may be, and how long to wait for one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ReadTopic {
     pub from: u64,
     pub limit: usize,
     /// Long-poll: wait up to this long for an event when there is none past `from`.
     pub wait_ms: u64,
+    /// Wait until the node has applied everything committed before the read.
+    pub linearizable: bool,
 }
 
 /// Where a page of a stream starts, and how it is read.
@@ -97,13 +104,16 @@ impl Client {
         read: ReadTopic,
         slack: Duration,
     ) -> Result<Page, ClientError> {
-        let path = format!(
+        let mut path = format!(
             "/v1/topics/{}/events?from={}&limit={}&wait_ms={}",
             path_segment(topic),
             read.from,
             read.limit,
             read.wait_ms
         );
+        if read.linearizable {
+            path.push_str("&consistency=linearizable");
+        }
         let timeout = Duration::from_millis(read.wait_ms) + slack;
         self.call(addr, HttpRequest::get(path), timeout, 200).await
     }
@@ -184,6 +194,105 @@ impl Client {
             .await
     }
 
+    /// `GET /v1/cluster/status`.
+    pub async fn status(
+        &self,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<ClusterStatus, ClientError> {
+        self.call(addr, HttpRequest::get("/v1/cluster/status"), timeout, 200)
+            .await
+    }
+
+    /// `GET /health`: `ok`, or `failed` with the error that stopped the node (a 503 with the
+    /// same shape, read as an answer).
+    pub async fn health(&self, addr: &str, timeout: Duration) -> Result<Health, ClientError> {
+        let resp = self
+            .transport
+            .send(addr, HttpRequest::get("/health"), timeout)
+            .await?;
+        let expected = if resp.status == 503 { 503 } else { 200 };
+        read_answer(addr, resp, expected)
+    }
+
+    /// `POST /v1/cluster/init`.
+    pub async fn init(&self, addr: &str, timeout: Duration) -> Result<Initialized, ClientError> {
+        let req = HttpRequest::post("/v1/cluster/init", b"{}".to_vec());
+        self.call(addr, req, timeout, 200).await
+    }
+
+    /// `POST /v1/cluster/learners`.
+    pub async fn add_learner(
+        &self,
+        addr: &str,
+        body: &AddLearnerBody,
+        timeout: Duration,
+    ) -> Result<LogIndex, ClientError> {
+        let req = HttpRequest::post("/v1/cluster/learners", to_json(body));
+        self.call(addr, req, timeout, 200).await
+    }
+
+    /// `POST /v1/cluster/membership`.
+    pub async fn change_membership(
+        &self,
+        addr: &str,
+        body: &MembershipBody,
+        timeout: Duration,
+    ) -> Result<LogIndex, ClientError> {
+        let req = HttpRequest::post("/v1/cluster/membership", to_json(body));
+        self.call(addr, req, timeout, 200).await
+    }
+
+    /// `GET /v1/consumers`.
+    pub async fn consumers(&self, addr: &str, timeout: Duration) -> Result<Consumers, ClientError> {
+        self.call(addr, HttpRequest::get("/v1/consumers"), timeout, 200)
+            .await
+    }
+
+    /// `GET /v1/uniq/{set}/{key}`: a 404 refusal when the key is free.
+    pub async fn uniq_owner(
+        &self,
+        addr: &str,
+        set: &str,
+        key: &str,
+        timeout: Duration,
+    ) -> Result<Owner, ClientError> {
+        let path = format!("/v1/uniq/{}/{}", path_segment(set), path_segment(key));
+        self.call(addr, HttpRequest::get(path), timeout, 200).await
+    }
+
+    /// `GET /v1/uniq/{set}/{key}/history`.
+    pub async fn uniq_history(
+        &self,
+        addr: &str,
+        set: &str,
+        key: &str,
+        timeout: Duration,
+    ) -> Result<History, ClientError> {
+        let path = format!(
+            "/v1/uniq/{}/{}/history",
+            path_segment(set),
+            path_segment(key)
+        );
+        self.call(addr, HttpRequest::get(path), timeout, 200).await
+    }
+
+    /// `POST /v1/users`, under `idempotency_key` if given.
+    pub async fn signup(
+        &self,
+        addr: &str,
+        body: &SignupRequest,
+        idempotency_key: Option<&str>,
+        timeout: Duration,
+    ) -> Result<SignedUp, ClientError> {
+        let mut req = HttpRequest::post("/v1/users", to_json(body));
+        if let Some(key) = idempotency_key {
+            req.headers
+                .push((http::HeaderName::from_static("idempotency-key"), key.into()));
+        }
+        self.call(addr, req, timeout, 201).await
+    }
+
     async fn call<T: DeserializeOwned>(
         &self,
         addr: &str,
@@ -194,6 +303,62 @@ impl Client {
         let resp = self.transport.send(addr, req, timeout).await?;
         read_answer(addr, resp, expected)
     }
+}
+
+fn to_json(body: &impl serde::Serialize) -> Vec<u8> {
+    serde_json::to_vec(body).expect("a request body serializes")
+}
+
+/// Why no node took a write.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WriteError {
+    /// The write may have been applied: sending it again could apply it twice.
+    #[error("{0}. The write may or may not have been applied; check before sending it again, or send it with an idempotency key")]
+    Uncertain(ClientError),
+    /// A node refused it, and another would too.
+    #[error("{0}")]
+    Refused(ClientError),
+    /// Every node was tried, and none applied it.
+    #[error("no node took the write: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    NoNode(Vec<ClientError>),
+}
+
+/// Send a write to the first of `addrs` that takes it. Any node takes writes (a follower
+/// forwards to the leader), so the next one is tried whenever that is safe: the node was not
+/// reached (nothing was sent), or it answered 503 `unavailable` (nothing was applied), or the
+/// write is `keyed` (an idempotency key makes every retry safe). A write whose answer was lost
+/// without a key is reported as such, never sent twice.
+pub async fn write_any<T, F, Fut>(
+    addrs: &[String],
+    keyed: bool,
+    mut write: F,
+) -> Result<T, WriteError>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
+    let mut tried = Vec::new();
+    for addr in addrs {
+        let e = match write(addr.clone()).await {
+            Ok(answer) => return Ok(answer),
+            Err(e) => e,
+        };
+        let retry_safe = match &e {
+            ClientError::Transport(t) => keyed || t.nothing_sent(),
+            ClientError::Refused {
+                status: 503, body, ..
+            } => keyed || body.error == "unavailable",
+            _ => false,
+        };
+        if !retry_safe {
+            return Err(match e {
+                ClientError::Transport(_) => WriteError::Uncertain(e),
+                _ => WriteError::Refused(e),
+            });
+        }
+        tried.push(e);
+    }
+    Err(WriteError::NoNode(tried))
 }
 
 /// The answer as `T` when its status is `expected`, else the node's error.
@@ -267,6 +432,65 @@ mod tests {
         assert!(matches!(
             garbled,
             ClientError::BadAnswer { status: 502, .. }
+        ));
+    }
+
+    fn refused(status: u16, error: &str) -> ClientError {
+        ClientError::Refused {
+            addr: "n".into(),
+            status,
+            body: ErrorBody {
+                error: error.into(),
+                message: error.into(),
+                retryable: false,
+                details: Default::default(),
+            },
+        }
+    }
+
+    /// Each node's answer in turn, then which node took the write (or why none did).
+    fn write(answers: Vec<Result<u16, ClientError>>, keyed: bool) -> Result<String, WriteError> {
+        let addrs: Vec<String> = (0..answers.len()).map(|i| format!("n{i}")).collect();
+        let mut answers = answers.into_iter();
+        futures::executor::block_on(write_any(&addrs, keyed, |addr| {
+            let answer = answers.next().unwrap();
+            async move { answer.map(|_| addr) }
+        }))
+    }
+
+    #[test]
+    fn a_write_moves_on_only_when_nothing_was_applied_or_it_is_keyed() {
+        let unreached = || {
+            ClientError::Transport(TransportError::Connect {
+                addr: "n".into(),
+                reason: "refused".into(),
+            })
+        };
+        let lost = || {
+            ClientError::Transport(TransportError::Timeout {
+                addr: "n".into(),
+                timeout_ms: 1,
+            })
+        };
+        assert_eq!(write(vec![Err(unreached()), Ok(201)], false).unwrap(), "n1");
+        let unavailable = refused(503, "unavailable");
+        assert_eq!(write(vec![Err(unavailable), Ok(201)], false).unwrap(), "n1");
+        assert!(matches!(
+            write(vec![Err(lost()), Ok(201)], false),
+            Err(WriteError::Uncertain(_))
+        ));
+        assert_eq!(write(vec![Err(lost()), Ok(201)], true).unwrap(), "n1");
+        assert!(matches!(
+            write(vec![Err(refused(503, "outcome_unknown")), Ok(201)], false),
+            Err(WriteError::Uncertain(_)) | Err(WriteError::Refused(_))
+        ));
+        assert!(matches!(
+            write(vec![Err(refused(409, "uniq_conflict")), Ok(201)], true),
+            Err(WriteError::Refused(_))
+        ));
+        assert!(matches!(
+            write(vec![Err(unreached()), Err(unreached())], false),
+            Err(WriteError::NoNode(tried)) if tried.len() == 2
         ));
     }
 

@@ -82,6 +82,7 @@ impl Tailer {
                 from: self.next_offset,
                 limit: self.page_events_max,
                 wait_ms: self.wait.as_millis() as u64,
+                linearizable: false,
             };
             let addr = self.node().to_string();
             let slack = Duration::from_secs(5);

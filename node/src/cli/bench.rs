@@ -12,7 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use api::{HttpRequest, Transport};
+use api::client::{Client, ReadTopic};
+use api::users::commands::SignupRequest;
+use api::users::events::UserEvent;
+use api::wire::{AppendBody, EventBody};
 use clap::{Args, ValueEnum};
 use serde_json::{json, Value};
 use uniqlog_node::Config;
@@ -125,34 +128,29 @@ struct Plan {
 }
 
 impl Plan {
-    fn request(&self, i: usize, email: &str) -> HttpRequest {
-        let username = format!("u_{}_{i}", self.tag);
-        match self.args.target {
-            Target::Append => {
-                let events: Vec<Value> = (0..self.args.batch)
-                    .map(|k| {
-                        json!({
-                            "type": "AccountCreated",
-                            "stream": format!("user-{}-{i}-{k}", self.tag),
-                            "data": {
-                                "email": event_email(email, k, self.args.batch),
-                                "username": format!("{username}_{k}"),
-                                "pad": self.pad,
-                            },
-                        })
-                    })
-                    .collect();
-                let body = json!({ "events": events });
-                HttpRequest::post(
-                    format!("/v1/topics/{}/events", self.args.topic),
-                    body.to_string(),
-                )
-            }
-            Target::Signup => HttpRequest::post(
-                "/v1/users",
-                json!({"username": username, "email": email, "password": "bench-password-1"})
-                    .to_string(),
-            ),
+    /// The sign-up events of request `i` (`--batch` of them), each in its own stream.
+    fn events(&self, i: usize, email: &str) -> AppendBody {
+        let events = (0..self.args.batch)
+            .map(|k| {
+                let id = format!("{}-{i}-{k}", self.tag);
+                let (event_type, mut data) = UserEvent::AccountCreated {
+                    username: format!("u_{}_{i}_{k}", self.tag),
+                    email: event_email(email, k, self.args.batch),
+                    id: id.clone(),
+                }
+                .to_parts();
+                data["pad"] = json!(self.pad);
+                EventBody::new(&event_type, Some(&format!("user-{id}")), &data)
+            })
+            .collect();
+        AppendBody::of(events)
+    }
+
+    fn signup(&self, i: usize, email: &str) -> SignupRequest {
+        SignupRequest {
+            username: format!("u_{}_{i}", self.tag),
+            email: email.to_string(),
+            password: "bench-password-1".into(),
         }
     }
 }
@@ -160,24 +158,31 @@ impl Plan {
 /// Send request `i`, count its answer, return its latency.
 async fn one(
     plan: &Plan,
-    transport: &dyn Transport,
+    client: &Client,
     addr: &str,
     i: usize,
     email: &str,
     tally: &Tally,
 ) -> Duration {
+    let timeout = Duration::from_secs(10);
     let start = Instant::now();
-    let res = transport
-        .send(addr, plan.request(i, email), Duration::from_secs(10))
-        .await;
+    let res = match plan.args.target {
+        Target::Append => {
+            let body = plan.events(i, email);
+            client
+                .append(addr, &plan.args.topic, &body, timeout)
+                .await
+                .map(drop)
+        }
+        Target::Signup => client
+            .signup(addr, &plan.signup(i, email), None, timeout)
+            .await
+            .map(drop),
+    };
     let took = start.elapsed();
     match res {
-        Ok(r) if r.status == 201 => tally.accepted.fetch_add(1, Ordering::Relaxed),
-        Ok(r) if r.status == 409 => tally.conflicts.fetch_add(1, Ordering::Relaxed),
-        Ok(r) => {
-            tracing::warn!(status = r.status, body = %String::from_utf8_lossy(&r.body), "request failed");
-            tally.errors.fetch_add(1, Ordering::Relaxed)
-        }
+        Ok(()) => tally.accepted.fetch_add(1, Ordering::Relaxed),
+        Err(e) if e.status() == Some(409) => tally.conflicts.fetch_add(1, Ordering::Relaxed),
         Err(e) => {
             tracing::warn!(error = %e, "request failed");
             tally.errors.fetch_add(1, Ordering::Relaxed)
@@ -210,33 +215,28 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     } else {
         args.addr.clone()
     };
-    let transport = api::client_transport_with(config.client_token(), config.client_tls()?);
+    let client = Client::new(api::client_transport_with(
+        config.client_token(),
+        config.client_tls()?,
+    ));
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
     let tag = format!("b{}s{}", stamp, args.seed);
     let plan = Arc::new(Plan {
         emails: emails(&tag, args.requests, args.dup_ratio, args.seed),
-        pad: "x".repeat(args.event_bytes.saturating_sub(90)),
+        // Beside the pad an event holds about 90 bytes, and its id (`"id":"<tag>-<i>-<k>"`).
+        pad: "x".repeat(args.event_bytes.saturating_sub(90 + tag.len() + 16)),
         tag,
         addrs,
         args: args.clone(),
     });
-    let start_offset = topic_length(&*transport, &plan.addrs[0], &args.topic).await?;
+    let start_offset = topic_length(&client, &plan.addrs[0], &args.topic).await?;
 
     // Warm-up: connections opened, leader known, caches warm. Its own emails, not counted.
     let warm = Arc::new(Tally::default());
     let warm_next = Arc::new(AtomicU64::new(0));
-    run_clients(
-        &plan,
-        &transport,
-        &warm,
-        &warm_next,
-        args.warmup,
-        true,
-        None,
-    )
-    .await;
+    run_clients(&plan, &client, &warm, &warm_next, args.warmup, true, None).await;
 
     let tally = Arc::new(Tally::default());
     let next = Arc::new(AtomicU64::new(0));
@@ -244,7 +244,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     let started = Instant::now();
     let mut latencies = run_clients(
         &plan,
-        &transport,
+        &client,
         &tally,
         &next,
         args.requests,
@@ -273,7 +273,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     let verify = if args.no_verify || args.target != Target::Append {
         None
     } else {
-        Some(verify(&plan, &*transport, start_offset, &events_expected).await?)
+        Some(verify(&plan, &client, start_offset, &events_expected).await?)
     };
     let ops = issued as f64 / elapsed.max(1e-9);
     let events_per_s = ops * args.batch as f64;
@@ -330,7 +330,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
 /// latency of each request sent.
 async fn run_clients(
     plan: &Arc<Plan>,
-    transport: &Arc<dyn Transport>,
+    client: &Client,
     tally: &Arc<Tally>,
     next: &Arc<AtomicU64>,
     count: u64,
@@ -339,8 +339,8 @@ async fn run_clients(
 ) -> Vec<Duration> {
     let mut tasks = Vec::new();
     for c in 0..plan.args.clients {
-        let (plan, transport, tally, next) =
-            (plan.clone(), transport.clone(), tally.clone(), next.clone());
+        let (plan, client, tally, next) =
+            (plan.clone(), client.clone(), tally.clone(), next.clone());
         tasks.push(tokio::spawn(async move {
             let addr = &plan.addrs[c % plan.addrs.len()];
             let mut lat = Vec::new();
@@ -359,7 +359,7 @@ async fn run_clients(
                 };
                 // Warm-up requests get numbers after the measured ones: streams stay unique.
                 let n = if warmup { plan.args.requests + i } else { i } as usize;
-                lat.push(one(&plan, &*transport, addr, n, &email, &tally).await);
+                lat.push(one(&plan, &client, addr, n, &email, &tally).await);
             }
             lat
         }));
@@ -371,29 +371,23 @@ async fn run_clients(
     all
 }
 
-async fn topic_length(transport: &dyn Transport, addr: &str, topic: &str) -> Result<u64> {
-    let resp = transport
-        .send(
-            addr,
-            HttpRequest::get("/v1/topics"),
-            Duration::from_secs(10),
-        )
-        .await?;
-    let body: Value = serde_json::from_slice(&resp.body).context("GET /v1/topics")?;
-    Ok(body["topics"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|t| t["name"] == topic)
-        .and_then(|t| t["length"].as_u64())
-        .unwrap_or(0))
+async fn topic_length(client: &Client, addr: &str, topic: &str) -> Result<u64> {
+    let topics = client
+        .topics(addr, Duration::from_secs(10))
+        .await
+        .context("GET /v1/topics")?;
+    Ok(topics
+        .topics
+        .iter()
+        .find(|t| t.name == topic)
+        .map_or(0, |t| t.length))
 }
 
 /// Read the topic from `from` to its end (linearizably) and check this run's events: one per
 /// distinct email, none twice.
 async fn verify(
     plan: &Plan,
-    transport: &dyn Transport,
+    client: &Client,
     from: u64,
     expected: &HashSet<String>,
 ) -> Result<Value> {
@@ -402,33 +396,27 @@ async fn verify(
     let mut offset = from;
     let mut seen: BTreeMap<String, u64> = BTreeMap::new();
     loop {
-        let path = format!(
-            "/v1/topics/{}/events?from={offset}&limit=1000&consistency=linearizable",
-            plan.args.topic
-        );
-        let resp = transport
-            .send(addr, HttpRequest::get(path), Duration::from_secs(30))
-            .await?;
-        if resp.status != 200 {
-            bail!(
-                "reading the topic back: {} {}",
-                resp.status,
-                String::from_utf8_lossy(&resp.body)
-            );
-        }
-        let page: Value = serde_json::from_slice(&resp.body)?;
-        let events = page["events"].as_array().cloned().unwrap_or_default();
-        if events.is_empty() {
+        let read = ReadTopic {
+            from: offset,
+            limit: 1000,
+            wait_ms: 0,
+            linearizable: true,
+        };
+        let page = client
+            .read_topic(addr, &plan.args.topic, read, Duration::from_secs(30))
+            .await
+            .context("reading the topic back")?;
+        if page.events.is_empty() {
             break;
         }
-        for e in &events {
-            if let Some(email) = e["data"]["email"].as_str() {
+        for e in &page.events {
+            if let Some(email) = e.data["email"].as_str() {
                 if email.contains(&marker) && email.starts_with("user-") {
                     *seen.entry(email.to_string()).or_default() += 1;
                 }
             }
         }
-        offset = page["next_offset"].as_u64().context("next_offset")?;
+        offset = page.next_offset;
     }
     let stored: u64 = seen.values().sum();
     let duplicated = seen.values().filter(|n| **n > 1).count();

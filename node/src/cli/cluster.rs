@@ -7,13 +7,12 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Subcommand;
 use serde::Serialize;
-use serde_json::json;
 use uniqlog_node::Config;
 
 use super::client::{write_targets, Client};
 use super::progress::Progress;
-use api::wire::ClusterStatus;
-use api::HttpRequest;
+use api::client::ClientError;
+use api::wire::{AddLearnerBody, ClusterStatus, MembershipBody};
 
 #[derive(Subcommand)]
 pub enum ClusterCommand {
@@ -131,21 +130,19 @@ pub async fn run(command: ClusterCommand) -> Result<()> {
                     .map_err(|_| anyhow!("node {id} is not in the config: pass --addr"))?,
             };
             // Adding the same learner again changes nothing: safe to send to the next node.
-            let req = HttpRequest::post(
-                "/v1/cluster/learners",
-                serde_json::to_vec(&json!({ "id": id, "addr": addr }))?,
-            );
-            let body = Client::for_config(&config)?
-                .write(&write_targets(&config, node)?, req, true)
+            let body = AddLearnerBody { id, addr };
+            let client = Client::for_config(&config)?;
+            let added = client
+                .write(&write_targets(&config, node)?, true, |a| {
+                    let (client, body) = (&client, &body);
+                    async move { client.api().add_learner(&a, body, client.timeout).await }
+                })
                 .await?;
-            println!(
-                "node {id} added as learner (log index {})",
-                body["log_index"]
-            );
-            match body["log_index"].as_u64() {
-                Some(upto) if !no_wait => follow_catch_up(&config, id, upto).await,
-                _ => Ok(()),
+            println!("node {id} added as learner (log index {})", added.log_index);
+            if no_wait {
+                return Ok(());
             }
+            follow_catch_up(&config, id, added.log_index).await
         }
         ClusterCommand::Promote { config, id, node } => {
             change_voters(&Config::load(&config)?, id, true, node).await
@@ -253,12 +250,14 @@ pub(super) async fn init(config: &Config, node: Option<u64>) -> Result<()> {
     // One node initializes: the first of the config that answers. A node that holds a log
     // (initialized, or joined) answers that the cluster already was.
     let client = Client::for_config(config)?;
-    let req = HttpRequest::post("/v1/cluster/init", b"{}".to_vec());
-    let body = client
-        .write(&write_targets(config, node)?, req, true)
+    let answer = client
+        .write(&write_targets(config, node)?, true, |a| {
+            let client = &client;
+            async move { client.api().init(&a, client.timeout).await }
+        })
         .await
         .context("initializing the cluster")?;
-    if body["initialized"] == true {
+    if answer.initialized {
         println!("cluster initialized ({} nodes)", config.nodes.len());
     } else {
         println!("cluster was already initialized");
@@ -363,12 +362,9 @@ async fn status(config: &Config, as_json: bool) -> Result<()> {
     for row in &mut rows {
         row.replication_lag = replication_lag(leader.as_ref(), row.id());
         if row.status().is_some() {
-            row.health = match client.call(&row.addr, HttpRequest::get("/ready")).await {
-                Ok((200, _)) => "ready".into(),
-                Ok((_, body)) => format!(
-                    "not ready: {}",
-                    body["message"].as_str().unwrap_or("no reason given")
-                ),
+            row.health = match client.api().ready(&row.addr, client.timeout).await {
+                Ok(_) => "ready".into(),
+                Err(ClientError::Refused { body, .. }) => format!("not ready: {}", body.message),
                 Err(e) => format!("down: {e}"),
             };
         }
@@ -465,12 +461,20 @@ async fn change_voters(config: &Config, id: u64, add: bool, node: Option<u64>) -
         }
     }
     // Setting the same voters again changes nothing: safe to send to the next node.
-    let req = HttpRequest::post(
-        "/v1/cluster/membership",
-        serde_json::to_vec(&json!({ "voters": voters }))?,
-    );
-    Client::for_config(config)?
-        .write(&write_targets(config, node)?, req, true)
+    let body = MembershipBody {
+        voters: voters.iter().copied().collect(),
+    };
+    let client = Client::for_config(config)?;
+    client
+        .write(&write_targets(config, node)?, true, |a| {
+            let (client, body) = (&client, &body);
+            async move {
+                client
+                    .api()
+                    .change_membership(&a, body, client.timeout)
+                    .await
+            }
+        })
         .await?;
     let verb = if add { "promoted to voter" } else { "removed" };
     println!("node {id} {verb}; voters are now {voters:?}");

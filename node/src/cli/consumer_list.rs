@@ -22,37 +22,34 @@ pub struct ConsumersArgs {
 
 pub async fn run(args: ConsumersArgs) -> Result<()> {
     let config = Config::load(&args.config)?;
-    let consumers = any_node(
-        &config,
-        |c, a| async move { c.get(&a, "/v1/consumers").await },
-    )
+    let consumers = any_node(&config, |c, a| async move {
+        Ok(c.api().consumers(&a, c.timeout).await?)
+    })
     .await?;
-    let topics = any_node(&config, |c, a| async move { c.get(&a, "/v1/topics").await }).await?;
-    let head = |topic: &str| -> Option<u64> {
-        topics["topics"]
-            .as_array()?
+    let topics = any_node(&config, |c, a| async move {
+        Ok(c.api().topics(&a, c.timeout).await?)
+    })
+    .await?;
+    let head = |topic: &str| -> u64 {
+        // A topic nothing was appended to yet has no row: its head is 0.
+        topics
+            .topics
             .iter()
-            .find(|t| t["name"] == topic)
-            .map(|t| t["length"].as_u64().unwrap_or(0))
-            // A topic nothing was appended to yet has no row: its head is 0.
-            .or(Some(0))
+            .find(|t| t.name == topic)
+            .map_or(0, |t| t.length)
     };
-    let rows: Vec<Value> = consumers["consumers"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+    let rows: Vec<Value> = consumers
+        .consumers
         .into_iter()
         .map(|c| {
-            let offset = c["offset"].as_u64().unwrap_or(0);
-            let topic = c["topic"].as_str().map(str::to_string);
-            let head = topic.as_deref().and_then(head);
+            let head = c.topic.as_deref().map(head);
             json!({
-                "consumer": c["consumer"],
-                "topic": topic,
-                "checkpoint": offset,
+                "consumer": c.consumer,
+                "topic": c.topic,
+                "checkpoint": c.offset,
                 "head": head,
-                "lag_events": head.map(|h| h.saturating_sub(offset)),
-                "reported_at": c["reported_at"],
+                "lag_events": head.map(|h| h.saturating_sub(c.offset)),
+                "reported_at": c.reported_at,
             })
         })
         .collect();

@@ -9,10 +9,11 @@ use clap::Subcommand;
 use serde_json::{json, Value};
 use uniqlog_node::Config;
 
-use super::client::{path_segment, write_targets, Client};
+use super::client::{write_targets, Client};
 use super::cluster::any_node;
+use api::client::{ReadStream, ReadTopic};
 use api::parking::{retry_topic, Parked, Record, Retry, PARKED_TOPIC};
-use api::HttpRequest;
+use api::wire::{AppendBody, Event, EventBody};
 
 /// Events per page read.
 const PAGE: u64 = 500;
@@ -107,22 +108,17 @@ pub async fn run(command: LogCommand) -> Result<()> {
             node,
         } => {
             let data: Value = serde_json::from_str(&data).context("--data is not JSON")?;
-            let mut event = json!({ "type": event_type, "data": data });
-            let mut extra = Vec::new();
-            if let Some(stream) = &stream {
-                event["stream"] = json!(stream);
-            }
+            let mut body =
+                AppendBody::of(vec![EventBody::new(&event_type, stream.as_deref(), &data)]);
             if let (Some(stream), Some(v)) = (&stream, expected_version) {
-                let v = v.parse::<u64>().map_or(json!(v), |n| json!(n));
-                extra.push(("expected_version", json!({ stream: v })));
+                let v = serde_json::from_value(v.parse::<u64>().map_or(json!(v), |n| json!(n)))
+                    .context("--expected-version is a number of events, no_stream or any")?;
+                body.expected_version.insert(stream.clone(), v);
             }
-            let keyed = idempotency_key.is_some();
-            if let Some(k) = idempotency_key {
-                extra.push(("idempotency_key", json!(k)));
-            }
+            body.idempotency_key = idempotency_key;
             let config = Config::load(&config)?;
             let targets = write_targets(&config, node)?;
-            append(&config, &targets, &topic, event, extra, keyed).await
+            append(&config, &targets, &topic, &body).await
         }
         LogCommand::Read {
             config,
@@ -132,8 +128,8 @@ pub async fn run(command: LogCommand) -> Result<()> {
             stream,
         } => {
             let what = match (topic, stream) {
-                (_, Some(stream)) => format!("/v1/streams/{}/events", path_segment(&stream)),
-                (Some(topic), None) => format!("/v1/topics/{}/events", path_segment(&topic)),
+                (_, Some(stream)) => Pages::Stream(stream),
+                (Some(topic), None) => Pages::Topic(topic),
                 (None, None) => anyhow::bail!("name a topic or a --stream"),
             };
             read(&Config::load(&config)?, &what, from, limit).await
@@ -160,16 +156,18 @@ async fn replay_parked(config: &Config, targets: &[(u64, String)], consumer: &st
     let mut from = 0;
     let mut queued = 0;
     loop {
-        let path = format!(
-            "/v1/topics/{PARKED_TOPIC}/events?from={from}&limit=1000&consistency=linearizable"
-        );
-        let page = any_node(config, |c, a| {
-            let path = path.clone();
-            async move { c.get(&a, &path).await }
+        let read = ReadTopic {
+            from,
+            limit: 1000,
+            wait_ms: 0,
+            linearizable: true,
+        };
+        let page = any_node(config, |c, a| async move {
+            Ok(c.api()
+                .read_topic(&a, PARKED_TOPIC, read, c.timeout)
+                .await?)
         })
         .await?;
-        let page: api::wire::Page = serde_json::from_value(page)
-            .context("a node answered a page this build does not read")?;
         if page.events.is_empty() {
             break;
         }
@@ -186,11 +184,13 @@ async fn replay_parked(config: &Config, targets: &[(u64, String)], consumer: &st
             };
             // One re-queue per parked event, however often this runs (within the window).
             let body = retry.append_body(Some(format!("replay:{offset}")));
-            let req = HttpRequest::post(
-                format!("/v1/topics/{}/events", retry_topic(consumer)),
-                serde_json::to_vec(&body)?,
-            );
-            client.write(targets, req, true).await?;
+            let topic = retry_topic(consumer);
+            let (c, body, topic) = (&client, &body, &topic);
+            client
+                .write(targets, true, |a| async move {
+                    c.api().append(&a, topic, body, c.timeout).await
+                })
+                .await?;
             queued += 1;
         }
     }
@@ -206,43 +206,59 @@ async fn append(
     config: &Config,
     targets: &[(u64, String)],
     topic: &str,
-    event: Value,
-    extra: Vec<(&str, Value)>,
-    keyed: bool,
+    body: &AppendBody,
 ) -> Result<()> {
-    let mut body = json!({ "events": [event] });
-    for (k, v) in extra {
-        body[k] = v;
-    }
-    let path = format!("/v1/topics/{}/events", path_segment(topic));
     let client = Client::for_config(config)?;
-    let req = HttpRequest::post(path, serde_json::to_vec(&body)?);
-    let answer = client.write(targets, req, keyed).await?;
+    let c = &client;
+    let answer = client
+        .write(targets, body.idempotency_key.is_some(), |a| async move {
+            c.api().append(&a, topic, body, c.timeout).await
+        })
+        .await?;
     println!("{}", serde_json::to_string(&answer)?);
     Ok(())
 }
 
+/// What `log read` pages through.
+enum Pages {
+    Topic(String),
+    Stream(String),
+}
+
 /// Pages of a topic or a stream from `from` on, each event printed as one line, until the end
 /// or `limit` events.
-async fn read(config: &Config, what: &str, from: u64, limit: Option<u64>) -> Result<()> {
+async fn read(config: &Config, what: &Pages, from: u64, limit: Option<u64>) -> Result<()> {
     let mut next = from;
     let mut left = limit.unwrap_or(u64::MAX);
     while left > 0 {
-        let path = format!("{what}?from={next}&limit={}", left.min(PAGE));
-        let page = any_node(config, |c, a| {
-            let path = path.clone();
-            async move { c.get(&a, &path).await }
+        let n = left.min(PAGE) as usize;
+        let page = any_node(config, |c, a| async move {
+            Ok(match what {
+                Pages::Topic(topic) => {
+                    let read = ReadTopic {
+                        from: next,
+                        limit: n,
+                        ..ReadTopic::default()
+                    };
+                    c.api().read_topic(&a, topic, read, c.timeout).await?
+                }
+                Pages::Stream(stream) => {
+                    let read = ReadStream {
+                        from: next,
+                        limit: Some(n),
+                        linearizable: false,
+                    };
+                    c.api().read_stream(&a, stream, read, c.timeout).await?
+                }
+            })
         })
         .await?;
-        let events = page["events"].as_array().cloned().unwrap_or_default();
-        if events.is_empty() {
+        if page.events.is_empty() {
             break;
         }
-        print_lines(&events)?;
-        left = left.saturating_sub(events.len() as u64);
-        next = page["next_offset"]
-            .as_u64()
-            .unwrap_or(next + events.len() as u64);
+        print_lines(&page.events)?;
+        left = left.saturating_sub(page.events.len() as u64);
+        next = page.next_offset;
     }
     Ok(())
 }
@@ -251,37 +267,44 @@ async fn read(config: &Config, what: &str, from: u64, limit: Option<u64>) -> Res
 /// node when one fails, printing each event as one line as soon as it is committed.
 async fn tail(config: &Config, topic: &str, from: Option<u64>) -> Result<()> {
     let client = Client::for_config(config)?;
-    let topic_path = format!("/v1/topics/{}/events", path_segment(topic));
     let mut next = match from {
         Some(from) => from,
         None => {
-            let topics =
-                any_node(config, |c, a| async move { c.get(&a, "/v1/topics").await }).await?;
-            topics["topics"]
-                .as_array()
-                .and_then(|ts| ts.iter().find(|t| t["name"] == topic))
-                .and_then(|t| t["length"].as_u64())
-                .unwrap_or(0)
+            let topics = any_node(config, |c, a| async move {
+                Ok(c.api().topics(&a, c.timeout).await?)
+            })
+            .await?;
+            topics
+                .topics
+                .iter()
+                .find(|t| t.name == topic)
+                .map_or(0, |t| t.length)
         }
     };
     let mut node = 0;
     let mut failures = 0;
     loop {
         let addr = &config.nodes[node % config.nodes.len()].addr;
-        let path = format!("{topic_path}?from={next}&limit={PAGE}&wait_ms={TAIL_WAIT_MS}");
-        match client.get(addr, &path).await {
+        let read = ReadTopic {
+            from: next,
+            limit: PAGE as usize,
+            wait_ms: TAIL_WAIT_MS,
+            linearizable: false,
+        };
+        match client
+            .api()
+            .read_topic(addr, topic, read, client.timeout)
+            .await
+        {
             Ok(page) => {
                 failures = 0;
-                let events = page["events"].as_array().cloned().unwrap_or_default();
-                print_lines(&events)?;
-                next = page["next_offset"]
-                    .as_u64()
-                    .unwrap_or(next + events.len() as u64);
+                print_lines(&page.events)?;
+                next = page.next_offset;
             }
             Err(e) => {
                 failures += 1;
                 if failures > 3 * config.nodes.len() {
-                    return Err(e.context("no node answers"));
+                    return Err(anyhow::Error::from(e).context("no node answers"));
                 }
                 tracing::warn!(addr, error = %e, "tail: trying another node");
                 node += 1;
@@ -291,7 +314,7 @@ async fn tail(config: &Config, topic: &str, from: Option<u64>) -> Result<()> {
     }
 }
 
-fn print_lines(events: &[Value]) -> Result<()> {
+fn print_lines(events: &[Event]) -> Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     for e in events {

@@ -341,7 +341,7 @@ async fn wait_back(
     let mut targets = Default::default();
     loop {
         sup.tend();
-        let ready = client.get(&addr, "/ready").await.is_ok();
+        let ready = client.api().ready(&addr, client.timeout).await.is_ok();
         let leader_view = super::cluster::leader_status(config).await.ok();
         let me = client.status(&addr).await.ok();
         if ready && me.is_some_and(|me| caught_up(leader_view.as_ref(), &me, &mut targets, id)) {

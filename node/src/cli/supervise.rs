@@ -313,7 +313,12 @@ fn print_addresses(config: &Config, config_path: &Path, with_consumers: bool) {
 /// Wait until the node at `addr` answers `/health`, while its child runs.
 async fn wait_healthy(client: &Client, addr: &str, sup: &mut Supervisor, i: usize) -> Result<()> {
     for _ in 0..300 {
-        if client.get(addr, "/health").await.is_ok() {
+        if client
+            .api()
+            .health(addr, client.timeout)
+            .await
+            .is_ok_and(|h| h.status == "ok")
+        {
             return Ok(());
         }
         if !sup.running(i) {

@@ -6,7 +6,6 @@ use anyhow::Result;
 use clap::Subcommand;
 use uniqlog_node::Config;
 
-use super::client::path_segment;
 use super::cluster::any_node;
 
 #[derive(Subcommand)]
@@ -35,21 +34,26 @@ pub enum UniqCommand {
 }
 
 pub async fn run(command: UniqCommand) -> Result<()> {
-    let (config, set, key, suffix) = match command {
-        UniqCommand::Get { config, set, key } => (config, set, key, ""),
-        UniqCommand::History { config, set, key } => (config, set, key, "/history"),
+    let answer = match command {
+        UniqCommand::Get { config, set, key } => {
+            let config = Config::load(&config)?;
+            let owner = any_node(&config, |c, a| {
+                let (set, key) = (set.clone(), key.clone());
+                async move { Ok(c.api().uniq_owner(&a, &set, &key, c.timeout).await?) }
+            })
+            .await?;
+            serde_json::to_string_pretty(&owner)?
+        }
+        UniqCommand::History { config, set, key } => {
+            let config = Config::load(&config)?;
+            let history = any_node(&config, |c, a| {
+                let (set, key) = (set.clone(), key.clone());
+                async move { Ok(c.api().uniq_history(&a, &set, &key, c.timeout).await?) }
+            })
+            .await?;
+            serde_json::to_string_pretty(&history)?
+        }
     };
-    let config = Config::load(&config)?;
-    let path = format!(
-        "/v1/uniq/{}/{}{suffix}",
-        path_segment(&set),
-        path_segment(&key)
-    );
-    let answer = any_node(&config, |c, a| {
-        let path = path.clone();
-        async move { c.get(&a, &path).await }
-    })
-    .await?;
-    println!("{}", serde_json::to_string_pretty(&answer)?);
+    println!("{answer}");
     Ok(())
 }
