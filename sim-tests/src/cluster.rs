@@ -16,7 +16,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use api::wire::ClusterStatus;
+use api::client::{ClientError, ReadTopic};
+use api::wire::{AppendBody, ClusterStatus, Initialized};
 use api::{HttpRequest, HttpResponse, Transport, TransportError};
 use madsim::net::NetSim;
 use madsim::runtime::{Handle, NodeHandle};
@@ -218,8 +219,10 @@ impl SimCluster {
             .name("client")
             .ip(IpAddr::V4(CLIENT_IP))
             .build();
+        let transport = api::client_transport(Some(SIM_CLIENT_TOKEN.to_string()));
         let client = Client {
-            transport: api::client_transport(Some(SIM_CLIENT_TOKEN.to_string())),
+            api: api::client::Client::new(transport.clone()),
+            transport,
         };
         SimCluster {
             seed,
@@ -476,13 +479,8 @@ impl SimCluster {
     /// 503, then nothing once it stopped serving).
     pub async fn healthy(&self, id: NodeId) -> bool {
         let client = self.client();
-        self.on_client(async move {
-            matches!(
-                client.send(id, HttpRequest::get("/health"), STATUS_TIMEOUT).await,
-                Ok(r) if r.status == 200
-            )
-        })
-        .await
+        self.on_client(async move { client.healthy(id).await })
+            .await
     }
 
     /// Start a killed node again on its disk (and its snapshot directory).
@@ -540,28 +538,15 @@ impl SimCluster {
     }
 
     /// `POST /v1/cluster/init` to node 1, until it answers 200.
-    pub async fn cluster_init(&self) -> Value {
+    pub async fn cluster_init(&self) -> Initialized {
         let mut last = String::new();
         for _ in 0..20 {
             let client = self.client();
             let r = self
-                .on_client(async move {
-                    client
-                        .send(
-                            1,
-                            HttpRequest::post("/v1/cluster/init", "{}"),
-                            APPEND_TIMEOUT,
-                        )
-                        .await
-                })
+                .on_client(async move { client.api.init(&node_addr(1), APPEND_TIMEOUT).await })
                 .await;
             match r {
-                Ok(resp) if resp.status == 200 => {
-                    return serde_json::from_slice(&resp.body).unwrap_or(Value::Null)
-                }
-                Ok(resp) => {
-                    last = format!("{} {}", resp.status, String::from_utf8_lossy(&resp.body))
-                }
+                Ok(answer) => return answer,
                 Err(e) => last = e.to_string(),
             }
             sleep(Duration::from_millis(500)).await;
@@ -909,11 +894,15 @@ async fn run_node(
     std::future::pending::<()>().await;
 }
 
-/// The HTTP client of the simulation. Use it from tasks on the client node.
+/// The HTTP client of the simulation. Use it from tasks on the client node. Typed calls go
+/// through `api::client`; the workload's users commands and reads record raw answers (the
+/// checkers judge what came over the wire, not what a decoder made of it).
 #[derive(Clone)]
 pub struct Client {
     /// Presents [`SIM_CLIENT_TOKEN`].
     transport: Arc<dyn Transport>,
+    /// The same transport, typed.
+    api: api::client::Client,
 }
 
 impl Client {
@@ -926,45 +915,62 @@ impl Client {
         self.transport.send(&node_addr(node), req, timeout).await
     }
 
-    /// `POST /v1/topics/{topic}/events`, classified.
+    /// `POST /v1/topics/{topic}/events`, classified. `body` is the workload's JSON, which
+    /// must be an append body.
     pub async fn append(&self, node: NodeId, topic: &str, body: &Value) -> Outcome {
-        let req = HttpRequest::post(
-            format!("/v1/topics/{topic}/events"),
-            serde_json::to_vec(body).expect("JSON bodies serialize"),
-        );
-        match self.send(node, req, APPEND_TIMEOUT).await {
-            Ok(resp) => classify(resp),
+        let body: AppendBody =
+            serde_json::from_value(body.clone()).expect("the workload sends append bodies");
+        let body = &body;
+        match self
+            .api
+            .append(&node_addr(node), topic, body, APPEND_TIMEOUT)
+            .await
+        {
+            Ok(c) => Outcome::Ok(Created {
+                first_offset: c.first_offset,
+                last_offset: c.last_offset,
+                log_index: c.log_index,
+            }),
+            Err(ClientError::Refused {
+                status: 409, body, ..
+            }) => Outcome::Conflict(serde_json::to_value(body).expect("an error body serializes")),
+            Err(ClientError::Refused {
+                status: 503, body, ..
+            }) if body.error == "outcome_unknown" => {
+                Outcome::Unknown(format!("503 {}", body.message))
+            }
+            Err(ClientError::Refused { status, body, .. }) => {
+                Outcome::Failed(status, serde_json::to_string(&body).unwrap_or_default())
+            }
+            Err(ClientError::BadAnswer { status, reason, .. }) if status == 201 => {
+                Outcome::Unknown(format!("201 with an unexpected body: {reason}"))
+            }
+            Err(ClientError::BadAnswer { status, reason, .. }) => Outcome::Failed(status, reason),
             Err(e) if e.nothing_sent() => Outcome::Failed(0, e.to_string()),
             Err(e) => Outcome::Unknown(e.to_string()),
         }
     }
 
-    /// Every event of `topic` on `node`.
+    /// Every event of `topic` on `node`, as the node served them.
     pub async fn read_topic(&self, node: NodeId, topic: &str) -> Result<Vec<Value>, String> {
         let mut out = Vec::new();
         loop {
-            let path = format!("/v1/topics/{topic}/events?from={}&limit=1000", out.len());
-            let resp = self
-                .send(node, HttpRequest::get(path), READ_TIMEOUT)
+            let read = ReadTopic {
+                from: out.len() as u64,
+                limit: 1000,
+                ..ReadTopic::default()
+            };
+            let page = self
+                .api
+                .read_topic(&node_addr(node), topic, read, READ_TIMEOUT)
                 .await
-                .map_err(|e| e.to_string())?;
-            if resp.status != 200 {
-                return Err(format!(
-                    "read {topic} on node {node}: {} {}",
-                    resp.status,
-                    String::from_utf8_lossy(&resp.body)
-                ));
-            }
-            let page: Value = serde_json::from_slice(&resp.body)
-                .map_err(|e| format!("read {topic} on node {node}: bad JSON: {e}"))?;
-            let events = page
-                .get("events")
-                .and_then(Value::as_array)
-                .ok_or_else(|| format!("read {topic} on node {node}: no events array"))?;
-            if events.is_empty() {
+                .map_err(|e| format!("read {topic} on node {node}: {e}"))?;
+            if page.events.is_empty() {
                 return Ok(out);
             }
-            out.extend(events.iter().cloned());
+            for e in page.events {
+                out.push(serde_json::to_value(e).expect("an event serializes"));
+            }
         }
     }
 
@@ -975,62 +981,46 @@ impl Client {
         set: &str,
         key: &str,
     ) -> Result<Option<Owner>, String> {
-        let resp = self
-            .send(
-                node,
-                HttpRequest::get(format!("/v1/uniq/{set}/{key}")),
-                READ_TIMEOUT,
-            )
+        match self
+            .api
+            .uniq_owner(&node_addr(node), set, key, READ_TIMEOUT)
             .await
-            .map_err(|e| e.to_string())?;
-        let body: Value = serde_json::from_slice(&resp.body).unwrap_or(Value::Null);
-        match resp.status {
-            404 => Ok(None),
-            200 => match (
-                body.get("owner").and_then(Value::as_str),
-                body.get("since_offset").and_then(Value::as_u64),
-            ) {
-                (Some(owner), Some(since)) => Ok(Some(Owner {
-                    owner: owner.to_string(),
-                    since_offset: since,
-                })),
-                _ => Err(format!(
-                    "uniq {set}/{key} on node {node}: unexpected body {body}"
-                )),
-            },
-            status => Err(format!("uniq {set}/{key} on node {node}: {status} {body}")),
+        {
+            Ok(o) => Ok(Some(Owner {
+                owner: o.owner,
+                since_offset: o.since_offset,
+            })),
+            Err(e) if e.status() == Some(404) => Ok(None),
+            Err(e) => Err(format!("uniq {set}/{key} on node {node}: {e}")),
         }
+    }
+
+    /// The latest checkpoint of `consumer`, read linearizably; `None` when it never reported.
+    pub async fn checkpoint(
+        &self,
+        node: NodeId,
+        consumer: &str,
+    ) -> Result<Option<api::checkpoints::Checkpoint>, String> {
+        self.api
+            .checkpoint(&node_addr(node), consumer, true, Duration::from_secs(2))
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// `GET /v1/cluster/status`.
     pub async fn status(&self, node: NodeId) -> Result<ClusterStatus, String> {
-        let resp = self
-            .send(node, HttpRequest::get("/v1/cluster/status"), STATUS_TIMEOUT)
+        self.api
+            .status(&node_addr(node), STATUS_TIMEOUT)
             .await
-            .map_err(|e| e.to_string())?;
-        if resp.status != 200 {
-            return Err(format!(
-                "{} {}",
-                resp.status,
-                String::from_utf8_lossy(&resp.body)
-            ));
-        }
-        serde_json::from_slice(&resp.body).map_err(|e| format!("bad status JSON: {e}"))
+            .map_err(|e| e.to_string())
     }
-}
 
-/// An HTTP answer to an append as an [`Outcome`].
-pub fn classify(resp: HttpResponse) -> Outcome {
-    let body: Value = serde_json::from_slice(&resp.body).unwrap_or(Value::Null);
-    match resp.status {
-        201 => match Created::from_json(&body) {
-            Some(c) => Outcome::Ok(c),
-            None => Outcome::Unknown(format!("201 with an unexpected body: {body}")),
-        },
-        409 => Outcome::Conflict(body),
-        503 if body.get("error").and_then(Value::as_str) == Some("outcome_unknown") => {
-            Outcome::Unknown(format!("503 {body}"))
-        }
-        status => Outcome::Failed(status, body.to_string()),
+    /// `GET /health` answered `ok` (a node that stopped on a fatal error answers 503
+    /// `failed`, then nothing once it stopped serving).
+    pub async fn healthy(&self, node: NodeId) -> bool {
+        self.api
+            .health(&node_addr(node), STATUS_TIMEOUT)
+            .await
+            .is_ok_and(|h| h.status == "ok")
     }
 }

@@ -20,14 +20,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use api::HttpRequest;
 use consumers::mail::{MailConsumer, MailStats, SharedStats};
 use consumers::mail_sink::{Faults, MailSink};
 use consumers::query::{follow, router, QueryState, QueryStore};
 use madsim::rand::seq::SliceRandom;
 use madsim::rand::Rng;
 use madsim::runtime::{Handle, NodeHandle};
-use serde_json::Value;
 use uniqlog_node::Config;
 
 use crate::check::consumers::ConsumerState;
@@ -478,13 +476,8 @@ async fn mail_checkpoint_now(cluster: &SimCluster) -> Option<u64> {
     cluster
         .spawn_client(async move {
             for id in ids {
-                let req =
-                    HttpRequest::get("/v1/consumers/mail/checkpoint?consistency=linearizable");
-                if let Ok(r) = client.send(id, req, Duration::from_secs(2)).await {
-                    if r.status == 200 {
-                        let v: Value = serde_json::from_slice(&r.body).ok()?;
-                        return v["offset"].as_u64();
-                    }
+                if let Ok(Some(c)) = client.checkpoint(id, "mail").await {
+                    return Some(c.offset);
                 }
             }
             None
