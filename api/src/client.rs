@@ -309,18 +309,23 @@ fn to_json(body: &impl serde::Serialize) -> Vec<u8> {
     serde_json::to_vec(body).expect("a request body serializes")
 }
 
-/// Why no node took a write.
+/// What to do about a write whose answer was lost.
+pub const UNCERTAIN: &str = "The write may or may not have been applied; check before sending \
+                             it again, or send it with an idempotency key";
+
+/// Why no node took a write. Each error comes with the index of the node (in the list
+/// given to [`write_any`]) that caused it.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum WriteError {
     /// The write may have been applied: sending it again could apply it twice.
-    #[error("{0}. The write may or may not have been applied; check before sending it again, or send it with an idempotency key")]
-    Uncertain(ClientError),
+    #[error("{}. {UNCERTAIN}", .0.1)]
+    Uncertain((usize, ClientError)),
     /// A node refused it, and another would too.
-    #[error("{0}")]
-    Refused(ClientError),
+    #[error("{}", .0.1)]
+    Refused((usize, ClientError)),
     /// Every node was tried, and none applied it.
-    #[error("no node took the write: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
-    NoNode(Vec<ClientError>),
+    #[error("no node took the write: {}", .0.iter().map(|(_, e)| e.to_string()).collect::<Vec<_>>().join("; "))]
+    NoNode(Vec<(usize, ClientError)>),
 }
 
 /// Send a write to the first of `addrs` that takes it. Any node takes writes (a follower
@@ -338,7 +343,7 @@ where
     Fut: std::future::Future<Output = Result<T, ClientError>>,
 {
     let mut tried = Vec::new();
-    for addr in addrs {
+    for (at, addr) in addrs.iter().enumerate() {
         let e = match write(addr.clone()).await {
             Ok(answer) => return Ok(answer),
             Err(e) => e,
@@ -352,11 +357,11 @@ where
         };
         if !retry_safe {
             return Err(match e {
-                ClientError::Transport(_) => WriteError::Uncertain(e),
-                _ => WriteError::Refused(e),
+                ClientError::Transport(_) => WriteError::Uncertain((at, e)),
+                _ => WriteError::Refused((at, e)),
             });
         }
-        tried.push(e);
+        tried.push((at, e));
     }
     Err(WriteError::NoNode(tried))
 }
@@ -490,7 +495,7 @@ mod tests {
         ));
         assert!(matches!(
             write(vec![Err(unreached()), Err(unreached())], false),
-            Err(WriteError::NoNode(tried)) if tried.len() == 2
+            Err(WriteError::NoNode(tried)) if tried.len() == 2 && tried[1].0 == 1
         ));
     }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 
-use api::client::ClientError;
+use api::client::{ClientError, WriteError};
 use api::wire::ClusterStatus;
 use uniqlog_node::Config;
 
@@ -50,7 +50,22 @@ impl Client {
         Fut: Future<Output = Result<T, ClientError>>,
     {
         let addrs: Vec<String> = targets.iter().map(|(_, addr)| addr.clone()).collect();
-        Ok(api::client::write_any(&addrs, keyed, write).await?)
+        let named = |(at, e): &(usize, ClientError)| {
+            let (id, addr) = &targets[*at];
+            format!("node {id} at {addr}: {e}")
+        };
+        api::client::write_any(&addrs, keyed, write)
+            .await
+            .map_err(|e| match &e {
+                WriteError::Uncertain(failed) => {
+                    anyhow!("{}. {}", named(failed), api::client::UNCERTAIN)
+                }
+                WriteError::Refused(failed) => anyhow!("{}", named(failed)),
+                WriteError::NoNode(tried) => anyhow!(
+                    "no node took the write: {}",
+                    tried.iter().map(named).collect::<Vec<_>>().join("; ")
+                ),
+            })
     }
 }
 
