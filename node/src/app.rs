@@ -25,6 +25,9 @@ use api::transport::Transport;
 
 pub type SharedApp = Arc<App>;
 
+/// The node as the routes see it: its place in the Raft group (the fields here), what the
+/// config says ([`Settings`]), and what it keeps while it serves ([`Runtime`]). Built by
+/// [`App::new`], the one constructor.
 pub struct App {
     pub id: NodeId,
     pub raft: Raft<TypeConfig>,
@@ -33,7 +36,18 @@ pub struct App {
     pub log_durable: raft_store::LocalDurable,
     /// The free space writes need on this node's data disk.
     pub disk: raft_store::DiskSpace,
+    /// To the other nodes (forwarding, membership checks, the dashboard's peers).
     pub transport: Arc<dyn Transport>,
+    /// Group commit of client requests into Raft entries.
+    pub proposer: crate::propose::Proposer,
+    /// What `/metrics` reports ([`crate::metrics`]).
+    pub metrics: Arc<crate::metrics::NodeMetrics>,
+    pub settings: Settings,
+    pub runtime: Runtime,
+}
+
+/// What the config says, fixed while the node runs.
+pub struct Settings {
     pub limits: Limits,
     /// The config's node list: what `cluster init` bootstraps.
     pub initial_members: BTreeMap<NodeId, Node>,
@@ -45,15 +59,17 @@ pub struct App {
     pub cluster_secret: Option<String>,
     /// Client tokens and roles (`[auth]`); off when no token is listed.
     pub auth: crate::auth::Auth,
-    /// Group commit of client requests into Raft entries.
-    pub proposer: crate::propose::Proposer,
-    /// Password hashes running at once, at most ([`password_hashing_slots`]).
+    /// Every listener is loopback and auth is off: answer only requests addressed to a
+    /// loopback name ([`api::host_check`]).
+    pub loopback_hosts_only: bool,
+}
+
+/// What the node keeps while it serves, each part for the module named beside it.
+pub struct Runtime {
+    /// Password hashes running at once, at most ([`password_hashing_slots`]); `users`.
     pub password_hashing: tokio::sync::Semaphore,
-    /// The snapshot being received from the leader: its id and the bytes written from offset
-    /// 0 without a gap (`peer::snapshot`).
-    pub snapshot_received: tokio::sync::Mutex<Option<(String, u64)>>,
-    /// What `/metrics` reports ([`crate::metrics`]).
-    pub metrics: Arc<crate::metrics::NodeMetrics>,
+    /// The snapshot being received from the leader (`peer::snapshot`).
+    pub snapshot_received: tokio::sync::Mutex<Option<crate::peer::SnapshotReceipt>>,
     /// Set when this node finds it was removed from the cluster ([`crate::removal`]).
     pub removed: std::sync::OnceLock<String>,
     /// When this process started serving: `uptime_ms` in the status, by which a rolling
@@ -63,15 +79,69 @@ pub struct App {
     pub backup_slot: Arc<tokio::sync::Semaphore>,
     /// The latest 409s this node answered, for the dashboard (`crate::conflicts`).
     pub recent_conflicts: crate::conflicts::RecentConflicts,
-    /// The last count of owned keys per uniq set and when it was taken (`GET /v1/uniq`).
-    pub uniq_counts: tokio::sync::Mutex<Option<(Instant, std::collections::BTreeMap<String, u64>)>>,
+    /// The last count of owned keys per uniq set (`routes::uniq`).
+    pub uniq_counts: tokio::sync::Mutex<Option<crate::routes::uniq::UniqCounts>>,
     /// Anonymous sign-up flow requests, per client ([`crate::rate_limit`]).
     pub anonymous_limiter: crate::rate_limit::RateLimiter,
     /// Event streams and long-polls open at once, at most `limits.streams_max`.
     pub streams: Arc<tokio::sync::Semaphore>,
-    /// Every listener is loopback and auth is off: answer only requests addressed to a
-    /// loopback name ([`api::host_check`]).
-    pub loopback_hosts_only: bool,
+}
+
+impl Runtime {
+    fn new(limits: &Limits) -> Runtime {
+        Runtime {
+            password_hashing: tokio::sync::Semaphore::new(password_hashing_slots()),
+            snapshot_received: tokio::sync::Mutex::new(None),
+            removed: std::sync::OnceLock::new(),
+            started: Instant::now(),
+            backup_slot: Arc::new(tokio::sync::Semaphore::new(1)),
+            recent_conflicts: Default::default(),
+            uniq_counts: Default::default(),
+            anonymous_limiter: crate::rate_limit::RateLimiter::new(
+                limits.anonymous_requests_per_minute,
+            ),
+            streams: Arc::new(tokio::sync::Semaphore::new(limits.streams_max)),
+        }
+    }
+}
+
+/// The node's place in the Raft group, as [`App::new`] takes it.
+pub struct Core {
+    pub id: NodeId,
+    pub raft: Raft<TypeConfig>,
+    pub reader: StateReader,
+    pub log_durable: raft_store::LocalDurable,
+    pub disk: raft_store::DiskSpace,
+    pub transport: Arc<dyn Transport>,
+    pub proposer: crate::propose::Proposer,
+    pub metrics: Arc<crate::metrics::NodeMetrics>,
+}
+
+impl App {
+    pub fn new(core: Core, settings: Settings) -> SharedApp {
+        let Core {
+            id,
+            raft,
+            reader,
+            log_durable,
+            disk,
+            transport,
+            proposer,
+            metrics,
+        } = core;
+        Arc::new(App {
+            id,
+            raft,
+            reader,
+            log_durable,
+            disk,
+            transport,
+            proposer,
+            metrics,
+            runtime: Runtime::new(&settings.limits),
+            settings,
+        })
+    }
 }
 
 /// How many password hashes a node runs at once: one per core, at most 8 (each takes
@@ -157,24 +227,28 @@ pub use api::runtime::now_ms;
 
 impl api::extract::BodyLimit for App {
     fn body_bytes_max(&self) -> usize {
-        self.limits.body_bytes_max
+        self.settings.limits.body_bytes_max
     }
 }
 
 impl App {
     /// A place among the open event streams and long-polls, or 429.
     pub fn stream_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
-        self.streams.clone().try_acquire_owned().map_err(|_| {
-            ApiError::overloaded(format!(
+        self.runtime
+            .streams
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                ApiError::overloaded(format!(
                 "this node already serves {} event streams and long-polls (limits.streams_max); \
                  retry later or ask another node",
-                self.limits.streams_max
+                self.settings.limits.streams_max
             ))
-        })
+            })
     }
 
     pub fn request_timeout(&self) -> Duration {
-        Duration::from_millis(self.limits.request_timeout_ms)
+        Duration::from_millis(self.settings.limits.request_timeout_ms)
     }
 
     /// Run `op` on the leader, here or one hop away.
@@ -251,7 +325,8 @@ impl App {
         // A little slack so the leader's own timeout answers first.
         let wait = left + Duration::from_millis(200);
         // The leader serves this on its peer router, which requires the cluster secret.
-        let mut req = crate::peer::peer_request(FORWARD_PATH, body, self.cluster_secret.as_deref());
+        let mut req =
+            crate::peer::peer_request(FORWARD_PATH, body, self.settings.cluster_secret.as_deref());
         if let Some(id) = api::request_id::current() {
             req.headers
                 .push((http::HeaderName::from_static(api::request_id::HEADER), id));
@@ -361,7 +436,7 @@ impl App {
     /// that fails half way and stops the node.
     fn check_disk(&self) -> Result<(), ApiError> {
         self.disk
-            .check(self.limits.disk_free_min_bytes)
+            .check(self.settings.limits.disk_free_min_bytes)
             .map_err(|low| ApiError::unavailable(format!("node {}: {low}", self.id)))
     }
 
@@ -448,7 +523,7 @@ impl App {
         if let Some(damage) = self.reader.damage() {
             return Some(damage.to_string());
         }
-        if let Some(removed) = self.removed.get() {
+        if let Some(removed) = self.runtime.removed.get() {
             return Some(removed.clone());
         }
         // A leader learns of its own failed fsync only here: it reported the append flushed

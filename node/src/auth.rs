@@ -37,9 +37,10 @@ pub(crate) async fn admit(
     let bearer = bearer(req.headers()).map(Cow::into_owned);
     // EventSource cannot send headers: the event stream also takes a short-lived read token
     // in its query (see `stream_token`).
-    let on_stream = bearer.is_none() && path == Some(STREAM_ROUTE) && app.auth.enabled();
+    let on_stream = bearer.is_none() && path == Some(STREAM_ROUTE) && app.settings.auth.enabled();
     let decided = match stream_access_token(req) {
         Some(token) if on_stream => app
+            .settings
             .auth
             .check_stream_token(token, api::runtime::now_ms())
             .and_then(|caller| {
@@ -52,6 +53,7 @@ pub(crate) async fn admit(
                     .into(),
         }),
         _ => app
+            .settings
             .auth
             .authorize(access, topic.as_deref(), bearer.as_deref()),
     };
@@ -63,7 +65,8 @@ pub(crate) async fn admit(
             .extensions()
             .get::<api::server::ClientAddr>()
             .map(|c| c.0.ip());
-        app.anonymous_limiter
+        app.runtime
+            .anonymous_limiter
             .check(client)
             .map_err(IntoResponse::into_response)?;
     }
@@ -86,7 +89,7 @@ pub async fn whoami(
     axum::Extension(caller): axum::Extension<Caller>,
 ) -> Response {
     axum::Json(api::wire::Whoami {
-        auth_enabled: app.auth.enabled(),
+        auth_enabled: app.settings.auth.enabled(),
         role: caller.role.unwrap_or(Role::Admin),
         topics: caller.scope.as_ref().map(|s| s.patterns().to_vec()),
     })
@@ -99,7 +102,10 @@ pub async fn stream_token(
     State(app): State<SharedApp>,
     axum::Extension(caller): axum::Extension<Caller>,
 ) -> Response {
-    let (token, expires) = app.auth.make_stream_token(&caller, api::runtime::now_ms());
+    let (token, expires) = app
+        .settings
+        .auth
+        .make_stream_token(&caller, api::runtime::now_ms());
     axum::Json(api::wire::StreamToken {
         access_token: token,
         expires_at: expires,

@@ -23,7 +23,7 @@ pub fn sign(req: &mut HttpRequest, secret: Option<&str>) {
 
 /// Middleware of the peer routes: without the right secret, 401 and a line in the log.
 pub async fn require(State(app): State<SharedApp>, req: Request, next: Next) -> Response {
-    let Some(expected) = app.cluster_secret.as_deref() else {
+    let Some(expected) = app.settings.cluster_secret.as_deref() else {
         return next.run(req).await;
     };
     let presented = req.headers().get(HEADER).and_then(|v| v.to_str().ok());

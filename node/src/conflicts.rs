@@ -55,7 +55,7 @@ impl RecentConflicts {
 /// routes' one middleware (`crate::edge`).
 pub(crate) fn note(app: &SharedApp, route: &str, resp: &Response) {
     if let Some(ConflictSeen(body)) = resp.extensions().get::<ConflictSeen>() {
-        app.recent_conflicts.record(route, body);
+        app.runtime.recent_conflicts.record(route, body);
         // Counted where it is listed, so the dashboard's count and list agree.
         let set = match body.error.as_str() {
             "uniq_conflict" => body.details.get("set").and_then(|s| s.as_str()),
@@ -70,5 +70,5 @@ pub(crate) fn note(app: &SharedApp, route: &str, resp: &Response) {
 
 /// `GET /v1/conflicts/recent` (admin role: a refused write's key is in no event).
 pub async fn recent(State(app): State<SharedApp>) -> Response {
-    Json(json!({ "conflicts": app.recent_conflicts.list() })).into_response()
+    Json(json!({ "conflicts": app.runtime.recent_conflicts.list() })).into_response()
 }

@@ -23,7 +23,6 @@ pub mod routes;
 pub mod users;
 pub mod wire;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -122,7 +121,7 @@ impl RunningNode {
     }
 }
 
-/// Start node `id` of `config` on already opened `storage`.
+/// Start node `id` of `config` on already opened `storage`: Raft, the app, its listeners.
 pub async fn start(
     config: &Config,
     id: NodeId,
@@ -130,84 +129,8 @@ pub async fn start(
     transport: Arc<dyn Transport>,
 ) -> Result<RunningNode, NodeError> {
     let me = config.node(id)?.clone();
-    config.check_exposure(id)?;
     let tls = config.server_tls()?;
-    let raft_config = Arc::new(config.openraft().validate().map_err(Box::new)?);
-    let metrics = Arc::new(metrics::NodeMetrics::new(&storage.metrics));
-    // The leader's fsync runs beside its followers' (raft_store::LocalDurable).
-    let log_durable = storage.log.overlap_leader_fsync(id);
-    let network = PeerNetwork::new(
-        transport.clone(),
-        config.cluster_secret(),
-        metrics.raft_path.clone(),
-        log_durable.clone(),
-    );
-    // Raft::new re-applies the committed entries after the state file's last checkpoint (at
-    // most 256 entries or about 2,048 events; none after a clean stop): with the state
-    // file's repair, what a restart after a crash waits on.
-    let applied_before = *storage.reader.applied_watch().borrow();
-    let started = std::time::Instant::now();
-    let raft = Raft::new(id, raft_config, network, storage.log, storage.state_machine)
-        .await
-        .map_err(|e| NodeError::Raft(e.to_string()))?;
-    tracing::info!(
-        ms = started.elapsed().as_millis() as u64,
-        reapplied = storage
-            .reader
-            .applied_watch()
-            .borrow()
-            .saturating_sub(applied_before),
-        "started Raft"
-    );
-    // After `Raft::new`, which re-applied the committed entries the state file had not kept
-    // yet (it is checkpointed every 256 entries or 2,048 events, and at a clean stop): the
-    // rules compared are the latest this node knows committed.
-    if let Err(e) = check_rules(config, &storage.reader) {
-        let _ = raft.shutdown().await;
-        return Err(e);
-    }
-    let initial_members: BTreeMap<NodeId, Node> = config
-        .nodes
-        .iter()
-        .map(|n| (n.id, Node::new(n.peer_addr())))
-        .collect();
-    let app = Arc::new(App {
-        id,
-        raft: raft.clone(),
-        reader: storage.reader,
-        log_durable,
-        disk: storage.disk,
-        transport,
-        limits: config.limits.clone(),
-        initial_members,
-        config_rules: config.rules(),
-        users: config.users.clone(),
-        cluster_secret: config.cluster_secret(),
-        auth: config.client_auth(),
-        proposer: Proposer::start(
-            raft.clone(),
-            Duration::from_millis(config.limits.request_timeout_ms),
-            config.limits.write_queue_max,
-            metrics.clone(),
-        ),
-        password_hashing: tokio::sync::Semaphore::new(app::password_hashing_slots()),
-        snapshot_received: tokio::sync::Mutex::new(None),
-        metrics,
-        removed: std::sync::OnceLock::new(),
-        started: tokio::time::Instant::now(),
-        backup_slot: Arc::new(tokio::sync::Semaphore::new(1)),
-        recent_conflicts: Default::default(),
-        uniq_counts: Default::default(),
-        anonymous_limiter: rate_limit::RateLimiter::new(
-            config.limits.anonymous_requests_per_minute,
-        ),
-        streams: Arc::new(tokio::sync::Semaphore::new(config.limits.streams_max)),
-        loopback_hosts_only: config.auth.tokens.is_empty()
-            && [Some(me.addr.as_str()), me.peer_addr.as_deref()]
-                .into_iter()
-                .flatten()
-                .all(config::is_loopback),
-    });
+    let app = build(config, id, storage, transport).await?;
     let header_timeout = Duration::from_millis(config.limits.header_read_timeout_ms);
     let mut servers = Vec::new();
     let connections_max = Some(api::server::ConnectionCap {
@@ -245,6 +168,85 @@ pub async fn start(
     servers.push(tokio::spawn(removal::watch(app.clone(), period)));
     tracing::info!(id, addr = %me.addr, peer_addr = %me.peer_addr(), tls = tls.is_some(), "node serving");
     Ok(RunningNode { app, servers })
+}
+
+/// Node `id` of `config` on already opened `storage`, Raft started, with no listener: what
+/// [`start`] serves, and what in-process tests call through the routers.
+pub async fn build(
+    config: &Config,
+    id: NodeId,
+    storage: Storage,
+    transport: Arc<dyn Transport>,
+) -> Result<SharedApp, NodeError> {
+    let me = config.node(id)?.clone();
+    config.check_exposure(id)?;
+    let raft_config = Arc::new(config.openraft().validate().map_err(Box::new)?);
+    let metrics = Arc::new(metrics::NodeMetrics::new(&storage.metrics));
+    // The leader's fsync runs beside its followers' (raft_store::LocalDurable).
+    let log_durable = storage.log.overlap_leader_fsync(id);
+    let network = PeerNetwork::new(
+        transport.clone(),
+        config.cluster_secret(),
+        metrics.raft_path.clone(),
+        log_durable.clone(),
+    );
+    // Raft::new re-applies the committed entries after the state file's last checkpoint (at
+    // most 256 entries or about 2,048 events; none after a clean stop): with the state
+    // file's repair, what a restart after a crash waits on.
+    let applied_before = *storage.reader.applied_watch().borrow();
+    let started = std::time::Instant::now();
+    let raft = Raft::new(id, raft_config, network, storage.log, storage.state_machine)
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
+    tracing::info!(
+        ms = started.elapsed().as_millis() as u64,
+        reapplied = storage
+            .reader
+            .applied_watch()
+            .borrow()
+            .saturating_sub(applied_before),
+        "started Raft"
+    );
+    // After `Raft::new`, which re-applied the committed entries the state file had not kept
+    // yet (it is checkpointed every 256 entries or 2,048 events, and at a clean stop): the
+    // rules compared are the latest this node knows committed.
+    if let Err(e) = check_rules(config, &storage.reader) {
+        let _ = raft.shutdown().await;
+        return Err(e);
+    }
+    let core = app::Core {
+        id,
+        proposer: Proposer::start(
+            raft.clone(),
+            Duration::from_millis(config.limits.request_timeout_ms),
+            config.limits.write_queue_max,
+            metrics.clone(),
+        ),
+        raft,
+        reader: storage.reader,
+        log_durable,
+        disk: storage.disk,
+        transport,
+        metrics,
+    };
+    let settings = app::Settings {
+        limits: config.limits.clone(),
+        initial_members: config
+            .nodes
+            .iter()
+            .map(|n| (n.id, Node::new(n.peer_addr())))
+            .collect(),
+        config_rules: config.rules(),
+        users: config.users.clone(),
+        cluster_secret: config.cluster_secret(),
+        auth: config.client_auth(),
+        loopback_hosts_only: config.auth.tokens.is_empty()
+            && [Some(me.addr.as_str()), me.peer_addr.as_deref()]
+                .into_iter()
+                .flatten()
+                .all(config::is_loopback),
+    };
+    Ok(App::new(core, settings))
 }
 
 /// Serve `router` on `addr`, over TLS only when `tls` is given.

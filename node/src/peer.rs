@@ -54,6 +54,13 @@ pub use api::link::PEER_BODY_BYTES_MAX;
 /// and fsync in that time would never get through.
 pub const APPEND_BATCH_BYTES_MAX: usize = 2 * 1024 * 1024;
 
+/// The snapshot being received from the leader: its id, and the bytes written from offset 0
+/// without a gap.
+pub struct SnapshotReceipt {
+    pub id: String,
+    pub written: u64,
+}
+
 /// Whether `path` is one of the routes peers call.
 pub fn is_peer_path(path: &str) -> bool {
     [
@@ -186,10 +193,10 @@ async fn snapshot(
             "snapshot chunk without its checksum, or damaged on the way",
         ));
     }
-    let mut received = app.snapshot_received.lock().await;
+    let mut received = app.runtime.snapshot_received.lock().await;
     let id = req.meta.snapshot_id.clone();
     let written = match &*received {
-        Some((current, written)) if *current == id => *written,
+        Some(r) if r.id == id => r.written,
         _ => 0,
     };
     if req.offset > written {
@@ -218,10 +225,13 @@ async fn snapshot(
     let res = app.raft.install_snapshot(req).await;
     app.metrics.raft_path.handled("snapshot", started.elapsed());
     *received = match (&res, done) {
-        (Ok(_), false) => Some((id, written.max(end))),
+        (Ok(_), false) => Some(SnapshotReceipt {
+            id,
+            written: written.max(end),
+        }),
         (Ok(_), true) => None,
         // openraft refused it: its stream did not take this chunk.
-        (Err(_), _) => received.take().filter(|(current, _)| *current == id),
+        (Err(_), _) => received.take().filter(|r| r.id == id),
     };
     Ok(rpc_answer(res))
 }
@@ -229,7 +239,7 @@ async fn snapshot(
 /// A follower hands an operation to this node, which must be the leader: one hop only.
 async fn forwarded(State(app): State<SharedApp>, body: Bytes) -> Result<Response, ApiError> {
     let f: Forwarded = parse_rpc(&body)?;
-    let timeout = Duration::from_millis(f.timeout_ms.min(app.limits.request_timeout_ms));
+    let timeout = Duration::from_millis(f.timeout_ms.min(app.settings.limits.request_timeout_ms));
     let started = Instant::now();
     app.leads_term(f.term, timeout).await?;
     let left = timeout.saturating_sub(started.elapsed());

@@ -106,7 +106,7 @@ pub async fn watch(app: SharedApp, period: Duration) {
 
 async fn ask(app: &SharedApp, addr: &str, timeout: Duration) -> Option<PeerMembership> {
     let mut req = HttpRequest::post(MEMBERSHIP_PATH, b"{}".to_vec());
-    crate::cluster_secret::sign(&mut req, app.cluster_secret.as_deref());
+    crate::cluster_secret::sign(&mut req, app.settings.cluster_secret.as_deref());
     crate::peer_protocol::stamp(&mut req);
     match app.transport.send(addr, req, timeout).await {
         Ok(resp) if resp.status == 200 => serde_json::from_slice(&resp.body).ok(),
@@ -123,5 +123,5 @@ fn removed(app: &SharedApp, index: u64, from: &str) {
         app.id
     );
     tracing::error!("{message}");
-    let _ = app.removed.set(message);
+    let _ = app.runtime.removed.set(message);
 }

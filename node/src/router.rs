@@ -289,14 +289,14 @@ pub fn client_router(app: SharedApp) -> Router {
         .fold(Router::new(), |r, (path, h)| r.route(path, h));
     let edge = edge::Edge {
         app: app.clone(),
-        timeouts: std::sync::Arc::new(request_timeouts(&app.limits)),
+        timeouts: std::sync::Arc::new(request_timeouts(&app.settings.limits)),
     };
     let router = router.route_layer(axum::middleware::from_fn_with_state(
         edge,
         edge::client_route,
     ));
     // Open to whoever reaches it: then only for requests addressed to loopback.
-    let router = if app.loopback_hosts_only {
+    let router = if app.settings.loopback_hosts_only {
         router.route_layer(axum::middleware::from_fn(host_check::loopback_hosts_only))
     } else {
         router

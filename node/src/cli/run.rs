@@ -70,7 +70,7 @@ pub async fn node(config_path: &Path, id: u64) -> Result<()> {
         error = node.failed() => Some(error),
     };
     tracing::info!(id, ?failure, "stopping");
-    let removed = node.app.removed.get().cloned();
+    let removed = node.app.runtime.removed.get().cloned();
     node.shutdown().await;
     if let Some(message) = removed {
         return Err(Removed(message).into());

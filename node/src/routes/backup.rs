@@ -31,18 +31,18 @@ pub async fn backup(State(app): State<SharedApp>) -> Result<Response, ApiError> 
     }
     // One at a time, and only with room for it: a backup is about the size of a snapshot, and
     // a full disk would stop this node's Raft log.
-    let Ok(slot) = app.backup_slot.clone().try_acquire_owned() else {
+    let Ok(slot) = app.runtime.backup_slot.clone().try_acquire_owned() else {
         return Err(ApiError::overloaded(
             "a backup is already being written on this node; retry when it is done",
         ));
     };
     app.disk
-        .check(app.limits.disk_free_min_bytes)
+        .check(app.settings.limits.disk_free_min_bytes)
         .map_err(|low| {
             ApiError::unavailable(format!("node {}: no room for a backup: {low}", app.id))
         })?;
     let reader = app.reader.clone();
-    let key = app.cluster_secret.clone();
+    let key = app.settings.cluster_secret.clone();
     let file = raft_store::blocking(move || reader.backup(key.as_deref().map(str::as_bytes)))
         .await
         .map_err(crate::errors::api_error)?;

@@ -62,7 +62,7 @@ pub async fn cluster_status(app: &SharedApp) -> Result<ClusterStatus, ApiError> 
         snapshot_index: m.snapshot.map(|l| l.index),
         members,
         replication,
-        uptime_ms: app.started.elapsed().as_millis() as u64,
+        uptime_ms: app.runtime.started.elapsed().as_millis() as u64,
         rules_version: rules.version,
         idempotency: IdempotencyStatus {
             window_ms: rules.rules.idempotency.window_ms,
@@ -92,7 +92,11 @@ pub async fn init(State(app): State<SharedApp>) -> Result<Response, ApiError> {
 
 /// What `POST /v1/cluster/init` (and `uniqlog dev`) does.
 pub async fn init_cluster(app: &SharedApp) -> Result<Initialized, ApiError> {
-    let initialized = match app.raft.initialize(app.initial_members.clone()).await {
+    let initialized = match app
+        .raft
+        .initialize(app.settings.initial_members.clone())
+        .await
+    {
         Ok(()) => true,
         Err(RaftError::APIError(InitializeError::NotAllowed(_))) => false,
         Err(RaftError::APIError(InitializeError::NotInMembers(e))) => {
@@ -107,7 +111,7 @@ pub async fn init_cluster(app: &SharedApp) -> Result<Initialized, ApiError> {
     app.linearize().await?;
     let rules = app.rules().await?;
     let rules_version = if rules.version == 0 {
-        uniq::propose_rules(app, app.config_rules.clone()).await?
+        uniq::propose_rules(app, app.settings.config_rules.clone()).await?
     } else {
         rules.version
     };

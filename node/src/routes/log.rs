@@ -30,7 +30,7 @@ pub async fn append(
     IdempotencyKeyHeader(key): IdempotencyKeyHeader,
     JsonBody(body): JsonBody<AppendBody>,
 ) -> Result<Response, ApiError> {
-    check_append(&body, &topic, &app.limits)?;
+    check_append(&body, &topic, &app.settings.limits)?;
     let header = match &key {
         None => None,
         Some(v) => Some(v.to_str().map_err(|_| {
@@ -102,7 +102,7 @@ enum Consistency {
 
 impl ReadParams {
     fn limit(&self, app: &SharedApp) -> Result<usize, ApiError> {
-        let max = app.limits.read_events_max;
+        let max = app.settings.limits.read_events_max;
         match self.limit {
             None => Ok(max.min(100)),
             Some(0) => Err(ApiError::bad_request("limit must be at least 1")),
@@ -115,10 +115,10 @@ impl ReadParams {
     }
 
     fn wait(&self, app: &SharedApp) -> Result<Duration, ApiError> {
-        if self.wait_ms > app.limits.wait_ms_max {
+        if self.wait_ms > app.settings.limits.wait_ms_max {
             return Err(ApiError::OverLimit {
                 param: "wait_ms",
-                max: app.limits.wait_ms_max,
+                max: app.settings.limits.wait_ms_max,
             });
         }
         Ok(Duration::from_millis(self.wait_ms))
@@ -156,7 +156,7 @@ async fn read_page(
     limit: usize,
 ) -> Result<Page, ApiError> {
     let reader = app.reader.clone();
-    let bytes_max = app.limits.read_bytes_max;
+    let bytes_max = app.settings.limits.read_bytes_max;
     raft_store::blocking(move || reader.read_topic_within(&topic, from, limit, bytes_max))
         .await
         .map_err(crate::errors::api_error)
@@ -168,7 +168,7 @@ pub async fn read(
     PathParams(topic): PathParams<String>,
     QueryParams(params): QueryParams<ReadParams>,
 ) -> Result<Response, ApiError> {
-    validate_topic(&topic, &app.limits)?;
+    validate_topic(&topic, &app.settings.limits)?;
     let limit = params.limit(&app)?;
     let wait = params.wait(&app)?;
     // A long-poll holds a place among the node's streams while it waits.
@@ -232,7 +232,7 @@ pub async fn sse(
     QueryParams(params): QueryParams<StreamParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    validate_topic(&topic, &app.limits)?;
+    validate_topic(&topic, &app.settings.limits)?;
     let last_id = match headers.get("last-event-id") {
         None => None,
         Some(v) => Some(
@@ -243,8 +243,8 @@ pub async fn sse(
         ),
     };
     let from = last_id.map_or(params.from.unwrap_or(0), |id| id.saturating_add(1));
-    let keepalive = Duration::from_millis(app.limits.sse_keepalive_ms.max(1));
-    let limit = app.limits.read_events_max;
+    let keepalive = Duration::from_millis(app.settings.limits.sse_keepalive_ms.max(1));
+    let limit = app.settings.limits.read_events_max;
     // Held for as long as the stream lives: the stream is dropped with the connection.
     let slot = std::sync::Arc::new(app.stream_slot()?);
     let state = (app, topic, from, Instant::now());
@@ -310,7 +310,7 @@ pub async fn stream_events(
     params.prepare(&app).await?;
     let reader = app.reader.clone();
     let from = params.from;
-    let bytes_max = app.limits.read_bytes_max;
+    let bytes_max = app.settings.limits.read_bytes_max;
     let (topic, page) = raft_store::blocking(move || {
         let topic = reader.stream_topic(&stream)?;
         let page = reader.read_stream_within(&stream, from, limit, bytes_max)?;

@@ -61,12 +61,13 @@ pub async fn nodes(State(app): State<SharedApp>) -> Result<Response, ApiError> {
         .filter(|m| m.id != app.id)
         .map(|m| (m.id, m.addr.clone()))
         .collect();
-    let timeout = std::time::Duration::from_millis(app.limits.request_timeout_ms.min(2000));
+    let timeout =
+        std::time::Duration::from_millis(app.settings.limits.request_timeout_ms.min(2000));
     let asked = others.iter().map(|(id, addr)| {
         let app = app.clone();
         async move {
             let mut req = HttpRequest::post(STATUS_PATH, b"{}".to_vec());
-            crate::cluster_secret::sign(&mut req, app.cluster_secret.as_deref());
+            crate::cluster_secret::sign(&mut req, app.settings.cluster_secret.as_deref());
             crate::peer_protocol::stamp(&mut req);
             match app.transport.send(addr, req, timeout).await {
                 Ok(r) if r.status == 200 => match serde_json::from_slice::<Value>(&r.body) {

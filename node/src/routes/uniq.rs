@@ -47,6 +47,12 @@ async fn read_key<T: Send + 'static>(
 /// How long a count of owned keys is reused: counting reads every owned key.
 const COUNTS_FRESH: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// The last count of owned keys per uniq set, and when it was taken.
+pub struct UniqCounts {
+    pub at: tokio::time::Instant,
+    pub counts: std::collections::BTreeMap<String, u64>,
+}
+
 /// `GET /v1/uniq`: the sets of the rules in force, each with how many keys are owned. The
 /// count is a full pass over the owned keys: one runs at a time, and its result serves every
 /// caller for [`COUNTS_FRESH`] (`counted_at` says when it was taken).
@@ -55,16 +61,19 @@ pub async fn sets(
     Extension(caller): Extension<Caller>,
 ) -> Result<Response, ApiError> {
     let rules = app.rules_shared().await?;
-    let mut cache = app.uniq_counts.lock().await;
+    let mut cache = app.runtime.uniq_counts.lock().await;
     let (at, counts) = match &*cache {
-        Some((at, counts)) if at.elapsed() < COUNTS_FRESH => (*at, counts.clone()),
+        Some(c) if c.at.elapsed() < COUNTS_FRESH => (c.at, c.counts.clone()),
         _ => {
             let reader = app.reader.clone();
             let counts = raft_store::blocking(move || reader.uniq_key_counts())
                 .await
                 .map_err(crate::errors::api_error)?;
             let at = tokio::time::Instant::now();
-            *cache = Some((at, counts.clone()));
+            *cache = Some(UniqCounts {
+                at,
+                counts: counts.clone(),
+            });
             (at, counts)
         }
     };

@@ -165,7 +165,7 @@ pub async fn signup(
     headers: HeaderMap,
     JsonBody(body): JsonBody<SignupBody>,
 ) -> Result<Response, ApiError> {
-    let signup = validate_signup(&body, &app.users)?;
+    let signup = validate_signup(&body, &app.settings.users)?;
     // The password is not part of the fingerprint: a digest of it would sit in the log.
     let idempotency = idempotency_header(&headers)?.map(|key| IdempotencyKey {
         key,
@@ -173,12 +173,13 @@ pub async fn signup(
             &json!({ "signup": { "username": signup.username, "email": signup.email } }),
         ),
     });
-    let config = app.users.clone();
+    let config = app.settings.users.clone();
     let password = signup.password.clone();
     let hash = {
         // Each hash takes `password_memory_kib` and a core for tens of milliseconds: a few at
         // a time, the rest wait, so a burst of sign-ups cannot take the node's memory.
         let _slot = app
+            .runtime
             .password_hashing
             .acquire()
             .await
@@ -289,7 +290,7 @@ pub struct ActivateParams {
 }
 
 fn activation_secret(app: &SharedApp) -> Result<&str, ApiError> {
-    let secret = app.users.activation_secret.expose();
+    let secret = app.settings.users.activation_secret.expose();
     if secret.is_empty() {
         return Err(ApiError::unavailable(
             "activation is not configured ([users] activation_secret)",
@@ -418,7 +419,11 @@ pub async fn resend_activation(
 ) -> Result<Response, ApiError> {
     let id = path_id(&id)?;
     mail_consumer_runs(&app).await?;
-    let interval_ms = app.users.activation_resend_interval_s.saturating_mul(1000);
+    let interval_ms = app
+        .settings
+        .users
+        .activation_resend_interval_s
+        .saturating_mul(1000);
     let (_, offset) = command(&app, id, |s| {
         if s.status == Status::Active {
             return Err(ApiError::AlreadyActive);
@@ -429,7 +434,7 @@ pub async fn resend_activation(
             return Err(ApiError::RateLimited {
                 message: format!(
                     "an activation email was sent to this account less than {} s ago",
-                    app.users.activation_resend_interval_s
+                    app.settings.users.activation_resend_interval_s
                 ),
                 retry_after_s: (next_ms - now).div_ceil(1000),
             });
