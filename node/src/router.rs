@@ -1,5 +1,5 @@
-//! The client routes: one table (method, path, access, handler) that builds the router, and
-//! that the auth middleware and the OpenAPI document read.
+//! The client routes: one table (name, method, path, access, handler, operation) that builds
+//! the router, the auth decision and the OpenAPI paths.
 
 use axum::routing::{delete, get, patch, post, MethodRouter};
 use axum::Router;
@@ -22,9 +22,11 @@ async fn method_not_allowed() -> ApiError {
 }
 
 /// Every client route: method, path, who may call it, and its handler. The router is built
-/// from this table and the auth middleware reads it, so a route cannot exist without a
-/// decision on access, nor be listed without a handler.
+/// from this table, the auth middleware reads it, and the OpenAPI document takes each route's
+/// operation from it, so a route cannot exist without a decision on access, nor be listed
+/// without a handler or a document.
 pub struct Route {
+    /// Upper case, as `http::Method` spells it.
     pub method: &'static str,
     pub path: &'static str,
     pub access: Access,
@@ -32,218 +34,263 @@ pub struct Route {
     pub handler: fn() -> MethodRouter<SharedApp>,
 }
 
-pub const ROUTES: &[Route] = &[
-    Route {
-        method: "GET",
-        path: "/v1/topics",
-        access: Access::Role(Role::Read),
-        handler: || get(log::topics),
-    },
-    Route {
-        method: "POST",
-        path: "/v1/topics/{topic}/events",
-        access: Access::Append,
-        handler: || post(log::append),
-    },
-    Route {
-        method: "GET",
-        path: "/v1/topics/{topic}/events",
-        access: Access::ReadTopic,
-        handler: || get(log::read),
-    },
-    Route {
-        method: "GET",
-        path: "/v1/topics/{topic}/stream",
-        access: Access::ReadTopic,
-        handler: || get(log::sse),
-    },
-    Route {
-        method: "GET",
-        path: "/v1/streams/{stream}/events",
-        access: Access::Role(Role::Read),
-        handler: || get(log::stream_events),
-    },
-    Route {
-        method: "GET",
-        path: "/v1/cluster/status",
-        access: Access::Role(Role::Read),
-        handler: || get(cluster::status),
-    },
-    Route {
-        method: "GET",
-        path: "/v1/cluster/nodes",
-        access: Access::Role(Role::Read),
-        handler: || get(routes::ui::nodes),
-    },
-    Route {
-        method: "POST",
-        path: "/v1/cluster/init",
-        access: Access::Role(Role::Admin),
-        handler: || post(cluster::init),
-    },
-    Route {
-        method: "POST",
-        path: "/v1/cluster/learners",
-        access: Access::Role(Role::Admin),
-        handler: || post(cluster::add_learner),
-    },
-    Route {
-        method: "POST",
-        path: "/v1/cluster/membership",
-        access: Access::Role(Role::Admin),
-        handler: || post(cluster::change_membership),
-    },
-    Route {
-        method: "POST",
-        path: "/v1/cluster/uniq-rules",
-        access: Access::Role(Role::Admin),
-        handler: || post(uniq::set_rules),
-    },
+/// `get` as `GET`: the table names a method once, as axum's routing function and utoipa's
+/// operation name it.
+const fn upper(method: &'static str) -> &'static str {
+    match method.as_bytes() {
+        b"get" => "GET",
+        b"post" => "POST",
+        b"patch" => "PATCH",
+        b"put" => "PUT",
+        b"delete" => "DELETE",
+        _ => panic!("not an HTTP method of the route table"),
+    }
+}
+
+/// The route table: for each route its name, method, path, access, handler and the OpenAPI
+/// description of its operation (`utoipa::path`'s arguments, without method and path). It
+/// makes [`ROUTES`], one operation stub per route in `operations`, and [`RouteDocs`], the
+/// document of their paths that `crate::openapi` completes.
+macro_rules! route_table {
+    ($(
+        $name:ident: $method:ident $path:literal, $access:expr, $handler:expr,
+            doc($($doc:tt)*);
+    )*) => {
+        pub const ROUTES: &[Route] = &[$(
+            Route {
+                method: upper(stringify!($method)),
+                path: $path,
+                access: $access,
+                handler: || $method($handler),
+            },
+        )*];
+
+        /// One stub per route, carrying its operation for the document.
+        mod operations {
+            #[allow(unused_imports)]
+            use crate::openapi::params::*;
+            #[allow(unused_imports)]
+            use crate::openapi::shapes::*;
+            $(
+                #[utoipa::path($method, path = $path, $($doc)*)]
+                #[allow(dead_code)]
+                pub(super) fn $name() {}
+            )*
+        }
+
+        /// The paths of the client API, each with its operation.
+        #[derive(utoipa::OpenApi)]
+        #[openapi(paths($(operations::$name),*))]
+        pub(crate) struct RouteDocs;
+    };
+}
+
+route_table! {
+    topics: get "/v1/topics", Access::Role(Role::Read), log::topics,
+        doc(
+        tag = "log",
+        responses((status = 200, description = "every topic and its length", body = Topics))
+        );
+    append: post "/v1/topics/{topic}/events", Access::Append, log::append,
+        doc(
+        tag = "log",
+        params(("topic" = String, Path, description = "topic name: A-Z a-z 0-9 . _ -"),
+        ("Idempotency-Key" = Option<String>, Header, description = "retries with the same key get the first answer")),
+        request_body = AppendBody,
+        responses((status = 201, description = "appended, durable on a quorum (a replay under the same idempotency key has `Idempotent-Replayed: true`)", body = AppendCreated))
+        );
+    read: get "/v1/topics/{topic}/events", Access::ReadTopic, log::read,
+        doc(
+        tag = "log",
+        params(("topic" = String, Path), ReadQuery),
+        responses((status = 200, description = "a page of events", body = Page))
+        );
+    stream: get "/v1/topics/{topic}/stream", Access::ReadTopic, log::sse,
+        doc(
+        tag = "log",
+        params(("topic" = String, Path), StreamQuery),
+        responses((status = 200, description = "server-sent events, one `id: <offset>` frame per event",
+        content_type = "text/event-stream", body = String))
+        );
+    stream_events: get "/v1/streams/{stream}/events", Access::Role(Role::Read), log::stream_events,
+        doc(
+        tag = "log",
+        params(("stream" = String, Path), ReadQuery),
+        responses((status = 200, description = "a page of the stream's events", body = Page))
+        );
+    status: get "/v1/cluster/status", Access::Role(Role::Read), cluster::status,
+        doc(
+        tag = "cluster",
+        responses((status = 200, description = "this node's view of the cluster", body = ClusterStatus))
+        );
+    nodes: get "/v1/cluster/nodes", Access::Role(Role::Read), routes::ui::nodes,
+        doc(
+        tag = "cluster",
+        responses((status = 200, description = "this node's status and every other member's \
+        (`{nodes: [{id, status} | {id, error}]}`)", body = Object))
+        );
+    init: post "/v1/cluster/init", Access::Role(Role::Admin), cluster::init,
+        doc(
+        tag = "cluster",
+        responses((status = 200, description = "initialized, or already was", body = Initialized))
+        );
+    add_learner: post "/v1/cluster/learners", Access::Role(Role::Admin), cluster::add_learner,
+        doc(
+        tag = "cluster",
+        request_body = AddLearnerBody,
+        responses((status = 200, description = "the learner was added and caught up", body = LogIndex))
+        );
+    change_membership: post "/v1/cluster/membership", Access::Role(Role::Admin), cluster::change_membership,
+        doc(
+        tag = "cluster",
+        request_body = MembershipBody,
+        responses((status = 200, description = "the voters are now these", body = LogIndex))
+        );
+    set_rules: post "/v1/cluster/uniq-rules", Access::Role(Role::Admin), uniq::set_rules,
+        doc(
+        tag = "uniq",
+        request_body(content = Object, description = "the whole rules: `uniq` sets and `idempotency`"),
+        responses((status = 200, description = "the new rules are in force", body = RulesVersion))
+        );
     // Admin: a backup holds every event, password hashes included.
-    Route {
-        method: "GET",
-        path: "/v1/backup",
-        access: Access::Role(Role::Admin),
-        handler: || get(routes::backup::backup),
-    },
-    Route {
-        method: "GET",
-        path: "/v1/cluster/uniq-rules",
-        access: Access::Role(Role::Read),
-        handler: || get(uniq::get_rules),
-    },
-    Route {
-        method: "GET",
-        path: "/v1/uniq",
-        access: Access::Role(Role::Read),
-        handler: || get(uniq::sets),
-    },
-    Route {
-        method: "GET",
-        path: "/v1/uniq/{set}/{key}",
-        access: Access::Role(Role::Read),
-        handler: || get(uniq::owner),
-    },
-    Route {
-        method: "GET",
-        path: "/v1/uniq/{set}/{key}/history",
-        access: Access::Role(Role::Read),
-        handler: || get(uniq::history),
-    },
-    Route {
-        method: "POST",
-        path: "/v1/users",
-        access: Access::Users { anonymous: true },
-        handler: || post(users::signup),
-    },
-    Route {
-        method: "GET",
-        path: "/v1/users/activate",
-        access: Access::Users { anonymous: true },
-        handler: || get(users::activate),
-    },
-    Route {
-        method: "PATCH",
-        path: "/v1/users/{id}",
-        access: Access::Users { anonymous: false },
-        handler: || patch(users::change_email),
-    },
-    Route {
-        method: "DELETE",
-        path: "/v1/users/{id}",
-        access: Access::Users { anonymous: false },
-        handler: || delete(users::delete),
-    },
-    Route {
-        method: "POST",
-        path: "/v1/users/{id}/activation-email",
-        access: Access::Users { anonymous: true },
-        handler: || post(users::resend_activation),
-    },
-    Route {
-        method: "GET",
-        path: "/v1/consumers",
-        access: Access::Role(Role::Read),
-        handler: || get(consumers::list),
-    },
+    backup: get "/v1/backup", Access::Role(Role::Admin), routes::backup::backup,
+        doc(
+        tag = "cluster",
+        responses((status = 200, description = "a consistent backup of this node's applied state \
+        (a snapshot file: format byte, per-record CRC-32C); `x-uniqlog-backup-index` is its \
+        last log index, `x-uniqlog-backup-crc32c` the CRC-32C of the whole body",
+        content_type = "application/octet-stream", body = Vec<u8>))
+        );
+    get_rules: get "/v1/cluster/uniq-rules", Access::Role(Role::Read), uniq::get_rules,
+        doc(
+        tag = "uniq",
+        responses((status = 200, description = "the rules in force", body = RulesDoc))
+        );
+    uniq_sets: get "/v1/uniq", Access::Role(Role::Read), uniq::sets,
+        doc(
+        tag = "uniq",
+        responses((status = 200, description = "the uniq sets of the rules in force, each with \
+        the number of keys owned", body = Sets))
+        );
+    owner: get "/v1/uniq/{set}/{key}", Access::Role(Role::Read), uniq::owner,
+        doc(
+        tag = "uniq",
+        params(("set" = String, Path), ("key" = String, Path, description = "normalized as the set says")),
+        responses((status = 200, description = "the key's owner", body = Owner))
+        );
+    history: get "/v1/uniq/{set}/{key}/history", Access::Role(Role::Read), uniq::history,
+        doc(
+        tag = "uniq",
+        params(("set" = String, Path), ("key" = String, Path)),
+        responses((status = 200, description = "every claim of the key", body = History))
+        );
+    signup: post "/v1/users", Access::Users { anonymous: true }, users::signup,
+        doc(
+        tag = "users",
+        params(("Idempotency-Key" = Option<String>, Header)),
+        request_body = SignupRequest,
+        responses((status = 201, description = "signed up, pending activation", body = SignedUp))
+        );
+    activate: get "/v1/users/activate", Access::Users { anonymous: true }, users::activate,
+        doc(
+        tag = "users",
+        params(ActivateQuery),
+        responses((status = 200, description = "activated", body = CommandDone))
+        );
+    change_email: patch "/v1/users/{id}", Access::Users { anonymous: false }, users::change_email,
+        doc(
+        tag = "users",
+        params(("id" = String, Path, description = "the user's UUID")),
+        request_body = EmailChangeRequest,
+        responses((status = 200, description = "the email changed", body = EmailChanged))
+        );
+    delete_user: delete "/v1/users/{id}", Access::Users { anonymous: false }, users::delete,
+        doc(
+        tag = "users",
+        params(("id" = String, Path)),
+        responses((status = 200, description = "deleted; the email is free again", body = CommandDone))
+        );
+    resend_activation: post "/v1/users/{id}/activation-email", Access::Users { anonymous: true }, users::resend_activation,
+        doc(
+        tag = "users",
+        params(("id" = String, Path)),
+        responses((status = 202, description = "a new activation email is requested", body = CommandDone))
+        );
+    consumers: get "/v1/consumers", Access::Role(Role::Read), consumers::list,
+        doc(
+        tag = "consumers",
+        responses((status = 200, description = "every consumer with its latest checkpoint", body = Consumers))
+        );
     // Admin: the keys of refused writes are in no event a reader could read.
-    Route {
-        method: "GET",
-        path: "/v1/conflicts/recent",
-        access: Access::Role(Role::Admin),
-        handler: || get(conflicts::recent),
-    },
-    Route {
-        method: "GET",
-        path: "/v1/consumers/{name}/checkpoint",
-        access: Access::Role(Role::Read),
-        handler: || get(consumers::checkpoint),
-    },
-    Route {
-        method: "POST",
-        path: "/v1/auth/stream-token",
-        access: Access::Role(Role::Read),
-        handler: || post(auth::stream_token),
-    },
-    Route {
-        method: "GET",
-        path: "/v1/auth/whoami",
-        access: Access::Role(Role::Read),
-        handler: || get(auth::whoami),
-    },
-    Route {
-        method: "GET",
-        path: "/health",
-        access: Access::Public,
-        handler: || get(cluster::health),
-    },
-    Route {
-        method: "GET",
-        path: "/ready",
-        access: Access::Public,
-        handler: || get(cluster::ready),
-    },
-    Route {
-        method: "GET",
-        path: "/openapi.json",
-        access: Access::Public,
-        handler: || get(|| async { axum::Json(openapi::spec()) }),
-    },
+    recent_conflicts: get "/v1/conflicts/recent", Access::Role(Role::Admin), conflicts::recent,
+        doc(
+        tag = "cluster",
+        responses((status = 200, description = "the latest conflicts (409) this node answered, newest \
+        first (`{conflicts: [{at_ms, route, error, message, ...details}]}`; in memory, at most 50)",
+        body = Object))
+        );
+    checkpoint: get "/v1/consumers/{name}/checkpoint", Access::Role(Role::Read), consumers::checkpoint,
+        doc(
+        tag = "consumers",
+        params(("name" = String, Path), ConsistencyQuery),
+        responses((status = 200, description = "the consumer's latest checkpoint", body = Checkpoint))
+        );
+    stream_token: post "/v1/auth/stream-token", Access::Role(Role::Read), auth::stream_token,
+        doc(
+        tag = "auth",
+        responses((status = 200, description = "a short-lived token for the event stream", body = StreamToken))
+        );
+    whoami: get "/v1/auth/whoami", Access::Role(Role::Read), auth::whoami,
+        doc(
+        tag = "auth",
+        responses((status = 200, description = "the presented token's role and topics", body = Whoami))
+        );
+    health: get "/health", Access::Public, cluster::health,
+        doc(
+        tag = "cluster",
+        responses((status = 200, description = "the process serves", body = Health))
+        );
+    ready: get "/ready", Access::Public, cluster::ready,
+        doc(
+        tag = "cluster",
+        responses((status = 200, description = "a leader is known and this node applied its commit index", body = Ready))
+        );
+    openapi_json: get "/openapi.json", Access::Public, || async { axum::Json(openapi::spec()) },
+        doc(
+        tag = "cluster",
+        responses((status = 200, description = "this document", body = Object))
+        );
     // Public like etcd's and NATS's: scrapers carry no token, and the series hold no data of
     // the log (routes are templates, uniq sets are names from the config).
-    Route {
-        method: "GET",
-        path: "/metrics",
-        access: Access::Public,
-        handler: || get(metrics::scrape),
-    },
+    metrics: get "/metrics", Access::Public, metrics::scrape,
+        doc(
+        tag = "cluster",
+        responses((status = 200, description = "Prometheus metrics, OpenMetrics text format",
+        content_type = "application/openmetrics-text", body = String))
+        );
     // The dashboard's page and assets hold no data; what it shows, it fetches with the
     // token the user gives it.
-    Route {
-        method: "GET",
-        path: "/",
-        access: Access::Public,
-        handler: || get(|| async { axum::response::Redirect::to("/ui") }),
-    },
-    Route {
-        method: "GET",
-        path: "/ui",
-        access: Access::Public,
-        handler: || get(routes::ui::index),
-    },
-    Route {
-        method: "GET",
-        path: "/ui/app.js",
-        access: Access::Public,
-        handler: || get(routes::ui::app_js),
-    },
-    Route {
-        method: "GET",
-        path: "/ui/style.css",
-        access: Access::Public,
-        handler: || get(routes::ui::style),
-    },
-];
+    root: get "/", Access::Public, || async { axum::response::Redirect::to("/ui") },
+        doc(
+        tag = "dashboard",
+        responses((status = 303, description = "to the dashboard, `/ui`"))
+        );
+    ui: get "/ui", Access::Public, routes::ui::index,
+        doc(
+        tag = "dashboard",
+        responses((status = 200, description = "the dashboard", content_type = "text/html", body = String))
+        );
+    ui_js: get "/ui/app.js", Access::Public, routes::ui::app_js,
+        doc(
+        tag = "dashboard",
+        responses((status = 200, description = "the dashboard's script", content_type = "text/javascript", body = String))
+        );
+    ui_css: get "/ui/style.css", Access::Public, routes::ui::style,
+        doc(
+        tag = "dashboard",
+        responses((status = 200, description = "the dashboard's styles", content_type = "text/css", body = String))
+        );
+}
 
 /// The access a (method, matched path) asks for.
 pub fn access_of(method: &http::Method, path: &str) -> Option<Access> {
