@@ -119,9 +119,26 @@ fn position(state: &Shared) -> Result<(u64, u64, u64, u64), ApiError> {
     Ok((checkpoint, head, lag_events, lag_seconds))
 }
 
+/// `GET /health`: how far the read model is.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Health {
+    /// Next offset of `users` to apply.
+    pub checkpoint: u64,
+    /// Length of `users` as last seen.
+    pub head: u64,
+    pub lag_events: u64,
+    pub lag_seconds: u64,
+}
+
 async fn health(State(state): State<Shared>) -> Result<Response, ApiError> {
     let (checkpoint, head, lag_events, lag_seconds) = position(&state)?;
-    Ok(Json(json!({ "checkpoint": checkpoint, "head": head, "lag_events": lag_events, "lag_seconds": lag_seconds })).into_response())
+    Ok(Json(Health {
+        checkpoint,
+        head,
+        lag_events,
+        lag_seconds,
+    })
+    .into_response())
 }
 
 async fn metrics(State(state): State<Shared>) -> Result<Response, ApiError> {
@@ -174,36 +191,103 @@ async fn require_read(
     }
 }
 
-/// The handler of each path of `openapi::PATHS` (all `GET`).
-fn handler(path: &str) -> MethodRouter<Shared> {
-    match path {
-        "/v1/users" => get(users),
-        "/v1/users/{id}" => get(user),
-        "/v1/users/{id}/history" => get(history),
-        "/v1/stats/signups" => get(stats),
-        "/health" => get(health),
-        "/metrics" => get(metrics),
-        "/openapi.json" => get(|| async { Json(super::openapi::spec()) }),
-        p => unreachable!("path {p} is in PATHS but has no handler"),
-    }
+/// Who may call a query route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Queries of the read model: the role that may read `users`.
+    Read,
+    /// Health, metrics and the document.
+    Public,
 }
 
-/// Built from the paths the OpenAPI document lists, so the two cannot differ. Queries of the
-/// read model (`/v1/...`) need the read role; health, metrics and the document do not.
+/// The query routes, all `GET`: for each its name, path, access, handler and the OpenAPI
+/// description of its operation. It makes [`ROUTES`] and [`RouteDocs`], so the router and
+/// the document cannot differ.
+macro_rules! route_table {
+    ($(
+        $name:ident: $path:literal, $access:ident, $handler:expr,
+            doc($($doc:tt)*);
+    )*) => {
+        /// (path, access, handler).
+        pub const ROUTES: &[(&str, Access, fn() -> MethodRouter<Shared>)] =
+            &[$(($path, Access::$access, || get($handler))),*];
+
+        mod operations {
+            #[allow(unused_imports)]
+            use super::super::openapi::*;
+            #[allow(unused_imports)]
+            use super::Health;
+            $(
+                #[utoipa::path(get, path = $path, $($doc)*)]
+                #[allow(dead_code)]
+                pub(super) fn $name() {}
+            )*
+        }
+
+        /// The paths of the query API, each with its operation.
+        #[derive(utoipa::OpenApi)]
+        #[openapi(paths($(operations::$name),*))]
+        pub(crate) struct RouteDocs;
+    };
+}
+
+route_table! {
+    users: "/v1/users", Read, users,
+        doc(
+        tag = "query", params(LookupQuery),
+        responses((status = 200, description = "the live users with this email or username", body = UsersDoc))
+        );
+    user: "/v1/users/{id}", Read, user,
+        doc(
+        tag = "query",
+        params(("id" = String, Path), UserQuery),
+        responses((status = 200, description = "the user", body = UserDoc))
+        );
+    history: "/v1/users/{id}/history", Read, history,
+        doc(
+        tag = "query",
+        params(("id" = String, Path), ReadYourWrites),
+        responses((status = 200, description = "every event of the user", body = HistoryDoc))
+        );
+    stats: "/v1/stats/signups", Read, stats,
+        doc(
+        tag = "query", params(ReadYourWrites),
+        responses((status = 200, description = "sign-up counters", body = StatsDoc))
+        );
+    health: "/health", Public, health,
+        doc(
+        tag = "query",
+        responses((status = 200, description = "how far the read model is", body = Health))
+        );
+    metrics: "/metrics", Public, metrics,
+        doc(
+        tag = "query",
+        responses((status = 200, description = "Prometheus metrics, OpenMetrics text format",
+        content_type = "application/openmetrics-text", body = String))
+        );
+    openapi_json: "/openapi.json", Public, || async { Json(super::openapi::spec()) },
+        doc(
+        tag = "query",
+        responses((status = 200, description = "this document", body = Object))
+        );
+}
+
+/// Queries of the read model need the read role; health, metrics and the document do not.
 pub fn router(state: Shared) -> Router {
-    let (queries, public): (Vec<&str>, Vec<&str>) = super::openapi::PATHS
-        .iter()
-        .partition(|p| p.starts_with("/v1/"));
-    let queries = queries
-        .into_iter()
-        .fold(Router::new(), |r, p| r.route(p, handler(p)))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            require_read,
-        ));
-    public
-        .into_iter()
-        .fold(Router::new().merge(queries), |r, p| r.route(p, handler(p)))
+    let route = |access: Access| {
+        ROUTES
+            .iter()
+            .filter(move |r| r.1 == access)
+            .fold(Router::new(), |router, (path, _, handler)| {
+                router.route(path, handler())
+            })
+    };
+    let queries = route(Access::Read).route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        require_read,
+    ));
+    route(Access::Public)
+        .merge(queries)
         .route_layer(axum::middleware::from_fn_with_state(
             state.http.clone(),
             api::metrics::track,
