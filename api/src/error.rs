@@ -89,13 +89,16 @@ pub enum ApiError {
     Forwarded { status: u16, body: ErrorBody },
 }
 
-/// The wire form of every error.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// Every error answer: a code, a message, whether retrying may help, and details that depend
+/// on the code (`fields` of a validation error, the `set` and `key` of a uniq conflict, ...).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct ErrorBody {
+    /// `invalid_request`, `validation`, `uniq_conflict`, `overloaded`, `unavailable`, ...
     pub error: String,
     pub message: String,
     pub retryable: bool,
     #[serde(flatten)]
+    #[schema(value_type = Object)]
     pub details: Map<String, Value>,
 }
 

@@ -1,19 +1,10 @@
 //! What both servers' OpenAPI documents share: the error answer every route may give.
 
-use serde::Serialize;
 use utoipa::openapi::path::{Operation, PathItem};
 use utoipa::openapi::{ContentBuilder, OpenApi as Spec, RefOr, Response, ResponseBuilder};
-use utoipa::{PartialSchema, ToSchema};
+use utoipa::PartialSchema;
 
-/// Every error answer (`error.rs`): a code, a message, whether retrying may help, and details
-/// that depend on the code.
-#[derive(Serialize, ToSchema)]
-pub struct ErrorDoc {
-    /// `invalid_request`, `validation`, `uniq_conflict`, `overloaded`, `unavailable`, ...
-    error: String,
-    message: String,
-    retryable: bool,
-}
+use crate::error::ErrorBody;
 
 /// The operations of a path, with their methods.
 pub fn operations_mut(item: &mut PathItem) -> impl Iterator<Item = (&'static str, &mut Operation)> {
@@ -29,16 +20,16 @@ pub fn operations_mut(item: &mut PathItem) -> impl Iterator<Item = (&'static str
 }
 
 /// Add the error answers `errors` (status, meaning) to every operation of `spec`, each with
-/// the error shape, which this registers as the schema `ErrorDoc`. The query API's document
+/// the error shape, which this registers as the schema `ErrorBody`. The query API's document
 /// uses it too: both processes answer errors through `ApiError`.
 pub fn document_errors(spec: &mut Spec, errors: &[(&str, &str)]) {
     let components = spec.components.get_or_insert_with(Default::default);
     components
         .schemas
-        .insert("ErrorDoc".into(), ErrorDoc::schema());
+        .insert("ErrorBody".into(), ErrorBody::schema());
     let error = ContentBuilder::new()
         .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
-            "ErrorDoc",
+            "ErrorBody",
         ))))
         .build();
     for item in spec.paths.paths.values_mut() {

@@ -21,7 +21,8 @@ use crate::auth::Access;
 use crate::router::{RouteDocs, ROUTES};
 use crate::wire::{Event, EventBody, IdempotencyStatus, Member, Topic};
 use api::checkpoints::Checkpoint;
-use api::openapi::{document_errors, operations_mut, ErrorDoc};
+use api::error::ErrorBody;
+use api::openapi::{document_errors, operations_mut};
 
 /// The answers and bodies the route table's operations name (`crate::router`).
 pub(crate) mod shapes {
@@ -106,7 +107,7 @@ pub(crate) mod params {
         description = "A Raft-replicated event log with replicated uniqueness constraints."
     ),
     components(schemas(
-        ErrorDoc,
+        ErrorBody,
         EventBody,
         Event,
         Topic,
@@ -283,7 +284,7 @@ mod tests {
         assert!(append["responses"]["201"].is_object());
         assert_eq!(
             append["responses"]["429"]["content"]["application/json"]["schema"]["$ref"],
-            "#/components/schemas/ErrorDoc"
+            "#/components/schemas/ErrorBody"
         );
         assert_eq!(append["security"][0]["token"], serde_json::json!([]));
         assert_eq!(
