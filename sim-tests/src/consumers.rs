@@ -427,7 +427,13 @@ impl SimConsumers {
         self.query_kills -= 1;
         let store = QueryStore::open_with_backend(self.query_disk.open())
             .unwrap_or_else(|e| panic!("query: reopening its store failed: {e}"));
-        let docs = store.all_docs().expect("query: reading the documents");
+        // As JSON: the checker replays `users` on its own and compares what it would serve.
+        let docs = store
+            .all_docs()
+            .expect("query: reading the documents")
+            .into_iter()
+            .map(|d| serde_json::to_value(d).expect("a document serializes"))
+            .collect();
         let query_next = store.next_offset().expect("query: reading the checkpoint");
         drop(store);
         let (messages, duplicates) = self.sink.recorded();

@@ -1,5 +1,6 @@
 //! `uniqlog query`: tails `users`, keeps the users read model, serves the query API.
 
+pub mod answers;
 pub mod openapi;
 mod routes;
 pub mod store;

@@ -2,49 +2,13 @@
 //! `GET /openapi.json`. Built like the node's: each route's operation is declared with the
 //! route (`routes::ROUTES`), the shared error answers are added from code.
 
-// The `*Doc` types and the operation stubs exist only for the document.
+// The parameter types exist only for the document.
 #![allow(dead_code)]
 
 use std::sync::OnceLock;
 
-use serde::Serialize;
 use utoipa::openapi::OpenApi as Spec;
-use utoipa::{IntoParams, OpenApi, ToSchema};
-
-/// A user as the read model holds it.
-#[derive(Serialize, ToSchema)]
-pub(crate) struct UserDoc {
-    id: String,
-    username: String,
-    email: String,
-    /// `pending`, `active` or `deleted`.
-    status: String,
-    created_at: u64,
-    updated_at: u64,
-    /// Events applied to this user after the first.
-    version: u64,
-}
-
-#[derive(Serialize, ToSchema)]
-pub(crate) struct UsersDoc {
-    users: Vec<UserDoc>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub(crate) struct HistoryDoc {
-    /// The user's events as the log serves them.
-    #[schema(value_type = Vec<Object>)]
-    events: Vec<serde_json::Value>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub(crate) struct StatsDoc {
-    created: u64,
-    deleted: u64,
-    /// Sign-ups with an email that a deleted account had.
-    recreated: u64,
-    activated: u64,
-}
+use utoipa::{IntoParams, OpenApi};
 
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]

@@ -12,8 +12,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, MethodRouter};
 use axum::{Json, Router};
 use serde::Deserialize;
-use serde_json::json;
 
+use super::answers::{Health, Users};
 use super::QueryState;
 
 type Shared = Arc<QueryState>;
@@ -82,7 +82,7 @@ async fn users(
             ))
         }
     };
-    Ok(Json(json!({ "users": found })).into_response())
+    Ok(Json(Users { users: found }).into_response())
 }
 
 async fn history(
@@ -91,11 +91,11 @@ async fn history(
     QueryParams(p): QueryParams<Params>,
 ) -> Result<Response, ApiError> {
     wait_for(&state, p.min_offset).await?;
-    let events = state.store.history(&id).map_err(internal)?;
-    if events.is_empty() {
+    let history = state.store.history(&id).map_err(internal)?;
+    if history.events.is_empty() {
         return Err(ApiError::not_found(format!("no user {id}")));
     }
-    Ok(Json(json!({ "events": events })).into_response())
+    Ok(Json(history).into_response())
 }
 
 async fn stats(
@@ -117,17 +117,6 @@ fn position(state: &Shared) -> Result<(u64, u64, u64, u64), ApiError> {
         now_ms().saturating_sub(state.store.last_event_ms().map_err(internal)?) / 1000
     };
     Ok((checkpoint, head, lag_events, lag_seconds))
-}
-
-/// `GET /health`: how far the read model is.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct Health {
-    /// Next offset of `users` to apply.
-    pub checkpoint: u64,
-    /// Length of `users` as last seen.
-    pub head: u64,
-    pub lag_events: u64,
-    pub lag_seconds: u64,
 }
 
 async fn health(State(state): State<Shared>) -> Result<Response, ApiError> {
@@ -216,7 +205,7 @@ macro_rules! route_table {
             #[allow(unused_imports)]
             use super::super::openapi::*;
             #[allow(unused_imports)]
-            use super::Health;
+            use super::super::answers::*;
             $(
                 #[utoipa::path(get, path = $path, $($doc)*)]
                 #[allow(dead_code)]
@@ -235,24 +224,24 @@ route_table! {
     users: "/v1/users", Read, users,
         doc(
         tag = "query", params(LookupQuery),
-        responses((status = 200, description = "the live users with this email or username", body = UsersDoc))
+        responses((status = 200, description = "the live users with this email or username", body = Users))
         );
     user: "/v1/users/{id}", Read, user,
         doc(
         tag = "query",
         params(("id" = String, Path), UserQuery),
-        responses((status = 200, description = "the user", body = UserDoc))
+        responses((status = 200, description = "the user", body = User))
         );
     history: "/v1/users/{id}/history", Read, history,
         doc(
         tag = "query",
         params(("id" = String, Path), ReadYourWrites),
-        responses((status = 200, description = "every event of the user", body = HistoryDoc))
+        responses((status = 200, description = "every event of the user", body = History))
         );
     stats: "/v1/stats/signups", Read, stats,
         doc(
         tag = "query", params(ReadYourWrites),
-        responses((status = 200, description = "sign-up counters", body = StatsDoc))
+        responses((status = 200, description = "sign-up counters", body = Stats))
         );
     health: "/health", Public, health,
         doc(

@@ -9,7 +9,8 @@ use api::wire::Event;
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction,
 };
-use serde_json::{json, Value};
+
+use super::answers::{History, Stats, User};
 
 /// Counters and position: `next_offset`, `last_event_ms`, the sign-up stats, and `format`.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -28,8 +29,6 @@ const BY_EMAIL: TableDefinition<(&str, &str), ()> = TableDefinition::new("by_ema
 const BY_USERNAME: TableDefinition<(&str, &str), ()> = TableDefinition::new("by_username");
 /// normalized email -> accounts with it that were deleted (for `recreated`).
 const DELETED_EMAILS: TableDefinition<&str, u64> = TableDefinition::new("deleted_emails");
-
-pub const STATS: [&str; 4] = ["created", "deleted", "recreated", "activated"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -124,12 +123,13 @@ impl QueryStore {
         self.meta("last_event_ms")
     }
 
-    pub fn stats(&self) -> Result<Value, StoreError> {
-        let mut out = serde_json::Map::new();
-        for k in STATS {
-            out.insert(k.into(), self.meta(k)?.into());
-        }
-        Ok(Value::Object(out))
+    pub fn stats(&self) -> Result<Stats, StoreError> {
+        Ok(Stats {
+            activated: self.meta("activated")?,
+            created: self.meta("created")?,
+            deleted: self.meta("deleted")?,
+            recreated: self.meta("recreated")?,
+        })
     }
 
     /// Apply a page of events (offsets from `next_offset()` on) and advance the checkpoint,
@@ -192,7 +192,7 @@ impl QueryStore {
         Ok(())
     }
 
-    pub fn doc(&self, id: &str) -> Result<Option<Value>, StoreError> {
+    pub fn doc(&self, id: &str) -> Result<Option<User>, StoreError> {
         let txn = self.db.begin_read()?;
         let docs = txn.open_table(DOCS)?;
         docs.get(id)?
@@ -201,7 +201,7 @@ impl QueryStore {
     }
 
     /// The document as it was right after the event at `offset` (or the last one before it).
-    pub fn doc_as_of(&self, id: &str, offset: u64) -> Result<Option<Value>, StoreError> {
+    pub fn doc_as_of(&self, id: &str, offset: u64) -> Result<Option<User>, StoreError> {
         let txn = self.db.begin_read()?;
         let versions = txn.open_table(VERSIONS)?;
         let last = versions
@@ -214,7 +214,7 @@ impl QueryStore {
         .transpose()
     }
 
-    pub fn history(&self, id: &str) -> Result<Vec<Value>, StoreError> {
+    pub fn history(&self, id: &str) -> Result<History, StoreError> {
         let txn = self.db.begin_read()?;
         let events = txn.open_table(EVENTS)?;
         let mut out = Vec::new();
@@ -222,14 +222,14 @@ impl QueryStore {
             let (_, v) = row?;
             out.push(serde_json::from_str(v.value()).map_err(|_| StoreError::Corrupt(id.into()))?);
         }
-        Ok(out)
+        Ok(History { events: out })
     }
 
     fn ids_in(
         &self,
         table: TableDefinition<(&str, &str), ()>,
         key: &str,
-    ) -> Result<Vec<Value>, StoreError> {
+    ) -> Result<Vec<User>, StoreError> {
         let txn = self.db.begin_read()?;
         let index = txn.open_table(table)?;
         let docs = txn.open_table(DOCS)?;
@@ -249,16 +249,16 @@ impl QueryStore {
         Ok(out)
     }
 
-    pub fn by_email(&self, email: &str) -> Result<Vec<Value>, StoreError> {
+    pub fn by_email(&self, email: &str) -> Result<Vec<User>, StoreError> {
         self.ids_in(BY_EMAIL, &norm_email(email))
     }
 
-    pub fn by_username(&self, username: &str) -> Result<Vec<Value>, StoreError> {
+    pub fn by_username(&self, username: &str) -> Result<Vec<User>, StoreError> {
         self.ids_in(BY_USERNAME, username)
     }
 
     /// Every document, by id (for comparing read models).
-    pub fn all_docs(&self) -> Result<Vec<Value>, StoreError> {
+    pub fn all_docs(&self) -> Result<Vec<User>, StoreError> {
         let txn = self.db.begin_read()?;
         let docs = txn.open_table(DOCS)?;
         let mut out = Vec::new();
@@ -288,48 +288,62 @@ fn apply_event(
     let mut by_email = txn.open_table(BY_EMAIL)?;
     let mut by_username = txn.open_table(BY_USERNAME)?;
     let mut deleted_emails = txn.open_table(DELETED_EMAILS)?;
-    let mut doc: Value = match docs.get(id)? {
-        Some(g) => serde_json::from_str(g.value()).map_err(|_| StoreError::Corrupt(id.into()))?,
-        None => Value::Null,
+    let known: Option<User> = match docs.get(id)? {
+        Some(g) => {
+            Some(serde_json::from_str(g.value()).map_err(|_| StoreError::Corrupt(id.into()))?)
+        }
+        None => None,
     };
-    match UserEvent::of(e) {
-        Some(UserEvent::AccountCreated {
-            username, email, ..
-        }) => {
-            doc = json!({"id": id, "username": username, "email": email, "status": "pending",
-                         "created_at": ts, "updated_at": ts, "version": 0});
+    let mut doc = match (UserEvent::of(e), known) {
+        (
+            Some(UserEvent::AccountCreated {
+                username, email, ..
+            }),
+            _,
+        ) => {
             by_email.insert((norm_email(&email).as_str(), id), ())?;
             by_username.insert((username.as_str(), id), ())?;
             bump(meta, "created", 1)?;
             if deleted_emails.get(norm_email(&email).as_str())?.is_some() {
                 bump(meta, "recreated", 1)?;
             }
+            User {
+                created_at: ts,
+                email,
+                id: id.to_string(),
+                status: "pending".into(),
+                updated_at: ts,
+                username,
+                version: 0,
+            }
         }
-        _ if doc.is_null() => return Ok(()), // an event for an account we never saw created
-        Some(UserEvent::EmailChanged { new_email, .. }) => {
-            let old = doc["email"].as_str().unwrap_or_default().to_string();
-            by_email.remove((norm_email(&old).as_str(), id))?;
+        (_, None) => return Ok(()), // an event for an account we never saw created
+        (Some(UserEvent::EmailChanged { new_email, .. }), Some(mut doc)) => {
+            by_email.remove((norm_email(&doc.email).as_str(), id))?;
             by_email.insert((norm_email(&new_email).as_str(), id), ())?;
-            doc["email"] = new_email.into();
+            doc.email = new_email;
+            doc
         }
-        Some(UserEvent::AccountActivated { .. }) => {
-            doc["status"] = "active".into();
+        (Some(UserEvent::AccountActivated { .. }), Some(mut doc)) => {
+            doc.status = "active".into();
             bump(meta, "activated", 1)?;
+            doc
         }
-        Some(UserEvent::AccountDeleted { .. }) => {
-            let email = norm_email(doc["email"].as_str().unwrap_or_default());
+        (Some(UserEvent::AccountDeleted { .. }), Some(mut doc)) => {
+            let email = norm_email(&doc.email);
             by_email.remove((email.as_str(), id))?;
-            by_username.remove((doc["username"].as_str().unwrap_or_default(), id))?;
+            by_username.remove((doc.username.as_str(), id))?;
             let n = deleted_emails.get(email.as_str())?.map_or(0, |g| g.value());
             deleted_emails.insert(email.as_str(), n + 1)?;
-            doc["status"] = "deleted".into();
+            doc.status = "deleted".into();
             bump(meta, "deleted", 1)?;
+            doc
         }
-        Some(UserEvent::ActivationRequested { .. }) | None => {}
-    }
-    doc["version"] = (doc["version"].as_u64().unwrap_or(0) + 1).into();
-    doc["updated_at"] = ts.into();
-    let text_doc = doc.to_string();
+        (Some(UserEvent::ActivationRequested { .. }) | None, Some(doc)) => doc,
+    };
+    doc.version += 1;
+    doc.updated_at = ts;
+    let text_doc = serde_json::to_string(&doc).expect("a document serializes");
     docs.insert(id, text_doc.as_str())?;
     txn.open_table(VERSIONS)?
         .insert((id, offset), text_doc.as_str())?;
@@ -412,8 +426,8 @@ mod tests {
         store.apply(&[created(0, 1), created(1, 2)], 2).unwrap();
         assert_eq!(store.next_offset().unwrap(), 2);
         let a = uuid::Uuid::from_u128(1).to_string();
-        assert_eq!(store.doc(&a).unwrap().unwrap()["version"], 1);
+        assert_eq!(store.doc(&a).unwrap().unwrap().version, 1);
         assert_eq!(store.by_email("ann@example.com").unwrap().len(), 2);
-        assert_eq!(store.stats().unwrap()["created"], 2);
+        assert_eq!(store.stats().unwrap().created, 2);
     }
 }
