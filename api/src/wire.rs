@@ -299,3 +299,39 @@ pub struct StreamToken {
     /// Milliseconds since the Unix epoch.
     pub expires_at: u64,
 }
+
+/// `GET /v1/conflicts/recent`: the latest 409s a node answered, newest first (in memory, at
+/// most 50).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RecentConflicts {
+    pub conflicts: Vec<RecentConflict>,
+}
+
+/// One 409: when, on which route, and its error body's code, message and details.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RecentConflict {
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    pub error: String,
+    pub message: String,
+    /// The matched route, as the route table names it.
+    pub route: String,
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub details: serde_json::Map<String, serde_json::Value>,
+}
+
+/// `GET /v1/cluster/nodes`: every member's status as it answers it, or why it did not.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Nodes {
+    pub nodes: Vec<NodeView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct NodeView {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub id: NodeId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<ClusterStatus>,
+}

@@ -78,7 +78,7 @@ pub struct Runtime {
     /// One backup at a time (`routes::backup`).
     pub backup_slot: Arc<tokio::sync::Semaphore>,
     /// The latest 409s this node answered, for the dashboard (`crate::conflicts`).
-    pub recent_conflicts: crate::conflicts::RecentConflicts,
+    pub recent_conflicts: crate::conflicts::ConflictRing,
     /// The last count of owned keys per uniq set (`routes::uniq`).
     pub uniq_counts: tokio::sync::Mutex<Option<crate::routes::uniq::UniqCounts>>,
     /// Anonymous sign-up flow requests, per client ([`crate::rate_limit`]).

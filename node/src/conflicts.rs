@@ -12,27 +12,25 @@ use std::sync::Mutex;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Value};
 
 use crate::app::SharedApp;
 use api::error::{ConflictSeen, ErrorBody};
+use api::wire::{RecentConflict, RecentConflicts};
 
 const KEPT: usize = 50;
 
 #[derive(Default)]
-pub struct RecentConflicts(Mutex<VecDeque<Value>>);
+pub struct ConflictRing(Mutex<VecDeque<RecentConflict>>);
 
-impl RecentConflicts {
+impl ConflictRing {
     fn record(&self, route: &str, body: &ErrorBody) {
-        let mut entry = json!({
-            "at_ms": crate::app::now_ms(),
-            "route": route,
-            "error": body.error,
-            "message": body.message,
-        });
-        for (k, v) in &body.details {
-            entry[k] = v.clone();
-        }
+        let entry = RecentConflict {
+            at_ms: crate::app::now_ms(),
+            error: body.error.clone(),
+            message: body.message.clone(),
+            route: route.to_string(),
+            details: body.details.clone(),
+        };
         let mut ring = self.0.lock().expect("conflicts lock");
         if ring.len() == KEPT {
             ring.pop_back();
@@ -41,7 +39,7 @@ impl RecentConflicts {
     }
 
     /// Newest first.
-    pub fn list(&self) -> Vec<Value> {
+    pub fn list(&self) -> Vec<RecentConflict> {
         self.0
             .lock()
             .expect("conflicts lock")
@@ -70,5 +68,8 @@ pub(crate) fn note(app: &SharedApp, route: &str, resp: &Response) {
 
 /// `GET /v1/conflicts/recent` (admin role: a refused write's key is in no event).
 pub async fn recent(State(app): State<SharedApp>) -> Response {
-    Json(json!({ "conflicts": app.runtime.recent_conflicts.list() })).into_response()
+    Json(RecentConflicts {
+        conflicts: app.runtime.recent_conflicts.list(),
+    })
+    .into_response()
 }

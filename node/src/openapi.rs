@@ -28,7 +28,7 @@ use api::openapi::{document_errors, operations_mut};
 pub(crate) mod shapes {
     pub use crate::wire::{
         AddLearnerBody, AppendBody, AppendCreated, ClusterStatus, Health, Initialized, LogIndex,
-        MembershipBody, Page, Ready, StreamToken, Topics, Whoami,
+        MembershipBody, Nodes, Page, Ready, RecentConflicts, StreamToken, Topics, Whoami,
     };
     pub use api::checkpoints::{Checkpoint, Consumers};
     pub use api::uniq::{History, Owner, RulesVersion, Sets};

@@ -126,8 +126,8 @@ route_table! {
     nodes: get "/v1/cluster/nodes", Access::Role(Role::Read), routes::ui::nodes,
         doc(
         tag = "cluster",
-        responses((status = 200, description = "this node's status and every other member's \
-        (`{nodes: [{id, status} | {id, error}]}`)", body = Object))
+        responses((status = 200, description = "this node's status and every other member's, \
+        or why it did not answer", body = Nodes))
         );
     init: post "/v1/cluster/init", Access::Role(Role::Admin), cluster::init,
         doc(
@@ -225,9 +225,8 @@ route_table! {
     recent_conflicts: get "/v1/conflicts/recent", Access::Role(Role::Admin), conflicts::recent,
         doc(
         tag = "cluster",
-        responses((status = 200, description = "the latest conflicts (409) this node answered, newest \
-        first (`{conflicts: [{at_ms, route, error, message, ...details}]}`; in memory, at most 50)",
-        body = Object))
+        responses((status = 200, description = "the latest conflicts (409) this node answered, \
+        newest first", body = RecentConflicts))
         );
     checkpoint: get "/v1/consumers/{name}/checkpoint", Access::Role(Role::Read), consumers::checkpoint,
         doc(

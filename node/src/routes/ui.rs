@@ -5,11 +5,11 @@
 //! gives it (kept in the tab's session storage), so it sees exactly what that token may see.
 //! Its scripts and styles are separate files, so the page can forbid inline script (CSP).
 
+use api::wire::{ClusterStatus, NodeView, Nodes};
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Value};
 
 use crate::app::SharedApp;
 use api::error::ApiError;
@@ -69,18 +69,26 @@ pub async fn nodes(State(app): State<SharedApp>) -> Result<Response, ApiError> {
             let mut req = HttpRequest::post(STATUS_PATH, b"{}".to_vec());
             crate::cluster_secret::sign(&mut req, app.settings.cluster_secret.as_deref());
             crate::peer_protocol::stamp(&mut req);
-            match app.transport.send(addr, req, timeout).await {
-                Ok(r) if r.status == 200 => match serde_json::from_slice::<Value>(&r.body) {
-                    Ok(status) => json!({ "id": id, "status": status }),
-                    Err(e) => json!({ "id": id, "error": e.to_string() }),
-                },
-                Ok(r) => json!({ "id": id, "error": format!("answered {}", r.status) }),
-                Err(e) => json!({ "id": id, "error": e.to_string() }),
+            let seen = match app.transport.send(addr, req, timeout).await {
+                Ok(r) if r.status == 200 => {
+                    serde_json::from_slice::<ClusterStatus>(&r.body).map_err(|e| e.to_string())
+                }
+                Ok(r) => Err(format!("answered {}", r.status)),
+                Err(e) => Err(e.to_string()),
+            };
+            NodeView {
+                id: *id,
+                error: seen.as_ref().err().cloned(),
+                status: seen.ok(),
             }
         }
     });
-    let mut nodes = vec![json!({ "id": app.id, "status": own })];
+    let mut nodes = vec![NodeView {
+        error: None,
+        id: app.id,
+        status: Some(own),
+    }];
     nodes.extend(futures::future::join_all(asked).await);
-    nodes.sort_by_key(|n| n["id"].as_u64());
-    Ok(Json(json!({ "nodes": nodes })).into_response())
+    nodes.sort_by_key(|n| n.id);
+    Ok(Json(Nodes { nodes }).into_response())
 }
