@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 
 use crate::checkpoints::{Checkpoint, Consumers};
 use crate::error::ErrorBody;
-use crate::transport::{HttpRequest, HttpResponse, Transport, TransportError};
+use crate::transport::{HttpRequest, HttpResponse, HyperTransport, Transport, TransportError};
 use crate::uniq::{History, Owner};
 use crate::users::commands::{SignedUp, SignupRequest};
 use crate::wire::{
@@ -313,6 +313,70 @@ fn to_json(body: &impl serde::Serialize) -> Vec<u8> {
 pub const UNCERTAIN: &str = "The write may or may not have been applied; check before sending \
                              it again, or send it with an idempotency key";
 
+/// The header of a backup naming the last log index it holds.
+pub const BACKUP_INDEX_HEADER: &str = "x-uniqlog-backup-index";
+/// The header of a backup carrying the CRC-32C of its whole body.
+pub const BACKUP_CRC_HEADER: &str = "x-uniqlog-backup-crc32c";
+
+/// A backup as it starts to arrive: what its headers say, and its body to read at the
+/// caller's pace (it holds every event: too large to hold in memory).
+pub struct Backup {
+    /// The last log index it holds.
+    pub index: u64,
+    /// Its length in bytes.
+    pub length: u64,
+    /// The CRC-32C of the whole body.
+    pub crc32c: u32,
+    pub body: hyper::body::Incoming,
+}
+
+/// `GET /v1/backup` (admin), on a connection of its own with no deadline past its head.
+pub async fn backup(
+    transport: &HyperTransport,
+    addr: &str,
+    token: Option<&str>,
+) -> Result<Backup, ClientError> {
+    let mut req = HttpRequest::get("/v1/backup");
+    if let Some(token) = token {
+        req.headers
+            .push((http::header::AUTHORIZATION, format!("Bearer {token}")));
+    }
+    let resp = transport.send_streaming(addr, req).await?;
+    let status = resp.status().as_u16();
+    if status != 200 {
+        use http_body_util::BodyExt;
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        return Err(refusal(addr, status, &body));
+    }
+    let header = |name: &str| -> Result<u64, ClientError> {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .ok_or_else(|| ClientError::BadAnswer {
+                addr: addr.to_string(),
+                status,
+                reason: format!("no {name} header"),
+            })
+    };
+    let (index, length) = (header(BACKUP_INDEX_HEADER)?, header("content-length")?);
+    let crc32c = u32::try_from(header(BACKUP_CRC_HEADER)?).map_err(|e| ClientError::BadAnswer {
+        addr: addr.to_string(),
+        status,
+        reason: format!("{BACKUP_CRC_HEADER}: {e}"),
+    })?;
+    Ok(Backup {
+        index,
+        length,
+        crc32c,
+        body: resp.into_body(),
+    })
+}
+
 /// Why no node took a write. Each error comes with the index of the node (in the list
 /// given to [`write_any`]) that caused it.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -380,13 +444,22 @@ fn read_answer<T: DeserializeOwned>(
     if resp.status == expected {
         return serde_json::from_slice(&resp.body).map_err(|e| bad(e.to_string()));
     }
-    match serde_json::from_slice::<ErrorBody>(&resp.body) {
-        Ok(body) => Err(ClientError::Refused {
+    Err(refusal(addr, resp.status, &resp.body))
+}
+
+/// An answer with another status than asked for: the node's error, or a bad answer.
+fn refusal(addr: &str, status: u16, body: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(body) => ClientError::Refused {
             addr: addr.to_string(),
-            status: resp.status,
+            status,
             body,
-        }),
-        Err(e) => Err(bad(format!("not an error body ({e})"))),
+        },
+        Err(e) => ClientError::BadAnswer {
+            addr: addr.to_string(),
+            status,
+            reason: format!("not an error body ({e})"),
+        },
     }
 }
 

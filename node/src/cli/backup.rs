@@ -3,11 +3,9 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
-use api::HttpRequest;
+use anyhow::{bail, Context, Result};
 use http_body_util::BodyExt;
 use raft_store::Node;
-use uniqlog_node::routes::backup::{CRC_HEADER, INDEX_HEADER};
 use uniqlog_node::Config;
 
 use super::cluster::leader_or_any;
@@ -50,37 +48,14 @@ pub async fn backup(args: BackupArgs) -> Result<()> {
         None => leader_or_any(&config).await?,
     };
     let transport = api::HyperTransport::with_tls(config.client_tls()?);
-    let mut req = HttpRequest::get("/v1/backup");
-    if let Some(token) = config.client_token() {
-        req.headers
-            .push((http::header::AUTHORIZATION, format!("Bearer {token}")));
-    }
-    let resp = transport
-        .send_streaming(&addr, req)
+    let backup = api::client::backup(&transport, &addr, config.client_token().as_deref())
         .await
         .with_context(|| format!("asking node {id} at {addr} for a backup"))?;
-    let status = resp.status();
-    if !status.is_success() {
-        let body = resp.into_body().collect().await?.to_bytes();
-        let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-        bail!(
-            "node {id} at {addr} answered {}: {}",
-            status.as_u16(),
-            body["message"].as_str().unwrap_or("no message")
-        );
-    }
-    let header = |name: &str| -> Result<u64> {
-        resp.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok()?.parse().ok())
-            .ok_or_else(|| anyhow!("node {id} sent no {name} header"))
-    };
-    let (total, index) = (header("content-length")?, header(INDEX_HEADER)?);
-    let expected_crc = u32::try_from(header(CRC_HEADER)?)?;
+    let (total, index, expected_crc) = (backup.length, backup.index, backup.crc32c);
     let partial = partial_path(&args.to);
     let secret = config.cluster_secret();
     let kept = receive(
-        resp,
+        backup.body,
         (&partial, &args.to),
         secret.as_deref(),
         id,
@@ -99,7 +74,7 @@ pub async fn backup(args: BackupArgs) -> Result<()> {
 /// password hash), check it whole (its MAC too, with the config's cluster secret), and rename
 /// it to `to`.
 async fn receive(
-    resp: http::Response<hyper::body::Incoming>,
+    body: hyper::body::Incoming,
     (partial, to): (&Path, &Path),
     secret: Option<&str>,
     id: u64,
@@ -116,7 +91,7 @@ async fn receive(
         .with_context(|| format!("creating {}", partial.display()))?;
     let mut progress = Progress::new(format!("backup of node {id} at index {index}"), "bytes");
     let (mut received, mut crc) = (0u64, 0u32);
-    let mut body = resp.into_body();
+    let mut body = body;
     while let Some(frame) = body.frame().await {
         let frame = frame.with_context(|| format!("receiving the backup from node {id}"))?;
         if let Ok(data) = frame.into_data() {

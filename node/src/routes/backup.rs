@@ -16,10 +16,7 @@ use std::io::Read;
 use crate::app::SharedApp;
 use api::error::ApiError;
 
-/// The last log index the backup holds.
-pub const INDEX_HEADER: &str = "x-uniqlog-backup-index";
-/// CRC-32C of the whole body, in decimal.
-pub const CRC_HEADER: &str = "x-uniqlog-backup-crc32c";
+use api::client::{BACKUP_CRC_HEADER, BACKUP_INDEX_HEADER};
 
 const CHUNK_BYTES: usize = 1024 * 1024;
 
@@ -62,11 +59,11 @@ pub async fn backup(State(app): State<SharedApp>) -> Result<Response, ApiError> 
             ),
         ),
         (
-            header::HeaderName::from_static(INDEX_HEADER),
+            header::HeaderName::from_static(BACKUP_INDEX_HEADER),
             file.info.log_index.to_string(),
         ),
         (
-            header::HeaderName::from_static(CRC_HEADER),
+            header::HeaderName::from_static(BACKUP_CRC_HEADER),
             file.crc32c.to_string(),
         ),
     ];
