@@ -19,18 +19,35 @@ pub fn stream_of(name: &str) -> String {
     format!("{STREAM_PREFIX}{name}")
 }
 
-/// The data of a checkpoint event.
+/// The data of a checkpoint event. `__checkpoints` takes appends from any admin token: an
+/// event without a consumer name or an offset is not a checkpoint, and an optional field
+/// that is not a string reads as absent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Report {
     pub consumer: String,
     /// The topic the consumer follows. Absent from checkpoints reported before it was named.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "text_or_none"
+    )]
     pub topic: Option<String>,
     /// The next offset the consumer will handle in that topic.
     pub offset: u64,
     /// The state of the consumer's circuit breaker, for consumers that have one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "text_or_none"
+    )]
     pub breaker: Option<String>,
+}
+
+fn text_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => Some(s),
+        _ => None,
+    })
 }
 
 /// A consumer's latest checkpoint.

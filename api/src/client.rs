@@ -417,6 +417,8 @@ where
             ClientError::Refused {
                 status: 503, body, ..
             } => keyed || body.error == "unavailable",
+            // A 503 from something in front of the node (a proxy): safe only with a key.
+            ClientError::BadAnswer { status: 503, .. } => keyed,
             _ => false,
         };
         if !retry_safe {
@@ -561,6 +563,16 @@ mod tests {
         assert!(matches!(
             write(vec![Err(refused(503, "outcome_unknown")), Ok(201)], false),
             Err(WriteError::Uncertain(_)) | Err(WriteError::Refused(_))
+        ));
+        let proxied = || ClientError::BadAnswer {
+            addr: "n".into(),
+            status: 503,
+            reason: "not an error body".into(),
+        };
+        assert_eq!(write(vec![Err(proxied()), Ok(201)], true).unwrap(), "n1");
+        assert!(matches!(
+            write(vec![Err(proxied()), Ok(201)], false),
+            Err(WriteError::Refused(_))
         ));
         assert!(matches!(
             write(vec![Err(refused(409, "uniq_conflict")), Ok(201)], true),

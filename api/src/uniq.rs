@@ -28,7 +28,7 @@ pub struct History {
 pub struct Claim {
     pub claimed_offset: u64,
     pub owner: String,
-    /// Absent while it still owns the key.
+    /// Null while it still owns the key.
     pub released_offset: Option<u64>,
 }
 

@@ -2,8 +2,10 @@
 //! command types are the node's (`node::wire`), kept apart from `raft-store` so the log
 //! format and the API can change independently.
 //!
-//! Answers the node once built as JSON maps keep their fields in alphabetical order, the
-//! order those maps wrote them: what a client reads did not change when they became types.
+//! Answers the node once built as JSON maps keep their top-level fields in alphabetical order,
+//! the order those maps wrote them (README's walkthrough compares answers as text). Nested
+//! shapes are in their own types' order: JSON objects are unordered, and clients read by
+//! name.
 
 use std::collections::BTreeMap;
 
@@ -66,9 +68,10 @@ impl EventBody {
     }
 }
 
-/// One stored event as readers get it (pages, streams, the event stream's frames).
+/// One stored event as readers get it (pages, streams, the event stream's frames). Read
+/// leniently: a field a newer node adds must not stop an older reader (a rolling upgrade
+/// runs both).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct Event {
     pub topic: String,
     pub offset: u64,
@@ -89,7 +92,6 @@ pub struct Event {
 /// A page of a topic or a stream. The node writes it by hand from events rendered once
 /// (`node::routes::log`); a test holds that text to this type.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct Page {
     pub events: Vec<Event>,
     /// Where the next read starts: a topic offset, or for a stream the number of its events
@@ -322,16 +324,18 @@ pub struct RecentConflict {
 }
 
 /// `GET /v1/cluster/nodes`: every member's status as it answers it, or why it did not.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Nodes {
     pub nodes: Vec<NodeView>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub id: NodeId,
+    /// The member's status as it sent it: a member of another build may hold other fields.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<ClusterStatus>,
+    #[schema(value_type = Option<ClusterStatus>)]
+    pub status: Option<Box<RawValue>>,
 }

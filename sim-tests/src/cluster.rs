@@ -931,16 +931,18 @@ impl Client {
                 last_offset: c.last_offset,
                 log_index: c.log_index,
             }),
+            // Bodies as JSON values, as the checkers and the reports read them.
             Err(ClientError::Refused {
                 status: 409, body, ..
             }) => Outcome::Conflict(serde_json::to_value(body).expect("an error body serializes")),
-            Err(ClientError::Refused {
-                status: 503, body, ..
-            }) if body.error == "outcome_unknown" => {
-                Outcome::Unknown(format!("503 {}", body.message))
-            }
             Err(ClientError::Refused { status, body, .. }) => {
-                Outcome::Failed(status, serde_json::to_string(&body).unwrap_or_default())
+                let unknown = status == 503 && body.error == "outcome_unknown";
+                let body = serde_json::to_value(body).expect("an error body serializes");
+                if unknown {
+                    Outcome::Unknown(format!("503 {body}"))
+                } else {
+                    Outcome::Failed(status, body.to_string())
+                }
             }
             Err(ClientError::BadAnswer { status, reason, .. }) if status == 201 => {
                 Outcome::Unknown(format!("201 with an unexpected body: {reason}"))

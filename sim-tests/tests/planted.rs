@@ -1,5 +1,5 @@
 //! The checkers can fail (issue 6): each known bug planted with `simulate --plant <bug>`
-//! (`raft_store::planted`, simulation builds only) is caught by the checker that guards what it
+//! (`sim_tests::planted`, simulation builds only) is caught by the checker that guards what it
 //! breaks, within a stated number of seeds. Only built with `RUSTFLAGS="--cfg madsim"`.
 //!
 //! Each test runs the `simulate` binary (one child process per seed, as the runner always does)

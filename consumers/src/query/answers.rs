@@ -1,6 +1,6 @@
 //! The query API's answers, and the user documents the read model keeps (stored as the API
-//! serves them). Fields are in alphabetical order, the order the read model has always written
-//! them in.
+//! serves them). Top-level fields are in alphabetical order, the order the read model has
+//! always written them in; a history's events are in `api::wire::Event`'s.
 
 use api::wire::Event;
 use serde::{Deserialize, Serialize};

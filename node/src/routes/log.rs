@@ -372,6 +372,9 @@ mod tests {
             let body = resp.into_body().collect().await.unwrap().to_bytes();
             let page: api::wire::Page = serde_json::from_slice(&body).unwrap();
             assert_eq!((page.events.len(), page.next_offset), (want, next));
+            // Nothing the type does not hold, and nothing it holds otherwise.
+            let written: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(serde_json::to_value(&page).unwrap(), written);
         }
     }
 

@@ -5,11 +5,12 @@
 //! gives it (kept in the tab's session storage), so it sees exactly what that token may see.
 //! Its scripts and styles are separate files, so the page can forbid inline script (CSP).
 
-use api::wire::{ClusterStatus, NodeView, Nodes};
+use api::wire::{NodeView, Nodes};
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use serde_json::value::RawValue;
 
 use crate::app::SharedApp;
 use api::error::ApiError;
@@ -71,7 +72,7 @@ pub async fn nodes(State(app): State<SharedApp>) -> Result<Response, ApiError> {
             crate::peer_protocol::stamp(&mut req);
             let seen = match app.transport.send(addr, req, timeout).await {
                 Ok(r) if r.status == 200 => {
-                    serde_json::from_slice::<ClusterStatus>(&r.body).map_err(|e| e.to_string())
+                    serde_json::from_slice::<Box<RawValue>>(&r.body).map_err(|e| e.to_string())
                 }
                 Ok(r) => Err(format!("answered {}", r.status)),
                 Err(e) => Err(e.to_string()),
@@ -86,7 +87,7 @@ pub async fn nodes(State(app): State<SharedApp>) -> Result<Response, ApiError> {
     let mut nodes = vec![NodeView {
         error: None,
         id: app.id,
-        status: Some(own),
+        status: Some(serde_json::value::to_raw_value(&own).map_err(ApiError::internal)?),
     }];
     nodes.extend(futures::future::join_all(asked).await);
     nodes.sort_by_key(|n| n.id);
