@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod checkpoints;
 pub mod client;
+pub mod cluster;
 pub mod error;
 pub mod extract;
 pub mod host_check;

@@ -35,17 +35,9 @@ pub(crate) mod shapes {
     pub use api::users::commands::{
         CommandDone, EmailChangeRequest, EmailChanged, SignedUp, SignupRequest,
     };
+    pub use raft_store::rules::Rules;
 
-    /// `GET /v1/cluster/uniq-rules`: the rules as the config writes them (their shape is
-    /// raft-store's, which the log keeps).
-    #[derive(serde::Serialize, utoipa::ToSchema)]
-    pub struct RulesDoc {
-        version: u64,
-        #[schema(value_type = Vec<Object>)]
-        uniq: Vec<serde_json::Value>,
-        #[schema(value_type = Object)]
-        idempotency: serde_json::Value,
-    }
+    pub use crate::routes::uniq::RulesInForce;
 }
 
 /// The query parameters the route table's operations name.

@@ -149,7 +149,7 @@ route_table! {
     set_rules: post "/v1/cluster/uniq-rules", Access::Role(Role::Admin), uniq::set_rules,
         doc(
         tag = "uniq",
-        request_body(content = Object, description = "the whole rules: `uniq` sets and `idempotency`"),
+        request_body(content = Rules, description = "the whole rules: `uniq` sets and `idempotency`"),
         responses((status = 200, description = "the new rules are in force", body = RulesVersion))
         );
     // Admin: a backup holds every event, password hashes included.
@@ -164,7 +164,7 @@ route_table! {
     get_rules: get "/v1/cluster/uniq-rules", Access::Role(Role::Read), uniq::get_rules,
         doc(
         tag = "uniq",
-        responses((status = 200, description = "the rules in force", body = RulesDoc))
+        responses((status = 200, description = "the rules in force", body = RulesInForce))
         );
     uniq_sets: get "/v1/uniq", Access::Role(Role::Read), uniq::sets,
         doc(

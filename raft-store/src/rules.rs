@@ -1,6 +1,8 @@
 //! The replicated rules: uniq sets with their rules, and the idempotency window.
 //!
-//! The definitions here are replicated data that apply reads. The preparation of claims
+//! The definitions here are replicated data that apply reads, and the rules as the config and
+//! the API write them (their OpenAPI schemas behind the `openapi` feature, which the node
+//! turns on). The preparation of claims
 //! (normalized keys from an event's data) lives in `node::claims`, on the node that receives a
 //! request and never inside apply: Unicode tables may differ between builds, and apply must
 //! not depend on them, so this crate does not link them.
@@ -11,6 +13,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// Everything apply needs to decide uniqueness and idempotency.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Rules {
@@ -21,6 +24,7 @@ pub struct Rules {
 }
 
 /// One uniq set: a map from normalized key to the stream that owns it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct UniqSet {
@@ -32,6 +36,7 @@ pub struct UniqSet {
     pub rules: Vec<UniqRule>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Normalize {
@@ -41,6 +46,7 @@ pub enum Normalize {
     Email,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct UniqRule {
@@ -54,6 +60,7 @@ pub struct UniqRule {
     pub old_key: Option<String>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case")]
 pub enum UniqOp {
@@ -67,6 +74,7 @@ pub enum UniqOp {
 
 /// Retries with the same idempotency key inside this window (in log time) get the stored
 /// answer. Records beyond `records_max` are evicted oldest first.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct IdempotencySettings {

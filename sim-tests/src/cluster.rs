@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use api::client::{ClientError, ReadTopic};
+use api::cluster::{agreed_leader, settled};
 use api::wire::{AppendBody, ClusterStatus, Initialized};
 use api::{HttpRequest, HttpResponse, Transport, TransportError};
 use madsim::net::NetSim;
@@ -582,7 +583,10 @@ impl SimCluster {
 
     /// The leader a majority agrees on now, if any (one round of status calls).
     pub async fn leader_now(&self) -> Option<NodeId> {
-        agreed_leader(&self.statuses().await, self.members.len() / 2 + 1)
+        agreed_leader(
+            self.statuses().await.values().flatten(),
+            self.members.len() / 2 + 1,
+        )
     }
 
     /// Like [`SimCluster::wait_for_leader`], but gives up after `within` of simulated time
@@ -592,7 +596,7 @@ impl SimCluster {
         let start = now_ms();
         loop {
             let seen = self.statuses().await;
-            if let Some(l) = agreed_leader(&seen, majority) {
+            if let Some(l) = agreed_leader(seen.values().flatten(), majority) {
                 return Ok(l);
             }
             if now_ms() - start >= within.as_millis() as u64 {
@@ -644,7 +648,7 @@ impl SimCluster {
         let start = now_ms();
         loop {
             seen = self.statuses().await;
-            if let Some(applied) = settled(&seen) {
+            if let Some(applied) = all_settled(&seen) {
                 let mut state = FinalState {
                     applied_index: applied,
                     ..FinalState::default()
@@ -663,7 +667,7 @@ impl SimCluster {
                     state.topics.insert(id, per_topic);
                 }
                 // The index must not have moved while the topics were read.
-                if complete && settled(&self.statuses().await) == Some(applied) {
+                if complete && all_settled(&self.statuses().await) == Some(applied) {
                     let first = state.topics.values().next();
                     if state.topics.values().all(|t| Some(t) == first) {
                         return Ok(state);
@@ -751,45 +755,13 @@ fn remove_stale_run_dirs() {
     }
 }
 
-/// The leader that says it leads with the highest term, if at least `majority` statuses name
-/// it in that term.
-fn agreed_leader(
-    seen: &BTreeMap<NodeId, Result<ClusterStatus, String>>,
-    majority: usize,
-) -> Option<NodeId> {
-    let mut leaders: Vec<&ClusterStatus> = seen
-        .values()
-        .flatten()
-        .filter(|s| s.role == "leader")
-        .collect();
-    leaders.sort_by_key(|s| std::cmp::Reverse(s.term));
-    let l = leaders.first()?;
-    let agree = seen
-        .values()
-        .flatten()
-        .filter(|s| s.leader == Some(l.id) && s.term == l.term)
-        .count();
-    (agree >= majority).then_some(l.id)
-}
-
-/// The applied index all nodes agree on, if they are settled: all answer, one leader known to
-/// all, nothing in the leader's log left to commit or apply anywhere.
-fn settled(seen: &BTreeMap<NodeId, Result<ClusterStatus, String>>) -> Option<u64> {
+/// The index all nodes agree on when every one answers and they have settled.
+fn all_settled(seen: &BTreeMap<NodeId, Result<ClusterStatus, String>>) -> Option<u64> {
     let all: Vec<&ClusterStatus> = seen
         .values()
         .map(|r| r.as_ref().ok())
         .collect::<Option<_>>()?;
-    let leader = all.first()?.leader?;
-    let leader_status = all.iter().find(|s| s.id == leader)?;
-    let target = leader_status.last_log_index;
-    all.iter()
-        .all(|s| {
-            s.leader == Some(leader)
-                && s.applied_index == target
-                && s.commit_index == target
-                && s.last_log_index == target
-        })
-        .then_some(target)
+    settled(all)
 }
 
 /// One line per node for failure messages.

@@ -11,7 +11,7 @@ use raft_store::{
     Backfill, BackfillClaim, Outcome, Rejection, Request, RulesState, SetRules, StateReader,
     StoreError,
 };
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::app::SharedApp;
 use crate::auth::Caller;
@@ -248,8 +248,20 @@ pub async fn set_rules(
     Ok(Json(RulesVersion { version }).into_response())
 }
 
+/// `GET /v1/cluster/uniq-rules`: the rules in force and their version.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct RulesInForce {
+    pub version: u64,
+    #[serde(flatten)]
+    pub rules: Rules,
+}
+
 /// `GET /v1/cluster/uniq-rules`: the rules in force on this node.
 pub async fn get_rules(State(app): State<SharedApp>) -> Result<Response, ApiError> {
     let state = app.rules().await?;
-    Ok(Json(json!({ "version": state.version, "uniq": state.rules.uniq, "idempotency": state.rules.idempotency })).into_response())
+    Ok(Json(RulesInForce {
+        version: state.version,
+        rules: state.rules,
+    })
+    .into_response())
 }

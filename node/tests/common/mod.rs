@@ -539,25 +539,30 @@ impl Cluster {
         (r.status == 200).then_some(r.body)
     }
 
+    /// Node `id`'s status in the contract's type, if it answers.
+    pub fn cluster_status(&self, id: u64) -> Option<api::wire::ClusterStatus> {
+        serde_json::from_value(self.status(id)?).ok()
+    }
+
     /// The members as node `id` reports them: id -> whether it votes.
     pub fn members(&self, id: u64) -> std::collections::BTreeMap<u64, bool> {
-        self.status(id).unwrap()["members"]
-            .as_array()
+        self.cluster_status(id)
             .unwrap()
+            .members
             .iter()
-            .map(|m| (m["id"].as_u64().unwrap(), m["voter"].as_bool().unwrap()))
+            .map(|m| (m.id, m.voter))
             .collect()
     }
 
-    /// Wait until every node in `ids` names the same leader, which is one of them.
+    /// Wait until every node in `ids` names the same leader in its term, which is one of them
+    /// (`api::cluster::agreed_leader`, as the simulator waits).
     pub fn wait_leader(&self, ids: &[u64]) -> u64 {
         wait_for("one agreed leader", Duration::from_secs(30), || {
-            let leaders: Vec<Option<u64>> = ids
+            let seen: Vec<_> = ids
                 .iter()
-                .map(|id| self.status(*id).and_then(|s| s["leader"].as_u64()))
+                .filter_map(|id| self.cluster_status(*id))
                 .collect();
-            let first = leaders[0]?;
-            (leaders.iter().all(|l| *l == Some(first)) && ids.contains(&first)).then_some(first)
+            api::cluster::agreed_leader(&seen, ids.len()).filter(|l| ids.contains(l))
         })
     }
 
@@ -567,20 +572,12 @@ impl Cluster {
             "all nodes applied the same index",
             Duration::from_secs(60),
             || {
-                let st: Vec<Value> = ids
+                let seen: Vec<_> = ids
                     .iter()
-                    .map(|id| self.status(*id))
+                    .map(|id| self.cluster_status(*id))
                     .collect::<Option<_>>()?;
-                let applied: Vec<u64> = st
-                    .iter()
-                    .map(|s| s["applied_index"].as_u64().unwrap())
-                    .collect();
-                let commit = st
-                    .iter()
-                    .map(|s| s["commit_index"].as_u64().unwrap())
-                    .max()
-                    .unwrap();
-                applied.iter().all(|a| *a == commit).then_some(())
+                let commit = seen.iter().map(|s| s.commit_index).max()?;
+                seen.iter().all(|s| s.applied_index == commit).then_some(())
             },
         )
     }
