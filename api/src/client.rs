@@ -13,7 +13,9 @@ use crate::checkpoints::{Checkpoint, Consumers};
 use crate::error::ErrorBody;
 use crate::transport::{HttpRequest, HttpResponse, HyperTransport, Transport, TransportError};
 use crate::uniq::{History, Owner};
-use crate::users::commands::{SignedUp, SignupRequest};
+use crate::users::commands::{
+    CommandDone, EmailChangeRequest, EmailChanged, SignedUp, SignupRequest,
+};
 use crate::wire::{
     AddLearnerBody, AppendBody, AppendCreated, ClusterStatus, Health, Initialized, LogIndex,
     MembershipBody, Page, Ready, Topics, Whoami,
@@ -291,6 +293,54 @@ impl Client {
                 .push((http::HeaderName::from_static("idempotency-key"), key.into()));
         }
         self.call(addr, req, timeout, 201).await
+    }
+
+    /// `PATCH /v1/users/{id}`.
+    pub async fn change_email(
+        &self,
+        addr: &str,
+        id: &str,
+        body: &EmailChangeRequest,
+        timeout: Duration,
+    ) -> Result<EmailChanged, ClientError> {
+        let mut req = HttpRequest::post(format!("/v1/users/{}", path_segment(id)), to_json(body));
+        req.method = http::Method::PATCH;
+        self.call(addr, req, timeout, 200).await
+    }
+
+    /// `DELETE /v1/users/{id}`: releases the email.
+    pub async fn delete_user(
+        &self,
+        addr: &str,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<CommandDone, ClientError> {
+        let mut req = HttpRequest::get(format!("/v1/users/{}", path_segment(id)));
+        req.method = http::Method::DELETE;
+        self.call(addr, req, timeout, 200).await
+    }
+
+    /// `POST /v1/users/{id}/activation-email`: the activation email again (202).
+    pub async fn resend_activation(
+        &self,
+        addr: &str,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<CommandDone, ClientError> {
+        let path = format!("/v1/users/{}/activation-email", path_segment(id));
+        self.call(addr, HttpRequest::post(path, b"{}".to_vec()), timeout, 202)
+            .await
+    }
+
+    /// `GET /v1/users/activate?token=`, the link of the activation email, as JSON.
+    pub async fn activate(
+        &self,
+        addr: &str,
+        token: &str,
+        timeout: Duration,
+    ) -> Result<CommandDone, ClientError> {
+        let path = format!("/v1/users/activate?token={}", path_segment(token));
+        self.call(addr, HttpRequest::get(path), timeout, 200).await
     }
 
     async fn call<T: DeserializeOwned>(

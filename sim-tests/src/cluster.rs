@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use api::client::{ClientError, ReadTopic};
 use api::cluster::{agreed_leader, settled};
-use api::wire::{AppendBody, ClusterStatus, Initialized};
+use api::wire::{AddLearnerBody, AppendBody, ClusterStatus, Initialized, MembershipBody};
 use api::{HttpRequest, HttpResponse, Transport, TransportError};
 use madsim::net::NetSim;
 use madsim::runtime::{Handle, NodeHandle};
@@ -354,24 +354,25 @@ impl SimCluster {
         ))
     }
 
-    /// `POST` a JSON body to `path` on node `node`; the status and body, or why not.
-    pub async fn post(
-        &self,
-        node: NodeId,
-        path: &str,
-        body: Value,
-    ) -> Result<(u16, Value), String> {
+    /// Ask node `node` for a membership change: the log index of its entry, or why not.
+    pub async fn change(&self, node: NodeId, change: Change) -> Result<u64, String> {
         let client = self.client();
-        let path = path.to_string();
         self.on_client(async move {
-            let req = HttpRequest::post(path, body.to_string());
-            match client.send(node, req, APPEND_TIMEOUT).await {
-                Ok(r) => Ok((
-                    r.status,
-                    serde_json::from_slice(&r.body).unwrap_or(Value::Null),
-                )),
-                Err(e) => Err(e.to_string()),
-            }
+            let (api, addr) = (client.api(), node_addr(node));
+            let done = match change {
+                Change::AddLearner(id) => {
+                    let body = AddLearnerBody {
+                        id,
+                        addr: node_addr(id),
+                    };
+                    api.add_learner(&addr, &body, APPEND_TIMEOUT).await
+                }
+                Change::Voters(voters) => {
+                    let body = MembershipBody { voters };
+                    api.change_membership(&addr, &body, APPEND_TIMEOUT).await
+                }
+            };
+            done.map(|d| d.log_index).map_err(|e| e.to_string())
         })
         .await
     }
@@ -866,9 +867,17 @@ async fn run_node(
     std::future::pending::<()>().await;
 }
 
-/// The HTTP client of the simulation. Use it from tasks on the client node. Typed calls go
-/// through `api::client`; the workload's users commands and reads record raw answers (the
-/// checkers judge what came over the wire, not what a decoder made of it).
+/// A membership change, as the harness asks for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Add this node as a learner, at its address.
+    AddLearner(NodeId),
+    /// Make these the voters.
+    Voters(Vec<NodeId>),
+}
+
+/// The HTTP client of the simulation. Use it from tasks on the client node. Calls go through
+/// `api::client`; what they answer is recorded as JSON, which the checkers read on their own.
 #[derive(Clone)]
 pub struct Client {
     /// Presents [`SIM_CLIENT_TOKEN`].
@@ -979,6 +988,11 @@ impl Client {
             .checkpoint(&node_addr(node), consumer, true, Duration::from_secs(2))
             .await
             .map_err(|e| e.to_string())
+    }
+
+    /// The typed client, on the same transport.
+    pub fn api(&self) -> &api::client::Client {
+        &self.api
     }
 
     /// `GET /v1/cluster/status`.

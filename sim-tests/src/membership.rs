@@ -16,9 +16,8 @@ use std::time::Duration;
 
 use madsim::rand::seq::SliceRandom;
 use madsim::rand::Rng;
-use serde_json::json;
 
-use crate::cluster::{node_addr, now_ms, sleep, SimCluster};
+use crate::cluster::{now_ms, sleep, Change, SimCluster};
 use crate::history::NodeId;
 
 /// What one churn episode did, for the fault log and the run's figures.
@@ -43,12 +42,8 @@ impl Churn {
 /// How long each step may take.
 const STEP: Duration = Duration::from_secs(15);
 
-/// POST `body` to `path` on the members in turn until one answers 200, within [`STEP`].
-pub async fn post_until_ok(
-    cluster: &SimCluster,
-    path: &str,
-    body: serde_json::Value,
-) -> Result<(), String> {
+/// Ask the members in turn for `change` until one carries it out, within [`STEP`].
+pub async fn change_until_done(cluster: &SimCluster, change: Change) -> Result<(), String> {
     let start = now_ms();
     let mut last = String::new();
     let mut k = 0usize;
@@ -56,9 +51,8 @@ pub async fn post_until_ok(
         let ids = cluster.ids();
         let node = ids[k % ids.len()];
         k += 1;
-        match cluster.post(node, path, body.clone()).await {
-            Ok((200, _)) => return Ok(()),
-            Ok((status, body)) => last = format!("{status} {body}"),
+        match cluster.change(node, change.clone()).await {
+            Ok(_) => return Ok(()),
             Err(e) => last = e,
         }
         sleep(Duration::from_millis(300)).await;
@@ -166,12 +160,7 @@ async fn remove_voter(
 ) -> bool {
     let leader = cluster.leader_now().await;
     let remaining: Vec<NodeId> = voters.iter().copied().filter(|&v| v != victim).collect();
-    let r = post_until_ok(
-        cluster,
-        "/v1/cluster/membership",
-        json!({"voters": remaining}),
-    )
-    .await;
+    let r = change_until_done(cluster, Change::Voters(remaining.clone())).await;
     // The removed node may still answer as a leader for a while: ask the others.
     sleep(Duration::from_millis(500)).await;
     let Some((voters, learners)) = sync(cluster).await else {
@@ -206,12 +195,7 @@ async fn add_and_promote(
         out.note("no spare node id left: no membership change");
         return None;
     };
-    let added = post_until_ok(
-        cluster,
-        "/v1/cluster/learners",
-        json!({"id": new, "addr": node_addr(new)}),
-    )
-    .await;
+    let added = change_until_done(cluster, Change::AddLearner(new)).await;
     out.count("learner_added");
     let members = sync(cluster).await;
     let joined = members
@@ -268,12 +252,7 @@ async fn add_and_promote(
     if !promoted.contains(&new) {
         promoted.push(new);
     }
-    let r = post_until_ok(
-        cluster,
-        "/v1/cluster/membership",
-        json!({"voters": promoted}),
-    )
-    .await;
+    let r = change_until_done(cluster, Change::Voters(promoted.clone())).await;
     let Some((voters, _)) = sync(cluster).await else {
         out.note(format!("promotion of {new}: {r:?}; no leader after it"));
         return None;

@@ -19,11 +19,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use api::HttpRequest;
+use api::client::{ClientError, ReadTopic};
+use api::users::commands::{EmailChangeRequest, SignupRequest};
 use madsim::rand::Rng;
 use serde_json::{json, Value};
 
-use crate::cluster::{now_ms, sleep, Client, SimCluster, APPEND_TIMEOUT};
+use crate::cluster::{node_addr, now_ms, sleep, Client, SimCluster, APPEND_TIMEOUT};
 use crate::history::{
     Attempt, History, NodeId, Outcome, ReadSample, StatusSample, UserAttempt, UserOp, UserOutcome,
 };
@@ -517,32 +518,34 @@ async fn read_pages(
             )
         };
         let topic = ALL_TOPICS[t];
-        let limit = crate::check::served::PAGE_LIMIT;
-        let mut path = format!("/v1/topics/{topic}/events?from={from}&limit={limit}");
-        if linearizable {
-            path.push_str("&consistency=linearizable");
-        }
+        let read = ReadTopic {
+            from,
+            limit: crate::check::served::PAGE_LIMIT,
+            wait_ms: 0,
+            linearizable,
+        };
         let sent_ms = now_ms();
-        if let Ok(resp) = client
-            .send(node, HttpRequest::get(path), Duration::from_secs(3))
-            .await
-        {
-            let page: Option<Vec<Value>> = (resp.status == 200)
-                .then(|| serde_json::from_slice::<Value>(&resp.body).ok())
-                .flatten()
-                .and_then(|v| v.get("events").and_then(Value::as_array).cloned());
-            if let Some(events) = page {
-                seen[t] = seen[t].max(from + events.len() as u64);
-                history.lock().unwrap().reads.push(ReadSample {
-                    node,
-                    topic: topic.to_string(),
-                    from,
-                    linearizable,
-                    events,
-                    sent_ms,
-                    answered_ms: now_ms(),
-                });
-            }
+        let page = client
+            .api()
+            .read_topic(&node_addr(node), topic, read, Duration::from_secs(3))
+            .await;
+        if let Ok(page) = page {
+            // As JSON, as the checkers read events.
+            let events: Vec<Value> = page
+                .events
+                .into_iter()
+                .map(|e| serde_json::to_value(e).expect("an event serializes"))
+                .collect();
+            seen[t] = seen[t].max(from + events.len() as u64);
+            history.lock().unwrap().reads.push(ReadSample {
+                node,
+                topic: topic.to_string(),
+                from,
+                linearizable,
+                events,
+                sent_ms,
+                answered_ms: now_ms(),
+            });
         }
         sleep(Duration::from_millis(pause)).await;
     }
@@ -580,70 +583,59 @@ async fn poll_status(
 }
 
 impl Client {
-    /// Send one users command and classify the answer.
+    /// Send one users command and classify the answer. Bodies go into the history as JSON,
+    /// as the checkers read them.
     pub async fn user_command(&self, node: NodeId, op: &UserOp) -> UserOutcome {
-        let req = match op {
+        let api = self.api();
+        let addr = node_addr(node);
+        let done = match op {
             UserOp::SignUp {
                 username,
                 email,
                 key,
             } => {
-                let body =
-                    json!({"username": username, "email": email, "password": "correct horse"});
-                let mut req = HttpRequest::post("/v1/users", body.to_string());
-                if let Some(key) = key {
-                    req.headers.push((
-                        http::HeaderName::from_static("idempotency-key"),
-                        key.clone(),
-                    ));
-                }
-                req
+                let body = SignupRequest {
+                    username: username.clone(),
+                    email: email.clone(),
+                    password: "correct horse".into(),
+                };
+                api.signup(&addr, &body, key.as_deref(), APPEND_TIMEOUT)
+                    .await
+                    .map(|a| (a.id, a.offset))
             }
             UserOp::ChangeEmail { user, email } => {
-                let mut req = HttpRequest::post(
-                    format!("/v1/users/{user}"),
-                    json!({"email": email}).to_string(),
-                );
-                req.method = http::Method::PATCH;
-                req
+                let body = EmailChangeRequest {
+                    email: email.clone(),
+                };
+                api.change_email(&addr, user, &body, APPEND_TIMEOUT)
+                    .await
+                    .map(|a| (a.id, a.offset))
             }
-            UserOp::Delete { user } => {
-                let mut req = HttpRequest::get(format!("/v1/users/{user}"));
-                req.method = http::Method::DELETE;
-                req
-            }
+            UserOp::Delete { user } => api
+                .delete_user(&addr, user, APPEND_TIMEOUT)
+                .await
+                .map(|a| (a.id, a.offset)),
         };
-        match self.send(node, req, APPEND_TIMEOUT).await {
-            Ok(resp) => {
-                let body: Value = serde_json::from_slice(&resp.body).unwrap_or(Value::Null);
-                match resp.status {
-                    200 | 201 => match (
-                        body.get("id").and_then(Value::as_str),
-                        body.get("offset").and_then(Value::as_u64),
-                    ) {
-                        (Some(id), Some(offset)) => UserOutcome::Done {
-                            user: id.to_string(),
-                            offset,
-                        },
-                        _ => UserOutcome::Unknown(format!(
-                            "{} with an unexpected body: {body}",
-                            resp.status
-                        )),
-                    },
-                    404 => UserOutcome::NotFound,
-                    409 => UserOutcome::Conflict {
-                        code: body
-                            .get("error")
-                            .and_then(Value::as_str)
-                            .unwrap_or("")
-                            .to_string(),
-                        body,
-                    },
-                    503 if body.get("error").and_then(Value::as_str) == Some("outcome_unknown") => {
-                        UserOutcome::Unknown(format!("503 {body}"))
-                    }
+        match done {
+            Ok((user, offset)) => UserOutcome::Done { user, offset },
+            Err(ClientError::Refused { status: 404, .. })
+            | Err(ClientError::BadAnswer { status: 404, .. }) => UserOutcome::NotFound,
+            Err(ClientError::Refused { status, body, .. }) => {
+                let code = body.error.clone();
+                let body = serde_json::to_value(body).expect("an error body serializes");
+                match status {
+                    409 => UserOutcome::Conflict { code, body },
+                    503 if code == "outcome_unknown" => UserOutcome::Unknown(format!("503 {body}")),
                     status => UserOutcome::Failed(status, body.to_string()),
                 }
+            }
+            Err(ClientError::BadAnswer { status, reason, .. })
+                if status == 200 || status == 201 =>
+            {
+                UserOutcome::Unknown(format!("{status} with an unexpected body: {reason}"))
+            }
+            Err(ClientError::BadAnswer { status, reason, .. }) => {
+                UserOutcome::Failed(status, reason)
             }
             Err(e) if e.nothing_sent() => UserOutcome::Failed(0, e.to_string()),
             Err(e) => UserOutcome::Unknown(e.to_string()),

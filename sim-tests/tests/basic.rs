@@ -13,7 +13,7 @@ use std::time::Duration;
 use api::Transport;
 
 use madsim::rand::Rng;
-use sim_tests::cluster::{brief, now_ms, SimCluster};
+use sim_tests::cluster::{brief, now_ms, Change, SimCluster};
 use sim_tests::history::{check, Attempt, FinalState, Outcome, Report};
 use sim_tests::workload::{Load, LoadSpec, TOPICS};
 
@@ -430,15 +430,10 @@ fn a_learner_catches_up_by_snapshot_is_promoted_and_the_leader_is_removed() {
         );
 
         let new = cluster.add_node().expect("a spare id");
-        let (status, body) = cluster
-            .post(
-                leader,
-                "/v1/cluster/learners",
-                serde_json::json!({"id": new, "addr": sim_tests::cluster::node_addr(new)}),
-            )
+        cluster
+            .change(leader, Change::AddLearner(new))
             .await
-            .expect("add-learner answered");
-        assert_eq!(status, 200, "seed {seed}: add-learner: {body}");
+            .unwrap_or_else(|e| panic!("seed {seed}: add-learner: {e}"));
         let (voters, learners) = cluster.membership().await.expect("a leader");
         assert_eq!((voters.len(), learners.clone()), (3, vec![new]));
         cluster.set_members(voters.iter().chain(&learners).copied());
@@ -466,28 +461,18 @@ fn a_learner_catches_up_by_snapshot_is_promoted_and_the_leader_is_removed() {
         );
 
         // Promote it, then remove the leader.
-        let (status, body) = cluster
-            .post(
-                leader,
-                "/v1/cluster/membership",
-                serde_json::json!({"voters": [1, 2, 3, new]}),
-            )
+        cluster
+            .change(leader, Change::Voters(vec![1, 2, 3, new]))
             .await
-            .expect("promote answered");
-        assert_eq!(status, 200, "seed {seed}: promote: {body}");
+            .unwrap_or_else(|e| panic!("seed {seed}: promote: {e}"));
         let remaining: Vec<u64> = [1, 2, 3, new]
             .into_iter()
             .filter(|&v| v != leader)
             .collect();
-        let (status, body) = cluster
-            .post(
-                leader,
-                "/v1/cluster/membership",
-                serde_json::json!({ "voters": remaining }),
-            )
+        cluster
+            .change(leader, Change::Voters(remaining.clone()))
             .await
-            .expect("remove answered");
-        assert_eq!(status, 200, "seed {seed}: remove the leader: {body}");
+            .unwrap_or_else(|e| panic!("seed {seed}: remove the leader: {e}"));
         cluster.retire(leader);
         cluster.set_members(remaining.iter().copied());
         let new_leader = cluster.wait_for_leader().await;
@@ -598,13 +583,9 @@ fn a_single_voter_and_its_learner_keep_every_acknowledged_write_through_power_cu
         let mut cluster = SimCluster::start(1);
         cluster.cluster_init().await;
         let learner = cluster.add_node().expect("a spare node id");
-        sim_tests::membership::post_until_ok(
-            &cluster,
-            "/v1/cluster/learners",
-            serde_json::json!({"id": learner, "addr": sim_tests::cluster::node_addr(learner)}),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("seed {seed}: add the learner: {e}"));
+        sim_tests::membership::change_until_done(&cluster, Change::AddLearner(learner))
+            .await
+            .unwrap_or_else(|e| panic!("seed {seed}: add the learner: {e}"));
         cluster.set_members([1, learner]);
         let load = Load::start(&cluster, &LoadSpec::default(), vec![1]);
         for cut in 0..10 {
