@@ -17,13 +17,23 @@ use tempfile::TempDir;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_uniqlog");
 
-/// A free TCP port on 127.0.0.1 (bound, then released for the node to take).
+/// A free TCP port on 127.0.0.1 (bound, then released for the node to take), never one this
+/// process was given before: the kernel may hand a released port out again at once, and two
+/// nodes of one cluster on one port make its config invalid.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Poll `f` until it returns `Some`, or panic after `timeout` naming `what`.
