@@ -77,20 +77,29 @@ pub struct Config {
     pub path: PathBuf,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     pub id: NodeId,
     /// Client API, and peer RPC unless `peer_addr` is set.
     pub addr: String,
     /// Optional separate listener for peer RPC, so client load never delays heartbeats.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_addr: Option<String>,
     /// Relative paths are relative to the config file.
     pub data_dir: PathBuf,
 }
 
 impl NodeConfig {
+    /// Its `[[node]]` section of a cluster.toml (what the test harnesses write).
+    pub fn toml_section(&self) -> String {
+        #[derive(serde::Serialize)]
+        struct Section<'a> {
+            node: [&'a NodeConfig; 1],
+        }
+        toml::to_string(&Section { node: [self] }).expect("a node section serializes") + "\n"
+    }
+
     /// The address peers use to reach this node.
     pub fn peer_addr(&self) -> &str {
         self.peer_addr.as_deref().unwrap_or(&self.addr)
@@ -656,6 +665,27 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("test.toml"), Path::new("/base"))
+    }
+
+    /// What the harnesses write is what the config reads.
+    #[test]
+    fn a_node_section_reads_back_as_that_node() {
+        let nodes = [
+            NodeConfig {
+                id: 3,
+                addr: "10.0.0.3:7001".into(),
+                peer_addr: None,
+                data_dir: "/abs/node3".into(),
+            },
+            NodeConfig {
+                id: 4,
+                addr: "127.0.0.1:7004".into(),
+                peer_addr: Some("127.0.0.1:8004".into()),
+                data_dir: "/abs/node4".into(),
+            },
+        ];
+        let text: String = nodes.iter().map(NodeConfig::toml_section).collect();
+        assert_eq!(parse(&text).unwrap().nodes, nodes, "{text}");
     }
 
     const THREE: &str = r#"

@@ -20,10 +20,13 @@ const ADMIN: &str = "admin-token";
 
 /// A one-node cluster, initialized and leading, with a read token and an admin token.
 async fn one_node(dir: &Path) -> SharedApp {
-    let mut text = format!(
-        "[[node]]\nid = 1\naddr = \"127.0.0.1:9\"\ndata_dir = \"{}\"\n\n[auth]\ncluster_secret = \"a secret\"\n",
-        dir.join("node").display()
-    );
+    let node = uniqlog_node::NodeConfig {
+        id: 1,
+        addr: "127.0.0.1:9".into(),
+        peer_addr: None,
+        data_dir: dir.join("node"),
+    };
+    let mut text = node.toml_section() + "[auth]\ncluster_secret = \"a secret\"\n";
     for (token, role) in [(READER, "read"), (ADMIN, "admin")] {
         text.push_str(&format!(
             "[[auth.token]]\nname = \"{token}\"\nrole = \"{role}\"\nsha256 = \"{}\"\n",

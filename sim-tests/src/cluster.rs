@@ -107,10 +107,13 @@ pub fn config_text(n: usize, extra: &str) -> String {
 pub fn config_text_of(ids: &[NodeId], extra: &str) -> String {
     let mut text = String::new();
     for &id in ids {
-        text.push_str(&format!(
-            "[[node]]\nid = {id}\naddr = \"{}\"\ndata_dir = \"sim/node{id}\"\n\n",
-            node_addr(id)
-        ));
+        let node = uniqlog_node::NodeConfig {
+            id,
+            addr: node_addr(id),
+            peer_addr: None,
+            data_dir: format!("sim/node{id}").into(),
+        };
+        text.push_str(&node.toml_section());
     }
     text.push_str(extra);
     text

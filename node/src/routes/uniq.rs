@@ -248,12 +248,13 @@ pub async fn set_rules(
     Ok(Json(RulesVersion { version }).into_response())
 }
 
-/// `GET /v1/cluster/uniq-rules`: the rules in force and their version.
+/// `GET /v1/cluster/uniq-rules`: the rules in force and their version. The rules' fields are
+/// spelled out, not flattened: `Rules` refuses unknown fields, and its schema says so.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct RulesInForce {
     pub version: u64,
-    #[serde(flatten)]
-    pub rules: Rules,
+    pub uniq: Vec<raft_store::rules::UniqSet>,
+    pub idempotency: raft_store::rules::IdempotencySettings,
 }
 
 /// `GET /v1/cluster/uniq-rules`: the rules in force on this node.
@@ -261,7 +262,8 @@ pub async fn get_rules(State(app): State<SharedApp>) -> Result<Response, ApiErro
     let state = app.rules().await?;
     Ok(Json(RulesInForce {
         version: state.version,
-        rules: state.rules,
+        uniq: state.rules.uniq,
+        idempotency: state.rules.idempotency,
     })
     .into_response())
 }

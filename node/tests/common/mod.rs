@@ -301,7 +301,13 @@ pub struct Tuning {
 pub const USER_EMAIL_RULES: &str = include_str!("user_email_rules.toml");
 
 fn node_toml(id: u64, port: u16) -> String {
-    format!("[[node]]\nid = {id}\naddr = \"127.0.0.1:{port}\"\ndata_dir = \"node{id}\"\n\n")
+    uniqlog_node::NodeConfig {
+        id,
+        addr: format!("127.0.0.1:{port}"),
+        peer_addr: None,
+        data_dir: format!("node{id}").into(),
+    }
+    .toml_section()
 }
 
 pub fn write_config(path: &Path, nodes: &[(u64, u16)], tuning: &Tuning) {
