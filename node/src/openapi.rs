@@ -8,9 +8,6 @@
 //! security (from its `Access`), so no route can be documented with the wrong ones.
 //! schemathesis checks every answer against the document (`scripts/schemathesis.sh`).
 
-// The parameter types exist only for the document.
-#![allow(dead_code)]
-
 use std::sync::OnceLock;
 
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
@@ -40,56 +37,11 @@ pub(crate) mod shapes {
     pub use crate::routes::uniq::RulesInForce;
 }
 
-/// The query parameters the route table's operations name.
+/// The query parameters the route table's operations name: the handlers' own.
 pub(crate) mod params {
-    use serde::Serialize;
-    use utoipa::{IntoParams, ToSchema};
-
-    /// `local` reads this node's applied state; `linearizable` first confirms leadership and
-    /// waits until this node has applied everything committed before the read.
-    #[derive(Serialize, ToSchema)]
-    #[serde(rename_all = "snake_case")]
-    pub enum ConsistencyDoc {
-        Local,
-        Linearizable,
-    }
-
-    #[derive(IntoParams)]
-    #[into_params(parameter_in = Query)]
-    pub struct ReadQuery {
-        /// First offset (topics) or stream position (streams) to return.
-        from: Option<u64>,
-        /// Most events to return, at most `[limits] read_events_max`.
-        #[param(minimum = 1)]
-        limit: Option<u64>,
-        /// Long-poll: wait up to this long for an event at `from`, at most `wait_ms_max`.
-        wait_ms: Option<u64>,
-        #[param(inline)]
-        consistency: Option<ConsistencyDoc>,
-    }
-
-    #[derive(IntoParams)]
-    #[into_params(parameter_in = Query)]
-    pub struct StreamQuery {
-        /// First offset; a reconnect's `Last-Event-ID` wins.
-        from: Option<u64>,
-        /// A token from `POST /v1/auth/stream-token` (EventSource cannot send headers).
-        access_token: Option<String>,
-    }
-
-    #[derive(IntoParams)]
-    #[into_params(parameter_in = Query)]
-    pub struct ConsistencyQuery {
-        #[param(inline)]
-        consistency: Option<ConsistencyDoc>,
-    }
-
-    #[derive(IntoParams)]
-    #[into_params(parameter_in = Query)]
-    pub struct ActivateQuery {
-        /// The token of the activation email.
-        token: String,
-    }
+    pub use crate::routes::consumers::CheckpointParams;
+    pub use crate::routes::log::{ReadParams, StreamParams};
+    pub use crate::users::ActivateParams;
 }
 
 #[derive(OpenApi)]

@@ -102,20 +102,20 @@ route_table! {
     read: get "/v1/topics/{topic}/events", Access::ReadTopic, log::read,
         doc(
         tag = "log",
-        params(("topic" = String, Path), ReadQuery),
+        params(("topic" = String, Path), ReadParams),
         responses((status = 200, description = "a page of events", body = Page))
         );
     stream: get "/v1/topics/{topic}/stream", Access::ReadTopic, log::sse,
         doc(
         tag = "log",
-        params(("topic" = String, Path), StreamQuery),
+        params(("topic" = String, Path), StreamParams),
         responses((status = 200, description = "server-sent events, one `id: <offset>` frame per event",
         content_type = "text/event-stream", body = String))
         );
     stream_events: get "/v1/streams/{stream}/events", Access::Role(Role::Read), log::stream_events,
         doc(
         tag = "log",
-        params(("stream" = String, Path), ReadQuery),
+        params(("stream" = String, Path), ReadParams),
         responses((status = 200, description = "a page of the stream's events", body = Page))
         );
     status: get "/v1/cluster/status", Access::Role(Role::Read), cluster::status,
@@ -194,7 +194,7 @@ route_table! {
     activate: get "/v1/users/activate", Access::Users { anonymous: true }, users::activate,
         doc(
         tag = "users",
-        params(ActivateQuery),
+        params(ActivateParams),
         responses((status = 200, description = "activated", body = CommandDone))
         );
     change_email: patch "/v1/users/{id}", Access::Users { anonymous: false }, users::change_email,
@@ -231,7 +231,7 @@ route_table! {
     checkpoint: get "/v1/consumers/{name}/checkpoint", Access::Role(Role::Read), consumers::checkpoint,
         doc(
         tag = "consumers",
-        params(("name" = String, Path), ConsistencyQuery),
+        params(("name" = String, Path), CheckpointParams),
         responses((status = 200, description = "the consumer's latest checkpoint", body = Checkpoint))
         );
     stream_token: post "/v1/auth/stream-token", Access::Role(Role::Read), auth::stream_token,

@@ -11,10 +11,13 @@ use crate::app::SharedApp;
 use api::error::ApiError;
 use api::extract::{PathParams, QueryParams};
 
-#[derive(Debug, serde::Deserialize)]
+/// The query of a checkpoint read.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct CheckpointParams {
-    consistency: Option<String>,
+    #[param(inline)]
+    consistency: Option<super::log::Consistency>,
 }
 
 async fn latest(
@@ -68,14 +71,8 @@ pub async fn checkpoint(
     PathParams(name): PathParams<String>,
     QueryParams(params): QueryParams<CheckpointParams>,
 ) -> Result<Response, ApiError> {
-    match params.consistency.as_deref() {
-        None | Some("local") => {}
-        Some("linearizable") => app.linearize().await?,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "unknown consistency {other:?}"
-            )))
-        }
+    if params.consistency == Some(super::log::Consistency::Linearizable) {
+        app.linearize().await?;
     }
     latest_of(&app, &name)
         .await?

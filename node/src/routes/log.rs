@@ -82,20 +82,31 @@ pub fn answer_response(answer: Answer) -> Result<Response, ApiError> {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// The query of a page of a topic or a stream.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ReadParams {
+    /// First offset (topics) or stream position (streams) to return.
     #[serde(default)]
+    #[param(required = false)]
     from: u64,
+    /// Most events to return, at most `[limits] read_events_max`.
+    #[param(minimum = 1)]
     limit: Option<usize>,
+    /// Long-poll: wait up to this long for an event at `from`, at most `wait_ms_max`.
     #[serde(default)]
+    #[param(required = false)]
     wait_ms: u64,
+    #[param(inline)]
     consistency: Option<Consistency>,
 }
 
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+/// `local` reads this node's applied state; `linearizable` first confirms leadership and
+/// waits until this node has applied everything committed before the read.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
-enum Consistency {
+pub enum Consistency {
     Local,
     Linearizable,
 }
@@ -215,11 +226,15 @@ fn sse_frames(from: u64, events: &[String]) -> String {
     out
 }
 
-#[derive(Debug, Deserialize)]
+/// The query of the event stream.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct StreamParams {
+    /// First offset; a reconnect's `Last-Event-ID` wins.
     from: Option<u64>,
-    /// Checked by the auth middleware (EventSource cannot send headers).
+    /// A token from `POST /v1/auth/stream-token` (EventSource cannot send headers); checked
+    /// by the auth middleware.
     #[serde(rename = "access_token")]
     _access_token: Option<String>,
 }

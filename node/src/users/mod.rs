@@ -283,9 +283,12 @@ pub async fn delete(
     .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+/// The query of the activation link.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ActivateParams {
+    /// The token of the activation email.
     token: String,
 }
 
