@@ -2,38 +2,10 @@
 //! `GET /openapi.json`. Built like the node's: each route's operation is declared with the
 //! route (`routes::ROUTES`), the shared error answers are added from code.
 
-// The parameter types exist only for the document.
-#![allow(dead_code)]
-
 use std::sync::OnceLock;
 
 use utoipa::openapi::OpenApi as Spec;
-use utoipa::{IntoParams, OpenApi};
-
-#[derive(IntoParams)]
-#[into_params(parameter_in = Query)]
-pub(crate) struct ReadYourWrites {
-    /// Wait (bounded) until this offset of `users` is applied: read-your-writes after a
-    /// command that answered this offset. 503 `not_yet_applied` if the wait runs out.
-    min_offset: Option<u64>,
-}
-
-#[derive(IntoParams)]
-#[into_params(parameter_in = Query)]
-pub(crate) struct UserQuery {
-    min_offset: Option<u64>,
-    /// The user as of this offset of `users`.
-    as_of: Option<u64>,
-}
-
-#[derive(IntoParams)]
-#[into_params(parameter_in = Query)]
-pub(crate) struct LookupQuery {
-    min_offset: Option<u64>,
-    /// Exactly one of `email` and `username`.
-    email: Option<String>,
-    username: Option<String>,
-}
+use utoipa::OpenApi;
 
 #[derive(OpenApi)]
 #[openapi(info(

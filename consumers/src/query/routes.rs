@@ -18,11 +18,33 @@ use super::QueryState;
 
 type Shared = Arc<QueryState>;
 
-#[derive(Debug, Deserialize)]
+/// The query of the routes that only wait for an offset.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-pub struct Params {
+#[into_params(parameter_in = Query)]
+pub struct ReadYourWrites {
+    /// Wait (bounded) until this offset of `users` is applied: read-your-writes after a
+    /// command that answered this offset. 503 `not_yet_applied` if the wait runs out.
     min_offset: Option<u64>,
+}
+
+/// The query of `GET /v1/users/{id}`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct UserQuery {
+    min_offset: Option<u64>,
+    /// The user as of this offset of `users`.
     as_of: Option<u64>,
+}
+
+/// The query of `GET /v1/users`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct LookupQuery {
+    min_offset: Option<u64>,
+    /// Exactly one of `email` and `username`.
     email: Option<String>,
     username: Option<String>,
 }
@@ -57,7 +79,7 @@ async fn wait_for(state: &Shared, min_offset: Option<u64>) -> Result<(), ApiErro
 async fn user(
     State(state): State<Shared>,
     PathParams(id): PathParams<String>,
-    QueryParams(p): QueryParams<Params>,
+    QueryParams(p): QueryParams<UserQuery>,
 ) -> Result<Response, ApiError> {
     wait_for(&state, p.min_offset).await?;
     let doc = match p.as_of {
@@ -70,7 +92,7 @@ async fn user(
 
 async fn users(
     State(state): State<Shared>,
-    QueryParams(p): QueryParams<Params>,
+    QueryParams(p): QueryParams<LookupQuery>,
 ) -> Result<Response, ApiError> {
     wait_for(&state, p.min_offset).await?;
     let found = match (&p.email, &p.username) {
@@ -88,7 +110,7 @@ async fn users(
 async fn history(
     State(state): State<Shared>,
     PathParams(id): PathParams<String>,
-    QueryParams(p): QueryParams<Params>,
+    QueryParams(p): QueryParams<ReadYourWrites>,
 ) -> Result<Response, ApiError> {
     wait_for(&state, p.min_offset).await?;
     let history = state.store.history(&id).map_err(internal)?;
@@ -100,7 +122,7 @@ async fn history(
 
 async fn stats(
     State(state): State<Shared>,
-    QueryParams(p): QueryParams<Params>,
+    QueryParams(p): QueryParams<ReadYourWrites>,
 ) -> Result<Response, ApiError> {
     wait_for(&state, p.min_offset).await?;
     Ok(Json(state.store.stats().map_err(internal)?).into_response())
@@ -203,9 +225,9 @@ macro_rules! route_table {
 
         mod operations {
             #[allow(unused_imports)]
-            use super::super::openapi::*;
-            #[allow(unused_imports)]
             use super::super::answers::*;
+            #[allow(unused_imports)]
+            use super::{LookupQuery, ReadYourWrites, UserQuery};
             $(
                 #[utoipa::path(get, path = $path, $($doc)*)]
                 #[allow(dead_code)]
