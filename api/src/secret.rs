@@ -66,6 +66,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret("abc", "abc"));
+        assert!(!same_secret("abc", "abd"));
+        assert!(!same_secret("abc", "abcd"));
+        assert!(!same_secret("", "a"));
+    }
+
+    #[test]
     fn debug_never_shows_the_secret() {
         let s = Secret::new("hunter2-hunter2");
         assert_eq!(format!("{s:?}"), "Secret(redacted)");

@@ -222,9 +222,6 @@ async fn watch_until<V, T>(
 /// How many times a request is prepared again when the rules change under it.
 const RULES_RETRIES_MAX: usize = 5;
 
-/// The leader's wall clock, stamped on each proposed entry (the simulated clock under madsim).
-pub use api::runtime::now_ms;
-
 impl api::extract::BodyLimit for App {
     fn body_bytes_max(&self) -> usize {
         self.settings.limits.body_bytes_max

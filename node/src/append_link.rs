@@ -17,8 +17,9 @@ use tracing::Instrument;
 
 use crate::app::SharedApp;
 use crate::metrics::rpc_kind;
-use crate::peer::{rpc_answer_body, PEER_BODY_BYTES_MAX};
+use crate::peer::rpc_answer_body;
 use api::error::ApiError;
+use api::link::PEER_BODY_BYTES_MAX;
 use api::link::{write_frame, FrameReader, UPGRADE_PROTOCOL};
 use api::server::ClientAddr;
 

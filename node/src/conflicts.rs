@@ -25,7 +25,7 @@ pub struct ConflictRing(Mutex<VecDeque<RecentConflict>>);
 impl ConflictRing {
     fn record(&self, route: &str, body: &ErrorBody) {
         let entry = RecentConflict {
-            at_ms: crate::app::now_ms(),
+            at_ms: api::runtime::now_ms(),
             error: body.error.clone(),
             message: body.message.clone(),
             route: route.to_string(),

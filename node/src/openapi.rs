@@ -200,6 +200,8 @@ mod tests {
         }
     }
 
+    /// The route table makes both the router and the paths, so this guards what is built on
+    /// top: the merge of `RouteDocs` into the document, and the security set per route.
     #[test]
     fn the_document_has_exactly_the_routes_of_the_route_table() {
         let mut spec = spec().clone();

@@ -47,7 +47,7 @@ pub const RPC_CONTENT_TYPE: &str = "application/x-uniqlog-raft";
 /// The CRC-32C of a snapshot chunk's data, in decimal.
 pub const CHUNK_CRC_HEADER: &str = "x-uniqlog-chunk-crc32c";
 
-pub use api::link::PEER_BODY_BYTES_MAX;
+use api::link::PEER_BODY_BYTES_MAX;
 
 /// Append-entries batches above this are split: openraft 0.9 gives each call only the
 /// heartbeat interval and retries the same batch on a timeout, so a batch too large to send

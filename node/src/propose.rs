@@ -169,7 +169,7 @@ async fn propose_batch(
     let (requests, replies): (Vec<_>, Vec<_>) =
         batch.into_iter().map(|q| (q.request, q.reply)).unzip();
     let cmd = LogCommand {
-        timestamp_ms: crate::app::now_ms(),
+        timestamp_ms: api::runtime::now_ms(),
         requests: requests.into(),
     };
     let started = std::time::Instant::now();

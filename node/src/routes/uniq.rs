@@ -78,7 +78,7 @@ pub async fn sets(
         }
     };
     drop(cache);
-    let counted_at = crate::app::now_ms().saturating_sub(at.elapsed().as_millis() as u64);
+    let counted_at = api::runtime::now_ms().saturating_sub(at.elapsed().as_millis() as u64);
     let sets: Vec<_> = rules
         .rules
         .uniq
@@ -215,7 +215,7 @@ pub async fn propose_rules(app: &SharedApp, rules: Rules) -> Result<u64, ApiErro
         let size = serde_json::to_vec(&request)
             .map_err(ApiError::internal)?
             .len();
-        if size > crate::peer::PEER_BODY_BYTES_MAX / 2 {
+        if size > api::link::PEER_BODY_BYTES_MAX / 2 {
             return Err(ApiError::bad_request(format!(
                 "the backfill of these rules is {size} bytes, more than one log entry may carry; \
                  add the set before the topic grows this large"

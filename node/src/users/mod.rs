@@ -26,10 +26,11 @@ use uuid::Uuid;
 use self::events::UserEvent;
 use self::state::{fold, stream_of, Status, UserState, EMAIL_SET, TOPIC};
 use self::validate::{validate_email_change, validate_signup, EmailBody, SignupBody};
-use crate::app::{now_ms, SharedApp};
+use crate::app::SharedApp;
 use crate::wire::{fingerprint, idempotency_key};
 use api::error::ApiError;
 use api::extract::{JsonBody, PathParams, QueryParams};
+use api::runtime::now_ms;
 
 /// Appends retried on a version conflict (a concurrent command on the same user).
 const VERSION_RETRIES_MAX: usize = 5;
