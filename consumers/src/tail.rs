@@ -32,7 +32,14 @@ pub struct Tailer {
     wait: Duration,
     stale_after: Duration,
     leaderless_since: Option<Instant>,
+    /// The topic's length as a node last reported it, and when it was asked.
+    head: u64,
+    head_asked: Option<Instant>,
 }
+
+/// How often a tailer asks for the topic's length, caught up or not: a consumer catching up
+/// must report how far behind it is, not the end of the page it just read.
+const HEAD_EVERY: Duration = Duration::from_secs(1);
 
 impl Tailer {
     pub fn new(
@@ -53,6 +60,8 @@ impl Tailer {
             wait: Duration::from_secs(2),
             stale_after,
             leaderless_since: None,
+            head: 0,
+            head_asked: None,
         }
     }
 
@@ -98,6 +107,7 @@ impl Tailer {
                         self.leaderless_since = None;
                     }
                     self.next_offset = page.next_offset.max(self.next_offset);
+                    self.refresh_head().await;
                     return Ok(page.events);
                 }
                 Err(ClientError::BadAnswer {
@@ -163,19 +173,99 @@ impl Tailer {
         }
     }
 
-    /// The topic's length as one of the nodes reports it.
-    pub async fn head(&self) -> Option<u64> {
-        let topics = self
+    /// The topic's length: what a node last reported (asked at most every [`HEAD_EVERY`]),
+    /// or the next offset to read if that is further.
+    pub fn head(&self) -> u64 {
+        self.head.max(self.next_offset)
+    }
+
+    async fn refresh_head(&mut self) {
+        if self.head_asked.is_some_and(|t| t.elapsed() < HEAD_EVERY) {
+            return;
+        }
+        self.head_asked = Some(Instant::now());
+        match self
             .client
             .topics(self.node(), Duration::from_secs(2))
             .await
-            .ok()?;
-        Some(
-            topics
-                .topics
-                .iter()
-                .find(|t| t.name == self.topic)
-                .map_or(0, |t| t.length),
-        )
+        {
+            Ok(topics) => {
+                let length = topics.topics.iter().find(|t| t.name == self.topic);
+                // A topic nothing was appended to has no row: its length is 0.
+                self.head = self.head.max(length.map_or(0, |t| t.length));
+            }
+            Err(e) => tracing::debug!(error = %e, "asking for the topic's length failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use api::{HttpRequest, HttpResponse, TransportError};
+    use futures::future::BoxFuture;
+
+    /// A node whose topic `t` holds 100 events and that serves them one per page.
+    struct LongTopic;
+
+    impl Transport for LongTopic {
+        fn send(
+            &self,
+            _addr: &str,
+            req: HttpRequest,
+            _timeout: Duration,
+        ) -> BoxFuture<'static, Result<HttpResponse, TransportError>> {
+            let body = if req.path == "/v1/topics" {
+                r#"{"topics":[{"length":100,"name":"t"}]}"#.to_string()
+            } else {
+                let from: u64 = req
+                    .path
+                    .split("from=")
+                    .nth(1)
+                    .unwrap()
+                    .split('&')
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                format!(
+                    r#"{{"events":[{{"topic":"t","offset":{from},"log_index":1,"timestamp":1,"type":"T","data":{{}}}}],"next_offset":{}}}"#,
+                    from + 1
+                )
+            };
+            Box::pin(async move {
+                Ok(HttpResponse {
+                    status: 200,
+                    body: body.into(),
+                })
+            })
+        }
+
+        fn open_link(
+            &self,
+            _addr: &str,
+            _req: HttpRequest,
+            _timeout: Duration,
+        ) -> BoxFuture<'static, Result<api::link::Opened, TransportError>> {
+            unreachable!("a tailer opens no link")
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tailer_catching_up_knows_how_far_behind_it_is() {
+        let mut tail = Tailer::new(
+            vec!["n1".into()],
+            Arc::new(LongTopic),
+            "t",
+            0,
+            Duration::from_secs(5),
+        );
+        let events = tail.next_batch().await.unwrap();
+        assert_eq!((events.len(), tail.next_offset), (1, 1));
+        assert_eq!(
+            tail.head(),
+            100,
+            "the topic's length, not the end of the page"
+        );
     }
 }

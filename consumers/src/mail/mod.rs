@@ -435,11 +435,7 @@ impl MailConsumer {
                 self.note_position(offset, Some(e.timestamp));
             }
             main_cp.maybe_report(main.next_offset).await;
-            if events.is_empty() {
-                if let Some(h) = main.head().await {
-                    self.note_head(h, main.next_offset);
-                }
-            }
+            self.note_head(main.head(), main.next_offset);
             // Replayed parked events keep their original idempotency key.
             let retried = retry.next_batch().await.unwrap_or_default();
             for r in &retried {

@@ -124,16 +124,8 @@ pub async fn follow(
                 return;
             }
             applied_tx.send_replace(tail.next_offset);
-        } else if let Some(h) = tail.head().await {
-            head_tx.send_replace(h);
         }
-        head_tx.send_if_modified(|h| {
-            let newer = tail.next_offset > *h;
-            if newer {
-                *h = tail.next_offset;
-            }
-            newer
-        });
+        head_tx.send_replace(tail.head());
         reporter.maybe_report(tail.next_offset).await;
     }
 }
