@@ -97,6 +97,12 @@ pub struct Page {
     /// Where the next read starts: a topic offset, or for a stream the number of its events
     /// already returned.
     pub next_offset: u64,
+    /// The topic's length (a stream's: its number of events) in the state the page was read
+    /// from: a full page ends before it. Lag is `head - next_offset`; a
+    /// `consistency=linearizable` page's head covers every write acknowledged before the
+    /// read was sent. Absent from nodes older than 2026-12 (read as 0).
+    #[serde(default)]
+    pub head: u64,
 }
 
 /// `GET /v1/topics`: the topics the caller may read.

@@ -32,14 +32,10 @@ pub struct Tailer {
     wait: Duration,
     stale_after: Duration,
     leaderless_since: Option<Instant>,
-    /// The topic's length as a node last reported it, and when it was asked.
+    /// The longest the topic was in a page's `head`: a consumer catching up must report how
+    /// far behind it is, not the end of the page it just read.
     head: u64,
-    head_asked: Option<Instant>,
 }
-
-/// How often a tailer asks for the topic's length, caught up or not: a consumer catching up
-/// must report how far behind it is, not the end of the page it just read.
-const HEAD_EVERY: Duration = Duration::from_secs(1);
 
 impl Tailer {
     pub fn new(
@@ -61,7 +57,6 @@ impl Tailer {
             stale_after,
             leaderless_since: None,
             head: 0,
-            head_asked: None,
         }
     }
 
@@ -107,7 +102,7 @@ impl Tailer {
                         self.leaderless_since = None;
                     }
                     self.next_offset = page.next_offset.max(self.next_offset);
-                    self.refresh_head().await;
+                    self.head = self.head.max(page.head);
                     return Ok(page.events);
                 }
                 Err(ClientError::BadAnswer {
@@ -173,29 +168,10 @@ impl Tailer {
         }
     }
 
-    /// The topic's length: what a node last reported (asked at most every [`HEAD_EVERY`]),
-    /// or the next offset to read if that is further.
+    /// The topic's length as far as the pages read so far showed it (a node older than
+    /// `head` in pages: the next offset to read).
     pub fn head(&self) -> u64 {
         self.head.max(self.next_offset)
-    }
-
-    async fn refresh_head(&mut self) {
-        if self.head_asked.is_some_and(|t| t.elapsed() < HEAD_EVERY) {
-            return;
-        }
-        self.head_asked = Some(Instant::now());
-        match self
-            .client
-            .topics(self.node(), Duration::from_secs(2))
-            .await
-        {
-            Ok(topics) => {
-                let length = topics.topics.iter().find(|t| t.name == self.topic);
-                // A topic nothing was appended to has no row: its length is 0.
-                self.head = self.head.max(length.map_or(0, |t| t.length));
-            }
-            Err(e) => tracing::debug!(error = %e, "asking for the topic's length failed"),
-        }
     }
 }
 
@@ -205,8 +181,11 @@ mod tests {
     use api::{HttpRequest, HttpResponse, TransportError};
     use futures::future::BoxFuture;
 
-    /// A node whose topic `t` holds 100 events and that serves them one per page.
-    struct LongTopic;
+    /// A node whose topic `t` holds 100 events and that serves them one per page, saying the
+    /// topic's length in each page (`head`) or not (a node from before `head`).
+    struct LongTopic {
+        says_head: bool,
+    }
 
     impl Transport for LongTopic {
         fn send(
@@ -215,9 +194,7 @@ mod tests {
             req: HttpRequest,
             _timeout: Duration,
         ) -> BoxFuture<'static, Result<HttpResponse, TransportError>> {
-            let body = if req.path == "/v1/topics" {
-                r#"{"topics":[{"length":100,"name":"t"}]}"#.to_string()
-            } else {
+            let body = {
                 let from: u64 = req
                     .path
                     .split("from=")
@@ -228,8 +205,9 @@ mod tests {
                     .unwrap()
                     .parse()
                     .unwrap();
+                let head = if self.says_head { r#","head":100"# } else { "" };
                 format!(
-                    r#"{{"events":[{{"topic":"t","offset":{from},"log_index":1,"timestamp":1,"type":"T","data":{{}}}}],"next_offset":{}}}"#,
+                    r#"{{"events":[{{"topic":"t","offset":{from},"log_index":1,"timestamp":1,"type":"T","data":{{}}}}],"next_offset":{}{head}}}"#,
                     from + 1
                 )
             };
@@ -253,19 +231,21 @@ mod tests {
 
     #[tokio::test]
     async fn a_tailer_catching_up_knows_how_far_behind_it_is() {
-        let mut tail = Tailer::new(
-            vec!["n1".into()],
-            Arc::new(LongTopic),
-            "t",
-            0,
-            Duration::from_secs(5),
-        );
-        let events = tail.next_batch().await.unwrap();
-        assert_eq!((events.len(), tail.next_offset), (1, 1));
-        assert_eq!(
-            tail.head(),
-            100,
-            "the topic's length, not the end of the page"
-        );
+        for (says_head, want) in [(true, 100), (false, 1)] {
+            let mut tail = Tailer::new(
+                vec!["n1".into()],
+                Arc::new(LongTopic { says_head }),
+                "t",
+                0,
+                Duration::from_secs(5),
+            );
+            let events = tail.next_batch().await.unwrap();
+            assert_eq!((events.len(), tail.next_offset), (1, 1));
+            assert_eq!(
+                tail.head(),
+                want,
+                "the topic's length, not the end of the page (says_head={says_head})"
+            );
+        }
     }
 }

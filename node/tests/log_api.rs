@@ -214,6 +214,7 @@ fn reads_page_long_poll_and_stream() {
     let r = get(&a, "/v1/topics/nothing/events?wait_ms=100").unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.body["next_offset"], 0);
+    assert_eq!(r.body["head"], 0);
     assert_eq!(r.body["events"].as_array().unwrap().len(), 0);
 
     for i in 0..5 {
@@ -230,6 +231,15 @@ fn reads_page_long_poll_and_stream() {
         .collect();
     assert_eq!(offsets, vec![1, 2]);
     assert_eq!(page.body["next_offset"], 3);
+    assert_eq!(
+        page.body["head"], 5,
+        "a full page says how long the topic is"
+    );
+    let s = get(&a, "/v1/streams/s-0/events?limit=1").unwrap();
+    assert_eq!(
+        (&s.body["next_offset"], &s.body["head"]),
+        (&1.into(), &3.into())
+    );
     let s = get(&a, "/v1/streams/s-0/events").unwrap();
     let uids: Vec<&str> = s.body["events"]
         .as_array()

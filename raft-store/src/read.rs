@@ -20,6 +20,10 @@ pub struct Page {
     /// The position to read next: a topic offset, or for a stream the number of its events
     /// already returned.
     pub next_offset: u64,
+    /// The topic's length (a stream's: its number of events) in the state the page was read
+    /// from. A page ends before it when it is full, so a reader knows how far behind it is,
+    /// and a checker can tell a stale full page from a fresh one.
+    pub head: u64,
 }
 
 /// The rules in force, kept decoded: every append needs them, and they change only when a
@@ -129,6 +133,7 @@ impl StateReader {
             Ok(Page {
                 next_offset: from + out.len() as u64,
                 events: out,
+                head: len,
             })
         })
     }
@@ -158,19 +163,20 @@ impl StateReader {
             // Where the page's events are, looked up first: the layers are locked for
             // lookups only, never while entries are read and rendered.
             let found = view.with(|s| {
-                let Some((topic, _, _)) = s.stream(stream)? else {
+                let Some((topic, version, _)) = s.stream(stream)? else {
                     return Ok(None);
                 };
                 let offsets: Vec<((String, u64), u64)> = s
                     .stream_offsets(stream, from.saturating_add(1))?
                     .take(limit)
                     .collect::<Result<_, _>>()?;
-                Ok(Some((topic, offsets)))
+                Ok(Some((topic, version, offsets)))
             })?;
-            let Some((topic, offsets)) = found else {
+            let Some((topic, head, offsets)) = found else {
                 return Ok(Page {
                     events: Vec::new(),
                     next_offset: from,
+                    head: 0,
                 });
             };
             let mut events = Events::open(view, &self.entries)?;
@@ -195,6 +201,7 @@ impl StateReader {
             Ok(Page {
                 next_offset: from + out.len() as u64,
                 events: out,
+                head,
             })
         })
     }

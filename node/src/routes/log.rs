@@ -156,6 +156,8 @@ fn page_response(page: Page) -> Response {
     }
     out.push_str("],\"next_offset\":");
     out.push_str(&page.next_offset.to_string());
+    out.push_str(",\"head\":");
+    out.push_str(&page.head.to_string());
     out.push('}');
     ([(header::CONTENT_TYPE, "application/json")], out).into_response()
 }
@@ -378,15 +380,19 @@ mod tests {
             fields.retain(|_, v| !v.is_null());
             events.push(serde_json::to_string(&e).unwrap());
         }
-        for (events, next) in [(events, 2), (Vec::new(), 9)] {
+        for (events, next, head) in [(events, 2, 5), (Vec::new(), 9, 9)] {
             let want = events.len();
             let resp = page_response(raft_store::Page {
                 events,
                 next_offset: next,
+                head,
             });
             let body = resp.into_body().collect().await.unwrap().to_bytes();
             let page: api::wire::Page = serde_json::from_slice(&body).unwrap();
-            assert_eq!((page.events.len(), page.next_offset), (want, next));
+            assert_eq!(
+                (page.events.len(), page.next_offset, page.head),
+                (want, next, head)
+            );
             // Nothing the type does not hold, and nothing it holds otherwise.
             let written: serde_json::Value = serde_json::from_slice(&body).unwrap();
             assert_eq!(serde_json::to_value(&page).unwrap(), written);
