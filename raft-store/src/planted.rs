@@ -21,6 +21,9 @@
 //!   retry is appended again;
 //! - [`Bug::StaleLinearizableRead`]: `node::app::App::linearize` returns at once, so a read asked
 //!   with `consistency=linearizable` is served from whatever the node has applied;
+//! - [`Bug::StaleFullPage`]: `node::routes::log::read` serves a linearizable read from the
+//!   node's applied state, without a read index, when that page comes out full (the reasoning
+//!   being that a full page cannot miss anything: it can, its `head`);
 //!
 //! These are the bugs planted in storage, apply and the node on top of them. The consumers
 //! plant theirs through their own switch (`consumers::planted`); the simulator names both
@@ -50,15 +53,18 @@ pub enum Bug {
     /// Linearizable reads skip the read index: a lagging or cut-off node serves a page that
     /// misses writes acknowledged before the read was sent.
     StaleLinearizableRead,
+    /// A linearizable read whose page is full skips the read index.
+    StaleFullPage,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 5] = [
+    pub const ALL: [Bug; 6] = [
         Bug::AckBeforeDurable,
         Bug::LeaderCountsItselfEarly,
         Bug::UniqInHandler,
         Bug::NoIdempotencyCheck,
         Bug::StaleLinearizableRead,
+        Bug::StaleFullPage,
     ];
 
     /// The name on the command line (`simulate --plant <name>`).
@@ -69,6 +75,7 @@ impl Bug {
             Bug::UniqInHandler => "uniq-in-handler",
             Bug::NoIdempotencyCheck => "no-idempotency-check",
             Bug::StaleLinearizableRead => "stale-linearizable-read",
+            Bug::StaleFullPage => "stale-full-page",
         }
     }
 
@@ -83,6 +90,7 @@ impl Bug {
             Bug::UniqInHandler => 2,
             Bug::NoIdempotencyCheck => 3,
             Bug::StaleLinearizableRead => 4,
+            Bug::StaleFullPage => 6,
         }
     }
 }

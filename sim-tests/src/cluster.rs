@@ -161,6 +161,27 @@ struct SimNode {
     damaged: Arc<std::sync::Mutex<Option<String>>>,
 }
 
+/// The restart epoch of every node ever started, shared with the clients: an answer is
+/// trusted to come from one life of a node only if the epoch did not change while it was in
+/// flight.
+#[derive(Clone, Default)]
+pub struct Epochs(Arc<std::sync::Mutex<BTreeMap<NodeId, Arc<AtomicU64>>>>);
+
+impl Epochs {
+    fn add(&self, id: NodeId, epoch: Arc<AtomicU64>) {
+        self.0.lock().unwrap().insert(id, epoch);
+    }
+
+    /// Node `id`'s epoch now (0 for a node this registry never saw).
+    pub fn get(&self, id: NodeId) -> u64 {
+        self.0
+            .lock()
+            .unwrap()
+            .get(&id)
+            .map_or(0, |e| e.load(Ordering::SeqCst))
+    }
+}
+
 /// A running simulated cluster. Create it inside a madsim runtime.
 pub struct SimCluster {
     pub seed: u64,
@@ -183,6 +204,8 @@ pub struct SimCluster {
     clogged: Vec<NodeId>,
     clogged_links: Vec<(NodeId, NodeId)>,
     net: NetFaults,
+    /// Every node's restart epoch, for clients that record which life of a node answered.
+    epochs: Epochs,
 }
 
 static RUNS: AtomicU64 = AtomicU64::new(0);
@@ -213,9 +236,11 @@ impl SimCluster {
         std::fs::create_dir_all(&run_dir).expect("create the run directory");
 
         let net = NetFaults::new();
+        let epochs = Epochs::default();
         let mut nodes = BTreeMap::new();
         for n in &config.nodes {
             let node = spawn_node(&runtime, config.clone(), n.id, &run_dir, &net);
+            epochs.add(n.id, node.epoch.clone());
             nodes.insert(n.id, node);
         }
         let client_node = runtime
@@ -243,6 +268,7 @@ impl SimCluster {
             clogged: Vec::new(),
             clogged_links: Vec::new(),
             net,
+            epochs,
         }
     }
 
@@ -254,6 +280,11 @@ impl SimCluster {
     /// The restart epoch of node `id` (bumped by every kill), shared with status pollers.
     pub fn epoch(&self, id: NodeId) -> Arc<AtomicU64> {
         self.node(id).epoch.clone()
+    }
+
+    /// Every node's restart epoch, nodes started later included.
+    pub fn epochs(&self) -> Epochs {
+        self.epochs.clone()
     }
 
     pub fn is_paused(&self, id: NodeId) -> bool {
@@ -322,6 +353,7 @@ impl SimCluster {
             &self.run_dir,
             &self.net,
         );
+        self.epochs.add(id, node.epoch.clone());
         self.nodes.insert(id, node);
         tracing::info!(id, "started a new node");
         Some(id)

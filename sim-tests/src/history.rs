@@ -246,12 +246,19 @@ pub struct StatusSample {
 /// One page of a topic a node served to a reader (`GET /v1/topics/{topic}/events`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReadSample {
+    /// Which reader asked (each asks one page at a time).
+    pub reader: usize,
     pub node: NodeId,
+    /// The node's restart epoch; pages whose node was killed while they were in flight are
+    /// not recorded.
+    pub epoch: u64,
     pub topic: String,
     pub from: u64,
     /// Asked with `consistency=linearizable` (else the node's applied state).
     pub linearizable: bool,
     pub events: Vec<Value>,
+    /// The topic's length in the state the page was read from (the page's `head`).
+    pub head: u64,
     pub sent_ms: u64,
     pub answered_ms: u64,
 }
@@ -303,8 +310,7 @@ pub enum Kind {
     Answer,
     /// No leader, no convergence or no progress after the faults stopped.
     Liveness,
-    /// A node served an event that is not the committed one at its offset, or a
-    /// linearizable page that misses a write acknowledged before it was asked for.
+    /// A node served an event that is not the committed one at its offset.
     Served,
     /// The query read model differs from a replay of `users`.
     Projection,
@@ -313,10 +319,13 @@ pub enum Kind {
     /// A node found its own files damaged although no fault flipped a bit in them: its disk
     /// lost what it had acknowledged as synced, or a node wrote damage itself.
     Damage,
+    /// The log's order disagrees with real time: a write ordered before one that completed
+    /// earlier, a stale linearizable page, a page from the future, reads going back.
+    Linearizable,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 13] = [
         Kind::Lost,
         Kind::Phantom,
         Kind::Divergent,
@@ -329,6 +338,7 @@ impl Kind {
         Kind::Projection,
         Kind::Mail,
         Kind::Damage,
+        Kind::Linearizable,
     ];
 
     pub fn name(self) -> &'static str {
@@ -345,6 +355,7 @@ impl Kind {
             Kind::Projection => "projection",
             Kind::Mail => "mail",
             Kind::Damage => "damage",
+            Kind::Linearizable => "linearizability",
         }
     }
 
@@ -364,6 +375,7 @@ impl Kind {
             Kind::Projection => "projection",
             Kind::Mail => "mail",
             Kind::Damage => "damage",
+            Kind::Linearizable => "linearizable",
         }
     }
 }

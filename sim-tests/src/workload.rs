@@ -182,10 +182,11 @@ impl Load {
             };
             tasks.push(cluster.spawn_client(ctx.run_users()));
         }
-        for _ in 0..spec.readers {
+        for reader in 0..spec.readers {
             tasks.push(cluster.spawn_client(read_pages(
+                reader,
                 cluster.client(),
-                targets.clone(),
+                (targets.clone(), cluster.epochs()),
                 stop.clone(),
                 history.clone(),
             )));
@@ -494,8 +495,9 @@ impl ClientCtx {
 /// Read pages of random topics from random nodes until stopped, mostly near the end of what
 /// was seen so far (where an entry that is not committed yet would show).
 async fn read_pages(
+    reader: usize,
     client: Client,
-    targets: Targets,
+    (targets, epochs): (Targets, crate::cluster::Epochs),
     stop: Arc<AtomicBool>,
     history: Arc<Mutex<History>>,
 ) {
@@ -525,11 +527,13 @@ async fn read_pages(
             linearizable,
         };
         let sent_ms = now_ms();
+        let epoch = epochs.get(node);
         let page = client
             .api()
             .read_topic(&node_addr(node), topic, read, Duration::from_secs(3))
             .await;
-        if let Ok(page) = page {
+        if let (Ok(page), true) = (page, epochs.get(node) == epoch) {
+            let head = page.head;
             // As JSON, as the checkers read events.
             let events: Vec<Value> = page
                 .events
@@ -538,11 +542,14 @@ async fn read_pages(
                 .collect();
             seen[t] = seen[t].max(from + events.len() as u64);
             history.lock().unwrap().reads.push(ReadSample {
+                reader,
                 node,
+                epoch,
                 topic: topic.to_string(),
                 from,
                 linearizable,
                 events,
+                head,
                 sent_ms,
                 answered_ms: now_ms(),
             });

@@ -191,6 +191,17 @@ pub async fn read(
         Some(app.stream_slot()?)
     };
     let deadline = Instant::now() + wait;
+    // Planted bug (simulation builds only, `raft_store::planted`): a full page skips the read
+    // index.
+    #[cfg(madsim)]
+    if params.consistency == Some(Consistency::Linearizable)
+        && raft_store::planted::is(raft_store::planted::Bug::StaleFullPage)
+    {
+        let page = read_page(&app, topic.clone(), params.from, limit).await?;
+        if page.events.len() == limit {
+            return Ok(page_response(page));
+        }
+    }
     params.prepare(&app).await?;
     let mut applied = app.reader.applied_watch();
     loop {

@@ -11,13 +11,15 @@
 //! | [`answers`] | a 409 wrote nothing; appends are atomic; no 5xx but 503; no 404 for a live user |
 //! | [`uniq`] | at most one owner per key; owners served = owners the topic implies; every `email_taken` explained |
 //! | [`raft_state`] | term, commit and applied never go back (applied and commit may after a crash); a node's leader id (term, node) never goes back; a leader names itself (not one leader per term: openraft 0.9 allows several) |
-//! | [`served`] | every event a node served is the committed event at that offset; a linearizable page misses no earlier acknowledged write |
+//! | [`served`] | every event a node served is the committed event at that offset |
+//! | [`linearizable`] | writes ordered as they completed in real time; a linearizable page's head covers every write completed before it was sent (full pages too) and never goes back; no page from the future; each reader's pages of one node life never shrink |
 //! | [`consumers`] | the read model equals a replay of `users`; one email per emailing event, resends bounded; consumers caught up (kinds `projection`, `mail`, `liveness`) |
 
 pub mod agreement;
 pub mod answers;
 pub mod consumers;
 pub mod idempotency;
+pub mod linearizable;
 pub mod lost;
 pub mod phantom;
 pub mod raft_state;
@@ -171,6 +173,7 @@ pub fn check_all(history: &History, state: &FinalState) -> Verdict {
             report.unknown_present = unknown_present;
             uniq::check(history, state, &idx, &mut found);
             served::check(history, &idx, &mut found);
+            linearizable::check(history, &idx, &mut found);
             if let Some(c) = &state.consumers {
                 consumers::check(idx.users, c, &mut found);
             }

@@ -6,60 +6,16 @@
 //! log, or an applied entry a crash then took back (an apply made visible before it was
 //! durable, replayed differently after), fails here even when the final topics agree.
 //!
-//! A page asked with `consistency=linearizable` must also be fresh: it reflects every write
-//! acknowledged before the read was sent. A page shorter than the limit ends where the node's
-//! topic ended, so no such write may lie past its end.
+//! Whether a page is fresh (`consistency=linearizable`) is [`crate::check::linearizable`]'s.
 
-use crate::check::{Found, Index, USERS_TOPIC};
-use crate::history::{History, Kind, Outcome, UserOutcome};
+use crate::check::{Found, Index};
+use crate::history::{History, Kind};
 
 /// The page size the workload's readers ask for.
 pub const PAGE_LIMIT: usize = 20;
 
 pub fn check(history: &History, idx: &Index<'_>, found: &mut Found) {
     committed(history, idx, found);
-    fresh(history, found);
-}
-
-/// Acknowledged writes as (topic, last offset, answered at ms).
-fn acks(history: &History) -> Vec<(&str, u64, u64)> {
-    let mut out: Vec<(&str, u64, u64)> = history
-        .appends
-        .iter()
-        .filter_map(|a| match &a.outcome {
-            Outcome::Ok(c) => Some((a.topic.as_str(), c.last_offset, a.answered_ms)),
-            _ => None,
-        })
-        .collect();
-    out.extend(history.users.iter().filter_map(|u| match &u.outcome {
-        UserOutcome::Done { offset, .. } => Some((USERS_TOPIC, *offset, u.answered_ms)),
-        _ => None,
-    }));
-    out
-}
-
-fn fresh(history: &History, found: &mut Found) {
-    let acks = acks(history);
-    for read in history.reads.iter().filter(|r| r.linearizable) {
-        if read.events.len() >= PAGE_LIMIT {
-            continue; // a full page says nothing about where the topic ended
-        }
-        let end = read.from + read.events.len() as u64;
-        if let Some((_, offset, at)) = acks
-            .iter()
-            .filter(|(t, o, at)| *t == read.topic && *o >= end && *at < read.sent_ms)
-            .min_by_key(|(_, o, _)| *o)
-        {
-            found.push(
-                Kind::Served,
-                format!(
-                    "node {} served a linearizable page of {} ending at offset {end} at {} ms, \
-                     but offset {offset} was acknowledged at {at} ms, before the read was sent",
-                    read.node, read.topic, read.sent_ms
-                ),
-            );
-        }
-    }
 }
 
 fn committed(history: &History, idx: &Index<'_>, found: &mut Found) {
@@ -119,10 +75,13 @@ mod tests {
 
     fn read(from: u64, events: Vec<serde_json::Value>) -> ReadSample {
         ReadSample {
+            reader: 0,
             node: 2,
+            epoch: 0,
             topic: "t".into(),
             from,
             linearizable: false,
+            head: from + events.len() as u64,
             events,
             sent_ms: 5,
             answered_ms: 6,
@@ -167,49 +126,6 @@ mod tests {
         )]);
         assert_eq!(v.len(), 1, "{v:?}");
         assert!(v[0].contains("ends at 2"), "{v:?}");
-    }
-
-    fn acked_at(offset: u64, at: u64) -> crate::history::Attempt {
-        let mut a = crate::check::testing::attempt("x", crate::check::testing::ok(offset, 9));
-        a.topic = "t".into();
-        a.answered_ms = at;
-        a
-    }
-
-    fn judge_fresh(reads: Vec<ReadSample>, appends: Vec<crate::history::Attempt>) -> Vec<String> {
-        let history = History {
-            reads,
-            appends,
-            ..History::default()
-        };
-        let mut found = Found::default();
-        fresh(&history, &mut found);
-        found.violations.iter().map(|v| v.detail.clone()).collect()
-    }
-
-    #[test]
-    fn a_linearizable_page_missing_an_earlier_ack_is_flagged() {
-        let mut r = read(0, vec![event("t", 0, 1, "a")]);
-        r.linearizable = true;
-        // Offset 1 acknowledged at 4 ms, the read sent at 5 ms ended at offset 1.
-        let v = judge_fresh(vec![r.clone()], vec![acked_at(1, 4)]);
-        assert_eq!(v.len(), 1, "{v:?}");
-        assert!(v[0].contains("offset 1 was acknowledged"), "{v:?}");
-        // Acknowledged after the read was sent: concurrent, no claim either way.
-        assert!(judge_fresh(vec![r.clone()], vec![acked_at(1, 5)]).is_empty());
-        // Not linearizable: a local read may be stale.
-        r.linearizable = false;
-        assert!(judge_fresh(vec![r], vec![acked_at(1, 4)]).is_empty());
-    }
-
-    #[test]
-    fn a_full_linearizable_page_claims_nothing_past_it() {
-        let events: Vec<_> = (0..PAGE_LIMIT as u64)
-            .map(|o| event("t", o, o + 1, &format!("e{o}")))
-            .collect();
-        let mut r = read(0, events);
-        r.linearizable = true;
-        assert!(judge_fresh(vec![r], vec![acked_at(PAGE_LIMIT as u64 + 3, 1)]).is_empty());
     }
 
     #[test]
