@@ -86,10 +86,23 @@ simulation_tests() {
     cargo nextest run --release -p sim-tests --no-fail-fast )
 }
 
-# SIM_SEEDS whole runs of 3 nodes and SIM_SEEDS_5 of 5 nodes, one process each.
+# SIM_SEEDS whole runs of 3 nodes and SIM_SEEDS_5 of 5 nodes, one process each. Every
+# hundredth seed runs twice and must trace the same (the runner's --twice-every).
 simulation_seeds() {
   MADSIM_TARGET_DIR="$MADSIM_TARGET_DIR" ./scripts/simulate.sh --seeds "1..$((${SIM_SEEDS:-2000} + 1))" --jobs 2
   MADSIM_TARGET_DIR="$MADSIM_TARGET_DIR" ./scripts/simulate.sh --seeds "1..$((${SIM_SEEDS_5:-500} + 1))" --nodes 5 --jobs 2
+}
+
+# Seeds of this commit only: a range that starts where the commit's hash says, so each commit
+# explores seeds no earlier one ran. The runner prints the range and every failure's replay
+# command; the fixed seeds above stay, so a commit is also judged on known ground.
+simulation_moving_seeds() {
+  local rev; rev=$(git rev-parse HEAD 2>/dev/null | cut -c1-7) || true
+  [ -n "$rev" ] || rev=$(printf '%x' "$(date +%s)")
+  local from=$(( 100000 + (16#$rev % 10000000) * 10 ))
+  echo "moving seeds of ${rev}: from ${from}"
+  MADSIM_TARGET_DIR="$MADSIM_TARGET_DIR" ./scripts/simulate.sh --seeds "$from..$((from + ${SIM_MOVING_SEEDS:-4000}))" --jobs 2
+  MADSIM_TARGET_DIR="$MADSIM_TARGET_DIR" ./scripts/simulate.sh --seeds "$from..$((from + ${SIM_MOVING_SEEDS_5:-1000}))" --nodes 5 --jobs 2
 }
 
 stage "install tools" install_tools
@@ -103,6 +116,7 @@ if [ -n "$(ls sim-tests/tests/*.rs 2>/dev/null)" ]; then
   stage "simulation build (madsim)" simulation_build
   stage "simulation tests" simulation_tests
   stage "simulation seeds" simulation_seeds
+  stage "simulation seeds (moving)" simulation_moving_seeds
 fi
 
 echo "=== timings"

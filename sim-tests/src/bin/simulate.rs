@@ -13,7 +13,10 @@
 //! fsync_error, corruption, membership); `--jobs J` (runs at once, default: the number of
 //! cores); `--verbose` (every run's fault episodes); `--fail-fast`; `--plant <bug>` (plant a
 //! known bug, `sim_tests::planted`; `--help` lists them; each failing run then names the
-//! checkers that caught it, and the totals say whether the bug was caught at all).
+//! checkers that caught it, and the totals say whether the bug was caught at all);
+//! `--twice-every N` (default 100; 0: never): every seed divisible by N runs twice, and the
+//! two trace hashes must be equal, or the run fails (`determinism`): a replay that does not
+//! replay is a bug of the simulation.
 //!
 //! Every seed runs in its own child process (this binary with `--child`): tokio's `select!`
 //! and `watch` draw from a thread-local generator seeded with a process-wide counter, so a
@@ -61,12 +64,14 @@ mod runner {
         verbose: bool,
         fail_fast: bool,
         child: bool,
+        twice_every: u64,
     }
 
     fn usage(msg: &str) -> ! {
         eprintln!(
             "{msg}\nusage: simulate [--seeds A..B | --seeds N] [--nodes 3|5] [--safety-s S] \
-             [--faults K,K,..] [--jobs J] [--verbose] [--fail-fast] [--plant BUG]\n  \
+             [--faults K,K,..] [--jobs J] [--verbose] [--fail-fast] [--plant BUG] \
+             [--twice-every N]\n  \
              fault kinds: {}\n  bugs: {}",
             FaultKind::ALL.map(FaultKind::name).join(" "),
             Bug::all().map(Bug::name).collect::<Vec<_>>().join(" ")
@@ -85,6 +90,7 @@ mod runner {
             verbose: false,
             fail_fast: false,
             child: false,
+            twice_every: 100,
         };
         let mut it = std::env::args().skip(1);
         while let Some(a) = it.next() {
@@ -145,6 +151,11 @@ mod runner {
                         .ok()
                         .filter(|&j| j > 0)
                         .unwrap_or_else(|| usage("bad --jobs"))
+                }
+                "--twice-every" => {
+                    args.twice_every = value("--twice-every")
+                        .parse()
+                        .unwrap_or_else(|_| usage("bad --twice-every"))
                 }
                 "--verbose" | "-v" => args.verbose = true,
                 "--fail-fast" => args.fail_fast = true,
@@ -342,6 +353,36 @@ mod runner {
         Outcome { seed, text, result }
     }
 
+    /// Run the seed of `first` again and fail it if the two runs' trace hashes differ.
+    fn same_trace_again(args: &Args, first: &mut Outcome) {
+        let again = run_child(args, first.seed);
+        let hash = |o: &Outcome| {
+            o.result
+                .as_ref()
+                .and_then(|r| r["trace_hash"].as_str().map(str::to_string))
+        };
+        let (a, b) = (hash(first), hash(&again));
+        if a.is_some() && a == b {
+            first.text.push_str(&format!(
+                "    ran twice: the same trace {}\n",
+                a.unwrap_or_default()
+            ));
+            return;
+        }
+        first.text.push_str(&format!(
+            "    VIOLATION DETERMINISM: run twice, seed {} traced {} then {}\n",
+            first.seed,
+            a.as_deref().unwrap_or("nothing"),
+            b.as_deref().unwrap_or("nothing")
+        ));
+        if let Some(r) = first.result.as_mut() {
+            r["ok"] = Value::Bool(false);
+            let mut caught: Vec<Value> = r["caught_by"].as_array().cloned().unwrap_or_default();
+            caught.push(Value::from("determinism"));
+            r["caught_by"] = Value::Array(caught);
+        }
+    }
+
     #[derive(Default)]
     struct Totals {
         runs: u64,
@@ -417,12 +458,14 @@ mod runner {
         let wall = Instant::now();
         let seeds: Vec<u64> = args.seeds.clone().collect();
         println!(
-            "simulate: seeds {}..{} ({} runs), {} nodes, {} at a time",
+            "simulate: seeds {}..{} ({} runs), {} nodes, {} at a time, seeds divisible by {} \
+             twice",
             args.seeds.start,
             args.seeds.end,
             seeds.len(),
             args.nodes,
-            args.jobs
+            args.jobs,
+            args.twice_every
         );
         if let Some(kinds) = &args.faults {
             let names: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
@@ -446,7 +489,11 @@ mod runner {
             while !stop && running < args.jobs && next < seeds.len() {
                 let (tx, args, seed) = (tx.clone(), args.clone(), seeds[next]);
                 std::thread::spawn(move || {
-                    let _ = tx.send(run_child(&args, seed));
+                    let mut o = run_child(&args, seed);
+                    if args.twice_every > 0 && seed % args.twice_every == 0 {
+                        same_trace_again(&args, &mut o);
+                    }
+                    let _ = tx.send(o);
                 });
                 next += 1;
                 running += 1;
