@@ -18,7 +18,7 @@ use crate::users::commands::{
 };
 use crate::wire::{
     AddLearnerBody, AppendBody, AppendCreated, ClusterStatus, Health, Initialized, LogIndex,
-    MembershipBody, Page, Ready, Topics, Whoami,
+    MembershipBody, Page, Ready, StateHash, Topics, Whoami,
 };
 
 /// Why a call got no answer of the type it asked for.
@@ -204,6 +204,21 @@ impl Client {
     ) -> Result<ClusterStatus, ClientError> {
         self.call(addr, HttpRequest::get("/v1/cluster/status"), timeout, 200)
             .await
+    }
+
+    /// `GET /v1/cluster/state-hash` (admin): the node's replicated state, table by table.
+    pub async fn state_hash(
+        &self,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<StateHash, ClientError> {
+        self.call(
+            addr,
+            HttpRequest::get("/v1/cluster/state-hash"),
+            timeout,
+            200,
+        )
+        .await
     }
 
     /// `GET /health`: `ok`, or `failed` with the error that stopped the node (a 503 with the

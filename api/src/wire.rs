@@ -213,6 +213,26 @@ pub struct AppendCreated {
     pub log_index: u64,
 }
 
+/// `GET /v1/cluster/state-hash`: what this node's replicated state holds, table by table, as
+/// of an applied index. Members that applied the same entries answer the same (etcd's
+/// `hashkv`): an operator compares them to know the replicas agree, and the simulator does at
+/// the end of every run.
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, Eq, utoipa::ToSchema)]
+pub struct StateHash {
+    /// The last log index applied to the state hashed.
+    pub applied_index: u64,
+    /// By table name: its rows and their SHA-256 in the canonical record form (the one
+    /// snapshots hold). `events` is every event, rendered as readers see it.
+    pub tables: std::collections::BTreeMap<String, TableHash>,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, Eq, utoipa::ToSchema)]
+pub struct TableHash {
+    pub rows: u64,
+    /// Lower-case hex.
+    pub sha256: String,
+}
+
 /// `GET /v1/cluster/status`. Fields added after its first release default when absent, so a
 /// CLI of one build reads the status of a node of another (a rolling upgrade runs both).
 #[derive(Debug, Serialize, Deserialize, Clone, PartialEq, utoipa::ToSchema)]

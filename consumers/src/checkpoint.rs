@@ -105,6 +105,11 @@ impl CheckpointReporter {
             offset,
             breaker: self.breaker.map(str::to_string),
         };
+        // Fault point: a report lost on its way (tried again at the next call).
+        if api::runtime::buggify(0.05) {
+            self.last_report = Some(Instant::now());
+            return;
+        }
         let stream = api::checkpoints::stream_of(&self.consumer);
         let body = AppendBody::of(vec![EventBody::new(
             api::checkpoints::EVENT,

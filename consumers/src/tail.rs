@@ -95,6 +95,10 @@ impl Tailer {
                 .read_topic(&addr, &self.topic, read, slack)
                 .await
             {
+                // Fault point: an answer taken for a failure (a read retried on another node).
+                Ok(_) if api::runtime::buggify(0.02) => {
+                    tracing::debug!(addr = %addr, "fault point: the page is read again");
+                }
                 Ok(page) => {
                     if page.events.is_empty() {
                         self.check_leader().await;

@@ -319,8 +319,16 @@ impl App {
             timeout_ms: left.as_millis() as u64,
             term,
         });
-        // A little slack so the leader's own timeout answers first.
-        let wait = left + Duration::from_millis(200);
+        // A little slack so the leader's own timeout answers first. Fault points: a slow
+        // forward, and one that gives up before any answer can come.
+        if api::runtime::buggify(0.05) {
+            tokio::time::sleep(api::runtime::buggify_delay()).await;
+        }
+        let wait = if api::runtime::buggify(0.02) {
+            Duration::from_millis(1)
+        } else {
+            left + Duration::from_millis(200)
+        };
         // The leader serves this on its peer router, which requires the cluster secret.
         let mut req =
             crate::peer::peer_request(FORWARD_PATH, body, self.settings.cluster_secret.as_deref());

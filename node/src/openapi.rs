@@ -16,7 +16,7 @@ use utoipa::OpenApi;
 
 use crate::auth::Access;
 use crate::router::{RouteDocs, ROUTES};
-use crate::wire::{Event, EventBody, IdempotencyStatus, Member, Topic};
+use crate::wire::{Event, EventBody, IdempotencyStatus, Member, TableHash, Topic};
 use api::checkpoints::Checkpoint;
 use api::error::ErrorBody;
 use api::openapi::{document_errors, operations_mut};
@@ -25,7 +25,8 @@ use api::openapi::{document_errors, operations_mut};
 pub(crate) mod shapes {
     pub use crate::wire::{
         AddLearnerBody, AppendBody, AppendCreated, ClusterStatus, Health, Initialized, LogIndex,
-        MembershipBody, Nodes, Page, Ready, RecentConflicts, StreamToken, Topics, Whoami,
+        MembershipBody, Nodes, Page, Ready, RecentConflicts, StateHash, StreamToken, Topics,
+        Whoami,
     };
     pub use api::checkpoints::{Checkpoint, Consumers};
     pub use api::uniq::{History, Owner, RulesVersion, Sets};
@@ -57,7 +58,8 @@ pub(crate) mod params {
         Topic,
         Checkpoint,
         Member,
-        IdempotencyStatus
+        IdempotencyStatus,
+        TableHash
     ))
 )]
 struct NodeApi;

@@ -168,6 +168,16 @@ async fn propose_batch(
     }
     let (requests, replies): (Vec<_>, Vec<_>) =
         batch.into_iter().map(|q| (q.request, q.reply)).unzip();
+    // Fault points: a slow proposer, and one that gives up at once (its callers hear
+    // `outcome_unknown` while the entry may still commit).
+    if api::runtime::buggify(0.05) {
+        tokio::time::sleep(api::runtime::buggify_delay()).await;
+    }
+    let entry_timeout = if api::runtime::buggify(0.02) {
+        Duration::from_millis(1)
+    } else {
+        entry_timeout
+    };
     let cmd = LogCommand {
         timestamp_ms: api::runtime::now_ms(),
         requests: requests.into(),

@@ -123,6 +123,14 @@ route_table! {
         tag = "cluster",
         responses((status = 200, description = "this node's view of the cluster", body = ClusterStatus))
         );
+    // Admin: it reads every row the node holds.
+    state_hash: get "/v1/cluster/state-hash", Access::Role(Role::Admin), cluster::state_hash,
+        doc(
+        tag = "cluster",
+        responses((status = 200, description = "this node's replicated state, table by table: \
+        rows and SHA-256, as of an applied index; members that applied the same entries answer \
+        the same", body = StateHash))
+        );
     nodes: get "/v1/cluster/nodes", Access::Role(Role::Read), routes::ui::nodes,
         doc(
         tag = "cluster",

@@ -34,6 +34,23 @@ fn assert_identical_everywhere(c: &Cluster, ids: &[u64], topic: &str) -> Vec<Val
     for (i, e) in first.iter().enumerate() {
         assert_eq!(e["offset"].as_u64(), Some(i as u64), "offsets are gap-free");
     }
+    // Not only the topic: every replicated table, whether a node applied the entries or
+    // installed a snapshot of them.
+    let hash = |id: u64| {
+        let r = get(&c.addr(id), "/v1/cluster/state-hash").unwrap();
+        assert_eq!(r.status, 200, "{}", r.text);
+        r.body
+    };
+    let reference = hash(ids[0]);
+    assert!(reference["tables"]["events"]["rows"].as_u64() >= Some(first.len() as u64));
+    for id in &ids[1..] {
+        assert_eq!(
+            hash(*id),
+            reference,
+            "node {id}'s replicated state differs from node {}'s",
+            ids[0]
+        );
+    }
     first
 }
 

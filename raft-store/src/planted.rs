@@ -21,6 +21,8 @@
 //!   retry is appended again;
 //! - [`Bug::StaleLinearizableRead`]: `node::app::App::linearize` returns at once, so a read asked
 //!   with `consistency=linearizable` is served from whatever the node has applied;
+//! - [`Bug::ApplyReadsClock`]: apply (`state_machine.rs`) stamps an entry's events with the
+//!   applying node's clock instead of the time the leader put in the entry;
 //! - [`Bug::StaleFullPage`]: `node::routes::log::read` serves a linearizable read from the
 //!   node's applied state, without a read index, when that page comes out full (the reasoning
 //!   being that a full page cannot miss anything: it can, its `head`);
@@ -55,16 +57,19 @@ pub enum Bug {
     StaleLinearizableRead,
     /// A linearizable read whose page is full skips the read index.
     StaleFullPage,
+    /// Apply reads the local clock: nodes stamp the same events with different times.
+    ApplyReadsClock,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 6] = [
+    pub const ALL: [Bug; 7] = [
         Bug::AckBeforeDurable,
         Bug::LeaderCountsItselfEarly,
         Bug::UniqInHandler,
         Bug::NoIdempotencyCheck,
         Bug::StaleLinearizableRead,
         Bug::StaleFullPage,
+        Bug::ApplyReadsClock,
     ];
 
     /// The name on the command line (`simulate --plant <name>`).
@@ -76,6 +81,7 @@ impl Bug {
             Bug::NoIdempotencyCheck => "no-idempotency-check",
             Bug::StaleLinearizableRead => "stale-linearizable-read",
             Bug::StaleFullPage => "stale-full-page",
+            Bug::ApplyReadsClock => "apply-reads-clock",
         }
     }
 
@@ -91,6 +97,7 @@ impl Bug {
             Bug::NoIdempotencyCheck => 3,
             Bug::StaleLinearizableRead => 4,
             Bug::StaleFullPage => 6,
+            Bug::ApplyReadsClock => 7,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Read access to the applied state, for the HTTP read path. Reads never go through Raft:
 //! they see this node's applied state (a follower may lag a little).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -9,7 +10,7 @@ use crate::apply::RulesState;
 use crate::error::StoreError;
 use crate::events::{missing, EntryReader, Events};
 use crate::live::{LiveState, View};
-use crate::snapshot::write_records;
+use crate::snapshot::{table_hashes, write_records};
 use crate::state_overlay::StateOverlay;
 use crate::tables::*;
 
@@ -334,6 +335,24 @@ impl StateReader {
             crate::DATA_FILE,
             "a checkpoint",
             || self.live.checkpoint().map(drop),
+        ))
+    }
+
+    /// The applied index, and per replicated table its rows and their SHA-256 in the
+    /// canonical record form (`crate::snapshot::table_hashes`): members that applied the
+    /// same entries answer the same, whatever their files look like. Writes a checkpoint
+    /// first, as [`StateReader::canonical_dump`] does.
+    pub fn state_hash(&self) -> Result<(u64, BTreeMap<&'static str, (u64, String)>), StoreError> {
+        self.damage.note(crate::files::catching(
+            crate::DATA_FILE,
+            "state_hash",
+            || {
+                let txn = self.live.checkpoint()?;
+                let applied: Option<openraft::LogId<crate::NodeId>> =
+                    get_json(&txn.open_table(SM_META)?, "sm_meta", KEY_LAST_APPLIED)?.flatten();
+                let tables = table_hashes(&txn, &self.entries)?;
+                Ok((applied.map_or(0, |l| l.index), tables))
+            },
         ))
     }
 

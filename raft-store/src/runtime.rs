@@ -167,6 +167,19 @@ pub fn blocking_in_place<T>(f: impl FnOnce() -> T) -> T {
     }
 }
 
+/// A fault point, as `api::runtime::buggify` (this crate does not link `api`): under the
+/// simulator, with fault points on for the run, a wait of 1 to 50 ms with probability `p`.
+pub(crate) async fn buggify_delay(p: f64) {
+    #[cfg(madsim)]
+    if madsim::buggify::buggify_with_prob(p) {
+        use madsim::rand::Rng;
+        let ms = madsim::rand::thread_rng().gen_range(1..=50);
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+    #[cfg(not(madsim))]
+    let _ = p;
+}
+
 /// How long the simulated disk takes to make a frame of the log durable (simulation builds
 /// only). The simulated disk itself syncs in no time; a real one takes from a tenth of a
 /// millisecond to a few, and now and then stalls for tens (another writer, the journal).

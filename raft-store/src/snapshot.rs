@@ -16,6 +16,7 @@
 //! follower that installs it has every event without the entries. Version 2, from before
 //! `event_runs`, had the same rows and no runs, and is still read (backups).
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -400,6 +401,53 @@ pub(crate) fn write_records(
     state_machine_tables!(dump);
     n += write_events(txn, entries, w)?;
     Ok(n)
+}
+
+/// What a node holds in each replicated table: its rows and the SHA-256 of them in the
+/// canonical record form [`write_records`] writes, by table name (`events` holds every event
+/// and secret, rendered). Two nodes that applied the same entries hold the same hashes; a
+/// table that differs names itself.
+pub(crate) fn table_hashes(
+    txn: &ReadTransaction,
+    entries: &EntryReader,
+) -> Result<BTreeMap<&'static str, (u64, String)>, StoreError> {
+    let mut out = BTreeMap::new();
+    let mut put = |name: &'static str, h: Sha256Writer, rows: u64| {
+        let hex: String = sha2::Digest::finalize(h.0)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        out.insert(name, (rows, hex));
+    };
+    macro_rules! hash {
+        ($($tag:literal $table:ident $name:ident),*) => {
+            $( if $tag != EVENTS_TAG && $tag != EVENT_SECRETS_TAG {
+                let mut h = Sha256Writer::default();
+                let rows = dump_table(txn, $table, $tag, &mut h)?;
+                put(stringify!($name), h, rows);
+            } )*
+        };
+    }
+    state_machine_tables!(hash);
+    let mut h = Sha256Writer::default();
+    let rows = write_events(txn, entries, &mut h)?;
+    put("events", h, rows);
+    Ok(out)
+}
+
+/// A `Write` that hashes what is written.
+#[derive(Default)]
+struct Sha256Writer(sha2::Sha256);
+
+impl Write for Sha256Writer {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        sha2::Digest::update(&mut self.0, buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 pub(crate) fn write_snapshot(

@@ -112,6 +112,13 @@ pub(crate) fn apply_batch(
             }
             EntryPayload::Normal(cmd) => {
                 log_time = log_time.max(cmd.timestamp_ms);
+                // Planted bug (simulation builds only): the time comes from this node's clock.
+                #[cfg(madsim)]
+                if crate::planted::is(crate::planted::Bug::ApplyReadsClock) {
+                    log_time = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64);
+                }
                 let ctx = EntryContext {
                     log_index: entry.log_id.index,
                     log_time_ms: log_time,
@@ -158,6 +165,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
+        // Fault point: a slow apply (readers, linearizable reads and answers wait for it).
+        crate::runtime::buggify_delay(0.05).await;
         let requests: usize = entries
             .iter()
             .map(|e| match &e.payload {
@@ -275,6 +284,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &Meta,
         mut snapshot: Box<SnapshotFile>,
     ) -> Result<(), StorageError<NodeId>> {
+        // Fault point: a slow install (the leader's replication to this node waits).
+        crate::runtime::buggify_delay(0.25).await;
         let live = self.live.clone();
         let snapshots = self.snapshots.clone();
         let meta = meta.clone();
@@ -333,6 +344,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     /// One read transaction: the snapshot and its meta see the same state, and apply goes on
     /// meanwhile.
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        // Fault point: a slow build, while apply goes on.
+        crate::runtime::buggify_delay(0.25).await;
         let live = self.live.clone();
         let snapshots = self.snapshots.clone();
         let entries = self.entries.clone();

@@ -289,6 +289,9 @@ pub struct FinalState {
     pub uniq: BTreeMap<NodeId, BTreeMap<String, Option<Owner>>>,
     /// What the consumers (query, mail) and the provider hold, when the run had them.
     pub consumers: Option<crate::check::consumers::ConsumerState>,
+    /// Per node, its replicated state table by table (`GET /v1/cluster/state-hash`), taken
+    /// at the same applied index as `topics`.
+    pub state_hashes: BTreeMap<NodeId, api::wire::StateHash>,
 }
 
 /// The kinds of violation, one per checker (`crate::check::*`).

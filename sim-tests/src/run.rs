@@ -152,10 +152,18 @@ pub async fn simulate(spec: RunSpec) -> RunResult {
         liveness.push(format!("no first leader: {e}"));
     }
 
-    // Safety phase: load under faults.
+    // Safety phase: load under faults. In half the runs the code's fault points
+    // (`api::runtime::buggify`) fire too, until the faults stop.
+    let buggify = {
+        use madsim::rand::Rng;
+        madsim::rand::thread_rng().gen_bool(0.5)
+    };
+    if buggify {
+        madsim::buggify::enable();
+    }
     let mut consumers = spec.consumers.then(|| SimConsumers::start(&cluster));
     let load = Load::start_following(&cluster, &spec.load);
-    let faults = match &mut consumers {
+    let mut faults = match &mut consumers {
         None => nemesis::run(&mut cluster, &spec.nemesis).await,
         Some(c) => {
             let mut consumer_faults = FaultLog::default();
@@ -169,7 +177,12 @@ pub async fn simulate(spec: RunSpec) -> RunResult {
         }
     };
 
+    if buggify {
+        faults.counts.insert("fault_points", 1);
+    }
+
     // Liveness phase: every fault is gone.
+    madsim::buggify::disable();
     let calm_start = now_ms();
     if let Err(e) = cluster.try_wait_for_leader(spec.liveness_within).await {
         liveness.push(format!("no leader after the faults: {e}"));

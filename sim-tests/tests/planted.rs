@@ -98,6 +98,16 @@ const STALE_FULL_PAGE: Case = Case {
     checkers: &["linearizable"],
 };
 
+/// Apply stamps events with the applying node's clock, not the leader's time in the entry:
+/// nodes, whose clocks the simulator skews, hold the same events with different timestamps.
+/// Caught by `agreement` (topics and the replicated tables differ between nodes).
+const APPLY_READS_CLOCK: Case = Case {
+    bug: "apply-reads-clock",
+    seeds: 2,
+    flags: &[],
+    checkers: &["agreement"],
+};
+
 /// Uniqueness decided from the receiving node's own state, apply taking any claim: two
 /// concurrent sign-ups (or email changes) get the same address. Caught by `uniq`.
 const UNIQ_IN_HANDLER: Case = Case {
@@ -261,6 +271,11 @@ fn stale_linearizable_read_is_caught() {
 #[test]
 fn stale_full_page_is_caught() {
     assert_caught(&STALE_FULL_PAGE);
+}
+
+#[test]
+fn apply_reads_clock_is_caught() {
+    assert_caught(&APPLY_READS_CLOCK);
 }
 
 #[test]

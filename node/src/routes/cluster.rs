@@ -13,10 +13,25 @@ use crate::app::{LeaderOp, LeaderReply, SharedApp};
 use crate::routes::uniq;
 use crate::wire::{
     AddLearnerBody, ClusterStatus, Health, IdempotencyStatus, Initialized, LogIndex, Member,
-    MembershipBody, Ready,
+    MembershipBody, Ready, StateHash, TableHash,
 };
 use api::error::ApiError;
 use api::extract::JsonBody;
+
+/// `GET /v1/cluster/state-hash`: a full scan of the applied state, hence admin only.
+pub async fn state_hash(State(app): State<SharedApp>) -> Result<Json<StateHash>, ApiError> {
+    let reader = app.reader.clone();
+    let (applied_index, tables) = raft_store::blocking(move || reader.state_hash())
+        .await
+        .map_err(crate::errors::api_error)?;
+    Ok(Json(StateHash {
+        applied_index,
+        tables: tables
+            .into_iter()
+            .map(|(name, (rows, sha256))| (name.to_string(), TableHash { rows, sha256 }))
+            .collect(),
+    }))
+}
 
 pub async fn status(State(app): State<SharedApp>) -> Result<Json<ClusterStatus>, ApiError> {
     Ok(Json(cluster_status(&app).await?))

@@ -183,6 +183,14 @@ pub async fn read(
 ) -> Result<Response, ApiError> {
     validate_topic(&topic, &app.settings.limits)?;
     let limit = params.limit(&app)?;
+    // Fault point: a short page (as `read_bytes_max` makes one), which readers must follow
+    // by `next_offset`, not take for the end of the topic.
+    let limit = if api::runtime::buggify(0.1) {
+        use rand::Rng;
+        api::runtime::rng().gen_range(1..=limit)
+    } else {
+        limit
+    };
     let wait = params.wait(&app)?;
     // A long-poll holds a place among the node's streams while it waits.
     let _slot = if wait.is_zero() {

@@ -242,6 +242,7 @@ pub(crate) mod testing {
             topics: [(1, topics.clone()), (2, topics)].into(),
             uniq: BTreeMap::new(),
             consumers: None,
+            state_hashes: BTreeMap::new(),
         }
     }
 }
