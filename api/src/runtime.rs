@@ -62,19 +62,36 @@ pub mod clocks {
 }
 
 /// A fault point (FoundationDB's BUGGIFY): true with probability `p` when the simulator turned
-/// fault points on for this run (`madsim::buggify`, half the seeds), never otherwise and never
+/// fault points on for this run ([`fault_points`], half the seeds), never otherwise and never
 /// in real builds, where it compiles to `false`. At a fault point the code does something
 /// legal but rare (waits, gives up early, serves a short page, retries), so the rare paths
-/// run in every simulated run instead of once a month in production.
+/// run in every simulated run instead of once a month in production. Not madsim's own
+/// `buggify` switch: that one also holds one network operation in ten for 1-5 s, which no
+/// peer timeout of a real deployment is sized for.
 #[inline]
 pub fn buggify(p: f64) -> bool {
     #[cfg(madsim)]
-    return madsim::buggify::buggify_with_prob(p);
+    return FAULT_POINTS.with(|on| on.get()) && {
+        use rand::Rng;
+        rng().gen_bool(p)
+    };
     #[cfg(not(madsim))]
     {
         let _ = p;
         false
     }
+}
+
+#[cfg(madsim)]
+thread_local! {
+    // One simulation runs on one thread.
+    static FAULT_POINTS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Turn this thread's simulation's fault points on or off (`raft_store` has its own).
+#[cfg(madsim)]
+pub fn fault_points(on: bool) {
+    FAULT_POINTS.with(|f| f.set(on));
 }
 
 /// The wait a fault point adds: 1 to 50 ms.

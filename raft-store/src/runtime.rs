@@ -168,16 +168,32 @@ pub fn blocking_in_place<T>(f: impl FnOnce() -> T) -> T {
 }
 
 /// A fault point, as `api::runtime::buggify` (this crate does not link `api`): under the
-/// simulator, with fault points on for the run, a wait of 1 to 50 ms with probability `p`.
+/// simulator, with fault points on for the run ([`fault_points`]), a wait of 1 to 50 ms with
+/// probability `p`.
 pub(crate) async fn buggify_delay(p: f64) {
     #[cfg(madsim)]
-    if madsim::buggify::buggify_with_prob(p) {
+    if FAULT_POINTS.with(|on| on.get()) {
         use madsim::rand::Rng;
-        let ms = madsim::rand::thread_rng().gen_range(1..=50);
-        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        let mut rng = madsim::rand::thread_rng();
+        if rng.gen_bool(p) {
+            let ms = rng.gen_range(1..=50);
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        }
     }
     #[cfg(not(madsim))]
     let _ = p;
+}
+
+#[cfg(madsim)]
+thread_local! {
+    // One simulation runs on one thread.
+    static FAULT_POINTS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Turn this thread's simulation's fault points in storage on or off.
+#[cfg(madsim)]
+pub fn fault_points(on: bool) {
+    FAULT_POINTS.with(|f| f.set(on));
 }
 
 /// How long the simulated disk takes to make a frame of the log durable (simulation builds

@@ -139,6 +139,13 @@ pub fn sim_config() -> String {
 }
 
 /// Run one simulation in the current madsim runtime.
+/// The code's fault points (`api::runtime::buggify`, `raft_store::runtime::buggify_delay`), on
+/// or off for this thread's simulation.
+fn fault_points(on: bool) {
+    api::runtime::fault_points(on);
+    raft_store::runtime::fault_points(on);
+}
+
 pub async fn simulate(spec: RunSpec) -> RunResult {
     let seed = madsim::runtime::Handle::current().seed();
     let started = now_ms();
@@ -158,9 +165,7 @@ pub async fn simulate(spec: RunSpec) -> RunResult {
         use madsim::rand::Rng;
         madsim::rand::thread_rng().gen_bool(0.5)
     };
-    if buggify {
-        madsim::buggify::enable();
-    }
+    fault_points(buggify);
     let mut consumers = spec.consumers.then(|| SimConsumers::start(&cluster));
     let load = Load::start_following(&cluster, &spec.load);
     let mut faults = match &mut consumers {
@@ -182,7 +187,7 @@ pub async fn simulate(spec: RunSpec) -> RunResult {
     }
 
     // Liveness phase: every fault is gone.
-    madsim::buggify::disable();
+    fault_points(false);
     let calm_start = now_ms();
     if let Err(e) = cluster.try_wait_for_leader(spec.liveness_within).await {
         liveness.push(format!("no leader after the faults: {e}"));
