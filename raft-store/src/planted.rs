@@ -21,6 +21,8 @@
 //!   retry is appended again;
 //! - [`Bug::StaleLinearizableRead`]: `node::app::App::linearize` returns at once, so a read asked
 //!   with `consistency=linearizable` is served from whatever the node has applied;
+//! - [`Bug::RetryFailedFsync`]: a log frame whose `fdatasync` failed is synced again, and the
+//!   node carries on when that succeeds (the pages the failed one covered may be gone);
 //! - [`Bug::ApplyReadsClock`]: apply (`state_machine.rs`) stamps an entry's events with the
 //!   applying node's clock instead of the time the leader put in the entry;
 //! - [`Bug::StaleFullPage`]: `node::routes::log::read` serves a linearizable read from the
@@ -59,10 +61,12 @@ pub enum Bug {
     StaleFullPage,
     /// Apply reads the local clock: nodes stamp the same events with different times.
     ApplyReadsClock,
+    /// A failed fsync of the log is retried, and the node carries on if the retry succeeds.
+    RetryFailedFsync,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 7] = [
+    pub const ALL: [Bug; 8] = [
         Bug::AckBeforeDurable,
         Bug::LeaderCountsItselfEarly,
         Bug::UniqInHandler,
@@ -70,6 +74,7 @@ impl Bug {
         Bug::StaleLinearizableRead,
         Bug::StaleFullPage,
         Bug::ApplyReadsClock,
+        Bug::RetryFailedFsync,
     ];
 
     /// The name on the command line (`simulate --plant <name>`).
@@ -82,6 +87,7 @@ impl Bug {
             Bug::StaleLinearizableRead => "stale-linearizable-read",
             Bug::StaleFullPage => "stale-full-page",
             Bug::ApplyReadsClock => "apply-reads-clock",
+            Bug::RetryFailedFsync => "retry-failed-fsync",
         }
     }
 
@@ -98,6 +104,7 @@ impl Bug {
             Bug::StaleLinearizableRead => 4,
             Bug::StaleFullPage => 6,
             Bug::ApplyReadsClock => 7,
+            Bug::RetryFailedFsync => 8,
         }
     }
 }

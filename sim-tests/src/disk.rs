@@ -17,8 +17,9 @@
 //!   written whole, the usual assumption of storage engines and of redb's checksummed commit
 //!   slots); every other unsynced write is lost.
 //! - [`SimDisk::fail_syncs`]: the next `sync_data` calls fail with an I/O error and make
-//!   nothing durable (Linux may mark the pages clean anyway and drop them: after a failed
-//!   fsync the only safe belief is that nothing since the last good one is on disk).
+//!   nothing durable, and, as Linux may, the writes they covered are marked clean without
+//!   reaching the disk: a later fsync succeeds and a crash still loses them. After a failed
+//!   fsync the only safe belief is that nothing since the last good one is on disk.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -108,6 +109,16 @@ impl State {
         kept
     }
 
+    /// What Linux may do when an fsync fails: the dirty pages it covered are marked clean
+    /// without reaching the disk. Reads still see them until a crash; a later fsync, which
+    /// finds nothing dirty, succeeds; a crash loses them. Only a program that stops at the
+    /// first failed fsync keeps its promises.
+    fn forget_dirty(&mut self) {
+        self.stats.lost_pages += self.dirty.len() as u64;
+        self.dirty.clear();
+        self.last_write = None;
+    }
+
     fn mark(&mut self, start: usize, end: usize) {
         if start >= end {
             return;
@@ -189,7 +200,13 @@ impl SimDisk {
         self.lock().tear_armed.is_some()
     }
 
-    /// Make the next `n` `sync_data` calls fail (until a crash).
+    /// A failed fsync of this file through its folder: see `State::forget_dirty`.
+    pub(crate) fn forget_dirty(&self) {
+        self.lock().forget_dirty();
+    }
+
+    /// Make the next `n` `sync_data` calls fail (until a crash), each dropping the writes it
+    /// should have made durable (as Linux may, see `State::forget_dirty`).
     pub fn fail_syncs(&self, n: u64) {
         self.lock().failing_syncs = n;
     }
@@ -317,6 +334,7 @@ impl StorageBackend for DiskHandle {
         if s.failing_syncs > 0 {
             s.failing_syncs -= 1;
             s.stats.sync_errors += 1;
+            s.forget_dirty();
             return Err(io::Error::other(format!(
                 "disk {}: sync_data failed (injected I/O error)",
                 self.disk.name

@@ -323,6 +323,7 @@ impl DiskFile for FolderFile {
         if s.failing_syncs > 0 {
             s.failing_syncs -= 1;
             s.sync_errors += 1;
+            self.disk.forget_dirty();
             return Err(io::Error::other(format!(
                 "{}: sync_data failed (injected I/O error)",
                 self.disk.name()

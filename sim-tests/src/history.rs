@@ -325,10 +325,12 @@ pub enum Kind {
     /// The log's order disagrees with real time: a write ordered before one that completed
     /// earlier, a stale linearizable page, a page from the future, reads going back.
     Linearizable,
+    /// A node kept serving after an fsync failed (seen by the nemesis as it injected it).
+    Durability,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 13] = [
+    pub const ALL: [Kind; 14] = [
         Kind::Lost,
         Kind::Phantom,
         Kind::Divergent,
@@ -342,6 +344,7 @@ impl Kind {
         Kind::Mail,
         Kind::Damage,
         Kind::Linearizable,
+        Kind::Durability,
     ];
 
     pub fn name(self) -> &'static str {
@@ -359,6 +362,7 @@ impl Kind {
             Kind::Mail => "mail",
             Kind::Damage => "damage",
             Kind::Linearizable => "linearizability",
+            Kind::Durability => "durability",
         }
     }
 
@@ -379,6 +383,7 @@ impl Kind {
             Kind::Mail => "mail",
             Kind::Damage => "damage",
             Kind::Linearizable => "linearizable",
+            Kind::Durability => "nemesis",
         }
     }
 }

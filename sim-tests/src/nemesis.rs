@@ -140,6 +140,9 @@ pub struct FaultLog {
     pub lines: Vec<String>,
     /// Message fault odds in force during the safety phase, per kind of message.
     pub rates: BTreeMap<&'static str, String>,
+    /// Promises the nemesis saw broken as it injected a fault (a node that kept serving
+    /// after an fsync failed): violations of kind `durability`.
+    pub broken: Vec<String>,
 }
 
 impl FaultLog {
@@ -315,6 +318,16 @@ async fn fsync_error(cluster: &mut SimCluster, log: &mut FaultLog) {
             stopped = true;
             break;
         }
+    }
+    let failed = disk.stats().sync_errors > 0;
+    if failed && !stopped {
+        // What it wrote since its last good fsync may be gone (the disk dropped the pages
+        // the failed one covered), and it goes on acknowledging as if it were not.
+        log.broken.push(format!(
+            "node {victim} kept serving for {} ms after an fsync of {} failed",
+            now_ms() - start,
+            disk.name()
+        ));
     }
     let down = ms(100..3000);
     log.note(

@@ -178,6 +178,7 @@ pub async fn simulate(spec: RunSpec) -> RunResult {
             );
             faults.counts.extend(consumer_faults.counts);
             faults.lines.extend(consumer_faults.lines);
+            faults.broken.extend(consumer_faults.broken);
             faults
         }
     };
@@ -259,6 +260,10 @@ pub async fn simulate(spec: RunSpec) -> RunResult {
     for l in &liveness {
         *report.violations.entry(Kind::Liveness).or_default() += 1;
         violations.push(format!("LIVENESS: {l}"));
+    }
+    for b in &faults.broken {
+        *report.violations.entry(Kind::Durability).or_default() += 1;
+        violations.push(format!("DURABILITY: {b}"));
     }
     // The corruption fault replaces the node it damaged; any member still refusing its files
     // found damage that no fault made.

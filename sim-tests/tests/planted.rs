@@ -109,6 +109,18 @@ const APPLY_READS_CLOCK: Case = Case {
     checkers: &["agreement"],
 };
 
+/// A failed fsync of a log frame retried, the node carrying on when the retry succeeds: the
+/// disk dropped the pages the failed one covered (as Linux may), so what it acknowledges
+/// next rests on writes that are gone. Caught under `--faults fsync_error` by the nemesis
+/// (`durability`: the node kept serving after the failure), at times with `damage` (a log
+/// with a hole refused at restart); on 2026-12-07 in 9 of seeds 1..=10, first at seed 1.
+const RETRY_FAILED_FSYNC: Case = Case {
+    bug: "retry-failed-fsync",
+    seeds: 3,
+    flags: &["--faults", "fsync_error"],
+    checkers: &["nemesis"],
+};
+
 /// Uniqueness decided from the receiving node's own state, apply taking any claim: two
 /// concurrent sign-ups (or email changes) get the same address. Caught by `uniq`.
 const UNIQ_IN_HANDLER: Case = Case {
@@ -277,6 +289,11 @@ fn stale_full_page_is_caught() {
 #[test]
 fn apply_reads_clock_is_caught() {
     assert_caught(&APPLY_READS_CLOCK);
+}
+
+#[test]
+fn retry_failed_fsync_is_caught() {
+    assert_caught(&RETRY_FAILED_FSYNC);
 }
 
 #[test]

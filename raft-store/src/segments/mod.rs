@@ -577,12 +577,16 @@ fn sync(file: &dyn DiskFile, name: &str) -> Result<(), StoreError> {
         .map_err(io_error(format!("syncing {name}")))
 }
 
-/// [`sync`] of a frame of entries, the sync that acknowledgements wait for. Planted bug
-/// (simulation builds only): skip it.
+/// [`sync`] of a frame of entries, the sync that acknowledgements wait for. Planted bugs
+/// (simulation builds only): skip it; or retry it once when it fails and carry on.
 fn sync_frame(file: &dyn DiskFile, name: &str) -> Result<(), StoreError> {
     #[cfg(madsim)]
     if crate::planted::is(crate::planted::Bug::AckBeforeDurable) {
         return Ok(());
+    }
+    #[cfg(madsim)]
+    if crate::planted::is(crate::planted::Bug::RetryFailedFsync) {
+        return sync(file, name).or_else(|_| sync(file, name));
     }
     sync(file, name)
 }
