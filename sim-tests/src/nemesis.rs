@@ -307,6 +307,8 @@ async fn fsync_error(cluster: &mut SimCluster, log: &mut FaultLog) {
     let fails = madsim::rand::thread_rng().gen_range(1..4);
     let which = madsim::rand::thread_rng().gen_range(0..2);
     let disk = cluster.disks(victim)[which];
+    // The disk counts failed syncs over the run; this episode's are those past this.
+    let errors_before = disk.stats().sync_errors;
     disk.fail_syncs(fails);
     // The node stops at its next fsync; the load makes one soon, on a leader or a
     // follower alike. A node that did not sync within the bound is cut anyway.
@@ -314,12 +316,12 @@ async fn fsync_error(cluster: &mut SimCluster, log: &mut FaultLog) {
     let mut stopped = false;
     while now_ms() - start < 10_000 {
         sleep(ms(100..300)).await;
-        if disk.stats().sync_errors > 0 && !cluster.healthy(victim).await {
+        if disk.stats().sync_errors > errors_before && !cluster.healthy(victim).await {
             stopped = true;
             break;
         }
     }
-    let failed = disk.stats().sync_errors > 0;
+    let failed = disk.stats().sync_errors > errors_before;
     if failed && !stopped {
         // What it wrote since its last good fsync may be gone (the disk dropped the pages
         // the failed one covered), and it goes on acknowledging as if it were not.
