@@ -169,9 +169,9 @@ pub fn blocking_in_place<T>(f: impl FnOnce() -> T) -> T {
 
 /// A fault point, as `api::runtime::buggify` (this crate does not link `api`): under the
 /// simulator, with fault points on for the run ([`fault_points`]), a wait of 1 to 50 ms with
-/// probability `p`.
+/// probability `p`. Simulation builds only: real builds have no call on their hot paths.
+#[cfg(madsim)]
 pub(crate) async fn buggify_delay(p: f64) {
-    #[cfg(madsim)]
     if FAULT_POINTS.with(|on| on.get()) {
         use madsim::rand::Rng;
         let mut rng = madsim::rand::thread_rng();
@@ -180,8 +180,6 @@ pub(crate) async fn buggify_delay(p: f64) {
             tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
         }
     }
-    #[cfg(not(madsim))]
-    let _ = p;
 }
 
 #[cfg(madsim)]

@@ -166,6 +166,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(Vec::new());
         }
         // Fault point: a slow apply (readers, linearizable reads and answers wait for it).
+        #[cfg(madsim)]
         crate::runtime::buggify_delay(0.05).await;
         let requests: usize = entries
             .iter()
@@ -285,6 +286,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         mut snapshot: Box<SnapshotFile>,
     ) -> Result<(), StorageError<NodeId>> {
         // Fault point: a slow install (the leader's replication to this node waits).
+        #[cfg(madsim)]
         crate::runtime::buggify_delay(0.25).await;
         let live = self.live.clone();
         let snapshots = self.snapshots.clone();
@@ -345,6 +347,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     /// meanwhile.
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
         // Fault point: a slow build, while apply goes on.
+        #[cfg(madsim)]
         crate::runtime::buggify_delay(0.25).await;
         let live = self.live.clone();
         let snapshots = self.snapshots.clone();

@@ -28,10 +28,11 @@ use crate::check::{data_str, Found, Index, USERS_TOPIC};
 use crate::history::{History, Kind, NodeId, Outcome, ReadSample, UserOp, UserOutcome};
 
 pub fn check(history: &History, idx: &Index<'_>, found: &mut Found) {
-    let writes = completed_writes(history);
+    let invoked = invocations(history);
+    let writes = completed_writes(history, &invoked);
     writes_in_order(&writes, found);
     reads_fresh(history, &writes, found);
-    reads_not_from_the_future(history, idx, found);
+    reads_not_from_the_future(history, idx, &invoked.0, found);
     linearizable_reads_never_go_back(history, found);
     reads_monotonic(history, found);
 }
@@ -51,7 +52,9 @@ struct Write {
 
 /// When each logical write was first sent: appends by their id (retries share it), sign-ups
 /// by username (retries reuse it).
-fn invocations(history: &History) -> (BTreeMap<&str, u64>, BTreeMap<&str, u64>) {
+type Invocations<'a> = (BTreeMap<&'a str, u64>, BTreeMap<&'a str, u64>);
+
+fn invocations(history: &History) -> Invocations<'_> {
     let mut appends: BTreeMap<&str, u64> = BTreeMap::new();
     for a in &history.appends {
         let t = appends.entry(a.id.as_str()).or_insert(a.sent_ms);
@@ -67,8 +70,7 @@ fn invocations(history: &History) -> (BTreeMap<&str, u64>, BTreeMap<&str, u64>) 
     (appends, signups)
 }
 
-fn completed_writes(history: &History) -> Vec<Write> {
-    let (appends, signups) = invocations(history);
+fn completed_writes(history: &History, (appends, signups): &Invocations<'_>) -> Vec<Write> {
     let mut out = Vec::new();
     for a in &history.appends {
         if let Outcome::Ok(c) = &a.outcome {
@@ -224,8 +226,12 @@ fn reads_fresh(history: &History, writes: &[Write], found: &mut Found) {
     }
 }
 
-fn reads_not_from_the_future(history: &History, idx: &Index<'_>, found: &mut Found) {
-    let (appends, _) = invocations(history);
+fn reads_not_from_the_future(
+    history: &History,
+    idx: &Index<'_>,
+    appends: &BTreeMap<&str, u64>,
+    found: &mut Found,
+) {
     for read in &history.reads {
         let Some(last) = read.head.checked_sub(1) else {
             continue;
