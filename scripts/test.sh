@@ -34,6 +34,8 @@ install_tools() {
   # The README walkthrough uses curl and jq, as its readers do.
   { command -v jq && command -v curl; } >/dev/null || { $sudo apt-get update -q && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q jq curl; }
   python3 -c 'import websocket' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check websocket-client==1.8.0
+  # The network test makes namespaces, veth pairs and tc filters.
+  { command -v ip && command -v tc; } >/dev/null || { $sudo apt-get update -q && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q iproute2; }
 }
 
 build() {
@@ -75,6 +77,15 @@ otlp_feature() {
   cargo nextest run -p node --features otlp --test otlp --no-fail-fast
 }
 
+# Three real nodes, each in its own network namespace, under partitions (isolated leader,
+# minority, bridge, flapping), packet loss, delay and SIGKILL, clients on every node; their
+# history judged by the simulator's own checkers (scripts/jepsen/run.py). Needs root.
+network_faults() {
+  local sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo python3 scripts/jepsen/run.py --rounds "${NETWORK_ROUNDS:-2}" \
+    --bin "$CARGO_TARGET_DIR/debug/uniqlog" --check "$CARGO_TARGET_DIR/debug/check-history"
+}
+
 # The madsim build: optimised, with debug assertions on (scripts/madsim-env.sh).
 simulation_build() {
   ( export MADSIM_TARGET_DIR; source scripts/madsim-env.sh
@@ -112,6 +123,7 @@ stage "unit + integration tests" unit_and_integration
 stage "README walkthrough" readme_walkthrough
 stage "schemathesis (node + query API)" schemathesis
 stage "otlp feature" otlp_feature
+stage "network faults (namespaces)" network_faults
 if [ -n "$(ls sim-tests/tests/*.rs 2>/dev/null)" ]; then
   stage "simulation build (madsim)" simulation_build
   stage "simulation tests" simulation_tests

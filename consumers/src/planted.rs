@@ -7,7 +7,10 @@
 //!   checkpoint past an event before delivering it, so a crash in between skips the email;
 //! - [`Bug::ProjectionOutsideTxn`]: the query store (`query/store.rs`) commits a page's
 //!   documents and its checkpoint in two transactions, the checkpoint's not durable, so a crash
-//!   between them applies the page twice.
+//!   between them applies the page twice;
+//! - [`Bug::MailResumesBehind`]: the mail consumer resumes one checkpoint interval before the
+//!   checkpoint it read (as if it had read a stale copy), so after a crash it resends emails
+//!   of events it had already handled and reported.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -18,16 +21,23 @@ pub enum Bug {
     MailCheckpointBeforeSend,
     /// The query read model applies a page outside the transaction of its checkpoint.
     ProjectionOutsideTxn,
+    /// The mail consumer resumes `checkpoint_every_events` before its checkpoint.
+    MailResumesBehind,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 2] = [Bug::MailCheckpointBeforeSend, Bug::ProjectionOutsideTxn];
+    pub const ALL: [Bug; 3] = [
+        Bug::MailCheckpointBeforeSend,
+        Bug::ProjectionOutsideTxn,
+        Bug::MailResumesBehind,
+    ];
 
     /// The name on the command line (`simulate --plant <name>`).
     pub fn name(self) -> &'static str {
         match self {
             Bug::MailCheckpointBeforeSend => "mail-checkpoint-before-send",
             Bug::ProjectionOutsideTxn => "projection-outside-txn",
+            Bug::MailResumesBehind => "mail-resume-behind",
         }
     }
 
@@ -35,6 +45,7 @@ impl Bug {
         match self {
             Bug::MailCheckpointBeforeSend => 1,
             Bug::ProjectionOutsideTxn => 2,
+            Bug::MailResumesBehind => 3,
         }
     }
 }

@@ -128,7 +128,9 @@ impl StateReader {
     /// signed under `mac_key` (the cluster secret) when given. Applies go on meanwhile. The
     /// file is readable by this user only: it holds every event and password hash.
     pub fn backup(&self, mac_key: Option<&[u8]>) -> Result<BackupFile, StoreError> {
-        let path = self.snapshots.temp_path("backup");
+        let path = self.snapshots.temp_path("backup").ok_or_else(|| {
+            StoreError::Unsupported("backups need a data dir on the file system".into())
+        })?;
         let written = crate::files::catching(crate::DATA_FILE, "writing a backup", || {
             // A checkpoint first: the backup reads the state file alone.
             let txn = self.live.checkpoint()?;

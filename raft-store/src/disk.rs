@@ -24,6 +24,11 @@ pub trait Disk: Send + Sync + 'static {
     fn sync_dir(&self) -> io::Result<()>;
     /// Where the folder is, for messages.
     fn describe(&self) -> String;
+    /// The folder on the file system, when it is one: backups are plain files written beside
+    /// the snapshots (`StateReader::backup`), which a simulated folder does not hold.
+    fn local_dir(&self) -> Option<&Path> {
+        None
+    }
 }
 
 /// One open file.
@@ -89,6 +94,10 @@ impl Disk for FsDisk {
 
     fn describe(&self) -> String {
         self.dir.display().to_string()
+    }
+
+    fn local_dir(&self) -> Option<&Path> {
+        Some(&self.dir)
     }
 }
 

@@ -38,7 +38,7 @@ mod types;
 mod uniq;
 mod well_formed;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use redb::{Database, Durability, StorageBackend};
@@ -129,24 +129,25 @@ impl Storage {
             file = %state_path.display(),
             "opened the state file"
         );
+        let snapshot_disk = Arc::new(disk::FsDisk::new(&data_dir.join(SNAPSHOT_DIR))?);
         let mut storage = Self::with_log(
             log_disk,
             (state_db, &state_path.display().to_string()),
-            data_dir.join(SNAPSHOT_DIR),
+            snapshot_disk,
         )?;
         storage.disk = DiskSpace::at(data_dir);
         Ok(storage)
     }
 
-    /// Open the storage on a custom log folder and a custom redb backend for the state machine
-    /// (the simulator's disks), with snapshot files under `snapshot_dir`.
+    /// Open the storage on a custom log folder, a custom redb backend for the state machine
+    /// and a custom snapshot folder (the simulator's disks).
     pub fn open_with(
         log: Arc<dyn disk::Disk>,
         state: impl StorageBackend,
-        snapshot_dir: PathBuf,
+        snapshots: Arc<dyn disk::Disk>,
     ) -> Result<Storage, StoreError> {
         let state_db = files::open_backend(state, DATA_FILE, STATE_CACHE_BYTES)?;
-        Self::with_log(log, (state_db, DATA_FILE), snapshot_dir)
+        Self::with_log(log, (state_db, DATA_FILE), snapshots)
     }
 
     /// Check the state file's format, open the log (cutting off a torn last write), check
@@ -154,7 +155,7 @@ impl Storage {
     fn with_log(
         log_disk: Arc<dyn disk::Disk>,
         (state_db, state_name): (Database, &str),
-        snapshot_dir: PathBuf,
+        snapshots: Arc<dyn disk::Disk>,
     ) -> Result<Storage, StoreError> {
         files::ensure_format(&state_db, state_name)?;
         let started = std::time::Instant::now();
@@ -167,19 +168,19 @@ impl Storage {
         );
         files::check_pair(&log, (&state_db, state_name))?;
         files::verify_state_records(&state_db, false).map_err(|e| e.in_file(state_name))?;
-        Self::start(Arc::new(log), Arc::new(state_db), snapshot_dir)
+        Self::start(Arc::new(log), Arc::new(state_db), snapshots)
     }
 
     fn start(
         log: Arc<segments::SegmentLog>,
         db: Arc<Database>,
-        snapshot_dir: PathBuf,
+        snapshots: Arc<dyn disk::Disk>,
     ) -> Result<Storage, StoreError> {
         create_tables(&db)?;
         let live = Arc::new(live::LiveState::open(db)?);
         let (last_applied, _) = state_machine::applied_state(&live)?;
         let (tx, rx) = watch::channel(last_applied.map_or(0, |l| l.index));
-        let snapshots = Arc::new(snapshot::SnapshotDir::open(snapshot_dir)?);
+        let snapshots = Arc::new(snapshot::SnapshotDir::open(snapshots)?);
         snapshots.forget_if_older_than(last_applied.map(|l| l.index))?;
         let rules = Arc::new(read::RulesCache::default());
         let damage = Damage::default();

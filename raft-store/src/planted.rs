@@ -28,6 +28,9 @@
 //! - [`Bug::StaleFullPage`]: `node::routes::log::read` serves a linearizable read from the
 //!   node's applied state, without a read index, when that page comes out full (the reasoning
 //!   being that a full page cannot miss anything: it can, its `head`);
+//! - [`Bug::SnapshotNotSynced`]: a built snapshot (`snapshot.rs`, `SnapshotDir::build`) is
+//!   renamed into place without its `fdatasync`, and openraft then purges the log it covers: a
+//!   power cut leaves a node with neither.
 //!
 //! These are the bugs planted in storage, apply and the node on top of them. The consumers
 //! plant theirs through their own switch (`consumers::planted`); the simulator names both
@@ -63,10 +66,13 @@ pub enum Bug {
     ApplyReadsClock,
     /// A failed fsync of the log is retried, and the node carries on if the retry succeeds.
     RetryFailedFsync,
+    /// A built snapshot is published without its `fdatasync`, before the log it covers is
+    /// purged.
+    SnapshotNotSynced,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 8] = [
+    pub const ALL: [Bug; 9] = [
         Bug::AckBeforeDurable,
         Bug::LeaderCountsItselfEarly,
         Bug::UniqInHandler,
@@ -75,6 +81,7 @@ impl Bug {
         Bug::StaleFullPage,
         Bug::ApplyReadsClock,
         Bug::RetryFailedFsync,
+        Bug::SnapshotNotSynced,
     ];
 
     /// The name on the command line (`simulate --plant <name>`).
@@ -88,6 +95,7 @@ impl Bug {
             Bug::StaleFullPage => "stale-full-page",
             Bug::ApplyReadsClock => "apply-reads-clock",
             Bug::RetryFailedFsync => "retry-failed-fsync",
+            Bug::SnapshotNotSynced => "snapshot-not-synced",
         }
     }
 
@@ -105,6 +113,7 @@ impl Bug {
             Bug::StaleFullPage => 6,
             Bug::ApplyReadsClock => 7,
             Bug::RetryFailedFsync => 8,
+            Bug::SnapshotNotSynced => 9,
         }
     }
 }

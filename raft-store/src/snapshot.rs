@@ -17,12 +17,11 @@
 //! `event_runs`, had the same rows and no runs, and is still read (backups).
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use openraft::SnapshotMeta;
@@ -33,6 +32,7 @@ use redb::{
 use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, ReadBuf};
 
 use crate::checksum;
+use crate::disk::{Disk, DiskFile};
 use crate::error::StoreError;
 use crate::events::{EntryReader, Events};
 use crate::tables::state_machine_tables;
@@ -59,25 +59,107 @@ pub(crate) fn current_path(data_dir: &Path) -> PathBuf {
 
 pub type Meta = SnapshotMeta<NodeId, Node>;
 
+/// A file of the snapshot folder read and written from a position, as `std::io` expects. The
+/// folder is a [`Disk`], so the simulator's disk (which loses what was not synced, tears
+/// writes and fails syncs) holds snapshots as it holds the log.
+pub(crate) struct Cursor {
+    file: Arc<dyn DiskFile>,
+    pos: u64,
+    /// The file's length while only reads happen (a `stat` per read would be one per 8 KiB).
+    len: Option<u64>,
+}
+
+impl Cursor {
+    fn new(file: Arc<dyn DiskFile>) -> Self {
+        Cursor {
+            file,
+            pos: 0,
+            len: None,
+        }
+    }
+
+    fn len(&mut self) -> io::Result<u64> {
+        match self.len {
+            Some(len) => Ok(len),
+            None => {
+                let len = self.file.len()?;
+                self.len = Some(len);
+                Ok(len)
+            }
+        }
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+}
+
+impl std::fmt::Debug for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Cursor at {}", self.pos)
+    }
+}
+
+impl Read for Cursor {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let len = self.len()?;
+        let n = (len.saturating_sub(self.pos)).min(buf.len() as u64) as usize;
+        if n > 0 {
+            self.file.read_at(self.pos, &mut buf[..n])?;
+            self.pos += n as u64;
+        }
+        Ok(n)
+    }
+}
+
+impl Write for Cursor {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.len = None;
+        self.file.write_at(self.pos, buf)?;
+        self.pos += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Seek for Cursor {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let base = match to {
+            SeekFrom::Start(n) => {
+                self.pos = n;
+                return Ok(n);
+            }
+            SeekFrom::End(d) => (self.len()?, d),
+            SeekFrom::Current(d) => (self.pos, d),
+        };
+        self.pos = base.0.checked_add_signed(base.1).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "seek before the start")
+        })?;
+        Ok(self.pos)
+    }
+}
+
 /// Snapshot data as openraft sees it: a file read and written synchronously in the chunks
 /// openraft asks for. `tokio::fs::File` would hand each call to a blocking thread, which
 /// madsim forbids; chunks are bounded by `snapshot_max_chunk_size`, so inline I/O is short.
 #[derive(Debug)]
 pub struct SnapshotFile {
-    file: File,
+    file: Cursor,
     pending_seek: Option<io::Result<u64>>,
 }
 
 impl SnapshotFile {
-    pub(crate) fn from_file(file: File) -> Self {
+    pub(crate) fn from_file(file: Arc<dyn DiskFile>) -> Self {
         SnapshotFile {
-            file,
+            file: Cursor::new(file),
             pending_seek: None,
         }
     }
 
     /// A reader positioned at the start of the file.
-    pub(crate) fn rewound(&mut self) -> io::Result<&mut File> {
+    pub(crate) fn rewound(&mut self) -> io::Result<&mut Cursor> {
         self.file.seek(SeekFrom::Start(0))?;
         Ok(&mut self.file)
     }
@@ -128,40 +210,47 @@ impl AsyncSeek for SnapshotFile {
 }
 
 /// The folder of a node's snapshot files: `current.snap` and transient temporaries.
-#[derive(Debug)]
 pub(crate) struct SnapshotDir {
-    dir: PathBuf,
+    disk: Arc<dyn Disk>,
     seq: AtomicU64,
     /// The last log index the current snapshot covers. Publishing is monotonic: a slow build
     /// must not replace a newer installed snapshot.
     current_index: Mutex<Option<u64>>,
 }
 
+impl std::fmt::Debug for SnapshotDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SnapshotDir({})", self.disk.describe())
+    }
+}
+
 impl SnapshotDir {
-    pub(crate) fn open(dir: PathBuf) -> Result<Self, StoreError> {
-        fs::create_dir_all(&dir)?;
+    pub(crate) fn open(disk: Arc<dyn Disk>) -> Result<Self, StoreError> {
         // Temporaries of an interrupted build or transfer are garbage after a restart.
-        for entry in fs::read_dir(&dir)? {
-            let path = entry?.path();
-            if path.extension().is_some_and(|e| e == "tmp") {
-                fs::remove_file(&path)?;
+        for name in disk.list()? {
+            if name.ends_with(".tmp") {
+                disk.remove(&name)?;
             }
         }
         let dir = SnapshotDir {
-            dir,
+            disk,
             seq: AtomicU64::new(0),
             current_index: Mutex::new(None),
         };
         let current = dir.current()?;
         if let Some((_, mut file)) = current {
-            let path = dir.dir.join(CURRENT).display().to_string();
-            verify(&mut file).map_err(|e| e.in_file(&path))?;
+            verify(&mut file).map_err(|e| e.in_file(&dir.current_name()))?;
         }
         let index = dir
             .current()?
             .and_then(|(m, _)| m.last_log_id.map(|l| l.index));
         *dir.current_index.lock().expect("snapshot lock") = index;
         Ok(dir)
+    }
+
+    /// The current snapshot's file as messages name it.
+    fn current_name(&self) -> String {
+        format!("{}/{CURRENT}", self.disk.describe())
     }
 
     /// Drop the current snapshot if it covers less than `applied_index`: after a crash between
@@ -174,16 +263,23 @@ impl SnapshotDir {
         let mut current = self.current_index.lock().expect("snapshot lock");
         if let (Some(snap), Some(applied)) = (*current, applied_index) {
             if snap < applied {
-                fs::remove_file(self.dir.join(CURRENT))?;
+                self.disk.remove(CURRENT)?;
                 *current = None;
             }
         }
         Ok(())
     }
 
-    pub(crate) fn temp_path(&self, kind: &str) -> PathBuf {
+    /// A path for a temporary file beside the snapshots (cleaned up at the next open), when the
+    /// folder is on the file system.
+    pub(crate) fn temp_path(&self, kind: &str) -> Option<PathBuf> {
+        let dir = self.disk.local_dir()?;
+        Some(dir.join(self.temp_name(kind)))
+    }
+
+    fn temp_name(&self, kind: &str) -> String {
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
-        self.dir.join(format!("{kind}-{n}.tmp"))
+        format!("{kind}-{n}.tmp")
     }
 
     pub(crate) fn next_id(&self, meta_index: Option<u64>) -> String {
@@ -197,28 +293,24 @@ impl SnapshotDir {
     /// An empty file for a snapshot arriving from the leader. It is unlinked at once: the
     /// handle is all we need, and an aborted transfer leaves nothing behind.
     pub(crate) fn receiving(&self) -> Result<SnapshotFile, StoreError> {
-        let path = self.temp_path("recv");
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
-        fs::remove_file(&path)?;
+        let name = self.temp_name("recv");
+        let file = self.disk.open(&name, true)?;
+        self.disk.remove(&name)?;
         Ok(SnapshotFile::from_file(file))
     }
 
     /// The current snapshot, if any.
     pub(crate) fn current(&self) -> Result<Option<(Meta, SnapshotFile)>, StoreError> {
-        let path = self.dir.join(CURRENT);
-        let mut file = match File::open(&path) {
+        let file = match self.disk.open(CURRENT, false) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let meta = read_header(&mut BufReader::new(&mut file))
-            .map_err(|e| e.in_file(&path.display().to_string()))?;
-        file.seek(SeekFrom::Start(0))?;
-        Ok(Some((meta, SnapshotFile::from_file(file))))
+        let mut file = SnapshotFile::from_file(file);
+        let meta = read_header(&mut BufReader::new(file.rewound()?))
+            .map_err(|e| e.in_file(&self.current_name()))?;
+        file.rewound()?;
+        Ok(Some((meta, file)))
     }
 
     /// The current snapshot, checked whole first: it is about to be sent to a peer, which
@@ -227,8 +319,7 @@ impl SnapshotDir {
         let Some((meta, mut file)) = self.current()? else {
             return Ok(None);
         };
-        let path = self.dir.join(CURRENT).display().to_string();
-        verify(&mut file).map_err(|e| e.in_file(&path))?;
+        verify(&mut file).map_err(|e| e.in_file(&self.current_name()))?;
         file.rewound()?;
         Ok(Some((meta, file)))
     }
@@ -240,34 +331,39 @@ impl SnapshotDir {
         entries: &EntryReader,
         meta: &Meta,
     ) -> Result<(), StoreError> {
-        let tmp = self.temp_path("build");
-        let file = File::create(&tmp)?;
-        let mut w = BufWriter::new(file);
+        let tmp = self.temp_name("build");
+        let mut w = BufWriter::new(Cursor::new(self.disk.open(&tmp, true)?));
         write_snapshot(txn, entries, meta, &mut w)?;
         let file = w.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
+        #[cfg(madsim)]
+        let planted = crate::planted::is(crate::planted::Bug::SnapshotNotSynced);
+        #[cfg(not(madsim))]
+        let planted = false;
+        if !planted {
+            file.sync_data()?;
+        }
         self.publish(&tmp, meta)
     }
 
     /// Copy a received (and installed) snapshot into place as the current one.
     pub(crate) fn keep(&self, data: &mut SnapshotFile, meta: &Meta) -> Result<(), StoreError> {
-        let tmp = self.temp_path("keep");
-        let mut out = File::create(&tmp)?;
+        let tmp = self.temp_name("keep");
+        let mut out = Cursor::new(self.disk.open(&tmp, true)?);
         io::copy(data.rewound()?, &mut out)?;
-        out.sync_all()?;
+        out.sync_data()?;
         self.publish(&tmp, meta)
     }
 
     /// Make `tmp` the current snapshot, unless the current one is at least as new.
-    fn publish(&self, tmp: &Path, meta: &Meta) -> Result<(), StoreError> {
+    fn publish(&self, tmp: &str, meta: &Meta) -> Result<(), StoreError> {
         let index = meta.last_log_id.map(|l| l.index);
         let mut current = self.current_index.lock().expect("snapshot lock");
         if current.is_some() && *current >= index {
-            fs::remove_file(tmp)?;
+            self.disk.remove(tmp)?;
             return Ok(());
         }
-        fs::rename(tmp, self.dir.join(CURRENT))?;
-        File::open(&self.dir)?.sync_all()?;
+        self.disk.rename(tmp, CURRENT)?;
+        self.disk.sync_dir()?;
         *current = index;
         Ok(())
     }
@@ -635,6 +731,13 @@ fn read_records(
 mod tests {
     use super::*;
 
+    /// `path` opened through the file system's [`Disk`].
+    fn fs_file(path: &Path) -> Arc<dyn DiskFile> {
+        let dir = crate::disk::FsDisk::new(path.parent().unwrap()).unwrap();
+        let name = path.file_name().unwrap().to_str().unwrap();
+        dir.open(name, false).unwrap()
+    }
+
     use redb::ReadableDatabase;
 
     fn check(bytes: &[u8]) -> Result<Meta, StoreError> {
@@ -698,7 +801,7 @@ mod tests {
             let bytes = with_record(key, value);
             let path = dir.path().join("bad.snap");
             std::fs::write(&path, &bytes).unwrap();
-            let mut file = SnapshotFile::from_file(File::open(&path).unwrap());
+            let mut file = SnapshotFile::from_file(fs_file(&path));
             let txn = db.begin_write().unwrap();
             let err = load_snapshot(&txn, &mut file).unwrap_err();
             assert!(err.is_damage(), "{err}");
@@ -707,7 +810,7 @@ mod tests {
         // The same record well formed loads.
         let path = dir.path().join("good.snap");
         std::fs::write(&path, with_record(b"t", &sealed)).unwrap();
-        let mut file = SnapshotFile::from_file(File::open(&path).unwrap());
+        let mut file = SnapshotFile::from_file(fs_file(&path));
         let txn = db.begin_write().unwrap();
         load_snapshot(&txn, &mut file).unwrap();
     }

@@ -152,6 +152,8 @@ struct SimNode {
     /// The state machine's file (checkpointed every few entries, see `run_node`, and before
     /// purges and snapshots).
     state_disk: SimDisk,
+    /// The snapshot folder (`current.snap` and the temporaries of builds and transfers).
+    snapshots: SimFolder,
     up: bool,
     paused: bool,
     /// Bumped on every kill: a status read is only trusted if the epoch did not change
@@ -239,7 +241,7 @@ impl SimCluster {
         let epochs = Epochs::default();
         let mut nodes = BTreeMap::new();
         for n in &config.nodes {
-            let node = spawn_node(&runtime, config.clone(), n.id, &run_dir, &net);
+            let node = spawn_node(&runtime, config.clone(), n.id, &net);
             epochs.add(n.id, node.epoch.clone());
             nodes.insert(n.id, node);
         }
@@ -350,7 +352,6 @@ impl SimCluster {
             &self.runtime,
             Arc::new(config),
             id,
-            &self.run_dir,
             &self.net,
         );
         self.epochs.add(id, node.epoch.clone());
@@ -422,9 +423,10 @@ impl SimCluster {
     }
 
     /// Both disks of node `id`: its Raft log's folder, then its state machine's file.
-    pub fn disks(&self, id: NodeId) -> [&dyn Faults; 2] {
+    /// Node `id`'s log folder, state file and snapshot folder, in that order.
+    pub fn disks(&self, id: NodeId) -> [&dyn Faults; 3] {
         let node = self.node(id);
-        [&node.disk, &node.state_disk]
+        [&node.disk, &node.state_disk, &node.snapshots]
     }
 
     fn node(&self, id: NodeId) -> &SimNode {
@@ -447,6 +449,27 @@ impl SimCluster {
         self.client_node.spawn(f)
     }
 
+    /// The mail consumer's committed checkpoint (a linearizable read from any node that
+    /// answers), as a future that does not borrow the cluster: the consumers' nemesis reads it
+    /// before each kill while the cluster's own nemesis holds the cluster.
+    pub fn mail_checkpoint_probe(
+        &self,
+    ) -> impl Fn() -> madsim::task::JoinHandle<Option<u64>> + Send + Sync + 'static {
+        let (client, node) = (self.client.clone(), self.client_node.clone());
+        let ids: Vec<NodeId> = (1..=self.config.nodes.len() as u64 + SPARE_IDS).collect();
+        move || {
+            let (client, ids) = (client.clone(), ids.clone());
+            node.spawn(async move {
+                for id in ids {
+                    if let Ok(Some(c)) = client.checkpoint(id, "mail").await {
+                        return Some(c.offset);
+                    }
+                }
+                None
+            })
+        }
+    }
+
     async fn on_client<T: Send + 'static>(&self, f: impl Future<Output = T> + Send + 'static) -> T {
         self.client_node
             .spawn(f)
@@ -462,16 +485,6 @@ impl SimCluster {
         Some(why.replace(&self.run_dir.display().to_string(), "<run>"))
     }
 
-    /// The current snapshot file of node `id`, if it has one.
-    pub fn snapshot_file(&self, id: NodeId) -> Option<PathBuf> {
-        let path = self
-            .run_dir
-            .join(format!("node{id}"))
-            .join("snapshots")
-            .join("current.snap");
-        path.exists().then_some(path)
-    }
-
     /// Power cut on node `id`: every task of it stops, unsynced writes are lost.
     pub fn kill(&mut self, id: NodeId) {
         let node = self.nodes.get_mut(&id).expect("no such node");
@@ -485,6 +498,7 @@ impl SimCluster {
         // dropped, and those writes must not land.
         node.disk.crash();
         node.state_disk.crash();
+        node.snapshots.crash();
         self.runtime.kill(node.handle.id());
         node.up = false;
         tracing::info!(id, "killed node");
@@ -496,7 +510,7 @@ impl SimCluster {
         for s in self
             .nodes
             .values()
-            .flat_map(|n| [n.disk.stats(), n.state_disk.stats()])
+            .flat_map(|n| [n.disk.stats(), n.state_disk.stats(), n.snapshots.stats()])
         {
             for (k, v) in [
                 ("crashes", s.crashes),
@@ -520,7 +534,7 @@ impl SimCluster {
             .await
     }
 
-    /// Start a killed node again on its disk (and its snapshot directory).
+    /// Start a killed node again on its disks.
     pub fn restart(&mut self, id: NodeId) {
         let node = self.nodes.get_mut(&id).expect("no such node");
         assert!(
@@ -824,8 +838,8 @@ pub fn brief(seen: &BTreeMap<NodeId, Result<ClusterStatus, String>>) -> String {
         .collect()
 }
 
-/// Create simulated node `id` (its disk, its snapshot directory under `run_dir`) running
-/// [`run_node`]; a restart reopens the same disk.
+/// Create simulated node `id` (its log folder, state file and snapshot folder) running
+/// [`run_node`]; a restart reopens the same disks.
 /// Run node `handle`'s wall clock (`api::runtime::now_ms`) up to 2 s off true time and up to
 /// 200 ppm fast or slow, drawn from the seed: timestamps, log time, token and activation
 /// expiry and lag all read it (issue 27). Real servers under NTP stay within milliseconds;
@@ -850,19 +864,18 @@ fn spawn_node(
     runtime: &Handle,
     config: Arc<Config>,
     id: NodeId,
-    run_dir: &Path,
     net: &NetFaults,
 ) -> SimNode {
     let disk = SimFolder::new(format!("node{id}-log"));
     let state_disk = SimDisk::new(format!("node{id}-state"));
-    let snapshot_dir = run_dir.join(format!("node{id}")).join("snapshots");
+    let snapshots = SimFolder::new(format!("node{id}-snapshots"));
     let damaged = Arc::new(std::sync::Mutex::new(None));
     let handle = runtime
         .create_node()
         .name(format!("node{id}"))
         .ip(IpAddr::V4(node_ip(id)))
         .init({
-            let disks = (disk.clone(), state_disk.clone());
+            let disks = (disk.clone(), state_disk.clone(), snapshots.clone());
             let net = net.clone();
             let damaged = damaged.clone();
             move || {
@@ -870,7 +883,6 @@ fn spawn_node(
                     config.clone(),
                     id,
                     disks.clone(),
-                    snapshot_dir.clone(),
                     net.clone(),
                     damaged.clone(),
                 )
@@ -882,6 +894,7 @@ fn spawn_node(
         handle,
         disk,
         state_disk,
+        snapshots,
         up: true,
         paused: false,
         epoch: Arc::new(AtomicU64::new(0)),
@@ -894,12 +907,11 @@ fn spawn_node(
 async fn run_node(
     config: Arc<Config>,
     id: NodeId,
-    (log_disk, state_disk): (SimFolder, SimDisk),
-    snapshot_dir: PathBuf,
+    (log_disk, state_disk, snapshots): (SimFolder, SimDisk, SimFolder),
     net: NetFaults,
     damaged: Arc<std::sync::Mutex<Option<String>>>,
 ) {
-    let storage = match Storage::open_with(log_disk.open(), state_disk.open(), snapshot_dir) {
+    let storage = match Storage::open_with(log_disk.open(), state_disk.open(), snapshots.open()) {
         Ok(storage) => storage,
         // As the binary does: refuse to start, and wait for the operator (the nemesis) to
         // replace the node.

@@ -59,12 +59,16 @@ struct State {
     durable: Vec<u8>,
     /// Pages of `volatile` that may differ from `durable`.
     dirty: BTreeSet<usize>,
-    /// The last write since the last sync (offset, bytes), for a torn crash.
-    last_write: Option<(usize, Vec<u8>)>,
+    /// The writes since the last sync (offset, bytes), in order, for a torn or scrambled
+    /// crash.
+    unsynced: Vec<(usize, Vec<u8>)>,
     /// How many coming `sync_data` calls fail.
     failing_syncs: u64,
     /// A power cut waiting for the next `sync_data` (see [`SimDisk::tear_at_next_sync`]).
     tear_armed: Option<Box<dyn FnMut(usize) -> bool + Send>>,
+    /// The armed power cut lands every unsynced write on its own (`State::crash_scrambled`),
+    /// not only the last one torn.
+    scramble: bool,
     stats: DiskStats,
 }
 
@@ -75,13 +79,14 @@ impl State {
         self.stats.lost_pages += self.dirty.len() as u64;
         self.volatile = self.durable.clone();
         self.dirty.clear();
-        self.last_write = None;
+        self.unsynced.clear();
         self.failing_syncs = 0;
         self.tear_armed = None;
+        self.scramble = false;
     }
 
     fn crash_torn(&mut self, landed: &mut dyn FnMut(usize) -> bool) -> usize {
-        let torn = self.last_write.take();
+        let torn = self.unsynced.pop();
         self.crash();
         let Some((offset, data)) = torn else {
             return 0;
@@ -109,6 +114,49 @@ impl State {
         kept
     }
 
+    /// Power cut with every write since the last sync in flight: the device may have taken
+    /// them in any order and split them, so each lands whole, not at all, or torn (some of its
+    /// sectors), decided on its own by `coin` (called in a fixed order, so a seed replays).
+    /// The file's unsynced growth reaches the disk or not, also by `coin`. Returns how many
+    /// writes landed whole and how many torn.
+    fn crash_scrambled(&mut self, coin: &mut dyn FnMut(usize) -> bool) -> (usize, usize) {
+        let writes = std::mem::take(&mut self.unsynced);
+        let grown = self.volatile.len() > self.durable.len() && coin(0);
+        let len = if grown {
+            self.volatile.len()
+        } else {
+            self.durable.len()
+        };
+        self.crash();
+        self.durable.resize(len, 0);
+        let (mut whole, mut torn) = (0, 0);
+        for (i, (offset, data)) in writes.into_iter().enumerate() {
+            let (lands, tears) = (coin(2 * i + 1), coin(2 * i + 2));
+            if !lands && !tears {
+                continue;
+            }
+            if lands {
+                whole += 1;
+            } else {
+                torn += 1;
+            }
+            let end = offset + data.len();
+            let mut start = offset;
+            let mut sector = 0;
+            while start < end {
+                let stop = ((start / SECTOR + 1) * SECTOR).min(end);
+                if stop <= len && (lands || coin(sector)) {
+                    self.durable[start..stop].copy_from_slice(&data[start - offset..stop - offset]);
+                }
+                start = stop;
+                sector += 1;
+            }
+        }
+        self.stats.torn_writes += torn as u64;
+        self.volatile = self.durable.clone();
+        (whole, torn)
+    }
+
     /// What Linux may do when an fsync fails: the dirty pages it covered are marked clean
     /// without reaching the disk. Reads still see them until a crash; a later fsync, which
     /// finds nothing dirty, succeeds; a crash loses them. Only a program that stops at the
@@ -116,7 +164,7 @@ impl State {
     fn forget_dirty(&mut self) {
         self.stats.lost_pages += self.dirty.len() as u64;
         self.dirty.clear();
-        self.last_write = None;
+        self.unsynced.clear();
     }
 
     fn mark(&mut self, start: usize, end: usize) {
@@ -162,11 +210,27 @@ impl SimDisk {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether `other` is this disk (a clone of it), not merely one of the same name.
+    pub fn same(&self, other: &SimDisk) -> bool {
+        Arc::ptr_eq(&self.state, &other.state)
+    }
+
     /// A handle for a new `Database`; every older handle is fenced from now on.
     pub fn open(&self) -> DiskHandle {
         let mut s = self.lock();
         s.epoch += 1;
         s.stats.opens += 1;
+        DiskHandle {
+            disk: self.clone(),
+            epoch: s.epoch,
+        }
+    }
+
+    /// A handle beside the open ones (a folder's file may be open twice at once, as a
+    /// snapshot being sent while another is read): fenced, like them, by the next crash or
+    /// [`SimDisk::open`].
+    pub fn open_shared(&self) -> DiskHandle {
+        let s = self.lock();
         DiskHandle {
             disk: self.clone(),
             epoch: s.epoch,
@@ -186,13 +250,28 @@ impl SimDisk {
         self.lock().crash_torn(landed)
     }
 
+    /// Power cut with every unsynced write in flight: see `State::crash_scrambled`.
+    pub fn crash_scrambled(&self, coin: &mut dyn FnMut(usize) -> bool) -> (usize, usize) {
+        self.lock().crash_scrambled(coin)
+    }
+
     /// Arm a power cut for the moment the next `sync_data` is called: every write of the
     /// transaction being made durable was issued, none is synced, and the last one is torn
     /// ([`SimDisk::crash_torn`] with `landed`). The `sync_data` fails, as every later call
     /// through the fenced handle does. redb keeps its writes in a cache until it syncs, so this
     /// is the instant at which a power cut finds unsynced writes on the device at all.
     pub fn tear_at_next_sync(&self, landed: Box<dyn FnMut(usize) -> bool + Send>) {
-        self.lock().tear_armed = Some(landed);
+        let mut s = self.lock();
+        s.tear_armed = Some(landed);
+        s.scramble = false;
+    }
+
+    /// Like [`SimDisk::tear_at_next_sync`], but every write since the last sync lands whole,
+    /// not at all or torn on its own ([`SimDisk::crash_scrambled`] with `coin`).
+    pub fn scramble_at_next_sync(&self, coin: Box<dyn FnMut(usize) -> bool + Send>) {
+        let mut s = self.lock();
+        s.tear_armed = Some(coin);
+        s.scramble = true;
     }
 
     /// Whether a tear armed with [`SimDisk::tear_at_next_sync`] is still waiting for a sync.
@@ -325,9 +404,15 @@ impl StorageBackend for DiskHandle {
         let mut s = self.live()?;
         let s = &mut *s;
         if let Some(mut landed) = s.tear_armed.take() {
-            let kept = s.crash_torn(&mut *landed);
+            let what = if std::mem::take(&mut s.scramble) {
+                let (whole, torn) = s.crash_scrambled(&mut *landed);
+                format!("of the unsynced writes {whole} landed whole, {torn} torn")
+            } else {
+                let kept = s.crash_torn(&mut *landed);
+                format!("{kept} sectors of the last write landed")
+            };
             return Err(io::Error::other(format!(
-                "disk {}: power cut during sync_data ({kept} sectors of the last write landed)",
+                "disk {}: power cut during sync_data ({what})",
                 self.disk.name
             )));
         }
@@ -350,7 +435,7 @@ impl StorageBackend for DiskHandle {
             }
         }
         s.dirty.clear();
-        s.last_write = None;
+        s.unsynced.clear();
         s.stats.syncs += 1;
         Ok(())
     }
@@ -366,7 +451,7 @@ impl StorageBackend for DiskHandle {
             .ok_or_else(|| out_of_range("write", offset, data.len(), file_len))?;
         s.volatile[start..end].copy_from_slice(data);
         s.mark(start, end);
-        s.last_write = Some((start, data.to_vec()));
+        s.unsynced.push((start, data.to_vec()));
         s.stats.writes += 1;
         Ok(())
     }
@@ -440,6 +525,54 @@ mod tests {
         let mut buf = [0u8; 5];
         assert!(h.read(0, &mut buf).is_err());
         assert!(h.read(u64::MAX, &mut buf[..1]).is_err());
+    }
+
+    #[test]
+    fn a_scrambled_crash_lands_each_unsynced_write_whole_not_at_all_or_torn() {
+        let disk = SimDisk::new("t");
+        let h = disk.open();
+        h.set_len(2 * SECTOR as u64).unwrap();
+        h.write(0, &[9; 2 * SECTOR]).unwrap();
+        h.sync_data().unwrap();
+        // Three writes in flight and the file's growth; the coin is called: growth (0), then
+        // per write (lands, tears), then per sector of a torn write.
+        h.set_len(4 * SECTOR as u64).unwrap();
+        h.write(0, &[1; SECTOR]).unwrap();
+        h.write(SECTOR as u64, &[2; SECTOR]).unwrap();
+        h.write(2 * SECTOR as u64, &[3; 2 * SECTOR]).unwrap();
+        let mut draws = vec![
+            true, // the growth reached the disk
+            false, false, // write 1 vanished
+            true, false, // write 2 landed whole
+            false, true, // write 3 torn:
+            false, true, // its first sector lost, its second landed
+        ]
+        .into_iter();
+        let (whole, torn) = disk.crash_scrambled(&mut |_| draws.next().unwrap());
+        assert_eq!((whole, torn), (1, 1));
+        let h = disk.open();
+        let mut file = vec![0u8; 4 * SECTOR];
+        h.read(0, &mut file).unwrap();
+        assert_eq!(&file[..SECTOR], &[9; SECTOR][..], "write 1 vanished: the synced bytes");
+        assert_eq!(&file[SECTOR..2 * SECTOR], &[2; SECTOR][..]);
+        assert_eq!(&file[2 * SECTOR..3 * SECTOR], &[0; SECTOR][..], "grown, not written");
+        assert_eq!(&file[3 * SECTOR..], &[3; SECTOR][..]);
+    }
+
+    #[test]
+    fn a_scrambled_crash_without_the_growth_keeps_the_durable_length() {
+        let disk = SimDisk::new("t");
+        let h = disk.open();
+        h.set_len(SECTOR as u64).unwrap();
+        h.sync_data().unwrap();
+        h.set_len(2 * SECTOR as u64).unwrap();
+        h.write(0, &[1; 2 * SECTOR]).unwrap();
+        disk.crash_scrambled(&mut |i| i != 0);
+        let h = disk.open();
+        assert_eq!(h.len().unwrap(), SECTOR as u64);
+        let mut file = vec![0u8; SECTOR];
+        h.read(0, &mut file).unwrap();
+        assert_eq!(file, vec![1; SECTOR], "the part within the old length landed");
     }
 
     #[test]
@@ -610,6 +743,7 @@ mod tests {
 pub trait Faults {
     fn name(&self) -> &str;
     fn tear_at_next_sync(&self, landed: Box<dyn FnMut(usize) -> bool + Send>);
+    fn scramble_at_next_sync(&self, coin: Box<dyn FnMut(usize) -> bool + Send>);
     fn tear_pending(&self) -> bool;
     fn fail_syncs(&self, n: u64);
     fn stats(&self) -> DiskStats;
@@ -627,6 +761,9 @@ macro_rules! faults {
             }
             fn tear_at_next_sync(&self, landed: Box<dyn FnMut(usize) -> bool + Send>) {
                 <$t>::tear_at_next_sync(self, landed)
+            }
+            fn scramble_at_next_sync(&self, coin: Box<dyn FnMut(usize) -> bool + Send>) {
+                <$t>::scramble_at_next_sync(self, coin)
             }
             fn tear_pending(&self) -> bool {
                 <$t>::tear_pending(self)

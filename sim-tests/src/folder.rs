@@ -6,8 +6,9 @@
 //!
 //! Faults reach the folder as they reach a single disk: a power cut (every file loses what it
 //! did not sync, the listing goes back to its durable one), a power cut during the next sync
-//! (the last unsynced write of the file being synced is torn), failing syncs, bit flips in
-//! what survived. Every handle of a folder opened before a crash or a reopen is fenced.
+//! (the last unsynced write of the file being synced is torn; or every unsynced write of every
+//! file lands whole, not at all or torn, each on its own, as a device that reorders and splits
+//! what the page cache sends it may leave them), failing syncs, bit flips in what survived. Every handle of a folder opened before a crash or a reopen is fenced.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -31,6 +32,8 @@ struct FolderState {
     /// The file of the last write not yet synced, for a torn power cut.
     last_written: Option<SimDisk>,
     tear_armed: Option<Landed>,
+    /// The armed power cut lands every unsynced write of every file on its own.
+    scramble: bool,
     failing_syncs: u64,
     crashes: u64,
     sync_errors: u64,
@@ -39,22 +42,44 @@ struct FolderState {
 }
 
 impl FolderState {
+    /// Power cut. `torn`: the file whose last unsynced write is torn (with the sectors
+    /// `landed` picks), or, with `scramble`, every unsynced write of every file lands whole,
+    /// not at all or torn on its own (`SimDisk::crash_scrambled`, `landed` as the coin).
     fn crash(&mut self, torn: Option<(&SimDisk, &mut dyn FnMut(usize) -> bool)>) {
         self.epoch += 1;
         self.crashes += 1;
-        let files: Vec<SimDisk> = self
+        let mut files: Vec<SimDisk> = self
             .volatile
             .values()
             .chain(self.durable.values())
             .cloned()
             .collect();
-        let torn_name = torn.as_ref().map(|(d, _)| d.name().to_string());
-        if let Some((disk, landed)) = torn {
-            disk.crash_torn(landed);
-        }
-        for f in files {
-            if Some(f.name()) != torn_name.as_deref() {
-                f.crash();
+        // A file may be in both listings; crash each disk once.
+        let mut seen: Vec<SimDisk> = Vec::new();
+        files.retain(|f| {
+            let new = !seen.iter().any(|s| s.same(f));
+            if new {
+                seen.push(f.clone());
+            }
+            new
+        });
+        let scramble = std::mem::take(&mut self.scramble);
+        match torn {
+            Some((_, landed)) if scramble => {
+                for f in &files {
+                    f.crash_scrambled(landed);
+                }
+            }
+            Some((disk, landed)) => {
+                disk.crash_torn(landed);
+                for f in files.iter().filter(|f| !f.same(disk)) {
+                    f.crash();
+                }
+            }
+            None => {
+                for f in &files {
+                    f.crash();
+                }
             }
         }
         self.volatile = self.durable.clone();
@@ -113,7 +138,17 @@ impl SimFolder {
     /// Arm a power cut for the next `sync_data` of any file of the folder: the last write
     /// not yet synced is torn (`landed` picks its sectors), the sync fails.
     pub fn tear_at_next_sync(&self, landed: Landed) {
-        self.lock().tear_armed = Some(landed);
+        let mut s = self.lock();
+        s.tear_armed = Some(landed);
+        s.scramble = false;
+    }
+
+    /// Arm a power cut for the next `sync_data` of any file of the folder: every write not yet
+    /// synced, of every file, lands whole, not at all or torn on its own (`coin` decides).
+    pub fn scramble_at_next_sync(&self, coin: Landed) {
+        let mut s = self.lock();
+        s.tear_armed = Some(coin);
+        s.scramble = true;
     }
 
     pub fn tear_pending(&self) -> bool {
@@ -220,7 +255,7 @@ impl Disk for FolderHandle {
             }
         };
         Ok(Arc::new(FolderFile {
-            handle: disk.open(),
+            handle: disk.open_shared(),
             disk,
             folder: self.folder.clone(),
             epoch: self.epoch,
@@ -400,5 +435,28 @@ mod tests {
         // Past the durable length the growth itself was not synced: nothing of it landed.
         assert_eq!(d.open("a", false).unwrap().len().unwrap(), 1024);
         assert_eq!(folder.stats().crashes, 1);
+    }
+
+    #[test]
+    fn a_scrambled_sync_lands_each_files_writes_on_their_own() {
+        let folder = SimFolder::new("log");
+        let d = folder.open();
+        let (a, b) = (d.open("a", true).unwrap(), d.open("b", true).unwrap());
+        for f in [&a, &b] {
+            f.write_at(0, &[1u8; 1024]).unwrap();
+            f.sync_data().unwrap();
+        }
+        d.sync_dir().unwrap();
+        a.write_at(0, &[2u8; 512]).unwrap();
+        b.write_at(512, &[3u8; 512]).unwrap();
+        // Every draw says yes: each write lands whole, on both files, not only the one synced.
+        folder.scramble_at_next_sync(Box::new(|_| true));
+        assert!(a.sync_data().is_err());
+        let d = folder.open();
+        let mut buf = [0u8; 1024];
+        d.open("a", false).unwrap().read_at(0, &mut buf).unwrap();
+        assert_eq!((buf[0], buf[600]), (2, 1));
+        d.open("b", false).unwrap().read_at(0, &mut buf).unwrap();
+        assert_eq!((buf[0], buf[600]), (1, 3));
     }
 }

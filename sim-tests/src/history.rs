@@ -20,13 +20,14 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// A node's id in the cluster (1-based).
 pub type NodeId = u64;
 
 /// The offsets a 201 promised.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Created {
     pub first_offset: u64,
     pub last_offset: u64,
@@ -44,7 +45,7 @@ impl Created {
 }
 
 /// What one append got back.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Outcome {
     /// 201 with its body.
     Ok(Created),
@@ -116,7 +117,7 @@ impl Outcome {
 
 /// One append request as the client sent it. A retry under an idempotency key is another
 /// `Attempt` with the same `id` (the same events) and the same `key`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Attempt {
     /// Unique per logical append; event `j` of it carries `data.id = "{id}.{j}"`.
     pub id: String,
@@ -143,7 +144,7 @@ impl Attempt {
 }
 
 /// A users command.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum UserOp {
     /// `POST /v1/users`; `username` is unique per logical sign-up (retries reuse it).
     SignUp {
@@ -181,7 +182,7 @@ impl UserOp {
 }
 
 /// What a users command got back.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum UserOutcome {
     /// 201 (sign-up) or 200: the user's id and the offset of the event in `users`.
     Done { user: String, offset: u64 },
@@ -216,7 +217,7 @@ impl UserOutcome {
 }
 
 /// One users command as a client sent it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UserAttempt {
     pub client: usize,
     pub node: NodeId,
@@ -228,7 +229,7 @@ pub struct UserAttempt {
 }
 
 /// One `GET /v1/cluster/status` answer, taken by a poller that asks one node at a time.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusSample {
     pub node: NodeId,
     /// The node's restart epoch (bumped by every kill) when the answer arrived; samples whose
@@ -244,7 +245,7 @@ pub struct StatusSample {
 }
 
 /// One page of a topic a node served to a reader (`GET /v1/topics/{topic}/events`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReadSample {
     /// Which reader asked (each asks one page at a time).
     pub reader: usize,
@@ -264,7 +265,8 @@ pub struct ReadSample {
 }
 
 /// Everything the clients recorded, each list in the order the answers arrived.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct History {
     pub appends: Vec<Attempt>,
     pub users: Vec<UserAttempt>,
@@ -273,21 +275,24 @@ pub struct History {
 }
 
 /// The owner of a uniq key as a node serves it (`GET /v1/uniq/{set}/{key}`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Owner {
     pub owner: String,
     pub since_offset: u64,
 }
 
 /// The final state read from the cluster.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct FinalState {
     pub applied_index: u64,
     /// Per node, per topic, the events in offset order.
     pub topics: BTreeMap<NodeId, BTreeMap<String, Vec<Value>>>,
     /// Per node, per uniq key asked (`user_email`, normalized), its owner or `None` (404).
     pub uniq: BTreeMap<NodeId, BTreeMap<String, Option<Owner>>>,
-    /// What the consumers (query, mail) and the provider hold, when the run had them.
+    /// What the consumers (query, mail) and the provider hold, when the run had them (not in
+    /// a saved history: `check-history` judges the cluster only).
+    #[serde(skip)]
     pub consumers: Option<crate::check::consumers::ConsumerState>,
     /// Per node, its replicated state table by table (`GET /v1/cluster/state-hash`), taken
     /// at the same applied index as `topics`.

@@ -266,17 +266,25 @@ async fn torn_write(cluster: &mut SimCluster, log: &mut FaultLog) {
     let kind = FaultKind::TornWrite;
     let victim = leader_or_any(cluster).await;
     // The power cut strikes when the victim next makes a commit of one of its files
-    // durable (the log's, or now and then the state's): its writes are issued, none
-    // synced, the last one torn (each sector landed with odds 1/2).
-    let which = madsim::rand::thread_rng().gen_range(0..2);
+    // durable (the log's, or now and then the state's or a snapshot's): its writes are
+    // issued, none synced; either the last one is torn (each sector landed with odds 1/2), or
+    // every one lands whole, not at all or torn on its own (a device reorders and splits
+    // writes).
+    let which = madsim::rand::thread_rng().gen_range(0..3);
+    let scramble = madsim::rand::thread_rng().gen_bool(0.5);
     let disk = || cluster.disks(victim)[which];
     let mut bits: u64 = madsim::rand::thread_rng().gen();
-    disk().tear_at_next_sync(Box::new(move |_| {
+    let coin = Box::new(move |_| {
         bits = bits
             .wrapping_mul(6_364_136_223_846_793_005)
             .wrapping_add(1_442_695_040_888_963_407);
         bits >> 63 == 1
-    }));
+    });
+    if scramble {
+        disk().scramble_at_next_sync(coin);
+    } else {
+        disk().tear_at_next_sync(coin);
+    }
     let start = now_ms();
     while disk().tear_pending() && now_ms() - start < 10_000 {
         sleep(ms(20..100)).await;
@@ -287,7 +295,9 @@ async fn torn_write(cluster: &mut SimCluster, log: &mut FaultLog) {
         kind,
         format!(
             "node {victim} power-cut {} ({}) after {} ms, down for {} ms",
-            if torn {
+            if torn && scramble {
+                "mid-commit, each unsynced write landed, vanished or torn"
+            } else if torn {
                 "mid-commit, its last write torn"
             } else {
                 "(it never synced)"
@@ -535,27 +545,18 @@ async fn corruption(cluster: &mut SimCluster, log: &mut FaultLog) {
     // can tell from a clean file (ARCHITECTURE.md, storage integrity). The damage here lands
     // past it.
     const HEADER: usize = 4096;
-    let what = match (rng.gen_range(0..3), cluster.snapshot_file(victim)) {
-        (2, Some(path)) => {
-            let mut bytes = std::fs::read(&path).expect("read the snapshot");
-            for _ in 0..flips {
-                let at = rng.gen_range(0..bytes.len());
-                bytes[at] ^= 1 << rng.gen_range(0..8);
-            }
-            std::fs::write(&path, bytes).expect("write the snapshot");
-            "snapshot".to_string()
+    // The log, the state file or the snapshot folder (past the first page, as above, but for
+    // snapshots, where no flip goes unnoticed).
+    let which = rng.gen_range(0..3);
+    let disk = cluster.disks(victim)[which];
+    let from = if which == 2 { 0 } else { HEADER };
+    let len = disk.flippable_len() as usize;
+    if len > from {
+        for _ in 0..flips {
+            disk.flip_bit(rng.gen_range(from..len), rng.gen_range(0..8));
         }
-        (which, _) => {
-            let disk = cluster.disks(victim)[which % 2];
-            let len = disk.flippable_len() as usize;
-            if len > HEADER {
-                for _ in 0..flips {
-                    disk.flip_bit(rng.gen_range(HEADER..len), rng.gen_range(0..8));
-                }
-            }
-            disk.name().to_string()
-        }
-    };
+    }
+    let what = disk.name().to_string();
     drop(rng);
     cluster.restart(victim);
     let start = now_ms();

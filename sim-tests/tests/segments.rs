@@ -1,6 +1,6 @@
 //! The Raft log's segment files on the simulated folder (a normal test, no madsim needed):
-//! a power cut at every write, torn or not, loses only what was not synced and never serves a
-//! torn record; a flipped bit anywhere in what was synced is refused by name, never taken for
+//! a power cut at every write (torn, or with every unsynced write landing whole, not at all or
+//! torn on its own) loses only what was not synced and never serves a torn record; a flipped bit anywhere in what was synced is refused by name, never taken for
 //! a torn write and never read as data; truncating inside a frame and purging survive a reopen.
 
 use std::sync::Arc;
@@ -55,10 +55,20 @@ struct Outcome {
     vote_failed: Option<Vote<u64>>,
 }
 
+/// The fault a run arms.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Cut {
+    /// Every sync fails from then on (and the node is cut later, cleanly).
+    FailingSyncs,
+    /// A power cut at the next sync: its last write torn.
+    Torn,
+    /// A power cut at the next sync: each unsynced write landed whole, not at all or torn.
+    Scrambled,
+}
+
 /// A seeded run of appends of varied sizes (several segments), truncations inside frames and
-/// votes, with a fault armed before step `cut_at` (a torn power cut at the next sync, or every
-/// sync failing from then on).
-fn run(folder: &SimFolder, cut_at: usize, torn: bool) -> Outcome {
+/// votes, with a fault armed before step `cut_at`.
+fn run(folder: &SimFolder, cut_at: usize, cut: Cut, seed: u64) -> Outcome {
     let log = open(folder.open());
     let mut acked: Vec<Entry<TypeConfig>> = Vec::new();
     let mut failed: Vec<Entry<TypeConfig>> = Vec::new();
@@ -70,14 +80,15 @@ fn run(folder: &SimFolder, cut_at: usize, torn: bool) -> Outcome {
     let arm = |syncs: &mut usize| {
         *syncs += 1;
         if *syncs == cut_at {
-            let mut flip = cut_at as u64;
-            if torn {
-                folder.tear_at_next_sync(Box::new(move |_| {
-                    flip = flip.wrapping_mul(6364136223846793005).wrapping_add(1);
-                    flip >> 63 == 1
-                }));
-            } else {
-                folder.fail_syncs(u64::MAX);
+            let mut flip = seed;
+            let coin = Box::new(move |_| {
+                flip = flip.wrapping_mul(6364136223846793005).wrapping_add(1);
+                flip >> 63 == 1
+            });
+            match cut {
+                Cut::Torn => folder.tear_at_next_sync(coin),
+                Cut::Scrambled => folder.scramble_at_next_sync(coin),
+                Cut::FailingSyncs => folder.fail_syncs(u64::MAX),
             }
         }
     };
@@ -141,14 +152,20 @@ fn run(folder: &SimFolder, cut_at: usize, torn: bool) -> Outcome {
 
 #[test]
 fn a_power_cut_at_every_write_loses_only_what_was_not_acknowledged() {
-    for torn in [false, true] {
-        for cut_at in 1..60 {
+    // A scrambled cut draws many fates for the same writes: several seeds per step.
+    let runs = [
+        (Cut::FailingSyncs, 1),
+        (Cut::Torn, 1),
+        (Cut::Scrambled, 8),
+    ];
+    for (cut, seeds) in runs {
+        for (cut_at, seed) in (1..60).flat_map(|c| (0..seeds).map(move |s| (c, c as u64 + 1000 * s))) {
             let folder = SimFolder::new("log");
-            let out = run(&folder, cut_at, torn);
+            let out = run(&folder, cut_at, cut, seed);
             folder.crash();
             let log = open(folder.open());
             let got = all(&log);
-            let what = format!("cut at step {cut_at}, torn {torn}");
+            let what = format!("cut at step {cut_at}, {cut:?}, seed {seed}");
             // Every acknowledged entry is there, as written, and nothing but what was written.
             assert!(
                 got.len() >= out.required,

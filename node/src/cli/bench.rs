@@ -420,6 +420,30 @@ async fn topic_length(client: &Client, addr: &str, topic: &str) -> Result<u64> {
         .map_or(0, |t| t.length))
 }
 
+/// A page of the topic from the first node that serves it, trying them in turn for up to a
+/// minute: a node may be down (`scripts/soak.sh` kills one every few minutes, a killed node
+/// can be the first in the config).
+async fn read_from_any(plan: &Plan, client: &Client, read: ReadTopic) -> Result<api::wire::Page> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut last = None;
+        for addr in &plan.addrs {
+            match client
+                .read_topic(addr, &plan.args.topic, read, Duration::from_secs(30))
+                .await
+            {
+                Ok(page) => return Ok(page),
+                Err(e) => last = Some(e),
+            }
+        }
+        if Instant::now() >= deadline {
+            let e = last.map_or_else(|| anyhow::anyhow!("no node in the config"), Into::into);
+            return Err(e).context("reading the topic back from any node");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Read the topic from `from` to its end (linearizably) and check this run's events: every
 /// acknowledged one present (none `lost`), none twice (`duplicated`), none that no request
 /// sent (`phantom`); when `exact` (no request failed), exactly one per distinct email sent.
@@ -431,7 +455,6 @@ async fn verify(
     sent: &HashSet<String>,
     exact: bool,
 ) -> Result<Value> {
-    let addr = &plan.addrs[0];
     let marker = format!("-{}-", plan.tag);
     let mut offset = from;
     let mut seen: BTreeMap<String, u64> = BTreeMap::new();
@@ -442,10 +465,7 @@ async fn verify(
             wait_ms: 0,
             linearizable: true,
         };
-        let page = client
-            .read_topic(addr, &plan.args.topic, read, Duration::from_secs(30))
-            .await
-            .context("reading the topic back")?;
+        let page = read_from_any(plan, client, read).await?;
         if page.events.is_empty() {
             break;
         }
