@@ -70,6 +70,8 @@ pub struct Runtime {
     pub password_hashing: tokio::sync::Semaphore,
     /// The snapshot being received from the leader (`peer::snapshot`).
     pub snapshot_received: tokio::sync::Mutex<Option<crate::peer::SnapshotReceipt>>,
+    /// When a leader's snapshot chunk was last accepted (`crate::prevote`).
+    pub snapshot_contact: crate::prevote::SnapshotContact,
     /// Set when this node finds it was removed from the cluster ([`crate::removal`]).
     pub removed: std::sync::OnceLock<String>,
     /// When this process started serving: `uptime_ms` in the status, by which a rolling
@@ -92,6 +94,7 @@ impl Runtime {
         Runtime {
             password_hashing: tokio::sync::Semaphore::new(password_hashing_slots()),
             snapshot_received: tokio::sync::Mutex::new(None),
+            snapshot_contact: Default::default(),
             removed: std::sync::OnceLock::new(),
             started: Instant::now(),
             backup_slot: Arc::new(tokio::sync::Semaphore::new(1)),

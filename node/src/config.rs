@@ -648,6 +648,8 @@ impl Config {
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(r.snapshot_every_entries),
             max_in_snapshot_log_to_keep: r.entries_kept_after_snapshot,
             snapshot_max_chunk_size: r.snapshot_chunk_bytes,
+            // Elections start in `crate::prevote`, after a PreVote: openraft 0.9 has none.
+            enable_elect: false,
             ..Default::default()
         }
     }

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod peer;
 pub mod peer_protocol;
+pub mod prevote;
 pub mod propose;
 pub mod rate_limit;
 pub mod removal;
@@ -166,6 +167,8 @@ pub async fn start(
     // silence.
     let period = Duration::from_millis(2 * config.raft.election_timeout_ms_max);
     servers.push(tokio::spawn(removal::watch(app.clone(), period)));
+    // Elections start here, openraft's own timer being off (`prevote.rs`).
+    servers.push(tokio::spawn(prevote::run(app.clone())));
     tracing::info!(id, addr = %me.addr, peer_addr = %me.peer_addr(), tls = tls.is_some(), "node serving");
     Ok(RunningNode { app, servers })
 }

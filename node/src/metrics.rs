@@ -38,6 +38,11 @@ struct FollowerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AnswerLabels {
+    answer: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
     state: String,
 }
@@ -155,11 +160,70 @@ impl RaftPathMetrics {
     }
 }
 
+/// How elections start on this node (`crate::prevote`): its PreVote rounds, the elections
+/// they led to, and its answers to its peers' questions. A node cut off from the others shows
+/// rounds but no granted rounds and no elections; the others show refusals.
+#[derive(Clone)]
+pub struct ElectionMetrics {
+    pub rounds: Counter,
+    pub rounds_granted: Counter,
+    pub elections: Counter,
+    answers: Family<AnswerLabels, Counter>,
+}
+
+impl Default for ElectionMetrics {
+    fn default() -> Self {
+        let m = ElectionMetrics {
+            rounds: Counter::default(),
+            rounds_granted: Counter::default(),
+            elections: Counter::default(),
+            answers: Family::default(),
+        };
+        // Both answers show from the start, at 0.
+        for answer in ["granted", "refused"] {
+            drop(m.answers.get_or_create(&AnswerLabels { answer }));
+        }
+        m
+    }
+}
+
+impl ElectionMetrics {
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "prevote_rounds",
+            "PreVote rounds this node started: it heard from no leader for an election timeout",
+            self.rounds.clone(),
+        );
+        r.register(
+            "prevote_rounds_granted",
+            "PreVote rounds of this node that a quorum of voters granted",
+            self.rounds_granted.clone(),
+        );
+        r.register(
+            "elections_started",
+            "Elections this node started (after a granted PreVote, or as the only voter)",
+            self.elections.clone(),
+        );
+        r.register(
+            "prevote_answers",
+            "This node's answers to its peers' PreVote questions, granted or refused",
+            self.answers.clone(),
+        );
+    }
+
+    /// This node answered a peer's PreVote.
+    pub fn answered(&self, granted: bool) {
+        let answer = if granted { "granted" } else { "refused" };
+        self.answers.get_or_create(&AnswerLabels { answer }).inc();
+    }
+}
+
 /// One registry per node; every handle is shared, so recording needs no lock.
 pub struct NodeMetrics {
     registry: Registry,
     pub http: HttpMetrics,
     pub raft_path: RaftPathMetrics,
+    pub elections: ElectionMetrics,
     batch_requests: Histogram,
     uniq_conflicts: Family<SetLabels, Counter>,
     term: Gauge,
@@ -185,6 +249,7 @@ impl NodeMetrics {
             registry: Registry::with_prefix("uniqlog"),
             http: HttpMetrics::default(),
             raft_path: RaftPathMetrics::default(),
+            elections: ElectionMetrics::default(),
             batch_requests: Histogram::new(exponential_buckets(1.0, 2.0, 9)),
             uniq_conflicts: Family::default(),
             term: Gauge::default(),
@@ -205,6 +270,7 @@ impl NodeMetrics {
         let r = &mut m.registry;
         m.http.register(r);
         m.raft_path.register(r);
+        m.elections.register(r);
         r.register(
             "append_batch_requests",
             "Client requests proposed together in one Raft entry (group commit)",

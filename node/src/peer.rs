@@ -1,5 +1,6 @@
 //! Peer RPC, both sides: the routes a node serves to its peers (Raft append-entries, vote,
-//! snapshot chunks, and the forwarding route) and the openraft network that calls them.
+//! PreVote (`crate::prevote`), snapshot chunks, and the forwarding route) and the openraft
+//! network that calls them.
 //!
 //! Raft RPC bodies, both ways, are the binary encoding of the log (`raft_store::codec`): an
 //! append-entries request carries entries the follower writes as they are, and decoding it
@@ -66,6 +67,7 @@ pub fn is_peer_path(path: &str) -> bool {
     [
         APPEND_PATH,
         VOTE_PATH,
+        crate::prevote::PREVOTE_PATH,
         SNAPSHOT_PATH,
         FORWARD_PATH,
         crate::removal::MEMBERSHIP_PATH,
@@ -79,6 +81,7 @@ pub fn peer_router(app: SharedApp) -> Router {
     Router::new()
         .route(APPEND_PATH, get(crate::append_link::open))
         .route(VOTE_PATH, post(vote))
+        .route(crate::prevote::PREVOTE_PATH, post(prevote))
         .route(SNAPSHOT_PATH, post(snapshot))
         .route(
             crate::routes::ui::STATUS_PATH,
@@ -167,6 +170,21 @@ async fn vote(State(app): State<SharedApp>, body: Bytes) -> Result<Response, Api
     Ok(rpc_answer(answer))
 }
 
+/// A PreVote question (`crate::prevote`): answered from this node's state, which it leaves
+/// as it is. A node whose Raft stopped answers 503, which the asker takes for a no.
+async fn prevote(State(app): State<SharedApp>, body: Bytes) -> Result<Response, ApiError> {
+    let req: crate::prevote::PreVoteRequest = parse_rpc(&body)?;
+    let answer = crate::prevote::answer(&app, &req)
+        .await
+        .map_err(|e| ApiError::unavailable(format!("Raft stopped: {e}")))?;
+    Ok((
+        StatusCode::OK,
+        [(axum::http::header::CONTENT_TYPE, RPC_CONTENT_TYPE)],
+        raft_store::codec::encode(&answer),
+    )
+        .into_response())
+}
+
 /// A snapshot chunk from the leader. openraft 0.9 writes a chunk at whatever offset it names
 /// within the stream of the same snapshot id, even past the bytes received so far. A chunk
 /// delayed in the network from an earlier attempt (say the last one, retried before this node
@@ -221,9 +239,14 @@ async fn snapshot(
     }
     let end = req.offset + req.data.len() as u64;
     let done = req.done;
+    let vote = req.vote;
     let started = Instant::now();
     let res = app.raft.install_snapshot(req).await;
     app.metrics.raft_path.handled("snapshot", started.elapsed());
+    // A leader's chunk accepted: contact, which openraft records only at the last chunk.
+    if matches!(&res, Ok(r) if vote.committed && vote >= r.vote) {
+        app.runtime.snapshot_contact.heard();
+    }
     *received = match (&res, done) {
         (Ok(_), false) => Some(SnapshotReceipt {
             id,

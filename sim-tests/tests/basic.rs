@@ -605,3 +605,96 @@ fn a_single_voter_and_its_learner_keep_every_acknowledged_write_through_power_cu
         judge("single_voter", seed, &history, &state, started);
     });
 }
+
+/// A counter of node `id`'s `/metrics` (0 while it is not there).
+async fn counter(cluster: &SimCluster, id: u64, name: &str) -> f64 {
+    let client = cluster.client();
+    let resp = cluster
+        .spawn_client(async move {
+            client
+                .send(id, api::HttpRequest::get("/metrics"), secs(5))
+                .await
+        })
+        .await
+        .unwrap()
+        .expect("/metrics answers");
+    let text = String::from_utf8_lossy(&resp.body);
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// PreVote (`node/src/prevote.rs`): a follower cut off from its peers (the clients still
+/// reach it) asks round after round and never raises its term; when the links heal, the
+/// leader keeps its place and its term. Without PreVote the follower's term grows every
+/// election timeout, and its first answer to the leader unseats it.
+#[test]
+fn a_cut_off_follower_comes_back_without_unseating_the_leader() {
+    sim_tests::run_seeded(5, || async {
+        let seed = madsim::runtime::Handle::current().seed();
+        let mut cluster = SimCluster::start(3);
+        cluster.cluster_init().await;
+        let leader = cluster.wait_for_leader().await;
+        let term = cluster.status(leader).await.unwrap().term;
+        let victim = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+        let rounds_before = counter(&cluster, victim, "uniqlog_prevote_rounds_total").await;
+
+        cluster.partition(&[victim]);
+        // Five rounds: at least five election timeouts without a leader.
+        let start = now_ms();
+        while counter(&cluster, victim, "uniqlog_prevote_rounds_total").await < rounds_before + 5.0
+        {
+            assert!(
+                now_ms() - start < 30_000,
+                "seed {seed}: node {victim} cut off started no five PreVote rounds in 30 s"
+            );
+            madsim::time::sleep(Duration::from_millis(200)).await;
+        }
+        let cut = cluster.status(victim).await.unwrap();
+        assert_eq!(
+            cut.term, term,
+            "seed {seed}: the cut-off node raised its term"
+        );
+        assert_eq!(
+            counter(&cluster, victim, "uniqlog_elections_started_total").await,
+            0.0,
+            "seed {seed}"
+        );
+        assert_eq!(cluster.status(leader).await.unwrap().term, term);
+
+        cluster.heal();
+        let start = now_ms();
+        loop {
+            let s = cluster.status(victim).await;
+            if s.is_ok_and(|s| s.leader == Some(leader) && s.term == term) {
+                break;
+            }
+            assert!(
+                now_ms() - start < 30_000,
+                "seed {seed}: node {victim} does not follow leader {leader} in term {term}: {}",
+                brief(&cluster.statuses().await)
+            );
+            madsim::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(cluster.wait_for_leader().await, leader, "seed {seed}");
+        let statuses = cluster.statuses().await;
+        for (id, s) in &statuses {
+            let s = s.as_ref().unwrap();
+            assert_eq!(
+                s.term,
+                term,
+                "seed {seed}: node {id} left the term:{}",
+                brief(&statuses)
+            );
+        }
+        let body = serde_json::json!({"events": [{"type": "t", "data": {"id": "after"}}]});
+        let outcome = cluster.append(victim, "prevote", &body).await;
+        assert!(
+            matches!(outcome, Outcome::Ok(_)),
+            "seed {seed}: {outcome:?}"
+        );
+        println!(
+            "sim prevote seed={seed}: node {victim} cut off, leader {leader} kept term {term}"
+        );
+    });
+}
