@@ -134,9 +134,10 @@ impl Seek for Cursor {
             SeekFrom::End(d) => (self.len()?, d),
             SeekFrom::Current(d) => (self.pos, d),
         };
-        self.pos = base.0.checked_add_signed(base.1).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, "seek before the start")
-        })?;
+        self.pos = base
+            .0
+            .checked_add_signed(base.1)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before the start"))?;
         Ok(self.pos)
     }
 }

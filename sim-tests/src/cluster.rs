@@ -348,12 +348,7 @@ impl SimCluster {
         let text = config_text_of(&ids, &self.extra_config);
         let config = Config::parse(&text, Path::new("<sim>"), Path::new("/"))
             .unwrap_or_else(|e| panic!("the config of new node {id} is invalid: {e}\n{text}"));
-        let node = spawn_node(
-            &self.runtime,
-            Arc::new(config),
-            id,
-            &self.net,
-        );
+        let node = spawn_node(&self.runtime, Arc::new(config), id, &self.net);
         self.epochs.add(id, node.epoch.clone());
         self.nodes.insert(id, node);
         tracing::info!(id, "started a new node");
@@ -860,12 +855,7 @@ fn skew_clock(handle: &NodeHandle) {
     );
 }
 
-fn spawn_node(
-    runtime: &Handle,
-    config: Arc<Config>,
-    id: NodeId,
-    net: &NetFaults,
-) -> SimNode {
+fn spawn_node(runtime: &Handle, config: Arc<Config>, id: NodeId, net: &NetFaults) -> SimNode {
     let disk = SimFolder::new(format!("node{id}-log"));
     let state_disk = SimDisk::new(format!("node{id}-state"));
     let snapshots = SimFolder::new(format!("node{id}-snapshots"));

@@ -333,11 +333,12 @@ impl SimConsumers {
                 let mut checkpoint = None;
                 if mail {
                     // Bounded: under a partition no node may answer (then nothing is checked).
-                    checkpoint = madsim::time::timeout(Duration::from_secs(3), (self.mail_checkpoint)())
-                        .await
-                        .ok()
-                        .and_then(Result::ok)
-                        .flatten();
+                    checkpoint =
+                        madsim::time::timeout(Duration::from_secs(3), (self.mail_checkpoint)())
+                            .await
+                            .ok()
+                            .and_then(Result::ok)
+                            .flatten();
                     self.kill_mail();
                 } else {
                     self.kill_query();

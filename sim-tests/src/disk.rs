@@ -553,9 +553,17 @@ mod tests {
         let h = disk.open();
         let mut file = vec![0u8; 4 * SECTOR];
         h.read(0, &mut file).unwrap();
-        assert_eq!(&file[..SECTOR], &[9; SECTOR][..], "write 1 vanished: the synced bytes");
+        assert_eq!(
+            &file[..SECTOR],
+            &[9; SECTOR][..],
+            "write 1 vanished: the synced bytes"
+        );
         assert_eq!(&file[SECTOR..2 * SECTOR], &[2; SECTOR][..]);
-        assert_eq!(&file[2 * SECTOR..3 * SECTOR], &[0; SECTOR][..], "grown, not written");
+        assert_eq!(
+            &file[2 * SECTOR..3 * SECTOR],
+            &[0; SECTOR][..],
+            "grown, not written"
+        );
         assert_eq!(&file[3 * SECTOR..], &[3; SECTOR][..]);
     }
 
@@ -572,7 +580,11 @@ mod tests {
         assert_eq!(h.len().unwrap(), SECTOR as u64);
         let mut file = vec![0u8; SECTOR];
         h.read(0, &mut file).unwrap();
-        assert_eq!(file, vec![1; SECTOR], "the part within the old length landed");
+        assert_eq!(
+            file,
+            vec![1; SECTOR],
+            "the part within the old length landed"
+        );
     }
 
     #[test]

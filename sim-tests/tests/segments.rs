@@ -153,13 +153,11 @@ fn run(folder: &SimFolder, cut_at: usize, cut: Cut, seed: u64) -> Outcome {
 #[test]
 fn a_power_cut_at_every_write_loses_only_what_was_not_acknowledged() {
     // A scrambled cut draws many fates for the same writes: several seeds per step.
-    let runs = [
-        (Cut::FailingSyncs, 1),
-        (Cut::Torn, 1),
-        (Cut::Scrambled, 8),
-    ];
+    let runs = [(Cut::FailingSyncs, 1), (Cut::Torn, 1), (Cut::Scrambled, 8)];
     for (cut, seeds) in runs {
-        for (cut_at, seed) in (1..60).flat_map(|c| (0..seeds).map(move |s| (c, c as u64 + 1000 * s))) {
+        for (cut_at, seed) in
+            (1..60).flat_map(|c| (0..seeds).map(move |s| (c, c as u64 + 1000 * s)))
+        {
             let folder = SimFolder::new("log");
             let out = run(&folder, cut_at, cut, seed);
             folder.crash();

@@ -499,7 +499,10 @@ mod tests {
         c.duplicates = 3;
         let found = run(&c);
         assert_eq!(found.len(), 1, "{found:?}");
-        assert!(found[0].1.contains("users:0 sent again after a restart"), "{found:?}");
+        assert!(
+            found[0].1.contains("users:0 sent again after a restart"),
+            "{found:?}"
+        );
     }
 
     #[test]
