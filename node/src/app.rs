@@ -539,6 +539,11 @@ impl App {
         if self.log_durable.has_failed() {
             return Some("writing the Raft log failed; restart the node".into());
         }
+        // A failed checkpoint reaches openraft only with the next apply, which a follower may
+        // not have for a while.
+        if let Some(failed) = self.reader.state_file_failed() {
+            return Some(failed);
+        }
         self.raft
             .metrics()
             .borrow()

@@ -81,6 +81,16 @@ impl StateReader {
         self.damage.found()
     }
 
+    /// Why the state file can no longer be written, if a background checkpoint failed: such a
+    /// node must stop. Apply refuses to go on once one failed, but a follower that applies
+    /// nothing for a while (catching up by snapshot, or idle) would not learn of it from
+    /// apply, and would keep serving on a file that stopped keeping up.
+    pub fn state_file_failed(&self) -> Option<String> {
+        self.live
+            .failure()
+            .map(|e| format!("writing the state file failed ({e}); restart the node"))
+    }
+
     /// A receiver that changes whenever entries are applied (value: last applied index).
     pub fn applied_watch(&self) -> watch::Receiver<u64> {
         self.applied.clone()
@@ -376,6 +386,26 @@ impl StateReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A failed background checkpoint is reported at once, not only to the next apply: the
+    /// node stops on it (`App::fatal`) even when it applies nothing more.
+    #[test]
+    fn a_failed_checkpoint_is_reported_without_an_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = crate::Storage::open(dir.path()).unwrap();
+        let reader = storage.reader.clone();
+        assert_eq!(reader.state_file_failed(), None);
+        let injected = std::io::Error::other("sync_data failed (injected)");
+        storage
+            .state_machine
+            .live
+            .failed(StoreError::from(injected));
+        let failed = reader.state_file_failed().expect("reported");
+        assert!(
+            failed.contains("injected") && failed.contains("restart"),
+            "{failed}"
+        );
+    }
 
     /// An archived event whose checksum fails is never served: the read fails naming the record,
     /// and the damage is recorded for the node to stop on.

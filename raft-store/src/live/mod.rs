@@ -238,6 +238,11 @@ impl LiveState {
         lock(&self.failed).get_or_insert(e.to_string());
     }
 
+    /// The failure of a background checkpoint, if one failed.
+    pub(crate) fn failure(&self) -> Option<String> {
+        lock(&self.failed).clone()
+    }
+
     fn read_layers(&self) -> RwLockReadGuard<'_, Layers> {
         self.layers.read().unwrap_or_else(PoisonError::into_inner)
     }
