@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use api::checkpoints::Report;
-use api::client::Client;
-use api::wire::{AppendBody, EventBody};
+use api::client::{Client, ClientError};
+use api::wire::{AppendBody, EventBody, ExpectedVersion};
 use api::Transport;
 use tokio::time::Instant;
 
@@ -32,6 +32,12 @@ pub struct CheckpointReporter {
     /// Report the position again after this long without a report, moved or not: a sign of
     /// life (the nodes refuse to queue an activation email when the mail consumer is silent).
     heartbeat: Option<Duration>,
+    /// The length of this consumer's stream in `__checkpoints` as last seen (`None`: not
+    /// known yet). Every report expects it, so a report that arrives late (a slow forward, or
+    /// one whose answer was lost and that was sent again elsewhere) is refused instead of
+    /// landing after a newer one and moving the checkpoint back: a consumer resuming from it
+    /// would send again what it had handled.
+    version: Option<u64>,
 }
 
 impl CheckpointReporter {
@@ -56,6 +62,7 @@ impl CheckpointReporter {
             breaker: None,
             reported_breaker: None,
             heartbeat: None,
+            version: None,
         }
     }
 
@@ -111,24 +118,41 @@ impl CheckpointReporter {
             return;
         }
         let stream = api::checkpoints::stream_of(&self.consumer);
-        let body = AppendBody::of(vec![EventBody::new(
+        let mut body = AppendBody::of(vec![EventBody::new(
             api::checkpoints::EVENT,
             Some(&stream),
             &report,
         )]);
-        for addr in &self.nodes {
+        let (mut node, mut conflicts) = (0, 0);
+        while let Some(addr) = self.nodes.get(node) {
+            let expected = self.version.unwrap_or(0);
+            body.expected_version = [(stream.clone(), ExpectedVersion::Exact(expected))].into();
             match self
                 .client
                 .append(addr, TOPIC, &body, Duration::from_secs(5))
                 .await
             {
                 Ok(_) => {
+                    self.version = Some(expected + 1);
                     self.reported = Some(offset);
                     self.reported_breaker = self.breaker;
                     self.last_report = Some(Instant::now());
                     return;
                 }
-                Err(e) => tracing::debug!(addr = %addr, error = %e, "checkpoint report failed"),
+                // The stream moved since this reporter looked (at its start; or a report of
+                // its own whose answer was lost landed after all): follow it and send again.
+                Err(ClientError::Refused {
+                    status: 409,
+                    body: e,
+                    ..
+                }) if e.error == "version_conflict" && conflicts < 3 => {
+                    conflicts += 1;
+                    self.version = e.details.get("actual").and_then(serde_json::Value::as_u64);
+                }
+                Err(e) => {
+                    tracing::debug!(addr = %addr, error = %e, "checkpoint report failed");
+                    node += 1;
+                }
             }
         }
         self.last_report = Some(Instant::now());
