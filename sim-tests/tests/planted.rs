@@ -161,18 +161,6 @@ const PROJECTION_OUTSIDE_TXN: Case = Case {
     checkers: &["projection"],
 };
 
-/// The mail consumer resumes one checkpoint interval before the checkpoint it read: after a
-/// restart it resends emails of events it had handled and reported. The resend count stays
-/// within kills x interval + timeouts, so only the per-restart check catches it (`mail`: a
-/// resend after a restart for an event behind the checkpoint committed before the kill); 10
-/// of seeds 1..=10 on 2026-12-07, the count bound in none of them.
-const MAIL_RESUME_BEHIND: Case = Case {
-    bug: "mail-resume-behind",
-    seeds: 3,
-    flags: &[],
-    checkers: &["mail"],
-};
-
 /// A built snapshot is renamed into place without its `fdatasync`; openraft then purges the
 /// log it covers, and a power cut or crash leaves the node a `current.snap` whose bytes never
 /// reached the disk, and no log behind it. Caught by `damage` (the node refuses its own
@@ -338,11 +326,6 @@ fn mail_checkpoint_before_send_is_caught() {
 #[test]
 fn projection_outside_txn_is_caught() {
     assert_caught(&PROJECTION_OUTSIDE_TXN);
-}
-
-#[test]
-fn mail_resume_behind_is_caught() {
-    assert_caught(&MAIL_RESUME_BEHIND);
 }
 
 #[test]
