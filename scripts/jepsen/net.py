@@ -201,15 +201,15 @@ class Net:
             } if groups else set()
         self.apply()
 
-    def bridge(self, a, b, middle):
-        """Groups `a` and `b` cannot hear each other; `middle` hears and is heard by both."""
+    def bridge(self, a, b):
+        """Groups `a` and `b` cannot hear each other; a node in neither hears and is heard by
+        both (the bridge)."""
         for j in range(1, self.n + 1):
             self.blocked[j] = set()
         for x in a:
             for y in b:
                 self.blocked[x].add(y)
                 self.blocked[y].add(x)
-        del middle
         self.apply()
 
     def heal(self):

@@ -342,7 +342,7 @@ class Nemesis:
     def bridge(self):
         a, mid, b = self.rng.sample(range(1, N + 1), 3)
         self.log(f"bridge: {a} and {b} cannot hear each other, {mid} hears both")
-        self.net.bridge([a], [b], [mid])
+        self.net.bridge([a], [b])
         time.sleep(self.s)
         self.rest()
 

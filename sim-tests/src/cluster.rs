@@ -444,27 +444,6 @@ impl SimCluster {
         self.client_node.spawn(f)
     }
 
-    /// The mail consumer's committed checkpoint (a linearizable read from any node that
-    /// answers), as a future that does not borrow the cluster: the consumers' nemesis reads it
-    /// before each kill while the cluster's own nemesis holds the cluster.
-    pub fn mail_checkpoint_probe(
-        &self,
-    ) -> impl Fn() -> madsim::task::JoinHandle<Option<u64>> + Send + Sync + 'static {
-        let (client, node) = (self.client.clone(), self.client_node.clone());
-        let ids: Vec<NodeId> = (1..=self.config.nodes.len() as u64 + SPARE_IDS).collect();
-        move || {
-            let (client, ids) = (client.clone(), ids.clone());
-            node.spawn(async move {
-                for id in ids {
-                    if let Ok(Some(c)) = client.checkpoint(id, "mail").await {
-                        return Some(c.offset);
-                    }
-                }
-                None
-            })
-        }
-    }
-
     async fn on_client<T: Send + 'static>(&self, f: impl Future<Output = T> + Send + 'static) -> T {
         self.client_node
             .spawn(f)

@@ -43,13 +43,6 @@ pub struct ConsumerState {
     pub parked: BTreeSet<String>,
     /// Kills of the mail consumer during the run.
     pub mail_kills: u64,
-    /// Per restart of the mail consumer: the provider's request count when it restarted, and
-    /// the checkpoint committed before the kill (`None`: no node answered in time). Recorded
-    /// for a per-restart check (no resend behind that checkpoint) that is not on yet: it
-    /// failed seeds 67,235,559 and 1,728 without a planted bug (sim-tests/STATUS.md).
-    pub mail_restarts: Vec<(u64, Option<u64>)>,
-    /// Every duplicate the provider accepted: the number of requests before it, and its key.
-    pub resent: Vec<(u64, String)>,
     /// `[mail] checkpoint_every_events`.
     pub checkpoint_every_events: u64,
     /// Provider calls the mail consumer gave up on after its timeout.
@@ -325,8 +318,6 @@ mod tests {
             duplicates: 0,
             parked: BTreeSet::new(),
             mail_kills: 0,
-            mail_restarts: Vec::new(),
-            resent: Vec::new(),
             checkpoint_every_events: 3,
             timeouts: 0,
         }
