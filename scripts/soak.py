@@ -7,7 +7,9 @@ node killed (kill -9) every few minutes and started again by `cluster up`.
 The load is `uniqlog bench` in one-minute rounds at half the peak a short closed-loop bench
 measures first (or --rate), each round read back: events acknowledged but missing (lost),
 present twice (duplicated) or never sent (phantom) must all be 0. Per minute it prints the
-round's p99 and each node's RSS; at the end the consumers' lag, and a JSON summary. Exits 1
+round's p99, the writes acknowledged so far and each node's RSS; at the end the consumers' lag,
+the RSS of the largest node before and after a restart on the same data (growth that a restart
+keeps is the state's; growth it sheds was not), and a JSON summary. Exits 1
 if anything was lost, duplicated or phantom. Ports are chosen free at start; everything runs
 under a temporary directory, removed at the end with every process it started.
 """
@@ -92,6 +94,30 @@ def rss_mib(pid):
     return None
 
 
+def applied(addr):
+    """The applied index `/ready` reports, or None while the node is not ready."""
+    try:
+        return get(f"http://{addr}/ready").get("applied_index")
+    except Exception:
+        return None
+
+
+def restarted_rss(config, addrs, victim, within=180):
+    """Kill -9 node `victim` (`cluster up` starts it again), wait until it has applied what the
+    others had, and return its RSS then."""
+    others = [a for i, a in enumerate(addrs, 1) if i != victim]
+    target = max(applied(a) or 0 for a in others)
+    old = node_pids(config)[victim]
+    os.kill(old, signal.SIGKILL)
+    deadline = time.time() + within
+    while time.time() < deadline:
+        pid = node_pids(config).get(victim)
+        if pid and pid != old and (applied(addrs[victim - 1]) or 0) >= target:
+            return rss_mib(pid)
+        time.sleep(0.5)
+    return None
+
+
 def bench(binary, config, seconds, rate, clients, seed, extra=()):
     cmd = [str(binary), "bench", "--config", str(config), "--json", "--max-seconds",
            str(seconds), "--requests", "100000000", "--clients", str(clients),
@@ -143,20 +169,28 @@ def main():
         t0 = time.time()
         threading.Thread(target=killer, daemon=True).start()
         rounds = []
-        print("minute  ops/s   p99 ms  errors  lost dup phantom  RSS MiB (node 1, 2, 3)")
+        print("minute  ops/s   p99 ms  errors  lost dup phantom   writes  RSS MiB (node 1, 2, 3)")
+        writes = 0
         for minute in range(1, args.minutes + 1):
             r = bench(binary, config, 60, rate, 64, 100 + minute)
             v = r.get("verify") or {}
             rss = {i: rss_mib(p) for i, p in sorted(node_pids(config).items())}
+            writes += r["requests"] - r["errors"]
             row = {"minute": minute, "ops_per_s": r["ops_per_s"], "p99_ms": r["p99_ms"],
                    "errors": r["errors"], "lost": v.get("missing_emails"),
                    "duplicated": v.get("duplicated_emails"),
-                   "phantom": v.get("phantom_emails"), "rss_mib": rss}
+                   "phantom": v.get("phantom_emails"), "writes": writes, "rss_mib": rss}
             rounds.append(row)
             print(f"{minute:6d} {r['ops_per_s']:7.0f} {r['p99_ms']:8.1f} {r['errors']:7d}"
-                  f"  {row['lost']:4} {row['duplicated']:3} {row['phantom']:7}  "
+                  f"  {row['lost']:4} {row['duplicated']:3} {row['phantom']:7} {writes:8d}  "
                   f"{', '.join(str(rss.get(i)) for i in (1, 2, 3))}", flush=True)
         stop.set()
+        rss = {i: rss_mib(p) for i, p in sorted(node_pids(config).items())}
+        victim = max(rss, key=lambda i: rss[i] or 0)
+        restart = {"node": victim, "rss_mib_before": rss[victim],
+                   "rss_mib_after_restart": restarted_rss(config, addrs, victim)}
+        print(f"node {victim}: {restart['rss_mib_before']} MiB before a restart, "
+              f"{restart['rss_mib_after_restart']} MiB after it, caught up", flush=True)
         consumers = {}
         for name, port in (("query", ports.get("7101")), ("mail", ports.get("7102"))):
             try:
@@ -166,7 +200,7 @@ def main():
         bad = sum((r["lost"] or 0) + (r["duplicated"] or 0) + (r["phantom"] or 0)
                   for r in rounds)
         summary = {"minutes": args.minutes, "rate": rate, "peak_ops_per_s": peak["ops_per_s"],
-                   "kills": kills, "rounds": rounds, "consumers": consumers,
+                   "kills": kills, "rounds": rounds, "restart": restart, "consumers": consumers,
                    "lost_duplicated_phantom": bad}
         print("consumers at the end:", json.dumps(consumers))
         print("SOAK " + json.dumps(summary))

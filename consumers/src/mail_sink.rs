@@ -50,6 +50,8 @@ struct Sink {
     order: Vec<String>,
     duplicates: u64,
     requests: u64,
+    /// Each duplicate's key, with how many requests had arrived before it.
+    resent: Vec<(u64, String)>,
 }
 
 #[derive(Clone, Default)]
@@ -103,6 +105,17 @@ impl MailSink {
         (messages, s.duplicates)
     }
 
+    /// Requests received so far (whatever their answer): a mark in the arrival order.
+    pub fn requests(&self) -> u64 {
+        self.inner.lock().expect("sink lock").requests
+    }
+
+    /// Every duplicate accepted, in arrival order: its key and the number of requests that
+    /// arrived before it (comparable with [`MailSink::requests`] taken earlier).
+    pub fn resent(&self) -> Vec<(u64, String)> {
+        self.inner.lock().expect("sink lock").resent.clone()
+    }
+
     pub fn router(&self) -> Router {
         Router::new()
             .route("/send", post(send))
@@ -153,6 +166,8 @@ async fn send(
             // Recorded now, answered after the delay: a slow provider still delivers.
             if s.messages.contains_key(&key) {
                 s.duplicates += 1;
+                let before = s.requests - 1;
+                s.resent.push((before, key.clone()));
             } else {
                 s.order.push(key.clone());
                 let m = Message {

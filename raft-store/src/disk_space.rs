@@ -19,10 +19,40 @@ const MEASURE_EVERY: Duration = Duration::from_millis(100);
 /// A node's disk, as far as writes care. Cheap to clone: clones share the last measure.
 #[derive(Debug, Clone)]
 pub struct DiskSpace {
-    /// `None`: a disk that never fills (the simulator's, whose space is not modelled).
-    dir: Option<PathBuf>,
+    source: Source,
     /// When free space and snapshot size were last read, and what they were.
     last: Arc<Mutex<Option<Measure>>>,
+}
+
+/// Where free space is read from.
+#[derive(Clone)]
+enum Source {
+    /// A disk that never fills (tests over disks whose space is not modelled).
+    Unlimited,
+    /// The file system holding this data dir (`statvfs`).
+    Dir(PathBuf),
+    /// Disks that are not the file system's: the simulator's, whose capacity it sets.
+    Probe(Arc<dyn SpaceProbe>),
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Unlimited => f.write_str("Unlimited"),
+            Source::Dir(dir) => write!(f, "Dir({})", dir.display()),
+            Source::Probe(p) => write!(f, "Probe({})", p.describe()),
+        }
+    }
+}
+
+/// Free space of disks the node does not reach through the file system.
+pub trait SpaceProbe: Send + Sync + 'static {
+    /// Bytes that may still be written; `None` when unknown (writes then go through).
+    fn free(&self) -> Option<u64>;
+    /// Size of the current snapshot (the next one needs about as much).
+    fn snapshot_len(&self) -> u64;
+    /// The disk, for messages.
+    fn describe(&self) -> String;
 }
 
 /// A reading and when it was taken; `None` when the free space could not be read.
@@ -57,15 +87,21 @@ impl std::fmt::Display for LowDisk {
 
 impl DiskSpace {
     pub(crate) fn at(dir: &Path) -> Self {
-        DiskSpace {
-            dir: Some(dir.to_path_buf()),
-            last: Arc::default(),
-        }
+        Self::of(Source::Dir(dir.to_path_buf()))
     }
 
     pub(crate) fn unlimited() -> Self {
+        Self::of(Source::Unlimited)
+    }
+
+    /// Free space as `probe` reports it.
+    pub fn probe(probe: Arc<dyn SpaceProbe>) -> Self {
+        Self::of(Source::Probe(probe))
+    }
+
+    fn of(source: Source) -> Self {
         DiskSpace {
-            dir: None,
+            source,
             last: Arc::default(),
         }
     }
@@ -73,7 +109,7 @@ impl DiskSpace {
     /// Free space and snapshot size, read at most every [`MEASURE_EVERY`] while they allow
     /// writes under `min_free`; a reading that refused them is never reused, so writes resume
     /// as soon as space is freed. `None` when the free space cannot be read.
-    fn measure(&self, dir: &Path, min_free: u64) -> Option<Space> {
+    fn measure(&self, min_free: u64) -> Option<Space> {
         let mut last = self.last.lock().expect("disk space lock");
         if let Some((at, space)) = *last {
             let allowed = space.is_none_or(|s| s.free >= min_free.saturating_add(s.snapshot));
@@ -81,10 +117,18 @@ impl DiskSpace {
                 return space;
             }
         }
-        let space = free_bytes(dir).map(|free| Space {
-            free,
-            snapshot: std::fs::metadata(crate::snapshot::current_path(dir)).map_or(0, |m| m.len()),
-        });
+        let space = match &self.source {
+            Source::Unlimited => None,
+            Source::Dir(dir) => free_bytes(dir).map(|free| Space {
+                free,
+                snapshot: std::fs::metadata(crate::snapshot::current_path(dir))
+                    .map_or(0, |m| m.len()),
+            }),
+            Source::Probe(probe) => probe.free().map(|free| Space {
+                free,
+                snapshot: probe.snapshot_len(),
+            }),
+        };
         *last = Some((Instant::now(), space));
         space
     }
@@ -93,16 +137,20 @@ impl DiskSpace {
     /// current snapshot, as last measured. An error reading the free space lets writes
     /// through: the commit itself then reports what is wrong with the disk.
     pub fn check(&self, min_free: u64) -> Result<(), LowDisk> {
-        let Some(dir) = &self.dir else {
+        if matches!(self.source, Source::Unlimited) {
             return Ok(());
-        };
-        let Some(Space { free, snapshot }) = self.measure(dir, min_free) else {
+        }
+        let Some(Space { free, snapshot }) = self.measure(min_free) else {
             return Ok(());
         };
         let needed = min_free.saturating_add(snapshot);
         if free < needed {
             return Err(LowDisk {
-                dir: dir.clone(),
+                dir: match &self.source {
+                    Source::Dir(dir) => dir.clone(),
+                    Source::Probe(probe) => PathBuf::from(probe.describe()),
+                    Source::Unlimited => PathBuf::new(),
+                },
                 free,
                 needed,
             });

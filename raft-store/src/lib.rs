@@ -47,7 +47,7 @@ use tokio::sync::watch;
 pub use apply::RulesState;
 pub use backup::{restore, verify_backup, BackupFile, BackupInfo, BackupKey};
 pub use damage::Damage;
-pub use disk_space::{DiskSpace, LowDisk};
+pub use disk_space::{DiskSpace, LowDisk, SpaceProbe};
 pub use error::StoreError;
 pub use idempotency::Record as IdempotencyRecord;
 pub use local_durable::LocalDurable;
@@ -76,6 +76,8 @@ pub const LEGACY_LOG_FILE: &str = "raft-log.redb";
 
 /// The folder of a node's snapshot files inside its data dir.
 pub const SNAPSHOT_DIR: &str = "snapshots";
+/// The current snapshot's file in [`SNAPSHOT_DIR`].
+pub const SNAPSHOT_FILE: &str = "current.snap";
 
 /// redb's page cache of the state file. redb's default (1 GiB per file) would let a node's memory
 /// grow with its data for a long time.

@@ -50,7 +50,7 @@ const FORMAT_V3: u8 = 3;
 const END_TAG: u8 = 0xFF;
 /// No key or value of a state-machine row is this large.
 const RECORD_BYTES_MAX: usize = 64 * 1024 * 1024;
-const CURRENT: &str = "current.snap";
+const CURRENT: &str = crate::SNAPSHOT_FILE;
 
 /// The current snapshot file of the node whose data dir is `data_dir`.
 pub(crate) fn current_path(data_dir: &Path) -> PathBuf {
@@ -333,25 +333,43 @@ impl SnapshotDir {
         meta: &Meta,
     ) -> Result<(), StoreError> {
         let tmp = self.temp_name("build");
-        let mut w = BufWriter::new(Cursor::new(self.disk.open(&tmp, true)?));
-        write_snapshot(txn, entries, meta, &mut w)?;
-        let file = w.into_inner().map_err(|e| e.into_error())?;
-        #[cfg(madsim)]
-        let planted = crate::planted::is(crate::planted::Bug::SnapshotNotSynced);
-        #[cfg(not(madsim))]
-        let planted = false;
-        if !planted {
-            file.sync_data()?;
-        }
+        self.removed_on_error(&tmp, || {
+            let mut w = BufWriter::new(Cursor::new(self.disk.open(&tmp, true)?));
+            write_snapshot(txn, entries, meta, &mut w)?;
+            let file = w.into_inner().map_err(|e| e.into_error())?;
+            #[cfg(madsim)]
+            let planted = crate::planted::is(crate::planted::Bug::SnapshotNotSynced);
+            #[cfg(not(madsim))]
+            let planted = false;
+            if !planted {
+                file.sync_data()?;
+            }
+            Ok(())
+        })?;
         self.publish(&tmp, meta)
+    }
+
+    /// Run `write` of the temporary `tmp`; if it fails, remove `tmp` (best effort): a build
+    /// that failed on a full disk must not keep the space it took until the next restart.
+    fn removed_on_error(
+        &self,
+        tmp: &str,
+        write: impl FnOnce() -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        write().inspect_err(|_| {
+            let _ = self.disk.remove(tmp);
+        })
     }
 
     /// Copy a received (and installed) snapshot into place as the current one.
     pub(crate) fn keep(&self, data: &mut SnapshotFile, meta: &Meta) -> Result<(), StoreError> {
         let tmp = self.temp_name("keep");
-        let mut out = Cursor::new(self.disk.open(&tmp, true)?);
-        io::copy(data.rewound()?, &mut out)?;
-        out.sync_data()?;
+        self.removed_on_error(&tmp, || {
+            let mut out = Cursor::new(self.disk.open(&tmp, true)?);
+            io::copy(data.rewound()?, &mut out)?;
+            out.sync_data()?;
+            Ok(())
+        })?;
         self.publish(&tmp, meta)
     }
 

@@ -30,6 +30,7 @@ use crate::disk::{Faults, SimDisk};
 use crate::folder::SimFolder;
 use crate::history::{Created, FinalState, NodeId, Outcome, Owner};
 use crate::net_faults::{FaultyTransport, NetFaults};
+use crate::space::Space;
 
 pub const PORT: u16 = 7001;
 /// Ids a run may give to nodes it adds (membership churn) after its first `n`; a consumer's
@@ -51,11 +52,17 @@ install_snapshot_timeout_ms = 2000
 append_entries_max = 64
 "#;
 
-/// Client limits for simulation: writes give up after 5 s.
+/// Client limits for simulation: writes give up after 5 s; writes are refused with less than
+/// 64 KiB free (a full disk, `FaultKind::DiskFull`, sets limits near that on disks a few
+/// hundred KiB large).
 pub const SIM_LIMITS: &str = r#"
 [limits]
 request_timeout_ms = 5000
+disk_free_min_bytes = 65536
 "#;
+
+/// `disk_free_min_bytes` of [`SIM_LIMITS`].
+pub const SIM_DISK_FREE_MIN: u64 = 65536;
 
 /// The cluster secret every simulated node presents on peer RPC.
 pub const SIM_CLUSTER_SECRET: &str = "sim-cluster-secret";
@@ -154,6 +161,8 @@ struct SimNode {
     state_disk: SimDisk,
     /// The snapshot folder (`current.snap` and the temporaries of builds and transfers).
     snapshots: SimFolder,
+    /// The capacity the three share, as one file system.
+    space: Space,
     up: bool,
     paused: bool,
     /// Bumped on every kill: a status read is only trusted if the epoch did not change
@@ -412,6 +421,11 @@ impl SimCluster {
         self.node(id).up
     }
 
+    /// The disk capacity node `id`'s three disks share.
+    pub fn space(&self, id: NodeId) -> &Space {
+        &self.node(id).space
+    }
+
     /// The folder of node `id`'s Raft log.
     pub fn disk(&self, id: NodeId) -> &SimFolder {
         &self.node(id).disk
@@ -442,6 +456,27 @@ impl SimCluster {
         F::Output: Send + 'static,
     {
         self.client_node.spawn(f)
+    }
+
+    /// The mail consumer's committed checkpoint (a linearizable read from any node that
+    /// answers), as a future that does not borrow the cluster: the consumers' nemesis reads it
+    /// before each kill while the cluster's own nemesis holds the cluster.
+    pub fn mail_checkpoint_probe(
+        &self,
+    ) -> impl Fn() -> madsim::task::JoinHandle<Option<u64>> + Send + Sync + 'static {
+        let (client, node) = (self.client.clone(), self.client_node.clone());
+        let ids: Vec<NodeId> = (1..=self.config.nodes.len() as u64 + SPARE_IDS).collect();
+        move || {
+            let (client, ids) = (client.clone(), ids.clone());
+            node.spawn(async move {
+                for id in ids {
+                    if let Ok(Some(c)) = client.checkpoint(id, "mail").await {
+                        return Some(c.offset);
+                    }
+                }
+                None
+            })
+        }
     }
 
     async fn on_client<T: Send + 'static>(&self, f: impl Future<Output = T> + Send + 'static) -> T {
@@ -835,16 +870,22 @@ fn skew_clock(handle: &NodeHandle) {
 }
 
 fn spawn_node(runtime: &Handle, config: Arc<Config>, id: NodeId, net: &NetFaults) -> SimNode {
-    let disk = SimFolder::new(format!("node{id}-log"));
-    let state_disk = SimDisk::new(format!("node{id}-state"));
-    let snapshots = SimFolder::new(format!("node{id}-snapshots"));
+    let space = Space::new();
+    let disk = SimFolder::new(format!("node{id}-log")).with_space(&space);
+    let state_disk = SimDisk::new(format!("node{id}-state")).with_space(&space);
+    let snapshots = SimFolder::new(format!("node{id}-snapshots")).with_space(&space);
     let damaged = Arc::new(std::sync::Mutex::new(None));
     let handle = runtime
         .create_node()
         .name(format!("node{id}"))
         .ip(IpAddr::V4(node_ip(id)))
         .init({
-            let disks = (disk.clone(), state_disk.clone(), snapshots.clone());
+            let disks = (
+                disk.clone(),
+                state_disk.clone(),
+                snapshots.clone(),
+                space.clone(),
+            );
             let net = net.clone();
             let damaged = damaged.clone();
             move || {
@@ -864,6 +905,7 @@ fn spawn_node(runtime: &Handle, config: Arc<Config>, id: NodeId, net: &NetFaults
         disk,
         state_disk,
         snapshots,
+        space,
         up: true,
         paused: false,
         epoch: Arc::new(AtomicU64::new(0)),
@@ -876,11 +918,12 @@ fn spawn_node(runtime: &Handle, config: Arc<Config>, id: NodeId, net: &NetFaults
 async fn run_node(
     config: Arc<Config>,
     id: NodeId,
-    (log_disk, state_disk, snapshots): (SimFolder, SimDisk, SimFolder),
+    (log_disk, state_disk, snapshots, space): (SimFolder, SimDisk, SimFolder, Space),
     net: NetFaults,
     damaged: Arc<std::sync::Mutex<Option<String>>>,
 ) {
-    let storage = match Storage::open_with(log_disk.open(), state_disk.open(), snapshots.open()) {
+    let mut storage = match Storage::open_with(log_disk.open(), state_disk.open(), snapshots.open())
+    {
         Ok(storage) => storage,
         // As the binary does: refuse to start, and wait for the operator (the nemesis) to
         // replace the node.
@@ -897,6 +940,12 @@ async fn run_node(
     // and restarts re-apply a few entries or a few hundred.
     let seed = madsim::runtime::Handle::current().seed();
     storage.checkpoint_every([4, 32, 256][((seed + id) % 3) as usize]);
+    // The node measures the free space of the disks it writes, as `statvfs` on a machine.
+    storage.disk = raft_store::DiskSpace::probe(Arc::new(crate::space::Probe {
+        space,
+        snapshot_len: Box::new(move || snapshots.file_len(raft_store::SNAPSHOT_FILE)),
+        name: format!("node{id}'s disk"),
+    }));
     let damage = storage.damage.clone();
     let transport: Arc<dyn Transport> = Arc::new(FaultyTransport::new(net));
     let node = uniqlog_node::start(&config, id, storage, transport)

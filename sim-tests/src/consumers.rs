@@ -102,6 +102,10 @@ pub struct SimConsumers {
     sink: MailSink,
     _sink_node: NodeHandle,
     mail_kills: u64,
+    /// Per restart of the mail consumer: the provider's request count when it restarted, and
+    /// the checkpoint committed before it was killed (`None`: no node answered).
+    mail_restarts: Vec<(u64, Option<u64>)>,
+    mail_checkpoint: Box<dyn Fn() -> madsim::task::JoinHandle<Option<u64>> + Send + Sync>,
     query_kills: u64,
     provider_episodes: u64,
     max_lag: Arc<AtomicU64>,
@@ -259,6 +263,8 @@ impl SimConsumers {
             sink,
             _sink_node: sink_node,
             mail_kills: 0,
+            mail_restarts: Vec::new(),
+            mail_checkpoint: Box::new(cluster.mail_checkpoint_probe()),
             query_kills: 0,
             provider_episodes: 0,
             max_lag,
@@ -288,8 +294,12 @@ impl SimConsumers {
         self.query_up = true;
     }
 
-    fn restart_mail(&mut self) {
+    /// Restart the mail consumer, noting where the provider's arrivals stood and what
+    /// checkpoint was committed before the kill (`before`): from here on, no email of an event
+    /// before that checkpoint may be sent again.
+    fn restart_mail(&mut self, before: Option<u64>) {
         assert!(!self.mail_up);
+        self.mail_restarts.push((self.sink.requests(), before));
         self.runtime.restart(self.mail.id());
         self.mail_up = true;
     }
@@ -320,14 +330,22 @@ impl SimConsumers {
                         down.as_millis()
                     ),
                 ));
+                let mut checkpoint = None;
                 if mail {
+                    // Bounded: under a partition no node may answer (then nothing is checked).
+                    checkpoint =
+                        madsim::time::timeout(Duration::from_secs(3), (self.mail_checkpoint)())
+                            .await
+                            .ok()
+                            .and_then(Result::ok)
+                            .flatten();
                     self.kill_mail();
                 } else {
                     self.kill_query();
                 }
                 sleep(down).await;
                 if mail {
-                    self.restart_mail();
+                    self.restart_mail(checkpoint);
                 } else {
                     self.restart_query();
                 }
@@ -451,6 +469,8 @@ impl SimConsumers {
             duplicates,
             parked: parked_keys(cluster).await,
             mail_kills: self.mail_kills,
+            mail_restarts: self.mail_restarts.clone(),
+            resent: self.sink.resent(),
             checkpoint_every_events: self.config.mail.checkpoint_every_events,
             timeouts: stats.timeouts,
         }

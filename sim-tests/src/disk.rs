@@ -28,6 +28,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use redb::StorageBackend;
 
+use crate::space::Space;
+
 /// Granularity of the dirty-page tracking (only the syncing cost depends on it).
 const PAGE: usize = 4096;
 /// The unit a torn write is torn in: a sector is written whole or not at all.
@@ -182,6 +184,8 @@ impl State {
 pub struct SimDisk {
     name: Arc<str>,
     state: Arc<Mutex<State>>,
+    /// The capacity this disk shares with the node's others (`None`: it never fills).
+    space: Option<Space>,
 }
 
 impl fmt::Debug for SimDisk {
@@ -202,7 +206,31 @@ impl SimDisk {
         SimDisk {
             name: name.into().into(),
             state: Arc::new(Mutex::new(State::default())),
+            space: None,
         }
+    }
+
+    /// This disk on `space`: its bytes count there, and its growth fails past its limit.
+    pub fn with_space(self, space: &Space) -> Self {
+        let state = Arc::downgrade(&self.state);
+        space.watch(Box::new(move || {
+            let state = state.upgrade()?;
+            let s = state.lock().unwrap_or_else(|e| e.into_inner());
+            Some(s.volatile.len() as u64)
+        }));
+        self.limited_by(space)
+    }
+
+    /// A file of a folder on `space`: its growth fails past the limit; its bytes are counted
+    /// by the folder, which knows whether it is still listed.
+    pub(crate) fn limited_by(mut self, space: &Space) -> Self {
+        self.space = Some(space.clone());
+        self
+    }
+
+    /// Bytes the file holds now, unsynced growth included.
+    pub(crate) fn len_now(&self) -> u64 {
+        self.lock().volatile.len() as u64
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -391,6 +419,10 @@ impl StorageBackend for DiskHandle {
     }
 
     fn set_len(&self, len: u64) -> Result<(), io::Error> {
+        if let Some(space) = &self.disk.space {
+            let now = self.live()?.volatile.len() as u64;
+            space.grow(&self.disk.name, len.saturating_sub(now))?;
+        }
         let mut s = self.live()?;
         let new = usize::try_from(len).map_err(|_| io::Error::other("length too large"))?;
         let old = s.volatile.len();

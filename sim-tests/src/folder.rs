@@ -19,6 +19,7 @@ use raft_store::disk::{Disk, DiskFile};
 use redb::StorageBackend;
 
 use crate::disk::{DiskHandle, DiskStats, SimDisk};
+use crate::space::Space;
 
 type Landed = Box<dyn FnMut(usize) -> bool + Send>;
 
@@ -94,6 +95,8 @@ impl FolderState {
 pub struct SimFolder {
     name: Arc<str>,
     state: Arc<Mutex<FolderState>>,
+    /// The capacity the folder's files share with the node's other disks.
+    space: Option<Space>,
 }
 
 impl fmt::Debug for SimFolder {
@@ -112,7 +115,31 @@ impl SimFolder {
         SimFolder {
             name: name.into().into(),
             state: Arc::default(),
+            space: None,
         }
+    }
+
+    /// This folder on `space`: the files it lists count there, and their growth fails past
+    /// its limit.
+    pub fn with_space(mut self, space: &Space) -> Self {
+        let state = Arc::downgrade(&self.state);
+        space.watch(Box::new(move || {
+            let state = state.upgrade()?;
+            let s = state.lock().unwrap_or_else(|e| e.into_inner());
+            Some(s.volatile.values().map(SimDisk::len_now).sum())
+        }));
+        self.space = Some(space.clone());
+        self
+    }
+
+    /// The files the running node sees.
+    pub fn names(&self) -> Vec<String> {
+        self.lock().volatile.keys().cloned().collect()
+    }
+
+    /// Bytes of the file `name` as the running node sees it (0 when it is not listed).
+    pub fn file_len(&self, name: &str) -> u64 {
+        self.lock().volatile.get(name).map_or(0, SimDisk::len_now)
     }
 
     fn lock(&self) -> MutexGuard<'_, FolderState> {
@@ -243,7 +270,10 @@ impl Disk for FolderHandle {
             Some(d) => d.clone(),
             None if create => {
                 s.created += 1;
-                let d = SimDisk::new(format!("{}/{name}#{}", self.folder.name, s.created));
+                let mut d = SimDisk::new(format!("{}/{name}#{}", self.folder.name, s.created));
+                if let Some(space) = &self.folder.space {
+                    d = d.limited_by(space);
+                }
                 s.volatile.insert(name.to_string(), d.clone());
                 d
             }

@@ -19,12 +19,14 @@
 //!   pollers;
 //! - `consumers` (madsim only): the query and mail consumers and the provider as madsim
 //!   nodes, and their nemesis (consumer kills, a flaky, hanging or down provider);
+//! - `space`: one node's disk capacity, shared by its simulated disks (a full disk);
 //! - `run` (madsim only): one whole run: safety phase, liveness phase, checkers, trace hash.
 
 pub mod check;
 pub mod disk;
 pub mod folder;
 pub mod history;
+pub mod space;
 
 #[cfg(madsim)]
 pub mod cluster;

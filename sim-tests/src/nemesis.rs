@@ -14,7 +14,7 @@ use madsim::rand::seq::SliceRandom;
 use madsim::rand::Rng;
 
 use crate::cluster::{now_ms, sleep, SimCluster};
-use crate::history::NodeId;
+use crate::history::{NodeId, Outcome};
 use crate::net_faults::{MsgKind, Rates};
 
 /// The kinds of episode.
@@ -43,6 +43,11 @@ pub enum FaultKind {
     /// One node's next fsyncs fail: it must stop without acknowledging what it could not make
     /// durable; then it is power-cut and restarted on what its disk holds.
     FsyncError,
+    /// One node's disk fills up (the leader half of the time): a few bytes to a few hundred
+    /// KiB are left. Below `disk_free_min_bytes` it must refuse client writes before
+    /// proposing them; a write of its log, state or snapshot that meets the limit fails as
+    /// `ENOSPC` and stops it. Then space is freed, and a stopped node is restarted.
+    DiskFull,
     /// A new node joins as a learner, catches up, is promoted; a voter (the leader half the
     /// time) is removed and retired (`crate::membership`).
     Membership,
@@ -53,7 +58,7 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 12] = [
+    pub const ALL: [FaultKind; 13] = [
         FaultKind::Crash,
         FaultKind::PowerCut,
         FaultKind::Pause,
@@ -64,6 +69,7 @@ impl FaultKind {
         FaultKind::Flapping,
         FaultKind::TornWrite,
         FaultKind::FsyncError,
+        FaultKind::DiskFull,
         FaultKind::Membership,
         FaultKind::Corruption,
     ];
@@ -80,6 +86,7 @@ impl FaultKind {
             FaultKind::Flapping => "flapping",
             FaultKind::TornWrite => "torn_write",
             FaultKind::FsyncError => "fsync_error",
+            FaultKind::DiskFull => "disk_full",
             FaultKind::Membership => "membership",
             FaultKind::Corruption => "corruption",
         }
@@ -102,6 +109,7 @@ impl FaultKind {
             FaultKind::Flapping => 2,
             FaultKind::TornWrite => 2,
             FaultKind::FsyncError => 2,
+            FaultKind::DiskFull => 2,
             FaultKind::Membership => 2,
             FaultKind::Corruption => 2,
         }
@@ -230,6 +238,7 @@ async fn episode(
         FaultKind::Crash => crash(cluster, log).await,
         FaultKind::TornWrite => torn_write(cluster, log).await,
         FaultKind::FsyncError => fsync_error(cluster, log).await,
+        FaultKind::DiskFull => disk_full(cluster, log).await,
         FaultKind::Corruption => corruption(cluster, log).await,
         FaultKind::Membership => membership(cluster, log).await,
         FaultKind::PowerCut => power_cut(cluster, log).await,
@@ -354,6 +363,65 @@ async fn fsync_error(cluster: &mut SimCluster, log: &mut FaultLog) {
         ),
     );
     down_for(cluster, victim, down).await;
+}
+
+/// [`FaultKind::DiskFull`].
+async fn disk_full(cluster: &mut SimCluster, log: &mut FaultLog) {
+    let kind = FaultKind::DiskFull;
+    let victim = leader_or_any(cluster).await;
+    let space = cluster.space(victim).clone();
+    let (used, refused_before) = (space.used(), space.refused());
+    // Below 64 KiB (`SIM_LIMITS`' `disk_free_min_bytes`) client writes must be refused; above
+    // it they are taken until a file cannot grow. Segments grow a MiB of zeros at a time.
+    let left = *[0, 512, 8 << 10, 48 << 10, 96 << 10, 512 << 10]
+        .choose(&mut madsim::rand::thread_rng())
+        .expect("a choice");
+    debug_assert!(crate::cluster::SIM_LIMITS.contains(&format!(
+        "disk_free_min_bytes = {}",
+        crate::cluster::SIM_DISK_FREE_MIN
+    )));
+    space.limit(used + left);
+    let hold = ms(1000..5000);
+    // Past the node's last measure of free space (taken at most every 100 ms while it allowed
+    // writes), a write sent to it must be refused, never acknowledged.
+    sleep(Duration::from_millis(300)).await;
+    let mut probe = "not sent (a write may still fit)".to_string();
+    if left < crate::cluster::SIM_DISK_FREE_MIN && cluster.is_up(victim) {
+        let body =
+            serde_json::json!({"events": [{"type": "T", "data": {"id": "disk-full-probe"}}]});
+        // A topic of its own: the history judged is the load's.
+        probe = match cluster.append(victim, "disk-full-probe", &body).await {
+            Outcome::Ok(created) => {
+                log.broken.push(format!(
+                    "node {victim} acknowledged a write with {} bytes free, below                      disk_free_min_bytes: {created:?}",
+                    space.free().unwrap_or(u64::MAX)
+                ));
+                "acknowledged".into()
+            }
+            Outcome::Failed(status, why) => format!("refused ({status}: {why})"),
+            other => format!("{other:?}"),
+        };
+    }
+    sleep(hold.saturating_sub(Duration::from_millis(300))).await;
+    let stopped = !cluster.healthy(victim).await;
+    let refused = space.refused() - refused_before;
+    space.unlimit();
+    let down = ms(100..2000);
+    log.note(
+        kind,
+        format!(
+            "node {victim}: {left} bytes left beside {used} for {} ms; {refused} writes failed              for space; a write sent to it: {probe}; {}",
+            hold.as_millis(),
+            if stopped {
+                format!("stopped, power cut, down for {} ms", down.as_millis())
+            } else {
+                "still serving".to_string()
+            }
+        ),
+    );
+    if stopped {
+        down_for(cluster, victim, down).await;
+    }
 }
 
 /// [`FaultKind::Membership`].

@@ -19,7 +19,12 @@
 //!   twice). Only requests the system must tolerate twice are duplicated: Raft RPCs, read
 //!   index, and forwarded writes that carry an idempotency key. A plain append sent twice is
 //!   two appends by definition (TCP does not duplicate an HTTP request; only a retrying
-//!   client does, and it must use a key).
+//!   client does, and it must use a key). A forwarded write's copy leaves after the first
+//!   one's answer, and not at all if that answer was 503 `unavailable`: that answer promises
+//!   the write was not applied and reaches the client, and a copy applied later (the leader's
+//!   disk freed in between, seed 721 of the full-disk fault) would break a promise the system
+//!   kept; a retrying client, the real source of copies, sees the first answer before it
+//!   sends again.
 //!
 //! Raft's appends travel on links (`api::link`), one connection carrying one call at a time.
 //! A link's calls get the same faults as requests, as a connection's traffic can meet them:
@@ -251,23 +256,43 @@ impl NetFaults {
 }
 
 /// May this request be delivered twice without changing what the system promises?
-fn duplicable(kind: MsgKind, req: &HttpRequest) -> bool {
+fn duplicable(kind: MsgKind, req: &HttpRequest) -> Option<CopyWhen> {
     match kind {
-        MsgKind::Raft => true,
+        MsgKind::Raft => Some(CopyWhen::Concurrent),
         MsgKind::Forward => {
-            let Some(body) = &req.body else { return false };
-            let Ok(f) = raft_store::codec::decode::<uniqlog_node::app::Forwarded>(body) else {
-                return false;
-            };
+            let body = req.body.as_ref()?;
+            let f = raft_store::codec::decode::<uniqlog_node::app::Forwarded>(body).ok()?;
             match f.op {
-                LeaderOp::ReadIndex => true,
+                LeaderOp::ReadIndex => Some(CopyWhen::Concurrent),
                 LeaderOp::Write {
                     request: Request::Append(a),
-                } => a.idempotency.is_some(),
-                _ => false,
+                } if a.idempotency.is_some() => Some(CopyWhen::AfterAnswer),
+                _ => None,
             }
         }
-        MsgKind::Other => false,
+        MsgKind::Other => None,
+    }
+}
+
+/// When a duplicate may leave (module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CopyWhen {
+    /// While the first may still be on its way.
+    Concurrent,
+    /// After the first one's answer, unless it said the request was not applied.
+    AfterAnswer,
+}
+
+/// Whether an answer promises that the request was not applied: it never left, or it was
+/// refused with 503 `unavailable`.
+fn not_applied(r: &Result<HttpResponse, TransportError>) -> bool {
+    match r {
+        Err(e) => e.nothing_sent(),
+        Ok(resp) => {
+            resp.status == 503
+                && serde_json::from_slice::<api::error::ErrorBody>(&resp.body)
+                    .is_ok_and(|b| b.error == "unavailable")
+        }
     }
 }
 
@@ -295,8 +320,8 @@ impl Transport for FaultyTransport {
         timeout: Duration,
     ) -> BoxFuture<'static, Result<HttpResponse, TransportError>> {
         let kind = MsgKind::of(&req.path);
-        let dup = duplicable(kind, &req);
-        let (plan, delay, duplicate) = self.faults.decide(kind, dup);
+        let copy = duplicable(kind, &req);
+        let (plan, delay, duplicate) = self.faults.decide(kind, copy.is_some());
         if plan == Plan::Pass && delay.is_zero() && duplicate.is_none() {
             return self.inner.send(addr, req, timeout);
         }
@@ -318,10 +343,14 @@ impl Transport for FaultyTransport {
             // Set when the request certainly reached nobody (connection refused): a request
             // that was never sent cannot arrive twice.
             let refused = Arc::new(AtomicBool::new(false));
+            let (answered, answer) = tokio::sync::oneshot::channel::<bool>();
             if let Some(after) = duplicate {
                 let (inner, addr, req) = (inner.clone(), addr.clone(), req.clone());
                 let refused = refused.clone();
                 tokio::spawn(async move {
+                    if copy == Some(CopyWhen::AfterAnswer) && answer.await.unwrap_or(true) {
+                        return;
+                    }
                     // At least 1 ms: by then a refused connection has been reported.
                     tokio::time::sleep(after).await;
                     if !refused.load(Ordering::SeqCst) {
@@ -334,6 +363,7 @@ impl Transport for FaultyTransport {
                 if matches!(&r, Err(e) if e.nothing_sent()) {
                     refused.store(true, Ordering::SeqCst);
                 }
+                let _ = answered.send(not_applied(&r));
                 r
             };
             let to = addr.clone();
@@ -490,16 +520,25 @@ mod tests {
             key: "k".into(),
             fingerprint: "f".into(),
         }));
-        assert!(duplicable(MsgKind::Forward, &fwd(keyed)));
-        assert!(!duplicable(MsgKind::Forward, &fwd(write(None))));
-        assert!(duplicable(MsgKind::Forward, &fwd(LeaderOp::ReadIndex)));
-        assert!(!duplicable(
-            MsgKind::Forward,
-            &HttpRequest::post("/internal/v1/leader", "not binary")
-        ));
-        assert!(duplicable(
-            MsgKind::Raft,
-            &HttpRequest::post("/raft/vote", "{}")
-        ));
+        assert_eq!(
+            duplicable(MsgKind::Forward, &fwd(keyed)),
+            Some(CopyWhen::AfterAnswer)
+        );
+        assert_eq!(duplicable(MsgKind::Forward, &fwd(write(None))), None);
+        assert_eq!(
+            duplicable(MsgKind::Forward, &fwd(LeaderOp::ReadIndex)),
+            Some(CopyWhen::Concurrent)
+        );
+        assert_eq!(
+            duplicable(
+                MsgKind::Forward,
+                &HttpRequest::post("/internal/v1/leader", "not binary")
+            ),
+            None
+        );
+        assert_eq!(
+            duplicable(MsgKind::Raft, &HttpRequest::post("/raft/vote", "{}")),
+            Some(CopyWhen::Concurrent)
+        );
     }
 }

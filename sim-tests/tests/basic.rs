@@ -405,6 +405,117 @@ fn a_failed_fsync_stops_the_node_and_it_acknowledges_nothing_more() {
     });
 }
 
+/// A full disk. On the leader, below `disk_free_min_bytes`: it refuses writes with 503 before
+/// proposing them and says why, reads go on, and writes resume once space is freed. On a
+/// follower with no byte left: its next write that needs room (a log segment growing, the
+/// state file, a snapshot build) fails as `ENOSPC` and stops it; it acknowledges nothing from
+/// then on, the others go on, and after space is freed and a restart it catches up. Every 201
+/// of the run is in the converged log.
+#[test]
+fn a_full_disk_refuses_writes_or_stops_the_node_and_loses_no_acknowledged_write() {
+    sim_tests::run_seeded(10, || async {
+        let seed = madsim::runtime::Handle::current().seed();
+        let started = now_ms();
+        let mut cluster = SimCluster::start(3);
+        cluster.cluster_init().await;
+        let load = Load::start(&cluster, &LoadSpec::default(), cluster.ids());
+        load.wait_answered(30, secs(20)).await;
+        // Probes go to a topic of their own: the history judged is the load's.
+        const PROBE_TOPIC: &str = "full-disk-probe";
+        let probe = serde_json::json!({"events": [{"type": "T", "data": {"id": "full-disk"}}]});
+
+        let leader = cluster.wait_for_leader().await;
+        let space = cluster.space(leader).clone();
+        space.limit(space.used() + 1024);
+        // Its measure of free space stands for at most 100 ms while it allows writes.
+        let mut refused = None;
+        for _ in 0..30 {
+            match cluster.append(leader, PROBE_TOPIC, &probe).await {
+                Outcome::Failed(503, why) if why.contains("disk") => {
+                    refused = Some(why);
+                    break;
+                }
+                _ => madsim::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        let why = refused
+            .unwrap_or_else(|| panic!("seed {seed}: node {leader} took writes on a full disk"));
+        assert!(
+            why.contains("writes are refused until space is freed"),
+            "{why}"
+        );
+        for _ in 0..3 {
+            let outcome = cluster.append(leader, PROBE_TOPIC, &probe).await;
+            assert!(
+                matches!(outcome, Outcome::Failed(503, _)),
+                "seed {seed}: node {leader} answered {outcome:?} with a full disk"
+            );
+        }
+        assert!(
+            cluster.read_topic(leader, TOPICS[0]).await.is_ok(),
+            "reads go on"
+        );
+        assert!(
+            cluster.healthy(leader).await,
+            "refusing writes is not a failure"
+        );
+        space.unlimit();
+        let mut resumed = false;
+        for _ in 0..30 {
+            if let Outcome::Ok(_) = cluster.append(leader, PROBE_TOPIC, &probe).await {
+                resumed = true;
+                break;
+            }
+            madsim::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            resumed,
+            "seed {seed}: writes did not resume once space was freed"
+        );
+
+        let leader = cluster.wait_for_leader().await;
+        let victim = *cluster.ids().iter().find(|&&id| id != leader).unwrap();
+        let space = cluster.space(victim).clone();
+        space.limit(space.used());
+        let mut stopped = false;
+        for _ in 0..300 {
+            if space.refused() > 0 && !cluster.healthy(victim).await {
+                stopped = true;
+                break;
+            }
+            madsim::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            stopped,
+            "seed {seed}: node {victim} with a full disk did not stop ({} writes refused): {}",
+            space.refused(),
+            brief(&cluster.statuses().await)
+        );
+        for _ in 0..3 {
+            let outcome = cluster.append(victim, PROBE_TOPIC, &probe).await;
+            assert!(
+                !matches!(outcome, Outcome::Ok(_)),
+                "seed {seed}: node {victim} acknowledged an append after its disk filled"
+            );
+        }
+        let acked = load.acknowledged();
+        load.keep_going(secs(2), 30, secs(30)).await;
+        assert!(
+            load.acknowledged() > acked,
+            "seed {seed}: no progress without node {victim}"
+        );
+
+        // The operator frees space and restarts it.
+        space.unlimit();
+        cluster.kill(victim);
+        cluster.restart(victim);
+        load.keep_going(secs(2), 30, secs(30)).await;
+        let history = load.stop().await;
+        let state = cluster.wait_converged(&TOPICS).await;
+        judge("disk_full", seed, &history, &state, started);
+    });
+}
+
 /// Membership churn without other faults, step by step as an operator does it: a fourth node
 /// joins as a learner after the leader purged its log, so it must catch up through a snapshot;
 /// it is promoted; then the leader itself is removed and stopped for good. Every 201 of the

@@ -43,6 +43,11 @@ pub struct ConsumerState {
     pub parked: BTreeSet<String>,
     /// Kills of the mail consumer during the run.
     pub mail_kills: u64,
+    /// Per restart of the mail consumer: the provider's request count when it restarted, and
+    /// the checkpoint committed before the kill (`None`: no node answered in time).
+    pub mail_restarts: Vec<(u64, Option<u64>)>,
+    /// Every duplicate the provider accepted: the number of requests before it, and its key.
+    pub resent: Vec<(u64, String)>,
     /// `[mail] checkpoint_every_events`.
     pub checkpoint_every_events: u64,
     /// Provider calls the mail consumer gave up on after its timeout.
@@ -230,6 +235,7 @@ pub fn check_mail(users: &[Value], c: &ConsumerState, found: &mut Found) {
             );
         }
     }
+    resumed_from_checkpoint(c, found);
     let bound = resend_bound(c);
     if c.duplicates > bound {
         found.push(
@@ -239,6 +245,37 @@ pub fn check_mail(users: &[Value], c: &ConsumerState, found: &mut Found) {
                 c.duplicates, c.mail_kills, c.checkpoint_every_events, c.timeouts
             ),
         );
+    }
+}
+
+/// A restarted mail consumer resumes from the checkpoint committed before it was killed, or a
+/// later one (it reads it linearizably before it sends anything): so once it restarted, no
+/// email of a `users` event before that checkpoint reaches the provider again. Tighter than
+/// [`resend_bound`], which counts resends but not which events they are for.
+fn resumed_from_checkpoint(c: &ConsumerState, found: &mut Found) {
+    for (arrived_after, key) in &c.resent {
+        let Some(offset) = key
+            .strip_prefix("users:")
+            .and_then(|o| o.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        // Checkpoints only move forward: the latest restart before the resend has the highest.
+        let floor = c
+            .mail_restarts
+            .iter()
+            .filter(|(at, _)| at <= arrived_after)
+            .filter_map(|(_, checkpoint)| *checkpoint)
+            .max();
+        if let Some(floor) = floor.filter(|f| offset < *f) {
+            found.push(
+                Kind::Mail,
+                format!(
+                    "{key} sent again after a restart, behind the checkpoint {floor} committed \
+                     before the kill: the consumer resumed from an older checkpoint"
+                ),
+            );
+        }
     }
 }
 
@@ -318,6 +355,8 @@ mod tests {
             duplicates: 0,
             parked: BTreeSet::new(),
             mail_kills: 0,
+            mail_restarts: Vec::new(),
+            resent: Vec::new(),
             checkpoint_every_events: 3,
             timeouts: 0,
         }
@@ -440,6 +479,30 @@ mod tests {
         let found = run(&c);
         assert_eq!(found.len(), 1);
         assert!(found[0].1.contains("8 resends"), "{found:?}");
+    }
+
+    #[test]
+    fn a_resend_behind_the_checkpoint_committed_before_a_kill_is_a_mail_violation() {
+        let mut c = good();
+        c.mail_kills = 2;
+        c.duplicates = 2;
+        // Killed with checkpoint 1 committed, restarted when the provider had 4 requests; then
+        // killed again with nothing readable, restarted at 9 requests.
+        c.mail_restarts = vec![(4, Some(1)), (9, None)];
+        // users:1 again after the first restart: at the checkpoint, allowed (it may not have
+        // been reported). users:0 before the restart: the old life's own retry, allowed.
+        c.resent = vec![(2, "users:0".into()), (5, "users:1".into())];
+        assert_eq!(run(&c), vec![]);
+        // users:0 after the first restart (and after the second, whose checkpoint is unknown):
+        // the new life started behind the checkpoint.
+        c.resent.push((10, "users:0".into()));
+        c.duplicates = 3;
+        let found = run(&c);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].1.contains("users:0 sent again after a restart"),
+            "{found:?}"
+        );
     }
 
     #[test]
