@@ -6,36 +6,14 @@
 
 use std::sync::Arc;
 
-use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftSnapshotBuilder};
-use raft_store::{LogCommand, Request, Storage, TypeConfig};
+use openraft::RaftSnapshotBuilder;
+use raft_store::Storage;
 use sim_tests::disk::SimDisk;
 use sim_tests::folder::SimFolder;
 use sim_tests::space::{Probe, Space};
 
-fn entry(index: u64, pad: usize) -> Entry<TypeConfig> {
-    Entry {
-        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-        payload: EntryPayload::Normal(LogCommand {
-            timestamp_ms: index,
-            requests: vec![Request::Append(raft_store::AppendRequest {
-                topic: "t".into(),
-                events: vec![raft_store::NewEvent {
-                    event_type: "E".into(),
-                    stream: None,
-                    data: format!("{{\"pad\":\"{}\"}}", "x".repeat(pad)),
-                    metadata: None,
-                    claims: vec![],
-                    secret: None,
-                }],
-                expected_version: Default::default(),
-                idempotency: None,
-                rules_version: 0,
-                reply: None,
-            })]
-            .into(),
-        }),
-    }
-}
+mod common;
+use common::entry;
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_full_disk_fails_writes_and_builds_cleanly_and_they_succeed_once_space_is_freed() {
@@ -52,7 +30,7 @@ async fn a_full_disk_fails_writes_and_builds_cleanly_and_they_succeed_once_space
         }),
         name: "the test's disk".into(),
     }));
-    let entries: Vec<_> = (1..=20).map(|i| entry(i, 200)).collect();
+    let entries: Vec<_> = (1..=20).map(|i| entry(1, i, 200)).collect();
     storage.log_and_apply(entries).await.unwrap();
     let used = space.used();
     assert!(used > 0);

@@ -5,36 +5,14 @@
 
 use std::sync::Arc;
 
-use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
+use openraft::{CommittedLeaderId, Entry, LogId, Vote};
 use raft_store::disk::Disk;
 use raft_store::segments::SegmentLog;
-use raft_store::{LogCommand, TypeConfig};
+use raft_store::TypeConfig;
 use sim_tests::folder::SimFolder;
 
-fn entry(term: u64, index: u64, size: usize) -> Entry<TypeConfig> {
-    Entry {
-        log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
-        payload: EntryPayload::Normal(LogCommand {
-            timestamp_ms: index,
-            requests: vec![raft_store::Request::Append(raft_store::AppendRequest {
-                topic: "t".into(),
-                events: vec![raft_store::NewEvent {
-                    event_type: "E".into(),
-                    stream: None,
-                    data: format!("{{\"pad\":\"{}\"}}", "x".repeat(size)),
-                    metadata: None,
-                    claims: vec![],
-                    secret: None,
-                }],
-                expected_version: Default::default(),
-                idempotency: None,
-                rules_version: 0,
-                reply: None,
-            })]
-            .into(),
-        }),
-    }
-}
+mod common;
+use common::entry;
 
 fn open(disk: Arc<dyn Disk>) -> SegmentLog {
     SegmentLog::open_sized(disk, 4096).expect("opens").0
