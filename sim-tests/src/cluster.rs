@@ -532,6 +532,8 @@ impl SimCluster {
                 *out.entry(k.to_string()).or_default() += v;
             }
         }
+        let enospc: u64 = self.nodes.values().map(|n| n.space.refused()).sum();
+        out.insert("enospc_writes".to_string(), enospc);
         out
     }
 
