@@ -169,20 +169,26 @@ def main():
         t0 = time.time()
         threading.Thread(target=killer, daemon=True).start()
         rounds = []
-        print("minute  ops/s   p99 ms  errors  lost dup phantom   writes  RSS MiB (node 1, 2, 3)")
+        print(f"data under {workdir}, {shutil.disk_usage(workdir).free / 2**30:.1f} GiB free "
+              "(the nodes refuse writes below disk_free_min_bytes plus a snapshot's size)")
+        print("minute  ops/s   p99 ms  errors  lost dup phantom   writes  free GiB  "
+              "RSS MiB (node 1, 2, 3)")
         writes = 0
         for minute in range(1, args.minutes + 1):
             r = bench(binary, config, 60, rate, 64, 100 + minute)
             v = r.get("verify") or {}
             rss = {i: rss_mib(p) for i, p in sorted(node_pids(config).items())}
             writes += r["requests"] - r["errors"]
+            free = shutil.disk_usage(workdir).free / 2**30
             row = {"minute": minute, "ops_per_s": r["ops_per_s"], "p99_ms": r["p99_ms"],
                    "errors": r["errors"], "lost": v.get("missing_emails"),
                    "duplicated": v.get("duplicated_emails"),
-                   "phantom": v.get("phantom_emails"), "writes": writes, "rss_mib": rss}
+                   "phantom": v.get("phantom_emails"), "writes": writes,
+                   "free_gib": round(free, 1), "rss_mib": rss}
             rounds.append(row)
             print(f"{minute:6d} {r['ops_per_s']:7.0f} {r['p99_ms']:8.1f} {r['errors']:7d}"
-                  f"  {row['lost']:4} {row['duplicated']:3} {row['phantom']:7} {writes:8d}  "
+                  f"  {row['lost']:4} {row['duplicated']:3} {row['phantom']:7} {writes:8d}"
+                  f" {free:9.1f}  "
                   f"{', '.join(str(rss.get(i)) for i in (1, 2, 3))}", flush=True)
         stop.set()
         rss = {i: rss_mib(p) for i, p in sorted(node_pids(config).items())}
