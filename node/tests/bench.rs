@@ -102,3 +102,42 @@ fn bench_fails_a_cluster_that_takes_an_email_twice() {
         "{out}"
     );
 }
+
+/// Node 1, the first of the config, is down (`scripts/soak.sh` kills nodes at random): the
+/// bench finds the topic's length and reads the run back through the others.
+#[test]
+fn bench_runs_and_reads_back_with_the_first_node_of_the_config_down() {
+    let mut cluster = Cluster::start(
+        3,
+        Tuning {
+            extra: USER_EMAIL_RULES,
+            ..Default::default()
+        },
+    );
+    let (ok, _, out) = bench(&cluster, &["--clients", "2", "--requests", "20"]);
+    assert!(ok, "{out}");
+    cluster.kill(1);
+    cluster.wait_leader(&[2, 3]);
+    // The requests sent to node 1 fail; the others' writes are read back whole.
+    let (ok, r, out) = bench(
+        &cluster,
+        &[
+            "--clients",
+            "3",
+            "--requests",
+            "90",
+            "--dup-ratio",
+            "0",
+            "--tolerate-errors",
+        ],
+    );
+    assert!(ok, "{out}");
+    let (accepted, errors) = (
+        r["accepted"].as_u64().unwrap(),
+        r["errors"].as_u64().unwrap(),
+    );
+    assert!(accepted > 0 && errors > 0, "{out}");
+    assert_eq!(accepted + errors, 90, "{out}");
+    assert_eq!(r["verify"]["ok"], true, "{out}");
+    assert_eq!(r["verify"]["stored"].as_u64(), Some(accepted), "{out}");
+}

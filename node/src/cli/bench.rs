@@ -254,7 +254,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         addrs,
         args: args.clone(),
     });
-    let start_offset = topic_length(&client, &plan.addrs[0], &args.topic).await?;
+    let start_offset = topic_length(&client, &plan.addrs, &args.topic).await?;
 
     // Warm-up: connections opened, leader known, caches warm. Its own emails, not counted.
     let warm = Arc::new(Tally::default());
@@ -408,16 +408,34 @@ async fn run_clients(
     all
 }
 
-async fn topic_length(client: &Client, addr: &str, topic: &str) -> Result<u64> {
-    let topics = client
-        .topics(addr, Duration::from_secs(10))
-        .await
-        .context("GET /v1/topics")?;
-    Ok(topics
-        .topics
-        .iter()
-        .find(|t| t.name == topic)
-        .map_or(0, |t| t.length))
+/// The topic's length before the run: the longest any node reports (a node just restarted may
+/// still be catching up), trying for up to a minute until one answers (one may be down).
+async fn topic_length(client: &Client, addrs: &[String], topic: &str) -> Result<u64> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (mut longest, mut last) = (None, None);
+        for addr in addrs {
+            match client.topics(addr, Duration::from_secs(10)).await {
+                Ok(topics) => {
+                    let len = topics
+                        .topics
+                        .iter()
+                        .find(|t| t.name == topic)
+                        .map_or(0, |t| t.length);
+                    longest = longest.max(Some(len));
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        if let Some(len) = longest {
+            return Ok(len);
+        }
+        if Instant::now() >= deadline {
+            let e = last.map_or_else(|| anyhow::anyhow!("no node in the config"), Into::into);
+            return Err(e).context("GET /v1/topics on any node");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// A page of the topic from the first node that serves it, trying them in turn for up to a
