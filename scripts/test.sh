@@ -87,6 +87,50 @@ network_faults() {
     --bin "$CARGO_TARGET_DIR/debug/uniqlog" --check "$CARGO_TARGET_DIR/debug/check-history"
 }
 
+# The shipped deployment files, offline: the systemd units pass `systemd-analyze verify` and
+# stay at a low exposure (`security`), the Kubernetes manifests validate against the 1.31
+# schemas (kubernetes-validate from PyPI, in a venv under the target dir).
+deploy_manifests() {
+  local dir; dir=$(mktemp -d)
+  for f in deploy/systemd/*.service; do
+    sed "s#/usr/local/bin/uniqlog#$CARGO_TARGET_DIR/debug/uniqlog#" "$f" > "$dir/$(basename "$f")"
+  done
+  systemd-analyze verify "$dir"/*.service
+  for f in "$dir"/*.service; do
+    systemd-analyze security --offline=yes --threshold=20 "$f" >/dev/null \
+      || { systemd-analyze security --offline=yes "$f" | tail -1; return 1; }
+  done
+  rm -rf "$dir"
+  local venv="$CARGO_TARGET_DIR/k8s-venv"
+  [ -x "$venv/bin/kubernetes-validate" ] || {
+    python3 -m venv "$venv" && "$venv/bin/pip" install --quiet --disable-pip-version-check kubernetes-validate==1.37.0; }
+  "$venv/bin/kubernetes-validate" --strict --quiet -k 1.31.0 deploy/kubernetes/*.yaml
+}
+
+# The compose cluster from the image, as an operator runs it (scripts/deploy_test.py): Docker
+# and docker-compose from Debian's packages and the musl target, installed when missing; the
+# Docker daemon started here when none runs, and stopped after.
+deployment() {
+  local sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+  { command -v dockerd && command -v docker-compose && command -v musl-gcc; } >/dev/null \
+    || { $sudo apt-get update -q && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io docker-compose musl-tools; }
+  rustup target list --installed | grep -q x86_64-unknown-linux-musl || rustup target add x86_64-unknown-linux-musl
+  # Debian's client beside Debian's daemon (a newer client may be first on PATH).
+  [ -x /usr/bin/docker ] && export PATH="/usr/bin:$PATH"
+  local dockerd_pid=""
+  if ! $sudo docker info >/dev/null 2>&1; then
+    $sudo dockerd >"$CARGO_TARGET_DIR/dockerd.log" 2>&1 &
+    dockerd_pid=$!
+    local i
+    for i in $(seq 120); do $sudo docker info >/dev/null 2>&1 && break; sleep 0.5; done
+  fi
+  local tag="uniqlog:test-$$" rc=0
+  { ./scripts/image.sh "$tag" && $sudo python3 scripts/deploy_test.py --image "$tag"; } || rc=$?
+  $sudo docker rmi "$tag" >/dev/null 2>&1 || true
+  if [ -n "$dockerd_pid" ]; then $sudo kill "$dockerd_pid"; wait "$dockerd_pid" || true; fi
+  return $rc
+}
+
 # The madsim build: optimised, with debug assertions on (scripts/madsim-env.sh).
 simulation_build() {
   ( export MADSIM_TARGET_DIR; source scripts/madsim-env.sh
@@ -125,6 +169,8 @@ stage "README walkthrough" readme_walkthrough
 stage "schemathesis (node + query API)" schemathesis
 stage "otlp feature" otlp_feature
 stage "network faults (namespaces)" network_faults
+stage "deployment files (systemd, k8s)" deploy_manifests
+stage "deployment (compose, docker)" deployment
 if [ -n "$(ls sim-tests/tests/*.rs 2>/dev/null)" ]; then
   stage "simulation build (madsim)" simulation_build
   stage "simulation tests" simulation_tests

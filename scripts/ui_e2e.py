@@ -25,7 +25,8 @@ class Page:
     """One tab, spoken to over its DevTools websocket."""
 
     def __init__(self, ws_url):
-        self.ws = websocket.create_connection(ws_url, timeout=30)
+        # No Origin header: Chromium 111+ refuses DevTools WebSockets from other origins.
+        self.ws = websocket.create_connection(ws_url, timeout=30, suppress_origin=True)
         self.next_id = 0
 
     def call(self, method, **params):

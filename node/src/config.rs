@@ -125,6 +125,9 @@ pub struct AuthConfig {
     pub anonymous_signup: bool,
     /// The token consumers and the CLI present (or `UNIQLOG_TOKEN`, or `--token`).
     pub client_token: Option<Secret>,
+    /// A file holding that token (relative to this file; or `UNIQLOG_TOKEN_FILE`): each
+    /// process of a deployment reads its own from one shared config.
+    pub client_token_file: Option<PathBuf>,
     /// Listen on a non-loopback address without TLS, client tokens or a cluster secret. Off
     /// by default: such a node (or query, or mail process) refuses to start, because anyone
     /// who reaches it could read, write or join the cluster, or read the traffic.
@@ -145,8 +148,16 @@ pub const CLIENT_TOKEN_ENV: &str = "UNIQLOG_TOKEN";
 /// The environment variable that overrides `[auth] cluster_secret`.
 pub const CLUSTER_SECRET_ENV: &str = "UNIQLOG_CLUSTER_SECRET";
 
+/// The environment variable that overrides `[auth] client_token_file`.
+pub const CLIENT_TOKEN_FILE_ENV: &str = "UNIQLOG_TOKEN_FILE";
+
 /// The environment variable that overrides `[auth] tls_ca`.
 pub const TLS_CA_ENV: &str = "UNIQLOG_TLS_CA";
+
+/// The environment variables that override `[auth] tls_cert` and `tls_key`: processes that
+/// share one config file each present their own certificate (containers, one unit per node).
+pub const TLS_CERT_ENV: &str = "UNIQLOG_TLS_CERT";
+pub const TLS_KEY_ENV: &str = "UNIQLOG_TLS_KEY";
 
 /// The environment variable that overrides `[users] activation_secret`.
 pub const ACTIVATION_SECRET_ENV: &str = "UNIQLOG_ACTIVATION_SECRET";
@@ -186,6 +197,19 @@ pub struct RaftSettings {
     pub install_snapshot_timeout_ms: u64,
     /// Most entries in one append-entries RPC.
     pub append_entries_max: u64,
+    /// How a new cluster forms: `auto`, nodes started with the same `[[node]]` list
+    /// initialize it themselves once every one of them answers pristine (`bootstrap.rs`);
+    /// `manual`, only `uniqlog cluster init` does.
+    pub bootstrap: Bootstrap,
+}
+
+/// `[raft] bootstrap`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Bootstrap {
+    #[default]
+    Auto,
+    Manual,
 }
 
 impl Default for RaftSettings {
@@ -199,6 +223,7 @@ impl Default for RaftSettings {
             snapshot_chunk_bytes: 1024 * 1024,
             install_snapshot_timeout_ms: 10_000,
             append_entries_max: 1000,
+            bootstrap: Bootstrap::Auto,
         }
     }
 }
@@ -260,10 +285,10 @@ impl Config {
             }
             for (key, addr) in [("addr", Some(&n.addr)), ("peer_addr", n.peer_addr.as_ref())] {
                 let Some(addr) = addr else { continue };
-                if addr.parse::<SocketAddr>().is_err() {
+                if !is_host_port(addr) {
                     return Err(self.invalid(
                         format!("node[{i}].{key}"),
-                        format!("{addr:?} is not an IP:port address"),
+                        format!("{addr:?} is not an IP:port or host:port address"),
                     ));
                 }
                 if !addrs.insert(addr.clone()) {
@@ -377,10 +402,17 @@ impl Config {
         }
     }
 
-    /// `UNIQLOG_TLS_CA` overrides `tls_ca`; relative TLS paths resolve against `base`.
+    /// `UNIQLOG_TLS_CA`, `UNIQLOG_TLS_CERT` and `UNIQLOG_TLS_KEY` override their keys;
+    /// relative TLS paths resolve against `base`.
     fn resolve_tls_paths(&mut self, base: &Path) {
-        if let Some(ca) = std::env::var_os(TLS_CA_ENV) {
-            self.auth.tls_ca = Some(PathBuf::from(ca));
+        for (var, path) in [
+            (TLS_CA_ENV, &mut self.auth.tls_ca),
+            (TLS_CERT_ENV, &mut self.auth.tls_cert),
+            (TLS_KEY_ENV, &mut self.auth.tls_key),
+        ] {
+            if let Some(value) = std::env::var_os(var) {
+                *path = Some(PathBuf::from(value));
+            }
         }
         let a = &mut self.auth;
         for path in [&mut a.tls_cert, &mut a.tls_key, &mut a.tls_ca]
@@ -397,9 +429,24 @@ impl Config {
     /// missing or bad file is an error naming its key at start. A node given a CA but no
     /// certificate refuses: its peers and clients would speak TLS to a plain listener.
     pub fn server_tls(&self) -> Result<Option<api::ServerTls>, ConfigError> {
+        self.server_tls_of(None)
+    }
+
+    /// [`Config::server_tls`] of node `id`: `{id}` in `tls_cert` and `tls_key` is its id, so
+    /// one config (or one environment) names every node's own certificate
+    /// (`certs/node{id}.pem`, as `uniqlog certs` names them).
+    pub fn node_server_tls(&self, id: NodeId) -> Result<Option<api::ServerTls>, ConfigError> {
+        self.server_tls_of(Some(id))
+    }
+
+    fn server_tls_of(&self, id: Option<NodeId>) -> Result<Option<api::ServerTls>, ConfigError> {
         let a = &self.auth;
+        let of = |path: &PathBuf| match id {
+            Some(id) => PathBuf::from(path.to_string_lossy().replace("{id}", &id.to_string())),
+            None => path.clone(),
+        };
         match (&a.tls_cert, &a.tls_key) {
-            (Some(cert), Some(key)) => api::ServerTls::from_pem_files(cert, key)
+            (Some(cert), Some(key)) => api::ServerTls::from_pem_files(&of(cert), &of(key))
                 .map(Some)
                 .map_err(|e| self.tls_invalid(e)),
             _ if a.tls_ca.is_some() => Err(self.invalid(
@@ -448,6 +495,12 @@ impl Config {
         }
         if let Ok(token) = std::env::var(CLIENT_TOKEN_ENV) {
             self.auth.client_token = Some(token.into());
+        } else if let Some(file) = std::env::var_os(CLIENT_TOKEN_FILE_ENV)
+            .map(PathBuf::from)
+            .or_else(|| self.auth.client_token_file.as_ref().map(|f| base.join(f)))
+        {
+            let token = self.read_secret_file("auth.client_token_file", &file)?;
+            self.auth.client_token = Some(token);
         }
         let mut tokens = std::mem::take(&mut self.auth.tokens);
         for (i, t) in tokens.iter_mut().enumerate() {
@@ -635,6 +688,40 @@ impl Config {
             })
     }
 
+    /// The `[[node]]` this machine is, by its hostname: the one whose address's (or peer
+    /// address's) host is `hostname`, or begins with it and a dot (`uniqlog-0` for
+    /// `uniqlog-0.uniqlog:7001`, as a StatefulSet's pods are named). Exactly one must match.
+    pub fn node_for_host(&self, hostname: &str) -> Result<NodeId, ConfigError> {
+        let host = |addr: &str| {
+            addr.rsplit_once(':')
+                .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']').to_string())
+        };
+        let is_this = |addr: &str| {
+            host(addr).is_some_and(|h| h == hostname || h.starts_with(&format!("{hostname}.")))
+        };
+        let found: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|n| is_this(&n.addr) || n.peer_addr.as_deref().is_some_and(is_this))
+            .map(|n| n.id)
+            .collect();
+        match found[..] {
+            [id] => Ok(id),
+            _ => Err(self.invalid(
+                "node",
+                format!(
+                    "no --id (nor UNIQLOG_NODE_ID), and {} [[node]] address names this machine's \
+                     hostname {hostname:?}: pass --id",
+                    if found.is_empty() {
+                        "no".to_string()
+                    } else {
+                        format!("more than one ({found:?})")
+                    }
+                ),
+            )),
+        }
+    }
+
     /// The openraft configuration derived from `[raft]`.
     pub fn openraft(&self) -> openraft::Config {
         let r = &self.raft;
@@ -655,7 +742,31 @@ impl Config {
     }
 }
 
-/// Whether a listen address (validated as `IP:port`) binds only to the loopback interface.
+/// `IP:port`, `[IPv6]:port`, or `host:port` with a DNS name (a container's or a pod's, which
+/// the node binds by resolving it and its peers reach by that name).
+fn is_host_port(addr: &str) -> bool {
+    if addr.parse::<SocketAddr>().is_ok() {
+        return true;
+    }
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return false;
+    };
+    port.parse::<u16>().is_ok()
+        && !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// Whether a listen address binds only to the loopback interface (a host name never counts:
+/// what it resolves to may change).
 pub fn is_loopback(addr: &str) -> bool {
     addr.parse::<SocketAddr>()
         .is_ok_and(|a| a.ip().is_loopback())
@@ -667,6 +778,29 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("test.toml"), Path::new("/base"))
+    }
+
+    /// `uniqlog node` without `--id` finds itself by hostname, as a StatefulSet's pods and
+    /// compose's services are named, and refuses to guess.
+    #[test]
+    fn a_node_without_an_id_is_the_one_its_hostname_names() {
+        let config = parse(
+            "[[node]]\nid = 1\naddr = \"uniqlog-0.uniqlog:7001\"\ndata_dir = \"a\"\n\
+             [[node]]\nid = 2\naddr = \"uniqlog-1.uniqlog:7001\"\ndata_dir = \"b\"\n\
+             [[node]]\nid = 3\naddr = \"10.0.0.3:7001\"\npeer_addr = \"node3:7002\"\n\
+             data_dir = \"c\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.node_for_host("uniqlog-1").unwrap(), 2);
+        assert_eq!(config.node_for_host("uniqlog-0.uniqlog").unwrap(), 1);
+        assert_eq!(config.node_for_host("node3").unwrap(), 3);
+        assert_eq!(config.node_for_host("10.0.0.3").unwrap(), 3);
+        let e = config.node_for_host("uniqlog").unwrap_err().to_string();
+        assert!(
+            e.contains("no [[node]] address") && e.contains("--id"),
+            "{e}"
+        );
+        assert!(config.node_for_host("uniqlog-").is_err());
     }
 
     /// What the harnesses write is what the config reads.
@@ -845,7 +979,18 @@ mod tests {
         let e = parse(&THREE.replace("id = 2", "id = 1")).unwrap_err();
         assert!(e.to_string().contains("node[1].id"), "{e}");
         let e = parse(&THREE.replace("127.0.0.1:7002", "localhost")).unwrap_err();
-        assert!(e.to_string().contains("not an IP:port"), "{e}");
+        assert!(e.to_string().contains("not an IP:port or host:port"), "{e}");
+        for bad in [
+            "node_1:7002",
+            "-node:7002",
+            "node:70000",
+            ":7002",
+            "a..b:7002",
+        ] {
+            let e = parse(&THREE.replace("127.0.0.1:7002", bad)).unwrap_err();
+            assert!(e.to_string().contains("node[1].addr"), "{bad}: {e}");
+        }
+        parse(&THREE.replace("127.0.0.1:7002", "node2.uniqlog:7002")).unwrap();
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod app;
 mod append_link;
 pub mod auth;
+pub mod bootstrap;
 pub mod claims;
 pub mod cluster_secret;
 pub mod config;
@@ -130,7 +131,7 @@ pub async fn start(
     transport: Arc<dyn Transport>,
 ) -> Result<RunningNode, NodeError> {
     let me = config.node(id)?.clone();
-    let tls = config.server_tls()?;
+    let tls = config.node_server_tls(id)?;
     let app = build(config, id, storage, transport).await?;
     let header_timeout = Duration::from_millis(config.limits.header_read_timeout_ms);
     let mut servers = Vec::new();
@@ -169,6 +170,10 @@ pub async fn start(
     servers.push(tokio::spawn(removal::watch(app.clone(), period)));
     // Elections start here, openraft's own timer being off (`prevote.rs`).
     servers.push(tokio::spawn(prevote::run(app.clone())));
+    if config.raft.bootstrap == config::Bootstrap::Auto {
+        let period = Duration::from_millis(config.raft.election_timeout_ms_max);
+        servers.push(tokio::spawn(bootstrap::run(app.clone(), period)));
+    }
     tracing::info!(id, addr = %me.addr, peer_addr = %me.peer_addr(), tls = tls.is_some(), "node serving");
     Ok(RunningNode { app, servers })
 }

@@ -71,6 +71,7 @@ pub fn is_peer_path(path: &str) -> bool {
         SNAPSHOT_PATH,
         FORWARD_PATH,
         crate::removal::MEMBERSHIP_PATH,
+        crate::bootstrap::BOOTSTRAP_PATH,
         crate::routes::ui::STATUS_PATH,
     ]
     .contains(&path)
@@ -95,6 +96,12 @@ pub fn peer_router(app: SharedApp) -> Router {
             crate::removal::MEMBERSHIP_PATH,
             post(|State(app): State<SharedApp>| async move {
                 json_answer(crate::removal::PeerMembership::of(&app))
+            }),
+        )
+        .route(
+            crate::bootstrap::BOOTSTRAP_PATH,
+            post(|State(app): State<SharedApp>| async move {
+                json_answer(crate::bootstrap::BootstrapView::of(&app))
             }),
         )
         // The forwarded client request keeps the id the receiving node gave it.

@@ -616,6 +616,28 @@ impl SimCluster {
         panic!("cluster init never answered 200; last answer: {last}");
     }
 
+    /// Wait until the nodes have bootstrapped the cluster themselves (`[raft] bootstrap =
+    /// "auto"`): a leader a majority agrees on, which has applied the first rules entry.
+    pub async fn try_wait_bootstrapped(&self, within: Duration) -> Result<NodeId, String> {
+        let start = now_ms();
+        loop {
+            let left = within.saturating_sub(Duration::from_millis(now_ms() - start));
+            let leader = self.try_wait_for_leader(left).await?;
+            match self.status(leader).await {
+                Ok(s) if s.rules_version > 0 => return Ok(leader),
+                other => {
+                    if now_ms() - start >= within.as_millis() as u64 {
+                        return Err(format!(
+                            "no rules entry within {} s; the leader's status: {other:?}",
+                            within.as_secs()
+                        ));
+                    }
+                }
+            }
+            sleep(POLL).await;
+        }
+    }
+
     /// Every node's status (or why it could not be had).
     pub async fn statuses(&self) -> BTreeMap<NodeId, Result<ClusterStatus, String>> {
         let client = self.client();
@@ -924,6 +946,14 @@ async fn run_node(
     net: NetFaults,
     damaged: Arc<std::sync::Mutex<Option<String>>>,
 ) {
+    // A start that met a full disk (`FaultKind::DiskFull` struck as the node came up) ends as
+    // the binary's does: the process stops, and the nemesis, which sees no healthy node,
+    // power-cuts and restarts it once space is freed. Any other failure to start is a bug.
+    let refused_before = space.refused();
+    let out_of_space = {
+        let space = space.clone();
+        move || space.refused() > refused_before
+    };
     let mut storage = match Storage::open_with(log_disk.open(), state_disk.open(), snapshots.open())
     {
         Ok(storage) => storage,
@@ -933,6 +963,10 @@ async fn run_node(
         Err(e) if e.is_damage() || matches!(e, raft_store::StoreError::Unsupported(_)) => {
             tracing::warn!(id, error = %e, "node refuses to start: damaged data");
             *damaged.lock().unwrap() = Some(e.to_string());
+            return std::future::pending::<()>().await;
+        }
+        Err(e) if out_of_space() => {
+            tracing::warn!(id, error = %e, "node cannot open its storage: disk full");
             return std::future::pending::<()>().await;
         }
         Err(e) => panic!("node {id}: opening its storage failed: {e}"),
@@ -950,9 +984,14 @@ async fn run_node(
     }));
     let damage = storage.damage.clone();
     let transport: Arc<dyn Transport> = Arc::new(FaultyTransport::new(net));
-    let node = uniqlog_node::start(&config, id, storage, transport)
-        .await
-        .unwrap_or_else(|e| panic!("node {id}: start failed: {e}"));
+    let node = match uniqlog_node::start(&config, id, storage, transport).await {
+        Ok(node) => node,
+        Err(e) if out_of_space() => {
+            tracing::warn!(id, error = %e, "node failed to start: disk full");
+            return std::future::pending::<()>().await;
+        }
+        Err(e) => panic!("node {id}: start failed: {e}"),
+    };
     tracing::info!(id, "node started");
     // As the binary does: on a fatal storage error the node stops serving (here it stays a
     // silent process until the nemesis power-cuts and restarts it).

@@ -2,9 +2,11 @@
 
 mod backup;
 mod bench;
+mod certs;
 mod client;
 mod cluster;
 mod consumer_list;
+mod health;
 mod log;
 mod progress;
 mod rolling;
@@ -84,9 +86,10 @@ enum Command {
         /// The cluster's config file.
         #[arg(long, default_value = "cluster.toml")]
         config: PathBuf,
-        /// Which `[[node]]` of the config this process is.
-        #[arg(long)]
-        id: u64,
+        /// Which `[[node]]` of the config this process is. Without it: the one whose
+        /// address's host is this machine's hostname (or begins with it and a dot).
+        #[arg(long, env = "UNIQLOG_NODE_ID")]
+        id: Option<u64>,
         #[command(flatten)]
         connect: Connect,
     },
@@ -183,6 +186,12 @@ enum Command {
     /// Make a new data dir from a backup: the node starts as a one-node cluster with the
     /// backup's topics, streams, uniq sets and idempotency records.
     Restore(backup::RestoreArgs),
+    /// Make a CA, a certificate per node and for query and mail, a cluster secret, an
+    /// activation secret and client tokens for a config, all 0600 (files already there kept).
+    Certs(certs::CertsArgs),
+    /// Exit 0 when the node at an address is ready (a leader known, its commit index
+    /// applied), 1 otherwise: for container health checks and scripts.
+    Health(health::HealthArgs),
     /// Operate a cluster.
     Cluster {
         #[command(subcommand)]
@@ -204,7 +213,11 @@ impl Command {
             | Command::Cluster { connect, .. }
             | Command::Bench { connect, .. }
             | Command::Backup { connect, .. } => Some(connect),
-            Command::Dev { .. } | Command::MailSink { .. } | Command::Restore(_) => None,
+            Command::Dev { .. }
+            | Command::MailSink { .. }
+            | Command::Restore(_)
+            | Command::Health(_)
+            | Command::Certs(_) => None,
         }
     }
 }
@@ -257,6 +270,8 @@ pub fn main() -> ExitCode {
             Command::Uniq { command, .. } => uniq::run(command).await,
             Command::Consumers { args, .. } => consumer_list::run(args).await,
             Command::Cluster { command, .. } => cluster::run(command).await,
+            Command::Health(args) => health::run(args).await,
+            Command::Certs(args) => certs::run(args),
             Command::Bench { args, .. } => bench::run(args).await,
             Command::Backup { args, .. } => backup::backup(args).await,
             Command::Restore(args) => backup::restore(args).await,

@@ -45,11 +45,15 @@ async fn open(config: &Config, id: u64) -> Result<Storage> {
     }
 }
 
-pub async fn node(config_path: &Path, id: u64) -> Result<()> {
+pub async fn node(config_path: &Path, id: Option<u64>) -> Result<()> {
     let config = Config::load(config_path)?;
+    let id = match id {
+        Some(id) => id,
+        None => config.node_for_host(&hostname()?)?,
+    };
     // Before storage is created: a refused node leaves nothing behind.
     config.check_exposure(id)?;
-    config.server_tls()?;
+    config.node_server_tls(id)?;
     // Peer RPC and forwarding: over TLS, trusting only `tls_ca`, when the cluster speaks TLS.
     let transport = Arc::new(HyperTransport::with_tls(config.client_tls()?));
     let storage = match open(&config, id).await {
@@ -216,6 +220,18 @@ fn dev_config(port_base: u16, data_dir: &Path) -> Result<Config> {
     Ok(config)
 }
 
+/// This machine's hostname: `HOSTNAME` (containers set it), else the kernel's.
+fn hostname() -> Result<String> {
+    if let Ok(name) = std::env::var("HOSTNAME") {
+        if !name.is_empty() {
+            return Ok(name);
+        }
+    }
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .context("reading this machine's hostname (/proc/sys/kernel/hostname); pass --id")?;
+    Ok(name.trim().to_string())
+}
+
 /// The dev system's activation secret: random, made at its first start and kept (0600) in its
 /// data dir, so links mailed before a restart still work and no two dev systems share one.
 fn dev_activation_secret(data_dir: &Path) -> Result<String> {
@@ -229,9 +245,7 @@ fn dev_activation_secret(data_dir: &Path) -> Result<String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     }
-    let mut bytes = [0u8; 32];
-    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
-    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let secret = super::certs::random_hex();
     std::fs::create_dir_all(data_dir)?;
     write_private(&path, secret.as_bytes())?;
     Ok(secret)

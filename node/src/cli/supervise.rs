@@ -19,7 +19,7 @@ use uniqlog_node::Config;
 
 use super::client::Client;
 use super::rolling::UpLock;
-use super::run::{terminated, EXIT_REMOVED};
+use super::run::EXIT_REMOVED;
 
 /// The first wait before starting a crashed child again, and the longest.
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
@@ -196,15 +196,20 @@ pub async fn up(config_path: &Path, with_consumers: bool) -> Result<()> {
     let config = Config::load(config_path)?;
     // Before any node starts: a bad CA file stops here.
     let client = Client::for_config(&config)?;
-    // Handlers first: a signal that arrives once the pid file is out must not kill this
-    // process with the default action and leave its children running. SIGUSR1 carries a
-    // request of `cluster restart`; SIGHUP (the terminal went away) stops everything.
+    // Handlers first: a signal that arrives once the pid file is out, or while the nodes
+    // start (they may form the cluster before this process gets to `init`), must not kill
+    // this process with the default action and leave its children running. SIGUSR1 carries
+    // a request of `cluster restart`; SIGTERM, SIGINT (Ctrl-C) and SIGHUP (the terminal
+    // went away) stop everything.
     use tokio::signal::unix::{signal, SignalKind};
     let mut requests = signal(SignalKind::user_defined1())?;
     let mut hangup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
     let lock = UpLock::take(config_path)?;
     let mut sup = Supervisor::new()?;
-    let result = async {
+    let mut stopped = false;
+    let startup = async {
         for n in &config.nodes {
             sup.add(
                 format!("node {}", n.id),
@@ -222,12 +227,18 @@ pub async fn up(config_path: &Path, with_consumers: bool) -> Result<()> {
         }
         print_addresses(&config, config_path, with_consumers);
         anyhow::Ok(())
-    }
-    .await;
-    if result.is_ok() {
+    };
+    let result = tokio::select! {
+        r = startup => r,
+        _ = term.recv() => { stopped = true; Ok(()) }
+        _ = interrupt.recv() => { stopped = true; Ok(()) }
+        _ = hangup.recv() => { stopped = true; Ok(()) }
+    };
+    if result.is_ok() && !stopped {
         loop {
             tokio::select! {
-                _ = terminated() => break,
+                _ = term.recv() => break,
+                _ = interrupt.recv() => break,
                 _ = hangup.recv() => break,
                 _ = tokio::time::sleep(TEND_EVERY) => sup.tend(),
                 _ = requests.recv() => {
@@ -239,7 +250,8 @@ pub async fn up(config_path: &Path, with_consumers: bool) -> Result<()> {
                                 eprintln!("restart stopped: {e:#}");
                             }
                         }
-                        _ = terminated() => break,
+                        _ = term.recv() => break,
+                        _ = interrupt.recv() => break,
                         _ = hangup.recv() => break,
                     }
                 }

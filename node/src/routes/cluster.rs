@@ -10,7 +10,6 @@ use openraft::error::{InitializeError, RaftError};
 use openraft::ServerState;
 
 use crate::app::{LeaderOp, LeaderReply, SharedApp};
-use crate::routes::uniq;
 use crate::wire::{
     AddLearnerBody, ClusterStatus, Health, IdempotencyStatus, Initialized, LogIndex, Member,
     MembershipBody, Ready, StateHash, TableHash,
@@ -123,13 +122,7 @@ pub async fn init_cluster(app: &SharedApp) -> Result<Initialized, ApiError> {
             return Err(ApiError::unavailable(format!("raft is not running: {e}")))
         }
     };
-    app.linearize().await?;
-    let rules = app.rules().await?;
-    let rules_version = if rules.version == 0 {
-        uniq::propose_rules(app, app.settings.config_rules.clone()).await?
-    } else {
-        rules.version
-    };
+    let rules_version = crate::bootstrap::first_rules(app).await?;
     let message = if initialized {
         "cluster initialized"
     } else {
