@@ -179,8 +179,10 @@ def run(image):
         assert s == 409, f"a second account for one email: {s} {dup}"
         d.token = saved
         d.wait("the read model", lambda: (d.call("query", "GET", f"/v1/users/{user['id']}?min_offset={user['offset']}")[0] == 200, None))
-        mail = d.wait("the activation email", lambda: (lambda r: (r[0] == 200 and r[1]["messages"], r[1]))(
-            d.call("sink", "GET", "/messages?count=1&wait_ms=2000")))
+        def messages():
+            s, b = d.call("sink", "GET", "/messages?count=1&wait_ms=2000")
+            return (s == 200 and bool(b["messages"]), b["messages"] if s == 200 else b)
+        mail = d.wait("the activation email", messages)
         assert mail[0]["to"] == "ada@example.com", mail
 
         acked = []

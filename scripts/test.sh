@@ -157,7 +157,7 @@ simulation_moving_seeds() {
   [ -n "$rev" ] || rev=$(printf '%x' "$(date +%s)")
   local from=$(( 100000 + (16#$rev % 10000000) * 10 ))
   echo "moving seeds of ${rev}: from ${from}"
-  MADSIM_TARGET_DIR="$MADSIM_TARGET_DIR" ./scripts/simulate.sh --seeds "$from..$((from + ${SIM_MOVING_SEEDS:-4000}))" --jobs 2
+  MADSIM_TARGET_DIR="$MADSIM_TARGET_DIR" ./scripts/simulate.sh --seeds "$from..$((from + ${SIM_MOVING_SEEDS:-3000}))" --jobs 2
   MADSIM_TARGET_DIR="$MADSIM_TARGET_DIR" ./scripts/simulate.sh --seeds "$from..$((from + ${SIM_MOVING_SEEDS_5:-1000}))" --nodes 5 --jobs 2
 }
 
