@@ -22,7 +22,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::app::SharedApp;
-use api::transport::HttpRequest;
 
 /// The peer route that answers [`BootstrapView`].
 pub const BOOTSTRAP_PATH: &str = "/raft/bootstrap";
@@ -148,13 +147,7 @@ async fn survey(app: &SharedApp, timeout: Duration) -> Survey {
 }
 
 async fn ask(app: &SharedApp, addr: &str, timeout: Duration) -> Option<BootstrapView> {
-    let mut req = HttpRequest::post(BOOTSTRAP_PATH, b"{}".to_vec());
-    crate::cluster_secret::sign(&mut req, app.settings.cluster_secret.as_deref());
-    crate::peer_protocol::stamp(&mut req);
-    match app.transport.send(addr, req, timeout).await {
-        Ok(resp) if resp.status == 200 => serde_json::from_slice(&resp.body).ok(),
-        _ => None,
-    }
+    crate::removal::ask_peer(app, addr, BOOTSTRAP_PATH, timeout).await
 }
 
 async fn initialize(app: &SharedApp) {

@@ -105,12 +105,22 @@ pub async fn watch(app: SharedApp, period: Duration) {
 }
 
 async fn ask(app: &SharedApp, addr: &str, timeout: Duration) -> Option<PeerMembership> {
-    let mut req = HttpRequest::post(MEMBERSHIP_PATH, b"{}".to_vec());
+    ask_peer(app, addr, MEMBERSHIP_PATH, timeout).await
+}
+
+/// A peer's JSON answer on `path` (signed and stamped as every peer call), or `None`: a peer
+/// of an older build has no such route, and an unreachable one says nothing.
+pub(crate) async fn ask_peer<T: serde::de::DeserializeOwned>(
+    app: &SharedApp,
+    addr: &str,
+    path: &str,
+    timeout: Duration,
+) -> Option<T> {
+    let mut req = HttpRequest::post(path, b"{}".to_vec());
     crate::cluster_secret::sign(&mut req, app.settings.cluster_secret.as_deref());
     crate::peer_protocol::stamp(&mut req);
     match app.transport.send(addr, req, timeout).await {
         Ok(resp) if resp.status == 200 => serde_json::from_slice(&resp.body).ok(),
-        // A peer of an older build has no such route; an unreachable one says nothing.
         _ => None,
     }
 }
