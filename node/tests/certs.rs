@@ -138,7 +138,7 @@ fn certs_make_a_tls_and_token_cluster_that_health_sees_ready() {
         format!("in {}: node4.key, node4.pem", certs.display())
     );
     let log = std::fs::File::create(c.dir.path().join("node4.log")).unwrap();
-    let node4 = Stopped(
+    let node4 = Killed(
         Command::new(BIN)
             .args(["node", "--config"])
             .arg(&c.config)
@@ -171,16 +171,6 @@ fn certs_make_a_tls_and_token_cluster_that_health_sees_ready() {
         status.text
     );
     drop(node4);
-}
-
-/// A child process killed when the test ends, passing or not.
-struct Stopped(std::process::Child);
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// The configs shipped in deploy/ load, with the material `uniqlog certs` makes from them
